@@ -1,0 +1,21 @@
+@{
+    RootModule           = 'Dare.PowerShell.dll'
+    ModuleVersion        = '0.1.0'
+    GUID                 = '6f0d3c52-8d0e-4b8a-9f57-3c1d2e7a9b41'
+    Author               = 'Dare contributors'
+    Description          = 'Merge fine-tuned language models with DARE (drop and rescale), TIES and linear merges, streaming safetensors tensor by tensor.'
+    PowerShellVersion    = '7.4'
+    CompatiblePSEditions = @('Core')
+    FormatsToProcess     = @('Dare.Format.ps1xml')
+    CmdletsToExport      = @(
+        'Get-DareEnvironment'
+    )
+    FunctionsToExport    = @()
+    AliasesToExport      = @()
+    VariablesToExport    = @()
+    PrivateData          = @{
+        PSData = @{
+            Tags = @('LLM', 'merge', 'DARE', 'TIES', 'safetensors', 'TorchSharp')
+        }
+    }
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env pwsh
+<#
+.SYNOPSIS
+The one entry point for building, testing and demonstrating Dare.
+
+.DESCRIPTION
+  Build  Lays out an importable module at out/Dare (every managed and native dependency copied flat).
+  Test   Builds, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
+  Demo   Builds, generates small Hugging Face style checkpoints and runs a real DARE merge through the cmdlets.
+  Bench  Builds and runs the speed and memory benchmark (by hand; not part of Test).
+  Clean  Removes build output.
+
+.EXAMPLE
+dotnet tool restore && dotnet pwsh ./build.ps1 Test
+#>
+[CmdletBinding()]
+param(
+    [Parameter(Position = 0)]
+    [ValidateSet('Build', 'Test', 'Demo', 'Bench', 'Clean')]
+    [string] $Task = 'Build',
+
+    # Build against TorchSharp-cuda-linux instead of TorchSharp-cpu.
+    [switch] $Cuda,
+
+    [ValidateSet('Release', 'Debug')]
+    [string] $Configuration = 'Release',
+
+    # Bench only: which checkpoint sizes to measure.
+    [ValidateSet('small', 'large')]
+    [string[]] $BenchSize = @('small', 'large')
+)
+
+Set-StrictMode -Version Latest
+$ErrorActionPreference = 'Stop'
+$root = $PSScriptRoot
+$moduleDir = Join-Path $root 'out/Dare'
+. (Join-Path $root 'build/NativeCompat.ps1')
+
+function Invoke-Native([string] $What, [scriptblock] $Command) {
+    & $Command | Out-Host
+    if ($LASTEXITCODE) { throw "$What failed (exit code $LASTEXITCODE)." }
+}
+
+# The pwsh that runs this script, as a command line usable for child processes (works for the .NET tool too).
+function Get-PwshCommand {
+    $process = [Environment]::ProcessPath
+    if ([IO.Path]::GetFileNameWithoutExtension($process) -eq 'dotnet') { return @($process, (Join-Path $PSHOME 'pwsh.dll')) }
+    return @($process)
+}
+
+function Get-RuntimeIdentifier {
+    $arch = [Runtime.InteropServices.RuntimeInformation]::OSArchitecture.ToString().ToLowerInvariant()
+    if ($IsWindows) { return "win-$arch" }
+    if ($IsMacOS) { return "osx-$arch" }
+    return "linux-$arch"
+}
+
+function Invoke-Build {
+    $cudaProperty = "-p:DareCuda=$($Cuda.IsPresent.ToString().ToLowerInvariant())"
+    if ($Cuda) {
+        Write-Host 'Restoring the CUDA build of TorchSharp (TorchSharp-cuda-linux)...'
+        & dotnet restore (Join-Path $root 'src/Dare.PowerShell/Dare.PowerShell.csproj') -r (Get-RuntimeIdentifier) $cudaProperty -v quiet
+        if ($LASTEXITCODE) {
+            throw "Build -Cuda: the package TorchSharp-cuda-linux 0.107.0 (and its libtorch-cuda dependencies) could not be restored from the configured NuGet sources. Add a source that has them, or build without -Cuda for the CPU engine."
+        }
+    }
+    if (Test-Path $moduleDir) { Remove-Item -Recurse -Force $moduleDir }
+    Write-Host "Building the Dare module into $moduleDir ($Configuration$(if ($Cuda) { ', CUDA' }))..."
+    Invoke-Native 'dotnet publish' {
+        dotnet publish (Join-Path $root 'src/Dare.PowerShell/Dare.PowerShell.csproj') -c $Configuration `
+            -r (Get-RuntimeIdentifier) --self-contained false -o $moduleDir $cudaProperty -nologo -v quiet
+    }
+    # pwsh loads modules from a flat folder; unused libtorch test and Python-binding libraries only add weight.
+    Get-ChildItem $moduleDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
+    Remove-Item (Join-Path $moduleDir '*.pdb'), (Join-Path $moduleDir '*.deps.json') -ErrorAction Ignore
+    Copy-Item (Join-Path $root 'Dare.psd1') $moduleDir
+    Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
+    $help = Join-Path $root 'src/Dare.PowerShell/en-US'
+    if (Test-Path $help) { Copy-Item $help $moduleDir -Recurse }
+    Install-TorchSharpNativeCompat -Directory $moduleDir
+    Write-Host "Built $moduleDir"
+}
+
+function Get-PesterModulePath {
+    $tools = Join-Path $root 'tests/tools/Tools.csproj'
+    Invoke-Native 'restoring test tools' { dotnet restore $tools -v quiet -nologo }
+    $package = (& dotnet msbuild $tools -getProperty:PkgPester -nologo).Trim()
+    $manifest = Join-Path $package 'tools/Pester.psd1'
+    if (-not (Test-Path $manifest)) { throw "Pester was restored but $manifest is missing." }
+    return $manifest
+}
+
+function Invoke-EngineTests {
+    $project = Join-Path $root 'tests/Dare.Engine.Tests/Dare.Engine.Tests.csproj'
+    Invoke-Native 'building engine tests' { dotnet build $project -c $Configuration -nologo -v quiet }
+    $bin = Join-Path $root "tests/Dare.Engine.Tests/bin/$Configuration/net10.0"
+    Install-TorchSharpNativeCompat -Directory (Join-Path $bin "runtimes/$(Get-RuntimeIdentifier)/native") -Quiet
+    $results = Join-Path $root 'out/test-results'
+    $trx = Join-Path $results 'engine.trx'
+    Remove-Item $trx -ErrorAction Ignore
+    & dotnet test $project -c $Configuration --no-build -nologo --logger "trx;LogFileName=$trx" --logger 'console;verbosity=normal' | Out-Host
+    if (-not (Test-Path $trx)) { throw 'xunit produced no results file.' }
+    $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
+    return [pscustomobject]@{ Passed = [int]$counters.passed; Failed = [int]$counters.failed + [int]$counters.error }
+}
+
+function Invoke-PesterTests {
+    $pester = Get-PesterModulePath
+    $results = Join-Path $root 'out/test-results/pester.json'
+    $script = @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$pester'
+`$config = New-PesterConfiguration
+`$config.Run.Path = '$(Join-Path $root 'tests')'
+`$config.Run.PassThru = `$true
+`$config.Output.Verbosity = 'Detailed'
+`$result = Invoke-Pester -Configuration `$config
+@{ Passed = `$result.PassedCount; Failed = `$result.FailedCount + `$result.FailedBlocksCount + `$result.FailedContainersCount } | ConvertTo-Json | Set-Content '$results'
+"@
+    Remove-Item $results -ErrorAction Ignore
+    $pwsh = Get-PwshCommand
+    & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -Command $script | Out-Host
+    if (-not (Test-Path $results)) { return [pscustomobject]@{ Passed = 0; Failed = 1 } }
+    return Get-Content -Raw $results | ConvertFrom-Json
+}
+
+switch ($Task) {
+    'Clean' {
+        foreach ($dir in @('out') + (Get-ChildItem $root -Recurse -Directory -Include bin, obj | ForEach-Object FullName)) {
+            $path = if ([IO.Path]::IsPathRooted($dir)) { $dir } else { Join-Path $root $dir }
+            if (Test-Path $path) { Remove-Item -Recurse -Force $path; Write-Host "Removed $path" }
+        }
+    }
+    'Build' { Invoke-Build }
+    'Test' {
+        Invoke-Build
+        New-Item -ItemType Directory -Force (Join-Path $root 'out/test-results') | Out-Null
+        $engine = Invoke-EngineTests
+        $cmdlets = Invoke-PesterTests
+        Write-Host "xunit: $($engine.Passed) passed, $($engine.Failed) failed; Pester: $($cmdlets.Passed) passed, $($cmdlets.Failed) failed"
+        $passed = $engine.Passed + $cmdlets.Passed
+        $failed = $engine.Failed + $cmdlets.Failed
+        Write-Host "$passed passed, $failed failed"
+        if ($failed -gt 0 -or $passed -eq 0) { exit 1 }
+    }
+    'Demo' {
+        Invoke-Build
+        $pwsh = Get-PwshCommand
+        & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'examples/demo.ps1')
+        if ($LASTEXITCODE) { exit $LASTEXITCODE }
+    }
+    'Bench' {
+        Invoke-Build
+        $pwsh = Get-PwshCommand
+        & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'tests/bench/Invoke-Benchmark.ps1') -Size $BenchSize
+        if ($LASTEXITCODE) { exit $LASTEXITCODE }
+    }
+}
