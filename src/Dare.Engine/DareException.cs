@@ -19,6 +19,7 @@ public enum DareErrorId
     SafetensorsShardMissing,
     SafetensorsTensorMissingFromShard,
     SafetensorsReadFailed,
+    ConfigInvalid,
     TensorNotFound,
     TensorShapeMismatch,
     TensorDTypeMismatch,

@@ -1,0 +1,209 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Dare.Engine.Safetensors;
+
+/// <summary>How a checkpoint's tensors are laid out on disk.</summary>
+public enum CheckpointLayout
+{
+    /// <summary>A single .safetensors file given directly.</summary>
+    File,
+    /// <summary>A model folder with one model.safetensors (or one other .safetensors file).</summary>
+    Folder,
+    /// <summary>A model folder with model-0000i-of-0000N.safetensors shards and model.safetensors.index.json.</summary>
+    Sharded,
+}
+
+/// <summary>
+/// A model checkpoint opened lazily: every header is parsed and validated, no tensor data is read.
+/// Either one .safetensors file or a Hugging Face model folder (single file or index + shards).
+/// </summary>
+public sealed class Checkpoint
+{
+    public const string IndexFileName = "model.safetensors.index.json";
+    public const string SingleFileName = "model.safetensors";
+
+    private readonly Dictionary<string, TensorInfo> _byName;
+
+    private Checkpoint(string path, CheckpointLayout layout, IReadOnlyList<string> files, List<TensorInfo> tensors,
+        IReadOnlyDictionary<string, string> metadata, JsonObject? config)
+    {
+        Path = path;
+        Layout = layout;
+        Files = files;
+        Tensors = tensors;
+        Metadata = metadata;
+        Config = config;
+        _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+    }
+
+    /// <summary>The file or folder the checkpoint was opened from (full path).</summary>
+    public string Path { get; }
+
+    /// <summary>A short name: the folder name, or the file name without extension.</summary>
+    public string Name => Layout == CheckpointLayout.File ? System.IO.Path.GetFileNameWithoutExtension(Path) : System.IO.Path.GetFileName(Path.TrimEnd('/', '\\'));
+
+    /// <summary>The folder holding config.json and tokenizer files (the file's folder for a bare file).</summary>
+    public string Directory => Layout == CheckpointLayout.File ? System.IO.Path.GetDirectoryName(Path)! : Path;
+
+    public CheckpointLayout Layout { get; }
+    public IReadOnlyList<string> Files { get; }
+
+    /// <summary>All tensors, in file order (shards in index order).</summary>
+    public IReadOnlyList<TensorInfo> Tensors { get; }
+
+    /// <summary>__metadata__ of the first file (shards normally carry the same metadata).</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>Parsed config.json when present.</summary>
+    public JsonObject? Config { get; }
+
+    public int TensorCount => Tensors.Count;
+    public long ParameterCount => Tensors.Sum(t => t.ElementCount);
+    public long SizeBytes => Tensors.Sum(t => t.ByteLength);
+
+    /// <summary>e.g. "BF16 (291), F32 (2)".</summary>
+    public string DTypeSummary => string.Join(", ", Tensors.GroupBy(t => t.DType).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} ({g.Count()})"));
+
+    public TensorInfo? Find(string name) => _byName.GetValueOrDefault(name);
+    public bool Contains(string name) => _byName.ContainsKey(name);
+
+    /// <summary>An integer field of config.json, if present (e.g. hidden_size, num_hidden_layers, vocab_size).</summary>
+    public long? ConfigInt(string key) =>
+        Config is not null && Config.TryGetPropertyValue(key, out var node) && node is JsonValue value && value.TryGetValue<long>(out var result) ? result : null;
+
+    public override string ToString() => Path;
+
+    /// <summary>Opens a .safetensors file or a model folder, reading and validating headers only.</summary>
+    public static Checkpoint Open(string path)
+    {
+        var full = System.IO.Path.GetFullPath(path);
+        if (File.Exists(full))
+        {
+            var file = SafetensorsFile.Open(full);
+            return new Checkpoint(full, CheckpointLayout.File, new[] { full }, file.Tensors.ToList(), file.Metadata, ReadConfig(System.IO.Path.GetDirectoryName(full)!));
+        }
+        if (!System.IO.Directory.Exists(full))
+        {
+            throw new DareException(DareErrorId.PathNotFound, DareErrorKind.ObjectNotFound, $"Cannot find the checkpoint '{full}': no such file or folder.") { FilePath = full };
+        }
+        var config = ReadConfig(full);
+        var index = System.IO.Path.Combine(full, IndexFileName);
+        if (File.Exists(index))
+        {
+            return OpenSharded(full, index, config);
+        }
+        var single = System.IO.Path.Combine(full, SingleFileName);
+        var candidates = File.Exists(single)
+            ? new[] { single }
+            : System.IO.Directory.GetFiles(full, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).ToArray();
+        if (candidates.Length == 0)
+        {
+            throw new DareException(DareErrorId.NoSafetensorsFound, DareErrorKind.ObjectNotFound,
+                $"The folder '{full}' holds no model.safetensors, no {IndexFileName} and no other .safetensors file.") { FilePath = full };
+        }
+        if (candidates.Length > 1)
+        {
+            throw new DareException(DareErrorId.SafetensorsIndexInvalid, DareErrorKind.InvalidData,
+                $"The folder '{full}' holds {candidates.Length} .safetensors files but no {IndexFileName} saying which tensor is where.") { FilePath = full };
+        }
+        var only = SafetensorsFile.Open(candidates[0]);
+        return new Checkpoint(full, CheckpointLayout.Folder, candidates, only.Tensors.ToList(), only.Metadata, config);
+    }
+
+    private static Checkpoint OpenSharded(string folder, string indexPath, JsonObject? config)
+    {
+        var weightMap = ReadWeightMap(indexPath);
+        var shardNames = weightMap.Values.Distinct(StringComparer.Ordinal).OrderBy(s => s, StringComparer.Ordinal).ToList();
+        var tensors = new List<TensorInfo>();
+        var files = new List<string>();
+        IReadOnlyDictionary<string, string>? metadata = null;
+        var owner = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var shardName in shardNames)
+        {
+            var shardPath = System.IO.Path.GetFullPath(System.IO.Path.Combine(folder, shardName));
+            if (!File.Exists(shardPath))
+            {
+                throw new DareException(DareErrorId.SafetensorsShardMissing, DareErrorKind.ObjectNotFound,
+                    $"'{indexPath}' maps tensors to '{shardName}', which does not exist in '{folder}'.") { FilePath = shardPath };
+            }
+            var shard = SafetensorsFile.Open(shardPath);
+            metadata ??= shard.Metadata;
+            files.Add(shardPath);
+            foreach (var tensor in shard.Tensors)
+            {
+                if (owner.TryGetValue(tensor.Name, out var other))
+                {
+                    throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidData,
+                        $"Tensor '{tensor.Name}' is stored in both '{other}' and '{shardName}' in '{folder}'.") { FilePath = shardPath, TensorName = tensor.Name };
+                }
+                owner[tensor.Name] = shardName;
+                if (!weightMap.TryGetValue(tensor.Name, out var mapped) || mapped != shardName)
+                {
+                    throw new DareException(DareErrorId.SafetensorsIndexInvalid, DareErrorKind.InvalidData,
+                        $"Shard '{shardPath}' holds tensor '{tensor.Name}', which '{indexPath}' " +
+                        (mapped is null ? "does not list." : $"maps to '{mapped}'.")) { FilePath = shardPath, TensorName = tensor.Name };
+                }
+                tensors.Add(tensor);
+            }
+        }
+        foreach (var (name, shardName) in weightMap)
+        {
+            if (!owner.ContainsKey(name))
+            {
+                var shardPath = System.IO.Path.Combine(folder, shardName);
+                throw new DareException(DareErrorId.SafetensorsTensorMissingFromShard, DareErrorKind.InvalidData,
+                    $"'{indexPath}' maps tensor '{name}' to '{shardName}', but that shard does not contain it.") { FilePath = shardPath, TensorName = name };
+            }
+        }
+        return new Checkpoint(folder, CheckpointLayout.Sharded, files, tensors, metadata ?? new Dictionary<string, string>(), config);
+    }
+
+    private static Dictionary<string, string> ReadWeightMap(string indexPath)
+    {
+        DareException Bad(string reason, Exception? inner = null) =>
+            new(DareErrorId.SafetensorsIndexInvalid, DareErrorKind.InvalidData, $"'{indexPath}' is not a valid shard index: {reason}.", inner) { FilePath = indexPath };
+        JsonNode? root;
+        try
+        {
+            root = JsonNode.Parse(File.ReadAllBytes(indexPath), documentOptions: new JsonDocumentOptions { MaxDepth = 16 });
+        }
+        catch (JsonException ex)
+        {
+            throw Bad($"not valid JSON ({ex.Message})", ex);
+        }
+        if (root is not JsonObject rootObject || rootObject["weight_map"] is not JsonObject weightMap)
+        {
+            throw Bad("it has no 'weight_map' object");
+        }
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, value) in weightMap)
+        {
+            if (value is not JsonValue fileValue || !fileValue.TryGetValue<string>(out var file) || string.IsNullOrEmpty(file))
+            {
+                throw Bad($"the weight_map entry for '{name}' is not a file name");
+            }
+            if (file.Contains('/') || file.Contains('\\') || file.Contains(".."))
+            {
+                throw Bad($"the weight_map entry for '{name}' ('{file}') points outside the model folder");
+            }
+            result[name] = file;
+        }
+        if (result.Count == 0) throw Bad("its weight_map is empty");
+        return result;
+    }
+
+    private static JsonObject? ReadConfig(string folder)
+    {
+        var path = System.IO.Path.Combine(folder, "config.json");
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return JsonNode.Parse(File.ReadAllBytes(path)) as JsonObject;
+        }
+        catch (JsonException ex)
+        {
+            throw new DareException(DareErrorId.ConfigInvalid, DareErrorKind.InvalidData, $"'{path}' is not valid JSON: {ex.Message}", ex) { FilePath = path };
+        }
+    }
+}

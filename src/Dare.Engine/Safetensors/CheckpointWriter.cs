@@ -1,0 +1,345 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Safetensors;
+
+/// <summary>A tensor the writer will receive: its header entry is known before its data.</summary>
+public sealed record PlannedTensor(string Name, SafetensorsDType DType, long[] Shape)
+{
+    public long ByteLength => Shape.Aggregate(1L, (a, b) => checked(a * b)) * DType.ElementSize();
+}
+
+public sealed class CheckpointWriteOptions
+{
+    public const long DefaultMaxShardSize = 5_000_000_000;
+
+    /// <summary>Tensor bytes per shard; one model.safetensors when the total fits.</summary>
+    public long MaxShardSize { get; init; } = DefaultMaxShardSize;
+
+    /// <summary>Entries for __metadata__ (format: pt is always added).</summary>
+    public IReadOnlyDictionary<string, string>? Metadata { get; init; }
+
+    /// <summary>Replace an existing non-empty destination (only after the new output is complete).</summary>
+    public bool Force { get; init; }
+
+    /// <summary>Folder to copy config.json, generation_config.json and tokenizer files from.</summary>
+    public string? CopySideFilesFrom { get; init; }
+
+    /// <summary>When set, config.json's torch_dtype is rewritten to this type.</summary>
+    public SafetensorsDType? ConfigDType { get; init; }
+
+    /// <summary>Extra text files to place in the output (e.g. dare_recipe.yml).</summary>
+    public IReadOnlyDictionary<string, string>? ExtraFiles { get; init; }
+}
+
+/// <summary>What a completed write produced.</summary>
+public sealed record CheckpointWriteResult(string Path, IReadOnlyList<string> Files, int TensorCount, long TensorBytes);
+
+/// <summary>
+/// Streams tensors into a Hugging Face model folder. Headers are written first (shapes are known up front), then
+/// tensor data in plan order as it is produced; nothing is buffered beyond the current write. Output goes to a
+/// temporary folder beside the destination and is moved into place only by <see cref="Commit"/>; disposing an
+/// uncommitted writer (failure, cancellation) deletes the temporary folder and leaves the destination untouched.
+/// </summary>
+public sealed class CheckpointWriter : IDisposable
+{
+    /// <summary>Side files copied from the source model folder.</summary>
+    public static readonly string[] SideFiles =
+    {
+        "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+        "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+    };
+
+    private readonly string _destination;
+    private readonly string _temporary;
+    private readonly CheckpointWriteOptions _options;
+    private readonly List<Shard> _shards;
+    private int _shardIndex = -1;
+    private int _tensorIndex = -1;
+    private long _tensorBytesLeft;
+    private FileStream? _stream;
+    private bool _committed;
+
+    private sealed record Shard(string FileName, List<PlannedTensor> Tensors);
+
+    private CheckpointWriter(string destination, string temporary, List<Shard> shards, CheckpointWriteOptions options)
+    {
+        _destination = destination;
+        _temporary = temporary;
+        _shards = shards;
+        _options = options;
+    }
+
+    public IReadOnlyList<string> ShardFileNames => _shards.Select(s => s.FileName).ToList();
+
+    /// <summary>Checks the destination, plans shards, and creates the temporary folder. Nothing is written at the destination.</summary>
+    public static CheckpointWriter Create(string destination, IReadOnlyList<PlannedTensor> tensors, CheckpointWriteOptions options)
+    {
+        destination = Path.GetFullPath(destination).TrimEnd(Path.DirectorySeparatorChar);
+        CheckDestination(destination, options.Force);
+        if (options.MaxShardSize < 1)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"The shard size must be positive, not {options.MaxShardSize}.");
+        }
+        var duplicate = tensors.GroupBy(t => t.Name).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null)
+        {
+            throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidArgument, $"Tensor '{duplicate.Key}' is planned twice for '{destination}'.");
+        }
+        var shards = PlanShards(tensors, options.MaxShardSize);
+        var parent = Path.GetDirectoryName(destination)!;
+        Directory.CreateDirectory(parent);
+        var temporary = Path.Combine(parent, $".{Path.GetFileName(destination)}.dare-tmp-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temporary);
+        return new CheckpointWriter(destination, temporary, shards, options);
+    }
+
+    /// <summary>Throws OutputExists if the destination is a file, or a non-empty folder and <paramref name="force"/> is not set.</summary>
+    public static void CheckDestination(string destination, bool force)
+    {
+        if (File.Exists(destination))
+        {
+            throw new DareException(DareErrorId.OutputExists, DareErrorKind.ResourceExists, $"'{destination}' is an existing file; the output must be a folder.") { FilePath = destination };
+        }
+        if (!force && Directory.Exists(destination) && Directory.EnumerateFileSystemEntries(destination).Any())
+        {
+            throw new DareException(DareErrorId.OutputExists, DareErrorKind.ResourceExists,
+                $"'{destination}' already exists and is not empty. Use -Force to replace it (it is replaced only once the new model is complete).") { FilePath = destination };
+        }
+    }
+
+    private static List<Shard> PlanShards(IReadOnlyList<PlannedTensor> tensors, long maxShardSize)
+    {
+        var groups = new List<List<PlannedTensor>> { new() };
+        long size = 0;
+        foreach (var tensor in tensors)
+        {
+            if (groups[^1].Count > 0 && size + tensor.ByteLength > maxShardSize)
+            {
+                groups.Add(new List<PlannedTensor>());
+                size = 0;
+            }
+            groups[^1].Add(tensor);
+            size += tensor.ByteLength;
+        }
+        if (groups.Count == 1)
+        {
+            return new List<Shard> { new(Checkpoint.SingleFileName, groups[0]) };
+        }
+        return groups.Select((g, i) => new Shard($"model-{i + 1:D5}-of-{groups.Count:D5}.safetensors", g)).ToList();
+    }
+
+    /// <summary>Declares that the next bytes belong to <paramref name="name"/>, which must be the next planned tensor.</summary>
+    public void BeginTensor(string name)
+    {
+        if (_tensorBytesLeft != 0)
+        {
+            throw new InvalidOperationException($"Tensor '{CurrentTensor.Name}' is incomplete: {_tensorBytesLeft} bytes missing.");
+        }
+        AdvanceToNextTensor();
+        if (CurrentTensor.Name != name)
+        {
+            throw new InvalidOperationException($"Expected tensor '{CurrentTensor.Name}' next, got '{name}'.");
+        }
+    }
+
+    private PlannedTensor CurrentTensor => _shards[_shardIndex].Tensors[_tensorIndex];
+
+    private void AdvanceToNextTensor()
+    {
+        if (_shardIndex < 0 || _tensorIndex + 1 >= _shards[_shardIndex].Tensors.Count)
+        {
+            FinishShard();
+            _shardIndex++;
+            _tensorIndex = -1;
+            if (_shardIndex >= _shards.Count) throw new InvalidOperationException("More tensors were written than planned.");
+            StartShard(_shards[_shardIndex]);
+        }
+        _tensorIndex++;
+        _tensorBytesLeft = CurrentTensor.ByteLength;
+    }
+
+    /// <summary>Appends bytes of the current tensor.</summary>
+    public unsafe void Append(byte* data, long length)
+    {
+        if (length > _tensorBytesLeft)
+        {
+            throw new InvalidOperationException($"Tensor '{CurrentTensor.Name}' received {length} bytes with only {_tensorBytesLeft} left.");
+        }
+        while (length > 0)
+        {
+            var size = (int)Math.Min(length, 1 << 30);
+            _stream!.Write(new ReadOnlySpan<byte>(data, size));
+            data += size;
+            length -= size;
+            _tensorBytesLeft -= size;
+        }
+    }
+
+    /// <summary>Appends a contiguous CPU tensor's bytes to the current tensor.</summary>
+    public unsafe void Append(Tensor tensor)
+    {
+        if (!tensor.is_contiguous()) throw new ArgumentException("The tensor must be contiguous.", nameof(tensor));
+        if (tensor.dtype != CurrentTensor.DType.ToScalarType())
+        {
+            throw new ArgumentException($"Tensor '{CurrentTensor.Name}' is planned as {CurrentTensor.DType}, got {tensor.dtype}.", nameof(tensor));
+        }
+        Append(TensorMemory.Pointer(tensor), tensor.NumberOfElements * tensor.ElementSize);
+    }
+
+    /// <summary>Writes a whole tensor: <see cref="BeginTensor"/> then <see cref="Append(Tensor)"/>.</summary>
+    public void WriteTensor(string name, Tensor tensor)
+    {
+        BeginTensor(name);
+        Append(tensor);
+    }
+
+    private void StartShard(Shard shard)
+    {
+        _stream = new FileStream(Path.Combine(_temporary, shard.FileName), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+        var header = BuildHeader(shard.Tensors, _options.Metadata);
+        Span<byte> length = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+        _stream.Write(length);
+        _stream.Write(header);
+    }
+
+    private void FinishShard()
+    {
+        if (_stream is null) return;
+        _stream.Flush(flushToDisk: true);
+        _stream.Dispose();
+        _stream = null;
+    }
+
+    /// <summary>The JSON header, padded with spaces so the data block starts at a multiple of 8 bytes.</summary>
+    internal static byte[] BuildHeader(IEnumerable<PlannedTensor> tensors, IReadOnlyDictionary<string, string>? metadata)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteStartObject("__metadata__");
+            json.WriteString("format", "pt");
+            foreach (var (key, value) in metadata ?? new Dictionary<string, string>())
+            {
+                if (key != "format") json.WriteString(key, value);
+            }
+            json.WriteEndObject();
+            long offset = 0;
+            foreach (var tensor in tensors)
+            {
+                json.WriteStartObject(tensor.Name);
+                json.WriteString("dtype", tensor.DType.ToString());
+                json.WriteStartArray("shape");
+                foreach (var dimension in tensor.Shape) json.WriteNumberValue(dimension);
+                json.WriteEndArray();
+                json.WriteStartArray("data_offsets");
+                json.WriteNumberValue(offset);
+                json.WriteNumberValue(offset + tensor.ByteLength);
+                json.WriteEndArray();
+                json.WriteEndObject();
+                offset += tensor.ByteLength;
+            }
+            json.WriteEndObject();
+        }
+        var length = buffer.Length;
+        var padded = (length + 7) / 8 * 8;
+        while (buffer.Length < padded) buffer.WriteByte((byte)' ');
+        return buffer.ToArray();
+    }
+
+    /// <summary>Completes the output: flushes, writes the index and side files, then moves the folder into place.</summary>
+    public CheckpointWriteResult Commit()
+    {
+        if (_tensorBytesLeft != 0 || _shardIndex != _shards.Count - 1 || _tensorIndex != _shards[^1].Tensors.Count - 1)
+        {
+            var planned = _shards.Sum(s => s.Tensors.Count);
+            throw new InvalidOperationException($"Cannot commit '{_destination}': not every planned tensor ({planned}) was written.");
+        }
+        FinishShard();
+        if (_shards.Count > 1) WriteIndex();
+        CopySideFiles();
+        foreach (var (name, content) in _options.ExtraFiles ?? new Dictionary<string, string>())
+        {
+            File.WriteAllText(Path.Combine(_temporary, name), content, new UTF8Encoding(false));
+        }
+        MoveIntoPlace();
+        _committed = true;
+        var files = Directory.GetFiles(_destination).OrderBy(f => f, StringComparer.Ordinal).ToList();
+        return new CheckpointWriteResult(_destination, files, _shards.Sum(s => s.Tensors.Count), _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)));
+    }
+
+    private void WriteIndex()
+    {
+        var weightMap = new JsonObject();
+        foreach (var shard in _shards)
+        {
+            foreach (var tensor in shard.Tensors) weightMap[tensor.Name] = shard.FileName;
+        }
+        var index = new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["total_size"] = _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)) },
+            ["weight_map"] = weightMap,
+        };
+        File.WriteAllText(Path.Combine(_temporary, Checkpoint.IndexFileName), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    private void CopySideFiles()
+    {
+        if (_options.CopySideFilesFrom is not { } source) return;
+        foreach (var name in SideFiles)
+        {
+            var from = Path.Combine(source, name);
+            if (!File.Exists(from)) continue;
+            var to = Path.Combine(_temporary, name);
+            if (name == "config.json" && _options.ConfigDType is { } dtype && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
+            {
+                var wanted = dtype.TorchDTypeName();
+                if (config["torch_dtype"]?.GetValue<string>() != wanted)
+                {
+                    config["torch_dtype"] = wanted;
+                    File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                    continue;
+                }
+            }
+            File.Copy(from, to);
+        }
+    }
+
+    private void MoveIntoPlace()
+    {
+        if (!Directory.Exists(_destination))
+        {
+            Directory.Move(_temporary, _destination);
+            return;
+        }
+        CheckDestination(_destination, _options.Force);
+        var previous = Path.Combine(Path.GetDirectoryName(_destination)!, $".{Path.GetFileName(_destination)}.dare-old-{Guid.NewGuid():N}");
+        Directory.Move(_destination, previous);
+        try
+        {
+            Directory.Move(_temporary, _destination);
+        }
+        catch
+        {
+            Directory.Move(previous, _destination);
+            throw;
+        }
+        Directory.Delete(previous, recursive: true);
+    }
+
+    public void Dispose()
+    {
+        _stream?.Dispose();
+        _stream = null;
+        if (!_committed && Directory.Exists(_temporary))
+        {
+            try { Directory.Delete(_temporary, recursive: true); }
+            catch (IOException) { /* best effort: a leftover .dare-tmp folder is hidden and harmless */ }
+        }
+    }
+}

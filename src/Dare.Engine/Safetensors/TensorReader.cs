@@ -1,0 +1,101 @@
+using Microsoft.Win32.SafeHandles;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Safetensors;
+
+/// <summary>
+/// Reads tensor data on demand with positioned reads straight into tensor memory (no whole-file reads, no
+/// intermediate copies). Keeps one handle per file open; not thread-safe per instance, use one per thread.
+/// </summary>
+public sealed class TensorReader : IDisposable
+{
+    /// <summary>Largest single read; keeps spans well inside int range for tensors above 2^31 bytes.</summary>
+    private const int MaxReadBytes = 1 << 30;
+
+    private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
+
+    /// <summary>Reads elements [firstElement, firstElement + count) of the tensor into <paramref name="destination"/>.</summary>
+    public unsafe void ReadElements(TensorInfo info, long firstElement, long count, byte* destination)
+    {
+        var elementSize = info.DType.ElementSize();
+        if (firstElement < 0 || count < 0 || firstElement + count > info.ElementCount)
+        {
+            throw new ArgumentOutOfRangeException(nameof(count), $"Elements [{firstElement}, {firstElement + count}) are outside tensor '{info.Name}' ({info.ElementCount} elements).");
+        }
+        var handle = Handle(info.File);
+        var offset = info.DataOffset + firstElement * elementSize;
+        var remaining = count * elementSize;
+        while (remaining > 0)
+        {
+            var size = (int)Math.Min(remaining, MaxReadBytes);
+            int read;
+            try
+            {
+                read = RandomAccess.Read(handle, new Span<byte>(destination, size), offset);
+            }
+            catch (IOException ex)
+            {
+                throw new DareException(DareErrorId.SafetensorsReadFailed, DareErrorKind.ReadError,
+                    $"Reading tensor '{info.Name}' from '{info.File}' failed: {ex.Message}", ex) { FilePath = info.File, TensorName = info.Name };
+            }
+            if (read == 0)
+            {
+                throw new DareException(DareErrorId.SafetensorsReadFailed, DareErrorKind.ReadError,
+                    $"'{info.File}' ended while reading tensor '{info.Name}' (the file was truncated after it was opened).") { FilePath = info.File, TensorName = info.Name };
+            }
+            destination += read;
+            offset += read;
+            remaining -= read;
+        }
+    }
+
+    /// <summary>Reads a whole tensor in its stored dtype and shape (FP8 comes back as raw bytes).</summary>
+    public unsafe Tensor Read(TensorInfo info)
+    {
+        var shape = info.DType is SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2 ? new[] { info.ByteLength } : info.Shape;
+        var tensor = empty(shape, info.DType.ToScalarType());
+        try
+        {
+            ReadElements(info, 0, info.ElementCount, TensorMemory.Pointer(tensor));
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Reads a range of elements as a 1-D tensor in the stored dtype.</summary>
+    public unsafe Tensor ReadRange(TensorInfo info, long firstElement, long count)
+    {
+        var tensor = empty(new[] { count }, info.DType.ToScalarType());
+        try
+        {
+            ReadElements(info, firstElement, count, TensorMemory.Pointer(tensor));
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
+    }
+
+    private SafeFileHandle Handle(string file)
+    {
+        if (!_handles.TryGetValue(file, out var handle))
+        {
+            handle = SafetensorsFile.OpenRead(file);
+            _handles[file] = handle;
+        }
+        return handle;
+    }
+
+    public void Dispose()
+    {
+        foreach (var handle in _handles.Values) handle.Dispose();
+        _handles.Clear();
+    }
+}
