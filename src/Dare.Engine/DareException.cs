@@ -31,6 +31,8 @@ public enum DareErrorId
     RecipeUnsupported,
     RecipeUnknownKey,
     ArchitectureMismatch,
+    BaseModelMismatch,
+    TaskVectorInvalid,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -1,0 +1,132 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Text;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// DARE's random drop, as a pure function of (seed, stream, tensor name, element index): a counter-based hash
+/// decides each element independently, so the result does not depend on processing order, chunking, threads,
+/// shard layout or device. <c>stream</c> separates models merged with one seed, so they do not drop the same positions.
+/// </summary>
+public static class DareMask
+{
+    /// <summary>The 64-bit key for one tensor of one model.</summary>
+    public static ulong Key(long seed, int stream, string tensorName)
+    {
+        ulong h = 0xcbf29ce484222325UL; // FNV-1a over the UTF-8 name
+        foreach (var b in Encoding.UTF8.GetBytes(tensorName))
+        {
+            h = (h ^ b) * 0x100000001b3UL;
+        }
+        return SplitMix(SplitMix((ulong)seed) ^ SplitMix((ulong)stream + 0x632be59bd9b4e019UL) ^ h);
+    }
+
+    /// <summary>Drop threshold: an element is dropped when its 32-bit hash is below this.</summary>
+    public static uint Threshold(double dropRate)
+    {
+        if (dropRate is < 0 or >= 1 || double.IsNaN(dropRate))
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"The drop rate must satisfy 0 <= p < 1, not {dropRate}.");
+        }
+        return (uint)Math.Min(Math.Round(dropRate * 4294967296.0), uint.MaxValue);
+    }
+
+    /// <summary>The hash of one element; the reference definition the vectorised path reproduces.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint Hash(ulong key, long index)
+    {
+        var (k0, k1) = BlockKeys(key, index >> 32);
+        return Mix(Mix((uint)index * 0x9E3779B1u + k0) ^ k1);
+    }
+
+    /// <summary>True when DARE drops element <paramref name="index"/>.</summary>
+    public static bool IsDropped(ulong key, long index, uint threshold) => Hash(key, index) < threshold;
+
+    /// <summary>
+    /// Zeroes the dropped elements of <paramref name="data"/> (elements [first, first+count) of the tensor) and
+    /// multiplies the survivors by <paramref name="scale"/>. Returns how many were dropped.
+    /// </summary>
+    public static unsafe long Apply(float* data, long first, long count, ulong key, uint threshold, float scale)
+    {
+        if (threshold == 0 && scale == 1f) return 0;
+        var dropped = 0L;
+        var position = 0L;
+        while (position < count)
+        {
+            // Split at 2^32-element block boundaries, where the per-block key changes.
+            var index = first + position;
+            var blockEnd = ((index >> 32) + 1) << 32;
+            var length = Math.Min(count - position, blockEnd - index);
+            dropped += ApplyBlock(data + position, index, length, key, threshold, scale);
+            position += length;
+        }
+        return dropped;
+    }
+
+    private static unsafe long ApplyBlock(float* data, long first, long count, ulong key, uint threshold, float scale)
+    {
+        var (k0, k1) = BlockKeys(key, first >> 32);
+        var low = (uint)first;
+        long dropped = 0;
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated && count >= 8)
+        {
+            var lanes = Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
+            var golden = Vector256.Create(0x9E3779B1u);
+            var vk0 = Vector256.Create(k0);
+            var vk1 = Vector256.Create(k1);
+            var limit = Vector256.Create(threshold);
+            var vscale = Vector256.Create(scale);
+            for (; i <= count - 8; i += 8)
+            {
+                var counter = Vector256.Create(low + (uint)i) + lanes;
+                var h = MixVector(MixVector(counter * golden + vk0) ^ vk1);
+                var drop = Vector256.LessThan(h, limit);
+                var values = Vector256.Load(data + i) * vscale;
+                Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(data + i);
+                dropped += BitOperations.PopCount(drop.ExtractMostSignificantBits());
+            }
+        }
+        for (; i < count; i++)
+        {
+            var h = Mix(Mix((low + (uint)i) * 0x9E3779B1u + k0) ^ k1);
+            if (h < threshold) { data[i] = 0f; dropped++; }
+            else data[i] *= scale;
+        }
+        return dropped;
+    }
+
+    private static (uint, uint) BlockKeys(ulong key, long block)
+    {
+        var k = block == 0 ? key : SplitMix(key ^ (ulong)block);
+        return ((uint)k, (uint)(k >> 32));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint Mix(uint x)
+    {
+        x ^= x >> 16; x *= 0x85EBCA6Bu;
+        x ^= x >> 13; x *= 0xC2B2AE35u;
+        x ^= x >> 16;
+        return x;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> MixVector(Vector256<uint> x)
+    {
+        x ^= Vector256.ShiftRightLogical(x, 16); x *= Vector256.Create(0x85EBCA6Bu);
+        x ^= Vector256.ShiftRightLogical(x, 13); x *= Vector256.Create(0xC2B2AE35u);
+        x ^= Vector256.ShiftRightLogical(x, 16);
+        return x;
+    }
+
+    private static ulong SplitMix(ulong z)
+    {
+        z += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+}

@@ -1,0 +1,420 @@
+using System.Diagnostics;
+using Dare.Engine.Safetensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+public sealed class ExportOptions
+{
+    public required string Destination { get; init; }
+
+    /// <summary>Output dtype for float tensors; null keeps each base tensor's dtype. Integer and bool tensors are never converted.</summary>
+    public SafetensorsDType? OutputDType { get; init; }
+
+    public long MaxShardSize { get; init; } = CheckpointWriteOptions.DefaultMaxShardSize;
+
+    /// <summary>Write λ·merged δ only, instead of base + λ·merged δ.</summary>
+    public bool DeltaOnly { get; init; }
+
+    public bool Force { get; init; }
+
+    /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
+    public string? RecipeYaml { get; init; }
+}
+
+public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int TensorCount, long BytesWritten, long BytesRead, TimeSpan Elapsed)
+{
+    public double MegabytesPerSecond => Elapsed.TotalSeconds > 0 ? BytesRead / 1e6 / Elapsed.TotalSeconds : 0;
+}
+
+/// <summary>
+/// Runs task-vector plans tensor by tensor. For each tensor name it reads the base and fine-tuned data (in chunks
+/// of at most <see cref="ChunkElements"/> elements for very large tensors), computes in float32, and hands the
+/// result on before touching the next tensor, so memory is bounded by a few chunks whatever the model size.
+/// Every tensor is computed inside its own dispose scope: nothing native outlives the tensor.
+/// </summary>
+public sealed class MergeExecutor
+{
+    public const long DefaultChunkElements = 16L << 20;
+    public const string RecipeFileName = "dare_recipe.yml";
+
+    private readonly IMergeObserver? _observer;
+    private readonly CancellationToken _cancellation;
+
+    public MergeExecutor(IMergeObserver? observer = null, CancellationToken cancellation = default, long chunkElements = DefaultChunkElements)
+    {
+        if (chunkElements < 1) throw new ArgumentOutOfRangeException(nameof(chunkElements));
+        _observer = observer;
+        _cancellation = cancellation;
+        ChunkElements = chunkElements;
+        TorchRuntime.EnsureInitialized();
+    }
+
+    public long ChunkElements { get; }
+
+    /// <summary>Writes base + λ·δ (or δ alone) as a Hugging Face model folder, atomically.</summary>
+    public ExportResult Export(TaskVector vector, ExportOptions options)
+    {
+        var clock = Stopwatch.StartNew();
+        WarnAboutMissingTensors(vector);
+        var tensors = options.DeltaOnly ? vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList() : vector.Base.Tensors.ToList();
+        var plan = tensors.Select(t => new PlannedTensor(t.Name, OutputDTypeOf(t, options), t.Shape)).ToList();
+        var metadata = new Dictionary<string, string>
+        {
+            ["dare_version"] = typeof(MergeExecutor).Assembly.GetName().Version?.ToString(3) ?? "0",
+            ["dare_content"] = options.DeltaOnly ? "delta" : "model",
+        };
+        if (options.RecipeYaml is not null) metadata["dare_recipe"] = options.RecipeYaml;
+        var writeOptions = new CheckpointWriteOptions
+        {
+            MaxShardSize = options.MaxShardSize,
+            Metadata = metadata,
+            Force = options.Force,
+            CopySideFilesFrom = vector.Base.Directory,
+            ConfigDType = options.OutputDType,
+            ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
+        };
+        var layerCount = LayerCount(vector.Base);
+        var totalBytes = tensors.Sum(t => t.ByteLength) * (1 + vector.Sources.Count);
+        long bytesRead = 0;
+
+        using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
+        using var reader = new TensorReader();
+        for (var i = 0; i < tensors.Count; i++)
+        {
+            _cancellation.ThrowIfCancellationRequested();
+            var info = tensors[i];
+            var outputDType = plan[i].DType.ToScalarType();
+            _observer?.Progress(new MergeProgress("Merging", i, tensors.Count, bytesRead, totalBytes, clock.Elapsed, info.Name));
+            writer.BeginTensor(info.Name);
+            using (NewDisposeScope())
+            {
+                if (!info.DType.IsMergeable())
+                {
+                    writer.Append(reader.Read(info).contiguous());
+                }
+                else
+                {
+                    ProcessTensor(vector, info, reader, layerCount, (_, baseChunk, delta) =>
+                    {
+                        var result = options.DeltaOnly ? delta : baseChunk.add_(delta);
+                        writer.Append(result.to_type(outputDType).contiguous());
+                    });
+                }
+            }
+            bytesRead += info.ByteLength * (1 + vector.Sources.Count);
+            _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {plan[i].DType}");
+        }
+        _observer?.Progress(new MergeProgress("Merging", tensors.Count, tensors.Count, bytesRead, totalBytes, clock.Elapsed, null));
+        _cancellation.ThrowIfCancellationRequested();
+        var written = writer.Commit();
+        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
+    }
+
+    /// <summary>The task vector's float32 δ for one tensor, in the tensor's shape. The caller owns (disposes) it.</summary>
+    public Tensor ComputeDelta(TaskVector vector, string tensorName)
+    {
+        var info = vector.Base.Find(tensorName) ?? throw new DareException(DareErrorId.TensorNotFound, DareErrorKind.ObjectNotFound,
+            $"The base model '{vector.Base.Path}' has no tensor '{tensorName}'.") { TensorName = tensorName };
+        if (!info.DType.IsMergeable())
+        {
+            throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidArgument,
+                $"Tensor '{tensorName}' is {info.DType}; only floating-point tensors have a task vector (others are copied from the base).") { TensorName = tensorName };
+        }
+        var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
+        using var reader = new TensorReader();
+        using (NewDisposeScope())
+        {
+            ProcessTensor(vector, info, reader, LayerCount(vector.Base), (first, _, delta) =>
+                result.narrow(0, first, delta.shape[0]).copy_(delta));
+        }
+        return result.view(info.Shape);
+    }
+
+    /// <summary>Streams every float tensor of the vector through <paramref name="visit"/> (name, info, chunk start, δ chunk) and returns the DARE drop counts.</summary>
+    internal DropCounts Visit(TaskVector vector, Action<TensorInfo, long, Tensor> visit, string activity, Func<TensorInfo, bool>? include = null)
+    {
+        var clock = Stopwatch.StartNew();
+        var tensors = vector.Base.Tensors.Where(t => t.DType.IsMergeable() && (include?.Invoke(t) ?? true)).ToList();
+        var totalBytes = tensors.Sum(t => t.ByteLength);
+        long bytesDone = 0;
+        var layerCount = LayerCount(vector.Base);
+        var counts = new DropCounts();
+        using var reader = new TensorReader();
+        for (var i = 0; i < tensors.Count; i++)
+        {
+            _cancellation.ThrowIfCancellationRequested();
+            _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, tensors[i].Name));
+            using (NewDisposeScope())
+            {
+                var info = tensors[i];
+                var drops = ProcessTensor(vector, info, reader, layerCount, (first, _, delta) => visit(info, first, delta));
+                counts.Add(drops);
+            }
+            bytesDone += tensors[i].ByteLength;
+        }
+        return counts;
+    }
+
+    internal sealed class DropCounts
+    {
+        public long Dropped;
+        public long Elements;
+        public double TargetDropped;
+        public void Add(DropCounts other)
+        {
+            Dropped += other.Dropped;
+            Elements += other.Elements;
+            TargetDropped += other.TargetDropped;
+        }
+    }
+
+    private void WarnAboutMissingTensors(TaskVector vector)
+    {
+        foreach (var input in vector.IsMerged ? vector.Inputs : new[] { vector })
+        {
+            if (input.MissingTensors.Count == 0) continue;
+            var names = string.Join(", ", input.MissingTensors.Take(10)) + (input.MissingTensors.Count > 10 ? $", ... ({input.MissingTensors.Count} in all)" : "");
+            _observer?.Warning($"'{input.FineTuned!.Path}' lacks {input.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: {names}");
+        }
+    }
+
+    private static ScalarType ToScalar(SafetensorsDType dtype) => dtype.ToScalarType();
+
+    private static SafetensorsDType OutputDTypeOf(TensorInfo info, ExportOptions options) =>
+        info.DType.IsMergeable() && options.OutputDType is { } wanted ? wanted : info.DType;
+
+    /// <summary>Layers in the model: config.json's num_hidden_layers, else the highest layer index in the tensor names + 1.</summary>
+    internal static int LayerCount(Checkpoint model)
+    {
+        if (model.ConfigInt("num_hidden_layers") is { } configured and > 0) return (int)configured;
+        var highest = model.Tensors.Select(t => TensorPosition.Of(t.Name, 0).LayerIndex ?? -1).DefaultIfEmpty(-1).Max();
+        return highest + 1;
+    }
+
+    /// <summary>One fine-tuned model's part in computing a tensor.</summary>
+    private sealed class Leaf
+    {
+        public required TensorInfo? Tuned;
+        public required float Weight;
+        public ulong Key;
+        public uint DropThreshold;
+        public float DropScale = 1f;
+        public bool UsesDare;
+        public bool L1;
+        public double L1Before, L1After;
+        public long Dropped;
+        public MagnitudeSelection? Selection;
+        public long TiesLeft;
+    }
+
+    private delegate void ChunkConsumer(long first, Tensor baseChunk, Tensor delta);
+
+    /// <summary>
+    /// Computes the vector's δ for one tensor and hands it to <paramref name="consume"/> chunk by chunk, in element
+    /// order. Steps that need the whole tensor first (L1 rescale, TIES magnitude threshold) take extra passes; a
+    /// tensor that fits in one chunk is read once and kept for all passes.
+    /// </summary>
+    private DropCounts ProcessTensor(TaskVector vector, TensorInfo baseInfo, TensorReader reader, int layerCount, ChunkConsumer consume)
+    {
+        var position = TensorPosition.Of(baseInfo.Name, layerCount);
+        var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
+        var merge = vector.Merge;
+        var n = baseInfo.ElementCount;
+        var leaves = new Leaf[inputs.Count];
+        var counts = new DropCounts();
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            var input = inputs[i];
+            var leaf = new Leaf
+            {
+                Tuned = input.FineTuned!.Find(baseInfo.Name),
+                Weight = merge is null ? 1f : (float)merge.Weights[i].Resolve(position),
+            };
+            if (input.Dare is { } dare)
+            {
+                var rate = dare.DropRate.Resolve(position);
+                leaf.UsesDare = true;
+                leaf.Key = DareMask.Key(dare.Seed, dare.Stream, baseInfo.Name);
+                leaf.DropThreshold = DareMask.Threshold(rate);
+                leaf.DropScale = dare.Rescale == DareRescale.InverseKeep ? (float)(1.0 / (1.0 - rate)) : 1f;
+                leaf.L1 = dare.Rescale == DareRescale.L1;
+                counts.TargetDropped += rate * n;
+            }
+            if (merge is { Method: MergeMethod.Ties, KeepRatios: { } keep })
+            {
+                var ratio = keep[i].Resolve(position);
+                leaf.Selection = new MagnitudeSelection((long)Math.Ceiling(ratio * n - 1e-9), n);
+            }
+            leaves[i] = leaf;
+        }
+
+        var chunk = Math.Max(1, Math.Min(n, ChunkElements));
+        var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
+        var cachedBase = (Tensor?)null;
+        var cachedDeltas = (Tensor[]?)null;
+        var pass = 0;
+
+        // Runs one pass over all chunks; a single-chunk tensor is computed once and reused by later passes.
+        void ForEachChunk(Action<long, Tensor, Tensor[]> body)
+        {
+            for (var c = 0; c < chunkCount; c++)
+            {
+                _cancellation.ThrowIfCancellationRequested();
+                var first = c * chunk;
+                var count = Math.Min(chunk, n - first);
+                using var scope = chunkCount > 1 ? NewDisposeScope() : null;
+                Tensor baseChunk;
+                Tensor[] deltas;
+                if (cachedDeltas is not null)
+                {
+                    baseChunk = cachedBase!;
+                    deltas = cachedDeltas;
+                }
+                else
+                {
+                    baseChunk = reader.ReadRange(baseInfo, first, count).to_type(ScalarType.Float32);
+                    deltas = leaves.Select(l => LeafDelta(l, reader, baseChunk, first, count, firstPass: pass == 0)).ToArray();
+                    if (chunkCount == 1)
+                    {
+                        cachedBase = baseChunk;
+                        cachedDeltas = deltas;
+                    }
+                }
+                body(first, baseChunk, deltas);
+            }
+            pass++;
+        }
+
+        var selecting = leaves.Where(l => l.Selection is { NeedsPasses: true }).ToList();
+        if (selecting.Count > 0 || leaves.Any(l => l.L1))
+        {
+            ForEachChunk((_, _, deltas) =>
+            {
+                for (var i = 0; i < leaves.Length; i++)
+                {
+                    if (leaves[i].Selection is { NeedsPasses: true } s) AddCoarse(s, deltas[i]);
+                }
+            });
+            selecting.ForEach(l => l.Selection!.FinishCoarse());
+        }
+        if (selecting.Count > 0)
+        {
+            ForEachChunk((_, _, deltas) =>
+            {
+                for (var i = 0; i < leaves.Length; i++)
+                {
+                    if (leaves[i].Selection is { NeedsPasses: true } s) AddFine(s, deltas[i]);
+                }
+            });
+            selecting.ForEach(l => l.Selection!.FinishFine());
+        }
+        foreach (var leaf in leaves) leaf.TiesLeft = leaf.Selection?.TiesToKeep ?? 0;
+
+        ForEachChunk((first, baseChunk, deltas) =>
+        {
+            for (var i = 0; i < leaves.Length; i++)
+            {
+                var leaf = leaves[i];
+                if (leaf.Selection is { } selection) Trim(selection, deltas[i], ref leaf.TiesLeft);
+                if (leaf.L1 && leaf.L1After > 0) deltas[i].mul_(leaf.L1Before / leaf.L1After);
+            }
+            consume(first, baseChunk, Combine(merge, leaves, deltas));
+        });
+
+        foreach (var leaf in leaves)
+        {
+            counts.Dropped += leaf.Dropped;
+            if (leaf.UsesDare) counts.Elements += n;
+        }
+        return counts;
+    }
+
+    /// <summary>δ = fine-tuned − base for one chunk, with the DARE mask applied (the L1 rescale comes after trimming).</summary>
+    private static unsafe Tensor LeafDelta(Leaf leaf, TensorReader reader, Tensor baseChunk, long first, long count, bool firstPass)
+    {
+        if (leaf.Tuned is null) return zeros(new[] { count }, ScalarType.Float32);
+        var tuned = reader.ReadRange(leaf.Tuned, first, count);
+        var delta = tuned.dtype == ScalarType.Float32 ? tuned.sub_(baseChunk) : tuned.to_type(ScalarType.Float32).sub_(baseChunk);
+        if (!leaf.UsesDare) return delta;
+        if (leaf.L1 && firstPass) leaf.L1Before += delta.abs().sum().ToDouble();
+        var data = TensorMemory.Floats(delta);
+        var ranges = MagnitudeSelection.Ranges(count);
+        var dropped = new long[ranges.Length];
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (start, end) = ranges[r];
+            dropped[r] = DareMask.Apply(data + start, first + start, end - start, leaf.Key, leaf.DropThreshold, leaf.DropScale);
+        });
+        if (firstPass)
+        {
+            leaf.Dropped += dropped.Sum();
+            if (leaf.L1) leaf.L1After += delta.abs().sum().ToDouble();
+        }
+        return delta;
+    }
+
+    private static unsafe void AddCoarse(MagnitudeSelection selection, Tensor delta) => selection.AddCoarse(TensorMemory.Floats(delta), delta.shape[0]);
+    private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
+    private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
+
+    /// <summary>Combines the inputs' chunks into the merged δ (λ applied).</summary>
+    private static Tensor Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas)
+    {
+        if (merge is null) return deltas[0];
+        if (merge.Method == MergeMethod.Linear)
+        {
+            var sum = deltas[0].mul(leaves[0].Weight);
+            for (var i = 1; i < deltas.Length; i++) sum.add_(deltas[i], alpha: leaves[i].Weight);
+            var totalWeight = leaves.Sum(l => (double)l.Weight);
+            var scale = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
+            return scale == 1.0 ? sum : sum.mul_(scale);
+        }
+        return TiesCombine(merge, leaves, deltas);
+    }
+
+    /// <summary>
+    /// TIES sign election and disjoint mean: γ = sign(Σ wᵢtᵢ) (or of #positive − #negative), ties to +; the result is
+    /// Σ wᵢtᵢ over the inputs whose sign agrees with γ, divided by Σ wᵢ over them when normalizing (0 where none agree).
+    /// </summary>
+    private static unsafe Tensor TiesCombine(MergeOptions merge, Leaf[] leaves, Tensor[] deltas)
+    {
+        var count = deltas[0].shape[0];
+        var result = empty(new[] { count }, ScalarType.Float32);
+        var output = TensorMemory.Floats(result);
+        var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        var weights = leaves.Select(l => (double)l.Weight).ToArray();
+        var byCount = merge.SignMethod == SignMethod.Count;
+        var normalize = merge.Normalize;
+        var lambda = merge.Lambda;
+        var ranges = MagnitudeSelection.Ranges(count);
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (start, end) = ranges[r];
+            for (var j = start; j < end; j++)
+            {
+                double election = 0;
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    var x = ((float*)inputs[i])[j];
+                    election += byCount ? Math.Sign(x) : weights[i] * x;
+                }
+                var positive = election >= 0;
+                double sum = 0, weight = 0;
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    var x = ((float*)inputs[i])[j];
+                    if (positive ? x > 0 : x < 0)
+                    {
+                        sum += weights[i] * x;
+                        weight += weights[i];
+                    }
+                }
+                var merged = normalize ? (weight != 0 ? sum / weight : 0) : sum;
+                output[j] = (float)(merged * lambda);
+            }
+        });
+        return result;
+    }
+}
