@@ -8,7 +8,16 @@
     CompatiblePSEditions = @('Core')
     FormatsToProcess     = @('Dare.Format.ps1xml')
     CmdletsToExport      = @(
+        'Export-Safetensors'
         'Get-DareEnvironment'
+        'Get-TaskVector'
+        'Get-TaskVectorTensor'
+        'Import-Safetensors'
+        'Invoke-DareDrop'
+        'Measure-TaskVector'
+        'Merge-Linear'
+        'Merge-Ties'
+        'New-SyntheticCheckpoint'
     )
     FunctionsToExport    = @()
     AliasesToExport      = @()

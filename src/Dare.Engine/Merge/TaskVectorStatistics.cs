@@ -1,0 +1,98 @@
+using Dare.Engine.Safetensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>Figures describing a task vector δ (whole model, or one tensor).</summary>
+public sealed record TaskVectorStatistics(
+    string TaskVector,
+    string? Tensor,
+    long ParameterCount,
+    double NaturalSparsity,
+    double MaxAbs,
+    double MeanAbs,
+    double StdAbs,
+    double? TargetDropRate,
+    double? RealisedDropRate)
+{
+    /// <summary>Per-tensor figures (filled for the whole-model record when asked for).</summary>
+    public IReadOnlyList<TaskVectorStatistics> Tensors { get; init; } = Array.Empty<TaskVectorStatistics>();
+
+    /// <summary>Entries with |δ| below this fraction of the tensor's max |δ| count as naturally sparse.</summary>
+    public const double SparsityFraction = 0.01;
+
+    /// <summary>
+    /// Computes the statistics by streaming the vector through the executor. Natural sparsity is relative to each
+    /// tensor's own max |δ|, which a tensor larger than one chunk only knows after a first pass.
+    /// </summary>
+    public static TaskVectorStatistics Measure(TaskVector vector, MergeExecutor executor, bool perTensor)
+    {
+        var accumulators = new Dictionary<string, Accumulator>(StringComparer.Ordinal);
+        var counts = executor.Visit(vector, (info, _, delta) =>
+        {
+            var a = Accum(accumulators, info);
+            using var magnitude = delta.abs();
+            a.Max = Math.Max(a.Max, magnitude.max().ToDouble());
+            a.Sum += magnitude.sum(ScalarType.Float64).ToDouble();
+            a.SumSquares += magnitude.square().sum(ScalarType.Float64).ToDouble();
+            if (delta.shape[0] == info.ElementCount)
+            {
+                a.Sparse = magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
+                a.SparseKnown = true;
+            }
+        }, "Measuring");
+
+        var unknown = accumulators.Where(p => !p.Value.SparseKnown).Select(p => p.Key).ToHashSet(StringComparer.Ordinal);
+        if (unknown.Count > 0)
+        {
+            executor.Visit(vector, (info, _, delta) =>
+            {
+                var a = accumulators[info.Name];
+                using var magnitude = delta.abs();
+                a.Sparse += magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
+            }, "Measuring sparsity", t => unknown.Contains(t.Name));
+        }
+
+        var usesDare = counts.Elements > 0;
+        var perTensorResults = perTensor
+            ? accumulators.Values.Select(a => a.ToStatistics(vector.Name, null, null)).ToList()
+            : new List<TaskVectorStatistics>();
+        var total = new Accumulator(null!, accumulators.Values.Sum(a => a.Count))
+        {
+            Max = accumulators.Values.Select(a => a.Max).DefaultIfEmpty(0).Max(),
+            Sum = accumulators.Values.Sum(a => a.Sum),
+            SumSquares = accumulators.Values.Sum(a => a.SumSquares),
+            Sparse = accumulators.Values.Sum(a => a.Sparse),
+        };
+        return total.ToStatistics(vector.Name,
+            usesDare ? counts.TargetDropped / counts.Elements : null,
+            usesDare ? (double)counts.Dropped / counts.Elements : null) with { Tensor = null, Tensors = perTensorResults };
+    }
+
+    private static Accumulator Accum(Dictionary<string, Accumulator> accumulators, TensorInfo info)
+    {
+        if (!accumulators.TryGetValue(info.Name, out var a))
+        {
+            a = new Accumulator(info.Name, info.ElementCount);
+            accumulators[info.Name] = a;
+        }
+        return a;
+    }
+
+    private sealed class Accumulator(string name, long count)
+    {
+        public string Name { get; } = name;
+        public long Count { get; } = count;
+        public double Max, Sum, SumSquares;
+        public long Sparse;
+        public bool SparseKnown;
+
+        public TaskVectorStatistics ToStatistics(string vector, double? target, double? realised)
+        {
+            var mean = Count > 0 ? Sum / Count : 0;
+            var variance = Count > 0 ? Math.Max(0, SumSquares / Count - mean * mean) : 0;
+            return new TaskVectorStatistics(vector, Name, Count, Count > 0 ? (double)Sparse / Count : 0, Max, mean, Math.Sqrt(variance), target, realised);
+        }
+    }
+}

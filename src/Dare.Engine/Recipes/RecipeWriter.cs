@@ -1,0 +1,89 @@
+using System.Globalization;
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+using YamlDotNet.Serialization;
+
+namespace Dare.Engine.Recipes;
+
+/// <summary>
+/// Writes the recipe that reproduces a task vector, in the mergekit-compatible schema <c>Invoke-DareMerge</c> reads
+/// (with Dare's documented extensions: drop_rate, random_seed, mask_stream, match). Paths are absolute so the recipe
+/// replays from anywhere.
+/// </summary>
+public static class RecipeWriter
+{
+    public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null)
+    {
+        var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
+        var merge = vector.Merge;
+        var dareInputs = inputs.Where(i => i.Dare is not null).ToList();
+        var sharedSeed = dareInputs.Select(i => i.Dare!.Seed).Distinct().Count() == 1 ? dareInputs[0].Dare!.Seed : (long?)null;
+        var sharedRescale = dareInputs.Select(i => i.Dare!.Rescale).Distinct().Count() == 1 ? dareInputs[0].Dare!.Rescale : (DareRescale?)null;
+
+        var recipe = new Dictionary<string, object?>
+        {
+            ["merge_method"] = merge switch
+            {
+                null => "task_arithmetic",
+                { Method: MergeMethod.Ties } => "ties",
+                _ => "linear",
+            },
+            ["base_model"] = vector.Base.Path,
+        };
+        var models = new List<object>();
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            var input = inputs[i];
+            var parameters = new Dictionary<string, object?>
+            {
+                ["weight"] = merge is null ? 1.0 : Value(merge.Weights[i]),
+            };
+            if (merge?.KeepRatios is { } keep) parameters["density"] = Value(keep[i]);
+            if (input.Dare is { } dare)
+            {
+                parameters["drop_rate"] = Value(dare.DropRate);
+                if (sharedSeed is null) parameters["random_seed"] = dare.Seed;
+                if (dare.Stream != i) parameters["mask_stream"] = dare.Stream;
+                if (sharedRescale is null) parameters["rescale"] = RescaleValue(dare.Rescale);
+            }
+            models.Add(new Dictionary<string, object?> { ["model"] = input.FineTuned!.Path, ["parameters"] = parameters });
+        }
+        recipe["models"] = models;
+        var global = new Dictionary<string, object?>
+        {
+            ["normalize"] = merge?.Normalize ?? false,
+            ["lambda"] = merge?.Lambda ?? 1.0,
+        };
+        if (sharedRescale is { } rescale) global["rescale"] = RescaleValue(rescale);
+        if (merge is { Method: MergeMethod.Ties }) global["sign_method"] = merge.SignMethod.ToString().ToLowerInvariant();
+        recipe["parameters"] = global;
+        if (sharedSeed is { } seed) recipe["random_seed"] = seed;
+        recipe["dtype"] = "float32";
+        if (outputDType is { } dtype) recipe["out_dtype"] = dtype.TorchDTypeName();
+        if (maxShardSize is { } shard) recipe["output"] = new Dictionary<string, object?> { ["max_shard_size"] = shard };
+
+        var header = $"# Written by Dare {typeof(RecipeWriter).Assembly.GetName().Version?.ToString(3)}. Replay with: Invoke-DareMerge -ConfigPath <this file> -OutputPath <folder>\n";
+        return header + new SerializerBuilder().Build().Serialize(recipe);
+    }
+
+    private static object RescaleValue(DareRescale rescale) => rescale switch
+    {
+        DareRescale.InverseKeep => true,
+        DareRescale.L1 => "l1",
+        _ => false,
+    };
+
+    /// <summary>A constant as a number, rules as a list of {filter, value} (match: wildcard when so), a gradient as a list of numbers.</summary>
+    private static object Value(TensorParameter parameter) => parameter switch
+    {
+        ConstantParameter c => c.Value,
+        GradientParameter g => g.Points.ToList(),
+        RuleParameter r => r.Rules.Select(rule =>
+        {
+            var entry = new Dictionary<string, object?> { ["filter"] = rule.Filter, ["value"] = Value(rule.Value) };
+            if (rule.Match == FilterMatch.Wildcard) entry["match"] = "wildcard";
+            return (object)entry;
+        }).Append(new Dictionary<string, object?> { ["value"] = Value(r.Default) }).ToList(),
+        _ => throw new ArgumentOutOfRangeException(nameof(parameter), parameter.GetType().Name),
+    };
+}

@@ -1,0 +1,88 @@
+using System.Management.Automation;
+using Dare.Engine;
+using Dare.Engine.Merge;
+using Dare.Engine.Recipes;
+using Dare.Engine.Safetensors;
+
+namespace Dare.PowerShell;
+
+/// <summary>
+/// Export-Safetensors: runs a task-vector plan and writes base + λ·δ (or δ alone) as a Hugging Face model folder.
+/// The write is atomic: a failure or Ctrl+C leaves no partial output, and an existing model is replaced only with -Force.
+/// </summary>
+[Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
+[OutputType(typeof(ExportResult))]
+public sealed class ExportSafetensorsCommand : DareCmdlet
+{
+    private const string PathSet = "Path";
+    private const string LiteralPathSet = "LiteralPath";
+    private readonly CancellationTokenSource _cancellation = new();
+
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public TaskVector InputObject { get; set; } = null!;
+
+    /// <summary>Output model folder.</summary>
+    [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
+    public string Path { get; set; } = "";
+
+    /// <summary>Output model folder, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralPathSet)]
+    [Alias("PSPath")]
+    public string LiteralPath { get; set; } = "";
+
+    /// <summary>Output dtype of floating-point tensors: bfloat16, float16 or float32 (default: each base tensor's dtype).</summary>
+    [Parameter]
+    [ValidateSet("bfloat16", "float16", "float32")]
+    public string? DType { get; set; }
+
+    /// <summary>Largest shard, e.g. 5GB (default), 500MB, or a byte count.</summary>
+    [Parameter]
+    public string MaxShardSize { get; set; } = "5GB";
+
+    /// <summary>Write only the (merged, λ-scaled) delta, not base + delta.</summary>
+    [Parameter]
+    public SwitchParameter DeltaOnly { get; set; }
+
+    /// <summary>Replace an existing non-empty output folder (only once the new model is complete).</summary>
+    [Parameter]
+    public SwitchParameter Force { get; set; }
+
+    protected override void ProcessRecord() => Run(() =>
+    {
+        var destination = ParameterSetName == LiteralPathSet
+            ? PathResolver.ResolveOutput(SessionState, LiteralPath)
+            : PathResolver.ResolveOutput(SessionState, Path);
+        var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
+        var shardSize = ByteSize.Parse(MaxShardSize);
+        var vector = InputObject;
+        var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
+            .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
+        var shards = Math.Max(1, (int)Math.Ceiling(bytes / (double)shardSize));
+        var what = $"Write {(DeltaOnly ? "the delta of" : "the merged model")} '{vector.Name}' ({vector.TensorCount} tensors, ~{ByteSize.Format(bytes)}, ~{shards} shard(s))";
+        if (!ShouldProcess(destination, what)) return;
+
+        var options = new ExportOptions
+        {
+            Destination = destination,
+            OutputDType = dtype,
+            MaxShardSize = shardSize,
+            DeltaOnly = DeltaOnly,
+            Force = Force,
+            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize),
+        };
+        var executor = new MergeExecutor(new CmdletObserver(this), _cancellation.Token);
+        ExportResult result;
+        try
+        {
+            result = executor.Export(vector, options);
+        }
+        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
+        {
+            throw new PipelineStoppedException();
+        }
+        WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
+        WriteObject(result);
+    });
+
+    protected override void StopProcessing() => _cancellation.Cancel();
+}

@@ -1,0 +1,77 @@
+using System.Collections;
+using System.Management.Automation;
+using System.Security.Cryptography;
+using Dare.Engine;
+using Dare.Engine.Merge;
+
+namespace Dare.PowerShell;
+
+/// <summary>
+/// Invoke-DareDrop: adds DARE (drop each delta entry with probability p, rescale the survivors) to task vectors.
+/// Each vector arriving down one pipeline gets its own mask stream (0, 1, 2, ...) under the same seed.
+/// </summary>
+[Cmdlet(VerbsLifecycle.Invoke, "DareDrop")]
+[OutputType(typeof(TaskVector))]
+public sealed class InvokeDareDropCommand : DareCmdlet
+{
+    private int _stream;
+    private long? _seed;
+
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public TaskVector InputObject { get; set; } = null!;
+
+    /// <summary>Probability p of dropping each entry, 0 &lt;= p &lt; 1 (0.9 is typical).</summary>
+    [Parameter(Mandatory = true, Position = 0)]
+    public double DropRate { get; set; }
+
+    /// <summary>Seed of the drop masks. Without it a seed is drawn at random and recorded in the plan.</summary>
+    [Parameter]
+    public long Seed { get; set; }
+
+    /// <summary>InverseKeep (×1/(1−p), default), L1 (keep the L1 norm), or None.</summary>
+    [Parameter]
+    public DareRescale Rescale { get; set; } = DareRescale.InverseKeep;
+
+    /// <summary>
+    /// Drop rates for tensors whose names match wildcard patterns, e.g. @{ '*embed_tokens*' = 0.5 }. First match wins:
+    /// an [ordered] dictionary keeps its order, a plain hashtable is taken in ordinal key order.
+    /// </summary>
+    [Parameter]
+    public IDictionary? DropRateOverride { get; set; }
+
+    protected override void BeginProcessing() => Run(() =>
+    {
+        DareMask.Threshold(DropRate);
+        if (MyInvocation.BoundParameters.ContainsKey(nameof(Seed)))
+        {
+            _seed = Seed;
+        }
+        else
+        {
+            _seed = RandomNumberGenerator.GetInt32(int.MaxValue);
+            WriteVerbose($"No -Seed given; using seed {_seed} (recorded in the task vector and the exported recipe).");
+        }
+    });
+
+    protected override void ProcessRecord() => RunForItem(() =>
+    {
+        var dare = new DareOptions(DropRateParameter(), _seed!.Value, _stream, Rescale);
+        WriteObject(InputObject.WithDare(dare));
+        _stream++;
+    }, InputObject);
+
+    private TensorParameter DropRateParameter()
+    {
+        if (DropRateOverride is null || DropRateOverride.Count == 0) return DropRate;
+        var rules = new List<ParameterRule>();
+        var entries = DropRateOverride.Cast<DictionaryEntry>();
+        if (DropRateOverride is Hashtable) entries = entries.OrderBy(e => e.Key.ToString(), StringComparer.Ordinal);
+        foreach (var entry in entries)
+        {
+            var rate = LanguagePrimitives.ConvertTo<double>(entry.Value);
+            DareMask.Threshold(rate);
+            rules.Add(new ParameterRule(entry.Key.ToString(), rate, FilterMatch.Wildcard));
+        }
+        return new RuleParameter(rules, DropRate);
+    }
+}

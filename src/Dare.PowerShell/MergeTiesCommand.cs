@@ -1,0 +1,30 @@
+using System.Management.Automation;
+using Dare.Engine.Merge;
+
+namespace Dare.PowerShell;
+
+/// <summary>
+/// Merge-Ties: trims each task vector to its largest-magnitude entries, elects a sign per parameter and averages
+/// the entries that agree with it.
+/// </summary>
+[Cmdlet(VerbsData.Merge, "Ties")]
+[OutputType(typeof(TaskVector))]
+public sealed class MergeTiesCommand : MergeCommandBase
+{
+    /// <summary>Fraction k of entries kept per tensor (0 &lt; k &lt;= 1); 1 skips trimming (DARE-TIES).</summary>
+    [Parameter(Position = 0)]
+    [Alias("Density")]
+    [ValidateRange(double.Epsilon, 1.0)]
+    public double KeepRatio { get; set; } = 0.2;
+
+    /// <summary>Sum (sign of the weighted sum, default) or Count (sign of #positive − #negative).</summary>
+    [Parameter]
+    public SignMethod SignMethod { get; set; } = SignMethod.Sum;
+
+    /// <summary>Divide by the summed weights of the agreeing models (default true).</summary>
+    [Parameter]
+    public SwitchParameter Normalize { get; set; } = true;
+
+    protected override MergeOptions Options(IReadOnlyList<TensorParameter> weights, int inputCount) =>
+        new(MergeMethod.Ties, weights, Normalize, Lambda, Enumerable.Repeat((TensorParameter)KeepRatio, inputCount).ToList(), SignMethod);
+}

@@ -1,0 +1,47 @@
+using System.Management.Automation;
+using Dare.Engine.Safetensors;
+
+namespace Dare.PowerShell;
+
+/// <summary>
+/// New-SyntheticCheckpoint: writes a small Llama-shaped model folder with random weights, or a "fine-tune" of a
+/// given base (base + seeded random delta). For demos, tests and benchmarks.
+/// </summary>
+[Cmdlet(VerbsCommon.New, "SyntheticCheckpoint", SupportsShouldProcess = true)]
+[OutputType(typeof(Checkpoint))]
+public sealed class NewSyntheticCheckpointCommand : DareCmdlet
+{
+    [Parameter(Mandatory = true, Position = 0)]
+    public string Path { get; set; } = "";
+
+    /// <summary>Make a fine-tune of this base: base + N(0, DeltaScale²) per entry.</summary>
+    [Parameter]
+    [CheckpointTransformation]
+    public Checkpoint? BaseModel { get; set; }
+
+    [Parameter] public int HiddenSize { get; set; } = 256;
+    [Parameter] public int Layers { get; set; } = 2;
+    [Parameter] public int VocabSize { get; set; } = 1024;
+    [Parameter] public int IntermediateSize { get; set; }
+    [Parameter] public long Seed { get; set; } = 1;
+    [Parameter] public double DeltaScale { get; set; } = 0.002;
+
+    [Parameter]
+    [ValidateSet("bfloat16", "float16", "float32")]
+    public string DType { get; set; } = "bfloat16";
+
+    [Parameter] public string MaxShardSize { get; set; } = "5GB";
+    [Parameter] public SwitchParameter Force { get; set; }
+
+    protected override void EndProcessing() => Run(() =>
+    {
+        var destination = PathResolver.ResolveOutput(SessionState, Path);
+        var shape = BaseModel is { } b
+            ? new LlamaShape((int)(b.ConfigInt("hidden_size") ?? HiddenSize), (int)(b.ConfigInt("num_hidden_layers") ?? Layers),
+                (int)(b.ConfigInt("vocab_size") ?? VocabSize), (int?)b.ConfigInt("intermediate_size"))
+            : new LlamaShape(HiddenSize, Layers, VocabSize, IntermediateSize > 0 ? IntermediateSize : null);
+        if (!ShouldProcess(destination, $"Write a synthetic {shape.ParameterCount:N0}-parameter Llama-shaped model")) return;
+        var result = SyntheticModel.Write(destination, shape, Seed, BaseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force);
+        WriteObject(Checkpoint.Open(result.Path));
+    });
+}
