@@ -75,10 +75,28 @@ function Invoke-Build {
     Remove-Item (Join-Path $moduleDir '*.pdb'), (Join-Path $moduleDir '*.deps.json') -ErrorAction Ignore
     Copy-Item (Join-Path $root 'Dare.psd1') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
-    $help = Join-Path $root 'src/Dare.PowerShell/en-US'
-    if (Test-Path $help) { Copy-Item $help $moduleDir -Recurse }
+    Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
     Install-TorchSharpNativeCompat -Directory $moduleDir
     Write-Host "Built $moduleDir"
+}
+
+# Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml,
+# joined into the single help file PowerShell reads for the cmdlet assembly.
+function Build-Help([string] $Destination) {
+    $fragments = Get-ChildItem (Join-Path $root 'src/Dare.PowerShell/help') -Filter '*.xml' | Sort-Object Name
+    $body = foreach ($fragment in $fragments) {
+        $text = Get-Content -Raw $fragment.FullName
+        try { $null = [xml]"<helpItems xmlns:maml='http://schemas.microsoft.com/maml/2004/10' xmlns:command='http://schemas.microsoft.com/maml/dev/command/2004/10' xmlns:dev='http://schemas.microsoft.com/maml/dev/2004/10'>$text</helpItems>" }
+        catch { throw "Help fragment $($fragment.Name) is not valid XML: $_" }
+        $text
+    }
+    New-Item -ItemType Directory -Force (Split-Path $Destination) | Out-Null
+    @(
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<helpItems schema="maml" xmlns="http://msh" xmlns:maml="http://schemas.microsoft.com/maml/2004/10" xmlns:command="http://schemas.microsoft.com/maml/dev/command/2004/10" xmlns:dev="http://schemas.microsoft.com/maml/dev/2004/10">'
+        $body
+        '</helpItems>'
+    ) | Set-Content -LiteralPath $Destination -Encoding utf8
 }
 
 function Get-PesterModulePath {
