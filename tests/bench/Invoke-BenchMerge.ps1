@@ -1,0 +1,62 @@
+#!/usr/bin/env pwsh
+<#
+.SYNOPSIS
+One measured benchmark step, run by Invoke-Benchmark.ps1 in its own pwsh process (start-up included).
+
+.DESCRIPTION
+Imports the module and runs one merge method over a benchmark data set (base + three fine-tunes), exporting
+bfloat16 to -Output with -Force. Method 'startup' only imports the module and initialises libtorch, to show
+the fixed cost every run pays. At the end prints one line "DARE-BENCH <json>" with what the process can see of
+itself (VmHWM and CPU time from /proc/self, the export's own elapsed time, and the DARE_PROFILE phase lines),
+so the parent has a fallback when /usr/bin/time is missing.
+#>
+param(
+    [Parameter(Mandatory)] [ValidateSet('startup', 'dare-linear', 'ties', 'dare-ties')] [string] $Method,
+    [Parameter(Mandatory)] [string] $Data,
+    [Parameter(Mandatory)] [string] $Output,
+    [Parameter(Mandatory)] [string] $Module
+)
+
+$ErrorActionPreference = 'Stop'
+Import-Module $Module
+$base = Join-Path $Data 'base'
+$tunes = 'ft1', 'ft2', 'ft3' | ForEach-Object { Join-Path $Data $_ }
+
+$result = $null
+$profileLines = @()
+if ($Method -eq 'startup') {
+    $null = Get-DareEnvironment
+}
+else {
+    $vectors = Get-TaskVector -Base $base -FineTuned $tunes
+    $merged = switch ($Method) {
+        'dare-linear' { $vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear }
+        'ties' { $vectors | Merge-Ties -KeepRatio 0.2 }
+        'dare-ties' { $vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5 }
+    }
+    $profiling = $env:DARE_PROFILE -in '1', 'true'
+    if ($profiling) {
+        # The executor reports its phase profile through the Verbose stream; keep only those records.
+        $records = $merged | Export-Safetensors -Path $Output -DType bfloat16 -Force -Verbose 4>&1
+        $result = $records | Where-Object { $_ -is [Dare.Engine.Merge.ExportResult] }
+        $profileLines = @($records | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] -and $_.Message -like 'profile:*' } | ForEach-Object Message)
+    }
+    else {
+        $result = $merged | Export-Safetensors -Path $Output -DType bfloat16 -Force
+    }
+}
+
+$status = Get-Content -Raw /proc/self/status -ErrorAction Ignore
+$hwm = if ($status -match 'VmHWM:\s+(\d+)\s+kB') { [long]$Matches[1] } else { $null }
+$cpu = [Diagnostics.Process]::GetCurrentProcess()
+$report = [ordered]@{
+    method = $Method
+    vmhwm_kb = $hwm
+    user_s = $cpu.UserProcessorTime.TotalSeconds
+    sys_s = $cpu.PrivilegedProcessorTime.TotalSeconds
+    export_s = if ($result) { $result.Elapsed.TotalSeconds } else { $null }
+    bytes_read = if ($result) { $result.BytesRead } else { $null }
+    bytes_written = if ($result) { $result.BytesWritten } else { $null }
+    profile = $profileLines
+}
+'DARE-BENCH ' + ($report | ConvertTo-Json -Compress)

@@ -1,0 +1,374 @@
+#!/usr/bin/env pwsh
+<#
+.SYNOPSIS
+Speed and memory benchmark of Dare's merges against the copy floor (run by hand: ./build.ps1 Bench).
+
+.DESCRIPTION
+For each size it generates (once; cached under tests/bench/data/<size>/) a Llama-shaped bfloat16 base, sharded,
+and three fine-tunes of it, then measures DARE-linear, TIES and DARE-TIES, each as a separate pwsh process
+(start-up, module import and libtorch initialisation included) that exports bfloat16 to tests/bench/runs/.
+It reports wall time, CPU time (user + sys), peak RSS and throughput (input bytes / wall time) next to the copy
+floor (cat of all inputs to /dev/null + cp of one model, warm page cache), checks the targets, prints a
+markdown report and writes it to -OutFile (tests/bench/results.md).
+
+With -Profile each merge runs with DARE_PROFILE=1 and the report adds the executor's per-phase stopwatch
+breakdown (read, bf16 -> f32, delta, mask, select, trim, combine, to output dtype, write, commit), e.g.
+  ./tests/bench/Invoke-Benchmark.ps1 -Size large -Method ties -Profile
+
+The module must be built first (./build.ps1 Build; ./build.ps1 Bench does both).
+
+.PARAMETER KeepOutput
+Keep the merged models in tests/bench/runs/<size>-<method> (normally each is deleted once measured, to save disk).
+#>
+[CmdletBinding()]
+param(
+    [ValidateSet('small', 'large')] [string[]] $Size = @('small', 'large'),
+    [ValidateSet('dare-linear', 'ties', 'dare-ties')] [string[]] $Method = @('dare-linear', 'ties', 'dare-ties'),
+    # Measure each method this many times and report the fastest run (peak RSS: the maximum over the runs).
+    [ValidateRange(1, 20)] [int] $Repeat = 3,
+    # Before each measurement wait (up to -QuietTimeout seconds) until other processes use less than this share of
+    # the machine's CPUs, so a build or test run elsewhere does not distort the timings. 1 disables the wait.
+    [ValidateRange(0.01, 1)] [double] $QuietBelow = 0.1,
+    [int] $QuietTimeout = 600,
+    [switch] $Profile,
+    [switch] $KeepOutput,
+    [string] $OutFile = (Join-Path $PSScriptRoot 'results.md')
+)
+
+Set-StrictMode -Version Latest
+$ErrorActionPreference = 'Stop'
+$root = Resolve-Path (Join-Path $PSScriptRoot '../..')
+$module = Join-Path $root 'out/Dare/Dare.psd1'
+$dataRoot = Join-Path $PSScriptRoot 'data'
+$runsRoot = Join-Path $PSScriptRoot 'runs'
+if (-not (Test-Path $module)) { throw "The module is not built: $module is missing. Run ./build.ps1 Build (or ./build.ps1 Bench)." }
+
+# Llama-shaped sets: base sharded, three fine-tunes (base + seeded N(0, 0.002²) delta), all bfloat16.
+$Sizes = [ordered]@{
+    small = [ordered]@{ HiddenSize = 1024; Layers = 8; VocabSize = 32000; BaseShardSize = '128MB' }
+    large = [ordered]@{ HiddenSize = 2048; Layers = 16; VocabSize = 32000; BaseShardSize = '1GB' }
+}
+$Targets = @{ 'dare-linear' = 5.0; 'ties' = 8.0; 'dare-ties' = 8.0 }
+$Pipelines = [ordered]@{
+    'dare-linear' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear'
+    'ties' = 'Merge-Ties -KeepRatio 0.2'
+    'dare-ties' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5'
+}
+$RssLimitBytes = 1.5e9
+$RssGrowthLimit = 1.2
+
+function Get-PwshCommand {
+    $process = [Environment]::ProcessPath
+    if ([IO.Path]::GetFileNameWithoutExtension($process) -eq 'dotnet') { return @($process, (Join-Path $PSHOME 'pwsh.dll')) }
+    return @($process)
+}
+$Pwsh = Get-PwshCommand
+$GnuTime = if ((Test-Path /usr/bin/time) -and ((& /usr/bin/time -v true 2>&1) -match 'Maximum resident set size')) { '/usr/bin/time' } else { $null }
+
+function Get-SetFiles([string] $SetDirectory) {
+    foreach ($model in 'base', 'ft1', 'ft2', 'ft3') {
+        Get-ChildItem (Join-Path $SetDirectory $model) -Filter '*.safetensors' | Sort-Object Name | ForEach-Object FullName
+    }
+}
+
+# Generates the set unless its completion marker matches the wanted shape; a half-written set has no marker.
+function Initialize-DataSet([string] $Name) {
+    $spec = $Sizes[$Name]
+    $directory = Join-Path $dataRoot $Name
+    $marker = Join-Path $directory 'complete.json'
+    $wanted = $spec | ConvertTo-Json -Compress
+    if ((Test-Path $marker) -and (Get-Content -Raw $marker | ConvertFrom-Json).spec -eq $wanted) {
+        Write-Host "Data set '$Name' is cached in $directory."
+        return
+    }
+    if (Test-Path $directory) { Remove-Item -Recurse -Force $directory }
+    New-Item -ItemType Directory -Force $directory | Out-Null
+    Write-Host "Generating data set '$Name' (hidden $($spec.HiddenSize), $($spec.Layers) layers, vocab $($spec.VocabSize)) in $directory..."
+    $script = @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$module'
+Set-Location '$directory'
+`$base = New-SyntheticCheckpoint ./base -HiddenSize $($spec.HiddenSize) -Layers $($spec.Layers) -VocabSize $($spec.VocabSize) -Seed 1 -MaxShardSize $($spec.BaseShardSize)
+foreach (`$i in 1..3) { `$null = New-SyntheticCheckpoint "./ft`$i" -BaseModel `$base -Seed (10 + `$i) }
+"@
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    & $Pwsh[0] @($Pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -Command $script | Out-Host
+    if ($LASTEXITCODE) { throw "Generating data set '$Name' failed (exit code $LASTEXITCODE)." }
+    if (@(Get-ChildItem (Join-Path $directory 'base') -Filter '*.safetensors').Count -lt 2) { throw "The '$Name' base was expected to be sharded." }
+    $files = Get-SetFiles $directory
+    [ordered]@{
+        spec = $wanted
+        generated = (Get-Date).ToUniversalTime().ToString('o')
+        seconds = [math]::Round($clock.Elapsed.TotalSeconds, 1)
+        files = @($files | ForEach-Object { [ordered]@{ path = [IO.Path]::GetRelativePath($directory, $_); bytes = (Get-Item $_).Length } })
+    } | ConvertTo-Json -Depth 4 | Set-Content $marker
+    Write-Host ("Generated '$Name' in {0:0} s." -f $clock.Elapsed.TotalSeconds)
+}
+
+# Busy and total CPU time of the whole machine, in clock ticks (/proc/stat).
+function Get-MachineCpuTicks {
+    $fields = @((Get-Content /proc/stat -TotalCount 1) -split '\s+' | Select-Object -Skip 1 | Where-Object { $_ } | ForEach-Object { [long]$_ })
+    $busy = $fields[0] + $fields[1] + $fields[2] + $fields[5] + $fields[6] + $fields[7]   # user nice system irq softirq steal
+    [pscustomobject]@{ Busy = $busy; Total = $busy + $fields[3] + $fields[4] }           # + idle iowait
+}
+$ClockTicks = [double](& getconf CLK_TCK)
+
+# Waits until the machine has been nearly idle for two seconds running (other work may share the machine).
+function Wait-Quiet {
+    if ($QuietBelow -ge 1) { return }
+    $deadline = [DateTime]::UtcNow.AddSeconds($QuietTimeout)
+    $quiet = 0; $said = $false
+    while ($quiet -lt 2) {
+        $before = Get-MachineCpuTicks
+        Start-Sleep -Milliseconds 1000
+        $after = Get-MachineCpuTicks
+        $share = ($after.Busy - $before.Busy) / [math]::Max(1, $after.Total - $before.Total)
+        if ($share -lt $QuietBelow) { $quiet++ } else { $quiet = 0 }
+        if ($quiet -lt 2 -and -not $said) { Write-Host ('Waiting for the machine to be idle (CPU busy {0:P0})...' -f $share); $said = $true }
+        if ([DateTime]::UtcNow -gt $deadline) { Write-Warning "The machine did not become idle within $QuietTimeout s; measuring anyway."; return }
+    }
+}
+
+function Get-Median([double[]] $Values) {
+    $sorted = @($Values | Sort-Object)
+    if ($sorted.Count % 2) { return $sorted[[int][math]::Floor($sorted.Count / 2)] }
+    return ($sorted[$sorted.Count / 2 - 1] + $sorted[$sorted.Count / 2]) / 2
+}
+
+function Invoke-Shell([string] $Script, [string[]] $Arguments) {
+    & /bin/sh -c $Script sh @Arguments
+    if ($LASTEXITCODE) { throw "sh -c '$Script' failed (exit code $LASTEXITCODE)." }
+}
+
+# Copy floor: every input read once (cat to /dev/null) plus one model's safetensors copied (cp), warm cache.
+function Measure-CopyFloor([string] $Name) {
+    $directory = Join-Path $dataRoot $Name
+    $files = @(Get-SetFiles $directory)
+    $model = @(Get-ChildItem (Join-Path $directory 'ft1') -Filter '*.safetensors' | ForEach-Object FullName)
+    $copy = Join-Path $runsRoot "$Name-copy"
+    Invoke-Shell 'cat "$@" > /dev/null' $files   # warm the page cache
+    $read = @(); $cp = @(); $sync = @()
+    Wait-Quiet
+    foreach ($i in 1..3) {
+        if (Test-Path $copy) { Remove-Item -Recurse -Force $copy }
+        New-Item -ItemType Directory -Force $copy | Out-Null
+        $clock = [Diagnostics.Stopwatch]::StartNew()
+        Invoke-Shell 'cat "$@" > /dev/null' $files
+        $read += $clock.Elapsed.TotalSeconds
+        $clock.Restart()
+        Invoke-Shell 'cp "$@"' ($model + $copy)
+        $cp += $clock.Elapsed.TotalSeconds
+        # Informational: Export-Safetensors fsyncs each shard; a plain cp does not.
+        $clock.Restart()
+        Invoke-Shell 'sync "$@"' @(Get-ChildItem $copy | ForEach-Object FullName)
+        $sync += $clock.Elapsed.TotalSeconds
+    }
+    Remove-Item -Recurse -Force $copy
+    $bytes = ($files | ForEach-Object { (Get-Item $_).Length } | Measure-Object -Sum).Sum
+    $modelBytes = ($model | ForEach-Object { (Get-Item $_).Length } | Measure-Object -Sum).Sum
+    $readMedian = Get-Median $read; $cpMedian = Get-Median $cp
+    [pscustomobject]@{
+        Size = $Name; InputBytes = $bytes; ModelBytes = $modelBytes
+        ReadSeconds = $readMedian; CopySeconds = $cpMedian; FsyncSeconds = (Get-Median $sync)
+        Seconds = $readMedian + $cpMedian
+    }
+}
+
+function Read-GnuTime([string] $Path) {
+    $text = Get-Content -Raw $Path
+    $field = { param($label) if ($text -match "$([regex]::Escape($label)):\s*(\S+)") { $Matches[1] } else { throw "'$label' missing in /usr/bin/time output: $text" } }
+    $elapsed = 0.0
+    foreach ($part in (& $field 'Elapsed (wall clock) time (h:mm:ss or m:ss)').Split(':')) { $elapsed = $elapsed * 60 + [double]$part }
+    [pscustomobject]@{
+        Wall = $elapsed
+        Cpu = [double](& $field 'User time (seconds)') + [double](& $field 'System time (seconds)')
+        PeakRssBytes = [long](& $field 'Maximum resident set size (kbytes)') * 1024
+    }
+}
+
+# Runs one step in a fresh pwsh under /usr/bin/time -v (or, without it, the child's own VmHWM and CPU time).
+function Measure-Step([string] $Name, [string] $Step) {
+    $output = Join-Path $runsRoot "$Name-$Step"
+    $timeFile = Join-Path $runsRoot "$Name-$Step.time"
+    $arguments = @($Pwsh | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-File', (Join-Path $PSScriptRoot 'Invoke-BenchMerge.ps1'),
+        '-Method', $Step, '-Data', (Join-Path $dataRoot $Name), '-Output', $output, '-Module', $module)
+    Wait-Quiet
+    $machineBefore = Get-MachineCpuTicks
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    $lines = if ($GnuTime) { & $GnuTime -v -o $timeFile $Pwsh[0] @arguments 2>&1 } else { & $Pwsh[0] @arguments 2>&1 }
+    $wall = $clock.Elapsed.TotalSeconds
+    $machineAfter = Get-MachineCpuTicks
+    if ($LASTEXITCODE) { throw "Benchmark step $Name/$Step failed (exit code $LASTEXITCODE):`n$($lines -join "`n")" }
+    $line = @($lines | Where-Object { "$_" -like 'DARE-BENCH *' })[-1]
+    if (-not $line) { throw "Benchmark step $Name/$Step printed no DARE-BENCH line:`n$($lines -join "`n")" }
+    $child = "$line".Substring('DARE-BENCH '.Length) | ConvertFrom-Json
+    $measured = if ($GnuTime) { Read-GnuTime $timeFile } else {
+        [pscustomobject]@{ Wall = $wall; Cpu = $child.user_s + $child.sys_s; PeakRssBytes = [long]$child.vmhwm_kb * 1024 }
+    }
+    Remove-Item $timeFile -ErrorAction Ignore
+    $hash = $null
+    if ($Step -ne 'startup') {
+        $shards = @(Get-ChildItem $output -Filter '*.safetensors' | Sort-Object Name)
+        if ($shards.Count -eq 0) { throw "Benchmark step $Name/$Step wrote no safetensors to $output." }
+        # Fingerprint of the output (outside the timing), so optimisations can be checked for bit-identical results.
+        $sha = [Security.Cryptography.IncrementalHash]::CreateHash('SHA256')
+        foreach ($shard in $shards) {
+            $stream = [IO.File]::OpenRead($shard.FullName)
+            try { $buffer = [byte[]]::new(1MB); while (($n = $stream.Read($buffer, 0, $buffer.Length)) -gt 0) { $sha.AppendData($buffer, 0, $n) } }
+            finally { $stream.Dispose() }
+        }
+        $hash = [Convert]::ToHexString($sha.GetHashAndReset()).ToLowerInvariant().Substring(0, 16)
+        if (-not $KeepOutput) { Remove-Item -Recurse -Force $output }
+    }
+    [pscustomobject]@{
+        Size = $Name; Method = $Step; Wall = $measured.Wall; Cpu = $measured.Cpu; PeakRssBytes = $measured.PeakRssBytes
+        ChildVmHwmBytes = [long]$child.vmhwm_kb * 1024; ExportSeconds = $child.export_s; BytesRead = $child.bytes_read
+        Profile = @($child.profile); OutputHash = $hash
+        # CPU time other processes used during the measurement (machine busy time minus the child's own).
+        OthersCpu = [math]::Max(0, ($machineAfter.Busy - $machineBefore.Busy) / $ClockTicks - $measured.Cpu)
+    }
+}
+
+function Get-MachineDescription {
+    $cpu = (Select-String -Path /proc/cpuinfo -Pattern '^model name\s*:\s*(.*)$' | Select-Object -First 1).Matches[0].Groups[1].Value
+    $memKb = [long]((Select-String -Path /proc/meminfo -Pattern '^MemTotal:\s+(\d+)').Matches[0].Groups[1].Value)
+    $os = if (Test-Path /etc/os-release) { (Select-String -Path /etc/os-release -Pattern '^PRETTY_NAME="?([^"]*)"?').Matches[0].Groups[1].Value } else { 'unknown' }
+    $commit = (& git -C $root rev-parse --short HEAD 2>$null)
+    $dirty = if (& git -C $root status --porcelain --untracked-files=no -- src 2>$null) { ' (src modified)' } else { '' }
+    [ordered]@{
+        'CPU' = "$cpu, nproc $(& nproc)"
+        'RAM' = '{0:0.0} GiB' -f ($memKb / 1MB)
+        'OS' = "$os, kernel $(& uname -r)"
+        'Runtime' = ".NET $([Environment]::Version), PowerShell $($PSVersionTable.PSVersion)"
+        'Date' = (Get-Date).ToUniversalTime().ToString('yyyy-MM-dd HH:mm') + ' UTC'
+        'Commit' = "$commit$dirty"
+        'Measured with' = if ($GnuTime) { '/usr/bin/time -v (wall, user+sys, max RSS of the pwsh process)' } else { 'Stopwatch + the child''s own /proc/self/status VmHWM and CPU time' }
+    }
+}
+
+function Format-Verdict([double] $Value, [double] $Limit, [string] $Unit, [switch] $Strict) {
+    $pass = if ($Strict) { $Value -lt $Limit } else { $Value -le $Limit }
+    '{0} ({1:0.00}{2} vs {3}{4}{2})' -f $(if ($pass) { 'PASS' } else { 'FAIL' }), $Value, $Unit, $(if ($Strict) { '< ' } else { '≤ ' }), $Limit
+}
+
+# --- run ---------------------------------------------------------------------------------------------------
+New-Item -ItemType Directory -Force $dataRoot, $runsRoot | Out-Null
+if ($Profile) { $env:DARE_PROFILE = '1' }
+try {
+    $startup = @(foreach ($i in 1..3) { Measure-Step 'small' 'startup' })
+    Write-Host ('Start-up: {0:0.00} s wall (median of 3)' -f (Get-Median $startup.Wall))
+    $floors = [ordered]@{}
+    $results = [Collections.Generic.List[object]]::new()
+    foreach ($name in $Size) {
+        Initialize-DataSet $name
+        $floors[$name] = Measure-CopyFloor $name
+        Write-Host ('Copy floor {0}: {1:0.00} s (cat {2:0.00} s + cp {3:0.00} s; fsync of the copy {4:0.00} s more)' -f $name, $floors[$name].Seconds, $floors[$name].ReadSeconds, $floors[$name].CopySeconds, $floors[$name].FsyncSeconds)
+        foreach ($m in $Method) {
+            $runs = @(foreach ($i in 1..$Repeat) {
+                    $run = Measure-Step $name $m
+                    Write-Host ('{0,-6} {1,-12} wall {2,7:0.00} s  cpu {3,7:0.00} s  peak RSS {4,6:0} MB  (export {5:0.00} s; others used {6:0.00} CPU s meanwhile)' -f $name, $m, $run.Wall, $run.Cpu, ($run.PeakRssBytes / 1e6), $run.ExportSeconds, $run.OthersCpu)
+                    $run
+                })
+            $best = $runs | Sort-Object Wall | Select-Object -First 1
+            $results.Add([pscustomobject]@{
+                    Size = $name; Method = $m
+                    Wall = $best.Wall; Cpu = $best.Cpu; ExportSeconds = $best.ExportSeconds; OthersCpu = $best.OthersCpu
+                    WallRange = ('{0:0.00}–{1:0.00}' -f ($runs.Wall | Measure-Object -Minimum).Minimum, ($runs.Wall | Measure-Object -Maximum).Maximum)
+                    PeakRssBytes = ($runs.PeakRssBytes | Measure-Object -Maximum).Maximum
+                    Profile = $best.Profile; OutputHash = ($runs.OutputHash | Select-Object -Unique) -join ', '
+                })
+        }
+    }
+}
+finally {
+    if ($Profile) { Remove-Item Env:DARE_PROFILE -ErrorAction Ignore }
+}
+
+# --- report ------------------------------------------------------------------------------------------------
+$lines = [Collections.Generic.List[string]]::new()
+$lines.Add('# Dare benchmark results')
+$lines.Add('')
+$lines.Add('Generated by `./build.ps1 Bench` (tests/bench/Invoke-Benchmark.ps1). Each merge is a separate pwsh process: start-up, module import and libtorch initialisation are included. Inputs are bfloat16 Llama-shaped checkpoints (a sharded base + 3 fine-tunes), output bfloat16 (`Export-Safetensors -DType bfloat16 -Force`). MB = 10^6 bytes.')
+$lines.Add('')
+$lines.Add('| method | pipeline after `Get-TaskVector -Base base -FineTuned ft1, ft2, ft3` |')
+$lines.Add('|---|---|')
+foreach ($m in $Method) { $lines.Add("| $m | ``$($Pipelines[$m]) | Export-Safetensors -DType bfloat16`` |") }
+$lines.Add('')
+$lines.Add('## Machine')
+$lines.Add('')
+foreach ($entry in (Get-MachineDescription).GetEnumerator()) { $lines.Add("- $($entry.Key): $($entry.Value)") }
+$lines.Add(('- Process start-up (pwsh + Import-Module + libtorch init, median of 3): {0:0.00} s wall, {1:0.00} s CPU, {2:0} MB peak RSS' -f (Get-Median $startup.Wall), (Get-Median $startup.Cpu), (($startup.PeakRssBytes | Measure-Object -Maximum).Maximum / 1e6)))
+if ($Profile) { $lines.Add('- Profiling was on (DARE_PROFILE=1) for these runs.') }
+$lines.Add('')
+$lines.Add('## Data sets and copy floor')
+$lines.Add('')
+$lines.Add('Copy floor = `cat` of the 4 models'' safetensors to /dev/null + `cp` of one model''s safetensors to a new folder, warm page cache (everything read once first), median of 3. Export-Safetensors also fsyncs its output, which the floor does not include; the fsync of the copy is shown separately.')
+$lines.Add('')
+$lines.Add('| size | shape | parameters / model | input (4 models) | cat s | cp s | copy floor s | (fsync of the copy s) |')
+$lines.Add('|---|---|---:|---:|---:|---:|---:|---:|')
+foreach ($name in $Size) {
+    $spec = $Sizes[$name]; $floor = $floors[$name]
+    $params = $floor.ModelBytes / 2   # bfloat16
+    $lines.Add(('| {0} | hidden {1}, {2} layers, vocab {3}, base in {4} shards | {5:0}M | {6:0} MB | {7:0.00} | {8:0.00} | **{9:0.00}** | {10:0.00} |' -f $name, $spec.HiddenSize, $spec.Layers, $spec.VocabSize,
+            @(Get-ChildItem (Join-Path $dataRoot "$name/base") -Filter '*.safetensors').Count, ($params / 1e6), ($floor.InputBytes / 1e6), $floor.ReadSeconds, $floor.CopySeconds, $floor.Seconds, $floor.FsyncSeconds))
+}
+$lines.Add('')
+$lines.Add('## Results')
+$lines.Add('')
+$lines.Add("Fastest of $Repeat run(s) per cell (its wall, CPU and export time; ""wall range"" spans all runs); peak RSS is the maximum over the runs. ""export s"" is the time inside Export-Safetensors, the rest of ""wall s"" is process start-up and pipeline set-up. Throughput = input bytes (4 models) / wall time. ""others CPU s"" is CPU time other processes used during the reported run (the machine may be shared; each run first waits until it is idle). The output hash (first 16 hex digits of the SHA-256 of the output safetensors) shows whether the result changed across engine changes.")
+$lines.Add('')
+$lines.Add('| method | size | wall s | CPU s | export s | × copy floor | peak RSS MB | RSS large/small | throughput MB/s | wall range s | others CPU s | output sha256 |')
+$lines.Add('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
+foreach ($m in $Method) {
+    foreach ($name in $Size) {
+        $r = $results | Where-Object { $_.Size -eq $name -and $_.Method -eq $m }
+        $small = $results | Where-Object { $_.Size -eq 'small' -and $_.Method -eq $m }
+        $growth = if ($name -eq 'large' -and $small) { '{0:0.00}' -f ($r.PeakRssBytes / $small.PeakRssBytes) } else { '' }
+        $lines.Add(('| {0} | {1} | {2:0.00} | {3:0.00} | {4:0.00} | {5:0.0}× | {6:0} | {7} | {8:0} | {9} | {10:0.00} | `{11}` |' -f $m, $name, $r.Wall, $r.Cpu, $r.ExportSeconds,
+                ($r.Wall / $floors[$name].Seconds), ($r.PeakRssBytes / 1e6), $growth, ($floors[$name].InputBytes / 1e6 / $r.Wall), $r.WallRange, $r.OthersCpu, $r.OutputHash))
+    }
+}
+$lines.Add('')
+$lines.Add('## Targets (at the large size)')
+$lines.Add('')
+$lines.Add('| method | time vs copy floor | peak RSS vs small | peak RSS < 1.5 GB |')
+$lines.Add('|---|---|---|---|')
+$anyFail = $false
+foreach ($m in $Method) {
+    $large = $results | Where-Object { $_.Size -eq 'large' -and $_.Method -eq $m }
+    $small = $results | Where-Object { $_.Size -eq 'small' -and $_.Method -eq $m }
+    if (-not $large) { $lines.Add("| $m | (large not measured) | | |"); continue }
+    $time = Format-Verdict ($large.Wall / $floors['large'].Seconds) $Targets[$m] '×'
+    $growth = if ($small) { Format-Verdict ($large.PeakRssBytes / $small.PeakRssBytes) $RssGrowthLimit '×' } else { '(small not measured)' }
+    $absolute = Format-Verdict ($large.PeakRssBytes / 1e9) ($RssLimitBytes / 1e9) ' GB' -Strict
+    if ("$time $growth $absolute" -match 'FAIL') { $anyFail = $true }
+    $lines.Add("| $m | $time | $growth | $absolute |")
+}
+if ($Size -contains 'small') {
+    $lines.Add('')
+    $lines.Add('For reference, the small size against the same time limits: ' + (($Method | ForEach-Object {
+                    $r = $results | Where-Object Size -eq 'small' | Where-Object Method -eq $_
+                    '{0} {1:0.0}× (limit {2}×)' -f $_, ($r.Wall / $floors['small'].Seconds), $Targets[$_]
+                }) -join ', ') + '. Start-up is a large share of a small run.')
+}
+if ($Profile) {
+    $lines.Add('')
+    $lines.Add('## Phase profile (DARE_PROFILE=1)')
+    $lines.Add('')
+    $lines.Add('Stopwatch time per phase inside MergeExecutor.Export, on the pipeline thread (parallel phases count their wall time, not CPU time).')
+    foreach ($r in $results) {
+        $lines.Add('')
+        $lines.Add("### $($r.Method), $($r.Size)")
+        $lines.Add('')
+        $lines.Add('```')
+        foreach ($p in $r.Profile) { $lines.Add($p.Substring('profile:'.Length).Trim()) }
+        $lines.Add('```')
+    }
+}
+$report = $lines -join "`n"
+Write-Host ''
+Write-Host $report
+Set-Content -LiteralPath $OutFile -Value $report -Encoding utf8
+Write-Host ''
+Write-Host "Wrote $OutFile"
+if ($anyFail) { Write-Host 'At least one target was missed (see the Targets table).' -ForegroundColor Yellow }
