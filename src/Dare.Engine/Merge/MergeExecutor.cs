@@ -41,6 +41,7 @@ public sealed class MergeExecutor
 
     private readonly IMergeObserver? _observer;
     private readonly CancellationToken _cancellation;
+    private readonly PhaseProfile? _profile = PhaseProfile.FromEnvironment();
 
     public MergeExecutor(IMergeObserver? observer = null, CancellationToken cancellation = default, long chunkElements = DefaultChunkElements)
     {
@@ -87,19 +88,26 @@ public sealed class MergeExecutor
             var info = tensors[i];
             var outputDType = plan[i].DType.ToScalarType();
             _observer?.Progress(new MergeProgress("Merging", i, tensors.Count, bytesRead, totalBytes, clock.Elapsed, info.Name));
-            writer.BeginTensor(info.Name);
+            using (PhaseProfile.Time(_profile, Phase.Write)) writer.BeginTensor(info.Name);
             using (NewDisposeScope())
             {
                 if (!info.DType.IsMergeable())
                 {
-                    writer.Append(reader.Read(info).contiguous());
+                    Tensor stored;
+                    using (PhaseProfile.Time(_profile, Phase.Read)) stored = reader.Read(info).contiguous();
+                    using (PhaseProfile.Time(_profile, Phase.Write)) writer.Append(stored);
                 }
                 else
                 {
                     ProcessTensor(vector, info, reader, layerCount, (_, baseChunk, delta) =>
                     {
-                        var result = options.DeltaOnly ? delta : baseChunk.add_(delta);
-                        writer.Append(result.to_type(outputDType).contiguous());
+                        Tensor output;
+                        using (PhaseProfile.Time(_profile, Phase.ToOutput))
+                        {
+                            var result = options.DeltaOnly ? delta : baseChunk.add_(delta);
+                            output = result.to_type(outputDType).contiguous();
+                        }
+                        using (PhaseProfile.Time(_profile, Phase.Write)) writer.Append(output);
                     });
                 }
             }
@@ -108,7 +116,12 @@ public sealed class MergeExecutor
         }
         _observer?.Progress(new MergeProgress("Merging", tensors.Count, tensors.Count, bytesRead, totalBytes, clock.Elapsed, null));
         _cancellation.ThrowIfCancellationRequested();
-        var written = writer.Commit();
+        CheckpointWriteResult written;
+        using (PhaseProfile.Time(_profile, Phase.Commit)) written = writer.Commit();
+        if (_profile is not null)
+        {
+            foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
+        }
         return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
     }
 
@@ -274,7 +287,9 @@ public sealed class MergeExecutor
                 }
                 else
                 {
-                    baseChunk = reader.ReadRange(baseInfo, first, count).to_type(ScalarType.Float32);
+                    Tensor stored;
+                    using (PhaseProfile.Time(_profile, Phase.Read)) stored = reader.ReadRange(baseInfo, first, count);
+                    using (PhaseProfile.Time(_profile, Phase.ToFloat32)) baseChunk = stored.to_type(ScalarType.Float32);
                     deltas = leaves.Select(l => LeafDelta(l, reader, baseChunk, first, count, firstPass: pass == 0)).ToArray();
                     if (chunkCount == 1)
                     {
@@ -294,10 +309,10 @@ public sealed class MergeExecutor
             {
                 for (var i = 0; i < leaves.Length; i++)
                 {
-                    if (leaves[i].Selection is { NeedsPasses: true } s) AddCoarse(s, deltas[i]);
+                    if (leaves[i].Selection is { NeedsPasses: true } s) { using (PhaseProfile.Time(_profile, Phase.Select)) AddCoarse(s, deltas[i]); }
                 }
             });
-            selecting.ForEach(l => l.Selection!.FinishCoarse());
+            using (PhaseProfile.Time(_profile, Phase.Select)) selecting.ForEach(l => l.Selection!.FinishCoarse());
         }
         if (selecting.Count > 0)
         {
@@ -305,10 +320,10 @@ public sealed class MergeExecutor
             {
                 for (var i = 0; i < leaves.Length; i++)
                 {
-                    if (leaves[i].Selection is { NeedsPasses: true } s) AddFine(s, deltas[i]);
+                    if (leaves[i].Selection is { NeedsPasses: true } s) { using (PhaseProfile.Time(_profile, Phase.Select)) AddFine(s, deltas[i]); }
                 }
             });
-            selecting.ForEach(l => l.Selection!.FinishFine());
+            using (PhaseProfile.Time(_profile, Phase.Select)) selecting.ForEach(l => l.Selection!.FinishFine());
         }
         foreach (var leaf in leaves) leaf.TiesLeft = leaf.Selection?.TiesToKeep ?? 0;
 
@@ -317,10 +332,18 @@ public sealed class MergeExecutor
             for (var i = 0; i < leaves.Length; i++)
             {
                 var leaf = leaves[i];
-                if (leaf.Selection is { } selection) Trim(selection, deltas[i], ref leaf.TiesLeft);
-                if (leaf.L1 && leaf.L1After > 0) deltas[i].mul_(leaf.L1Before / leaf.L1After);
+                if (leaf.Selection is { } selection)
+                {
+                    using (PhaseProfile.Time(_profile, Phase.Trim)) Trim(selection, deltas[i], ref leaf.TiesLeft);
+                }
+                if (leaf.L1 && leaf.L1After > 0)
+                {
+                    using (PhaseProfile.Time(_profile, Phase.Mask)) deltas[i].mul_(leaf.L1Before / leaf.L1After);
+                }
             }
-            consume(first, baseChunk, Combine(merge, leaves, deltas));
+            Tensor combined;
+            using (PhaseProfile.Time(_profile, Phase.Combine)) combined = Combine(merge, leaves, deltas);
+            consume(first, baseChunk, combined);
         });
 
         foreach (var leaf in leaves)
@@ -332,12 +355,15 @@ public sealed class MergeExecutor
     }
 
     /// <summary>δ = fine-tuned − base for one chunk, with the DARE mask applied (the L1 rescale comes after trimming).</summary>
-    private static unsafe Tensor LeafDelta(Leaf leaf, TensorReader reader, Tensor baseChunk, long first, long count, bool firstPass)
+    private unsafe Tensor LeafDelta(Leaf leaf, TensorReader reader, Tensor baseChunk, long first, long count, bool firstPass)
     {
         if (leaf.Tuned is null) return zeros(new[] { count }, ScalarType.Float32);
-        var tuned = reader.ReadRange(leaf.Tuned, first, count);
-        var delta = tuned.dtype == ScalarType.Float32 ? tuned.sub_(baseChunk) : tuned.to_type(ScalarType.Float32).sub_(baseChunk);
+        Tensor tuned, delta;
+        using (PhaseProfile.Time(_profile, Phase.Read)) tuned = reader.ReadRange(leaf.Tuned, first, count);
+        using (PhaseProfile.Time(_profile, Phase.ToFloat32)) tuned = tuned.dtype == ScalarType.Float32 ? tuned : tuned.to_type(ScalarType.Float32);
+        using (PhaseProfile.Time(_profile, Phase.Delta)) delta = tuned.sub_(baseChunk);
         if (!leaf.UsesDare) return delta;
+        using var timing = PhaseProfile.Time(_profile, Phase.Mask);
         if (leaf.L1 && firstPass) leaf.L1Before += delta.abs().sum().ToDouble();
         var data = TensorMemory.Floats(delta);
         var ranges = MagnitudeSelection.Ranges(count);

@@ -1,0 +1,88 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>The steps of <see cref="MergeExecutor.Export"/> that <see cref="PhaseProfile"/> times.</summary>
+internal enum Phase
+{
+    /// <summary>Positioned reads of tensor data into memory (allocation included).</summary>
+    Read,
+    /// <summary>Stored dtype (bf16/f16) → float32.</summary>
+    ToFloat32,
+    /// <summary>fine-tuned − base.</summary>
+    Delta,
+    /// <summary>DARE drop and rescale (and the L1 sums).</summary>
+    Mask,
+    /// <summary>TIES magnitude histograms (coarse and fine passes).</summary>
+    Select,
+    /// <summary>TIES trim to the selected magnitudes.</summary>
+    Trim,
+    /// <summary>Linear sum or TIES sign election and disjoint mean.</summary>
+    Combine,
+    /// <summary>base + δ and the conversion to the output dtype.</summary>
+    ToOutput,
+    /// <summary>Appending to the output file (shard fsyncs included).</summary>
+    Write,
+    /// <summary>Commit: last fsync, index, side files, move into place.</summary>
+    Commit,
+}
+
+/// <summary>
+/// Opt-in stopwatch breakdown of an export (environment variable DARE_PROFILE=1): wall time per phase on the
+/// calling thread (a parallel phase counts its elapsed time, not its CPU time). Reported through the observer's
+/// Verbose channel, one "profile:" line per phase, so a missed speed target can be explained.
+/// </summary>
+internal sealed class PhaseProfile
+{
+    private static readonly Phase[] Phases = Enum.GetValues<Phase>();
+    private readonly long[] _ticks = new long[Phases.Length];
+    private readonly long[] _calls = new long[Phases.Length];
+
+    /// <summary>A profile when DARE_PROFILE is 1 or true, else null (and every timing is a no-op).</summary>
+    public static PhaseProfile? FromEnvironment() =>
+        Environment.GetEnvironmentVariable("DARE_PROFILE") is { } value && (value == "1" || value.Equals("true", StringComparison.OrdinalIgnoreCase))
+            ? new PhaseProfile()
+            : null;
+
+    /// <summary>Times the enclosing block: <c>using (PhaseProfile.Time(profile, Phase.Read)) { ... }</c>.</summary>
+    public static Timing Time(PhaseProfile? profile, Phase phase) => new(profile, phase);
+
+    public readonly struct Timing : IDisposable
+    {
+        private readonly PhaseProfile? _profile;
+        private readonly Phase _phase;
+        private readonly long _start;
+
+        public Timing(PhaseProfile? profile, Phase phase)
+        {
+            _profile = profile;
+            _phase = phase;
+            _start = profile is null ? 0 : Stopwatch.GetTimestamp();
+        }
+
+        public void Dispose()
+        {
+            if (_profile is null) return;
+            _profile._ticks[(int)_phase] += Stopwatch.GetTimestamp() - _start;
+            _profile._calls[(int)_phase]++;
+        }
+    }
+
+    /// <summary>One line per phase, then "other" (the rest of <paramref name="total"/>) and the total.</summary>
+    public IEnumerable<string> Report(TimeSpan total)
+    {
+        var culture = CultureInfo.InvariantCulture;
+        var totalSeconds = Math.Max(total.TotalSeconds, 1e-9);
+        double timed = 0;
+        foreach (var phase in Phases)
+        {
+            var seconds = _ticks[(int)phase] / (double)Stopwatch.Frequency;
+            timed += seconds;
+            yield return string.Format(culture, "profile: {0,-10} {1,8:0.000} s {2,5:0.0}% ({3} calls)", phase, seconds, 100 * seconds / totalSeconds, _calls[(int)phase]);
+        }
+        var other = Math.Max(0, totalSeconds - timed);
+        yield return string.Format(culture, "profile: {0,-10} {1,8:0.000} s {2,5:0.0}% (planning, scopes and frees, progress)", "Other", other, 100 * other / totalSeconds);
+        yield return string.Format(culture, "profile: {0,-10} {1,8:0.000} s", "Total", totalSeconds);
+    }
+}
