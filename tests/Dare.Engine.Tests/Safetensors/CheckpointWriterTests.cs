@@ -318,6 +318,23 @@ public sealed class CheckpointWriterTests : IDisposable
     }
 
     [Theory]
+    [InlineData("null")]
+    [InlineData("5")]
+    [InlineData("[\"float32\"]")]
+    [InlineData("{\"dtype\": \"float32\"}")]
+    public void Config_torch_dtype_that_is_not_a_string_is_replaced_when_ConfigDType_is_set(string torchDType)
+    {
+        var source = SourceModelWithSideFiles($$"""{"torch_dtype": {{torchDType}}, "hidden_size": 8}""");
+        var destination = _temp["out"];
+
+        Write(destination, new[] { Blob("a", 16) }, new CheckpointWriteOptions { CopySideFilesFrom = source, ConfigDType = SafetensorsDType.BF16 });
+
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(destination, "config.json")))!.AsObject();
+        Assert.Equal("bfloat16", (string?)config["torch_dtype"]);
+        Assert.Equal(8, (int)config["hidden_size"]!);
+    }
+
+    [Theory]
     [InlineData(true)]
     [InlineData(false)]
     public void Config_is_copied_unchanged_when_torch_dtype_already_matches_or_no_ConfigDType_is_given(bool matchingDType)
