@@ -145,6 +145,7 @@ public sealed class CheckpointReadTests : IDisposable
             new RawTensor("empty", "F32", new long[] { 0, 4 }, Array.Empty<byte>()),
             new RawTensor("scalar", "F64", Array.Empty<long>(), RawData.F64(2.5)),
             new RawTensor("also_empty", "BF16", new long[] { 3, 0 }, Array.Empty<byte>()),
+            new RawTensor("empty_but_wide", "F32", new long[] { 0, 1L << 40, 1 << 20 }, Array.Empty<byte>()),
         };
         var checkpoint = Checkpoint.Open(RawSafetensors.WriteFile(_temp["odd.safetensors"], tensors));
         using var reader = new TensorReader();

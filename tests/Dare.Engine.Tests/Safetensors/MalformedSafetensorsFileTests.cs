@@ -249,6 +249,18 @@ public sealed class MalformedSafetensorsFileTests : IDisposable
     }
 
     [Theory]
+    [InlineData("[0, 4294967296, 4294967296]")]
+    [InlineData("[4294967296, 0, 4294967296]")]
+    [InlineData("[4294967296, 4294967296, 0]")]
+    [InlineData("[0, 9223372036854775807, 2]")]
+    public void Zero_element_shape_whose_other_dimensions_multiply_past_int64_is_SafetensorsShapeInvalid(string shape)
+    {
+        // No elements, but torch cannot lay such a tensor out (its strides overflow), so it is refused at open time.
+        OpenFails(Header($$"""{"dtype": "F32", "shape": {{shape}}, "data_offsets": [0, 0]}"""), Array.Empty<byte>(),
+            DareErrorId.SafetensorsShapeInvalid, tensor: "w");
+    }
+
+    [Theory]
     [InlineData("[0, 12]")]
     [InlineData("[8, 16]")]
     [InlineData("[9223372036854775800, 9223372036854775807]")]
