@@ -429,6 +429,40 @@ public sealed class CheckpointReadTests : IDisposable
     }
 
     [Fact]
+    public void A_file_truncated_after_open_fails_to_read_with_SafetensorsReadFailed_naming_file_and_tensor()
+    {
+        var tensors = SmallModel(1);
+        var path = RawSafetensors.WriteFile(_temp["shrinking.safetensors"], tensors);
+        var checkpoint = Checkpoint.Open(path);
+        var last = checkpoint.Tensors.MaxBy(t => t.DataOffset)!;
+        using (var stream = new FileStream(path, FileMode.Open)) stream.SetLength(last.DataOffset + last.ByteLength / 2);
+        using var reader = new TensorReader();
+
+        var ex = Assert.Throws<DareException>(() => reader.Read(last));
+
+        Assert.Equal(DareErrorId.SafetensorsReadFailed, ex.ErrorId);
+        Assert.Equal(path, ex.FilePath);
+        Assert.Equal(last.Name, ex.TensorName);
+        // Tensors still wholly inside the file read as before.
+        var first = checkpoint.Tensors.MinBy(t => t.DataOffset)!;
+        AssertReadsBack(reader, first, tensors.Single(t => t.Name == first.Name));
+    }
+
+    [Fact]
+    public void A_file_deleted_after_open_fails_to_read_with_PathNotFound()
+    {
+        var path = RawSafetensors.WriteFile(_temp["vanishing.safetensors"], SmallModel(1));
+        var checkpoint = Checkpoint.Open(path);
+        File.Delete(path);
+        using var reader = new TensorReader();
+
+        var ex = Assert.Throws<DareException>(() => reader.Read(checkpoint.Tensors[0]));
+
+        Assert.Equal(DareErrorId.PathNotFound, ex.ErrorId);
+        Assert.Equal(path, ex.FilePath);
+    }
+
+    [Fact]
     public void One_reader_reads_from_several_checkpoints_and_files_interleaved()
     {
         var a = SmallModel(1);
