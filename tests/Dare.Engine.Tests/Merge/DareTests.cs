@@ -139,6 +139,18 @@ public sealed class DareTests : IDisposable
         Assert.Equal(Dropped(Dare("big", p, rescale: DareRescale.InverseKeep)), Dropped(result));
     }
 
+    [Theory]
+    [InlineData(DareRescale.L1, 4099)]
+    [InlineData(DareRescale.L1, 65_536)]
+    [InlineData(DareRescale.InverseKeep, 4099)]
+    public void Large_tensor_delta_is_identical_whatever_the_chunk_size(DareRescale rescale, long chunkElements)
+    {
+        var plan = _vector.WithDare(new DareOptions(0.7, 3, 0, rescale));
+        using var whole = new MergeExecutor().ComputeDelta(plan, "big");
+        using var chunked = new MergeExecutor(chunkElements: chunkElements).ComputeDelta(plan, "big");
+        Reference.AssertBitEqual(whole.data<float>().ToArray(), chunked.data<float>().ToArray());
+    }
+
     [Fact]
     public void No_rescale_drops_without_changing_the_survivors()
     {
