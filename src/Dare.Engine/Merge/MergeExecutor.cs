@@ -122,7 +122,8 @@ public sealed class MergeExecutor
             throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidArgument,
                 $"Tensor '{tensorName}' is {info.DType}; only floating-point tensors have a task vector (others are copied from the base).") { TensorName = tensorName };
         }
-        var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
+        // The flat tensor is released on return (also on failure); the returned view keeps the storage alive.
+        using var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
         using var reader = new TensorReader();
         using (NewDisposeScope())
         {
