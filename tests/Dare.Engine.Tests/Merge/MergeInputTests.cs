@@ -93,6 +93,36 @@ public sealed class MergeInputTests : IDisposable
         Assert.Equal(SafetensorsDType.BF16, output.Find("w")!.DType);
     }
 
+    [Theory]
+    [InlineData(MergeMethod.Ties)]
+    [InlineData(MergeMethod.Linear)]
+    public void Scalar_and_empty_tensors_are_merged(MergeMethod method)
+    {
+        TestTensor[] Model(float scalar) => new[]
+        {
+            new TestTensor("scale", SafetensorsDType.F32, Array.Empty<long>(), new[] { scalar }),
+            new TestTensor("empty", SafetensorsDType.F32, new long[] { 0, 4 }, Array.Empty<float>()),
+        };
+        var @base = _models.Write("s-base", Model(1f));
+        var a = TaskVector.FromModels(@base, _models.Write("s-a", Model(3f))).WithDare(new DareOptions(0.5, 1, 0, DareRescale.L1));
+        var b = TaskVector.FromModels(@base, _models.Write("s-b", Model(0f)));
+        var options = new MergeOptions(method, Parameters(1, 1), true, 1.0, Parameters(0.5, 0.5));
+        var output = _models.Export(TaskVector.Combine(new[] { a, b }, options), "s-out", chunkElements: 1);
+        Assert.Equal(Array.Empty<long>(), output.Find("scale")!.Shape);
+        Assert.Equal(new long[] { 0, 4 }, output.Find("empty")!.Shape);
+        Assert.Empty(TestModels.ReadFloats(output, "empty"));
+        // δa is 2 or dropped (L1 keeps the single survivor's value), δb = -1.
+        var aDropped = DareMask.IsDropped(DareMask.Key(1, 0, "scale"), 0, DareMask.Threshold(0.5));
+        var expected = (method, aDropped) switch
+        {
+            (MergeMethod.Linear, false) => 1f + (2f - 1f) / 2,
+            (MergeMethod.Linear, true) => 1f - 1f / 2,
+            (MergeMethod.Ties, false) => 1f + 2f, // Σ = 1 > 0: only a agrees
+            _ => 1f - 1f,                          // only b: -1
+        };
+        Assert.Equal(new[] { expected }, TestModels.ReadFloats(output, "scale"));
+    }
+
     [Fact]
     public void Delta_only_export_leaves_out_non_float_tensors()
     {
