@@ -122,7 +122,8 @@ public sealed class MergeExecutor
             throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidArgument,
                 $"Tensor '{tensorName}' is {info.DType}; only floating-point tensors have a task vector (others are copied from the base).") { TensorName = tensorName };
         }
-        var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
+        // The flat tensor is released on return (also on failure); the returned view keeps the storage alive.
+        using var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
         using var reader = new TensorReader();
         using (NewDisposeScope())
         {
@@ -203,7 +204,7 @@ public sealed class MergeExecutor
         public float DropScale = 1f;
         public bool UsesDare;
         public bool L1;
-        public double L1Before, L1After;
+        public L1Accumulator? L1Before, L1After;
         public long Dropped;
         public MagnitudeSelection? Selection;
         public long TiesLeft;
@@ -240,6 +241,11 @@ public sealed class MergeExecutor
                 leaf.DropThreshold = DareMask.Threshold(rate);
                 leaf.DropScale = dare.Rescale == DareRescale.InverseKeep ? (float)(1.0 / (1.0 - rate)) : 1f;
                 leaf.L1 = dare.Rescale == DareRescale.L1;
+                if (leaf.L1)
+                {
+                    leaf.L1Before = new L1Accumulator();
+                    leaf.L1After = new L1Accumulator();
+                }
                 counts.TargetDropped += rate * n;
             }
             if (merge is { Method: MergeMethod.Ties, KeepRatios: { } keep })
@@ -311,6 +317,7 @@ public sealed class MergeExecutor
             selecting.ForEach(l => l.Selection!.FinishFine());
         }
         foreach (var leaf in leaves) leaf.TiesLeft = leaf.Selection?.TiesToKeep ?? 0;
+        var l1Scales = leaves.Select(l => l.L1 && l.L1After!.Total > 0 ? l.L1Before!.Total / l.L1After.Total : 1.0).ToArray();
 
         ForEachChunk((first, baseChunk, deltas) =>
         {
@@ -318,7 +325,7 @@ public sealed class MergeExecutor
             {
                 var leaf = leaves[i];
                 if (leaf.Selection is { } selection) Trim(selection, deltas[i], ref leaf.TiesLeft);
-                if (leaf.L1 && leaf.L1After > 0) deltas[i].mul_(leaf.L1Before / leaf.L1After);
+                if (l1Scales[i] != 1.0) deltas[i].mul_(l1Scales[i]);
             }
             consume(first, baseChunk, Combine(merge, leaves, deltas));
         });
@@ -338,8 +345,8 @@ public sealed class MergeExecutor
         var tuned = reader.ReadRange(leaf.Tuned, first, count);
         var delta = tuned.dtype == ScalarType.Float32 ? tuned.sub_(baseChunk) : tuned.to_type(ScalarType.Float32).sub_(baseChunk);
         if (!leaf.UsesDare) return delta;
-        if (leaf.L1 && firstPass) leaf.L1Before += delta.abs().sum().ToDouble();
         var data = TensorMemory.Floats(delta);
+        if (leaf.L1 && firstPass) leaf.L1Before!.Add(data, count);
         var ranges = MagnitudeSelection.Ranges(count);
         var dropped = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
@@ -350,7 +357,7 @@ public sealed class MergeExecutor
         if (firstPass)
         {
             leaf.Dropped += dropped.Sum();
-            if (leaf.L1) leaf.L1After += delta.abs().sum().ToDouble();
+            if (leaf.L1) leaf.L1After!.Add(data, count);
         }
         return delta;
     }
