@@ -169,6 +169,12 @@ switch ($Task) {
     }
     'Bench' {
         Invoke-Build
+        # A tensor above 2^31 bytes and elements: too big for the test suite, so it runs with the benchmark.
+        $largeTensor = Join-Path $root 'tests/bench/LargeTensor/LargeTensor.csproj'
+        Invoke-Native 'building the large-tensor check' { dotnet build $largeTensor -c $Configuration -nologo -v quiet }
+        $largeBin = Join-Path $root "tests/bench/LargeTensor/bin/$Configuration/net10.0"
+        Install-TorchSharpNativeCompat -Directory (Join-Path $largeBin "runtimes/$(Get-RuntimeIdentifier)/native") -Quiet
+        Invoke-Native 'the large-tensor round trip' { dotnet (Join-Path $largeBin 'LargeTensor.dll') (Join-Path $root 'tests/bench/data/large-tensor') }
         $pwsh = Get-PwshCommand
         & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'tests/bench/Invoke-Benchmark.ps1') -Size $BenchSize
         if ($LASTEXITCODE) { exit $LASTEXITCODE }

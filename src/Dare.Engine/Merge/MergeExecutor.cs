@@ -135,7 +135,8 @@ public sealed class MergeExecutor
             throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidArgument,
                 $"Tensor '{tensorName}' is {info.DType}; only floating-point tensors have a task vector (others are copied from the base).") { TensorName = tensorName };
         }
-        var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
+        // The flat tensor is released on return (also on failure); the returned view keeps the storage alive.
+        using var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
         using var reader = new TensorReader();
         using (NewDisposeScope())
         {
@@ -216,7 +217,7 @@ public sealed class MergeExecutor
         public float DropScale = 1f;
         public bool UsesDare;
         public bool L1;
-        public double L1Before, L1After;
+        public L1Accumulator? L1Before, L1After;
         public long Dropped;
         public MagnitudeSelection? Selection;
         public long TiesLeft;
@@ -253,6 +254,11 @@ public sealed class MergeExecutor
                 leaf.DropThreshold = DareMask.Threshold(rate);
                 leaf.DropScale = dare.Rescale == DareRescale.InverseKeep ? (float)(1.0 / (1.0 - rate)) : 1f;
                 leaf.L1 = dare.Rescale == DareRescale.L1;
+                if (leaf.L1)
+                {
+                    leaf.L1Before = new L1Accumulator();
+                    leaf.L1After = new L1Accumulator();
+                }
                 counts.TargetDropped += rate * n;
             }
             if (merge is { Method: MergeMethod.Ties, KeepRatios: { } keep })
@@ -326,6 +332,7 @@ public sealed class MergeExecutor
             using (PhaseProfile.Time(_profile, Phase.Select)) selecting.ForEach(l => l.Selection!.FinishFine());
         }
         foreach (var leaf in leaves) leaf.TiesLeft = leaf.Selection?.TiesToKeep ?? 0;
+        var l1Scales = leaves.Select(l => l.L1 && l.L1After!.Total > 0 ? l.L1Before!.Total / l.L1After.Total : 1.0).ToArray();
 
         ForEachChunk((first, baseChunk, deltas) =>
         {
@@ -336,9 +343,9 @@ public sealed class MergeExecutor
                 {
                     using (PhaseProfile.Time(_profile, Phase.Trim)) Trim(selection, deltas[i], ref leaf.TiesLeft);
                 }
-                if (leaf.L1 && leaf.L1After > 0)
+                if (l1Scales[i] != 1.0)
                 {
-                    using (PhaseProfile.Time(_profile, Phase.Mask)) deltas[i].mul_(leaf.L1Before / leaf.L1After);
+                    using (PhaseProfile.Time(_profile, Phase.Mask)) deltas[i].mul_(l1Scales[i]);
                 }
             }
             Tensor combined;
@@ -364,8 +371,8 @@ public sealed class MergeExecutor
         using (PhaseProfile.Time(_profile, Phase.Delta)) delta = tuned.sub_(baseChunk);
         if (!leaf.UsesDare) return delta;
         using var timing = PhaseProfile.Time(_profile, Phase.Mask);
-        if (leaf.L1 && firstPass) leaf.L1Before += delta.abs().sum().ToDouble();
         var data = TensorMemory.Floats(delta);
+        if (leaf.L1 && firstPass) leaf.L1Before!.Add(data, count);
         var ranges = MagnitudeSelection.Ranges(count);
         var dropped = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
@@ -376,7 +383,7 @@ public sealed class MergeExecutor
         if (firstPass)
         {
             leaf.Dropped += dropped.Sum();
-            if (leaf.L1) leaf.L1After += delta.abs().sum().ToDouble();
+            if (leaf.L1) leaf.L1After!.Add(data, count);
         }
         return delta;
     }

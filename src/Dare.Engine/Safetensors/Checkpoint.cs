@@ -166,9 +166,9 @@ public sealed class Checkpoint
         JsonNode? root;
         try
         {
-            root = JsonNode.Parse(File.ReadAllBytes(indexPath), documentOptions: new JsonDocumentOptions { MaxDepth = 16 });
+            root = ParseStrict(File.ReadAllBytes(indexPath), maxDepth: 16);
         }
-        catch (JsonException ex)
+        catch (Exception ex) when (IsJsonFailure(ex))
         {
             throw Bad($"not valid JSON ({ex.Message})", ex);
         }
@@ -193,15 +193,44 @@ public sealed class Checkpoint
         return result;
     }
 
+    /// <summary>
+    /// Parses JSON and fails now rather than later: JsonNode builds objects lazily, so a duplicated key
+    /// (ArgumentException) or invalid UTF-8 inside a string (InvalidOperationException) would otherwise surface only
+    /// when a caller first touches that part of the tree. Strict UTF-8 first, then one full walk.
+    /// </summary>
+    private static JsonNode? ParseStrict(byte[] json, int maxDepth)
+    {
+        _ = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true).GetCharCount(json);
+        var root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = maxDepth });
+        Materialise(root);
+        return root;
+    }
+
+    private static void Materialise(JsonNode? node)
+    {
+        switch (node)
+        {
+            case JsonObject o:
+                foreach (var (_, child) in o) Materialise(child);
+                break;
+            case JsonArray a:
+                foreach (var child in a) Materialise(child);
+                break;
+        }
+    }
+
+    private static bool IsJsonFailure(Exception ex) =>
+        ex is JsonException or System.Text.DecoderFallbackException or ArgumentException or InvalidOperationException;
+
     private static JsonObject? ReadConfig(string folder)
     {
         var path = System.IO.Path.Combine(folder, "config.json");
         if (!File.Exists(path)) return null;
         try
         {
-            return JsonNode.Parse(File.ReadAllBytes(path)) as JsonObject;
+            return ParseStrict(File.ReadAllBytes(path), maxDepth: 64) as JsonObject;
         }
-        catch (JsonException ex)
+        catch (Exception ex) when (IsJsonFailure(ex))
         {
             throw new DareException(DareErrorId.ConfigInvalid, DareErrorKind.InvalidData, $"'{path}' is not valid JSON: {ex.Message}", ex) { FilePath = path };
         }

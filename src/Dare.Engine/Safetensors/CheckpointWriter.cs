@@ -299,7 +299,7 @@ public sealed class CheckpointWriter : IDisposable
             if (name == "config.json" && _options.ConfigDType is { } dtype && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
             {
                 var wanted = dtype.TorchDTypeName();
-                if (config["torch_dtype"]?.GetValue<string>() != wanted)
+                if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
                 {
                     config["torch_dtype"] = wanted;
                     File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));

@@ -22,8 +22,20 @@ public static class SafetensorsDTypes
     public static bool IsMergeable(this SafetensorsDType dtype) =>
         dtype is SafetensorsDType.F64 or SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
 
-    public static bool TryParse(string text, out SafetensorsDType dtype) =>
-        Enum.TryParse(text, ignoreCase: false, out dtype) && Enum.IsDefined(dtype);
+    /// <summary>Exact header names only. (Enum.TryParse would also take "1", " F32" and "F32, I8".)</summary>
+    public static bool TryParse(string text, out SafetensorsDType dtype)
+    {
+        foreach (var candidate in Enum.GetValues<SafetensorsDType>())
+        {
+            if (string.Equals(candidate.ToString(), text, StringComparison.Ordinal))
+            {
+                dtype = candidate;
+                return true;
+            }
+        }
+        dtype = default;
+        return false;
+    }
 
     /// <summary>The torch element type a tensor of this dtype is read into (FP8 as raw bytes).</summary>
     public static torch.ScalarType ToScalarType(this SafetensorsDType dtype) => dtype switch

@@ -171,7 +171,10 @@ public sealed class SafetensorsFile
         }
 
         var shape = new long[shapeElement.GetArrayLength()];
-        long elements = 1;
+        // The product of the dimensions with zeros counted as 1 must fit in a long: torch computes contiguous strides
+        // that way, so [0, 2^32, 2^32] has no elements yet cannot be allocated ("Stride calculation overflowed").
+        long extent = 1;
+        var empty = false;
         var i = 0;
         foreach (var dimension in shapeElement.EnumerateArray())
         {
@@ -180,12 +183,15 @@ public sealed class SafetensorsFile
                 throw Invalid(DareErrorId.SafetensorsShapeInvalid, path, $"tensor '{name}' has shape entry {dimension.GetRawText()}, not a non-negative integer", tensor: name);
             }
             shape[i++] = size;
-            try { elements = checked(elements * size); }
+            empty |= size == 0;
+            try { extent = checked(extent * Math.Max(size, 1)); }
             catch (OverflowException)
             {
                 throw Invalid(DareErrorId.SafetensorsShapeInvalid, path, $"tensor '{name}' has a shape whose element count overflows", tensor: name);
             }
         }
+
+        var elements = empty ? 0 : extent;
 
         if (offsetsElement.GetArrayLength() != 2)
         {

@@ -19,10 +19,7 @@ public sealed class TensorReader : IDisposable
     public unsafe void ReadElements(TensorInfo info, long firstElement, long count, byte* destination)
     {
         var elementSize = info.DType.ElementSize();
-        if (firstElement < 0 || count < 0 || firstElement + count > info.ElementCount)
-        {
-            throw new ArgumentOutOfRangeException(nameof(count), $"Elements [{firstElement}, {firstElement + count}) are outside tensor '{info.Name}' ({info.ElementCount} elements).");
-        }
+        CheckRange(info, firstElement, count);
         var handle = Handle(info.File);
         var offset = info.DataOffset + firstElement * elementSize;
         var remaining = count * elementSize;
@@ -70,6 +67,7 @@ public sealed class TensorReader : IDisposable
     /// <summary>Reads a range of elements as a 1-D tensor in the stored dtype.</summary>
     public unsafe Tensor ReadRange(TensorInfo info, long firstElement, long count)
     {
+        CheckRange(info, firstElement, count); // before allocating: a bad count must not reach torch.empty
         var tensor = empty(new[] { count }, info.DType.ToScalarType());
         try
         {
@@ -80,6 +78,15 @@ public sealed class TensorReader : IDisposable
         {
             tensor.Dispose();
             throw;
+        }
+    }
+
+    private static void CheckRange(TensorInfo info, long firstElement, long count)
+    {
+        // Written so that no sum can overflow: firstElement + count may exceed long.MaxValue.
+        if (firstElement < 0 || count < 0 || firstElement > info.ElementCount || count > info.ElementCount - firstElement)
+        {
+            throw new ArgumentOutOfRangeException(nameof(count), $"Elements [{firstElement}, {firstElement} + {count}) are outside tensor '{info.Name}' ({info.ElementCount} elements).");
         }
     }
 

@@ -1,0 +1,113 @@
+using Dare.Engine.Merge;
+using Xunit;
+
+namespace Dare.Engine.Tests.Merge;
+
+/// <summary>The histogram top-k against "sort by (|x| descending, index ascending), take the first k".</summary>
+public sealed class MagnitudeSelectionTests
+{
+    /// <summary>Runs the selection over <paramref name="data"/> split into pieces of the given lengths; returns the trimmed copy.</summary>
+    private static unsafe (float[] Trimmed, MagnitudeSelection Selection) Select(float[] data, long keep, int[] pieces)
+    {
+        var copy = (float[])data.Clone();
+        var selection = new MagnitudeSelection(keep, copy.Length);
+        fixed (float* pinned = copy)
+        {
+            var start = (IntPtr)pinned;
+            void EachPiece(Action<IntPtr, int> action)
+            {
+                var at = 0;
+                foreach (var length in pieces)
+                {
+                    action(start + at * sizeof(float), length);
+                    at += length;
+                }
+                Assert.Equal(copy.Length, at);
+            }
+            if (selection.NeedsPasses)
+            {
+                EachPiece((q, n) => selection.AddCoarse((float*)q, n));
+                selection.FinishCoarse();
+                EachPiece((q, n) => selection.AddFine((float*)q, n));
+                selection.FinishFine();
+            }
+            var tiesLeft = selection.TiesToKeep;
+            EachPiece((q, n) => selection.Trim((float*)q, n, ref tiesLeft));
+        }
+        return (copy, selection);
+    }
+
+    private static int[] Pieces(int n, int pieceCount, Random random)
+    {
+        if (pieceCount == 1) return new[] { n };
+        var cuts = Enumerable.Range(0, pieceCount - 1).Select(_ => random.Next(0, n + 1)).Append(0).Append(n).Order().ToArray();
+        return cuts.Zip(cuts.Skip(1), (a, b) => b - a).ToArray();
+    }
+
+    private static float[] Data(string kind, int n, Random random)
+    {
+        float[] palette = { 0f, -0f, 1f, -1f, 0.5f, -0.5f, 2f, -2f, 1e-40f, -1e-40f, 1.4e-45f, -3e-39f, float.Epsilon };
+        return kind switch
+        {
+            "duplicates" => Enumerable.Range(0, n).Select(_ => palette[random.Next(palette.Length)]).ToArray(),
+            "uniform" => TestModels.RandomFloats(random, n),
+            // Magnitudes spread over many binades, with repeats, so the coarse bin holding the threshold is crowded.
+            "spread" => Enumerable.Range(0, n).Select(_ => (random.Next(2) == 0 ? -1 : 1) * MathF.Round(random.NextSingle() * 64) * MathF.Pow(2, random.Next(-140, 20))).ToArray(),
+            "zeros" => Enumerable.Range(0, n).Select(i => i % 3 == 0 ? -0f : 0f).ToArray(),
+            _ => throw new ArgumentOutOfRangeException(nameof(kind)),
+        };
+    }
+
+    public static TheoryData<string, int, double, int> Cases()
+    {
+        var data = new TheoryData<string, int, double, int>();
+        foreach (var kind in new[] { "duplicates", "uniform", "spread", "zeros" })
+        {
+            foreach (var keep in new[] { 0.0, 1e-4, 0.1, 0.3, 0.5, 0.999, 1.0 })
+            {
+                data.Add(kind, 1000, keep, 1);
+                data.Add(kind, 1000, keep, 5);
+            }
+            // Above 2 × 65536 elements the passes split the work into parallel ranges.
+            data.Add(kind, 200_003, 0.3, 1);
+            data.Add(kind, 200_003, 0.01, 4);
+        }
+        data.Add("duplicates", 1, 1.0, 1);
+        data.Add("duplicates", 7, 0.5, 7);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Kept_set_equals_the_sorted_selection_whatever_the_chunks(string kind, int n, double keepRatio, int pieceCount)
+    {
+        var random = new Random(kind.Sum(c => c) * 7919 + n * 31 + (int)(keepRatio * 10_000) * 17 + pieceCount);
+        var data = Data(kind, n, random);
+        var keep = (int)Math.Round(keepRatio * n);
+        var (trimmed, selection) = Select(data, keep, Pieces(n, pieceCount, random));
+        var expected = Reference.TopMagnitude(data, keep);
+        for (var i = 0; i < n; i++)
+        {
+            var expectedValue = expected[i] ? data[i] : 0f;
+            if (BitConverter.SingleToUInt32Bits(expectedValue) != BitConverter.SingleToUInt32Bits(trimmed[i]))
+            {
+                Assert.Fail($"[{i}] {data[i]:R}: expected {(expected[i] ? "kept" : "dropped")}, got {trimmed[i]:R} (threshold {selection.Threshold:R}, keep {keep})");
+            }
+        }
+        if (selection.NeedsPasses)
+        {
+            // The threshold is the magnitude of the keep-th largest entry.
+            var kth = data.Select(MathF.Abs).OrderDescending().ElementAt(keep - 1);
+            Assert.Equal(kth, selection.Threshold);
+        }
+    }
+
+    [Fact]
+    public void Selection_of_all_or_nothing_needs_no_passes()
+    {
+        Assert.True(new MagnitudeSelection(10, 10).KeepAll);
+        Assert.True(new MagnitudeSelection(11, 10).KeepAll);
+        Assert.True(new MagnitudeSelection(0, 10).KeepNone);
+        Assert.True(new MagnitudeSelection(5, 10).NeedsPasses);
+    }
+}
