@@ -1,3 +1,6 @@
+using System.Numerics;
+using System.Runtime.Intrinsics;
+
 namespace Dare.Engine.Merge;
 
 /// <summary>
@@ -96,7 +99,21 @@ public sealed class MagnitudeSelection
             var (start, end) = ranges[r];
             var uints = (uint*)data;
             long equal = 0;
-            for (var i = start; i < end; i++)
+            var i = start;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var limit = Vector256.Create(threshold);
+                var magnitude = Vector256.Create(MagnitudeMask);
+                for (; i <= end - 8; i += 8)
+                {
+                    var bits = Vector256.Load(uints + i);
+                    var m = bits & magnitude;
+                    var below = Vector256.LessThan(m, limit);
+                    if (below != Vector256<uint>.Zero) Vector256.ConditionalSelect(below, Vector256<uint>.Zero, bits).Store(uints + i);
+                    equal += BitOperations.PopCount(Vector256.Equals(m, limit).ExtractMostSignificantBits());
+                }
+            }
+            for (; i < end; i++)
             {
                 var m = uints[i] & MagnitudeMask;
                 if (m < threshold) data[i] = 0f;
@@ -112,43 +129,133 @@ public sealed class MagnitudeSelection
                 continue;
             }
             var (start, end) = ranges[r];
-            var uints = (uint*)data;
-            for (var i = start; i < end; i++)
-            {
-                if ((uints[i] & MagnitudeMask) != threshold) continue;
-                if (tiesLeft > 0) tiesLeft--;
-                else data[i] = 0f;
-            }
+            KeepFirstTies((uint*)data, start, end, threshold, ref tiesLeft);
         }
     }
 
-    /// <summary>Coarse (fineBin null): counts by the upper 16 bits. Fine: counts by the lower 16 bits within one coarse bin.</summary>
+    /// <summary>
+    /// In element order over [start, end): keeps the first <paramref name="tiesLeft"/> elements whose magnitude equals
+    /// the threshold and zeroes the later ones. Whole 8-element blocks are skipped or zeroed at once; only the block
+    /// where the count runs out is walked element by element.
+    /// </summary>
+    private static unsafe void KeepFirstTies(uint* uints, long start, long end, uint threshold, ref long tiesLeft)
+    {
+        var i = start;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var limit = Vector256.Create(threshold);
+            var magnitude = Vector256.Create(MagnitudeMask);
+            for (; i <= end - 8; i += 8)
+            {
+                var bits = Vector256.Load(uints + i);
+                var equal = Vector256.Equals(bits & magnitude, limit);
+                var ties = BitOperations.PopCount(equal.ExtractMostSignificantBits());
+                if (ties == 0) continue;
+                if (ties <= tiesLeft)
+                {
+                    tiesLeft -= ties;
+                }
+                else if (tiesLeft == 0)
+                {
+                    Vector256.ConditionalSelect(equal, Vector256<uint>.Zero, bits).Store(uints + i);
+                }
+                else
+                {
+                    KeepFirstTiesScalar(uints, i, i + 8, threshold, ref tiesLeft);
+                }
+            }
+        }
+        KeepFirstTiesScalar(uints, i, end, threshold, ref tiesLeft);
+    }
+
+    private static unsafe void KeepFirstTiesScalar(uint* uints, long start, long end, uint threshold, ref long tiesLeft)
+    {
+        for (var i = start; i < end; i++)
+        {
+            if ((uints[i] & MagnitudeMask) != threshold) continue;
+            if (tiesLeft > 0) tiesLeft--;
+            else uints[i] = 0;
+        }
+    }
+
+    /// <summary>Per-thread counting tables, reused from call to call (four interleaved 64K-entry tables).</summary>
+    [ThreadStatic]
+    private static uint[]? t_tables;
+
+    /// <summary>Elements counted into the uint tables before they are added to the histogram (so no table entry can overflow).</summary>
+    private const long MaxSpan = 1L << 30;
+
+    /// <summary>Ranges at least this long count into four interleaved tables; shorter ones into one (less to clear and add up).</summary>
+    private const long InterleaveFrom = 1L << 20;
+
+    /// <summary>
+    /// Coarse (fineBin null): counts by the upper 16 bits. Fine: counts by the lower 16 bits within one coarse bin.
+    /// Long ranges count element i into table i mod 4, so runs of equal magnitudes (DARE's zeros) do not serialise on
+    /// one counter; the tables are summed into <paramref name="histogram"/> (integer sums: the result is exact).
+    /// </summary>
     private static unsafe void Histogram(float* data, long count, long[] histogram, uint? fineBin)
     {
         var ranges = Ranges(count);
-        var locals = new long[ranges.Length][];
         Parallel.For(0, ranges.Length, r =>
         {
-            var local = new long[histogram.Length];
-            var (start, end) = ranges[r];
-            var uints = (uint*)data;
+            var tables = t_tables ??= new uint[4 << 16];
+            var (rangeStart, rangeEnd) = ranges[r];
+            for (var start = rangeStart; start < rangeEnd; start += MaxSpan)
+            {
+                var end = Math.Min(rangeEnd, start + MaxSpan);
+                var interleave = end - start >= InterleaveFrom;
+                var used = interleave ? tables.Length : 1 << 16;
+                Array.Clear(tables, 0, used);
+                CountInto(tables, (uint*)data, start, end, fineBin, interleave);
+                lock (histogram)
+                {
+                    for (var b = 0; b < 1 << 16; b++)
+                    {
+                        histogram[b] += interleave ? (long)tables[b] + tables[b | 1 << 16] + tables[b | 2 << 16] + tables[b | 3 << 16] : tables[b];
+                    }
+                }
+            }
+        });
+    }
+
+    private static unsafe void CountInto(uint[] tables, uint* uints, long start, long end, uint? fineBin, bool interleave)
+    {
+        var i = start;
+        fixed (uint* t = tables)
+        {
             if (fineBin is not { } bin)
             {
-                for (var i = start; i < end; i++) local[(uints[i] & MagnitudeMask) >> 16]++;
+                if (interleave)
+                {
+                    for (; i <= end - 4; i += 4)
+                    {
+                        t[(uints[i] & MagnitudeMask) >> 16]++;
+                        t[1 << 16 | (uints[i + 1] & MagnitudeMask) >> 16]++;
+                        t[2 << 16 | (uints[i + 2] & MagnitudeMask) >> 16]++;
+                        t[3 << 16 | (uints[i + 3] & MagnitudeMask) >> 16]++;
+                    }
+                }
+                for (; i < end; i++) t[(uints[i] & MagnitudeMask) >> 16]++;
             }
             else
             {
-                for (var i = start; i < end; i++)
+                if (interleave)
+                {
+                    for (; i <= end - 4; i += 4)
+                    {
+                        for (uint k = 0; k < 4; k++)
+                        {
+                            var m = uints[i + k] & MagnitudeMask;
+                            if (m >> 16 == bin) t[k << 16 | (m & 0xFFFF)]++;
+                        }
+                    }
+                }
+                for (; i < end; i++)
                 {
                     var m = uints[i] & MagnitudeMask;
-                    if (m >> 16 == bin) local[m & 0xFFFF]++;
+                    if (m >> 16 == bin) t[m & 0xFFFF]++;
                 }
             }
-            locals[r] = local;
-        });
-        foreach (var local in locals)
-        {
-            for (var b = 0; b < histogram.Length; b++) histogram[b] += local[b];
         }
     }
 

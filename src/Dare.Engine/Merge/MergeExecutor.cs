@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.Intrinsics;
 using Dare.Engine.Safetensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -82,6 +83,7 @@ public sealed class MergeExecutor
 
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
         using var reader = new TensorReader();
+        using var workspace = new ChunkWorkspace();
         for (var i = 0; i < tensors.Count; i++)
         {
             _cancellation.ThrowIfCancellationRequested();
@@ -99,13 +101,14 @@ public sealed class MergeExecutor
                 }
                 else
                 {
-                    ProcessTensor(vector, info, reader, layerCount, (_, baseChunk, delta) =>
+                    ProcessTensor(vector, info, reader, workspace, layerCount, (_, baseChunk, delta) =>
                     {
                         Tensor output;
                         using (PhaseProfile.Time(_profile, Phase.ToOutput))
                         {
                             var result = options.DeltaOnly ? delta : baseChunk.add_(delta);
-                            output = result.to_type(outputDType).contiguous();
+                            // copy_ into the reused output buffer runs the same conversion as to_type.
+                            output = result.dtype == outputDType ? result : workspace.Output(outputDType, result.shape[0]).copy_(result);
                         }
                         using (PhaseProfile.Time(_profile, Phase.Write)) writer.Append(output);
                     });
@@ -138,9 +141,10 @@ public sealed class MergeExecutor
         // The flat tensor is released on return (also on failure); the returned view keeps the storage alive.
         using var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
         using var reader = new TensorReader();
+        using var workspace = new ChunkWorkspace();
         using (NewDisposeScope())
         {
-            ProcessTensor(vector, info, reader, LayerCount(vector.Base), (first, _, delta) =>
+            ProcessTensor(vector, info, reader, workspace, LayerCount(vector.Base), (first, _, delta) =>
                 result.narrow(0, first, delta.shape[0]).copy_(delta));
         }
         return result.view(info.Shape);
@@ -156,6 +160,7 @@ public sealed class MergeExecutor
         var layerCount = LayerCount(vector.Base);
         var counts = new DropCounts();
         using var reader = new TensorReader();
+        using var workspace = new ChunkWorkspace();
         for (var i = 0; i < tensors.Count; i++)
         {
             _cancellation.ThrowIfCancellationRequested();
@@ -163,7 +168,7 @@ public sealed class MergeExecutor
             using (NewDisposeScope())
             {
                 var info = tensors[i];
-                var drops = ProcessTensor(vector, info, reader, layerCount, (first, _, delta) => visit(info, first, delta));
+                var drops = ProcessTensor(vector, info, reader, workspace, layerCount, (first, _, delta) => visit(info, first, delta));
                 counts.Add(drops);
             }
             bytesDone += tensors[i].ByteLength;
@@ -228,9 +233,10 @@ public sealed class MergeExecutor
     /// <summary>
     /// Computes the vector's δ for one tensor and hands it to <paramref name="consume"/> chunk by chunk, in element
     /// order. Steps that need the whole tensor first (L1 rescale, TIES magnitude threshold) take extra passes; a
-    /// tensor that fits in one chunk is read once and kept for all passes.
+    /// tensor that fits in one chunk is read once and kept for all passes. Chunks live in <paramref name="workspace"/>'s
+    /// reused buffers (base in slot 0, input i's δ in slot i + 1): a consumer must not keep them past its call.
     /// </summary>
-    private DropCounts ProcessTensor(TaskVector vector, TensorInfo baseInfo, TensorReader reader, int layerCount, ChunkConsumer consume)
+    private DropCounts ProcessTensor(TaskVector vector, TensorInfo baseInfo, TensorReader reader, ChunkWorkspace workspace, int layerCount, ChunkConsumer consume)
     {
         var position = TensorPosition.Of(baseInfo.Name, layerCount);
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
@@ -293,10 +299,8 @@ public sealed class MergeExecutor
                 }
                 else
                 {
-                    Tensor stored;
-                    using (PhaseProfile.Time(_profile, Phase.Read)) stored = reader.ReadRange(baseInfo, first, count);
-                    using (PhaseProfile.Time(_profile, Phase.ToFloat32)) baseChunk = stored.to_type(ScalarType.Float32);
-                    deltas = leaves.Select(l => LeafDelta(l, reader, baseChunk, first, count, firstPass: pass == 0)).ToArray();
+                    baseChunk = ReadFloat32(reader, workspace, 0, baseInfo, first, count);
+                    deltas = leaves.Select((l, i) => LeafDelta(l, i + 1, reader, workspace, baseChunk, first, count, firstPass: pass == 0)).ToArray();
                     if (chunkCount == 1)
                     {
                         cachedBase = baseChunk;
@@ -361,13 +365,58 @@ public sealed class MergeExecutor
         return counts;
     }
 
+    /// <summary>
+    /// Elements [first, first + count) of a stored tensor as float32: bfloat16 and float32 into workspace slot
+    /// <paramref name="slot"/> (bfloat16 widened by <see cref="ChunkKernels"/>), other types through torch.
+    /// </summary>
+    private unsafe Tensor ReadFloat32(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count)
+    {
+        switch (info.DType)
+        {
+            case SafetensorsDType.F32:
+            {
+                var values = workspace.Floats(slot, count);
+                using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, TensorMemory.Pointer(values));
+                return values;
+            }
+            case SafetensorsDType.BF16:
+            {
+                var raw = workspace.Staging(count * sizeof(ushort));
+                using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, TensorMemory.Pointer(raw));
+                var values = workspace.Floats(slot, count);
+                using (PhaseProfile.Time(_profile, Phase.ToFloat32)) ChunkKernels.WidenBFloat16((ushort*)TensorMemory.Pointer(raw), TensorMemory.Floats(values), count);
+                return values;
+            }
+            default:
+            {
+                Tensor stored;
+                using (PhaseProfile.Time(_profile, Phase.Read)) stored = reader.ReadRange(info, first, count);
+                using (PhaseProfile.Time(_profile, Phase.ToFloat32)) return stored.to_type(ScalarType.Float32);
+            }
+        }
+    }
+
     /// <summary>δ = fine-tuned − base for one chunk, with the DARE mask applied (the L1 rescale comes after trimming).</summary>
-    private unsafe Tensor LeafDelta(Leaf leaf, TensorReader reader, Tensor baseChunk, long first, long count, bool firstPass)
+    private unsafe Tensor LeafDelta(Leaf leaf, int slot, TensorReader reader, ChunkWorkspace workspace, Tensor baseChunk, long first, long count, bool firstPass)
     {
         if (leaf.Tuned is null) return zeros(new[] { count }, ScalarType.Float32);
-        Tensor tuned, delta;
-        using (PhaseProfile.Time(_profile, Phase.Read)) tuned = reader.ReadRange(leaf.Tuned, first, count);
-        using (PhaseProfile.Time(_profile, Phase.ToFloat32)) tuned = tuned.dtype == ScalarType.Float32 ? tuned : tuned.to_type(ScalarType.Float32);
+        Tensor delta;
+        if (leaf.Tuned.DType == SafetensorsDType.BF16 && baseChunk.dtype == ScalarType.Float32 && !leaf.L1)
+        {
+            // One pass over the chunk: widen, subtract the base and apply the DARE mask block by block.
+            var raw = workspace.Staging(count * sizeof(ushort));
+            using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(leaf.Tuned, first, count, TensorMemory.Pointer(raw));
+            delta = workspace.Floats(slot, count);
+            long chunkDropped;
+            using (PhaseProfile.Time(_profile, Phase.DeltaFused))
+            {
+                chunkDropped = ChunkKernels.WidenSubtractMask((ushort*)TensorMemory.Pointer(raw), TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta),
+                    first, count, leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale);
+            }
+            if (firstPass) leaf.Dropped += chunkDropped;
+            return delta;
+        }
+        var tuned = ReadFloat32(reader, workspace, slot, leaf.Tuned, first, count);
         using (PhaseProfile.Time(_profile, Phase.Delta)) delta = tuned.sub_(baseChunk);
         if (!leaf.UsesDare) return delta;
         using var timing = PhaseProfile.Time(_profile, Phase.Mask);
@@ -392,13 +441,13 @@ public sealed class MergeExecutor
     private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
 
-    /// <summary>Combines the inputs' chunks into the merged δ (λ applied).</summary>
+    /// <summary>Combines the inputs' chunks into the merged δ (λ applied), in place in the first input's chunk.</summary>
     private static Tensor Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas)
     {
         if (merge is null) return deltas[0];
         if (merge.Method == MergeMethod.Linear)
         {
-            var sum = deltas[0].mul(leaves[0].Weight);
+            var sum = deltas[0].mul_(leaves[0].Weight);
             for (var i = 1; i < deltas.Length; i++) sum.add_(deltas[i], alpha: leaves[i].Weight);
             var totalWeight = leaves.Sum(l => (double)l.Weight);
             var scale = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
@@ -414,7 +463,8 @@ public sealed class MergeExecutor
     private static unsafe Tensor TiesCombine(MergeOptions merge, Leaf[] leaves, Tensor[] deltas)
     {
         var count = deltas[0].shape[0];
-        var result = empty(new[] { count }, ScalarType.Float32);
+        // In place: element j of the result depends only on element j of each input, all read before it is written.
+        var result = deltas[0];
         var output = TensorMemory.Floats(result);
         var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
         var weights = leaves.Select(l => (double)l.Weight).ToArray();
@@ -425,7 +475,8 @@ public sealed class MergeExecutor
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
-            for (var j = start; j < end; j++)
+            var j = byCount ? start : TiesCombineBySum(inputs, weights, normalize, lambda, output, start, end);
+            for (; j < end; j++)
             {
                 double election = 0;
                 for (var i = 0; i < inputs.Length; i++)
@@ -449,5 +500,52 @@ public sealed class MergeExecutor
             }
         });
         return result;
+    }
+
+    /// <summary>
+    /// The sign-by-sum TIES combine of <see cref="TiesCombine"/>, eight elements at a time in double precision. Each
+    /// lane does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which
+    /// leaves the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
+    /// </summary>
+    private static unsafe long TiesCombineBySum(IntPtr[] inputs, double[] weights, bool normalize, double lambda, float* output, long start, long end)
+    {
+        if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
+        var count = inputs.Length;
+        var low = stackalloc Vector256<double>[count];
+        var high = stackalloc Vector256<double>[count];
+        var zero = Vector256<double>.Zero;
+        var scale = Vector256.Create(lambda);
+        var j = start;
+        for (; j <= end - 8; j += 8)
+        {
+            Vector256<double> electionLow = zero, electionHigh = zero;
+            for (var i = 0; i < count; i++)
+            {
+                (low[i], high[i]) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
+                var w = Vector256.Create(weights[i]);
+                electionLow += w * low[i];
+                electionHigh += w * high[i];
+            }
+            var positiveLow = Vector256.GreaterThanOrEqual(electionLow, zero);
+            var positiveHigh = Vector256.GreaterThanOrEqual(electionHigh, zero);
+            Vector256<double> sumLow = zero, sumHigh = zero, weightLow = zero, weightHigh = zero;
+            for (var i = 0; i < count; i++)
+            {
+                var w = Vector256.Create(weights[i]);
+                var agreeLow = Vector256.ConditionalSelect(positiveLow, Vector256.GreaterThan(low[i], zero), Vector256.LessThan(low[i], zero));
+                var agreeHigh = Vector256.ConditionalSelect(positiveHigh, Vector256.GreaterThan(high[i], zero), Vector256.LessThan(high[i], zero));
+                sumLow += (w * low[i]) & agreeLow;
+                sumHigh += (w * high[i]) & agreeHigh;
+                weightLow += w & agreeLow;
+                weightHigh += w & agreeHigh;
+            }
+            if (normalize)
+            {
+                sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
+                sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
+            }
+            Vector256.Narrow(sumLow * scale, sumHigh * scale).Store(output + j);
+        }
+        return j;
     }
 }

@@ -10,8 +10,10 @@ internal enum Phase
     Read,
     /// <summary>Stored dtype (bf16/f16) → float32.</summary>
     ToFloat32,
-    /// <summary>fine-tuned − base.</summary>
+    /// <summary>fine-tuned − base (torch, for inputs the fused path does not take).</summary>
     Delta,
+    /// <summary>bfloat16 fine-tuned → float32, − base and the DARE mask, fused in one pass.</summary>
+    DeltaFused,
     /// <summary>DARE drop and rescale (and the L1 sums).</summary>
     Mask,
     /// <summary>TIES magnitude histograms (coarse and fine passes).</summary>
