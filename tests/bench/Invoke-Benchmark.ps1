@@ -124,7 +124,7 @@ function Wait-Quiet {
         $after = Get-MachineCpuTicks
         $share = ($after.Busy - $before.Busy) / [math]::Max(1, $after.Total - $before.Total)
         if ($share -lt $QuietBelow) { $quiet++ } else { $quiet = 0 }
-        if ($quiet -lt 2 -and -not $said) { Write-Host ('Waiting for the machine to be idle (CPU busy {0:P0})...' -f $share); $said = $true }
+        if ($share -ge $QuietBelow -and -not $said) { Write-Host ('Waiting for the machine to be idle (CPU busy {0:P0})...' -f $share); $said = $true }
         if ([DateTime]::UtcNow -gt $deadline) { Write-Warning "The machine did not become idle within $QuietTimeout s; measuring anyway."; return }
     }
 }
