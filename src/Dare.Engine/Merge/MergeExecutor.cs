@@ -84,39 +84,48 @@ public sealed class MergeExecutor
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
         using var reader = new TensorReader();
         using var workspace = new ChunkWorkspace();
+        // Disposed first: waits for a write still in flight before the buffers and the writer go.
+        using var appender = new BackgroundAppender(writer);
         for (var i = 0; i < tensors.Count; i++)
         {
             _cancellation.ThrowIfCancellationRequested();
             var info = tensors[i];
             var outputDType = plan[i].DType.ToScalarType();
             _observer?.Progress(new MergeProgress("Merging", i, tensors.Count, bytesRead, totalBytes, clock.Elapsed, info.Name));
-            using (PhaseProfile.Time(_profile, Phase.Write)) writer.BeginTensor(info.Name);
+            appender.BeginTensor(info.Name);
             using (NewDisposeScope())
             {
                 if (!info.DType.IsMergeable())
                 {
                     Tensor stored;
                     using (PhaseProfile.Time(_profile, Phase.Read)) stored = reader.Read(info).contiguous();
-                    using (PhaseProfile.Time(_profile, Phase.Write)) writer.Append(stored);
+                    using (PhaseProfile.Time(_profile, Phase.Write)) appender.Append(stored);
                 }
                 else
                 {
                     ProcessTensor(vector, info, reader, workspace, layerCount, (_, baseChunk, delta) =>
                     {
-                        Tensor output;
-                        using (PhaseProfile.Time(_profile, Phase.ToOutput))
+                        Tensor result;
+                        using (PhaseProfile.Time(_profile, Phase.ToOutput)) result = options.DeltaOnly ? delta : baseChunk.add_(delta);
+                        if (result.dtype == outputDType)
                         {
-                            var result = options.DeltaOnly ? delta : baseChunk.add_(delta);
-                            // copy_ into the reused output buffer runs the same conversion as to_type.
-                            output = result.dtype == outputDType ? result : workspace.Output(outputDType, result.shape[0]).copy_(result);
+                            // Already in the output dtype: a reused buffer the next chunk overwrites, so written at once.
+                            using (PhaseProfile.Time(_profile, Phase.Write)) appender.Append(result);
+                            return;
                         }
-                        using (PhaseProfile.Time(_profile, Phase.Write)) writer.Append(output);
+                        // The output buffer is refilled only once the previous chunk's write is done; copy_ runs the
+                        // same conversion as to_type; the write then overlaps the computation of the next chunk.
+                        using (PhaseProfile.Time(_profile, Phase.Write)) appender.Wait();
+                        Tensor output;
+                        using (PhaseProfile.Time(_profile, Phase.ToOutput)) output = workspace.Output(outputDType, result.shape[0]).copy_(result);
+                        appender.AppendAsync(OutputPointer(output), output.NumberOfElements * output.ElementSize);
                     });
                 }
             }
             bytesRead += info.ByteLength * (1 + vector.Sources.Count);
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {plan[i].DType}");
         }
+        using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
         _observer?.Progress(new MergeProgress("Merging", tensors.Count, tensors.Count, bytesRead, totalBytes, clock.Elapsed, null));
         _cancellation.ThrowIfCancellationRequested();
         CheckpointWriteResult written;
@@ -127,6 +136,8 @@ public sealed class MergeExecutor
         }
         return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
     }
+
+    private static unsafe IntPtr OutputPointer(Tensor tensor) => (IntPtr)TensorMemory.Pointer(tensor);
 
     /// <summary>The task vector's float32 δ for one tensor, in the tensor's shape. The caller owns (disposes) it.</summary>
     public Tensor ComputeDelta(TaskVector vector, string tensorName)
@@ -507,7 +518,7 @@ public sealed class MergeExecutor
     /// lane does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which
     /// leaves the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
     /// </summary>
-    private static unsafe long TiesCombineBySum(IntPtr[] inputs, double[] weights, bool normalize, double lambda, float* output, long start, long end)
+    internal static unsafe long TiesCombineBySum(IntPtr[] inputs, double[] weights, bool normalize, double lambda, float* output, long start, long end)
     {
         if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
         var count = inputs.Length;
