@@ -9,7 +9,7 @@ and three fine-tunes of it, then measures DARE-linear, TIES and DARE-TIES, each 
 (start-up, module import and libtorch initialisation included) that exports bfloat16 to tests/bench/runs/.
 It reports wall time, CPU time (user + sys), peak RSS and throughput (input bytes / wall time) next to the copy
 floor (cat of all inputs to /dev/null + cp of one model, warm page cache), checks the targets, prints a
-markdown report and writes it to -OutFile (tests/bench/results.md).
+markdown report and writes it to -OutFile (tests/bench/results.md for a complete run).
 
 With -Profile each merge runs with DARE_PROFILE=1 and the report adds the executor's per-phase stopwatch
 breakdown (read, bf16 -> f32, delta, mask, select, trim, combine, to output dtype, write, commit), e.g.
@@ -32,7 +32,9 @@ param(
     [int] $QuietTimeout = 600,
     [switch] $Profile,
     [switch] $KeepOutput,
-    [string] $OutFile = (Join-Path $PSScriptRoot 'results.md')
+    # Where the report goes. Default: tests/bench/results.md for a complete run (both sizes, all methods), else
+    # tests/bench/runs/results-partial.md, so a partial or profiling run does not replace the complete table.
+    [string] $OutFile
 )
 
 Set-StrictMode -Version Latest
@@ -42,6 +44,10 @@ $module = Join-Path $root 'out/Dare/Dare.psd1'
 $dataRoot = Join-Path $PSScriptRoot 'data'
 $runsRoot = Join-Path $PSScriptRoot 'runs'
 if (-not (Test-Path $module)) { throw "The module is not built: $module is missing. Run ./build.ps1 Build (or ./build.ps1 Bench)." }
+if (-not $OutFile) {
+    $complete = @($Size | Select-Object -Unique).Count -eq 2 -and @($Method | Select-Object -Unique).Count -eq 3
+    $OutFile = if ($complete) { Join-Path $PSScriptRoot 'results.md' } else { Join-Path $runsRoot 'results-partial.md' }
+}
 
 # Llama-shaped sets: base sharded, three fine-tunes (base + seeded N(0, 0.002²) delta), all bfloat16.
 $Sizes = [ordered]@{

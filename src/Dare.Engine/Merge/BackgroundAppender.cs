@@ -14,8 +14,12 @@ internal sealed class BackgroundAppender : IDisposable
     private readonly CheckpointWriter _writer;
     private Task _pending = Task.CompletedTask;
     private string? _begin;
+    private long _backgroundTicks;
 
     public BackgroundAppender(CheckpointWriter writer) => _writer = writer;
+
+    /// <summary>Time the background writes took (overlapped with the caller's work); read it after <see cref="Finish"/>.</summary>
+    public TimeSpan BackgroundTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, _backgroundTicks);
 
     /// <summary>The next tensor to write; its BeginTensor is issued with its first bytes (or by <see cref="Finish"/>).</summary>
     public void BeginTensor(string name)
@@ -32,8 +36,10 @@ internal sealed class BackgroundAppender : IDisposable
         _begin = null;
         _pending = Task.Factory.StartNew(() =>
         {
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
             if (begin is not null) _writer.BeginTensor(begin);
             _writer.Append((byte*)data, length);
+            _backgroundTicks += System.Diagnostics.Stopwatch.GetTimestamp() - start;
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
     }
 

@@ -133,6 +133,8 @@ public sealed class MergeExecutor
         if (_profile is not null)
         {
             foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
+            _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+                "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", appender.BackgroundTime.TotalSeconds));
         }
         return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
     }

@@ -24,7 +24,7 @@ internal enum Phase
     Combine,
     /// <summary>base + δ and the conversion to the output dtype.</summary>
     ToOutput,
-    /// <summary>Appending to the output file (shard fsyncs included).</summary>
+    /// <summary>Waiting for the background write of the previous chunk (and synchronous appends); see BackgroundAppender.</summary>
     Write,
     /// <summary>Commit: last fsync, index, side files, move into place.</summary>
     Commit,
