@@ -150,3 +150,17 @@ function Get-FolderHashes([string] $Folder) {
 function Get-DareTempFolders([string] $Parent) {
     @(Get-ChildItem -LiteralPath $Parent -Force -Directory | Where-Object Name -like '.*.dare-*')
 }
+
+# Runs $Script in a new runspace of this process (with the module imported) and returns its output, errors and
+# progress records. Arguments are passed to the script block's param().
+function Invoke-InRunspace([scriptblock] $Script, [object[]] $ArgumentList = @()) {
+    $manifest = Join-Path $script:RepoRoot 'out/Dare/Dare.psd1'
+    $ps = [powershell]::Create()
+    try {
+        $null = $ps.AddScript("Import-Module '$manifest'").AddStatement().AddScript($Script.ToString())
+        foreach ($argument in $ArgumentList) { $null = $ps.AddArgument($argument) }
+        $output = $ps.Invoke()
+        [pscustomobject]@{ Output = $output; Errors = @($ps.Streams.Error); Progress = @($ps.Streams.Progress) }
+    }
+    finally { $ps.Dispose() }
+}
