@@ -122,7 +122,8 @@ public sealed class MergeExecutor
             throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidArgument,
                 $"Tensor '{tensorName}' is {info.DType}; only floating-point tensors have a task vector (others are copied from the base).") { TensorName = tensorName };
         }
-        var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
+        // The flat tensor is disposed here; the view returned shares (and keeps alive) its storage.
+        using var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
         using var reader = new TensorReader();
         using (NewDisposeScope())
         {
