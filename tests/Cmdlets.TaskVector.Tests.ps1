@@ -264,6 +264,14 @@ Describe 'Measure-TaskVector' {
         $overall.MaxAbs | Should -Be $max
     }
 
+    It 'reports progress with Write-Progress and completes the progress bar' {
+        $run = Invoke-InRunspace { param($Base, $Tune) Get-TaskVector $Base $Tune | Measure-TaskVector } $base.Path, $math.Path
+        $run.Errors | Should -BeNullOrEmpty
+        $run.Output.Count | Should -Be 1
+        $run.Progress[0].Activity | Should -Be 'Measuring'
+        $run.Progress[-1].RecordType | Should -Be 'Completed'
+    }
+
     It 'measures each task vector it is given' {
         $records = Get-TaskVector $base $math, $code | Measure-TaskVector
         $records.TaskVector | Should -Be @('math', 'code')
