@@ -101,15 +101,17 @@ Describe 'Format views' {
         $table.Row | Should -Match '^model\.embed_tokens\.weight\s+BF16\s+\[128, 64\]\s+16.4 KB\s+model\.safetensors\s*$'
     }
 
-    It 'shows a TaskVector as Name, Base, Source, Tensors, Parameters and its Steps' {
+    It 'shows a TaskVector as Name, Base, Source, Tensors, Parameters and the steps after the task vector itself' {
         $table = Get-Table $views.TaskVector
         $table.Header | Should -Be @('Name', 'Base', 'Source', 'Tensors', 'Parameters', 'Steps')
-        $table.Row | Should -Match '^tune\s+base\s+tune\s+21\s+123K\s+TaskVector\(tune - base\) -> DareDrop\(p=0\.9, seed=1'
+        $table.Row | Should -Match '^tune\s+base\s+tune\s+21\s+123K\s+DareDrop\(p=0\.9, seed=1, stream=0, rescale=InverseKeep\)$'
+        $merged = Get-Table ($vector, (Get-TaskVector $base $tune | Invoke-DareDrop 0.5 -Seed 2) | Merge-Ties 1)
+        $merged.Row | Should -Match '^ties\(tune\+tune\)\s+base\s+tune, tune\s+21\s+123K\s+MergeTies\(keep=1/1, .*\) <- DareDrop\(p=0\.9, .*\), DareDrop\(p=0\.5, '
     }
 
     It 'shows TaskVectorStatistics with percentages and short scientific magnitudes' {
         $table = Get-Table $views.Statistics
-        $table.Header | Should -Be @('TaskVector', 'Parameters', 'Sparsity', 'MaxAbs', 'MeanAbs', 'StdAbs', 'TargetDrop', 'RealisedDrop', 'Tensor')
+        $table.Header | Should -Be @('TaskVector', 'Params', 'Sparsity', 'MaxAbs', 'MeanAbs', 'StdAbs', 'TargetDrop', 'Realised', 'Tensor')
         $table.Row | Should -Match '^tune\s+123K\s+\d+\.\d%\s+\d\.\d\de-\d\s+\d\.\d\de-\d\s+\d\.\d\de-\d\s+90\.0%\s+(89|90)\.\d%'
     }
 
