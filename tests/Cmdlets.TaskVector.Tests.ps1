@@ -46,6 +46,11 @@ Describe 'Get-TaskVector' {
         (Import-Safetensors $math.Path, $code.Path | Get-TaskVector -Base $base).Name | Should -Be @('math', 'code')
     }
 
+    It 'expands a wildcard -FineTuned path to every model it matches' {
+        (Get-TaskVector $base (Join-Path $models '[cm]*')).Name | Should -Be @('code', 'math')
+        { Get-TaskVector (Join-Path $models '*') $math } | Should -Throw -ExpectedMessage '*matches 3 items*'
+    }
+
     It 'takes the base as a Checkpoint, a DirectoryInfo or a relative path resolved against the PowerShell location' {
         (Get-TaskVector -Base (Get-Item $base.Path) -FineTuned $math).Base.Path | Should -Be $base.Path
         Push-Location $models
