@@ -23,6 +23,7 @@ public sealed class ExportSafetensorsCommand : DareCmdlet
 
     /// <summary>Output model folder.</summary>
     [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
+    [SupportsWildcards]
     public string Path { get; set; } = "";
 
     /// <summary>Output model folder, used exactly as typed.</summary>
