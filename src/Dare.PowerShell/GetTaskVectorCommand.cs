@@ -14,9 +14,10 @@ public sealed class GetTaskVectorCommand : DareCmdlet
     [CheckpointTransformation]
     public Checkpoint Base { get; set; } = null!;
 
-    /// <summary>Fine-tuned models of the same base (paths, folders from Get-ChildItem, or Checkpoints).</summary>
+    /// <summary>Fine-tuned models of the same base (paths, wildcards allowed; folders from Get-ChildItem; or Checkpoints).</summary>
     [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true)]
-    [CheckpointTransformation]
+    [CheckpointTransformation(AllowMany = true)]
+    [SupportsWildcards]
     public Checkpoint[] FineTuned { get; set; } = Array.Empty<Checkpoint>();
 
     protected override void ProcessRecord()
