@@ -94,9 +94,9 @@ public static class RecipeParser
             var location = new RecipeLocation(source, (int)ex.Start.Line, (int)ex.Start.Column, "");
             throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"is not valid YAML: {Innermost(ex).Message}", ex);
         }
-        catch (ArgumentException ex) // YamlDotNet reports a repeated key this way, without a position
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException) // e.g. a repeated key, or some unclosed flow collections
         {
-            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(source, 0, 0, ""), $"is not a valid recipe: {ex.Message}", ex);
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(source, 0, 0, ""), $"is not valid YAML: {ex.Message}", ex);
         }
         var roots = stream.Documents.Select(d => d.RootNode).Where(r => !IsNull(r)).ToList();
         return Parse(roots, new Context(source, hasMarks: true), baseDirectory);
@@ -571,11 +571,18 @@ public static class RecipeParser
         string text => new YamlScalarNode(text) { Style = ScalarStyle.DoubleQuoted },
         bool flag => new YamlScalarNode(flag ? "true" : "false"),
         IFormattable number when value is not Enum => new YamlScalarNode(number.ToString(number is double or float ? "R" : null, CultureInfo.InvariantCulture)),
-        IDictionary dictionary => new YamlMappingNode(dictionary.Cast<DictionaryEntry>().Select(e =>
+        IDictionary dictionary => new YamlMappingNode(Entries(dictionary).Select(e =>
             new KeyValuePair<YamlNode, YamlNode>(new YamlScalarNode(Convert.ToString(e.Key, CultureInfo.InvariantCulture)), ToNode(e.Value)))),
         IEnumerable list => new YamlSequenceNode(list.Cast<object?>().Select(ToNode)),
         _ => new YamlScalarNode(Convert.ToString(value, CultureInfo.InvariantCulture)) { Style = ScalarStyle.DoubleQuoted },
     };
+
+    // IDictionary's own enumerator: a generic Dictionary enumerated as IEnumerable yields KeyValuePairs, not DictionaryEntries.
+    private static IEnumerable<DictionaryEntry> Entries(IDictionary dictionary)
+    {
+        var enumerator = dictionary.GetEnumerator();
+        while (enumerator.MoveNext()) yield return enumerator.Entry;
+    }
 
     private sealed class Context
     {
