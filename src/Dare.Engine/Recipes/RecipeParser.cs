@@ -123,7 +123,8 @@ public static class RecipeParser
         var recipes = new List<MergeRecipe>();
         for (var i = 0; i < roots.Count; i++)
         {
-            var prefix = roots.Count > 1 ? $"document {i + 1}" : "";
+            // Positions in a file already say which document; an object batch needs the index in the key path.
+            var prefix = roots.Count > 1 && !context.HasMarks ? $"[{i}]" : "";
             recipes.Add(ParseRecipe(roots[i], i, prefix, context, baseDirectory));
         }
         if (recipes.Count > 1)

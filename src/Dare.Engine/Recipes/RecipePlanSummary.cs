@@ -33,7 +33,9 @@ public sealed class RecipePlanSummary
     /// <summary>Earlier recipes of the batch whose outputs this merge reads.</summary>
     public IReadOnlyList<string> ReadsOutputsOf { get; init; } = Array.Empty<string>();
 
-    internal static RecipePlanSummary For(TaskVector vector, ExportOptions export, IReadOnlyList<string> readsOutputsOf)
+    /// <param name="basePath">The base as the recipe names it (an earlier output of the batch may not exist yet).</param>
+    /// <param name="models">Name and path of each merged model, likewise.</param>
+    internal static RecipePlanSummary For(TaskVector vector, ExportOptions export, string basePath, IReadOnlyList<(string Name, string Path)> models, IReadOnlyList<string> readsOutputsOf)
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var floats = vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList();
@@ -44,7 +46,7 @@ public sealed class RecipePlanSummary
             usage.AddRange(positions.GroupBy(value.Resolve).OrderBy(g => g.Key).Select(g => new ParameterUsage(model, parameter, g.Key, g.Count())));
         for (var i = 0; i < inputs.Count; i++)
         {
-            var name = inputs[i].FineTuned!.Name;
+            var name = models[i].Name;
             if (vector.Merge is { } merge)
             {
                 Count(name, "weight", merge.Weights[i]);
@@ -79,8 +81,8 @@ public sealed class RecipePlanSummary
         {
             Name = vector.Name,
             Method = vector.Steps[^1],
-            BaseModel = vector.Base.Path,
-            Models = inputs.Select(i => i.FineTuned!.Path).ToList(),
+            BaseModel = basePath,
+            Models = models.Select(m => m.Path).ToList(),
             Parameters = usage,
             Destination = export.Destination,
             TensorCount = written.Count,
