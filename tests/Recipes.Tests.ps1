@@ -360,6 +360,16 @@ Describe 'Invoke-DareMerge -WhatIf' {
         Get-FolderEntries $Work | Should -Be $before
     }
 
+    It 'has help with a synopsis, every parameter described and examples' {
+        $help = Get-Help Invoke-DareMerge -Full
+        $help.Synopsis | Should -Match 'mergekit-style YAML'
+        $parameters = (Get-Command Invoke-DareMerge).Parameters.Keys | Where-Object { $_ -notin [System.Management.Automation.PSCmdlet]::CommonParameters }
+        foreach ($name in $parameters) {
+            ($help.parameters.parameter | Where-Object name -EQ $name).description.Text -join '' | Should -Not -BeNullOrEmpty -Because $name
+        }
+        @($help.examples.example).Count | Should -BeGreaterOrEqual 2
+    }
+
     It 'completes -DType values' {
         $line = 'Invoke-DareMerge x.yml -DType '
         (TabExpansion2 $line $line.Length).CompletionMatches.CompletionText | Should -Be @('bfloat16', 'float16', 'float32')
@@ -409,6 +419,13 @@ Describe 'Invoke-DareMerge errors' {
         $record.CategoryInfo.Category | Should -Be $Category
         $record.Exception.Message | Should -Match $Message
         Get-FolderEntries $Work | Should -Be $before
+    }
+
+    It 'refuses one -OutputPath for several recipe files' {
+        Set-Content -LiteralPath (Join-Path $Errors 'many-1.yml') -Value "merge_method: linear`n$Head    parameters: { weight: 1 }`n"
+        Set-Content -LiteralPath (Join-Path $Errors 'many-2.yml') -Value "merge_method: linear`n$Head    parameters: { weight: 1 }`n"
+        { Invoke-DareMerge (Join-Path $Errors 'many-*.yml') -OutputPath (Join-Path $Errors 'many') } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.InvokeDareMergeCommand'
+        Test-Path (Join-Path $Errors 'many') | Should -BeFalse
     }
 
     It 'needs an output folder' {

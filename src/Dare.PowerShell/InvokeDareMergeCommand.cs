@@ -1,5 +1,6 @@
 using System.Management.Automation;
 using System.Security.Cryptography;
+using Dare.Engine;
 using Dare.Engine.Merge;
 using Dare.Engine.Recipes;
 using Dare.Engine.Safetensors;
@@ -72,7 +73,13 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
                 yield return Recipe.Parse();
                 break;
             default:
-                foreach (var path in PathResolver.ResolveExisting(SessionState, ConfigPath, literal: false)) yield return RecipeParser.ParseFile(path);
+                var paths = PathResolver.ResolveExisting(SessionState, ConfigPath, literal: false);
+                if (paths.Count > 1 && OutputPath is not null)
+                {
+                    throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+                        $"'{ConfigPath}' matches {paths.Count} recipe files but -OutputPath names one folder; give each recipe its output: {{ path }} and leave out -OutputPath.");
+                }
+                foreach (var path in paths) yield return RecipeParser.ParseFile(path);
                 break;
         }
     }
