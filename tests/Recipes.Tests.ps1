@@ -309,24 +309,24 @@ models:
 
 Describe 'Replaying recipes written by the pipeline cmdlets' {
     It 'replays <Name> to a bit-identical model.safetensors' -ForEach @(
-        @{ Name = 'DARE + TIES with a drop-rate override'; Export = {
+        @{ Name = 'DARE + TIES with a drop-rate override'; Folder = 'pipeline-dare-ties'; Export = {
                 param($Destination)
                 Get-TaskVector -Base (Join-Path $Models 'base') -FineTuned (Join-Path $Models 'math'), (Join-Path $Models 'code'), (Join-Path $Models 'chat') |
                     Invoke-DareDrop -DropRate 0.9 -Seed 42 -DropRateOverride ([ordered]@{ '*embed_tokens*' = 0.5 }) |
                     Merge-Ties -KeepRatio 0.5 -Weight 1, 0.5, 0.25 |
                     Export-Safetensors -Path $Destination -DType bfloat16 -MaxShardSize 100KB } }
-        @{ Name = 'an unnormalized linear merge with lambda'; Export = {
+        @{ Name = 'an unnormalized linear merge with lambda'; Folder = 'pipeline-linear'; Export = {
                 param($Destination)
                 Get-TaskVector -Base (Join-Path $Models 'base') -FineTuned (Join-Path $Models 'math'), (Join-Path $Models 'code') |
                     Merge-Linear -Normalize:$false -Weight 1, -0.5 -Lambda 0.5 |
                     Export-Safetensors -Path $Destination } }
-        @{ Name = 'one DARE vector with L1 rescale, delta only'; Export = {
+        @{ Name = 'one DARE vector with L1 rescale, delta only'; Folder = 'pipeline-delta'; Export = {
                 param($Destination)
                 Get-TaskVector -Base (Join-Path $Models 'base') -FineTuned (Join-Path $Models 'chat') |
                     Invoke-DareDrop -DropRate 0.7 -Seed 3 -Rescale L1 |
                     Export-Safetensors -Path $Destination -DeltaOnly } }
     ) {
-        $original = Join-Path $Out "pipeline-$($Name.GetHashCode())"
+        $original = Join-Path $Out $Folder
         $replayed = "$original-replay"
         $null = & $Export $original
         $result = Invoke-DareMerge -ConfigPath (Join-Path $original 'dare_recipe.yml') -OutputPath $replayed

@@ -97,14 +97,10 @@ public static class RecipePlanner
             }
             outputs.Add(destination);
         }
-        var plan = new BatchPlan(batch, options, outputs);
         var plans = new List<MergePlan>();
-        for (var i = 0; i <= last; i++)
-        {
-            plan.Plans = plans;
-            plans.Add(PlanRecipe(plan, i, standIns: true));
-        }
-        plan.Plans = plans;
+        // Later recipes look up earlier plans (for their outputs' stand-ins) while the list grows.
+        var plan = new BatchPlan(batch, options, outputs) { Plans = plans };
+        for (var i = 0; i <= last; i++) plans.Add(PlanRecipe(plan, i, standIns: true));
         foreach (var destination in outputs) CheckpointWriter.CheckDestination(destination, options.Force);
         return plan;
     }
