@@ -68,7 +68,7 @@ public sealed class ExportSafetensorsCommand : DareCmdlet
             MaxShardSize = shardSize,
             DeltaOnly = DeltaOnly,
             Force = Force,
-            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize),
+            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
         };
         var observer = new CmdletObserver(this);
         ExportResult result;
