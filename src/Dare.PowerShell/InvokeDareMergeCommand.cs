@@ -19,7 +19,6 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     private const string PathSet = "Path";
     private const string YamlSet = "Yaml";
     private const string RecipeSet = "Recipe";
-    private readonly CancellationTokenSource _cancellation = new();
 
     /// <summary>The recipe file (.yml/.yaml). Relative model and output paths in it resolve against its folder.</summary>
     [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet, ValueFromPipelineByPropertyName = true)]
@@ -60,8 +59,6 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
         foreach (var batch in Batches()) Merge(batch);
     });
 
-    protected override void StopProcessing() => _cancellation.Cancel();
-
     private IEnumerable<RecipeBatch> Batches()
     {
         switch (ParameterSetName)
@@ -89,7 +86,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
         foreach (var warning in batch.Warnings) WriteWarning(warning);
         var options = new RecipePlanOptions
         {
-            OutputPath = OutputPath is null ? null : PathResolver.ResolveOutput(SessionState, OutputPath),
+            OutputPath = OutputPath is null ? null : PathResolver.ResolveOutput(SessionState, OutputPath, literal: false),
             OutputDType = DType is null ? null : SafetensorsDTypes.ParseOutputDType(DType),
             MaxShardSize = MaxShardSize is null ? null : ByteSize.Parse(MaxShardSize),
             Force = Force,
@@ -98,18 +95,11 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
         var plan = RecipePlanner.Plan(batch, options);
         foreach (var warning in plan.Plans.SelectMany(p => p.Warnings)) WriteWarning(warning);
 
-        var runner = new RecipeRunner(new CmdletObserver(this), _cancellation.Token);
-        try
+        var runner = new RecipeRunner(new CmdletObserver(this), Cancellation);
+        foreach (var result in runner.Run(plan, Confirm))
         {
-            foreach (var result in runner.Run(plan, Confirm))
-            {
-                WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
-                WriteObject(result);
-            }
-        }
-        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
-        {
-            throw new PipelineStoppedException();
+            WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
+            WriteObject(result);
         }
     }
 
