@@ -80,10 +80,19 @@ Describe 'Get-TaskVector' {
         ($vector | Get-TaskVectorTensor $upProj).ZeroFraction | Should -BeLessThan 0.01
     }
 
-    It 'fails parameter binding for a missing model, naming the path and the Dare error id' {
+    It 'stops with PathNotFound or NotFileSystemPath for a bad base, naming the path' {
         { Get-TaskVector -Base (Join-Path $TestDrive 'missing') -FineTuned $math } |
-            Should -Throw -ErrorId 'ParameterArgumentTransformationError,Dare.PowerShell.GetTaskVectorCommand' -ExpectedMessage '*PathNotFound*missing*'
-        { Get-TaskVector -Base Env:\PATH -FineTuned $math } | Should -Throw -ExpectedMessage '*NotFileSystemPath*'
+            Should -Throw -ErrorId 'PathNotFound,Dare.PowerShell.GetTaskVectorCommand' -ExpectedMessage '*missing*'
+        { Get-TaskVector -Base Env:\PATH -FineTuned $math } | Should -Throw -ErrorId 'NotFileSystemPath,Dare.PowerShell.GetTaskVectorCommand'
+    }
+
+    It 'reports a bad fine-tune as a non-terminating PathNotFound error and goes on with the others' {
+        $vectors = Get-TaskVector -Base $base -FineTuned (Join-Path $TestDrive 'missing'), $math -ErrorVariable problems -ErrorAction SilentlyContinue
+        $vectors | Should -HaveCount 1
+        $problems | Should -HaveCount 1
+        $problems[0].FullyQualifiedErrorId | Should -Be 'PathNotFound,Dare.PowerShell.GetTaskVectorCommand'
+        $problems[0].CategoryInfo.Category | Should -Be 'ObjectNotFound'
+        $problems[0].Exception.Message | Should -BeLike '*missing*'
     }
 }
 

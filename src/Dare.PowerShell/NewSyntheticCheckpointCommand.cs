@@ -26,8 +26,7 @@ public sealed class NewSyntheticCheckpointCommand : DareCmdlet
 
     /// <summary>Make a fine-tune of this base: base + N(0, DeltaScale²) per entry.</summary>
     [Parameter]
-    [CheckpointTransformation]
-    public Checkpoint? BaseModel { get; set; }
+    public object? BaseModel { get; set; }
 
     [Parameter, ValidateRange(1, 1 << 16)] public int HiddenSize { get; set; } = 256;
     [Parameter, ValidateRange(0, 1024)] public int Layers { get; set; } = 2;
@@ -47,12 +46,13 @@ public sealed class NewSyntheticCheckpointCommand : DareCmdlet
     {
         var literal = ParameterSetName == LiteralPathSet;
         var destination = PathResolver.ResolveOutput(SessionState, literal ? LiteralPath : Path, literal);
-        var shape = BaseModel is { } b
+        var baseModel = BaseModel is null ? null : CheckpointResolver.Resolve(SessionState, BaseModel, allowMany: false)[0];
+        var shape = baseModel is { } b
             ? new LlamaShape((int)(b.ConfigInt("hidden_size") ?? HiddenSize), (int)(b.ConfigInt("num_hidden_layers") ?? Layers),
                 (int)(b.ConfigInt("vocab_size") ?? VocabSize), (int?)b.ConfigInt("intermediate_size"))
             : new LlamaShape(HiddenSize, Layers, VocabSize, IntermediateSize > 0 ? IntermediateSize : null);
         if (!ShouldProcess(destination, $"Write a synthetic {shape.ParameterCount:N0}-parameter Llama-shaped model")) return;
-        var result = SyntheticModel.Write(destination, shape, Seed, BaseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force);
+        var result = SyntheticModel.Write(destination, shape, Seed, baseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force);
         WriteObject(Checkpoint.Open(result.Path));
     });
 }
