@@ -37,6 +37,13 @@ Describe 'Import-Safetensors' {
             $checkpoint.ConfigInt('hidden_size') | Should -Be 64
         }
 
+        It 'exposes config.json as a dictionary that reads naturally in PowerShell' {
+            $config = (Import-Safetensors $sharded.Path).Config
+            $config.hidden_size | Should -Be 64
+            $config.model_type | Should -Be 'llama'
+            $config.architectures | Should -Be @('LlamaForCausalLM')
+        }
+
         It 'opens a folder holding one model.safetensors' {
             $checkpoint = Import-Safetensors $folder.Path
             $checkpoint.Layout | Should -Be 'Folder'
