@@ -14,6 +14,7 @@
         'Get-TaskVectorTensor'
         'Import-Safetensors'
         'Invoke-DareDrop'
+        'Invoke-DareMerge'
         'Measure-TaskVector'
         'Merge-Linear'
         'Merge-Ties'

@@ -34,6 +34,15 @@ try {
     Write-Host "== The recipe recorded with the model (replayable with Invoke-DareMerge)" -ForegroundColor Cyan
     Get-Content ./merged/dare_recipe.yml
 
+    Write-Host "== Replaying that recipe with Invoke-DareMerge gives the same bytes" -ForegroundColor Cyan
+    $replay = Invoke-DareMerge ./merged/dare_recipe.yml -OutputPath ./merged-replay -Force
+    "model.safetensors identical: {0}" -f ((Get-FileHash ./merged/model.safetensors).Hash -eq (Get-FileHash (Join-Path $replay.Path 'model.safetensors')).Hash)
+
+    Write-Host "== A mergekit-style recipe (examples/dare-ties.yml): the plan, then the merge" -ForegroundColor Cyan
+    Copy-Item (Join-Path $PSScriptRoot 'dare-ties.yml') . -Force
+    Invoke-DareMerge ./dare-ties.yml -Force -WhatIf
+    Invoke-DareMerge ./dare-ties.yml -Force | Format-List Path, TensorCount, BytesWritten, Elapsed
+
     Write-Host "== One merged tensor compared with the base" -ForegroundColor Cyan
     $merged = Import-Safetensors ./merged
     "merged model: {0} tensors, {1:N0} parameters, {2}" -f $merged.TensorCount, $merged.ParameterCount, $merged.DTypeSummary

@@ -9,6 +9,7 @@ internal sealed class CmdletObserver : IMergeObserver
     private readonly Cmdlet _cmdlet;
     private readonly int _activityId;
     private DateTime _lastProgress = DateTime.MinValue;
+    private string? _openActivity;
 
     public CmdletObserver(Cmdlet cmdlet, int activityId = 1)
     {
@@ -30,6 +31,16 @@ internal sealed class CmdletObserver : IMergeObserver
             SecondsRemaining = progress.Remaining is { } left ? (int)left.TotalSeconds : -1,
             RecordType = finished ? ProgressRecordType.Completed : ProgressRecordType.Processing,
         };
+        _openActivity = finished ? null : progress.Activity;
+        _cmdlet.WriteProgress(record);
+    }
+
+    /// <summary>Closes the progress bar if the engine left one open (it does not report completion of every pass).</summary>
+    public void Complete()
+    {
+        if (_openActivity is null) return;
+        var record = new ProgressRecord(_activityId, _openActivity, "Done") { RecordType = ProgressRecordType.Completed };
+        _openActivity = null;
         _cmdlet.WriteProgress(record);
     }
 

@@ -3,15 +3,31 @@ using Dare.Engine;
 
 namespace Dare.PowerShell;
 
-/// <summary>Base for Dare cmdlets: turns engine failures into ErrorRecords with stable ErrorIds.</summary>
-public abstract class DareCmdlet : PSCmdlet
+/// <summary>
+/// Base for Dare cmdlets: turns engine failures into ErrorRecords with stable ErrorIds, and turns Ctrl+C
+/// (StopProcessing) into cancellation of the engine work in progress.
+/// </summary>
+public abstract class DareCmdlet : PSCmdlet, IDisposable
 {
+    private readonly CancellationTokenSource _cancellation = new();
+
+    /// <summary>Cancelled when the pipeline is stopped (Ctrl+C, Stop-Job, PowerShell.Stop()).</summary>
+    protected CancellationToken Cancellation => _cancellation.Token;
+
+    protected override void StopProcessing() => _cancellation.Cancel();
+
+    public void Dispose() => _cancellation.Dispose();
+
     /// <summary>Runs <paramref name="action"/>; a failure becomes a terminating error.</summary>
     protected void Run(Action action)
     {
         try
         {
             action();
+        }
+        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
+        {
+            throw new PipelineStoppedException();
         }
         catch (Exception ex) when (ex is not PipelineStoppedException and not PipelineClosedException)
         {
@@ -25,6 +41,10 @@ public abstract class DareCmdlet : PSCmdlet
         try
         {
             action();
+        }
+        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
+        {
+            throw new PipelineStoppedException();
         }
         catch (Exception ex) when (ex is not PipelineStoppedException and not PipelineClosedException)
         {

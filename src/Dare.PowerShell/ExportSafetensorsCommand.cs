@@ -16,13 +16,14 @@ public sealed class ExportSafetensorsCommand : DareCmdlet
 {
     private const string PathSet = "Path";
     private const string LiteralPathSet = "LiteralPath";
-    private readonly CancellationTokenSource _cancellation = new();
 
+    /// <summary>The task vector to write, usually the merged vector from Merge-Ties or Merge-Linear.</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
     public TaskVector InputObject { get; set; } = null!;
 
     /// <summary>Output model folder.</summary>
     [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
+    [SupportsWildcards]
     public string Path { get; set; } = "";
 
     /// <summary>Output model folder, used exactly as typed.</summary>
@@ -49,9 +50,8 @@ public sealed class ExportSafetensorsCommand : DareCmdlet
 
     protected override void ProcessRecord() => Run(() =>
     {
-        var destination = ParameterSetName == LiteralPathSet
-            ? PathResolver.ResolveOutput(SessionState, LiteralPath)
-            : PathResolver.ResolveOutput(SessionState, Path);
+        var literal = ParameterSetName == LiteralPathSet;
+        var destination = PathResolver.ResolveOutput(SessionState, literal ? LiteralPath : Path, literal);
         var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
         var shardSize = ByteSize.Parse(MaxShardSize);
         var vector = InputObject;
@@ -68,21 +68,19 @@ public sealed class ExportSafetensorsCommand : DareCmdlet
             MaxShardSize = shardSize,
             DeltaOnly = DeltaOnly,
             Force = Force,
-            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize),
+            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
         };
-        var executor = new MergeExecutor(new CmdletObserver(this), _cancellation.Token);
+        var observer = new CmdletObserver(this);
         ExportResult result;
         try
         {
-            result = executor.Export(vector, options);
+            result = new MergeExecutor(observer, Cancellation).Export(vector, options);
         }
-        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
+        finally
         {
-            throw new PipelineStoppedException();
+            if (!Cancellation.IsCancellationRequested) observer.Complete();
         }
         WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
         WriteObject(result);
     });
-
-    protected override void StopProcessing() => _cancellation.Cancel();
 }

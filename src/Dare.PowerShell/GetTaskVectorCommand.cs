@@ -9,30 +9,37 @@ namespace Dare.PowerShell;
 [OutputType(typeof(TaskVector))]
 public sealed class GetTaskVectorCommand : DareCmdlet
 {
+    private Checkpoint _base = null!;
+
     /// <summary>The base model: a folder, a .safetensors file, or a Checkpoint from Import-Safetensors.</summary>
     [Parameter(Mandatory = true, Position = 0)]
-    [CheckpointTransformation]
-    public Checkpoint Base { get; set; } = null!;
+    public object Base { get; set; } = null!;
 
-    /// <summary>Fine-tuned models of the same base (paths, folders from Get-ChildItem, or Checkpoints).</summary>
+    /// <summary>Fine-tuned models of the same base (paths, wildcards allowed; folders from Get-ChildItem; or Checkpoints).</summary>
     [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true)]
-    [CheckpointTransformation]
-    public Checkpoint[] FineTuned { get; set; } = Array.Empty<Checkpoint>();
+    [SupportsWildcards]
+    public object[] FineTuned { get; set; } = Array.Empty<object>();
+
+    protected override void BeginProcessing() => Run(() => _base = CheckpointResolver.Resolve(SessionState, Base, allowMany: false)[0]);
 
     protected override void ProcessRecord()
     {
-        foreach (var fineTuned in FineTuned)
+        foreach (var item in FineTuned)
         {
-            RunForItem(() =>
-            {
-                var vector = TaskVector.FromModels(Base, fineTuned);
-                if (vector.MissingTensors.Count > 0)
-                {
-                    WriteWarning($"'{fineTuned.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
-                        string.Join(", ", vector.MissingTensors.Take(10)) + (vector.MissingTensors.Count > 10 ? ", ..." : ""));
-                }
-                WriteObject(vector);
-            }, fineTuned);
+            IReadOnlyList<Checkpoint> models = Array.Empty<Checkpoint>();
+            RunForItem(() => models = CheckpointResolver.Resolve(SessionState, item, allowMany: true), item);
+            foreach (var fineTuned in models) RunForItem(() => Emit(fineTuned), fineTuned);
         }
+    }
+
+    private void Emit(Checkpoint fineTuned)
+    {
+        var vector = TaskVector.FromModels(_base, fineTuned);
+        if (vector.MissingTensors.Count > 0)
+        {
+            WriteWarning($"'{fineTuned.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
+                string.Join(", ", vector.MissingTensors.Take(10)) + (vector.MissingTensors.Count > 10 ? ", ..." : ""));
+        }
+        WriteObject(vector);
     }
 }

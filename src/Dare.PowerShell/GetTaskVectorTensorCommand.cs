@@ -15,6 +15,7 @@ public sealed record TaskVectorTensorSummary(string TaskVector, string Name, lon
 [OutputType(typeof(TaskVectorTensorSummary), typeof(torch.Tensor))]
 public sealed class GetTaskVectorTensorCommand : DareCmdlet
 {
+    /// <summary>The task vector to look into (a single model's, one with DARE, or a merge).</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
     public TaskVector InputObject { get; set; } = null!;
 

@@ -16,9 +16,11 @@ public sealed class InvokeDareDropCommand : DareCmdlet
 {
     private int _stream;
     private long? _seed;
+    private TensorParameter? _dropRate;
 
+    /// <summary>Task vectors from Get-TaskVector (not yet merged, without a DARE step).</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
-    public TaskVector InputObject { get; set; } = null!;
+    public TaskVector[] InputObject { get; set; } = Array.Empty<TaskVector>();
 
     /// <summary>Probability p of dropping each entry, 0 &lt;= p &lt; 1 (0.9 is typical).</summary>
     [Parameter(Mandatory = true, Position = 0)]
@@ -42,6 +44,7 @@ public sealed class InvokeDareDropCommand : DareCmdlet
     protected override void BeginProcessing() => Run(() =>
     {
         DareMask.Threshold(DropRate);
+        _dropRate = DropRateParameter();
         if (MyInvocation.BoundParameters.ContainsKey(nameof(Seed)))
         {
             _seed = Seed;
@@ -53,12 +56,18 @@ public sealed class InvokeDareDropCommand : DareCmdlet
         }
     });
 
-    protected override void ProcessRecord() => RunForItem(() =>
+    protected override void ProcessRecord()
     {
-        var dare = new DareOptions(DropRateParameter(), _seed!.Value, _stream, Rescale);
-        WriteObject(InputObject.WithDare(dare));
-        _stream++;
-    }, InputObject);
+        foreach (var vector in InputObject)
+        {
+            // Each vector that passes gets the next stream, so vectors merged together never share a mask.
+            RunForItem(() =>
+            {
+                WriteObject(vector.WithDare(new DareOptions(_dropRate!, _seed!.Value, _stream, Rescale)));
+                _stream++;
+            }, vector);
+        }
+    }
 
     private TensorParameter DropRateParameter()
     {

@@ -8,30 +8,33 @@ namespace Dare.PowerShell;
 [OutputType(typeof(TaskVectorStatistics))]
 public sealed class MeasureTaskVectorCommand : DareCmdlet
 {
-    private readonly CancellationTokenSource _cancellation = new();
-
+    /// <summary>Task vectors to measure (from Get-TaskVector, Invoke-DareDrop or Merge-*).</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
-    public TaskVector InputObject { get; set; } = null!;
+    public TaskVector[] InputObject { get; set; } = Array.Empty<TaskVector>();
 
     /// <summary>Emit one record per tensor instead of one per task vector.</summary>
     [Parameter]
     public SwitchParameter PerTensor { get; set; }
 
-    protected override void ProcessRecord() => RunForItem(() =>
+    protected override void ProcessRecord()
     {
-        var executor = new MergeExecutor(new CmdletObserver(this), _cancellation.Token);
-        TaskVectorStatistics statistics;
-        try
+        foreach (var vector in InputObject)
         {
-            statistics = TaskVectorStatistics.Measure(InputObject, executor, PerTensor);
+            RunForItem(() =>
+            {
+                var observer = new CmdletObserver(this);
+                TaskVectorStatistics statistics;
+                try
+                {
+                    statistics = TaskVectorStatistics.Measure(vector, new MergeExecutor(observer, Cancellation), PerTensor);
+                }
+                finally
+                {
+                    if (!Cancellation.IsCancellationRequested) observer.Complete();
+                }
+                if (PerTensor) WriteObject(statistics.Tensors, enumerateCollection: true);
+                else WriteObject(statistics);
+            }, vector);
         }
-        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
-        {
-            throw new PipelineStoppedException();
-        }
-        if (PerTensor) WriteObject(statistics.Tensors, enumerateCollection: true);
-        else WriteObject(statistics);
-    }, InputObject);
-
-    protected override void StopProcessing() => _cancellation.Cancel();
+    }
 }

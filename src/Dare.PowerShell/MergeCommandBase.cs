@@ -9,6 +9,7 @@ public abstract class MergeCommandBase : DareCmdlet
 {
     private readonly List<TaskVector> _inputs = new();
 
+    /// <summary>The task vectors to merge, all from the same base model.</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
     public TaskVector[] InputObject { get; set; } = Array.Empty<TaskVector>();
 

@@ -8,9 +8,9 @@ namespace Dare.PowerShell;
 [OutputType(typeof(TaskVector))]
 public sealed class MergeLinearCommand : MergeCommandBase
 {
-    /// <summary>Divide by the sum of the weights (default true: a weighted average).</summary>
+    /// <summary>Divide by the sum of the weights (default true: a weighted average); -Normalize $false gives a plain weighted sum. A bool, not a switch, because it defaults to true.</summary>
     [Parameter]
-    public SwitchParameter Normalize { get; set; } = true;
+    public bool Normalize { get; set; } = true;
 
     protected override MergeOptions Options(IReadOnlyList<TensorParameter> weights, int inputCount) =>
         new(MergeMethod.Linear, weights, Normalize, Lambda);

@@ -21,9 +21,9 @@ public sealed class MergeTiesCommand : MergeCommandBase
     [Parameter]
     public SignMethod SignMethod { get; set; } = SignMethod.Sum;
 
-    /// <summary>Divide by the summed weights of the agreeing models (default true).</summary>
+    /// <summary>Divide by the summed weights of the agreeing models (default true); -Normalize $false sums them. A bool, not a switch, because it defaults to true.</summary>
     [Parameter]
-    public SwitchParameter Normalize { get; set; } = true;
+    public bool Normalize { get; set; } = true;
 
     protected override MergeOptions Options(IReadOnlyList<TensorParameter> weights, int inputCount) =>
         new(MergeMethod.Ties, weights, Normalize, Lambda, Enumerable.Repeat((TensorParameter)KeepRatio, inputCount).ToList(), SignMethod);

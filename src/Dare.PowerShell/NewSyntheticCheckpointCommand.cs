@@ -7,24 +7,33 @@ namespace Dare.PowerShell;
 /// New-SyntheticCheckpoint: writes a small Llama-shaped model folder with random weights, or a "fine-tune" of a
 /// given base (base + seeded random delta). For demos, tests and benchmarks.
 /// </summary>
-[Cmdlet(VerbsCommon.New, "SyntheticCheckpoint", SupportsShouldProcess = true)]
+[Cmdlet(VerbsCommon.New, "SyntheticCheckpoint", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
 [OutputType(typeof(Checkpoint))]
 public sealed class NewSyntheticCheckpointCommand : DareCmdlet
 {
-    [Parameter(Mandatory = true, Position = 0)]
+    private const string PathSet = "Path";
+    private const string LiteralPathSet = "LiteralPath";
+
+    /// <summary>Output model folder.</summary>
+    [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
+    [SupportsWildcards]
     public string Path { get; set; } = "";
+
+    /// <summary>Output model folder, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralPathSet)]
+    [Alias("PSPath")]
+    public string LiteralPath { get; set; } = "";
 
     /// <summary>Make a fine-tune of this base: base + N(0, DeltaScale²) per entry.</summary>
     [Parameter]
-    [CheckpointTransformation]
-    public Checkpoint? BaseModel { get; set; }
+    public object? BaseModel { get; set; }
 
-    [Parameter] public int HiddenSize { get; set; } = 256;
-    [Parameter] public int Layers { get; set; } = 2;
-    [Parameter] public int VocabSize { get; set; } = 1024;
-    [Parameter] public int IntermediateSize { get; set; }
+    [Parameter, ValidateRange(1, 1 << 16)] public int HiddenSize { get; set; } = 256;
+    [Parameter, ValidateRange(0, 1024)] public int Layers { get; set; } = 2;
+    [Parameter, ValidateRange(1, 1 << 24)] public int VocabSize { get; set; } = 1024;
+    [Parameter, ValidateRange(0, 1 << 20)] public int IntermediateSize { get; set; }
     [Parameter] public long Seed { get; set; } = 1;
-    [Parameter] public double DeltaScale { get; set; } = 0.002;
+    [Parameter, ValidateRange(0.0, double.MaxValue)] public double DeltaScale { get; set; } = 0.002;
 
     [Parameter]
     [ValidateSet("bfloat16", "float16", "float32")]
@@ -35,13 +44,15 @@ public sealed class NewSyntheticCheckpointCommand : DareCmdlet
 
     protected override void EndProcessing() => Run(() =>
     {
-        var destination = PathResolver.ResolveOutput(SessionState, Path);
-        var shape = BaseModel is { } b
+        var literal = ParameterSetName == LiteralPathSet;
+        var destination = PathResolver.ResolveOutput(SessionState, literal ? LiteralPath : Path, literal);
+        var baseModel = BaseModel is null ? null : CheckpointResolver.Resolve(SessionState, BaseModel, allowMany: false)[0];
+        var shape = baseModel is { } b
             ? new LlamaShape((int)(b.ConfigInt("hidden_size") ?? HiddenSize), (int)(b.ConfigInt("num_hidden_layers") ?? Layers),
                 (int)(b.ConfigInt("vocab_size") ?? VocabSize), (int?)b.ConfigInt("intermediate_size"))
             : new LlamaShape(HiddenSize, Layers, VocabSize, IntermediateSize > 0 ? IntermediateSize : null);
         if (!ShouldProcess(destination, $"Write a synthetic {shape.ParameterCount:N0}-parameter Llama-shaped model")) return;
-        var result = SyntheticModel.Write(destination, shape, Seed, BaseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force);
+        var result = SyntheticModel.Write(destination, shape, Seed, baseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force);
         WriteObject(Checkpoint.Open(result.Path));
     });
 }

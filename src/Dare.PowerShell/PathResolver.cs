@@ -9,28 +9,25 @@ internal static class PathResolver
     /// <summary>Existing file-system paths for the given PowerShell paths. Throws DareException for missing or non-FileSystem paths.</summary>
     public static List<string> ResolveExisting(SessionState session, string path, bool literal)
     {
-        ProviderInfo provider;
+        // Check the provider first, so that a path on another provider is refused as such even when it does not exist there.
+        var unresolved = Unresolved(session, path);
         List<string> resolved;
-        try
+        if (literal || !WildcardPattern.ContainsWildcardCharacters(path))
         {
-            if (literal)
+            resolved = new List<string> { unresolved };
+        }
+        else
+        {
+            try
             {
-                resolved = new List<string> { session.Path.GetUnresolvedProviderPathFromPSPath(path, out provider, out _) };
+                resolved = session.Path.GetResolvedProviderPathFromPSPath(path, out var provider).ToList();
+                RequireFileSystem(provider, path);
             }
-            else
+            catch (ItemNotFoundException ex)
             {
-                resolved = session.Path.GetResolvedProviderPathFromPSPath(path, out provider).ToList();
+                throw new DareException(DareErrorId.PathNotFound, DareErrorKind.ObjectNotFound, $"No file or folder matches '{path}'.", ex) { FilePath = path };
             }
         }
-        catch (ItemNotFoundException ex)
-        {
-            throw new DareException(DareErrorId.PathNotFound, DareErrorKind.ObjectNotFound, $"Cannot find path '{path}' because it does not exist.", ex) { FilePath = path };
-        }
-        catch (Exception ex) when (ex is System.Management.Automation.DriveNotFoundException or ProviderNotFoundException)
-        {
-            throw new DareException(DareErrorId.NotFileSystemPath, DareErrorKind.InvalidArgument, $"'{path}' is not a file-system path: {ex.Message}", ex) { FilePath = path };
-        }
-        RequireFileSystem(provider, path);
         foreach (var item in resolved)
         {
             if (!File.Exists(item) && !Directory.Exists(item))
@@ -45,8 +42,24 @@ internal static class PathResolver
         return resolved;
     }
 
-    /// <summary>A file-system path for an output that may not exist yet.</summary>
-    public static string ResolveOutput(SessionState session, string path)
+    /// <summary>
+    /// A file-system path for an output that may not exist yet. With <paramref name="literal"/> false, a path with
+    /// wildcard characters must match exactly one existing item (as Out-File -FilePath does); otherwise it is used as typed.
+    /// </summary>
+    public static string ResolveOutput(SessionState session, string path, bool literal)
+    {
+        var unresolved = Unresolved(session, path);
+        if (literal || !WildcardPattern.ContainsWildcardCharacters(path)) return unresolved;
+        var matches = ResolveExisting(session, path, literal: false);
+        if (matches.Count != 1)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+                $"The output path '{path}' matches {matches.Count} items; give a path that names one folder, or use -LiteralPath.") { FilePath = path };
+        }
+        return matches[0];
+    }
+
+    private static string Unresolved(SessionState session, string path)
     {
         string resolved;
         ProviderInfo provider;

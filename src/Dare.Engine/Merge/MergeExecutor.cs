@@ -163,8 +163,12 @@ public sealed class MergeExecutor
         return result.view(info.Shape);
     }
 
-    /// <summary>Streams every float tensor of the vector through <paramref name="visit"/> (name, info, chunk start, δ chunk) and returns the DARE drop counts.</summary>
-    internal DropCounts Visit(TaskVector vector, Action<TensorInfo, long, Tensor> visit, string activity, Func<TensorInfo, bool>? include = null)
+    /// <summary>
+    /// Streams every float tensor of the vector through <paramref name="visit"/> (name, info, chunk start, δ chunk) and returns the DARE drop counts;
+    /// <paramref name="tensorDone"/>, when given, receives each tensor's own counts.
+    /// </summary>
+    internal DropCounts Visit(TaskVector vector, Action<TensorInfo, long, Tensor> visit, string activity, Func<TensorInfo, bool>? include = null,
+        Action<TensorInfo, DropCounts>? tensorDone = null)
     {
         var clock = Stopwatch.StartNew();
         var tensors = vector.Base.Tensors.Where(t => t.DType.IsMergeable() && (include?.Invoke(t) ?? true)).ToList();
@@ -183,6 +187,7 @@ public sealed class MergeExecutor
                 var info = tensors[i];
                 var drops = ProcessTensor(vector, info, reader, workspace, layerCount, (first, _, delta) => visit(info, first, delta));
                 counts.Add(drops);
+                tensorDone?.Invoke(info, drops);
             }
             bytesDone += tensors[i].ByteLength;
         }

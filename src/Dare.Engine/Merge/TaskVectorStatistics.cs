@@ -41,7 +41,13 @@ public sealed record TaskVectorStatistics(
                 a.Sparse = magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
                 a.SparseKnown = true;
             }
-        }, "Measuring");
+        }, "Measuring", tensorDone: (info, drops) =>
+        {
+            var a = Accum(accumulators, info);
+            a.Dropped = drops.Dropped;
+            a.DareElements = drops.Elements;
+            a.TargetDropped = drops.TargetDropped;
+        });
 
         var unknown = accumulators.Where(p => !p.Value.SparseKnown).Select(p => p.Key).ToHashSet(StringComparer.Ordinal);
         if (unknown.Count > 0)
@@ -56,7 +62,9 @@ public sealed record TaskVectorStatistics(
 
         var usesDare = counts.Elements > 0;
         var perTensorResults = perTensor
-            ? accumulators.Values.Select(a => a.ToStatistics(vector.Name, null, null)).ToList()
+            ? accumulators.Values.Select(a => a.ToStatistics(vector.Name,
+                a.DareElements > 0 ? a.TargetDropped / a.DareElements : null,
+                a.DareElements > 0 ? (double)a.Dropped / a.DareElements : null)).ToList()
             : new List<TaskVectorStatistics>();
         var total = new Accumulator(null!, accumulators.Values.Sum(a => a.Count))
         {
@@ -87,6 +95,8 @@ public sealed record TaskVectorStatistics(
         public double Max, Sum, SumSquares;
         public long Sparse;
         public bool SparseKnown;
+        public long Dropped, DareElements;
+        public double TargetDropped;
 
         public TaskVectorStatistics ToStatistics(string vector, double? target, double? realised)
         {

@@ -68,9 +68,10 @@ public sealed record RuleParameter(IReadOnlyList<ParameterRule> Rules, TensorPar
 }
 
 /// <summary>
-/// A list of values spread evenly across the layers and interpolated linearly (mergekit's gradients): the first
-/// value applies at layer 0, the last at the final layer. Tensors outside the layers take the first value if they
-/// come before them (embeddings) and the last otherwise (final norm, lm_head).
+/// A list of values spread evenly across the layers and interpolated linearly, as mergekit's gradients are: layer i
+/// of n sits at t = i/(n − 1) (t = 1 when there is a single layer), and the value there is
+/// (1 − f)·v[k] + f·v[k+1] with k = ⌊t·(m − 1)⌋, f = t·(m − 1) − k for m values. Tensors outside the layers take
+/// t = 0 if they come before them (embeddings) and t = 1 otherwise (final norm, lm_head).
 /// </summary>
 public sealed record GradientParameter(IReadOnlyList<double> Points) : TensorParameter
 {
@@ -80,19 +81,19 @@ public sealed record GradientParameter(IReadOnlyList<double> Points) : TensorPar
         double t;
         if (position.LayerIndex is { } layer)
         {
-            t = position.LayerCount <= 1 ? 0 : Math.Clamp((double)layer / (position.LayerCount - 1), 0, 1);
+            t = position.LayerCount <= 1 ? 1 : Math.Clamp((double)layer / (position.LayerCount - 1), 0, 1);
         }
         else
         {
             t = position.Name.Contains("embed", StringComparison.Ordinal) ? 0 : 1;
         }
         var scaled = t * (Points.Count - 1);
-        var low = (int)Math.Floor(scaled);
-        if (low >= Points.Count - 1) return Points[^1];
+        var low = (int)scaled;
+        var high = Math.Min(Points.Count - 1, low + 1);
         var fraction = scaled - low;
-        return Points[low] + (Points[low + 1] - Points[low]) * fraction;
+        return (1 - fraction) * Points[low] + fraction * Points[high];
     }
 
     public override IEnumerable<double> PossibleValues => Points;
-    public override string ToString() => "[" + string.Join(", ", Points) + "]";
+    public override string ToString() => "[" + string.Join(", ", Points.Select(p => p.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "]";
 }

@@ -7,12 +7,12 @@ namespace Dare.Engine.Recipes;
 
 /// <summary>
 /// Writes the recipe that reproduces a task vector, in the mergekit-compatible schema <c>Invoke-DareMerge</c> reads
-/// (with Dare's documented extensions: drop_rate, random_seed, mask_stream, match). Paths are absolute so the recipe
-/// replays from anywhere.
+/// (with Dare's documented extensions: drop_rate, random_seed, mask_stream, match, output). Paths are absolute so the
+/// recipe replays from anywhere; <see cref="RecipePlanner"/> rebuilds the identical plan from it.
 /// </summary>
 public static class RecipeWriter
 {
-    public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null)
+    public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null, bool deltaOnly = false)
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var merge = vector.Merge;
@@ -22,11 +22,13 @@ public static class RecipeWriter
 
         var recipe = new Dictionary<string, object?>
         {
+            // mergekit's linear is the normalized weighted mean and has no λ; any other linear merge of task vectors
+            // (unnormalized, or λ ≠ 1) is mergekit's task_arithmetic, which has both settings.
             ["merge_method"] = merge switch
             {
-                null => "task_arithmetic",
                 { Method: MergeMethod.Ties } => "ties",
-                _ => "linear",
+                { Method: MergeMethod.Linear, Normalize: true, Lambda: 1.0 } => "linear",
+                _ => "task_arithmetic",
             },
             ["base_model"] = vector.Base.Path,
         };
@@ -49,18 +51,22 @@ public static class RecipeWriter
             models.Add(new Dictionary<string, object?> { ["model"] = input.FineTuned!.Path, ["parameters"] = parameters });
         }
         recipe["models"] = models;
-        var global = new Dictionary<string, object?>
-        {
-            ["normalize"] = merge?.Normalize ?? false,
-            ["lambda"] = merge?.Lambda ?? 1.0,
-        };
+        var global = new Dictionary<string, object?> { ["normalize"] = merge?.Normalize ?? false };
+        if ((string)recipe["merge_method"]! != "linear") global["lambda"] = merge?.Lambda ?? 1.0;
         if (sharedRescale is { } rescale) global["rescale"] = RescaleValue(rescale);
         if (merge is { Method: MergeMethod.Ties }) global["sign_method"] = merge.SignMethod.ToString().ToLowerInvariant();
         recipe["parameters"] = global;
         if (sharedSeed is { } seed) recipe["random_seed"] = seed;
-        recipe["dtype"] = "float32";
-        if (outputDType is { } dtype) recipe["out_dtype"] = dtype.TorchDTypeName();
-        if (maxShardSize is { } shard) recipe["output"] = new Dictionary<string, object?> { ["max_shard_size"] = shard };
+        // Without out_dtype (and dtype) each tensor keeps the base's dtype; mergekit would write dtype's type instead.
+        if (outputDType is { } dtype)
+        {
+            recipe["dtype"] = "float32";
+            recipe["out_dtype"] = dtype.TorchDTypeName();
+        }
+        var output = new Dictionary<string, object?>();
+        if (maxShardSize is { } shard) output["max_shard_size"] = shard;
+        if (deltaOnly) output["delta_only"] = true;
+        if (output.Count > 0) recipe["output"] = output;
 
         var header = $"# Written by Dare {typeof(RecipeWriter).Assembly.GetName().Version?.ToString(3)}. Replay with: Invoke-DareMerge -ConfigPath <this file> -OutputPath <folder>\n";
         return header + new SerializerBuilder().Build().Serialize(recipe);

@@ -33,7 +33,8 @@ public sealed class Checkpoint
         Files = files;
         Tensors = tensors;
         Metadata = metadata;
-        Config = config;
+        _config = config;
+        Config = config is null ? null : (Dictionary<string, object?>)ToPlain(config)!;
         _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
     }
 
@@ -56,7 +57,10 @@ public sealed class Checkpoint
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <summary>Parsed config.json when present.</summary>
-    public JsonObject? Config { get; }
+    /// <remarks>Plain dictionaries, lists and scalars, so PowerShell reads it naturally: <c>$model.Config.hidden_size</c>.</remarks>
+    public IReadOnlyDictionary<string, object?>? Config { get; }
+
+    private readonly JsonObject? _config;
 
     public int TensorCount => Tensors.Count;
     public long ParameterCount => Tensors.Sum(t => t.ElementCount);
@@ -70,7 +74,7 @@ public sealed class Checkpoint
 
     /// <summary>An integer field of config.json, if present (e.g. hidden_size, num_hidden_layers, vocab_size).</summary>
     public long? ConfigInt(string key) =>
-        Config is not null && Config.TryGetPropertyValue(key, out var node) && node is JsonValue value && value.TryGetValue<long>(out var result) ? result : null;
+        _config is not null && _config.TryGetPropertyValue(key, out var node) && node is JsonValue value && value.TryGetValue<long>(out var result) ? result : null;
 
     public override string ToString() => Path;
 
@@ -221,6 +225,18 @@ public sealed class Checkpoint
 
     private static bool IsJsonFailure(Exception ex) =>
         ex is JsonException or System.Text.DecoderFallbackException or ArgumentException or InvalidOperationException;
+
+    private static object? ToPlain(JsonNode? node) => node switch
+    {
+        null => null,
+        JsonObject o => o.ToDictionary(p => p.Key, p => ToPlain(p.Value)),
+        JsonArray a => a.Select(ToPlain).ToArray(),
+        JsonValue v when v.TryGetValue<long>(out var integer) => integer,
+        JsonValue v when v.TryGetValue<double>(out var number) => number,
+        JsonValue v when v.TryGetValue<bool>(out var flag) => flag,
+        JsonValue v when v.TryGetValue<string>(out var text) => text,
+        _ => node.ToJsonString(),
+    };
 
     private static JsonObject? ReadConfig(string folder)
     {

@@ -1,0 +1,603 @@
+using System.Collections;
+using System.Globalization;
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace Dare.Engine.Recipes;
+
+/// <summary>
+/// Reads mergekit-style YAML recipes (with Dare's extensions) into <see cref="MergeRecipe"/>s. It walks YamlDotNet's
+/// node tree rather than deserializing into classes, so every error can name the key, the file, the line and the
+/// column. This checks the schema (keys, types, where each key may appear); <see cref="RecipePlanner"/> checks
+/// what needs the models or the method (ranges, paths, architectures).
+/// </summary>
+public static class RecipeParser
+{
+    internal static readonly string[] TopLevelKeys =
+        { "merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "random_seed", "name", "output" };
+
+    /// <summary>mergekit keys Dare knows but cannot honour: an error that says so, not an "unknown key".</summary>
+    internal static readonly Dictionary<string, string> UnsupportedTopLevelKeys = new()
+    {
+        ["slices"] = "layer slices (frankenmerges) are not supported; give whole models under 'models:'",
+        ["modules"] = "multi-module merges are not supported; give whole models under 'models:'",
+        ["tokenizer"] = "tokenizer merging is not supported; Dare copies the base model's tokenizer files (tokenizer_source: base)",
+        ["chat_template"] = "chat templates are not written; the base model's chat_template.json/.jinja, if any, is copied",
+    };
+
+    internal static readonly string[] ModelKeys = { "model", "parameters" };
+    internal static readonly string[] OutputKeys = { "path", "max_shard_size", "delta_only" };
+    internal static readonly string[] FilterEntryKeys = { "filter", "value", "match" };
+
+    internal static readonly string[] ParameterKeys =
+        { "weight", "density", "drop_rate", "normalize", "lambda", "int8_mask", "rescale", "sign_method", "random_seed", "mask_stream" };
+
+    private static readonly HashSet<string> MergeWideParameters = new() { "normalize", "lambda", "int8_mask", "sign_method" };
+    private static readonly HashSet<string> PerModelParameters = new() { "random_seed", "mask_stream" };
+
+    internal static readonly Dictionary<string, string> UnsupportedParameters = new()
+    {
+        ["t"] = "'t' is the slerp interpolation factor; slerp is not supported",
+        ["gamma"] = "'gamma' belongs to breadcrumbs, which is not supported",
+        ["epsilon"] = "'epsilon' belongs to della, which is not supported",
+        ["select_topk"] = "'select_topk' belongs to sce, which is not supported",
+        ["filter_wise"] = "'filter_wise' belongs to model_stock, which is not supported",
+        ["embed_slerp"] = "'embed_slerp' belongs to mergekit-moe, which is not supported",
+    };
+
+    internal static readonly Dictionary<string, RecipeMergeMethod> Methods = new()
+    {
+        ["linear"] = RecipeMergeMethod.Linear,
+        ["task_arithmetic"] = RecipeMergeMethod.TaskArithmetic,
+        ["ties"] = RecipeMergeMethod.Ties,
+        ["dare_linear"] = RecipeMergeMethod.DareLinear,
+        ["dare_ties"] = RecipeMergeMethod.DareTies,
+    };
+
+    internal static readonly string[] UnsupportedMethods =
+        { "slerp", "nuslerp", "multislerp", "passthrough", "model_stock", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "karcher", "arcee_fusion", "nearswap", "ram" };
+
+    public static string MethodName(RecipeMergeMethod method) => Methods.First(m => m.Value == method).Key;
+
+    /// <summary>Reads a recipe file; relative paths in it resolve against the file's folder.</summary>
+    public static RecipeBatch ParseFile(string path)
+    {
+        var full = Path.GetFullPath(path);
+        if (!File.Exists(full))
+        {
+            throw new DareException(DareErrorId.PathNotFound, DareErrorKind.ObjectNotFound, $"Cannot find the recipe file '{full}'.") { FilePath = full };
+        }
+        string text;
+        try
+        {
+            text = File.ReadAllText(full);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new DareException(DareErrorId.RecipeInvalid, DareErrorKind.ReadError, $"Cannot read the recipe file '{full}': {ex.Message}", ex) { FilePath = full };
+        }
+        return ParseText(text, Path.GetDirectoryName(full)!, full);
+    }
+
+    /// <summary>Reads recipe YAML text; relative paths resolve against <paramref name="baseDirectory"/>.</summary>
+    public static RecipeBatch ParseText(string yaml, string baseDirectory, string source = "YAML text")
+    {
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(new StringReader(yaml));
+        }
+        catch (YamlException ex)
+        {
+            var location = new RecipeLocation(source, (int)ex.Start.Line, (int)ex.Start.Column, "");
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"is not valid YAML: {Innermost(ex).Message}", ex);
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException) // e.g. a repeated key, or some unclosed flow collections
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(source, 0, 0, ""), $"is not valid YAML: {ex.Message}", ex);
+        }
+        var roots = stream.Documents.Select(d => d.RootNode).Where(r => !IsNull(r)).ToList();
+        return Parse(roots, new Context(source, hasMarks: true), baseDirectory);
+    }
+
+    /// <summary>
+    /// Reads a recipe given as objects (dictionaries, lists, strings, numbers, booleans), e.g. a PowerShell hashtable;
+    /// a list at the top is a batch. Relative paths resolve against <paramref name="baseDirectory"/>.
+    /// </summary>
+    public static RecipeBatch ParseObject(object? recipe, string baseDirectory, string source = "recipe object")
+    {
+        var roots = recipe is IList list && recipe is not IDictionary
+            ? list.Cast<object?>().Select(ToNode).ToList()
+            : new List<YamlNode> { ToNode(recipe) };
+        return Parse(roots, new Context(source, hasMarks: false), baseDirectory);
+    }
+
+    private static RecipeBatch Parse(List<YamlNode> roots, Context context, string baseDirectory)
+    {
+        if (roots.Count == 0)
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(context.Source, 0, 0, ""), "is empty; a recipe needs at least merge_method and models.");
+        }
+        var recipes = new List<MergeRecipe>();
+        for (var i = 0; i < roots.Count; i++)
+        {
+            // Positions in a file already say which document; an object batch needs the index in the key path.
+            var prefix = roots.Count > 1 && !context.HasMarks ? $"[{i}]" : "";
+            recipes.Add(ParseRecipe(roots[i], i, prefix, context, baseDirectory));
+        }
+        if (recipes.Count > 1)
+        {
+            foreach (var recipe in recipes.Where(r => r.Name is null))
+            {
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Location,
+                    "has no 'name:'. In a file of several recipes (a batch) each needs a name, so later ones can use its output as a model.");
+            }
+            var duplicate = recipes.GroupBy(r => r.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+            if (duplicate is not null)
+            {
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, duplicate.Last().Location, $"repeats the name '{duplicate.Key}'; recipe names in a batch must be unique.");
+            }
+        }
+        return new RecipeBatch { Source = context.Source, BaseDirectory = Path.GetFullPath(baseDirectory), Recipes = recipes, Warnings = context.Warnings };
+    }
+
+    private static MergeRecipe ParseRecipe(YamlNode root, int index, string path, Context context, string baseDirectory)
+    {
+        var documentLocation = context.At(root, path);
+        var map = RequireMapping(root, path, context, "a recipe");
+        var keys = ReadKeys(map, path, context, TopLevelKeys, UnsupportedTopLevelKeys);
+
+        if (!keys.TryGetValue("merge_method", out var methodEntry))
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'merge_method:' (one of linear, task_arithmetic, ties, dare_linear, dare_ties).");
+        }
+        var methodLocation = context.At(methodEntry.Value, Join(path, "merge_method"));
+        var methodName = RequireString(methodEntry.Value, methodLocation, context);
+        if (!Methods.TryGetValue(methodName, out var method))
+        {
+            var why = UnsupportedMethods.Contains(methodName)
+                ? $"mergekit's '{methodName}' is not supported by Dare."
+                : $"'{methodName}' is not a merge method.{Suggestion(methodName, Methods.Keys)}";
+            throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, methodLocation,
+                $"{why} Dare merges with: {string.Join(", ", Methods.Keys)}.");
+        }
+
+        if (!keys.TryGetValue("models", out var modelsEntry) || IsNull(modelsEntry.Value))
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list.");
+        }
+        var modelsPath = Join(path, "models");
+        if (modelsEntry.Value is not YamlSequenceNode modelsNode || modelsNode.Children.Count == 0)
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(modelsEntry.Value, modelsPath), "must be a non-empty list of '- model: <path>' entries.");
+        }
+        var models = modelsNode.Children.Select((node, i) => ParseModel(node, $"{modelsPath}[{i}]", context)).ToList();
+
+        string? Text(string key) => keys.TryGetValue(key, out var entry) && !IsNull(entry.Value)
+            ? RequireString(entry.Value, context.At(entry.Value, Join(path, key)), context)
+            : null;
+        RecipeLocation? LocationOf(string key) => keys.TryGetValue(key, out var entry) ? context.At(entry.Value, Join(path, key)) : null;
+
+        var tokenizerSource = Text("tokenizer_source");
+        if (tokenizerSource is not null && tokenizerSource != "base")
+        {
+            throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, LocationOf("tokenizer_source")!,
+                $"'{tokenizerSource}' is not supported: Dare copies the base model's tokenizer files unchanged, which is tokenizer_source: base.");
+        }
+
+        var name = Text("name");
+        var parameters = keys.TryGetValue("parameters", out var globalEntry)
+            ? ParseParameters(globalEntry.Value, Join(path, "parameters"), context, perModel: false)
+            : RecipeParameters.Empty;
+
+        long? seed = null;
+        if (keys.TryGetValue("random_seed", out var seedEntry) && !IsNull(seedEntry.Value))
+        {
+            seed = RequireInteger(seedEntry.Value, context.At(seedEntry.Value, Join(path, "random_seed")), context);
+        }
+
+        var (outputPath, outputLocation, maxShard, deltaOnly) = keys.TryGetValue("output", out var outputEntry)
+            ? ParseOutput(outputEntry.Value, Join(path, "output"), context, baseDirectory)
+            : (null, null, null, false);
+
+        return new MergeRecipe
+        {
+            Index = index,
+            Name = name,
+            Method = method,
+            Location = documentLocation,
+            MethodLocation = methodLocation,
+            BaseModel = Text("base_model"),
+            BaseModelLocation = LocationOf("base_model"),
+            Models = models,
+            Parameters = parameters,
+            DType = ParseDType(Text("dtype"), LocationOf("dtype"), compute: true),
+            OutDType = ParseDType(Text("out_dtype"), LocationOf("out_dtype"), compute: false),
+            RandomSeed = seed,
+            OutputPath = outputPath,
+            OutputPathLocation = outputLocation,
+            MaxShardSize = maxShard,
+            DeltaOnly = deltaOnly,
+        };
+    }
+
+    private static SafetensorsDType? ParseDType(string? text, RecipeLocation? location, bool compute)
+    {
+        if (text is null) return null;
+        var dtype = text switch
+        {
+            "float32" => SafetensorsDType.F32,
+            "bfloat16" => SafetensorsDType.BF16,
+            "float16" => SafetensorsDType.F16,
+            _ => (SafetensorsDType?)null,
+        };
+        if (dtype is null)
+        {
+            var why = compute ? "Dare computes in float32 and writes bfloat16, float16 or float32" : "Dare writes bfloat16, float16 or float32";
+            throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location!, $"'{text}' is not supported: {why}.");
+        }
+        return dtype;
+    }
+
+    private static RecipeModelEntry ParseModel(YamlNode node, string path, Context context)
+    {
+        // mergekit also accepts a bare string here; treat it as '- model: <string>'.
+        if (node is YamlScalarNode && !IsNull(node))
+        {
+            return new RecipeModelEntry { Model = RequireString(node, context.At(node, path), context), Location = context.At(node, path) };
+        }
+        var map = RequireMapping(node, path, context, "a model entry ('- model: <path>')");
+        var keys = ReadKeys(map, path, context, ModelKeys, new Dictionary<string, string>());
+        if (!keys.TryGetValue("model", out var modelEntry) || IsNull(modelEntry.Value))
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(node, path), "has no 'model:' path.");
+        }
+        var location = context.At(modelEntry.Value, Join(path, "model"));
+        return new RecipeModelEntry
+        {
+            Model = RequireString(modelEntry.Value, location, context),
+            Location = location,
+            Parameters = keys.TryGetValue("parameters", out var p) ? ParseParameters(p.Value, Join(path, "parameters"), context, perModel: true) : RecipeParameters.Empty,
+        };
+    }
+
+    private static (string?, RecipeLocation?, long?, bool) ParseOutput(YamlNode node, string path, Context context, string baseDirectory)
+    {
+        if (IsNull(node)) return (null, null, null, false);
+        var map = RequireMapping(node, path, context, "an output block ({ path, max_shard_size, delta_only })");
+        var keys = ReadKeys(map, path, context, OutputKeys, new Dictionary<string, string>());
+        string? outputPath = null;
+        RecipeLocation? outputLocation = null;
+        long? maxShard = null;
+        var deltaOnly = false;
+        if (keys.TryGetValue("path", out var pathEntry) && !IsNull(pathEntry.Value))
+        {
+            outputLocation = context.At(pathEntry.Value, Join(path, "path"));
+            outputPath = Path.GetFullPath(Path.Combine(baseDirectory, RequireString(pathEntry.Value, outputLocation, context)));
+        }
+        if (keys.TryGetValue("max_shard_size", out var shardEntry) && !IsNull(shardEntry.Value))
+        {
+            var location = context.At(shardEntry.Value, Join(path, "max_shard_size"));
+            try
+            {
+                maxShard = ByteSize.Parse(RequireString(shardEntry.Value, location, context));
+            }
+            catch (DareException ex)
+            {
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, ex.Message, ex);
+            }
+        }
+        if (keys.TryGetValue("delta_only", out var deltaEntry) && !IsNull(deltaEntry.Value))
+        {
+            deltaOnly = RequireBool(deltaEntry.Value, context.At(deltaEntry.Value, Join(path, "delta_only")), context);
+        }
+        return (outputPath, outputLocation, maxShard, deltaOnly);
+    }
+
+    private static RecipeParameters ParseParameters(YamlNode node, string path, Context context, bool perModel)
+    {
+        if (IsNull(node)) return RecipeParameters.Empty;
+        var map = RequireMapping(node, path, context, "a parameters block");
+        var keys = ReadKeys(map, path, context, ParameterKeys, UnsupportedParameters);
+        var locations = new Dictionary<string, RecipeLocation>();
+        foreach (var (key, entry) in keys)
+        {
+            var location = context.At(entry.Key, Join(path, key));
+            if (perModel && MergeWideParameters.Contains(key))
+            {
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' applies to the whole merge; put it under the top-level 'parameters:', not under a model.");
+            }
+            if (!perModel && PerModelParameters.Contains(key))
+            {
+                var where = key == "random_seed" ? "at the top level of the recipe (random_seed: 42) or under a model's parameters" : "under a model's parameters";
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' does not belong in the top-level 'parameters:'; put it {where}.");
+            }
+            if (!IsNull(entry.Value)) locations[key] = location;
+        }
+
+        RecipeSetting? Setting(string key) => locations.ContainsKey(key) ? ParseSetting(keys[key].Value, Join(path, key), context) : null;
+        YamlNode? Scalar(string key)
+        {
+            if (!locations.ContainsKey(key)) return null;
+            var value = keys[key].Value;
+            if (value is not YamlScalarNode)
+            {
+                throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, context.At(value, Join(path, key)),
+                    $"'{key}' must be a single value: Dare does not vary it by tensor.");
+            }
+            return value;
+        }
+        RecipeLocation At(string key) => context.At(keys[key].Value, Join(path, key));
+
+        return new RecipeParameters
+        {
+            Weight = Setting("weight"),
+            Density = Setting("density"),
+            DropRate = Setting("drop_rate"),
+            Normalize = Scalar("normalize") is { } normalize ? RequireBool(normalize, At("normalize"), context) : null,
+            Lambda = Scalar("lambda") is { } lambda ? RequireNumber(lambda, At("lambda"), context) : null,
+            Int8Mask = Scalar("int8_mask") is { } mask ? RequireBool(mask, At("int8_mask"), context) : null,
+            Rescale = Scalar("rescale") is { } rescale ? ParseRescale(rescale, At("rescale"), context) : null,
+            SignMethod = Scalar("sign_method") is { } sign ? ParseSignMethod(sign, At("sign_method"), context) : null,
+            RandomSeed = Scalar("random_seed") is { } seed ? RequireInteger(seed, At("random_seed"), context) : null,
+            MaskStream = Scalar("mask_stream") is { } stream ? ParseStream(stream, At("mask_stream"), context) : null,
+            Locations = locations,
+        };
+    }
+
+    private static DareRescale ParseRescale(YamlNode node, RecipeLocation location, Context context)
+    {
+        var text = RequireString(node, location, context);
+        if (string.Equals(text, "l1", StringComparison.OrdinalIgnoreCase)) return DareRescale.L1;
+        if (TryBool(text, out var on)) return on ? DareRescale.InverseKeep : DareRescale.None;
+        throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
+            $"'{text}' is not supported: use true (× 1/(1 − p), the DARE paper's rescale), l1 (keep the L1 norm, as current mergekit does) or false.");
+    }
+
+    private static SignMethod ParseSignMethod(YamlNode node, RecipeLocation location, Context context) =>
+        RequireString(node, location, context) switch
+        {
+            "sum" => Merge.SignMethod.Sum,
+            "count" => Merge.SignMethod.Count,
+            var other => throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{other}' is not a sign method; use sum or count."),
+        };
+
+    private static int ParseStream(YamlNode node, RecipeLocation location, Context context)
+    {
+        var value = RequireInteger(node, location, context);
+        if (value is < 0 or > int.MaxValue)
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"must be an integer from 0 to {int.MaxValue}, not {value}.");
+        }
+        return (int)value;
+    }
+
+    /// <summary>A scalar, a numeric list (gradient), or a list of {filter, value[, match]} entries (or one such entry).</summary>
+    private static RecipeSetting ParseSetting(YamlNode node, string path, Context context)
+    {
+        var location = context.At(node, path);
+        switch (node)
+        {
+            case YamlScalarNode:
+                return new RecipeSetting(Array.Empty<ParameterRule>(), new ConstantParameter(RequireNumber(node, location, context)), location);
+            case YamlMappingNode single:
+                return RulesSetting(new[] { (YamlNode)single }, path, location, context, singleEntry: true);
+            case YamlSequenceNode { Children.Count: 0 }:
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, "is an empty list; give a number, a list of numbers (a gradient) or filter entries.");
+            case YamlSequenceNode list when list.Children.All(c => c is YamlScalarNode):
+                return new RecipeSetting(Array.Empty<ParameterRule>(), Gradient(list, path, context), location);
+            case YamlSequenceNode list when list.Children.All(c => c is YamlMappingNode):
+                return RulesSetting(list.Children, path, location, context, singleEntry: false);
+            default:
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location,
+                    "must be a number, a list of numbers (a gradient across layers) or a list of '- filter: <text>  value: <number>' entries, not a mix.");
+        }
+    }
+
+    private static TensorParameter Gradient(YamlSequenceNode list, string path, Context context)
+    {
+        var points = list.Children.Select((c, i) => RequireNumber(c, context.At(c, $"{path}[{i}]"), context)).ToList();
+        return points.Count == 1 ? new ConstantParameter(points[0]) : new GradientParameter(points);
+    }
+
+    private static RecipeSetting RulesSetting(IList<YamlNode> entries, string path, RecipeLocation location, Context context, bool singleEntry)
+    {
+        var rules = new List<ParameterRule>();
+        TensorParameter? fallback = null;
+        for (var i = 0; i < entries.Count; i++)
+        {
+            var entryPath = singleEntry ? path : $"{path}[{i}]";
+            var keys = ReadKeys((YamlMappingNode)entries[i], entryPath, context, FilterEntryKeys, new Dictionary<string, string>());
+            if (!keys.TryGetValue("value", out var valueEntry) || IsNull(valueEntry.Value))
+            {
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(entries[i], entryPath), "has no 'value:'.");
+            }
+            var valuePath = Join(entryPath, "value");
+            var value = valueEntry.Value switch
+            {
+                YamlScalarNode scalar => new ConstantParameter(RequireNumber(scalar, context.At(scalar, valuePath), context)),
+                YamlSequenceNode { Children.Count: > 0 } list when list.Children.All(c => c is YamlScalarNode) => Gradient(list, valuePath, context),
+                var other => throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(other, valuePath),
+                    "must be a number or a list of numbers (a gradient); filter entries do not nest."),
+            };
+            var match = FilterMatch.Substring;
+            if (keys.TryGetValue("match", out var matchEntry) && !IsNull(matchEntry.Value))
+            {
+                var matchLocation = context.At(matchEntry.Value, Join(entryPath, "match"));
+                match = RequireString(matchEntry.Value, matchLocation, context) switch
+                {
+                    "substring" => FilterMatch.Substring,
+                    "wildcard" => FilterMatch.Wildcard,
+                    var other => throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, matchLocation, $"'{other}' is not a match kind; use substring (mergekit's, the default) or wildcard."),
+                };
+            }
+            string? filter = null;
+            if (keys.TryGetValue("filter", out var filterEntry) && !IsNull(filterEntry.Value))
+            {
+                filter = RequireString(filterEntry.Value, context.At(filterEntry.Value, Join(entryPath, "filter")), context);
+            }
+            if (fallback is not null)
+            {
+                context.Warnings.Add($"{context.At(entries[i], entryPath)}: this entry comes after the fallback entry (the one without a filter) and never applies.");
+                continue;
+            }
+            // mergekit treats filter "*" as matching every tensor, i.e. the fallback.
+            if (filter is null || (filter == "*" && match == FilterMatch.Substring))
+            {
+                fallback = value;
+                continue;
+            }
+            rules.Add(new ParameterRule(filter, value, match));
+        }
+        return new RecipeSetting(rules, fallback, location);
+    }
+
+    /// <summary>The mapping's entries by key; unknown keys fail with the nearest valid key, known-unsupported ones with why.</summary>
+    private static Dictionary<string, KeyValuePair<YamlNode, YamlNode>> ReadKeys(YamlMappingNode map, string path, Context context,
+        string[] validKeys, Dictionary<string, string> unsupported)
+    {
+        var result = new Dictionary<string, KeyValuePair<YamlNode, YamlNode>>(StringComparer.Ordinal);
+        foreach (var entry in map.Children)
+        {
+            if (entry.Key is not YamlScalarNode { Value: { } key })
+            {
+                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(entry.Key, path), "has a key that is not plain text.");
+            }
+            var location = context.At(entry.Key, Join(path, key));
+            if (unsupported.TryGetValue(key, out var why))
+            {
+                throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location, $"'{key}' is not supported: {why}.");
+            }
+            if (!validKeys.Contains(key, StringComparer.Ordinal))
+            {
+                var where = path.Length == 0 ? "at the top level" : $"in '{path}'";
+                throw Error(DareErrorId.RecipeUnknownKey, DareErrorKind.InvalidData, location,
+                    $"'{key}' is not a recipe key {where}.{Suggestion(key, validKeys)} Valid keys there: {string.Join(", ", validKeys)}.");
+            }
+            result[key] = entry;
+        }
+        return result;
+    }
+
+    /// <summary>" Did you mean 'x'?" for the candidate nearest to <paramref name="key"/> (Levenshtein distance, ignoring case).</summary>
+    internal static string Suggestion(string key, IEnumerable<string> candidates)
+    {
+        var best = candidates.Select(c => (Key: c, Distance: Levenshtein(key.ToLowerInvariant(), c.ToLowerInvariant())))
+            .OrderBy(c => c.Distance).ThenBy(c => c.Key, StringComparer.Ordinal).FirstOrDefault();
+        return best.Key is null ? "" : $" Did you mean '{best.Key}'?";
+    }
+
+    internal static int Levenshtein(string a, string b)
+    {
+        var previous = new int[b.Length + 1];
+        var current = new int[b.Length + 1];
+        for (var j = 0; j <= b.Length; j++) previous[j] = j;
+        for (var i = 1; i <= a.Length; i++)
+        {
+            current[0] = i;
+            for (var j = 1; j <= b.Length; j++)
+            {
+                var substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+                current[j] = Math.Min(substitution, Math.Min(previous[j] + 1, current[j - 1] + 1));
+            }
+            (previous, current) = (current, previous);
+        }
+        return previous[b.Length];
+    }
+
+    private static YamlMappingNode RequireMapping(YamlNode node, string path, Context context, string what) =>
+        node as YamlMappingNode ?? throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(node, path), $"must be {what} (a mapping of keys to values).");
+
+    private static string RequireString(YamlNode node, RecipeLocation location, Context context)
+    {
+        if (node is YamlScalarNode { Value: { } text } && !IsNull(node)) return text;
+        throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, "must be a single value, not a list or mapping.");
+    }
+
+    private static double RequireNumber(YamlNode node, RecipeLocation location, Context context)
+    {
+        var text = RequireString(node, location, context);
+        if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && double.IsFinite(value)) return value;
+        throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"must be a finite number, not '{text}'.");
+    }
+
+    private static long RequireInteger(YamlNode node, RecipeLocation location, Context context)
+    {
+        var text = RequireString(node, location, context);
+        if (long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var value)) return value;
+        throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"must be a whole number, not '{text}'.");
+    }
+
+    private static bool RequireBool(YamlNode node, RecipeLocation location, Context context)
+    {
+        var text = RequireString(node, location, context);
+        if (TryBool(text, out var value)) return value;
+        throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"must be true or false, not '{text}'.");
+    }
+
+    // YAML 1.1 booleans, as mergekit's PyYAML reads them.
+    private static bool TryBool(string text, out bool value)
+    {
+        switch (text.ToLowerInvariant())
+        {
+            case "true" or "yes" or "on":
+                value = true;
+                return true;
+            case "false" or "no" or "off":
+                value = false;
+                return true;
+            default:
+                value = false;
+                return false;
+        }
+    }
+
+    private static bool IsNull(YamlNode node) =>
+        node is YamlScalarNode scalar && scalar.Style is ScalarStyle.Plain or ScalarStyle.Any && scalar.Value is null or "" or "~" or "null" or "Null" or "NULL";
+
+    private static string Join(string path, string key) => path.Length == 0 ? key : $"{path}.{key}";
+
+    private static Exception Innermost(Exception ex) => ex.InnerException is YamlException inner ? Innermost(inner) : ex;
+
+    internal static DareException Error(DareErrorId id, DareErrorKind kind, RecipeLocation location, string message, Exception? inner = null) =>
+        new(id, kind, $"{location}: {message}", inner) { FilePath = location.Source };
+
+    /// <summary>Builds a YAML node tree from plain objects so object recipes go through the same checks.</summary>
+    private static YamlNode ToNode(object? value) => value switch
+    {
+        null => new YamlScalarNode(null),
+        YamlNode node => node,
+        string text => new YamlScalarNode(text) { Style = ScalarStyle.DoubleQuoted },
+        bool flag => new YamlScalarNode(flag ? "true" : "false"),
+        IFormattable number when value is not Enum => new YamlScalarNode(number.ToString(number is double or float ? "R" : null, CultureInfo.InvariantCulture)),
+        IDictionary dictionary => new YamlMappingNode(Entries(dictionary).Select(e =>
+            new KeyValuePair<YamlNode, YamlNode>(new YamlScalarNode(Convert.ToString(e.Key, CultureInfo.InvariantCulture)), ToNode(e.Value)))),
+        IEnumerable list => new YamlSequenceNode(list.Cast<object?>().Select(ToNode)),
+        _ => new YamlScalarNode(Convert.ToString(value, CultureInfo.InvariantCulture)) { Style = ScalarStyle.DoubleQuoted },
+    };
+
+    // IDictionary's own enumerator: a generic Dictionary enumerated as IEnumerable yields KeyValuePairs, not DictionaryEntries.
+    private static IEnumerable<DictionaryEntry> Entries(IDictionary dictionary)
+    {
+        var enumerator = dictionary.GetEnumerator();
+        while (enumerator.MoveNext()) yield return enumerator.Entry;
+    }
+
+    private sealed class Context
+    {
+        public Context(string source, bool hasMarks)
+        {
+            Source = source;
+            HasMarks = hasMarks;
+        }
+
+        public string Source { get; }
+        public bool HasMarks { get; }
+        public List<string> Warnings { get; } = new();
+
+        public RecipeLocation At(YamlNode node, string path) =>
+            HasMarks ? new RecipeLocation(Source, (int)node.Start.Line, (int)node.Start.Column, path) : new RecipeLocation(Source, 0, 0, path);
+    }
+}

@@ -1,0 +1,413 @@
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+
+namespace Dare.Engine.Recipes;
+
+/// <summary>Choices made outside the recipe (Invoke-DareMerge's parameters).</summary>
+public sealed class RecipePlanOptions
+{
+    /// <summary>Output folder of the last (or only) recipe; overrides its output.path.</summary>
+    public string? OutputPath { get; init; }
+
+    /// <summary>Output dtype of the last recipe; overrides its out_dtype/dtype.</summary>
+    public SafetensorsDType? OutputDType { get; init; }
+
+    /// <summary>Largest shard of the last recipe's output; overrides its output.max_shard_size.</summary>
+    public long? MaxShardSize { get; init; }
+
+    /// <summary>Replace existing non-empty output folders.</summary>
+    public bool Force { get; init; }
+
+    /// <summary>Seed for DARE steps when the recipe gives no random_seed.</summary>
+    public long DefaultSeed { get; init; }
+}
+
+/// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
+public sealed class MergePlan
+{
+    public required MergeRecipe Recipe { get; init; }
+    public required TaskVector Vector { get; init; }
+    public required ExportOptions Export { get; init; }
+    public required RecipePlanSummary Summary { get; init; }
+
+    /// <summary>Earlier recipes whose outputs this one reads. Until they exist the plan stands their base models in for them.</summary>
+    public IReadOnlyList<int> ReadsOutputsOf { get; init; } = Array.Empty<int>();
+
+    /// <summary>True when a DARE step took <see cref="RecipePlanOptions.DefaultSeed"/> because the recipe gives no random_seed.</summary>
+    public bool UsesDefaultSeed { get; init; }
+
+    /// <summary>Settings that have no effect with this method (mergekit ignores them too).</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = Array.Empty<string>();
+
+    public override string ToString() => $"{Recipe.DisplayName} -> {Export.Destination}";
+}
+
+/// <summary>Every recipe of a batch planned before anything runs, so any error stops the batch before work starts.</summary>
+public sealed class BatchPlan
+{
+    internal BatchPlan(RecipeBatch batch, RecipePlanOptions options, IReadOnlyList<string> outputs)
+    {
+        Batch = batch;
+        Options = options;
+        Outputs = outputs;
+    }
+
+    public RecipeBatch Batch { get; }
+    public RecipePlanOptions Options { get; }
+
+    /// <summary>Full output folder of each recipe, in batch order.</summary>
+    public IReadOnlyList<string> Outputs { get; }
+
+    public IReadOnlyList<MergePlan> Plans { get; internal set; } = Array.Empty<MergePlan>();
+
+    /// <summary>Plans recipe <paramref name="index"/> again against the outputs earlier recipes have now written.</summary>
+    public MergePlan PlanWithWrittenOutputs(int index) => RecipePlanner.PlanRecipe(this, index, standIns: false);
+}
+
+/// <summary>
+/// Turns parsed recipes into <see cref="TaskVector"/> plans with mergekit's semantics: method defaults, parameter
+/// precedence (a model's setting, else the global one, else the method default), filters and gradients. Everything
+/// that can be checked without reading tensor data is checked here: value ranges, model paths, architectures,
+/// shapes, output folders.
+/// </summary>
+public static class RecipePlanner
+{
+    internal static readonly string[] ArchitectureKeys = { "hidden_size", "num_hidden_layers", "vocab_size" };
+
+    private static readonly StringComparer PathComparer = OperatingSystem.IsWindows() ? StringComparer.OrdinalIgnoreCase : StringComparer.Ordinal;
+
+    /// <summary>Plans every recipe of <paramref name="batch"/>; throws on the first problem, before anything is written.</summary>
+    public static BatchPlan Plan(RecipeBatch batch, RecipePlanOptions options)
+    {
+        var last = batch.Recipes.Count - 1;
+        var outputs = new List<string>();
+        for (var i = 0; i <= last; i++)
+        {
+            var recipe = batch.Recipes[i];
+            var destination = (i == last ? options.OutputPath : null) ?? recipe.OutputPath ?? throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidArgument, recipe.Location,
+                batch.Recipes.Count == 1
+                    ? "says nowhere to write the merged model: give -OutputPath or 'output: { path: <folder> }' in the recipe."
+                    : $"'{recipe.DisplayName}' says nowhere to write its model: in a batch every recipe but the last needs 'output: {{ path: <folder> }}' (the last may take -OutputPath).");
+            destination = Path.GetFullPath(destination).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+            var clash = outputs.FindIndex(o => PathComparer.Equals(o, destination));
+            if (clash >= 0)
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidArgument, recipe.OutputPathLocation ?? recipe.Location,
+                    $"writes to '{destination}', as '{batch.Recipes[clash].DisplayName}' does; each recipe needs its own output folder.");
+            }
+            outputs.Add(destination);
+        }
+        var plans = new List<MergePlan>();
+        // Later recipes look up earlier plans (for their outputs' stand-ins) while the list grows.
+        var plan = new BatchPlan(batch, options, outputs) { Plans = plans };
+        for (var i = 0; i <= last; i++) plans.Add(PlanRecipe(plan, i, standIns: true));
+        foreach (var destination in outputs) CheckpointWriter.CheckDestination(destination, options.Force);
+        return plan;
+    }
+
+    /// <summary>A model reference resolved: an existing path, or the output of an earlier recipe of the batch.</summary>
+    private sealed record ModelReference(string Text, RecipeLocation Location, string FullPath, int? ProducedBy);
+
+    internal static MergePlan PlanRecipe(BatchPlan batchPlan, int index, bool standIns)
+    {
+        var batch = batchPlan.Batch;
+        var recipe = batch.Recipes[index];
+        var warnings = new List<string>();
+        var normalize = recipe.Parameters.Normalize ?? recipe.Method is RecipeMergeMethod.Linear or RecipeMergeMethod.Ties;
+        CheckValues(recipe, normalize, warnings);
+
+        if (recipe.BaseModel is null && recipe.Method != RecipeMergeMethod.Linear)
+        {
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
+                $"{RecipeParser.MethodName(recipe.Method)} needs a 'base_model:': its task vectors are each model minus the base.");
+        }
+        var baseReference = recipe.BaseModel is null ? null : Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!);
+        var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: Resolve(batchPlan, index, m.Model, m.Location))).ToList();
+
+        var opened = new Dictionary<string, Checkpoint>(PathComparer);
+        Checkpoint Open(ModelReference reference)
+        {
+            if (opened.TryGetValue(reference.FullPath, out var known)) return known;
+            var checkpoint = reference.ProducedBy is { } producer
+                ? OpenProduced(batchPlan, producer, reference, standIns)
+                : OpenExisting(reference, batch.BaseDirectory);
+            opened[reference.FullPath] = checkpoint;
+            return checkpoint;
+        }
+
+        // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
+        var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
+        var @base = Open(baseReference ?? modelReferences[0].Reference);
+        // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
+        var inputs = recipe.Method == RecipeMergeMethod.Linear
+            ? modelReferences
+            : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+        if (inputs.Count == 0)
+        {
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
+                "lists only the base model; there is nothing to merge into it.");
+        }
+        var models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
+        foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+
+        var usesDefaultSeed = false;
+        var vectors = new List<TaskVector>();
+        var weights = new List<TensorParameter>();
+        var keepRatios = new List<TensorParameter>();
+        for (var i = 0; i < models.Count; i++)
+        {
+            var (entry, reference, checkpoint) = models[i];
+            var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
+            usesDefaultSeed |= resolved.UsesDefaultSeed;
+            var vector = TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
+            if (resolved.Dare is { } dare) vector = vector.WithDare(dare);
+            vectors.Add(vector);
+            weights.Add(resolved.Weight);
+            keepRatios.Add(resolved.KeepRatio);
+        }
+
+        var lambda = recipe.Method == RecipeMergeMethod.Linear ? 1.0 : recipe.Parameters.Lambda ?? 1.0;
+        var ties = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareTies;
+        if (recipe.Method == RecipeMergeMethod.Linear && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
+        if (recipe.Method == RecipeMergeMethod.Ties && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+            (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
+        {
+            throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
+                "rescaling after TIES's magnitude trim is not supported (mergekit's ties rescales the kept entries; Dare keeps them as they are). Remove rescale or set it to false.");
+        }
+
+        TaskVector merged;
+        var single = vectors.Count == 1 && !ties && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
+        if (single)
+        {
+            // One model at weight 1 is its own task vector; merging it would compute the same values.
+            merged = vectors[0];
+        }
+        else
+        {
+            var options = new MergeOptions(ties ? MergeMethod.Ties : MergeMethod.Linear, weights, normalize, lambda,
+                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum);
+            merged = TaskVector.Combine(vectors, options, recipe.Name);
+        }
+
+        var isLast = index == batch.Recipes.Count - 1;
+        var outputDType = (isLast ? batchPlan.Options.OutputDType : null) ?? recipe.OutputDType;
+        var shardSize = (isLast ? batchPlan.Options.MaxShardSize : null) ?? recipe.MaxShardSize ?? CheckpointWriteOptions.DefaultMaxShardSize;
+        var export = new ExportOptions
+        {
+            Destination = batchPlan.Outputs[index],
+            OutputDType = outputDType,
+            MaxShardSize = shardSize,
+            DeltaOnly = recipe.DeltaOnly,
+            Force = batchPlan.Options.Force,
+            RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+        };
+        var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)
+            .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();
+        return new MergePlan
+        {
+            Recipe = recipe,
+            Vector = merged,
+            Export = export,
+            Summary = RecipePlanSummary.For(merged, export, baseFullPath,
+                models.Select(m => (m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : m.Checkpoint.Name, m.Reference.FullPath)).ToList(),
+                readsOutputsOf.Select(r => batch.Recipes[r].DisplayName).ToList()),
+            ReadsOutputsOf = readsOutputsOf,
+            UsesDefaultSeed = usesDefaultSeed,
+            Warnings = warnings,
+        };
+    }
+
+    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed);
+
+    /// <summary>One model's weight, keep ratio and DARE step: its own setting, else the global one, else the method default.</summary>
+    private static ResolvedModel ResolveModelParameters(MergeRecipe recipe, RecipeModelEntry entry, int position, long defaultSeed, List<string> warnings)
+    {
+        var own = entry.Parameters;
+        var global = recipe.Parameters;
+
+        var globalWeight = global.Weight?.ToParameter(null);
+        var weight = own.Weight is null ? globalWeight : own.Weight.ToParameter(globalWeight);
+        if (weight is null)
+        {
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, own.Weight?.Location ?? entry.Location,
+                own.Weight is null && global.Weight is null
+                    ? "has no weight. Give it 'parameters: { weight: <number> }' or a global 'parameters: { weight: ... }' (mergekit requires a weight too)."
+                    : "gives no weight for tensors that match none of its filters: add a fallback entry without a filter ('- value: <number>') or a global weight.");
+        }
+        weight = Flatten(weight);
+
+        // Ties: density is the magnitude keep ratio and drop_rate an extra DARE step before it. The dare methods:
+        // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
+        var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
+        var dareMethod = recipe.Method is RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
+        TensorParameter keepRatio = recipe.Method == RecipeMergeMethod.Ties ? Setting(own.Density, global.Density, 1.0) : 1.0;
+        var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
+        var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
+        var dropRate = ownDrop is null && globalDrop is null ? null : Setting(ownDrop, globalDrop, 0.0);
+        if (dropRate is ConstantParameter { Value: 0 }) dropRate = null;
+
+        DareOptions? dare = null;
+        var usesDefaultSeed = false;
+        if (dropRate is not null)
+        {
+            var seed = own.RandomSeed ?? recipe.RandomSeed;
+            usesDefaultSeed = seed is null;
+            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep);
+        }
+        else
+        {
+            foreach (var key in new[] { "rescale", "random_seed", "mask_stream" }.Where(own.Has))
+            {
+                warnings.Add($"{own.Locations[key]}: has no effect: this model has no DARE step (no drop_rate{(dareMethod ? " and density 1" : "")}).");
+            }
+        }
+        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed);
+    }
+
+    /// <summary>A model's setting; tensors its filters miss take the global setting, then the method default.</summary>
+    private static TensorParameter Setting(RecipeSetting? own, RecipeSetting? global, double methodDefault)
+    {
+        TensorParameter fallback = methodDefault;
+        var outer = global?.ToParameter(fallback) ?? fallback;
+        return Flatten(own?.ToParameter(outer) ?? outer);
+    }
+
+    /// <summary>Rules whose fallback is itself rules become one list (first match still wins), so the recipe writes back flat.</summary>
+    private static TensorParameter Flatten(TensorParameter parameter) => parameter switch
+    {
+        RuleParameter { Default: RuleParameter inner } outer => Flatten(new RuleParameter(outer.Rules.Concat(inner.Rules).ToList(), inner.Default)),
+        _ => parameter,
+    };
+
+    private static double Complement(double density) => 1.0 - density;
+
+    /// <summary>Range checks on every value as written, so the error points at the offending setting.</summary>
+    private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings)
+    {
+        var method = RecipeParser.MethodName(recipe.Method);
+        var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
+        var dareMethod = recipe.Method is RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
+        var blocks = recipe.Models.Select(m => m.Parameters).Prepend(recipe.Parameters);
+        foreach (var parameters in blocks)
+        {
+            Check(parameters.Density, d => d > 0 && d <= 1, "density must satisfy 0 < density <= 1");
+            Check(parameters.DropRate, p => p >= 0 && p < 1, "drop_rate must satisfy 0 <= drop_rate < 1");
+            if (normalize) Check(parameters.Weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false");
+            if (dareMethod && parameters.Density is not null && parameters.DropRate is not null)
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
+                    $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density.");
+            }
+            if (!usesDensity && parameters.Density is not null)
+            {
+                warnings.Add($"{parameters.Locations["density"]}: has no effect with merge_method {method} (mergekit ignores it too); for DARE use dare_linear, or drop_rate.");
+            }
+        }
+        if (recipe.Method == RecipeMergeMethod.Linear && recipe.Parameters.Lambda is not null)
+        {
+            warnings.Add($"{recipe.Parameters.Locations["lambda"]}: has no effect with merge_method linear (mergekit ignores it too); for base + λ·(weighted mean of task vectors) use task_arithmetic with normalize: true.");
+        }
+        if (recipe.Method is not (RecipeMergeMethod.Ties or RecipeMergeMethod.DareTies) && recipe.Parameters.SignMethod is not null)
+        {
+            warnings.Add($"{recipe.Parameters.Locations["sign_method"]}: has no effect with merge_method {method}; only ties and dare_ties elect signs.");
+        }
+    }
+
+    private static void Check(RecipeSetting? setting, Func<double, bool> valid, string rule)
+    {
+        if (setting is null) return;
+        var values = setting.Rules.SelectMany(r => r.Value.PossibleValues).Concat(setting.Fallback?.PossibleValues ?? Array.Empty<double>());
+        foreach (var value in values)
+        {
+            if (!valid(value))
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, setting.Location, $"{rule}; {value.ToString(System.Globalization.CultureInfo.InvariantCulture)} does not.");
+            }
+        }
+    }
+
+    /// <summary>
+    /// mergekit's linear with normalize: false is Σ wᵢ·θᵢ, which equals θ_base + Σ wᵢ·δᵢ only where the weights sum to 1;
+    /// elsewhere it also scales the base, which no task-vector merge expresses. Accepted only where the two agree.
+    /// </summary>
+    private static void CheckUnnormalizedLinear(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
+    {
+        var layers = MergeExecutor.LayerCount(@base);
+        foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
+        {
+            var position = TensorPosition.Of(tensor.Name, layers);
+            var sum = weights.Sum(w => w.Resolve(position));
+            if (Math.Abs(sum - 1) > 1e-9)
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations.GetValueOrDefault("normalize") ?? recipe.MethodLocation,
+                    $"linear with normalize: false computes Σ wᵢ·θᵢ, which scales the base model by Σ wᵢ = {sum.ToString(System.Globalization.CultureInfo.InvariantCulture)} at '{tensor.Name}'. " +
+                    "Dare merges task vectors, so it supports this only where the weights sum to 1. Use task_arithmetic for base + Σ wᵢ·δᵢ, or normalize: true.");
+            }
+        }
+    }
+
+    private static ModelReference Resolve(BatchPlan batchPlan, int index, string text, RecipeLocation location)
+    {
+        var recipes = batchPlan.Batch.Recipes;
+        var named = recipes.Select((r, i) => (r, i)).FirstOrDefault(x => x.r.Name == text);
+        if (named.r is not null)
+        {
+            if (named.i < index) return new ModelReference(text, location, batchPlan.Outputs[named.i], named.i);
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, named.i == index
+                ? $"'{text}' is this recipe's own name; a recipe cannot merge its own output."
+                : $"'{text}' is written by a later recipe; recipes in a batch run in order, so only earlier outputs can be used.");
+        }
+        var full = Path.GetFullPath(Path.Combine(batchPlan.Batch.BaseDirectory, text)).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+        for (var i = 0; i < recipes.Count; i++)
+        {
+            if (!PathComparer.Equals(batchPlan.Outputs[i], full)) continue;
+            if (i < index) return new ModelReference(text, location, full, i);
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, i == index
+                ? $"'{full}' is also this recipe's output folder; write the merge somewhere else."
+                : $"'{full}' is written by the later recipe '{recipes[i].DisplayName}'; recipes in a batch run in order.");
+        }
+        return new ModelReference(text, location, full, null);
+    }
+
+    private static Checkpoint OpenExisting(ModelReference reference, string baseDirectory)
+    {
+        try
+        {
+            return Checkpoint.Open(reference.FullPath);
+        }
+        catch (DareException ex)
+        {
+            var hint = ex.ErrorId == DareErrorId.PathNotFound
+                ? $"'{reference.Text}' resolves to '{reference.FullPath}', which does not exist. Dare reads local model folders only (download Hugging Face models first); relative paths resolve against '{baseDirectory}'."
+                : ex.Message;
+            throw RecipeParser.Error(ex.ErrorId, ex.Kind, reference.Location, hint, ex);
+        }
+    }
+
+    /// <summary>An earlier recipe's output: the written model, or before it exists its base (same tensors and config.json).</summary>
+    private static Checkpoint OpenProduced(BatchPlan batchPlan, int producer, ModelReference reference, bool standIn)
+    {
+        var plan = batchPlan.Plans[producer];
+        if (plan.Export.DeltaOnly)
+        {
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, reference.Location,
+                $"'{plan.Recipe.DisplayName}' writes a delta (output.delta_only), not a model, so it cannot be merged as one.");
+        }
+        return standIn ? plan.Vector.Base : OpenExisting(reference, batchPlan.Batch.BaseDirectory);
+    }
+
+    private static void CheckArchitecture(Checkpoint @base, ModelReference baseReference, Checkpoint model, ModelReference modelReference)
+    {
+        foreach (var key in ArchitectureKeys)
+        {
+            var expected = @base.ConfigInt(key);
+            var actual = model.ConfigInt(key);
+            if (expected is not null && actual is not null && expected != actual)
+            {
+                throw RecipeParser.Error(DareErrorId.ArchitectureMismatch, DareErrorKind.InvalidData, modelReference.Location,
+                    $"'{modelReference.Text}' has {key} {actual} in its config.json but the base '{baseReference.Text}' has {expected}; merged models must share the base's architecture ({string.Join(", ", ArchitectureKeys)}).");
+            }
+        }
+    }
+}
