@@ -1,7 +1,7 @@
 #!/usr/bin/env pwsh
 # The README's demo: generate a small base and three fine-tunes as Hugging Face folders, then DARE-merge them
 # through the cmdlets and show what happened. Run via: dotnet pwsh ./build.ps1 Demo
-param([string] $WorkDirectory = (Join-Path $PSScriptRoot '../demo'))
+param([string] $WorkDirectory = [IO.Path]::GetFullPath((Join-Path $PSScriptRoot '../demo')))
 
 $ErrorActionPreference = 'Stop'
 Import-Module (Join-Path $PSScriptRoot '../out/Dare/Dare.psd1') -Force

@@ -217,8 +217,6 @@ public sealed class MergeExecutor
         }
     }
 
-    private static ScalarType ToScalar(SafetensorsDType dtype) => dtype.ToScalarType();
-
     private static SafetensorsDType OutputDTypeOf(TensorInfo info, ExportOptions options) =>
         info.DType.IsMergeable() && options.OutputDType is { } wanted ? wanted : info.DType;
 
