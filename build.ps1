@@ -176,7 +176,7 @@ switch ($Task) {
         Install-TorchSharpNativeCompat -Directory (Join-Path $largeBin "runtimes/$(Get-RuntimeIdentifier)/native") -Quiet
         Invoke-Native 'the large-tensor round trip' { dotnet (Join-Path $largeBin 'LargeTensor.dll') (Join-Path $root 'tests/bench/data/large-tensor') }
         $pwsh = Get-PwshCommand
-        & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'tests/bench/Invoke-Benchmark.ps1') -Size $BenchSize
+        & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'tests/bench/Invoke-Benchmark.ps1') -Size ($BenchSize -join ',')
         if ($LASTEXITCODE) { exit $LASTEXITCODE }
     }
 }

@@ -22,9 +22,11 @@ Keep the merged models in tests/bench/runs/<size>-<method> (normally each is del
 #>
 [CmdletBinding()]
 param(
-    [ValidateSet('small', 'large')] [string[]] $Size = @('small', 'large'),
-    [ValidateSet('dare-linear', 'ties', 'dare-ties')] [string[]] $Method = @('dare-linear', 'ties', 'dare-ties'),
-    # Measure each method this many times and report the fastest run (peak RSS: the maximum over the runs).
+    # small, large or both; also as one comma-separated string (pwsh -File passes arrays that way).
+    [string[]] $Size = @('small', 'large'),
+    # dare-linear, ties, dare-ties (any subset, comma-separated allowed).
+    [string[]] $Method = @('dare-linear', 'ties', 'dare-ties'),
+    # Measure each method this many times and report the median (peak RSS: the maximum over the runs).
     [ValidateRange(1, 20)] [int] $Repeat = 3,
     # Before each measurement wait (up to -QuietTimeout seconds) until other processes use less than this share of
     # the machine's CPUs, so a build or test run elsewhere does not distort the timings. 1 disables the wait.
@@ -40,6 +42,14 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $root = Resolve-Path (Join-Path $PSScriptRoot '../..')
+function Split-Choice([string[]] $Values, [string[]] $Allowed, [string] $Name) {
+    $chosen = @($Values | ForEach-Object { $_ -split ',' } | ForEach-Object Trim | Where-Object { $_ })
+    foreach ($value in $chosen) { if ($value -notin $Allowed) { throw "-$Name '$value' is not one of: $($Allowed -join ', ')." } }
+    # In the canonical order, each once.
+    return @($Allowed | Where-Object { $_ -in $chosen })
+}
+$Size = Split-Choice $Size @('small', 'large') 'Size'
+$Method = Split-Choice $Method @('dare-linear', 'ties', 'dare-ties') 'Method'
 $module = Join-Path $root 'out/Dare/Dare.psd1'
 $dataRoot = Join-Path $PSScriptRoot 'data'
 $runsRoot = Join-Path $PSScriptRoot 'runs'
@@ -146,8 +156,9 @@ function Invoke-Shell([string] $Script, [string[]] $Arguments) {
     if ($LASTEXITCODE) { throw "sh -c '$Script' failed (exit code $LASTEXITCODE)." }
 }
 
-# Copy floor: every input read once (cat to /dev/null) plus one model's safetensors copied (cp), warm cache.
-function Measure-CopyFloor([string] $Name) {
+# Copy floor samples: every input read once (cat to /dev/null) plus one model's safetensors copied (cp), warm
+# page cache. Taken before and after a size's merges: on a VM the cost of cp's page-cache writes swings widely.
+function Measure-CopyFloor([string] $Name, [int] $Iterations = 5) {
     $directory = Join-Path $dataRoot $Name
     $files = @(Get-SetFiles $directory)
     $model = @(Get-ChildItem (Join-Path $directory 'ft1') -Filter '*.safetensors' | ForEach-Object FullName)
@@ -155,7 +166,7 @@ function Measure-CopyFloor([string] $Name) {
     Invoke-Shell 'cat "$@" > /dev/null' $files   # warm the page cache
     $read = @(); $cp = @(); $sync = @()
     Wait-Quiet
-    foreach ($i in 1..3) {
+    foreach ($i in 1..$Iterations) {
         if (Test-Path $copy) { Remove-Item -Recurse -Force $copy }
         New-Item -ItemType Directory -Force $copy | Out-Null
         $clock = [Diagnostics.Stopwatch]::StartNew()
@@ -172,11 +183,18 @@ function Measure-CopyFloor([string] $Name) {
     Remove-Item -Recurse -Force $copy
     $bytes = ($files | ForEach-Object { (Get-Item $_).Length } | Measure-Object -Sum).Sum
     $modelBytes = ($model | ForEach-Object { (Get-Item $_).Length } | Measure-Object -Sum).Sum
-    $readMedian = Get-Median $read; $cpMedian = Get-Median $cp
+    [pscustomobject]@{ Size = $Name; InputBytes = $bytes; ModelBytes = $modelBytes; Read = $read; Copy = $cp; Sync = $sync }
+}
+
+# The floor from all samples of a size: the median of (cat + cp), with its range.
+function Join-CopyFloor([object[]] $Samples) {
+    $read = @($Samples | ForEach-Object { $_.Read }); $cp = @($Samples | ForEach-Object { $_.Copy }); $sync = @($Samples | ForEach-Object { $_.Sync })
+    $sums = @(for ($i = 0; $i -lt $read.Count; $i++) { $read[$i] + $cp[$i] })
     [pscustomobject]@{
-        Size = $Name; InputBytes = $bytes; ModelBytes = $modelBytes
-        ReadSeconds = $readMedian; CopySeconds = $cpMedian; FsyncSeconds = (Get-Median $sync)
-        Seconds = $readMedian + $cpMedian
+        Size = $Samples[0].Size; InputBytes = $Samples[0].InputBytes; ModelBytes = $Samples[0].ModelBytes
+        ReadSeconds = Get-Median $read; CopySeconds = Get-Median $cp; FsyncSeconds = Get-Median $sync
+        Seconds = Get-Median $sums; Min = ($sums | Measure-Object -Minimum).Minimum; Max = ($sums | Measure-Object -Maximum).Maximum
+        CopyMin = ($cp | Measure-Object -Minimum).Minimum; CopyMax = ($cp | Measure-Object -Maximum).Maximum; Count = $sums.Count
     }
 }
 
@@ -216,11 +234,17 @@ function Measure-Step([string] $Name, [string] $Step) {
     if ($Step -ne 'startup') {
         $shards = @(Get-ChildItem $output -Filter '*.safetensors' | Sort-Object Name)
         if ($shards.Count -eq 0) { throw "Benchmark step $Name/$Step wrote no safetensors to $output." }
-        # Fingerprint of the output (outside the timing), so optimisations can be checked for bit-identical results.
+        # Fingerprint of the tensor data (outside the timing), so optimisations can be checked for bit-identical
+        # results: each shard after its header (the header's __metadata__ holds the recipe and version).
         $sha = [Security.Cryptography.IncrementalHash]::CreateHash('SHA256')
         foreach ($shard in $shards) {
             $stream = [IO.File]::OpenRead($shard.FullName)
-            try { $buffer = [byte[]]::new(1MB); while (($n = $stream.Read($buffer, 0, $buffer.Length)) -gt 0) { $sha.AppendData($buffer, 0, $n) } }
+            try {
+                $buffer = [byte[]]::new(1MB)
+                $null = $stream.Read($buffer, 0, 8)
+                $stream.Position = 8 + [BitConverter]::ToInt64($buffer, 0)
+                while (($n = $stream.Read($buffer, 0, $buffer.Length)) -gt 0) { $sha.AppendData($buffer, 0, $n) }
+            }
             finally { $stream.Dispose() }
         }
         $hash = [Convert]::ToHexString($sha.GetHashAndReset()).ToLowerInvariant().Substring(0, 16)
@@ -267,23 +291,28 @@ try {
     $results = [Collections.Generic.List[object]]::new()
     foreach ($name in $Size) {
         Initialize-DataSet $name
-        $floors[$name] = Measure-CopyFloor $name
-        Write-Host ('Copy floor {0}: {1:0.00} s (cat {2:0.00} s + cp {3:0.00} s; fsync of the copy {4:0.00} s more)' -f $name, $floors[$name].Seconds, $floors[$name].ReadSeconds, $floors[$name].CopySeconds, $floors[$name].FsyncSeconds)
+        $floorSamples = @(Measure-CopyFloor $name)
+        $floors[$name] = Join-CopyFloor $floorSamples
+        Write-Host ('Copy floor {0} (before the merges): {1:0.00} s (cat {2:0.00} s + cp {3:0.00} s, cp {4:0.00}–{5:0.00} s; fsync of the copy {6:0.00} s more)' -f $name, $floors[$name].Seconds, $floors[$name].ReadSeconds, $floors[$name].CopySeconds, $floors[$name].CopyMin, $floors[$name].CopyMax, $floors[$name].FsyncSeconds)
         foreach ($m in $Method) {
             $runs = @(foreach ($i in 1..$Repeat) {
                     $run = Measure-Step $name $m
                     Write-Host ('{0,-6} {1,-12} wall {2,7:0.00} s  cpu {3,7:0.00} s  peak RSS {4,6:0} MB  (export {5:0.00} s; others used {6:0.00} CPU s meanwhile)' -f $name, $m, $run.Wall, $run.Cpu, ($run.PeakRssBytes / 1e6), $run.ExportSeconds, $run.OthersCpu)
                     $run
                 })
-            $best = $runs | Sort-Object Wall | Select-Object -First 1
+            $middle = @($runs | Sort-Object Wall)[[int][math]::Floor(($runs.Count - 1) / 2)]
             $results.Add([pscustomobject]@{
                     Size = $name; Method = $m
-                    Wall = $best.Wall; Cpu = $best.Cpu; ExportSeconds = $best.ExportSeconds; OthersCpu = $best.OthersCpu
+                    Wall = Get-Median $runs.Wall; Cpu = Get-Median $runs.Cpu; ExportSeconds = Get-Median $runs.ExportSeconds
+                    OthersCpu = ($runs.OthersCpu | Measure-Object -Sum).Sum
                     WallRange = ('{0:0.00}–{1:0.00}' -f ($runs.Wall | Measure-Object -Minimum).Minimum, ($runs.Wall | Measure-Object -Maximum).Maximum)
                     PeakRssBytes = ($runs.PeakRssBytes | Measure-Object -Maximum).Maximum
-                    Profile = $best.Profile; OutputHash = ($runs.OutputHash | Select-Object -Unique) -join ', '
+                    Profile = $middle.Profile; OutputHash = ($runs.OutputHash | Select-Object -Unique) -join ', '
                 })
         }
+        $floorSamples += Measure-CopyFloor $name
+        $floors[$name] = Join-CopyFloor $floorSamples
+        Write-Host ('Copy floor {0} (all {1} samples): {2:0.00} s, range {3:0.00}–{4:0.00} s' -f $name, $floors[$name].Count, $floors[$name].Seconds, $floors[$name].Min, $floors[$name].Max)
     }
 }
 finally {
@@ -308,22 +337,23 @@ if ($Profile) { $lines.Add('- Profiling was on (DARE_PROFILE=1) for these runs.'
 $lines.Add('')
 $lines.Add('## Data sets and copy floor')
 $lines.Add('')
-$lines.Add('Copy floor = `cat` of the 4 models'' safetensors to /dev/null + `cp` of one model''s safetensors to a new folder, warm page cache (everything read once first), median of 3. Export-Safetensors also fsyncs its output, which the floor does not include; the fsync of the copy is shown separately.')
+$lines.Add('Copy floor = `cat` of the 4 models'' safetensors to /dev/null + `cp` of one model''s safetensors to a new folder, warm page cache (everything read once first): the median of (cat + cp) over 5 samples taken before and 5 after the size''s merges, with its range. On this kind of VM the cost of writing into the page cache swings with whether the guest''s free pages are still backed by the host, so cp varies a lot between samples. Export-Safetensors also fsyncs its output, which the floor does not include; the fsync of the copy is shown separately.')
 $lines.Add('')
-$lines.Add('| size | shape | parameters / model | input (4 models) | cat s | cp s | copy floor s | (fsync of the copy s) |')
+$lines.Add('| size | shape | parameters / model | input (4 models) | cat s | cp s (range) | copy floor s (range) | (fsync of the copy s) |')
 $lines.Add('|---|---|---:|---:|---:|---:|---:|---:|')
 foreach ($name in $Size) {
     $spec = $Sizes[$name]; $floor = $floors[$name]
     $params = $floor.ModelBytes / 2   # bfloat16
-    $lines.Add(('| {0} | hidden {1}, {2} layers, vocab {3}, base in {4} shards | {5:0}M | {6:0} MB | {7:0.00} | {8:0.00} | **{9:0.00}** | {10:0.00} |' -f $name, $spec.HiddenSize, $spec.Layers, $spec.VocabSize,
-            @(Get-ChildItem (Join-Path $dataRoot "$name/base") -Filter '*.safetensors').Count, ($params / 1e6), ($floor.InputBytes / 1e6), $floor.ReadSeconds, $floor.CopySeconds, $floor.Seconds, $floor.FsyncSeconds))
+    $lines.Add(('| {0} | hidden {1}, {2} layers, vocab {3}, base in {4} shards | {5:0}M | {6:0} MB | {7:0.00} | {8:0.00} ({11:0.00}–{12:0.00}) | **{9:0.00}** ({13:0.00}–{14:0.00}) | {10:0.00} |' -f $name, $spec.HiddenSize, $spec.Layers, $spec.VocabSize,
+            @(Get-ChildItem (Join-Path $dataRoot "$name/base") -Filter '*.safetensors').Count, ($params / 1e6), ($floor.InputBytes / 1e6), $floor.ReadSeconds, $floor.CopySeconds, $floor.Seconds, $floor.FsyncSeconds,
+            $floor.CopyMin, $floor.CopyMax, $floor.Min, $floor.Max))
 }
 $lines.Add('')
 $lines.Add('## Results')
 $lines.Add('')
-$lines.Add("Fastest of $Repeat run(s) per cell (its wall, CPU and export time; ""wall range"" spans all runs); peak RSS is the maximum over the runs. ""export s"" is the time inside Export-Safetensors, the rest of ""wall s"" is process start-up and pipeline set-up. Throughput = input bytes (4 models) / wall time. ""others CPU s"" is CPU time other processes used during the reported run (the machine may be shared; each run first waits until it is idle). The output hash (first 16 hex digits of the SHA-256 of the output safetensors) shows whether the result changed across engine changes.")
+$lines.Add("Median of $Repeat run(s) per cell (wall, CPU and export time each; ""wall range"" spans all runs); peak RSS is the maximum over the runs. ""× copy floor"" divides the median wall time by the median floor. ""export s"" is the time inside Export-Safetensors, the rest of ""wall s"" is process start-up and pipeline set-up. Throughput = input bytes (4 models) / wall time. ""others CPU s"" is CPU time other processes used during the runs (the machine may be shared; each run first waits until it is idle). The data hash (first 16 hex digits of the SHA-256 of the output's tensor bytes, headers excluded) shows whether the result changed across engine changes.")
 $lines.Add('')
-$lines.Add('| method | size | wall s | CPU s | export s | × copy floor | peak RSS MB | RSS large/small | throughput MB/s | wall range s | others CPU s | output sha256 |')
+$lines.Add('| method | size | wall s | CPU s | export s | × copy floor | peak RSS MB | RSS large/small | throughput MB/s | wall range s | others CPU s | data sha256 |')
 $lines.Add('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
 foreach ($m in $Method) {
     foreach ($name in $Size) {
@@ -344,7 +374,8 @@ foreach ($m in $Method) {
     $large = $results | Where-Object { $_.Size -eq 'large' -and $_.Method -eq $m }
     $small = $results | Where-Object { $_.Size -eq 'small' -and $_.Method -eq $m }
     if (-not $large) { $lines.Add("| $m | (large not measured) | | |"); continue }
-    $time = Format-Verdict ($large.Wall / $floors['large'].Seconds) $Targets[$m] '×'
+    $floor = $floors['large']
+    $time = (Format-Verdict ($large.Wall / $floor.Seconds) $Targets[$m] '×') + (' — {0:0.0}–{1:0.0}× over the floor''s range' -f ($large.Wall / $floor.Max), ($large.Wall / $floor.Min))
     $growth = if ($small) { Format-Verdict ($large.PeakRssBytes / $small.PeakRssBytes) $RssGrowthLimit '×' } else { '(small not measured)' }
     $absolute = Format-Verdict ($large.PeakRssBytes / 1e9) ($RssLimitBytes / 1e9) ' GB' -Strict
     if ("$time $growth $absolute" -match 'FAIL') { $anyFail = $true }
