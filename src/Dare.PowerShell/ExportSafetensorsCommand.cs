@@ -12,24 +12,11 @@ namespace Dare.PowerShell;
 /// </summary>
 [Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
 [OutputType(typeof(ExportResult))]
-public sealed class ExportSafetensorsCommand : DareCmdlet
+public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
 {
-    private const string PathSet = "Path";
-    private const string LiteralPathSet = "LiteralPath";
-
     /// <summary>The task vector to write, usually the merged vector from Merge-Ties or Merge-Linear.</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
     public TaskVector InputObject { get; set; } = null!;
-
-    /// <summary>Output model folder.</summary>
-    [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
-    [SupportsWildcards]
-    public string Path { get; set; } = "";
-
-    /// <summary>Output model folder, used exactly as typed.</summary>
-    [Parameter(Mandatory = true, ParameterSetName = LiteralPathSet)]
-    [Alias("PSPath")]
-    public string LiteralPath { get; set; } = "";
 
     /// <summary>Output dtype of floating-point tensors: bfloat16, float16 or float32 (default: each base tensor's dtype).</summary>
     [Parameter]
@@ -50,8 +37,7 @@ public sealed class ExportSafetensorsCommand : DareCmdlet
 
     protected override void ProcessRecord() => Run(() =>
     {
-        var literal = ParameterSetName == LiteralPathSet;
-        var destination = PathResolver.ResolveOutput(SessionState, literal ? LiteralPath : Path, literal);
+        var destination = ResolveOutputFolder();
         var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
         var shardSize = ByteSize.Parse(MaxShardSize);
         var vector = InputObject;

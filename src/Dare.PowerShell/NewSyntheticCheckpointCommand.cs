@@ -9,21 +9,8 @@ namespace Dare.PowerShell;
 /// </summary>
 [Cmdlet(VerbsCommon.New, "SyntheticCheckpoint", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
 [OutputType(typeof(Checkpoint))]
-public sealed class NewSyntheticCheckpointCommand : DareCmdlet
+public sealed class NewSyntheticCheckpointCommand : OutputFolderCmdlet
 {
-    private const string PathSet = "Path";
-    private const string LiteralPathSet = "LiteralPath";
-
-    /// <summary>Output model folder.</summary>
-    [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
-    [SupportsWildcards]
-    public string Path { get; set; } = "";
-
-    /// <summary>Output model folder, used exactly as typed.</summary>
-    [Parameter(Mandatory = true, ParameterSetName = LiteralPathSet)]
-    [Alias("PSPath")]
-    public string LiteralPath { get; set; } = "";
-
     /// <summary>Make a fine-tune of this base: base + N(0, DeltaScale²) per entry.</summary>
     [Parameter]
     public object? BaseModel { get; set; }
@@ -44,8 +31,7 @@ public sealed class NewSyntheticCheckpointCommand : DareCmdlet
 
     protected override void EndProcessing() => Run(() =>
     {
-        var literal = ParameterSetName == LiteralPathSet;
-        var destination = PathResolver.ResolveOutput(SessionState, literal ? LiteralPath : Path, literal);
+        var destination = ResolveOutputFolder();
         var baseModel = BaseModel is null ? null : CheckpointResolver.Resolve(SessionState, BaseModel, allowMany: false)[0];
         var shape = baseModel is { } b
             ? new LlamaShape((int)(b.ConfigInt("hidden_size") ?? HiddenSize), (int)(b.ConfigInt("num_hidden_layers") ?? Layers),
