@@ -33,6 +33,12 @@ public sealed class CheckpointWriteOptions
 
     /// <summary>Extra text files to place in the output (e.g. dare_recipe.yml).</summary>
     public IReadOnlyDictionary<string, string>? ExtraFiles { get; init; }
+
+    /// <summary>
+    /// Write shards around the page cache (O_DIRECT) where the platform and file system allow it; buffered otherwise.
+    /// On by default unless the environment variable DARE_DIRECT_WRITES is 0.
+    /// </summary>
+    public bool DirectWrites { get; init; } = OutputFile.DirectWritesByDefault;
 }
 
 /// <summary>What a completed write produced.</summary>
@@ -60,7 +66,7 @@ public sealed class CheckpointWriter : IDisposable
     private int _shardIndex = -1;
     private int _tensorIndex = -1;
     private long _tensorBytesLeft;
-    private FileStream? _stream;
+    private OutputFile? _file;
     private bool _committed;
 
     private sealed record Shard(string FileName, List<PlannedTensor> Tensors);
@@ -74,6 +80,9 @@ public sealed class CheckpointWriter : IDisposable
     }
 
     public IReadOnlyList<string> ShardFileNames => _shards.Select(s => s.FileName).ToList();
+
+    /// <summary>Whether the shard being written (or the last one) bypasses the page cache.</summary>
+    internal bool WritesDirect { get; private set; }
 
     /// <summary>Checks the destination, plans shards, and creates the temporary folder. Nothing is written at the destination.</summary>
     public static CheckpointWriter Create(string destination, IReadOnlyList<PlannedTensor> tensors, CheckpointWriteOptions options)
@@ -172,7 +181,7 @@ public sealed class CheckpointWriter : IDisposable
         while (length > 0)
         {
             var size = (int)Math.Min(length, 1 << 30);
-            _stream!.Write(new ReadOnlySpan<byte>(data, size));
+            _file!.Write(new ReadOnlySpan<byte>(data, size));
             data += size;
             length -= size;
             _tensorBytesLeft -= size;
@@ -199,20 +208,21 @@ public sealed class CheckpointWriter : IDisposable
 
     private void StartShard(Shard shard)
     {
-        _stream = new FileStream(Path.Combine(_temporary, shard.FileName), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+        _file = OutputFile.Create(Path.Combine(_temporary, shard.FileName), _options.DirectWrites);
+        WritesDirect = _file.IsDirect;
         var header = BuildHeader(shard.Tensors, _options.Metadata);
         Span<byte> length = stackalloc byte[8];
         System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-        _stream.Write(length);
-        _stream.Write(header);
+        _file.Write(length);
+        _file.Write(header);
     }
 
     private void FinishShard()
     {
-        if (_stream is null) return;
-        _stream.Flush(flushToDisk: true);
-        _stream.Dispose();
-        _stream = null;
+        if (_file is null) return;
+        _file.Complete();
+        _file.Dispose();
+        _file = null;
     }
 
     /// <summary>The JSON header, padded with spaces so the data block starts at a multiple of 8 bytes.</summary>
@@ -334,8 +344,8 @@ public sealed class CheckpointWriter : IDisposable
 
     public void Dispose()
     {
-        _stream?.Dispose();
-        _stream = null;
+        _file?.Dispose();
+        _file = null;
         if (!_committed && Directory.Exists(_temporary))
         {
             try { Directory.Delete(_temporary, recursive: true); }
