@@ -183,79 +183,140 @@ public sealed class MagnitudeSelection
     private static uint[]? t_tables;
 
     /// <summary>Elements counted into the uint tables before they are added to the histogram (so no table entry can overflow).</summary>
-    private const long MaxSpan = 1L << 30;
+    internal const long MaxSpan = 1L << 30;
 
     /// <summary>Ranges at least this long count into four interleaved tables; shorter ones into one (less to clear and add up).</summary>
     private const long InterleaveFrom = 1L << 20;
 
     /// <summary>
     /// Coarse (fineBin null): counts by the upper 16 bits. Fine: counts by the lower 16 bits within one coarse bin.
-    /// Long ranges count element i into table i mod 4, so runs of equal magnitudes (DARE's zeros) do not serialise on
-    /// one counter; the tables are summed into <paramref name="histogram"/> (integer sums: the result is exact).
+    /// Each core counts its range into its own tables, which are then summed into <paramref name="histogram"/>
+    /// (integer sums: the result is exact whatever the order).
     /// </summary>
     private static unsafe void Histogram(float* data, long count, long[] histogram, uint? fineBin)
     {
         var ranges = Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
-            var tables = t_tables ??= new uint[4 << 16];
             var (rangeStart, rangeEnd) = ranges[r];
             for (var start = rangeStart; start < rangeEnd; start += MaxSpan)
             {
                 var end = Math.Min(rangeEnd, start + MaxSpan);
-                var interleave = end - start >= InterleaveFrom;
-                var used = interleave ? tables.Length : 1 << 16;
-                Array.Clear(tables, 0, used);
-                CountInto(tables, (uint*)data, start, end, fineBin, interleave);
-                lock (histogram)
-                {
-                    for (var b = 0; b < 1 << 16; b++)
-                    {
-                        histogram[b] += interleave ? (long)tables[b] + tables[b | 1 << 16] + tables[b | 2 << 16] + tables[b | 3 << 16] : tables[b];
-                    }
-                }
+                var interleave = fineBin is null && end - start >= InterleaveFrom;
+                var tables = RentTables(interleave);
+                if (fineBin is { } bin) CountFine(tables, (uint*)data + start, end - start, bin);
+                else CountCoarse(tables, (uint*)data + start, end - start, interleave);
+                AddTables(tables, histogram, interleave);
             }
         });
     }
 
-    private static unsafe void CountInto(uint[] tables, uint* uints, long start, long end, uint? fineBin, bool interleave)
+    /// <summary>
+    /// Coarse counting done by the caller's own loop (fused into computing the data, while it is in cache): rent
+    /// interleaved tables on the counting thread, <see cref="CountCoarse"/> blocks of at most <see cref="MaxSpan"/>
+    /// elements in all into them, then <see cref="AddCoarseCounts"/>.
+    /// </summary>
+    internal static uint[] RentCoarseTables() => RentTables(interleave: true);
+
+    internal void AddCoarseCounts(uint[] tables) => AddTables(tables, _coarse, interleave: true);
+
+    private static uint[] RentTables(bool interleave)
     {
-        var i = start;
+        var tables = t_tables ??= new uint[4 << 16];
+        Array.Clear(tables, 0, interleave ? tables.Length : 1 << 16);
+        return tables;
+    }
+
+    private static void AddTables(uint[] tables, long[] histogram, bool interleave)
+    {
+        lock (histogram)
+        {
+            for (var b = 0; b < 1 << 16; b++)
+            {
+                histogram[b] += interleave ? (long)tables[b] + tables[b | 1 << 16] + tables[b | 2 << 16] + tables[b | 3 << 16] : tables[b];
+            }
+        }
+    }
+
+    /// <summary>
+    /// Counts |x| by its upper 16 bits. Zeros (most of a DARE-dropped tensor) are counted eight at a time with a
+    /// vector compare; only non-zero lanes touch the tables, lane i into table i mod 4 when interleaving, so runs of
+    /// equal magnitudes do not serialise on one counter.
+    /// </summary>
+    internal static unsafe void CountCoarse(uint[] tables, uint* uints, long count, bool interleave)
+    {
+        long i = 0, zeros = 0;
+        // Table offsets of lanes 1, 2 and 3 (mod 4); all 0 without interleaving.
+        var (t1, t2, t3) = interleave ? (1u << 16, 2u << 16, 3u << 16) : (0u, 0u, 0u);
         fixed (uint* t = tables)
         {
-            if (fineBin is not { } bin)
+            if (Vector256.IsHardwareAccelerated)
             {
-                if (interleave)
+                var magnitude = Vector256.Create(MagnitudeMask);
+                for (; i <= count - 8; i += 8)
                 {
-                    for (; i <= end - 4; i += 4)
+                    var m = Vector256.Load(uints + i) & magnitude;
+                    var nonZero = ~Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
+                    if (nonZero == 0xFF)
                     {
-                        t[(uints[i] & MagnitudeMask) >> 16]++;
-                        t[1 << 16 | (uints[i + 1] & MagnitudeMask) >> 16]++;
-                        t[2 << 16 | (uints[i + 2] & MagnitudeMask) >> 16]++;
-                        t[3 << 16 | (uints[i + 3] & MagnitudeMask) >> 16]++;
+                        var u = uints + i;
+                        t[(u[0] & MagnitudeMask) >> 16]++;
+                        t[t1 | (u[1] & MagnitudeMask) >> 16]++;
+                        t[t2 | (u[2] & MagnitudeMask) >> 16]++;
+                        t[t3 | (u[3] & MagnitudeMask) >> 16]++;
+                        t[(u[4] & MagnitudeMask) >> 16]++;
+                        t[t1 | (u[5] & MagnitudeMask) >> 16]++;
+                        t[t2 | (u[6] & MagnitudeMask) >> 16]++;
+                        t[t3 | (u[7] & MagnitudeMask) >> 16]++;
+                        continue;
+                    }
+                    zeros += 8 - BitOperations.PopCount(nonZero);
+                    for (; nonZero != 0; nonZero &= nonZero - 1)
+                    {
+                        var lane = BitOperations.TrailingZeroCount(nonZero);
+                        t[(lane & 3) switch { 0 => 0, 1 => t1, 2 => t2, _ => t3 } | (uints[i + lane] & MagnitudeMask) >> 16]++;
                     }
                 }
-                for (; i < end; i++) t[(uints[i] & MagnitudeMask) >> 16]++;
             }
-            else
+            for (; i < count; i++) t[(uints[i] & MagnitudeMask) >> 16]++;
+            t[0] += (uint)zeros;
+        }
+    }
+
+    /// <summary>Counts, by their lower 16 bits, the |x| whose upper 16 bits are <paramref name="bin"/>: a vector compare skips the rest.</summary>
+    private static unsafe void CountFine(uint[] tables, uint* uints, long count, uint bin)
+    {
+        long i = 0, zeros = 0;
+        fixed (uint* t = tables)
+        {
+            if (Vector256.IsHardwareAccelerated)
             {
-                if (interleave)
+                var magnitude = Vector256.Create(MagnitudeMask);
+                var wanted = Vector256.Create(bin);
+                for (; i <= count - 8; i += 8)
                 {
-                    for (; i <= end - 4; i += 4)
+                    var m = Vector256.Load(uints + i) & magnitude;
+                    var inBin = Vector256.Equals(Vector256.ShiftRightLogical(m, 16), wanted).ExtractMostSignificantBits();
+                    if (inBin == 0) continue;
+                    if (bin == 0)
                     {
-                        for (uint k = 0; k < 4; k++)
-                        {
-                            var m = uints[i + k] & MagnitudeMask;
-                            if (m >> 16 == bin) t[k << 16 | (m & 0xFFFF)]++;
-                        }
+                        // Zeros fall in bin 0; counted at once rather than one increment of t[0] each.
+                        var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
+                        zeros += BitOperations.PopCount(zero);
+                        inBin &= ~zero;
+                    }
+                    for (; inBin != 0; inBin &= inBin - 1)
+                    {
+                        t[uints[i + BitOperations.TrailingZeroCount(inBin)] & 0xFFFF]++;
                     }
                 }
-                for (; i < end; i++)
-                {
-                    var m = uints[i] & MagnitudeMask;
-                    if (m >> 16 == bin) t[m & 0xFFFF]++;
-                }
             }
+            for (; i < count; i++)
+            {
+                var m = uints[i] & MagnitudeMask;
+                if (m >> 16 == bin) t[m & 0xFFFF]++;
+            }
+            t[0] += (uint)zeros;
         }
     }
 

@@ -241,7 +241,12 @@ public sealed class MergeExecutor
         public L1Accumulator? L1Before, L1After;
         public long Dropped;
         public MagnitudeSelection? Selection;
+        /// <summary>The coarse histogram is counted by the fused δ kernel in the first pass, not by a pass of its own.</summary>
+        public bool CoarseInDeltaPass;
         public long TiesLeft;
+
+        /// <summary>Whether δ comes from <see cref="ChunkKernels.WidenSubtractMask"/> (one fused pass) rather than torch ops.</summary>
+        public bool UsesFusedKernel => Tuned is { DType: SafetensorsDType.BF16 } && !L1;
     }
 
     private delegate void ChunkConsumer(long first, Tensor baseChunk, Tensor delta);
@@ -292,6 +297,10 @@ public sealed class MergeExecutor
         }
 
         var chunk = Math.Max(1, Math.Min(n, ChunkElements));
+        foreach (var leaf in leaves)
+        {
+            leaf.CoarseInDeltaPass = leaf.Selection is { NeedsPasses: true } && leaf.UsesFusedKernel && chunk <= MagnitudeSelection.MaxSpan;
+        }
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
         var cachedBase = (Tensor?)null;
         var cachedDeltas = (Tensor[]?)null;
@@ -335,7 +344,7 @@ public sealed class MergeExecutor
             {
                 for (var i = 0; i < leaves.Length; i++)
                 {
-                    if (leaves[i].Selection is { NeedsPasses: true } s) { using (PhaseProfile.Time(_profile, Phase.Select)) AddCoarse(s, deltas[i]); }
+                    if (leaves[i].Selection is { NeedsPasses: true } s && !leaves[i].CoarseInDeltaPass) { using (PhaseProfile.Time(_profile, Phase.Select)) AddCoarse(s, deltas[i]); }
                 }
             });
             using (PhaseProfile.Time(_profile, Phase.Select)) selecting.ForEach(l => l.Selection!.FinishCoarse());
@@ -417,9 +426,9 @@ public sealed class MergeExecutor
     {
         if (leaf.Tuned is null) return zeros(new[] { count }, ScalarType.Float32);
         Tensor delta;
-        if (leaf.Tuned.DType == SafetensorsDType.BF16 && baseChunk.dtype == ScalarType.Float32 && !leaf.L1)
+        if (leaf.UsesFusedKernel)
         {
-            // One pass over the chunk: widen, subtract the base and apply the DARE mask block by block.
+            // One pass over the chunk: widen, subtract the base, apply the DARE mask (and count the coarse histogram) block by block.
             var raw = workspace.Staging(count * sizeof(ushort));
             using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(leaf.Tuned, first, count, TensorMemory.Pointer(raw));
             delta = workspace.Floats(slot, count);
@@ -427,7 +436,7 @@ public sealed class MergeExecutor
             using (PhaseProfile.Time(_profile, Phase.DeltaFused))
             {
                 chunkDropped = ChunkKernels.WidenSubtractMask((ushort*)TensorMemory.Pointer(raw), TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta),
-                    first, count, leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale);
+                    first, count, leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale, firstPass && leaf.CoarseInDeltaPass ? leaf.Selection : null);
             }
             if (firstPass) leaf.Dropped += chunkDropped;
             return delta;
