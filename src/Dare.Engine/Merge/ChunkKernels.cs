@@ -27,27 +27,28 @@ internal static unsafe class ChunkKernels
     /// <summary>
     /// δ[i] = (float)tuned[i] − base[i] for bfloat16 <paramref name="tuned"/>, and, when <paramref name="dare"/> is set,
     /// DARE's drop and rescale applied to each block right after it is computed (elements [first, first + count) of the
-    /// tensor); when <paramref name="coarse"/> is given, the final δ is also counted into its coarse histogram while the
-    /// block is still in cache. Returns how many elements DARE dropped.
+    /// tensor); when <paramref name="sample"/> is given, the final δ is also added to its sample while the block is
+    /// still in cache (<see cref="MagnitudeSelection.AddSample"/>). Returns how many elements DARE dropped.
     /// </summary>
     public static long WidenSubtractMask(ushort* tuned, float* baseValues, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
-        MagnitudeSelection? coarse = null)
+        MagnitudeSelection? sample = null)
     {
-        if (coarse is not null && count > MagnitudeSelection.MaxSpan) throw new ArgumentOutOfRangeException(nameof(count), "Too many elements to count in one pass.");
+        if (sample is not null && count > MagnitudeSelection.MaxSpan) throw new ArgumentOutOfRangeException(nameof(count), "Too many elements to sample in one pass.");
         var ranges = MagnitudeSelection.Ranges(count);
         var dropped = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
-            var tables = coarse is null ? null : MagnitudeSelection.RentCoarseTables();
+            var table = sample is null ? null : MagnitudeSelection.RentSampleTable();
+            long nonZero = 0;
             for (var block = start; block < end; block += Block)
             {
                 var length = Math.Min(Block, end - block);
                 WidenSubtract(tuned + block, baseValues + block, delta + block, length);
                 if (dare) dropped[r] += DareMask.Apply(delta + block, first + block, length, key, threshold, scale);
-                if (tables is not null) MagnitudeSelection.CountCoarse(tables, (uint*)(delta + block), length, interleave: true);
+                if (table is not null) nonZero += MagnitudeSelection.CountSample(table, (uint*)(delta + block), first + block, length);
             }
-            if (tables is not null) coarse!.AddCoarseCounts(tables);
+            if (table is not null) sample!.AddSampleCounts(table, nonZero);
         });
         return dropped.Sum();
     }

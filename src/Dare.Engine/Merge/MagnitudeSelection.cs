@@ -8,14 +8,17 @@ namespace Dare.Engine.Merge;
 /// of |x|'s IEEE bit pattern (monotonic in |x|) finds the bin holding the k-th largest magnitude, a fine histogram
 /// of the lower 16 bits inside that bin finds the exact value. Memory is two 64K-entry histograms whatever the
 /// tensor size; the data may arrive in chunks (each pass sees every chunk in element order).
+/// A faster route to the same threshold (sample, then one bracketed pass) is in MagnitudeSelection.Bracket.cs.
 /// Keep rule: every |x| above the threshold, plus the first <see cref="TiesToKeep"/> equal to it, in element order.
 /// </summary>
-public sealed class MagnitudeSelection
+public sealed partial class MagnitudeSelection
 {
     private const uint MagnitudeMask = 0x7FFFFFFF;
-    private readonly long[] _coarse = new long[1 << 16];
-    private readonly long[] _fine = new long[1 << 16];
+    // Allocated by the exact passes only (the bracketed route usually makes them unnecessary).
+    private long[]? _coarse;
+    private long[]? _fine;
     private readonly long _keep;
+    private readonly long _elementCount;
     private long _needInBin;
     private uint _bin;
 
@@ -24,6 +27,7 @@ public sealed class MagnitudeSelection
     public MagnitudeSelection(long keep, long elementCount)
     {
         _keep = keep;
+        _elementCount = elementCount;
         KeepAll = keep >= elementCount;
         KeepNone = keep <= 0;
     }
@@ -40,10 +44,11 @@ public sealed class MagnitudeSelection
     /// <summary>The threshold magnitude itself.</summary>
     public float Threshold => BitConverter.UInt32BitsToSingle(ThresholdBits);
 
-    public unsafe void AddCoarse(float* data, long count) => Histogram(data, count, _coarse, fineBin: null);
+    public unsafe void AddCoarse(float* data, long count) => Histogram(data, count, _coarse ??= new long[1 << 16], fineBin: null);
 
     public void FinishCoarse()
     {
+        _coarse ??= new long[1 << 16];
         long above = 0;
         for (var b = _coarse.Length - 1; b >= 0; b--)
         {
@@ -60,11 +65,12 @@ public sealed class MagnitudeSelection
 
     public unsafe void AddFine(float* data, long count)
     {
-        Histogram(data, count, _fine, fineBin: _bin);
+        Histogram(data, count, _fine ??= new long[1 << 16], fineBin: _bin);
     }
 
     public void FinishFine()
     {
+        _fine ??= new long[1 << 16];
         long above = 0;
         for (var f = _fine.Length - 1; f >= 0; f--)
         {
@@ -211,15 +217,6 @@ public sealed class MagnitudeSelection
         });
     }
 
-    /// <summary>
-    /// Coarse counting done by the caller's own loop (fused into computing the data, while it is in cache): rent
-    /// interleaved tables on the counting thread, <see cref="CountCoarse"/> blocks of at most <see cref="MaxSpan"/>
-    /// elements in all into them, then <see cref="AddCoarseCounts"/>.
-    /// </summary>
-    internal static uint[] RentCoarseTables() => RentTables(interleave: true);
-
-    internal void AddCoarseCounts(uint[] tables) => AddTables(tables, _coarse, interleave: true);
-
     private static uint[] RentTables(bool interleave)
     {
         var tables = t_tables ??= new uint[4 << 16];
@@ -243,7 +240,7 @@ public sealed class MagnitudeSelection
     /// vector compare; only non-zero lanes touch the tables, lane i into table i mod 4 when interleaving, so runs of
     /// equal magnitudes do not serialise on one counter.
     /// </summary>
-    internal static unsafe void CountCoarse(uint[] tables, uint* uints, long count, bool interleave)
+    private static unsafe void CountCoarse(uint[] tables, uint* uints, long count, bool interleave)
     {
         long i = 0, zeros = 0;
         // Table offsets of lanes 1, 2 and 3 (mod 4); all 0 without interleaving.

@@ -241,8 +241,8 @@ public sealed class MergeExecutor
         public L1Accumulator? L1Before, L1After;
         public long Dropped;
         public MagnitudeSelection? Selection;
-        /// <summary>The coarse histogram is counted by the fused δ kernel in the first pass, not by a pass of its own.</summary>
-        public bool CoarseInDeltaPass;
+        /// <summary>The selection's sample is taken by the fused δ kernel in the first pass.</summary>
+        public bool SampleInDeltaPass;
         public long TiesLeft;
 
         /// <summary>Whether δ comes from <see cref="ChunkKernels.WidenSubtractMask"/> (one fused pass) rather than torch ops.</summary>
@@ -299,7 +299,7 @@ public sealed class MergeExecutor
         var chunk = Math.Max(1, Math.Min(n, ChunkElements));
         foreach (var leaf in leaves)
         {
-            leaf.CoarseInDeltaPass = leaf.Selection is { NeedsPasses: true } && leaf.UsesFusedKernel && chunk <= MagnitudeSelection.MaxSpan;
+            leaf.SampleInDeltaPass = leaf.Selection is { NeedsPasses: true } && leaf.UsesFusedKernel && chunk <= MagnitudeSelection.MaxSpan;
         }
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
         var cachedBase = (Tensor?)null;
@@ -337,29 +337,55 @@ public sealed class MergeExecutor
             pass++;
         }
 
-        var selecting = leaves.Where(l => l.Selection is { NeedsPasses: true }).ToList();
-        if (selecting.Count > 0 || leaves.Any(l => l.L1))
+        // TIES thresholds (see MagnitudeSelection): the first pass samples δ, which usually settles the threshold or
+        // brackets it for one more pass; the exact coarse and fine passes run only when the sample misled.
+        var steps = new SelectionStep[leaves.Length];
+        if (leaves.Any(l => l.Selection is { NeedsPasses: true } || l.L1))
         {
+            ForEachChunk((first, _, deltas) =>
+            {
+                for (var i = 0; i < leaves.Length; i++)
+                {
+                    if (leaves[i].Selection is { NeedsPasses: true } s && !leaves[i].SampleInDeltaPass) { using (PhaseProfile.Time(_profile, Phase.Select)) AddSample(s, deltas[i], first); }
+                }
+            });
+            for (var i = 0; i < leaves.Length; i++)
+            {
+                if (leaves[i].Selection is { NeedsPasses: true } s) steps[i] = s.FinishSample();
+            }
+        }
+        SelectionPass(SelectionStep.Bracket, AddBracket, s => s.FinishBracket());
+        SelectionPass(SelectionStep.CoarseAndFine, AddCoarse, s =>
+        {
+            s.FinishCoarse();
+            return SelectionStep.CoarseAndFine;
+        });
+        SelectionPass(SelectionStep.CoarseAndFine, AddFine, s =>
+        {
+            s.FinishFine();
+            return SelectionStep.Done;
+        });
+
+        // One pass over every chunk for the leaves at <paramref name="step"/>, then <paramref name="finish"/> gives each its next step.
+        void SelectionPass(SelectionStep step, Action<MagnitudeSelection, Tensor> add, Func<MagnitudeSelection, SelectionStep> finish)
+        {
+            if (!steps.Contains(step)) return;
             ForEachChunk((_, _, deltas) =>
             {
                 for (var i = 0; i < leaves.Length; i++)
                 {
-                    if (leaves[i].Selection is { NeedsPasses: true } s && !leaves[i].CoarseInDeltaPass) { using (PhaseProfile.Time(_profile, Phase.Select)) AddCoarse(s, deltas[i]); }
+                    if (steps[i] == step) { using (PhaseProfile.Time(_profile, Phase.Select)) add(leaves[i].Selection!, deltas[i]); }
                 }
             });
-            using (PhaseProfile.Time(_profile, Phase.Select)) selecting.ForEach(l => l.Selection!.FinishCoarse());
-        }
-        if (selecting.Count > 0)
-        {
-            ForEachChunk((_, _, deltas) =>
+            using (PhaseProfile.Time(_profile, Phase.Select))
             {
                 for (var i = 0; i < leaves.Length; i++)
                 {
-                    if (leaves[i].Selection is { NeedsPasses: true } s) { using (PhaseProfile.Time(_profile, Phase.Select)) AddFine(s, deltas[i]); }
+                    if (steps[i] == step) steps[i] = finish(leaves[i].Selection!);
                 }
-            });
-            using (PhaseProfile.Time(_profile, Phase.Select)) selecting.ForEach(l => l.Selection!.FinishFine());
+            }
         }
+
         foreach (var leaf in leaves) leaf.TiesLeft = leaf.Selection?.TiesToKeep ?? 0;
         var l1Scales = leaves.Select(l => l.L1 && l.L1After!.Total > 0 ? l.L1Before!.Total / l.L1After.Total : 1.0).ToArray();
 
@@ -368,7 +394,8 @@ public sealed class MergeExecutor
             for (var i = 0; i < leaves.Length; i++)
             {
                 var leaf = leaves[i];
-                if (leaf.Selection is { } selection)
+                // TIES ignores zeros, so a trim that could only change the sign of a zero is skipped.
+                if (leaf.Selection is { TrimKeepsEveryNonZero: false } selection)
                 {
                     using (PhaseProfile.Time(_profile, Phase.Trim)) Trim(selection, deltas[i], ref leaf.TiesLeft);
                 }
@@ -436,7 +463,7 @@ public sealed class MergeExecutor
             using (PhaseProfile.Time(_profile, Phase.DeltaFused))
             {
                 chunkDropped = ChunkKernels.WidenSubtractMask((ushort*)TensorMemory.Pointer(raw), TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta),
-                    first, count, leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale, firstPass && leaf.CoarseInDeltaPass ? leaf.Selection : null);
+                    first, count, leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale, firstPass && leaf.SampleInDeltaPass ? leaf.Selection : null);
             }
             if (firstPass) leaf.Dropped += chunkDropped;
             return delta;
@@ -462,6 +489,8 @@ public sealed class MergeExecutor
         return delta;
     }
 
+    private static unsafe void AddSample(MagnitudeSelection selection, Tensor delta, long first) => selection.AddSample(TensorMemory.Floats(delta), first, delta.shape[0]);
+    private static unsafe void AddBracket(MagnitudeSelection selection, Tensor delta) => selection.AddBracket(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void AddCoarse(MagnitudeSelection selection, Tensor delta) => selection.AddCoarse(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);

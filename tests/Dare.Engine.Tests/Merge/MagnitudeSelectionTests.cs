@@ -6,11 +6,16 @@ namespace Dare.Engine.Tests.Merge;
 /// <summary>The histogram top-k against "sort by (|x| descending, index ascending), take the first k".</summary>
 public sealed class MagnitudeSelectionTests
 {
-    /// <summary>Runs the selection over <paramref name="data"/> split into pieces of the given lengths; returns the trimmed copy.</summary>
-    private static unsafe (float[] Trimmed, MagnitudeSelection Selection) Select(float[] data, long keep, int[] pieces)
+    /// <summary>
+    /// Runs the selection over <paramref name="data"/> split into pieces of the given lengths, by the exact passes or
+    /// (<paramref name="sampled"/>) by the sampled route, falling back as the executor does; returns the trimmed copy
+    /// and the steps the sampled route took.
+    /// </summary>
+    private static unsafe (float[] Trimmed, MagnitudeSelection Selection, List<SelectionStep> Steps) Select(float[] data, long keep, int[] pieces, bool sampled = false)
     {
         var copy = (float[])data.Clone();
         var selection = new MagnitudeSelection(keep, copy.Length);
+        var steps = new List<SelectionStep>();
         fixed (float* pinned = copy)
         {
             var start = (IntPtr)pinned;
@@ -24,7 +29,18 @@ public sealed class MagnitudeSelectionTests
                 }
                 Assert.Equal(copy.Length, at);
             }
-            if (selection.NeedsPasses)
+            var step = selection.NeedsPasses ? SelectionStep.CoarseAndFine : SelectionStep.Done;
+            if (sampled && selection.NeedsPasses)
+            {
+                EachPiece((q, n) => selection.AddSample((float*)q, (q - start) / sizeof(float), n));
+                steps.Add(step = selection.FinishSample());
+                if (step == SelectionStep.Bracket)
+                {
+                    EachPiece((q, n) => selection.AddBracket((float*)q, n));
+                    steps.Add(step = selection.FinishBracket());
+                }
+            }
+            if (step == SelectionStep.CoarseAndFine)
             {
                 EachPiece((q, n) => selection.AddCoarse((float*)q, n));
                 selection.FinishCoarse();
@@ -34,7 +50,7 @@ public sealed class MagnitudeSelectionTests
             var tiesLeft = selection.TiesToKeep;
             EachPiece((q, n) => selection.Trim((float*)q, n, ref tiesLeft));
         }
-        return (copy, selection);
+        return (copy, selection, steps);
     }
 
     private static int[] Pieces(int n, int pieceCount, Random random)
@@ -79,12 +95,20 @@ public sealed class MagnitudeSelectionTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void Kept_set_equals_the_sorted_selection_whatever_the_chunks(string kind, int n, double keepRatio, int pieceCount)
+    public void Kept_set_equals_the_sorted_selection_whatever_the_chunks(string kind, int n, double keepRatio, int pieceCount) =>
+        AssertSelectionIsExact(kind, n, keepRatio, pieceCount, sampled: false);
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void The_sampled_route_finds_the_same_threshold_and_kept_set(string kind, int n, double keepRatio, int pieceCount) =>
+        AssertSelectionIsExact(kind, n, keepRatio, pieceCount, sampled: true);
+
+    private static void AssertSelectionIsExact(string kind, int n, double keepRatio, int pieceCount, bool sampled)
     {
         var random = new Random(kind.Sum(c => c) * 7919 + n * 31 + (int)(keepRatio * 10_000) * 17 + pieceCount);
         var data = Data(kind, n, random);
         var keep = (int)Math.Round(keepRatio * n);
-        var (trimmed, selection) = Select(data, keep, Pieces(n, pieceCount, random));
+        var (trimmed, selection, _) = Select(data, keep, Pieces(n, pieceCount, random), sampled);
         var expected = Reference.TopMagnitude(data, keep);
         for (var i = 0; i < n; i++)
         {
@@ -100,6 +124,67 @@ public sealed class MagnitudeSelectionTests
             var kth = data.Select(MathF.Abs).OrderDescending().ElementAt(keep - 1);
             Assert.Equal(kth, selection.Threshold);
         }
+    }
+
+    /// <summary>Gaussian magnitudes with bfloat16-like repeats (as δ of bf16 weights), a tenth of them zero unless <paramref name="zeroFraction"/> says otherwise.</summary>
+    private static float[] TaskVectorLike(int n, Random random, double zeroFraction = 0.1)
+    {
+        return Enumerable.Range(0, n).Select(_ =>
+        {
+            if (random.NextDouble() < zeroFraction) return 0f;
+            var gaussian = Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble());
+            var value = (float)(gaussian * 0.002);
+            return BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(value) & 0xFFFF0000u); // 8 significant bits
+        }).ToArray();
+    }
+
+    [Fact]
+    public void A_representative_tensor_needs_only_the_sample_and_one_bracket_pass()
+    {
+        var random = new Random(11);
+        var data = TaskVectorLike(1_000_000, random);
+        var keep = 200_000;
+
+        var (trimmed, selection, steps) = Select(data, keep, Pieces(data.Length, 3, random), sampled: true);
+
+        Assert.Equal(new[] { SelectionStep.Bracket, SelectionStep.Done }, steps);
+        var expected = Reference.TopMagnitude(data, keep);
+        Assert.Equal(data.Select((x, i) => expected[i] ? x : 0f), trimmed);
+        Assert.Equal(data.Select(MathF.Abs).OrderDescending().ElementAt(keep - 1), selection.Threshold);
+    }
+
+    [Fact]
+    public void After_a_dare_drop_keeping_more_than_the_survivors_is_settled_by_the_sample_alone()
+    {
+        var random = new Random(12);
+        var data = TaskVectorLike(100_000, random, zeroFraction: 0.9);
+        var nonZero = data.Count(x => x != 0);
+
+        var (trimmed, selection, steps) = Select(data, 50_000, Pieces(data.Length, 2, random), sampled: true);
+
+        Assert.Equal(new[] { SelectionStep.Done }, steps);
+        Assert.Equal(0u, selection.ThresholdBits);
+        Assert.Equal(50_000 - nonZero, selection.TiesToKeep);
+        Assert.True(selection.TrimKeepsEveryNonZero);
+        Assert.Equal(data.Where(x => x != 0).Count(), trimmed.Count(x => x != 0));
+    }
+
+    [Fact]
+    public void A_misleading_sample_falls_back_to_the_exact_passes_and_stays_exact()
+    {
+        // Every sampled position (index % SampleStride == 0) holds a large value, every other position a small one: the sample
+        // puts the threshold among the large values, where it is not.
+        var n = 200_000;
+        var random = new Random(13);
+        var data = Enumerable.Range(0, n).Select(i => (i % MagnitudeSelection.SampleStride == 0 ? 1000f : 1f) * (1 + random.Next(1000) / 1000f)).ToArray();
+        var keep = n / 10;
+
+        var (trimmed, selection, steps) = Select(data, keep, Pieces(n, 2, random), sampled: true);
+
+        Assert.Equal(SelectionStep.CoarseAndFine, steps[^1]);
+        var expected = Reference.TopMagnitude(data, keep);
+        Assert.Equal(data.Select((x, i) => expected[i] ? x : 0f), trimmed);
+        Assert.Equal(data.Select(MathF.Abs).OrderDescending().ElementAt(keep - 1), selection.Threshold);
     }
 
     [Fact]

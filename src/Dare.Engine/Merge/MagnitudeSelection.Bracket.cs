@@ -1,0 +1,256 @@
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.Intrinsics;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>What a selection needs next.</summary>
+public enum SelectionStep
+{
+    /// <summary>The threshold is known.</summary>
+    Done,
+
+    /// <summary>One pass of <see cref="MagnitudeSelection.AddBracket"/>, then <see cref="MagnitudeSelection.FinishBracket"/>.</summary>
+    Bracket,
+
+    /// <summary>The exact passes: AddCoarse, FinishCoarse, AddFine, FinishFine.</summary>
+    CoarseAndFine,
+}
+
+/// <summary>
+/// The fast route to the same exact threshold. Counting every element into a 64K-entry histogram costs about a
+/// nanosecond per element, more than computing δ. Instead, the pass that computes δ also counts the non-zero
+/// elements (vector compares) and histograms every 17th element (a prime stride, so it does not alias with tensor
+/// shapes). If no more than k elements are non-zero, the threshold is 0 and there is nothing else to do (the usual
+/// case after a DARE drop). Otherwise the sample brackets the k-th largest magnitude within a few coarse bins, and
+/// one pass counts the elements above the bracket (vector compares) and histograms only those inside it, at full
+/// resolution. Both counts are exact, so the bracket either provably holds the threshold or the exact passes run.
+/// </summary>
+public sealed partial class MagnitudeSelection
+{
+    /// <summary>Every SampleStride-th element of the tensor (by index) is sampled.</summary>
+    internal const int SampleStride = 17;
+
+    /// <summary>Widest bracket, in coarse bins: its histogram has this many × 64K entries.</summary>
+    private const int MaxBracketBins = 16;
+
+    /// <summary>Samples below this many give no useful bracket; the exact passes run instead.</summary>
+    private const long MinSampleSize = 1024;
+
+    private long[]? _sample;
+    private long _nonZero;
+    private uint _bracketLow, _bracketHigh;
+    private long _aboveBracket, _zerosInBracket;
+    private long[]? _bracket;
+
+    [ThreadStatic]
+    private static uint[]? t_bracketTable;
+
+    /// <summary>
+    /// Sample statistics of elements [first, first + count) of the tensor: every piece must be added once (in any
+    /// order) before <see cref="FinishSample"/>.
+    /// </summary>
+    public unsafe void AddSample(float* data, long first, long count)
+    {
+        var ranges = Ranges(count);
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (start, end) = ranges[r];
+            var table = RentSampleTable();
+            var nonZero = CountSample(table, (uint*)data + start, first + start, end - start);
+            AddSampleCounts(table, nonZero);
+        });
+    }
+
+    /// <summary>A cleared per-thread table for <see cref="CountSample"/> (used by kernels that sample while computing the data).</summary>
+    internal static uint[] RentSampleTable() => RentTables(interleave: false);
+
+    /// <summary>
+    /// Counts the non-zero magnitudes among <paramref name="count"/> elements (tensor index <paramref name="first"/>
+    /// onwards) and adds the sampled ones' coarse bins to <paramref name="table"/>; returns the non-zero count.
+    /// </summary>
+    internal static unsafe long CountSample(uint[] table, uint* bits, long first, long count)
+    {
+        long i = 0, nonZero = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var magnitude = Vector256.Create(MagnitudeMask);
+            for (; i <= count - 8; i += 8)
+            {
+                var zero = Vector256.Equals(Vector256.Load(bits + i) & magnitude, Vector256<uint>.Zero);
+                nonZero += 8 - BitOperations.PopCount(zero.ExtractMostSignificantBits());
+            }
+        }
+        for (; i < count; i++)
+        {
+            if ((bits[i] & MagnitudeMask) != 0) nonZero++;
+        }
+        for (var j = (SampleStride - first % SampleStride) % SampleStride; j < count; j += SampleStride)
+        {
+            table[(bits[j] & MagnitudeMask) >> 16]++;
+        }
+        return nonZero;
+    }
+
+    internal void AddSampleCounts(uint[] table, long nonZero)
+    {
+        var sample = _sample ??= new long[1 << 16];
+        lock (sample)
+        {
+            for (var b = 0; b < sample.Length; b++) sample[b] += table[b];
+            _nonZero += nonZero;
+        }
+    }
+
+    /// <summary>After the sample: the threshold when at most k elements are non-zero, else a bracket to count, or the exact passes.</summary>
+    public SelectionStep FinishSample()
+    {
+        if (!NeedsPasses) return SelectionStep.Done;
+        if (_nonZero <= _keep)
+        {
+            // The k-th largest magnitude is 0: everything non-zero is kept, and k − nonZero of the zeros.
+            ThresholdBits = 0;
+            TiesToKeep = _keep - _nonZero;
+            return SelectionStep.Done;
+        }
+        var sample = _sample ?? new long[1 << 16];
+        var size = sample.Sum();
+        if (size < MinSampleSize) return SelectionStep.CoarseAndFine;
+
+        // Ranks counted from the largest magnitude; the threshold is expected at sample rank q·S. The margin is five
+        // standard deviations of that rank, so the exact passes are needed about once in a million tensors.
+        var q = (double)_keep / _elementCount;
+        var expected = q * size;
+        var margin = 5 * Math.Sqrt(size * q * (1 - q)) + 8;
+        var (upperRank, lowerRank) = (expected - margin, expected + margin);
+        const int highestBin = (int)(MagnitudeMask >> 16);
+        int top = highestBin, bottom = 0;
+        long above = 0;
+        var topFound = upperRank < 0;
+        for (var b = highestBin; b >= 0; b--)
+        {
+            above += sample[b];
+            if (!topFound && above > upperRank)
+            {
+                top = b;
+                topFound = true;
+            }
+            if (above >= lowerRank)
+            {
+                bottom = b;
+                break;
+            }
+        }
+        if (top - bottom + 1 > MaxBracketBins) return SelectionStep.CoarseAndFine;
+        _bracketLow = (uint)bottom << 16;
+        _bracketHigh = (uint)(top + 1) << 16;
+        _aboveBracket = 0;
+        _zerosInBracket = 0;
+        var width = (int)(_bracketHigh - _bracketLow);
+        _bracket = ArrayPool<long>.Shared.Rent(width);
+        Array.Clear(_bracket, 0, width);
+        return SelectionStep.Bracket;
+    }
+
+    /// <summary>Counts one piece of the data against the bracket; every element must be added once, in any order.</summary>
+    public unsafe void AddBracket(float* data, long count)
+    {
+        var ranges = Ranges(count);
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (rangeStart, rangeEnd) = ranges[r];
+            var width = (int)(_bracketHigh - _bracketLow);
+            var table = t_bracketTable ??= new uint[MaxBracketBins << 16];
+            for (var start = rangeStart; start < rangeEnd; start += MaxSpan)
+            {
+                var end = Math.Min(rangeEnd, start + MaxSpan);
+                Array.Clear(table, 0, width);
+                var (above, zeros) = CountBracket(table, (uint*)data + start, end - start, _bracketLow, _bracketHigh);
+                lock (_bracket!)
+                {
+                    for (var b = 0; b < width; b++) _bracket[b] += table[b];
+                    _aboveBracket += above;
+                    _zerosInBracket += zeros;
+                }
+            }
+        });
+    }
+
+    /// <summary>
+    /// Counts magnitudes at or above <paramref name="high"/>, and histograms those in [low, high) by their offset from
+    /// <paramref name="low"/>; zeros (when low is 0) are counted apart, eight at a time. Returns (above, zeros).
+    /// </summary>
+    private static unsafe (long Above, long Zeros) CountBracket(uint[] table, uint* bits, long count, uint low, uint high)
+    {
+        long i = 0, above = 0, zeros = 0;
+        fixed (uint* t = table)
+        {
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var magnitude = Vector256.Create(MagnitudeMask);
+                var lowVector = Vector256.Create(low);
+                var highVector = Vector256.Create(high);
+                for (; i <= count - 8; i += 8)
+                {
+                    var m = Vector256.Load(bits + i) & magnitude;
+                    var isAbove = Vector256.GreaterThanOrEqual(m, highVector);
+                    above += BitOperations.PopCount(isAbove.ExtractMostSignificantBits());
+                    var inside = (Vector256.GreaterThanOrEqual(m, lowVector) & ~isAbove).ExtractMostSignificantBits();
+                    if (inside == 0) continue;
+                    if (low == 0)
+                    {
+                        var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
+                        zeros += BitOperations.PopCount(zero);
+                        inside &= ~zero;
+                    }
+                    for (; inside != 0; inside &= inside - 1)
+                    {
+                        t[(bits[i + BitOperations.TrailingZeroCount(inside)] & MagnitudeMask) - low]++;
+                    }
+                }
+            }
+            for (; i < count; i++)
+            {
+                var m = bits[i] & MagnitudeMask;
+                if (m >= high) above++;
+                else if (m >= low) t[m - low]++;
+            }
+        }
+        return (above, zeros);
+    }
+
+    /// <summary>Finds the threshold inside the bracket; <see cref="SelectionStep.CoarseAndFine"/> when the sample misled and it lies outside.</summary>
+    public SelectionStep FinishBracket()
+    {
+        var bracket = _bracket ?? throw new InvalidOperationException("No bracket was planned.");
+        _bracket = null;
+        try
+        {
+            bracket[0] += _zerosInBracket;
+            var need = _keep - _aboveBracket;
+            if (need <= 0) return SelectionStep.CoarseAndFine;
+            long above = 0;
+            for (var b = (int)(_bracketHigh - _bracketLow) - 1; b >= 0; b--)
+            {
+                if (above + bracket[b] >= need)
+                {
+                    ThresholdBits = _bracketLow + (uint)b;
+                    TiesToKeep = need - above;
+                    return SelectionStep.Done;
+                }
+                above += bracket[b];
+            }
+            return SelectionStep.CoarseAndFine;
+        }
+        finally
+        {
+            ArrayPool<long>.Shared.Return(bracket);
+        }
+    }
+
+    /// <summary>
+    /// True when trimming can change no value but the sign of a zero: everything is kept, or the threshold is 0
+    /// (every non-zero element is above it). A merge that ignores zeros may then skip the trim.
+    /// </summary>
+    public bool TrimKeepsEveryNonZero => KeepAll || (!KeepNone && ThresholdBits == 0);
+}
