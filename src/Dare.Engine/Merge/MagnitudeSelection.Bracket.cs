@@ -160,7 +160,8 @@ public sealed partial class MagnitudeSelection
         {
             var (rangeStart, rangeEnd) = ranges[r];
             var width = (int)(_bracketHigh - _bracketLow);
-            var table = t_bracketTable ??= new uint[MaxBracketBins << 16];
+            // Grown to the widest bracket seen, so a thread's table is only as large as the brackets need.
+            if (t_bracketTable is not { } table || table.Length < width) t_bracketTable = table = new uint[width];
             for (var start = rangeStart; start < rangeEnd; start += MaxSpan)
             {
                 var end = Math.Min(rangeEnd, start + MaxSpan);

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.Intrinsics;
 using Dare.Engine.Safetensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -103,23 +102,7 @@ public sealed class MergeExecutor
                 }
                 else
                 {
-                    ProcessTensor(vector, info, reader, workspace, layerCount, (_, baseChunk, delta) =>
-                    {
-                        Tensor result;
-                        using (PhaseProfile.Time(_profile, Phase.ToOutput)) result = options.DeltaOnly ? delta : baseChunk.add_(delta);
-                        if (result.dtype == outputDType)
-                        {
-                            // Already in the output dtype: a reused buffer the next chunk overwrites, so written at once.
-                            using (PhaseProfile.Time(_profile, Phase.Write)) appender.Append(result);
-                            return;
-                        }
-                        // The output buffer is refilled only once the previous chunk's write is done; copy_ runs the
-                        // same conversion as to_type; the write then overlaps the computation of the next chunk.
-                        using (PhaseProfile.Time(_profile, Phase.Write)) appender.Wait();
-                        Tensor output;
-                        using (PhaseProfile.Time(_profile, Phase.ToOutput)) output = workspace.Output(outputDType, result.shape[0]).copy_(result);
-                        appender.AppendAsync(OutputPointer(output), output.NumberOfElements * output.ElementSize);
-                    });
+                    ProcessTensor(vector, info, reader, workspace, layerCount, new ExportSink(appender, workspace, outputDType, options.DeltaOnly, _profile));
                 }
             }
             bytesRead += info.ByteLength * (1 + vector.Sources.Count);
@@ -139,7 +122,6 @@ public sealed class MergeExecutor
         return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
     }
 
-    private static unsafe IntPtr OutputPointer(Tensor tensor) => (IntPtr)TensorMemory.Pointer(tensor);
 
     /// <summary>The task vector's float32 δ for one tensor, in the tensor's shape. The caller owns (disposes) it.</summary>
     public Tensor ComputeDelta(TaskVector vector, string tensorName)
@@ -157,8 +139,8 @@ public sealed class MergeExecutor
         using var workspace = new ChunkWorkspace();
         using (NewDisposeScope())
         {
-            ProcessTensor(vector, info, reader, workspace, LayerCount(vector.Base), (first, _, delta) =>
-                result.narrow(0, first, delta.shape[0]).copy_(delta));
+            ProcessTensor(vector, info, reader, workspace, LayerCount(vector.Base), new DeltaSink((first, _, delta) =>
+                result.narrow(0, first, delta.shape[0]).copy_(delta)));
         }
         return result.view(info.Shape);
     }
@@ -185,7 +167,7 @@ public sealed class MergeExecutor
             using (NewDisposeScope())
             {
                 var info = tensors[i];
-                var drops = ProcessTensor(vector, info, reader, workspace, layerCount, (first, _, delta) => visit(info, first, delta));
+                var drops = ProcessTensor(vector, info, reader, workspace, layerCount, new DeltaSink((first, _, delta) => visit(info, first, delta)));
                 counts.Add(drops);
                 tensorDone?.Invoke(info, drops);
             }
@@ -251,13 +233,67 @@ public sealed class MergeExecutor
 
     private delegate void ChunkConsumer(long first, Tensor baseChunk, Tensor delta);
 
+    /// <summary>Receives a tensor's merged δ chunk by chunk: first says where the combine writes it, then takes the result.</summary>
+    private interface IChunkSink
+    {
+        /// <summary>Where the combine of this chunk writes (<paramref name="firstDelta"/> is the first input's δ, overwritable).</summary>
+        CombineTarget Target(Tensor baseChunk, Tensor firstDelta);
+
+        /// <summary>The chunk of elements [first, first + count) is combined into the target.</summary>
+        void Take(long first, Tensor baseChunk, Tensor firstDelta);
+    }
+
+    /// <summary>Hands each merged δ chunk (float32, combined in place over the first input's δ) to a callback.</summary>
+    private sealed class DeltaSink(ChunkConsumer consume) : IChunkSink
+    {
+        public unsafe CombineTarget Target(Tensor baseChunk, Tensor firstDelta) => CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
+
+        public void Take(long first, Tensor baseChunk, Tensor firstDelta) => consume(first, baseChunk, firstDelta);
+    }
+
     /// <summary>
-    /// Computes the vector's δ for one tensor and hands it to <paramref name="consume"/> chunk by chunk, in element
+    /// Writes base + merged δ (or δ alone) in the output dtype. For bfloat16 and float32 the combine writes the output
+    /// bytes itself, straight into the reused output buffer; other types are added and converted by torch. Each chunk's
+    /// write overlaps the computation of the next, so the buffer is refilled only once the previous write is done.
+    /// </summary>
+    private sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, ScalarType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
+    {
+        private Tensor? _output;
+
+        public unsafe CombineTarget Target(Tensor baseChunk, Tensor firstDelta)
+        {
+            if (outputDType is not (ScalarType.BFloat16 or ScalarType.Float32))
+            {
+                _output = null;
+                return CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
+            }
+            using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
+            _output = workspace.Output(outputDType, firstDelta.shape[0]);
+            return new CombineTarget(deltaOnly ? null : TensorMemory.Floats(baseChunk), TensorMemory.Pointer(_output), outputDType == ScalarType.BFloat16);
+        }
+
+        public unsafe void Take(long first, Tensor baseChunk, Tensor firstDelta)
+        {
+            if (_output is null)
+            {
+                using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
+                using (PhaseProfile.Time(profile, Phase.ToOutput))
+                {
+                    _output = workspace.Output(outputDType, firstDelta.shape[0]).copy_(deltaOnly ? firstDelta : baseChunk.add_(firstDelta));
+                }
+            }
+            appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output), _output.NumberOfElements * _output.ElementSize);
+            _output = null;
+        }
+    }
+
+    /// <summary>
+    /// Computes the vector's δ for one tensor and hands it to <paramref name="sink"/> chunk by chunk, in element
     /// order. Steps that need the whole tensor first (L1 rescale, TIES magnitude threshold) take extra passes; a
     /// tensor that fits in one chunk is read once and kept for all passes. Chunks live in <paramref name="workspace"/>'s
-    /// reused buffers (base in slot 0, input i's δ in slot i + 1): a consumer must not keep them past its call.
+    /// reused buffers (base in slot 0, input i's δ in slot i + 1): a sink must not keep them past its call.
     /// </summary>
-    private DropCounts ProcessTensor(TaskVector vector, TensorInfo baseInfo, TensorReader reader, ChunkWorkspace workspace, int layerCount, ChunkConsumer consume)
+    private DropCounts ProcessTensor(TaskVector vector, TensorInfo baseInfo, TensorReader reader, ChunkWorkspace workspace, int layerCount, IChunkSink sink)
     {
         var position = TensorPosition.Of(baseInfo.Name, layerCount);
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
@@ -351,10 +387,17 @@ public sealed class MergeExecutor
             });
             for (var i = 0; i < leaves.Length; i++)
             {
-                if (leaves[i].Selection is { NeedsPasses: true } s) steps[i] = s.FinishSample();
+                if (leaves[i].Selection is not { NeedsPasses: true } s) continue;
+                steps[i] = s.FinishSample();
+                if (steps[i] == SelectionStep.Done) PhaseProfile.CountSelection(_profile, "sample");
             }
         }
-        SelectionPass(SelectionStep.Bracket, AddBracket, s => s.FinishBracket());
+        SelectionPass(SelectionStep.Bracket, AddBracket, s =>
+        {
+            var next = s.FinishBracket();
+            PhaseProfile.CountSelection(_profile, next == SelectionStep.Done ? "bracket" : "bracket missed");
+            return next;
+        });
         SelectionPass(SelectionStep.CoarseAndFine, AddCoarse, s =>
         {
             s.FinishCoarse();
@@ -363,6 +406,7 @@ public sealed class MergeExecutor
         SelectionPass(SelectionStep.CoarseAndFine, AddFine, s =>
         {
             s.FinishFine();
+            PhaseProfile.CountSelection(_profile, "exact passes");
             return SelectionStep.Done;
         });
 
@@ -404,9 +448,9 @@ public sealed class MergeExecutor
                     using (PhaseProfile.Time(_profile, Phase.Mask)) deltas[i].mul_(l1Scales[i]);
                 }
             }
-            Tensor combined;
-            using (PhaseProfile.Time(_profile, Phase.Combine)) combined = Combine(merge, leaves, deltas);
-            consume(first, baseChunk, combined);
+            var target = sink.Target(baseChunk, deltas[0]);
+            using (PhaseProfile.Time(_profile, Phase.Combine)) Combine(merge, leaves, deltas, target);
+            sink.Take(first, baseChunk, deltas[0]);
         });
 
         foreach (var leaf in leaves)
@@ -495,111 +539,23 @@ public sealed class MergeExecutor
     private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
 
-    /// <summary>Combines the inputs' chunks into the merged δ (λ applied), in place in the first input's chunk.</summary>
-    private static Tensor Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas)
-    {
-        if (merge is null) return deltas[0];
-        if (merge.Method == MergeMethod.Linear)
-        {
-            var sum = deltas[0].mul_(leaves[0].Weight);
-            for (var i = 1; i < deltas.Length; i++) sum.add_(deltas[i], alpha: leaves[i].Weight);
-            var totalWeight = leaves.Sum(l => (double)l.Weight);
-            var scale = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
-            return scale == 1.0 ? sum : sum.mul_(scale);
-        }
-        return TiesCombine(merge, leaves, deltas);
-    }
-
-    /// <summary>
-    /// TIES sign election and disjoint mean: γ = sign(Σ wᵢtᵢ) (or of #positive − #negative), ties to +; the result is
-    /// Σ wᵢtᵢ over the inputs whose sign agrees with γ, divided by Σ wᵢ over them when normalizing (0 where none agree).
-    /// </summary>
-    private static unsafe Tensor TiesCombine(MergeOptions merge, Leaf[] leaves, Tensor[] deltas)
+    /// <summary>Combines the inputs' chunks into the merged δ (λ applied) at <paramref name="target"/>.</summary>
+    private static unsafe void Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas, CombineTarget target)
     {
         var count = deltas[0].shape[0];
-        // In place: element j of the result depends only on element j of each input, all read before it is written.
-        var result = deltas[0];
-        var output = TensorMemory.Floats(result);
         var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
-        var weights = leaves.Select(l => (double)l.Weight).ToArray();
-        var byCount = merge.SignMethod == SignMethod.Count;
-        var normalize = merge.Normalize;
-        var lambda = merge.Lambda;
-        var ranges = MagnitudeSelection.Ranges(count);
-        Parallel.For(0, ranges.Length, r =>
+        if (merge is null)
         {
-            var (start, end) = ranges[r];
-            var j = byCount ? start : TiesCombineBySum(inputs, weights, normalize, lambda, output, start, end);
-            for (; j < end; j++)
-            {
-                double election = 0;
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    var x = ((float*)inputs[i])[j];
-                    election += byCount ? Math.Sign(x) : weights[i] * x;
-                }
-                var positive = election >= 0;
-                double sum = 0, weight = 0;
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    var x = ((float*)inputs[i])[j];
-                    if (positive ? x > 0 : x < 0)
-                    {
-                        sum += weights[i] * x;
-                        weight += weights[i];
-                    }
-                }
-                var merged = normalize ? (weight != 0 ? sum / weight : 0) : sum;
-                output[j] = (float)(merged * lambda);
-            }
-        });
-        return result;
-    }
-
-    /// <summary>
-    /// The sign-by-sum TIES combine of <see cref="TiesCombine"/>, eight elements at a time in double precision. Each
-    /// lane does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which
-    /// leaves the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
-    /// </summary>
-    internal static unsafe long TiesCombineBySum(IntPtr[] inputs, double[] weights, bool normalize, double lambda, float* output, long start, long end)
-    {
-        if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
-        var count = inputs.Length;
-        var low = stackalloc Vector256<double>[count];
-        var high = stackalloc Vector256<double>[count];
-        var zero = Vector256<double>.Zero;
-        var scale = Vector256.Create(lambda);
-        var j = start;
-        for (; j <= end - 8; j += 8)
-        {
-            Vector256<double> electionLow = zero, electionHigh = zero;
-            for (var i = 0; i < count; i++)
-            {
-                (low[i], high[i]) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
-                var w = Vector256.Create(weights[i]);
-                electionLow += w * low[i];
-                electionHigh += w * high[i];
-            }
-            var positiveLow = Vector256.GreaterThanOrEqual(electionLow, zero);
-            var positiveHigh = Vector256.GreaterThanOrEqual(electionHigh, zero);
-            Vector256<double> sumLow = zero, sumHigh = zero, weightLow = zero, weightHigh = zero;
-            for (var i = 0; i < count; i++)
-            {
-                var w = Vector256.Create(weights[i]);
-                var agreeLow = Vector256.ConditionalSelect(positiveLow, Vector256.GreaterThan(low[i], zero), Vector256.LessThan(low[i], zero));
-                var agreeHigh = Vector256.ConditionalSelect(positiveHigh, Vector256.GreaterThan(high[i], zero), Vector256.LessThan(high[i], zero));
-                sumLow += (w * low[i]) & agreeLow;
-                sumHigh += (w * high[i]) & agreeHigh;
-                weightLow += w & agreeLow;
-                weightHigh += w & agreeHigh;
-            }
-            if (normalize)
-            {
-                sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
-                sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
-            }
-            Vector256.Narrow(sumLow * scale, sumHigh * scale).Store(output + j);
+            CombineKernels.Linear(inputs, new[] { 1f }, null, target, count);
+            return;
         }
-        return j;
+        if (merge.Method == MergeMethod.Linear)
+        {
+            var totalWeight = leaves.Sum(l => (double)l.Weight);
+            var scale = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
+            CombineKernels.Linear(inputs, leaves.Select(l => l.Weight).ToArray(), scale == 1.0 ? null : (float)scale, target, count);
+            return;
+        }
+        CombineKernels.Ties(inputs, leaves.Select(l => (double)l.Weight).ToArray(), merge.SignMethod == SignMethod.Count, merge.Normalize, merge.Lambda, target, count);
     }
 }

@@ -40,6 +40,7 @@ internal sealed class PhaseProfile
     private static readonly Phase[] Phases = Enum.GetValues<Phase>();
     private readonly long[] _ticks = new long[Phases.Length];
     private readonly long[] _calls = new long[Phases.Length];
+    private readonly SortedDictionary<string, int> _selectionRoutes = new(StringComparer.Ordinal);
 
     /// <summary>A profile when DARE_PROFILE is 1 or true, else null (and every timing is a no-op).</summary>
     public static PhaseProfile? FromEnvironment() =>
@@ -71,7 +72,14 @@ internal sealed class PhaseProfile
         }
     }
 
-    /// <summary>One line per phase, then "other" (the rest of <paramref name="total"/>) and the total.</summary>
+    /// <summary>Counts how one TIES threshold was found (e.g. "sample", "bracket", "exact").</summary>
+    public static void CountSelection(PhaseProfile? profile, string route)
+    {
+        if (profile is null) return;
+        profile._selectionRoutes[route] = profile._selectionRoutes.GetValueOrDefault(route) + 1;
+    }
+
+    /// <summary>One line per phase, then "other" (the rest of <paramref name="total"/>), the total, and how TIES thresholds were found.</summary>
     public IEnumerable<string> Report(TimeSpan total)
     {
         var culture = CultureInfo.InvariantCulture;
@@ -86,5 +94,9 @@ internal sealed class PhaseProfile
         var other = Math.Max(0, totalSeconds - timed);
         yield return string.Format(culture, "profile: {0,-10} {1,8:0.000} s {2,5:0.0}% (planning, scopes and frees, progress)", "Other", other, 100 * other / totalSeconds);
         yield return string.Format(culture, "profile: {0,-10} {1,8:0.000} s", "Total", totalSeconds);
+        if (_selectionRoutes.Count > 0)
+        {
+            yield return "profile: thresholds " + string.Join(", ", _selectionRoutes.Select(r => $"{r.Value} by {r.Key}"));
+        }
     }
 }

@@ -130,7 +130,7 @@ public sealed class ChunkKernelTests
         {
             fixed (float* o = output)
             {
-                done = MergeExecutor.TiesCombineBySum(handles.Select(h => h.AddrOfPinnedObject()).ToArray(), weights, normalize, lambda, o, 0, count);
+                done = CombineKernels.TiesBySum(handles.Select(h => h.AddrOfPinnedObject()).ToArray(), weights, normalize, lambda, new CombineTarget(null, o, bfloat16: false), 0, count);
             }
         }
         finally

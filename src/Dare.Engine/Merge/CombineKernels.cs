@@ -1,0 +1,180 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// Where a combine kernel puts the merged δ, eight elements at a time while they are in registers: float32 in
+/// place (over the first input, which each element is read from before it is written), or base + δ (or δ alone)
+/// converted to bfloat16 or float32 in the export's output buffer. The additions and the conversion are the ones
+/// torch does (one float32 addition; bfloat16 rounded to nearest even, NaN as 0xFFFF), so the bytes are the same.
+/// </summary>
+internal readonly unsafe struct CombineTarget
+{
+    private readonly float* _base;
+    private readonly void* _output;
+    private readonly bool _bfloat16;
+
+    public CombineTarget(float* baseValues, void* output, bool bfloat16)
+    {
+        _base = baseValues;
+        _output = output;
+        _bfloat16 = bfloat16;
+    }
+
+    public static CombineTarget InPlace(float* delta) => new(null, delta, false);
+
+    public void Store(Vector256<float> merged, long j)
+    {
+        if (_base is not null) merged += Vector256.Load(_base + j);
+        if (_bfloat16) CombineKernels.ToBFloat16(merged).Store((ushort*)_output + j);
+        else merged.Store((float*)_output + j);
+    }
+
+    public void Store(float merged, long j)
+    {
+        if (_base is not null) merged += _base[j];
+        if (_bfloat16) ((ushort*)_output)[j] = CombineKernels.ToBFloat16(merged);
+        else ((float*)_output)[j] = merged;
+    }
+}
+
+/// <summary>The merge combines, one pass over a chunk per call, split over the cores.</summary>
+internal static unsafe class CombineKernels
+{
+    /// <summary>float32 → bfloat16 bits, rounded to nearest even; NaN becomes 0xFFFF (what torch's conversion writes).</summary>
+    public static ushort ToBFloat16(float value)
+    {
+        if (float.IsNaN(value)) return 0xFFFF;
+        var bits = BitConverter.SingleToUInt32Bits(value);
+        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
+
+    public static Vector128<ushort> ToBFloat16(Vector256<float> values)
+    {
+        var bits = values.AsUInt32();
+        var lowestKept = Vector256.ShiftRightLogical(bits, 16) & Vector256.Create(1u);
+        var rounded = Vector256.ShiftRightLogical(bits + Vector256.Create(0x7FFFu) + lowestKept, 16);
+        var isNaN = ~Vector256.Equals(values, values).AsUInt32();
+        rounded = Vector256.ConditionalSelect(isNaN, Vector256.Create(0xFFFFu), rounded);
+        return Vector128.Narrow(rounded.GetLower(), rounded.GetUpper());
+    }
+
+    /// <summary>
+    /// Σ wᵢ·δᵢ, then × <paramref name="scale"/> when given, computed as torch's mul_(w₀), add_(δᵢ, alpha: wᵢ) (a fused
+    /// multiply-add per input) and mul_(scale) compute it.
+    /// </summary>
+    public static void Linear(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target, long count)
+    {
+        var ranges = MagnitudeSelection.Ranges(count);
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (start, end) = ranges[r];
+            var j = start;
+            if (Fma.IsSupported && Vector256.IsHardwareAccelerated)
+            {
+                for (; j <= end - 8; j += 8)
+                {
+                    var sum = Vector256.Load((float*)inputs[0] + j) * Vector256.Create(weights[0]);
+                    for (var i = 1; i < inputs.Length; i++)
+                    {
+                        sum = Fma.MultiplyAdd(Vector256.Load((float*)inputs[i] + j), Vector256.Create(weights[i]), sum);
+                    }
+                    if (scale is { } s) sum *= Vector256.Create(s);
+                    target.Store(sum, j);
+                }
+            }
+            for (; j < end; j++)
+            {
+                var sum = ((float*)inputs[0])[j] * weights[0];
+                for (var i = 1; i < inputs.Length; i++) sum = MathF.FusedMultiplyAdd(((float*)inputs[i])[j], weights[i], sum);
+                if (scale is { } s) sum *= s;
+                target.Store(sum, j);
+            }
+        });
+    }
+
+    /// <summary>
+    /// TIES sign election and disjoint mean: γ = sign(Σ wᵢtᵢ) (or of #positive − #negative), ties to +; the result is
+    /// Σ wᵢtᵢ over the inputs whose sign agrees with γ, divided by Σ wᵢ over them when normalizing (0 where none
+    /// agree), times λ.
+    /// </summary>
+    public static void Ties(IntPtr[] inputs, double[] weights, bool bySignCount, bool normalize, double lambda, CombineTarget target, long count)
+    {
+        var ranges = MagnitudeSelection.Ranges(count);
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (start, end) = ranges[r];
+            var j = bySignCount ? start : TiesBySum(inputs, weights, normalize, lambda, target, start, end);
+            for (; j < end; j++)
+            {
+                double election = 0;
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    var x = ((float*)inputs[i])[j];
+                    election += bySignCount ? Math.Sign(x) : weights[i] * x;
+                }
+                var positive = election >= 0;
+                double sum = 0, weight = 0;
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    var x = ((float*)inputs[i])[j];
+                    if (positive ? x > 0 : x < 0)
+                    {
+                        sum += weights[i] * x;
+                        weight += weights[i];
+                    }
+                }
+                var merged = normalize ? (weight != 0 ? sum / weight : 0) : sum;
+                target.Store((float)(merged * lambda), j);
+            }
+        });
+    }
+
+    /// <summary>
+    /// The sign-by-sum TIES combine of <see cref="Ties"/>, eight elements at a time in double precision. Each lane
+    /// does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves
+    /// the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
+    /// </summary>
+    internal static long TiesBySum(IntPtr[] inputs, double[] weights, bool normalize, double lambda, CombineTarget target, long start, long end)
+    {
+        if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
+        var count = inputs.Length;
+        var low = stackalloc Vector256<double>[count];
+        var high = stackalloc Vector256<double>[count];
+        var zero = Vector256<double>.Zero;
+        var scale = Vector256.Create(lambda);
+        var j = start;
+        for (; j <= end - 8; j += 8)
+        {
+            Vector256<double> electionLow = zero, electionHigh = zero;
+            for (var i = 0; i < count; i++)
+            {
+                (low[i], high[i]) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
+                var w = Vector256.Create(weights[i]);
+                electionLow += w * low[i];
+                electionHigh += w * high[i];
+            }
+            var positiveLow = Vector256.GreaterThanOrEqual(electionLow, zero);
+            var positiveHigh = Vector256.GreaterThanOrEqual(electionHigh, zero);
+            Vector256<double> sumLow = zero, sumHigh = zero, weightLow = zero, weightHigh = zero;
+            for (var i = 0; i < count; i++)
+            {
+                var w = Vector256.Create(weights[i]);
+                var agreeLow = Vector256.ConditionalSelect(positiveLow, Vector256.GreaterThan(low[i], zero), Vector256.LessThan(low[i], zero));
+                var agreeHigh = Vector256.ConditionalSelect(positiveHigh, Vector256.GreaterThan(high[i], zero), Vector256.LessThan(high[i], zero));
+                sumLow += (w * low[i]) & agreeLow;
+                sumHigh += (w * high[i]) & agreeHigh;
+                weightLow += w & agreeLow;
+                weightHigh += w & agreeHigh;
+            }
+            if (normalize)
+            {
+                sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
+                sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
+            }
+            target.Store(Vector256.Narrow(sumLow * scale, sumHigh * scale), j);
+        }
+        return j;
+    }
+}

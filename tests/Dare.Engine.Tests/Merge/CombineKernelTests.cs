@@ -1,0 +1,129 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using Dare.Engine.Merge;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Tests.Merge;
+
+/// <summary>
+/// The combine kernels write the export's bytes themselves (sum, base addition, bfloat16 rounding) in place of torch's
+/// mul_/add_/copy_; they must give the same bits as those torch ops, and as the rounding rule worked by hand.
+/// </summary>
+public sealed class CombineKernelTests
+{
+    public CombineKernelTests() => TorchRuntime.EnsureInitialized();
+
+    [Theory]
+    [InlineData(0x3F800000u, (ushort)0x3F80)] // 1.0
+    [InlineData(0x3F808000u, (ushort)0x3F80)] // exactly halfway, even stays
+    [InlineData(0x3F818000u, (ushort)0x3F82)] // exactly halfway, odd rounds up
+    [InlineData(0x3F808001u, (ushort)0x3F81)] // just above halfway
+    [InlineData(0xBF807FFFu, (ushort)0xBF80)] // just below halfway, negative
+    [InlineData(0x7F7FFFFFu, (ushort)0x7F80)] // largest float rounds to infinity
+    [InlineData(0xFF800000u, (ushort)0xFF80)] // −infinity
+    [InlineData(0x00000001u, (ushort)0x0000)] // smallest denormal rounds to zero
+    [InlineData(0x80000000u, (ushort)0x8000)] // −0
+    [InlineData(0x7FC00000u, (ushort)0xFFFF)] // NaN, either sign, as torch writes it
+    [InlineData(0xFFC00001u, (ushort)0xFFFF)]
+    public void Bfloat16_rounding_is_to_nearest_even_worked_by_hand(uint bits, ushort expected)
+    {
+        var value = BitConverter.UInt32BitsToSingle(bits);
+        Assert.Equal(expected, CombineKernels.ToBFloat16(value));
+        var lanes = CombineKernels.ToBFloat16(Vector256.Create(value));
+        for (var lane = 0; lane < 8; lane++) Assert.Equal(expected, lanes.GetElement(lane));
+    }
+
+    private static float[] Awkward(Random random, int count) => Enumerable.Range(0, count).Select(i => i % 97 switch
+    {
+        0 => float.NaN,
+        1 => float.PositiveInfinity,
+        2 => -0f,
+        3 => 1e-41f,
+        4 => BitConverter.UInt32BitsToSingle(0x3F808000u), // a bfloat16 rounding tie
+        _ => (float)((random.NextDouble() - 0.5) * Math.Pow(2, random.Next(-12, 2))),
+    }).ToArray();
+
+    private static ushort[] BFloat16Bits(Tensor t) => MemoryMarshal.Cast<byte, ushort>(t.bytes).ToArray();
+
+    private static unsafe void WithPinned(float[][] arrays, Action<IntPtr[]> action)
+    {
+        var handles = arrays.Select(a => GCHandle.Alloc(a, GCHandleType.Pinned)).ToArray();
+        try { action(handles.Select(h => h.AddrOfPinnedObject()).ToArray()); }
+        finally { foreach (var handle in handles) handle.Free(); }
+    }
+
+    [Theory]
+    [InlineData(1, 1.0, 1)]
+    [InlineData(3, 1.0, 4099)]
+    [InlineData(3, 0.6, 200_003)]
+    [InlineData(2, 2.5, 15)]
+    public unsafe void Linear_into_bfloat16_with_the_base_matches_torch_ops(int models, double scale, int count)
+    {
+        var random = new Random(models * 1000 + count);
+        var deltas = Enumerable.Range(0, models).Select(_ => Awkward(random, count)).ToArray();
+        var baseValues = Awkward(random, count);
+        var weights = Enumerable.Range(0, models).Select(i => (float)(0.3 + 0.45 * i)).ToArray();
+
+        // torch: sum = δ₀·w₀; sum += wᵢ·δᵢ; sum ·= scale; base + sum → bfloat16.
+        using var sum = tensor(deltas[0]).mul_(weights[0]);
+        for (var i = 1; i < models; i++) sum.add_(tensor(deltas[i]), alpha: weights[i]);
+        if (scale != 1.0) sum.mul_(scale);
+        using var expected = zeros(new long[] { count }, ScalarType.BFloat16).copy_(tensor(baseValues).add_(sum));
+
+        var output = new ushort[count];
+        WithPinned(deltas.Append(baseValues).ToArray(), pointers =>
+        {
+            fixed (ushort* o = output)
+            {
+                var target = new CombineTarget((float*)pointers[^1], o, bfloat16: true);
+                CombineKernels.Linear(pointers[..^1], weights, scale == 1.0 ? null : (float)scale, target, count);
+            }
+        });
+
+        Assert.Equal(BFloat16Bits(expected), output);
+    }
+
+    [Fact]
+    public unsafe void Linear_in_place_gives_the_float32_sum_torch_gives()
+    {
+        var random = new Random(3);
+        const int count = 70_001;
+        var deltas = Enumerable.Range(0, 3).Select(_ => Awkward(random, count)).ToArray();
+        var weights = new[] { 1f, 0.5f, 2f };
+        using var sum = tensor(deltas[0]).mul_(weights[0]).add_(tensor(deltas[1]), alpha: weights[1]).add_(tensor(deltas[2]), alpha: weights[2]).mul_(1.0 / 3.5);
+        var expected = sum.data<float>().ToArray();
+
+        WithPinned(deltas, pointers => CombineKernels.Linear(pointers, weights, (float)(1.0 / 3.5), CombineTarget.InPlace((float*)pointers[0]), count));
+
+        Assert.Equal(expected.Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void Ties_into_bfloat16_with_the_base_equals_the_float32_result_added_and_converted_by_torch(bool bySignCount)
+    {
+        var random = new Random(bySignCount ? 5 : 6);
+        const int count = 33_333;
+        var deltas = Enumerable.Range(0, 3).Select(_ => Awkward(random, count)).ToArray();
+        var baseValues = Awkward(random, count);
+        var weights = new[] { 1.0, 0.5, 2.0 };
+
+        var merged = (float[][])deltas.Select(d => (float[])d.Clone()).ToArray();
+        WithPinned(merged, pointers => CombineKernels.Ties(pointers, weights, bySignCount, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count));
+        using var expected = zeros(new long[] { count }, ScalarType.BFloat16).copy_(tensor(baseValues).add_(tensor(merged[0])));
+
+        var output = new ushort[count];
+        WithPinned(deltas.Append(baseValues).ToArray(), pointers =>
+        {
+            fixed (ushort* o = output)
+            {
+                CombineKernels.Ties(pointers[..^1], weights, bySignCount, normalize: true, lambda: 0.9, new CombineTarget((float*)pointers[^1], o, bfloat16: true), count);
+            }
+        });
+
+        Assert.Equal(BFloat16Bits(expected), output);
+    }
+}
