@@ -1,6 +1,17 @@
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 namespace Dare.Engine.Merge;
+
+/// <summary>One input of a fused kernel: its bfloat16 fine-tuned values for the chunk and its DARE mask parameters.</summary>
+internal readonly unsafe struct DeltaSource(ushort* tuned, bool dare, ulong key, uint threshold, float scale)
+{
+    public ushort* Tuned { get; } = tuned;
+    public bool Dare { get; } = dare;
+    public ulong Key { get; } = key;
+    public uint Threshold { get; } = threshold;
+    public float Scale { get; } = scale;
+}
 
 /// <summary>
 /// Vectorised loops over one chunk of raw tensor data, used in place of several torch passes (each of which would
@@ -51,6 +62,53 @@ internal static unsafe class ChunkKernels
             if (table is not null) sample!.AddSampleCounts(table, nonZero);
         });
         return dropped.Sum();
+    }
+
+    /// <summary>
+    /// The whole linear merge of a chunk stored in bfloat16, one block at a time: widen the base, then for each input
+    /// δ = tuned − base with its DARE mask, then Σ wᵢ·δᵢ, the scale, the base and the output conversion through
+    /// <paramref name="target"/>. Nothing but the output leaves the block's cache-sized buffers; the results are those
+    /// of <see cref="WidenSubtractMask"/> followed by <see cref="CombineKernels.Linear"/>. Returns each input's drop count.
+    /// </summary>
+    public static long[] LinearFromBFloat16(ushort* baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count)
+    {
+        var ranges = MagnitudeSelection.Ranges(count);
+        var dropped = new long[sources.Length];
+        Parallel.For(0, ranges.Length, r =>
+        {
+            var (start, end) = ranges[r];
+            var buffers = (float*)NativeMemory.AlignedAlloc((nuint)((sources.Length + 1) * Block * sizeof(float)), 64);
+            var rangeDropped = new long[sources.Length];
+            try
+            {
+                var baseBlock = buffers;
+                var deltas = new IntPtr[sources.Length];
+                for (var block = start; block < end; block += Block)
+                {
+                    var length = Math.Min(Block, end - block);
+                    WidenSubtract(baseBits + block, null, baseBlock, length);
+                    for (var i = 0; i < sources.Length; i++)
+                    {
+                        var delta = buffers + (i + 1) * Block;
+                        var source = sources[i];
+                        WidenSubtract(source.Tuned + block, baseBlock, delta, length);
+                        if (source.Dare) rangeDropped[i] += DareMask.Apply(delta, first + block, length, source.Key, source.Threshold, source.Scale);
+                        // Rebased so that element j of the chunk is deltas[i][j], as the combine indexes it.
+                        deltas[i] = (IntPtr)(delta - block);
+                    }
+                    CombineKernels.LinearRange(deltas, weights, scale, target, block, block + length);
+                }
+            }
+            finally
+            {
+                NativeMemory.AlignedFree(buffers);
+            }
+            lock (dropped)
+            {
+                for (var i = 0; i < dropped.Length; i++) dropped[i] += rangeDropped[i];
+            }
+        });
+        return dropped;
     }
 
     /// <summary>destination[i] = (float)source[i] − (subtrahend is null ? 0 : subtrahend[i]), on the calling thread.</summary>

@@ -7,23 +7,30 @@ namespace Dare.Engine.Merge;
 /// Chunk buffers reused from tensor to tensor during one run of the executor, so that the steady state allocates
 /// nothing: no page faults on fresh memory, no allocator fragmentation, and a peak memory set by the largest chunk
 /// rather than by how the allocator happens to reuse freed blocks. Slot 0 holds the base chunk in float32, slot
-/// i + 1 input i's δ; the staging buffer receives raw stored bytes; the output buffer the converted result.
+/// i + 1 input i's δ; raw slots keep chunks as stored (same numbering); the staging buffer receives raw bytes
+/// about to be widened; the output buffer the converted result.
 /// Buffers are outside any dispose scope and owned by the workspace; the views it hands out belong to the caller's
 /// scope. Each buffer grows to the largest request and is freed by <see cref="Dispose"/>.
 /// </summary>
 internal sealed class ChunkWorkspace : IDisposable
 {
     private readonly List<Tensor?> _floats = new();
+    private readonly List<Tensor?> _raw = new();
     private Tensor? _staging;
     private Tensor? _output;
 
     /// <summary>A float32 view of <paramref name="count"/> elements of slot <paramref name="slot"/> (contents undefined).</summary>
-    public Tensor Floats(int slot, long count)
+    public Tensor Floats(int slot, long count) => SlotView(_floats, slot, ScalarType.Float32, count);
+
+    /// <summary>A byte view of <paramref name="bytes"/> bytes of raw slot <paramref name="slot"/> (base 0, input i at i + 1) for data kept as stored.</summary>
+    public Tensor Raw(int slot, long bytes) => SlotView(_raw, slot, ScalarType.Byte, bytes);
+
+    private static Tensor SlotView(List<Tensor?> slots, int slot, ScalarType type, long count)
     {
-        while (_floats.Count <= slot) _floats.Add(null);
-        var buffer = _floats[slot];
-        var view = View(ref buffer, ScalarType.Float32, count);
-        _floats[slot] = buffer;
+        while (slots.Count <= slot) slots.Add(null);
+        var buffer = slots[slot];
+        var view = View(ref buffer, type, count);
+        slots[slot] = buffer;
         return view;
     }
 
@@ -54,8 +61,9 @@ internal sealed class ChunkWorkspace : IDisposable
 
     public void Dispose()
     {
-        foreach (var buffer in _floats) buffer?.Dispose();
+        foreach (var buffer in _floats.Concat(_raw)) buffer?.Dispose();
         _floats.Clear();
+        _raw.Clear();
         _staging?.Dispose();
         _staging = null;
         _output?.Dispose();

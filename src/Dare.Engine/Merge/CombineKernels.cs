@@ -12,9 +12,12 @@ namespace Dare.Engine.Merge;
 internal readonly unsafe struct CombineTarget
 {
     private readonly float* _base;
+    private readonly ushort* _baseBFloat16;
     private readonly void* _output;
     private readonly bool _bfloat16;
 
+    /// <param name="baseValues">The base chunk in float32 to add, or null to write δ alone.</param>
+    /// <param name="output">Where element j of the chunk goes (float32 or bfloat16 per <paramref name="bfloat16"/>).</param>
     public CombineTarget(float* baseValues, void* output, bool bfloat16)
     {
         _base = baseValues;
@@ -22,11 +25,26 @@ internal readonly unsafe struct CombineTarget
         _bfloat16 = bfloat16;
     }
 
-    public static CombineTarget InPlace(float* delta) => new(null, delta, false);
+    private CombineTarget(ushort* baseBFloat16, void* output, bool bfloat16)
+    {
+        _baseBFloat16 = baseBFloat16;
+        _output = output;
+        _bfloat16 = bfloat16;
+    }
+
+    /// <summary>A target whose base is still in its stored bfloat16 (widening is exact, so the sum is the same).</summary>
+    public static CombineTarget OverBFloat16Base(ushort* baseBits, void* output, bool bfloat16) => new(baseBits, output, bfloat16);
+
+    public static CombineTarget InPlace(float* delta) => new((float*)null, delta, false);
 
     public void Store(Vector256<float> merged, long j)
     {
         if (_base is not null) merged += Vector256.Load(_base + j);
+        if (_baseBFloat16 is not null)
+        {
+            var (low, high) = Vector128.Widen(Vector128.Load(_baseBFloat16 + j));
+            merged += Vector256.ShiftLeft(Vector256.Create(low, high), 16).AsSingle();
+        }
         if (_bfloat16) CombineKernels.ToBFloat16(merged).Store((ushort*)_output + j);
         else merged.Store((float*)_output + j);
     }
@@ -34,6 +52,7 @@ internal readonly unsafe struct CombineTarget
     public void Store(float merged, long j)
     {
         if (_base is not null) merged += _base[j];
+        if (_baseBFloat16 is not null) merged += BitConverter.UInt32BitsToSingle((uint)_baseBFloat16[j] << 16);
         if (_bfloat16) ((ushort*)_output)[j] = CombineKernels.ToBFloat16(merged);
         else ((float*)_output)[j] = merged;
     }
@@ -67,31 +86,33 @@ internal static unsafe class CombineKernels
     public static void Linear(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target, long count)
     {
         var ranges = MagnitudeSelection.Ranges(count);
-        Parallel.For(0, ranges.Length, r =>
+        Parallel.For(0, ranges.Length, r => LinearRange(inputs, weights, scale, target, ranges[r].Start, ranges[r].End));
+    }
+
+    /// <summary><see cref="Linear"/> over elements [start, end) on the calling thread.</summary>
+    public static void LinearRange(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target, long start, long end)
+    {
+        var j = start;
+        if (Fma.IsSupported && Vector256.IsHardwareAccelerated)
         {
-            var (start, end) = ranges[r];
-            var j = start;
-            if (Fma.IsSupported && Vector256.IsHardwareAccelerated)
+            for (; j <= end - 8; j += 8)
             {
-                for (; j <= end - 8; j += 8)
+                var sum = Vector256.Load((float*)inputs[0] + j) * Vector256.Create(weights[0]);
+                for (var i = 1; i < inputs.Length; i++)
                 {
-                    var sum = Vector256.Load((float*)inputs[0] + j) * Vector256.Create(weights[0]);
-                    for (var i = 1; i < inputs.Length; i++)
-                    {
-                        sum = Fma.MultiplyAdd(Vector256.Load((float*)inputs[i] + j), Vector256.Create(weights[i]), sum);
-                    }
-                    if (scale is { } s) sum *= Vector256.Create(s);
-                    target.Store(sum, j);
+                    sum = Fma.MultiplyAdd(Vector256.Load((float*)inputs[i] + j), Vector256.Create(weights[i]), sum);
                 }
-            }
-            for (; j < end; j++)
-            {
-                var sum = ((float*)inputs[0])[j] * weights[0];
-                for (var i = 1; i < inputs.Length; i++) sum = MathF.FusedMultiplyAdd(((float*)inputs[i])[j], weights[i], sum);
-                if (scale is { } s) sum *= s;
+                if (scale is { } s) sum *= Vector256.Create(s);
                 target.Store(sum, j);
             }
-        });
+        }
+        for (; j < end; j++)
+        {
+            var sum = ((float*)inputs[0])[j] * weights[0];
+            for (var i = 1; i < inputs.Length; i++) sum = MathF.FusedMultiplyAdd(((float*)inputs[i])[j], weights[i], sum);
+            if (scale is { } s) sum *= s;
+            target.Store(sum, j);
+        }
     }
 
     /// <summary>

@@ -54,6 +54,9 @@ public sealed class MergeExecutor
 
     public long ChunkElements { get; }
 
+    /// <summary>Whether linear merges of bfloat16 models take the single-pass route (off only to compare the two routes in tests).</summary>
+    internal bool SinglePassLinear { get; init; } = true;
+
     /// <summary>Writes base + λ·δ (or δ alone) as a Hugging Face model folder, atomically.</summary>
     public ExportResult Export(TaskVector vector, ExportOptions options)
     {
@@ -260,19 +263,34 @@ public sealed class MergeExecutor
     {
         private Tensor? _output;
 
+        /// <summary>Whether the combine writes the output bytes itself (bfloat16 and float32 output).</summary>
+        public bool WritesDirectly => outputDType is ScalarType.BFloat16 or ScalarType.Float32;
+
         public unsafe CombineTarget Target(Tensor baseChunk, Tensor firstDelta)
         {
-            if (outputDType is not (ScalarType.BFloat16 or ScalarType.Float32))
+            if (!WritesDirectly)
             {
                 _output = null;
                 return CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
             }
-            using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
-            _output = workspace.Output(outputDType, firstDelta.shape[0]);
-            return new CombineTarget(deltaOnly ? null : TensorMemory.Floats(baseChunk), TensorMemory.Pointer(_output), outputDType == ScalarType.BFloat16);
+            return new CombineTarget(deltaOnly ? null : TensorMemory.Floats(baseChunk), NextOutput(firstDelta.shape[0]), outputDType == ScalarType.BFloat16);
         }
 
-        public unsafe void Take(long first, Tensor baseChunk, Tensor firstDelta)
+        /// <summary>The target for a chunk whose base is still in bfloat16 (only when <see cref="WritesDirectly"/>).</summary>
+        public unsafe CombineTarget TargetOverBFloat16Base(ushort* baseBits, long count) =>
+            deltaOnly
+                ? new CombineTarget(null, NextOutput(count), outputDType == ScalarType.BFloat16)
+                : CombineTarget.OverBFloat16Base(baseBits, NextOutput(count), outputDType == ScalarType.BFloat16);
+
+        // The output buffer is reused: it is handed out only once the previous chunk's write is done.
+        private unsafe void* NextOutput(long count)
+        {
+            using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
+            _output = workspace.Output(outputDType, count);
+            return TensorMemory.Pointer(_output);
+        }
+
+        public void Take(long first, Tensor baseChunk, Tensor firstDelta)
         {
             if (_output is null)
             {
@@ -282,7 +300,13 @@ public sealed class MergeExecutor
                     _output = workspace.Output(outputDType, firstDelta.shape[0]).copy_(deltaOnly ? firstDelta : baseChunk.add_(firstDelta));
                 }
             }
-            appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output), _output.NumberOfElements * _output.ElementSize);
+            Emit();
+        }
+
+        /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
+        public unsafe void Emit()
+        {
+            appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output!), _output!.NumberOfElements * _output.ElementSize);
             _output = null;
         }
     }
@@ -333,11 +357,17 @@ public sealed class MergeExecutor
         }
 
         var chunk = Math.Max(1, Math.Min(n, ChunkElements));
+        var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
+        if (SinglePassLinear && sink is ExportSink { WritesDirectly: true } export && merge?.Method != MergeMethod.Ties
+            && baseInfo.DType == SafetensorsDType.BF16 && leaves.All(l => l.UsesFusedKernel))
+        {
+            StreamLinear(baseInfo, leaves, merge, reader, workspace, export, chunk, chunkCount);
+            return Counts();
+        }
         foreach (var leaf in leaves)
         {
             leaf.SampleInDeltaPass = leaf.Selection is { NeedsPasses: true } && leaf.UsesFusedKernel && chunk <= MagnitudeSelection.MaxSpan;
         }
-        var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
         var cachedBase = (Tensor?)null;
         var cachedDeltas = (Tensor[]?)null;
         var pass = 0;
@@ -453,12 +483,56 @@ public sealed class MergeExecutor
             sink.Take(first, baseChunk, deltas[0]);
         });
 
-        foreach (var leaf in leaves)
+        return Counts();
+
+        DropCounts Counts()
         {
-            counts.Dropped += leaf.Dropped;
-            if (leaf.UsesDare) counts.Elements += n;
+            foreach (var leaf in leaves)
+            {
+                counts.Dropped += leaf.Dropped;
+                if (leaf.UsesDare) counts.Elements += n;
+            }
+            return counts;
         }
-        return counts;
+    }
+
+    /// <summary>
+    /// A linear merge (or a single task vector) of bfloat16 tensors in one pass per chunk: the chunks are read as
+    /// stored and <see cref="ChunkKernels.LinearFromBFloat16"/> takes them to output bytes block by block, so no
+    /// float32 chunk is ever written to memory.
+    /// </summary>
+    private unsafe void StreamLinear(TensorInfo baseInfo, Leaf[] leaves, MergeOptions? merge, TensorReader reader, ChunkWorkspace workspace, ExportSink export, long chunk, int chunkCount)
+    {
+        var weights = leaves.Select(l => l.Weight).ToArray();
+        float? scale = null;
+        if (merge is not null)
+        {
+            var totalWeight = leaves.Sum(l => (double)l.Weight);
+            var lambdaOverWeight = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
+            if (lambdaOverWeight != 1.0) scale = (float)lambdaOverWeight;
+        }
+        for (var c = 0; c < chunkCount; c++)
+        {
+            _cancellation.ThrowIfCancellationRequested();
+            var first = c * chunk;
+            var count = Math.Min(chunk, baseInfo.ElementCount - first);
+            using var scope = NewDisposeScope();
+            var baseBits = ReadRaw(reader, workspace, 0, baseInfo, first, count);
+            var sources = leaves.Select((l, i) => new DeltaSource(ReadRaw(reader, workspace, i + 1, l.Tuned!, first, count), l.UsesDare, l.Key, l.DropThreshold, l.DropScale)).ToArray();
+            var target = export.TargetOverBFloat16Base(baseBits, count);
+            long[] dropped;
+            using (PhaseProfile.Time(_profile, Phase.DeltaFused)) dropped = ChunkKernels.LinearFromBFloat16(baseBits, sources, weights, scale, target, first, count);
+            for (var i = 0; i < leaves.Length; i++) leaves[i].Dropped += dropped[i];
+            export.Emit();
+        }
+    }
+
+    /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in raw slot <paramref name="slot"/>.</summary>
+    private unsafe ushort* ReadRaw(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count)
+    {
+        var raw = workspace.Raw(slot, count * sizeof(ushort));
+        using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, TensorMemory.Pointer(raw));
+        return (ushort*)TensorMemory.Pointer(raw);
     }
 
     /// <summary>
