@@ -118,28 +118,29 @@ internal static unsafe class CombineKernels
     /// <summary>
     /// TIES sign election and disjoint mean: γ = sign(Σ wᵢtᵢ) (or of #positive − #negative), ties to +; the result is
     /// Σ wᵢtᵢ over the inputs whose sign agrees with γ, divided by Σ wᵢ over them when normalizing (0 where none
-    /// agree), times λ.
+    /// agree), times λ. Input i's elements with |x| below <paramref name="keepBits"/>[i] (IEEE bits, see
+    /// <see cref="MagnitudeSelection.KeepBits"/>) count as zero: that is the TIES trim, once excess ties are dropped.
     /// </summary>
-    public static void Ties(IntPtr[] inputs, double[] weights, bool bySignCount, bool normalize, double lambda, CombineTarget target, long count)
+    public static void Ties(IntPtr[] inputs, double[] weights, uint[] keepBits, bool bySignCount, bool normalize, double lambda, CombineTarget target, long count)
     {
         var ranges = MagnitudeSelection.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
-            var j = bySignCount ? start : TiesBySum(inputs, weights, normalize, lambda, target, start, end);
+            var j = bySignCount ? start : TiesBySum(inputs, weights, keepBits, normalize, lambda, target, start, end);
             for (; j < end; j++)
             {
                 double election = 0;
                 for (var i = 0; i < inputs.Length; i++)
                 {
-                    var x = ((float*)inputs[i])[j];
+                    var x = Kept(((float*)inputs[i])[j], keepBits[i]);
                     election += bySignCount ? Math.Sign(x) : weights[i] * x;
                 }
                 var positive = election >= 0;
                 double sum = 0, weight = 0;
                 for (var i = 0; i < inputs.Length; i++)
                 {
-                    var x = ((float*)inputs[i])[j];
+                    var x = Kept(((float*)inputs[i])[j], keepBits[i]);
                     if (positive ? x > 0 : x < 0)
                     {
                         sum += weights[i] * x;
@@ -157,7 +158,9 @@ internal static unsafe class CombineKernels
     /// does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves
     /// the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
     /// </summary>
-    internal static long TiesBySum(IntPtr[] inputs, double[] weights, bool normalize, double lambda, CombineTarget target, long start, long end)
+    private static float Kept(float x, uint keepBits) => (BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF) >= keepBits ? x : 0f;
+
+    internal static long TiesBySum(IntPtr[] inputs, double[] weights, uint[] keepBits, bool normalize, double lambda, CombineTarget target, long start, long end)
     {
         if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
         var count = inputs.Length;
@@ -171,7 +174,9 @@ internal static unsafe class CombineKernels
             Vector256<double> electionLow = zero, electionHigh = zero;
             for (var i = 0; i < count; i++)
             {
-                (low[i], high[i]) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
+                var x = Vector256.Load((float*)inputs[i] + j);
+                var kept = Vector256.GreaterThanOrEqual(x.AsUInt32() & Vector256.Create(0x7FFFFFFFu), Vector256.Create(keepBits[i]));
+                (low[i], high[i]) = Vector256.Widen(x & kept.AsSingle());
                 var w = Vector256.Create(weights[i]);
                 electionLow += w * low[i];
                 electionHigh += w * high[i];

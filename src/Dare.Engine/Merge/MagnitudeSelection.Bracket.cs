@@ -111,6 +111,7 @@ public sealed partial class MagnitudeSelection
             // The k-th largest magnitude is 0: everything non-zero is kept, and k − nonZero of the zeros.
             ThresholdBits = 0;
             TiesToKeep = _keep - _nonZero;
+            TieCount = _elementCount - _nonZero;
             return SelectionStep.Done;
         }
         var sample = _sample ?? new long[1 << 16];
@@ -237,6 +238,7 @@ public sealed partial class MagnitudeSelection
                 {
                     ThresholdBits = _bracketLow + (uint)b;
                     TiesToKeep = need - above;
+                    TieCount = bracket[b];
                     return SelectionStep.Done;
                 }
                 above += bracket[b];

@@ -78,6 +78,7 @@ public sealed partial class MagnitudeSelection
             {
                 ThresholdBits = (_bin << 16) | (uint)f;
                 TiesToKeep = _needInBin - above;
+                TieCount = _fine[f];
                 return;
             }
             above += _fine[f];
@@ -97,6 +98,27 @@ public sealed partial class MagnitudeSelection
             for (long i = 0; i < count; i++) data[i] = 0f;
             return;
         }
+        Trim(data, count, ref tiesLeft, zeroBelow: true);
+    }
+
+    /// <summary>
+    /// The part of <see cref="Trim"/> that depends on element order: zeroes the elements equal to the threshold beyond
+    /// the first <see cref="TiesToKeep"/>. What remains to drop is then exactly |x| below <see cref="KeepBits"/>, which a
+    /// combine can test element by element as it reads the data.
+    /// </summary>
+    public unsafe void DropExcessTies(float* data, long count, ref long tiesLeft)
+    {
+        if (NeedsPasses && TiesToKeep < TieCount) Trim(data, count, ref tiesLeft, zeroBelow: false);
+    }
+
+    /// <summary>Keep |x| (as IEEE bits) at or above this once excess ties are dropped: 0 keeps everything, above any magnitude keeps nothing.</summary>
+    public uint KeepBits => KeepAll ? 0 : KeepNone ? uint.MaxValue : ThresholdBits;
+
+    /// <summary>How many elements of the tensor have the threshold magnitude.</summary>
+    public long TieCount { get; private set; }
+
+    private unsafe void Trim(float* data, long count, ref long tiesLeft, bool zeroBelow)
+    {
         var threshold = ThresholdBits;
         var ranges = Ranges(count);
         var ties = new long[ranges.Length];
@@ -114,15 +136,21 @@ public sealed partial class MagnitudeSelection
                 {
                     var bits = Vector256.Load(uints + i);
                     var m = bits & magnitude;
-                    var below = Vector256.LessThan(m, limit);
-                    if (below != Vector256<uint>.Zero) Vector256.ConditionalSelect(below, Vector256<uint>.Zero, bits).Store(uints + i);
+                    if (zeroBelow)
+                    {
+                        var below = Vector256.LessThan(m, limit);
+                        if (below != Vector256<uint>.Zero) Vector256.ConditionalSelect(below, Vector256<uint>.Zero, bits).Store(uints + i);
+                    }
                     equal += BitOperations.PopCount(Vector256.Equals(m, limit).ExtractMostSignificantBits());
                 }
             }
             for (; i < end; i++)
             {
                 var m = uints[i] & MagnitudeMask;
-                if (m < threshold) data[i] = 0f;
+                if (m < threshold)
+                {
+                    if (zeroBelow) data[i] = 0f;
+                }
                 else if (m == threshold) equal++;
             }
             ties[r] = equal;

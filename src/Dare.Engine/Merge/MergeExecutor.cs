@@ -462,16 +462,23 @@ public sealed class MergeExecutor
 
         foreach (var leaf in leaves) leaf.TiesLeft = leaf.Selection?.TiesToKeep ?? 0;
         var l1Scales = leaves.Select(l => l.L1 && l.L1After!.Total > 0 ? l.L1Before!.Total / l.L1After.Total : 1.0).ToArray();
+        var keepBits = leaves.Select((l, i) => l.Selection is { } s && l1Scales[i] == 1.0 ? s.KeepBits : 0u).ToArray();
 
         ForEachChunk((first, baseChunk, deltas) =>
         {
             for (var i = 0; i < leaves.Length; i++)
             {
                 var leaf = leaves[i];
-                // TIES ignores zeros, so a trim that could only change the sign of a zero is skipped.
+                // The combine drops |x| below each input's threshold as it reads; only the ties, which depend on element
+                // order, are dropped beforehand. An L1 rescale would change the magnitudes, so such an input is trimmed
+                // in full first. TIES ignores zeros, so a trim that could only change the sign of a zero is skipped.
                 if (leaf.Selection is { TrimKeepsEveryNonZero: false } selection)
                 {
-                    using (PhaseProfile.Time(_profile, Phase.Trim)) Trim(selection, deltas[i], ref leaf.TiesLeft);
+                    using (PhaseProfile.Time(_profile, Phase.Trim))
+                    {
+                        if (l1Scales[i] != 1.0) Trim(selection, deltas[i], ref leaf.TiesLeft);
+                        else DropExcessTies(selection, deltas[i], ref leaf.TiesLeft);
+                    }
                 }
                 if (l1Scales[i] != 1.0)
                 {
@@ -479,7 +486,7 @@ public sealed class MergeExecutor
                 }
             }
             var target = sink.Target(baseChunk, deltas[0]);
-            using (PhaseProfile.Time(_profile, Phase.Combine)) Combine(merge, leaves, deltas, target);
+            using (PhaseProfile.Time(_profile, Phase.Combine)) Combine(merge, leaves, deltas, keepBits, target);
             sink.Take(first, baseChunk, deltas[0]);
         });
 
@@ -612,9 +619,10 @@ public sealed class MergeExecutor
     private static unsafe void AddCoarse(MagnitudeSelection selection, Tensor delta) => selection.AddCoarse(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
     private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
+    private static unsafe void DropExcessTies(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.DropExcessTies(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
 
-    /// <summary>Combines the inputs' chunks into the merged δ (λ applied) at <paramref name="target"/>.</summary>
-    private static unsafe void Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas, CombineTarget target)
+    /// <summary>Combines the inputs' chunks into the merged δ (λ applied) at <paramref name="target"/>; TIES keeps |x| at or above <paramref name="keepBits"/>.</summary>
+    private static unsafe void Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas, uint[] keepBits, CombineTarget target)
     {
         var count = deltas[0].shape[0];
         var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
@@ -630,6 +638,6 @@ public sealed class MergeExecutor
             CombineKernels.Linear(inputs, leaves.Select(l => l.Weight).ToArray(), scale == 1.0 ? null : (float)scale, target, count);
             return;
         }
-        CombineKernels.Ties(inputs, leaves.Select(l => (double)l.Weight).ToArray(), merge.SignMethod == SignMethod.Count, merge.Normalize, merge.Lambda, target, count);
+        CombineKernels.Ties(inputs, leaves.Select(l => (double)l.Weight).ToArray(), keepBits, merge.SignMethod == SignMethod.Count, merge.Normalize, merge.Lambda, target, count);
     }
 }

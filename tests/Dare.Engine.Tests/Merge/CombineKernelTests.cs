@@ -112,7 +112,7 @@ public sealed class CombineKernelTests
         var weights = new[] { 1.0, 0.5, 2.0 };
 
         var merged = (float[][])deltas.Select(d => (float[])d.Clone()).ToArray();
-        WithPinned(merged, pointers => CombineKernels.Ties(pointers, weights, bySignCount, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(merged, pointers => CombineKernels.Ties(pointers, weights, new uint[3], bySignCount, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count));
         using var expected = zeros(new long[] { count }, ScalarType.BFloat16).copy_(tensor(baseValues).add_(tensor(merged[0])));
 
         var output = new ushort[count];
@@ -120,10 +120,28 @@ public sealed class CombineKernelTests
         {
             fixed (ushort* o = output)
             {
-                CombineKernels.Ties(pointers[..^1], weights, bySignCount, normalize: true, lambda: 0.9, new CombineTarget((float*)pointers[^1], o, bfloat16: true), count);
+                CombineKernels.Ties(pointers[..^1], weights, new uint[3], bySignCount, normalize: true, lambda: 0.9, new CombineTarget((float*)pointers[^1], o, bfloat16: true), count);
             }
         });
 
         Assert.Equal(BFloat16Bits(expected), output);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void Thresholds_in_the_ties_combine_equal_zeroing_below_them_first(bool bySignCount)
+    {
+        var random = new Random(bySignCount ? 8 : 9);
+        const int count = 10_007;
+        var deltas = Enumerable.Range(0, 3).Select(_ => Awkward(random, count)).ToArray();
+        var weights = new[] { 0.7, 1.0, 1.3 };
+        var keepBits = new[] { BitConverter.SingleToUInt32Bits(0.004f), 0u, uint.MaxValue };
+
+        var zeroed = deltas.Select((d, i) => d.Select(x => (BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF) < keepBits[i] ? 0f : x).ToArray()).ToArray();
+        WithPinned(zeroed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], bySignCount, normalize: true, lambda: 1.1, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, keepBits, bySignCount, normalize: true, lambda: 1.1, CombineTarget.InPlace((float*)pointers[0]), count));
+
+        Assert.Equal(zeroed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
 }

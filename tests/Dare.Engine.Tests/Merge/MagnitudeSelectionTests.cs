@@ -187,6 +187,31 @@ public sealed class MagnitudeSelectionTests
         Assert.Equal(data.Select(MathF.Abs).OrderDescending().ElementAt(keep - 1), selection.Threshold);
     }
 
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public unsafe void Dropping_excess_ties_then_everything_below_keep_bits_equals_the_trim(string kind, int n, double keepRatio, int pieceCount)
+    {
+        var random = new Random(kind.Sum(c => c) * 13 + n + (int)(keepRatio * 1000) + pieceCount);
+        var data = Data(kind, n, random);
+        var keep = (int)Math.Round(keepRatio * n);
+        var (trimmed, selection, _) = Select(data, keep, Pieces(n, pieceCount, random), sampled: true);
+
+        var split = (float[])data.Clone();
+        var tiesLeft = selection.TiesToKeep;
+        fixed (float* pinned = split)
+        {
+            // In two pieces, so the tie count carries across calls as it does across chunks.
+            selection.DropExcessTies(pinned, n / 2, ref tiesLeft);
+            selection.DropExcessTies(pinned + n / 2, n - n / 2, ref tiesLeft);
+        }
+        for (var i = 0; i < n; i++)
+        {
+            if ((BitConverter.SingleToUInt32Bits(split[i]) & 0x7FFFFFFF) < selection.KeepBits) split[i] = 0f;
+        }
+
+        Assert.Equal(trimmed.Select(BitConverter.SingleToUInt32Bits), split.Select(BitConverter.SingleToUInt32Bits));
+    }
+
     [Fact]
     public void Selection_of_all_or_nothing_needs_no_passes()
     {
