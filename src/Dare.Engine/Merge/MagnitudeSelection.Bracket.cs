@@ -38,6 +38,7 @@ public sealed partial class MagnitudeSelection
     private const long MinSampleSize = 1024;
 
     private long[]? _sample;
+    private readonly object _sampleLock = new();
     private long _nonZero;
     private uint _bracketLow, _bracketHigh;
     private long _aboveBracket, _zerosInBracket;
@@ -94,16 +95,29 @@ public sealed partial class MagnitudeSelection
 
     internal void AddSampleCounts(uint[] table, long nonZero)
     {
-        var sample = _sample ??= new long[1 << 16];
-        lock (sample)
+        lock (_sampleLock)
         {
-            for (var b = 0; b < sample.Length; b++) sample[b] += table[b];
+            var sample = _sample ??= RentHistogram();
+            for (var b = 0; b < 1 << 16; b++) sample[b] += table[b];
             _nonZero += nonZero;
         }
     }
 
     /// <summary>After the sample: the threshold when at most k elements are non-zero, else a bracket to count, or the exact passes.</summary>
     public SelectionStep FinishSample()
+    {
+        _sample ??= RentHistogram();
+        try
+        {
+            return PlanFromSample(_sample);
+        }
+        finally
+        {
+            ReturnHistogram(ref _sample);
+        }
+    }
+
+    private SelectionStep PlanFromSample(long[] sample)
     {
         if (!NeedsPasses) return SelectionStep.Done;
         if (_nonZero <= _keep)
@@ -114,8 +128,7 @@ public sealed partial class MagnitudeSelection
             TieCount = _elementCount - _nonZero;
             return SelectionStep.Done;
         }
-        var sample = _sample ?? new long[1 << 16];
-        var size = sample.Sum();
+        var size = sample.Take(1 << 16).Sum();
         if (size < MinSampleSize) return SelectionStep.CoarseAndFine;
 
         // Ranks counted from the largest magnitude; the threshold is expected at sample rank q·S. The margin is five

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Numerics;
 using System.Runtime.Intrinsics;
 
@@ -14,7 +15,7 @@ namespace Dare.Engine.Merge;
 public sealed partial class MagnitudeSelection
 {
     private const uint MagnitudeMask = 0x7FFFFFFF;
-    // Allocated by the exact passes only (the bracketed route usually makes them unnecessary).
+    // Rented by the exact passes only (the bracketed route usually makes them unnecessary).
     private long[]? _coarse;
     private long[]? _fine;
     private readonly long _keep;
@@ -44,46 +45,54 @@ public sealed partial class MagnitudeSelection
     /// <summary>The threshold magnitude itself.</summary>
     public float Threshold => BitConverter.UInt32BitsToSingle(ThresholdBits);
 
-    public unsafe void AddCoarse(float* data, long count) => Histogram(data, count, _coarse ??= new long[1 << 16], fineBin: null);
+    public unsafe void AddCoarse(float* data, long count) => Histogram(data, count, _coarse ??= RentHistogram(), fineBin: null);
 
     public void FinishCoarse()
     {
-        _coarse ??= new long[1 << 16];
-        long above = 0;
-        for (var b = _coarse.Length - 1; b >= 0; b--)
+        _coarse ??= RentHistogram();
+        try
         {
-            if (above + _coarse[b] >= _keep)
-            {
-                _bin = (uint)b;
-                _needInBin = _keep - above;
-                return;
-            }
-            above += _coarse[b];
+            var (bin, above) = FindFromTop(_coarse, _keep) ?? throw new InvalidOperationException("The coarse pass saw fewer elements than the tensor has.");
+            _bin = (uint)bin;
+            _needInBin = _keep - above;
         }
-        throw new InvalidOperationException("The coarse pass saw fewer elements than the tensor has.");
+        finally
+        {
+            ReturnHistogram(ref _coarse);
+        }
     }
 
     public unsafe void AddFine(float* data, long count)
     {
-        Histogram(data, count, _fine ??= new long[1 << 16], fineBin: _bin);
+        Histogram(data, count, _fine ??= RentHistogram(), fineBin: _bin);
     }
 
     public void FinishFine()
     {
-        _fine ??= new long[1 << 16];
-        long above = 0;
-        for (var f = _fine.Length - 1; f >= 0; f--)
+        _fine ??= RentHistogram();
+        try
         {
-            if (above + _fine[f] >= _needInBin)
-            {
-                ThresholdBits = (_bin << 16) | (uint)f;
-                TiesToKeep = _needInBin - above;
-                TieCount = _fine[f];
-                return;
-            }
-            above += _fine[f];
+            var (f, above) = FindFromTop(_fine, _needInBin) ?? throw new InvalidOperationException("The fine pass saw fewer elements than the coarse pass.");
+            ThresholdBits = (_bin << 16) | (uint)f;
+            TiesToKeep = _needInBin - above;
+            TieCount = _fine[f];
         }
-        throw new InvalidOperationException("The fine pass saw fewer elements than the coarse pass.");
+        finally
+        {
+            ReturnHistogram(ref _fine);
+        }
+    }
+
+    /// <summary>Scanning a 64K-entry histogram from its top bin: the bin where the count reaches <paramref name="rank"/>, and the count above that bin.</summary>
+    private static (int Bin, long Above)? FindFromTop(long[] histogram, long rank)
+    {
+        long above = 0;
+        for (var b = (1 << 16) - 1; b >= 0; b--)
+        {
+            if (above + histogram[b] >= rank) return (b, above);
+            above += histogram[b];
+        }
+        return null;
     }
 
     /// <summary>
@@ -210,6 +219,25 @@ public sealed partial class MagnitudeSelection
             if (tiesLeft > 0) tiesLeft--;
             else uints[i] = 0;
         }
+    }
+
+    /// <summary>
+    /// A cleared 64K-entry histogram from the shared pool. There is a selection per tensor and input; allocating its
+    /// histograms would make large objects, which the GC reclaims late, and so raise the peak memory.
+    /// </summary>
+    private static long[] RentHistogram()
+    {
+        var histogram = ArrayPool<long>.Shared.Rent(1 << 16);
+        Array.Clear(histogram, 0, 1 << 16);
+        return histogram;
+    }
+
+    /// <summary>Returns a histogram to the pool and clears the reference.</summary>
+    private static void ReturnHistogram(ref long[]? histogram)
+    {
+        if (histogram is null) return;
+        ArrayPool<long>.Shared.Return(histogram);
+        histogram = null;
     }
 
     /// <summary>Per-thread counting tables, reused from call to call (four interleaved 64K-entry tables).</summary>
