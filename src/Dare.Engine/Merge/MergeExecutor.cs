@@ -125,7 +125,6 @@ public sealed class MergeExecutor
         return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
     }
 
-
     /// <summary>The task vector's float32 δ for one tensor, in the tensor's shape. The caller owns (disposes) it.</summary>
     public Tensor ComputeDelta(TaskVector vector, string tensorName)
     {
@@ -511,13 +510,7 @@ public sealed class MergeExecutor
     private unsafe void StreamLinear(TensorInfo baseInfo, Leaf[] leaves, MergeOptions? merge, TensorReader reader, ChunkWorkspace workspace, ExportSink export, long chunk, int chunkCount)
     {
         var weights = leaves.Select(l => l.Weight).ToArray();
-        float? scale = null;
-        if (merge is not null)
-        {
-            var totalWeight = leaves.Sum(l => (double)l.Weight);
-            var lambdaOverWeight = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
-            if (lambdaOverWeight != 1.0) scale = (float)lambdaOverWeight;
-        }
+        var scale = LinearScale(merge, leaves);
         for (var c = 0; c < chunkCount; c++)
         {
             _cancellation.ThrowIfCancellationRequested();
@@ -580,7 +573,7 @@ public sealed class MergeExecutor
         Tensor delta;
         if (leaf.UsesFusedKernel)
         {
-            // One pass over the chunk: widen, subtract the base, apply the DARE mask (and count the coarse histogram) block by block.
+            // One pass over the chunk: widen, subtract the base, apply the DARE mask (and sample for a TIES threshold) block by block.
             var raw = workspace.Staging(count * sizeof(ushort));
             using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(leaf.Tuned, first, count, TensorMemory.Pointer(raw));
             delta = workspace.Floats(slot, count);
@@ -621,21 +614,23 @@ public sealed class MergeExecutor
     private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
     private static unsafe void DropExcessTies(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.DropExcessTies(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
 
+    /// <summary>What a linear merge's weighted sum is multiplied by: λ, divided by the total weight when normalizing; null for 1 (and for a single vector).</summary>
+    private static float? LinearScale(MergeOptions? merge, Leaf[] leaves)
+    {
+        if (merge is null) return null;
+        var totalWeight = leaves.Sum(l => (double)l.Weight);
+        var scale = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
+        return scale == 1.0 ? null : (float)scale;
+    }
+
     /// <summary>Combines the inputs' chunks into the merged δ (λ applied) at <paramref name="target"/>; TIES keeps |x| at or above <paramref name="keepBits"/>.</summary>
     private static unsafe void Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas, uint[] keepBits, CombineTarget target)
     {
         var count = deltas[0].shape[0];
         var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
-        if (merge is null)
+        if (merge is not { Method: MergeMethod.Ties })
         {
-            CombineKernels.Linear(inputs, new[] { 1f }, null, target, count);
-            return;
-        }
-        if (merge.Method == MergeMethod.Linear)
-        {
-            var totalWeight = leaves.Sum(l => (double)l.Weight);
-            var scale = merge.Normalize && totalWeight != 0 ? merge.Lambda / totalWeight : merge.Lambda;
-            CombineKernels.Linear(inputs, leaves.Select(l => l.Weight).ToArray(), scale == 1.0 ? null : (float)scale, target, count);
+            CombineKernels.Linear(inputs, leaves.Select(l => l.Weight).ToArray(), LinearScale(merge, leaves), target, count);
             return;
         }
         CombineKernels.Ties(inputs, leaves.Select(l => (double)l.Weight).ToArray(), keepBits, merge.SignMethod == SignMethod.Count, merge.Normalize, merge.Lambda, target, count);

@@ -12,17 +12,17 @@ internal enum Phase
     ToFloat32,
     /// <summary>fine-tuned − base (torch, for inputs the fused path does not take).</summary>
     Delta,
-    /// <summary>bfloat16 fine-tuned → float32, − base and the DARE mask, fused in one pass.</summary>
+    /// <summary>bfloat16 fine-tuned → float32, − base and the DARE mask, fused in one pass (for linear merges, the whole merge).</summary>
     DeltaFused,
     /// <summary>DARE drop and rescale (and the L1 sums).</summary>
     Mask,
-    /// <summary>TIES magnitude histograms (coarse and fine passes).</summary>
+    /// <summary>TIES thresholds: sampling δ (outside the fused pass), the bracket pass, or the exact coarse and fine passes.</summary>
     Select,
-    /// <summary>TIES trim to the selected magnitudes.</summary>
+    /// <summary>TIES: dropping the ties beyond the threshold's count (a full trim for L1-rescaled inputs); the rest is in Combine.</summary>
     Trim,
-    /// <summary>Linear sum or TIES sign election and disjoint mean.</summary>
+    /// <summary>Linear sum or TIES trim, sign election and disjoint mean; for bfloat16 and float32 output also base + δ and the conversion.</summary>
     Combine,
-    /// <summary>base + δ and the conversion to the output dtype.</summary>
+    /// <summary>base + δ and the conversion to other output dtypes (torch).</summary>
     ToOutput,
     /// <summary>Waiting for the background write of the previous chunk (and synchronous appends); see BackgroundAppender.</summary>
     Write,

@@ -46,7 +46,8 @@ public sealed record CheckpointWriteResult(string Path, IReadOnlyList<string> Fi
 
 /// <summary>
 /// Streams tensors into a Hugging Face model folder. Headers are written first (shapes are known up front), then
-/// tensor data in plan order as it is produced; nothing is buffered beyond the current write. Output goes to a
+/// tensor data in plan order as it is produced; nothing is buffered beyond the current write and one staging buffer
+/// (see <see cref="OutputFile"/>: on Linux the shards bypass the page cache). Output goes to a
 /// temporary folder beside the destination and is moved into place only by <see cref="Commit"/>; disposing an
 /// uncommitted writer (failure, cancellation) deletes the temporary folder and leaves the destination untouched.
 /// </summary>
