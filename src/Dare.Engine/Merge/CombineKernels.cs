@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -118,29 +119,34 @@ internal static unsafe class CombineKernels
     /// <summary>
     /// TIES sign election and disjoint mean: γ = sign(Σ wᵢtᵢ) (or of #positive − #negative), ties to +; the result is
     /// Σ wᵢtᵢ over the inputs whose sign agrees with γ, divided by Σ wᵢ over them when normalizing (0 where none
-    /// agree), times λ. Input i's elements with |x| below <paramref name="keepBits"/>[i] (IEEE bits, see
-    /// <see cref="MagnitudeSelection.KeepBits"/>) count as zero: that is the TIES trim, once excess ties are dropped.
+    /// agree), times λ. This applies the TIES trim as it reads: input i keeps |x| (as IEEE bits) above
+    /// <paramref name="thresholds"/>[i] (see <see cref="MagnitudeSelection.KeepBits"/>) and, of those equal to it,
+    /// the first <paramref name="tieBudgets"/>[i][r] in range r (<see cref="MagnitudeSelection.Ranges"/>), or all of
+    /// them when that input has no budgets (excess ties already dropped); the others count as zero.
     /// </summary>
-    public static void Ties(IntPtr[] inputs, double[] weights, uint[] keepBits, bool bySignCount, bool normalize, double lambda, CombineTarget target, long count)
+    public static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
+        CombineTarget target, long count)
     {
         var ranges = MagnitudeSelection.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
-            var j = bySignCount ? start : TiesBySum(inputs, weights, keepBits, normalize, lambda, target, start, end);
+            var budgets = tieBudgets.Select(b => b?[r] ?? long.MaxValue).ToArray();
+            var j = bySignCount ? start : TiesBySum(inputs, weights, thresholds, budgets, normalize, lambda, target, start, end);
+            var kept = new float[inputs.Length];
             for (; j < end; j++)
             {
                 double election = 0;
                 for (var i = 0; i < inputs.Length; i++)
                 {
-                    var x = Kept(((float*)inputs[i])[j], keepBits[i]);
-                    election += bySignCount ? Math.Sign(x) : weights[i] * x;
+                    kept[i] = Kept(((float*)inputs[i])[j], thresholds[i], ref budgets[i]);
+                    election += bySignCount ? Math.Sign(kept[i]) : weights[i] * kept[i];
                 }
                 var positive = election >= 0;
                 double sum = 0, weight = 0;
                 for (var i = 0; i < inputs.Length; i++)
                 {
-                    var x = Kept(((float*)inputs[i])[j], keepBits[i]);
+                    var x = kept[i];
                     if (positive ? x > 0 : x < 0)
                     {
                         sum += weights[i] * x;
@@ -158,9 +164,40 @@ internal static unsafe class CombineKernels
     /// does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves
     /// the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
     /// </summary>
-    private static float Kept(float x, uint keepBits) => (BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF) >= keepBits ? x : 0f;
+    /// <summary>x if kept by the trim (above the threshold, or equal while the range's tie budget lasts), else 0.</summary>
+    private static float Kept(float x, uint threshold, ref long tieBudget)
+    {
+        var magnitude = BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF;
+        if (magnitude > threshold) return x;
+        if (magnitude != threshold || tieBudget == 0) return 0f;
+        tieBudget--;
+        return x;
+    }
 
-    internal static long TiesBySum(IntPtr[] inputs, double[] weights, uint[] keepBits, bool normalize, double lambda, CombineTarget target, long start, long end)
+    private static readonly Vector256<uint> LaneBits = Vector256.Create(1u, 2u, 4u, 8u, 16u, 32u, 64u, 128u);
+
+    /// <summary>The lanes of <paramref name="ties"/> (a lane bit mask) that the tie budget still keeps, in lane order, as a vector mask.</summary>
+    private static Vector256<uint> KeptTies(uint ties, ref long tieBudget)
+    {
+        var count = BitOperations.PopCount(ties);
+        if (tieBudget >= count)
+        {
+            tieBudget -= count;
+        }
+        else
+        {
+            var kept = 0u;
+            for (; tieBudget > 0; tieBudget--)
+            {
+                kept |= ties & (uint)-(int)ties;
+                ties &= ties - 1;
+            }
+            ties = kept;
+        }
+        return ~Vector256.Equals(Vector256.Create(ties) & LaneBits, Vector256<uint>.Zero);
+    }
+
+    internal static long TiesBySum(IntPtr[] inputs, double[] weights, uint[] thresholds, long[] tieBudgets, bool normalize, double lambda, CombineTarget target, long start, long end)
     {
         if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
         var count = inputs.Length;
@@ -175,7 +212,11 @@ internal static unsafe class CombineKernels
             for (var i = 0; i < count; i++)
             {
                 var x = Vector256.Load((float*)inputs[i] + j);
-                var kept = Vector256.GreaterThanOrEqual(x.AsUInt32() & Vector256.Create(0x7FFFFFFFu), Vector256.Create(keepBits[i]));
+                var magnitude = x.AsUInt32() & Vector256.Create(0x7FFFFFFFu);
+                var threshold = Vector256.Create(thresholds[i]);
+                var kept = Vector256.GreaterThan(magnitude, threshold);
+                var ties = Vector256.Equals(magnitude, threshold).ExtractMostSignificantBits();
+                if (ties != 0) kept |= KeptTies(ties, ref tieBudgets[i]);
                 (low[i], high[i]) = Vector256.Widen(x & kept.AsSingle());
                 var w = Vector256.Create(weights[i]);
                 electionLow += w * low[i];

@@ -44,6 +44,14 @@ public sealed partial class MagnitudeSelection
     private long _aboveBracket, _zerosInBracket;
     private long[]? _bracket;
 
+    // Per AddBracket call (in the executor: per chunk, in element order) and per parallel range of it, the bracket's
+    // non-zero counts as sorted (entry, count) lists. Once the threshold is known they give each range's ties, so
+    // the order-dependent tie rule needs no pass of its own. Not kept when they would grow too large.
+    private List<(uint Entry, uint Count)[][]>? _rangeEntries = new();
+    private long _recordedEntries;
+    private const long MaxRecordedEntries = 4 << 20;
+    private List<long[]>? _tieBudgets;
+
     [ThreadStatic]
     private static uint[]? t_bracketTable;
 
@@ -170,6 +178,8 @@ public sealed partial class MagnitudeSelection
     public unsafe void AddBracket(float* data, long count)
     {
         var ranges = Ranges(count);
+        if (ranges.Any(r => r.End - r.Start > MaxSpan)) _rangeEntries = null;
+        var recorded = _rangeEntries is null ? null : new (uint, uint)[ranges.Length][];
         Parallel.For(0, ranges.Length, r =>
         {
             var (rangeStart, rangeEnd) = ranges[r];
@@ -187,8 +197,66 @@ public sealed partial class MagnitudeSelection
                     _aboveBracket += above;
                     _zerosInBracket += zeros;
                 }
+                if (recorded is not null)
+                {
+                    // Zeros are counted apart from the table; their entry is 0 (only a zero has magnitude bits 0).
+                    var entries = new List<(uint, uint)>();
+                    if (zeros > 0) entries.Add((0, (uint)zeros));
+                    for (var b = zeros > 0 ? 1 : 0; b < width; b++)
+                    {
+                        if (table[b] != 0) entries.Add(((uint)b, table[b]));
+                    }
+                    recorded[r] = entries.ToArray();
+                }
             }
         });
+        if (recorded is null || _rangeEntries is null) return;
+        _recordedEntries += recorded.Sum(e => e.Length);
+        if (_recordedEntries > MaxRecordedEntries) _rangeEntries = null;
+        else _rangeEntries.Add(recorded);
+    }
+
+    /// <summary>
+    /// After a bracket found the threshold: how many threshold ties each parallel range (see <see cref="Ranges"/>) of
+    /// AddBracket call <paramref name="piece"/> keeps under the keep rule (the first <see cref="TiesToKeep"/> in
+    /// element order); null when not recorded (then <see cref="DropExcessTies"/> applies the rule).
+    /// </summary>
+    public long[]? TieBudgets(int piece) => _tieBudgets is { } budgets && piece < budgets.Count ? budgets[piece] : null;
+
+    private void PlanTieBudgets(uint entry)
+    {
+        var calls = _rangeEntries;
+        _rangeEntries = null;
+        if (calls is null) return;
+        var budgets = new List<long[]>(calls.Count);
+        long remaining = TiesToKeep, seen = 0;
+        foreach (var call in calls)
+        {
+            var budget = new long[call.Length];
+            for (var r = 0; r < call.Length; r++)
+            {
+                var ties = CountAt(call[r], entry);
+                budget[r] = Math.Min(ties, remaining);
+                remaining -= budget[r];
+                seen += ties;
+            }
+            budgets.Add(budget);
+        }
+        // Every element must have been counted once, in pieces the caller can name again.
+        _tieBudgets = seen == TieCount ? budgets : null;
+    }
+
+    private static long CountAt((uint Entry, uint Count)[] entries, uint entry)
+    {
+        int low = 0, high = entries.Length - 1;
+        while (low <= high)
+        {
+            var middle = (low + high) >> 1;
+            if (entries[middle].Entry == entry) return entries[middle].Count;
+            if (entries[middle].Entry < entry) low = middle + 1;
+            else high = middle - 1;
+        }
+        return 0;
     }
 
     /// <summary>
@@ -252,6 +320,7 @@ public sealed partial class MagnitudeSelection
                     ThresholdBits = _bracketLow + (uint)b;
                     TiesToKeep = need - above;
                     TieCount = bracket[b];
+                    PlanTieBudgets((uint)b);
                     return SelectionStep.Done;
                 }
                 above += bracket[b];

@@ -465,14 +465,21 @@ public sealed class MergeExecutor
 
         ForEachChunk((first, baseChunk, deltas) =>
         {
+            var tieBudgets = new long[]?[leaves.Length];
             for (var i = 0; i < leaves.Length; i++)
             {
                 var leaf = leaves[i];
-                // The combine drops |x| below each input's threshold as it reads; only the ties, which depend on element
-                // order, are dropped beforehand. An L1 rescale would change the magnitudes, so such an input is trimmed
-                // in full first. TIES ignores zeros, so a trim that could only change the sign of a zero is skipped.
+                // The combine trims as it reads: it drops |x| below each input's threshold and keeps each parallel
+                // range's share of the ties, known from the bracket pass. Without those shares the excess ties are
+                // dropped here first. An L1 rescale would change the magnitudes, so such an input is trimmed in full
+                // first. TIES ignores zeros, so a trim that could only change the sign of a zero is skipped.
                 if (leaf.Selection is { TrimKeepsEveryNonZero: false } selection)
                 {
+                    if (l1Scales[i] == 1.0 && selection.TieBudgets((int)(first / chunk)) is { } budgets)
+                    {
+                        tieBudgets[i] = budgets;
+                        continue;
+                    }
                     using (PhaseProfile.Time(_profile, Phase.Trim))
                     {
                         if (l1Scales[i] != 1.0) Trim(selection, deltas[i], ref leaf.TiesLeft);
@@ -485,7 +492,7 @@ public sealed class MergeExecutor
                 }
             }
             var target = sink.Target(baseChunk, deltas[0]);
-            using (PhaseProfile.Time(_profile, Phase.Combine)) Combine(merge, leaves, deltas, keepBits, target);
+            using (PhaseProfile.Time(_profile, Phase.Combine)) Combine(merge, leaves, deltas, keepBits, tieBudgets, target);
             sink.Take(first, baseChunk, deltas[0]);
         });
 
@@ -623,8 +630,8 @@ public sealed class MergeExecutor
         return scale == 1.0 ? null : (float)scale;
     }
 
-    /// <summary>Combines the inputs' chunks into the merged δ (λ applied) at <paramref name="target"/>; TIES keeps |x| at or above <paramref name="keepBits"/>.</summary>
-    private static unsafe void Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas, uint[] keepBits, CombineTarget target)
+    /// <summary>Combines the inputs' chunks into the merged δ (λ applied) at <paramref name="target"/>; TIES trims by <paramref name="keepBits"/> and <paramref name="tieBudgets"/> (see <see cref="CombineKernels.Ties"/>).</summary>
+    private static unsafe void Combine(MergeOptions? merge, Leaf[] leaves, Tensor[] deltas, uint[] keepBits, long[]?[] tieBudgets, CombineTarget target)
     {
         var count = deltas[0].shape[0];
         var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
@@ -633,6 +640,6 @@ public sealed class MergeExecutor
             CombineKernels.Linear(inputs, leaves.Select(l => l.Weight).ToArray(), LinearScale(merge, leaves), target, count);
             return;
         }
-        CombineKernels.Ties(inputs, leaves.Select(l => (double)l.Weight).ToArray(), keepBits, merge.SignMethod == SignMethod.Count, merge.Normalize, merge.Lambda, target, count);
+        CombineKernels.Ties(inputs, leaves.Select(l => (double)l.Weight).ToArray(), keepBits, tieBudgets, merge.SignMethod == SignMethod.Count, merge.Normalize, merge.Lambda, target, count);
     }
 }

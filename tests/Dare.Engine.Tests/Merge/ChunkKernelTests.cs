@@ -130,7 +130,7 @@ public sealed class ChunkKernelTests
         {
             fixed (float* o = output)
             {
-                done = CombineKernels.TiesBySum(handles.Select(h => h.AddrOfPinnedObject()).ToArray(), weights, new uint[models], normalize, lambda, new CombineTarget(null, o, bfloat16: false), 0, count);
+                done = CombineKernels.TiesBySum(handles.Select(h => h.AddrOfPinnedObject()).ToArray(), weights, new uint[models], Enumerable.Repeat(long.MaxValue, models).ToArray(), normalize, lambda, new CombineTarget(null, o, bfloat16: false), 0, count);
             }
         }
         finally

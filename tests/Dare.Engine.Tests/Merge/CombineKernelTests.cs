@@ -112,7 +112,7 @@ public sealed class CombineKernelTests
         var weights = new[] { 1.0, 0.5, 2.0 };
 
         var merged = (float[][])deltas.Select(d => (float[])d.Clone()).ToArray();
-        WithPinned(merged, pointers => CombineKernels.Ties(pointers, weights, new uint[3], bySignCount, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(merged, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], bySignCount, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count));
         using var expected = zeros(new long[] { count }, ScalarType.BFloat16).copy_(tensor(baseValues).add_(tensor(merged[0])));
 
         var output = new ushort[count];
@@ -120,7 +120,7 @@ public sealed class CombineKernelTests
         {
             fixed (ushort* o = output)
             {
-                CombineKernels.Ties(pointers[..^1], weights, new uint[3], bySignCount, normalize: true, lambda: 0.9, new CombineTarget((float*)pointers[^1], o, bfloat16: true), count);
+                CombineKernels.Ties(pointers[..^1], weights, new uint[3], new long[]?[3], bySignCount, normalize: true, lambda: 0.9, new CombineTarget((float*)pointers[^1], o, bfloat16: true), count);
             }
         });
 
@@ -139,9 +139,43 @@ public sealed class CombineKernelTests
         var keepBits = new[] { BitConverter.SingleToUInt32Bits(0.004f), 0u, uint.MaxValue };
 
         var zeroed = deltas.Select((d, i) => d.Select(x => (BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF) < keepBits[i] ? 0f : x).ToArray()).ToArray();
-        WithPinned(zeroed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], bySignCount, normalize: true, lambda: 1.1, CombineTarget.InPlace((float*)pointers[0]), count));
-        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, keepBits, bySignCount, normalize: true, lambda: 1.1, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(zeroed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], bySignCount, normalize: true, lambda: 1.1, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, keepBits, new long[]?[3], bySignCount, normalize: true, lambda: 1.1, CombineTarget.InPlace((float*)pointers[0]), count));
 
         Assert.Equal(zeroed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Fact]
+    public unsafe void Tie_budgets_in_the_ties_combine_keep_each_ranges_first_ties_and_zero_the_rest()
+    {
+        var random = new Random(10);
+        const int count = 300_007; // more than one parallel range on a multi-core machine
+        var deltas = Enumerable.Range(0, 3).Select(_ => Enumerable.Range(0, count).Select(_ => (random.Next(2) == 0 ? -1 : 1) * random.Next(0, 9) / 8f).ToArray()).ToArray();
+        var weights = new[] { 1.0, 0.8, 1.2 };
+        var thresholds = new[] { BitConverter.SingleToUInt32Bits(0.5f), BitConverter.SingleToUInt32Bits(0.25f), 0u };
+        var ranges = MagnitudeSelection.Ranges(count);
+        var budgets = new long[]?[] { ranges.Select((_, r) => (long)(100 * r + 7)).ToArray(), ranges.Select(_ => 0L).ToArray(), null };
+
+        // The trim written out: per range, keep |x| above the threshold and the first budget ties; zero the rest.
+        var trimmed = deltas.Select((d, i) =>
+        {
+            var copy = (float[])d.Clone();
+            for (var r = 0; r < ranges.Length; r++)
+            {
+                var left = budgets[i]?[r] ?? long.MaxValue;
+                for (var j = ranges[r].Start; j < ranges[r].End; j++)
+                {
+                    var magnitude = BitConverter.SingleToUInt32Bits(copy[j]) & 0x7FFFFFFF;
+                    if (magnitude > thresholds[i]) continue;
+                    if (magnitude == thresholds[i] && left > 0) left--;
+                    else copy[j] = 0f;
+                }
+            }
+            return copy;
+        }).ToArray();
+        WithPinned(trimmed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, thresholds, budgets, false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count));
+
+        Assert.Equal(trimmed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
 }

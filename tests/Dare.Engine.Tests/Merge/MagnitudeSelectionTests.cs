@@ -213,6 +213,46 @@ public sealed class MagnitudeSelectionTests
     }
 
     [Fact]
+    public unsafe void Tie_budgets_give_each_range_its_share_of_the_first_ties_in_element_order()
+    {
+        // Few distinct magnitudes, so the threshold value is shared by thousands of elements across pieces and ranges.
+        var random = new Random(21);
+        const int n = 600_000;
+        var data = Enumerable.Range(0, n).Select(_ => (random.Next(2) == 0 ? -1 : 1) * random.Next(0, 40) / 64f).ToArray();
+        var pieces = new[] { 250_000, 200_000, 150_000 };
+        var keep = n / 3;
+
+        var (_, selection, steps) = Select(data, keep, pieces, sampled: true);
+
+        Assert.Equal(new[] { SelectionStep.Bracket, SelectionStep.Done }, steps);
+        Assert.True(selection.TieCount > selection.TiesToKeep && selection.TiesToKeep > 0, "the threshold's ties are split");
+        // Written out plainly: walk pieces and their ranges in element order, handing out TiesToKeep.
+        var remaining = selection.TiesToKeep;
+        var offset = 0;
+        for (var p = 0; p < pieces.Length; p++)
+        {
+            var budgets = selection.TieBudgets(p);
+            Assert.NotNull(budgets);
+            var ranges = MagnitudeSelection.Ranges(pieces[p]);
+            Assert.Equal(ranges.Length, budgets!.Length);
+            for (var r = 0; r < ranges.Length; r++)
+            {
+                long ties = 0;
+                for (var i = ranges[r].Start; i < ranges[r].End; i++)
+                {
+                    if ((BitConverter.SingleToUInt32Bits(data[offset + i]) & 0x7FFFFFFF) == selection.ThresholdBits) ties++;
+                }
+                var expected = Math.Min(ties, remaining);
+                remaining -= expected;
+                Assert.Equal(expected, budgets[r]);
+            }
+            offset += pieces[p];
+        }
+        Assert.Equal(0, remaining);
+        Assert.Null(selection.TieBudgets(pieces.Length));
+    }
+
+    [Fact]
     public void Selection_of_all_or_nothing_needs_no_passes()
     {
         Assert.True(new MagnitudeSelection(10, 10).KeepAll);

@@ -1,0 +1,51 @@
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+using Xunit;
+
+namespace Dare.Engine.Tests.Merge;
+
+/// <summary>
+/// A tensor large enough for the sampled, bracketed TIES route (and for several parallel ranges per chunk), with
+/// coarse values so the threshold is shared by many elements: the export must match the plain reimplementation and
+/// not depend on the chunk size.
+/// </summary>
+public sealed class TiesBracketRouteTests : IDisposable
+{
+    private const string Name = "model.layers.0.mlp.up_proj.weight";
+    private const int Count = 400_003;
+    private readonly TestModels _models = new();
+    private readonly float[] _base;
+    private readonly List<float[]> _tuned = new();
+    private readonly List<TaskVector> _vectors = new();
+
+    public TiesBracketRouteTests()
+    {
+        var random = new Random(99);
+        _base = Enumerable.Range(0, Count).Select(_ => random.Next(-64, 65) / 32f).ToArray();
+        var baseModel = _models.Write("base", new[] { TestTensor.Bf16(Name, _base) });
+        for (var m = 0; m < 3; m++)
+        {
+            var tuned = _base.Select(v => v + random.Next(-6, 7) / 64f).ToArray();
+            _tuned.Add(tuned);
+            _vectors.Add(TaskVector.FromModels(baseModel, _models.Write($"tuned{m}", new[] { TestTensor.Bf16(Name, tuned) })));
+        }
+    }
+
+    public void Dispose() => _models.Dispose();
+
+    private TaskVector Plan() => TaskVector.Combine(_vectors,
+        new MergeOptions(MergeMethod.Ties, new TensorParameter[] { 1, 0.7, 1.3 }, true, 0.9, new TensorParameter[] { 0.3, 0.2, 0.45 }));
+
+    [Fact]
+    public void Export_matches_the_plain_reimplementation_whatever_the_chunk_size()
+    {
+        var whole = _models.Export(Plan(), "whole", deltaOnly: true);
+        var chunked = _models.Export(Plan(), "chunked", deltaOnly: true, chunkElements: 150_001);
+
+        var deltas = _tuned.Select(t => Reference.Delta(_base, t)).ToArray();
+        var expected = Reference.ToFloats(Reference.Ties(deltas, new[] { 1, 0.7, 1.3 }, new[] { 0.3, 0.2, 0.45 }, true, 0.9));
+        var actual = TestModels.ReadFloats(whole, Name);
+        Reference.AssertClose(expected, actual, what: Name);
+        Reference.AssertBitEqual(actual, TestModels.ReadFloats(chunked, Name), Name);
+    }
+}
