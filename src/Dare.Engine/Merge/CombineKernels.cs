@@ -122,7 +122,8 @@ internal static unsafe class CombineKernels
     /// agree), times λ. This applies the TIES trim as it reads: input i keeps |x| (as IEEE bits) above
     /// <paramref name="thresholds"/>[i] (see <see cref="MagnitudeSelection.KeepBits"/>) and, of those equal to it,
     /// the first <paramref name="tieBudgets"/>[i][r] in range r (<see cref="MagnitudeSelection.Ranges"/>), or all of
-    /// them when that input has no budgets (excess ties already dropped); the others count as zero.
+    /// them when that budget is long.MaxValue or the input has no budgets (excess ties already dropped); the others
+    /// count as zero.
     /// </summary>
     public static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
         CombineTarget target, long count)
@@ -214,9 +215,20 @@ internal static unsafe class CombineKernels
                 var x = Vector256.Load((float*)inputs[i] + j);
                 var magnitude = x.AsUInt32() & Vector256.Create(0x7FFFFFFFu);
                 var threshold = Vector256.Create(thresholds[i]);
-                var kept = Vector256.GreaterThan(magnitude, threshold);
-                var ties = Vector256.Equals(magnitude, threshold).ExtractMostSignificantBits();
-                if (ties != 0) kept |= KeptTies(ties, ref tieBudgets[i]);
+                // Only the one range where an input's tie budget runs out needs the bookkeeping; elsewhere all ties
+                // are kept (no budget) or none are (budget 0), which a plain compare decides.
+                var budget = tieBudgets[i];
+                Vector256<uint> kept;
+                if (budget == long.MaxValue) kept = Vector256.GreaterThanOrEqual(magnitude, threshold);
+                else
+                {
+                    kept = Vector256.GreaterThan(magnitude, threshold);
+                    if (budget > 0)
+                    {
+                        var ties = Vector256.Equals(magnitude, threshold).ExtractMostSignificantBits();
+                        if (ties != 0) kept |= KeptTies(ties, ref tieBudgets[i]);
+                    }
+                }
                 (low[i], high[i]) = Vector256.Widen(x & kept.AsSingle());
                 var w = Vector256.Create(weights[i]);
                 electionLow += w * low[i];

@@ -219,7 +219,8 @@ public sealed partial class MagnitudeSelection
     /// <summary>
     /// After a bracket found the threshold: how many threshold ties each parallel range (see <see cref="Ranges"/>) of
     /// AddBracket call <paramref name="piece"/> keeps under the keep rule (the first <see cref="TiesToKeep"/> in
-    /// element order); null when not recorded (then <see cref="DropExcessTies"/> applies the rule).
+    /// element order): <see cref="long.MaxValue"/> where the range keeps all of its ties, as every range but one does;
+    /// null when not recorded (then <see cref="DropExcessTies"/> applies the rule).
     /// </summary>
     public long[]? TieBudgets(int piece) => _tieBudgets is { } budgets && piece < budgets.Count ? budgets[piece] : null;
 
@@ -236,8 +237,8 @@ public sealed partial class MagnitudeSelection
             for (var r = 0; r < call.Length; r++)
             {
                 var ties = CountAt(call[r], entry);
-                budget[r] = Math.Min(ties, remaining);
-                remaining -= budget[r];
+                budget[r] = ties <= remaining ? long.MaxValue : remaining;
+                remaining -= Math.Min(ties, remaining);
                 seen += ties;
             }
             budgets.Add(budget);
