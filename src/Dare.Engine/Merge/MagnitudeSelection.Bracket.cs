@@ -49,7 +49,7 @@ public sealed partial class MagnitudeSelection
     // the order-dependent tie rule needs no pass of its own. Not kept when they would grow too large.
     private List<(uint Entry, uint Count)[][]>? _rangeEntries = new();
     private long _recordedEntries;
-    private const long MaxRecordedEntries = 4 << 20;
+    private const long MaxRecordedEntries = 1 << 20;
     private List<long[]>? _tieBudgets;
 
     [ThreadStatic]
@@ -199,12 +199,12 @@ public sealed partial class MagnitudeSelection
                 }
                 if (recorded is not null)
                 {
-                    // Zeros are counted apart from the table; their entry is 0 (only a zero has magnitude bits 0).
                     var entries = new List<(uint, uint)>();
-                    if (zeros > 0) entries.Add((0, (uint)zeros));
-                    for (var b = zeros > 0 ? 1 : 0; b < width; b++)
+                    for (var b = 0; b < width; b++)
                     {
-                        if (table[b] != 0) entries.Add(((uint)b, table[b]));
+                        // Zeros were counted apart from the table; their entry is 0 (only a zero has magnitude bits 0).
+                        var entryCount = b == 0 ? table[0] + (uint)zeros : table[b];
+                        if (entryCount != 0) entries.Add(((uint)b, entryCount));
                     }
                     recorded[r] = entries.ToArray();
                 }
