@@ -31,7 +31,7 @@ internal static unsafe class ChunkKernels
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
-            WidenSubtract(source + start, null, destination + start, end - start);
+            WidenSubtract(source + start, (float*)null, destination + start, end - start);
         });
     }
 
@@ -42,7 +42,16 @@ internal static unsafe class ChunkKernels
     /// still in cache (<see cref="MagnitudeSelection.AddSample"/>). Returns how many elements DARE dropped.
     /// </summary>
     public static long WidenSubtractMask(ushort* tuned, float* baseValues, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
-        MagnitudeSelection? sample = null)
+        MagnitudeSelection? sample = null) =>
+        WidenSubtractMask(tuned, baseValues, null, delta, first, count, dare, key, threshold, scale, sample);
+
+    /// <summary><see cref="WidenSubtractMask(ushort*, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> with the base still in bfloat16 (widened as it is read; the same values).</summary>
+    public static long WidenSubtractMask(ushort* tuned, ushort* baseBits, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
+        MagnitudeSelection? sample = null) =>
+        WidenSubtractMask(tuned, null, baseBits, delta, first, count, dare, key, threshold, scale, sample);
+
+    private static long WidenSubtractMask(ushort* tuned, float* baseValues, ushort* baseBits, float* delta, long first, long count, bool dare, ulong key, uint threshold,
+        float scale, MagnitudeSelection? sample)
     {
         if (sample is not null && count > MagnitudeSelection.MaxSpan) throw new ArgumentOutOfRangeException(nameof(count), "Too many elements to sample in one pass.");
         var ranges = MagnitudeSelection.Ranges(count);
@@ -55,7 +64,8 @@ internal static unsafe class ChunkKernels
             for (var block = start; block < end; block += Block)
             {
                 var length = Math.Min(Block, end - block);
-                WidenSubtract(tuned + block, baseValues + block, delta + block, length);
+                if (baseValues is not null) WidenSubtract(tuned + block, baseValues + block, delta + block, length);
+                else WidenSubtractBFloat16(tuned + block, baseBits + block, delta + block, length);
                 if (dare) dropped[r] += DareMask.Apply(delta + block, first + block, length, key, threshold, scale);
                 if (table is not null) nonZero += MagnitudeSelection.CountSample(table, (uint*)(delta + block), first + block, length);
             }
@@ -86,7 +96,7 @@ internal static unsafe class ChunkKernels
                 for (var block = start; block < end; block += Block)
                 {
                     var length = Math.Min(Block, end - block);
-                    WidenSubtract(baseBits + block, null, baseBlock, length);
+                    WidenSubtract(baseBits + block, (float*)null, baseBlock, length);
                     for (var i = 0; i < sources.Length; i++)
                     {
                         var delta = buffers + (i + 1) * Block;
@@ -109,6 +119,26 @@ internal static unsafe class ChunkKernels
             }
         });
         return dropped;
+    }
+
+    /// <summary>destination[i] = (float)source[i] − (float)subtrahend[i] for bfloat16 both, on the calling thread.</summary>
+    private static void WidenSubtractBFloat16(ushort* source, ushort* subtrahend, float* destination, long count)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i <= count - 16; i += 16)
+            {
+                var (low, high) = Vector256.Widen(Vector256.Load(source + i));
+                var (baseLow, baseHigh) = Vector256.Widen(Vector256.Load(subtrahend + i));
+                (Vector256.ShiftLeft(low, 16).AsSingle() - Vector256.ShiftLeft(baseLow, 16).AsSingle()).Store(destination + i);
+                (Vector256.ShiftLeft(high, 16).AsSingle() - Vector256.ShiftLeft(baseHigh, 16).AsSingle()).Store(destination + i + 8);
+            }
+        }
+        for (; i < count; i++)
+        {
+            destination[i] = BitConverter.UInt32BitsToSingle((uint)source[i] << 16) - BitConverter.UInt32BitsToSingle((uint)subtrahend[i] << 16);
+        }
     }
 
     /// <summary>destination[i] = (float)source[i] − (subtrahend is null ? 0 : subtrahend[i]), on the calling thread.</summary>

@@ -22,8 +22,8 @@ internal sealed class ChunkWorkspace : IDisposable
     /// <summary>A float32 view of <paramref name="count"/> elements of slot <paramref name="slot"/> (contents undefined).</summary>
     public Tensor Floats(int slot, long count) => SlotView(_floats, slot, ScalarType.Float32, count);
 
-    /// <summary>A byte view of <paramref name="bytes"/> bytes of raw slot <paramref name="slot"/> (base 0, input i at i + 1) for data kept as stored.</summary>
-    public Tensor Raw(int slot, long bytes) => SlotView(_raw, slot, ScalarType.Byte, bytes);
+    /// <summary>A bfloat16 view of <paramref name="count"/> elements of raw slot <paramref name="slot"/> (base 0, input i at i + 1) for data kept as stored.</summary>
+    public Tensor Raw(int slot, long count) => SlotView(_raw, slot, ScalarType.BFloat16, count);
 
     private static Tensor SlotView(List<Tensor?> slots, int slot, ScalarType type, long count)
     {

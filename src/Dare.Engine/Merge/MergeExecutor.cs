@@ -235,7 +235,10 @@ public sealed class MergeExecutor
 
     private delegate void ChunkConsumer(long first, Tensor baseChunk, Tensor delta);
 
-    /// <summary>Receives a tensor's merged δ chunk by chunk: first says where the combine writes it, then takes the result.</summary>
+    /// <summary>
+    /// Receives a tensor's merged δ chunk by chunk: first says where the combine writes it, then takes the result. The
+    /// base chunk is float32, or bfloat16 as stored when only the fused kernels needed it.
+    /// </summary>
     private interface IChunkSink
     {
         /// <summary>Where the combine of this chunk writes (<paramref name="firstDelta"/> is the first input's δ, overwritable).</summary>
@@ -272,6 +275,7 @@ public sealed class MergeExecutor
                 _output = null;
                 return CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
             }
+            if (baseChunk.dtype == ScalarType.BFloat16) return TargetOverBFloat16Base((ushort*)TensorMemory.Pointer(baseChunk), firstDelta.shape[0]);
             return new CombineTarget(deltaOnly ? null : TensorMemory.Floats(baseChunk), NextOutput(firstDelta.shape[0]), outputDType == ScalarType.BFloat16);
         }
 
@@ -296,7 +300,8 @@ public sealed class MergeExecutor
                 using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
                 using (PhaseProfile.Time(profile, Phase.ToOutput))
                 {
-                    _output = workspace.Output(outputDType, firstDelta.shape[0]).copy_(deltaOnly ? firstDelta : baseChunk.add_(firstDelta));
+                    var result = deltaOnly ? firstDelta : baseChunk.dtype == ScalarType.Float32 ? baseChunk.add_(firstDelta) : baseChunk.to_type(ScalarType.Float32).add_(firstDelta);
+                    _output = workspace.Output(outputDType, firstDelta.shape[0]).copy_(result);
                 }
             }
             Emit();
@@ -314,7 +319,7 @@ public sealed class MergeExecutor
     /// Computes the vector's δ for one tensor and hands it to <paramref name="sink"/> chunk by chunk, in element
     /// order. Steps that need the whole tensor first (L1 rescale, TIES magnitude threshold) take extra passes; a
     /// tensor that fits in one chunk is read once and kept for all passes. Chunks live in <paramref name="workspace"/>'s
-    /// reused buffers (base in slot 0, input i's δ in slot i + 1): a sink must not keep them past its call.
+    /// reused buffers (base in slot 0, in float32 or still in bfloat16; input i's δ in slot i + 1): a sink must not keep them past its call.
     /// </summary>
     private DropCounts ProcessTensor(TaskVector vector, TensorInfo baseInfo, TensorReader reader, ChunkWorkspace workspace, int layerCount, IChunkSink sink)
     {
@@ -367,6 +372,9 @@ public sealed class MergeExecutor
         {
             leaf.SampleInDeltaPass = leaf.Selection is { NeedsPasses: true } && leaf.UsesFusedKernel && chunk <= MagnitudeSelection.MaxSpan;
         }
+        // A bfloat16 base that only the fused kernels read stays as stored (they widen it as they go); torch's δ for
+        // other inputs needs it in float32.
+        var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && leaves.All(l => l.UsesFusedKernel || l.Tuned is null);
         var cachedBase = (Tensor?)null;
         var cachedDeltas = (Tensor[]?)null;
         var pass = 0;
@@ -389,7 +397,9 @@ public sealed class MergeExecutor
                 }
                 else
                 {
-                    baseChunk = ReadFloat32(reader, workspace, 0, baseInfo, first, count);
+                    baseChunk = baseStaysBFloat16
+                        ? ReadBFloat16(reader, workspace, 0, baseInfo, first, count)
+                        : ReadFloat32(reader, workspace, 0, baseInfo, first, count);
                     deltas = leaves.Select((l, i) => LeafDelta(l, i + 1, reader, workspace, baseChunk, first, count, firstPass: pass == 0)).ToArray();
                     if (chunkCount == 1)
                     {
@@ -535,11 +545,14 @@ public sealed class MergeExecutor
     }
 
     /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in raw slot <paramref name="slot"/>.</summary>
-    private unsafe ushort* ReadRaw(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count)
+    private unsafe ushort* ReadRaw(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count) =>
+        (ushort*)TensorMemory.Pointer(ReadBFloat16(reader, workspace, slot, info, first, count));
+
+    private unsafe Tensor ReadBFloat16(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count)
     {
-        var raw = workspace.Raw(slot, count * sizeof(ushort));
+        var raw = workspace.Raw(slot, count);
         using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, TensorMemory.Pointer(raw));
-        return (ushort*)TensorMemory.Pointer(raw);
+        return raw;
     }
 
     /// <summary>
@@ -587,8 +600,13 @@ public sealed class MergeExecutor
             long chunkDropped;
             using (PhaseProfile.Time(_profile, Phase.DeltaFused))
             {
-                chunkDropped = ChunkKernels.WidenSubtractMask((ushort*)TensorMemory.Pointer(raw), TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta),
-                    first, count, leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale, firstPass && leaf.SampleInDeltaPass ? leaf.Selection : null);
+                var tunedBits = (ushort*)TensorMemory.Pointer(raw);
+                var sample = firstPass && leaf.SampleInDeltaPass ? leaf.Selection : null;
+                chunkDropped = baseChunk.dtype == ScalarType.BFloat16
+                    ? ChunkKernels.WidenSubtractMask(tunedBits, (ushort*)TensorMemory.Pointer(baseChunk), TensorMemory.Floats(delta), first, count,
+                        leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale, sample)
+                    : ChunkKernels.WidenSubtractMask(tunedBits, TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta), first, count,
+                        leaf.UsesDare, leaf.Key, leaf.DropThreshold, leaf.DropScale, sample);
             }
             if (firstPass) leaf.Dropped += chunkDropped;
             return delta;

@@ -74,20 +74,33 @@ public sealed class ChunkKernelTests
 
         var baseValues = baseTensor.data<float>().ToArray();
         var delta = new float[count];
-        long dropped;
+        var deltaOverBFloat16Base = new float[count];
+        long dropped, droppedOverBFloat16Base;
         fixed (ushort* t = tuned)
+        fixed (ushort* bb = baseBits)
         fixed (float* b = baseValues)
         fixed (float* d = delta)
+        fixed (float* db = deltaOverBFloat16Base)
         {
             dropped = ChunkKernels.WidenSubtractMask(t, b, d, first, count, dare, key, threshold, 10f);
+            droppedOverBFloat16Base = ChunkKernels.WidenSubtractMask(t, bb, db, first, count, dare, key, threshold, 10f);
         }
 
         Assert.Equal(expectedDropped, dropped);
+        Assert.Equal(expectedDropped, droppedOverBFloat16Base);
         for (var i = 0; i < count; i++)
         {
             // NaN − NaN may pick either operand's payload depending on the instruction; any NaN is the same value.
-            if (float.IsNaN(expected[i])) Assert.True(float.IsNaN(delta[i]), $"element {i}");
-            else Assert.Equal(Bits(expected[i]), Bits(delta[i]));
+            if (float.IsNaN(expected[i]))
+            {
+                Assert.True(float.IsNaN(delta[i]), $"element {i}");
+                Assert.True(float.IsNaN(deltaOverBFloat16Base[i]), $"element {i}, base in bfloat16");
+            }
+            else
+            {
+                Assert.Equal(Bits(expected[i]), Bits(delta[i]));
+                Assert.Equal(Bits(expected[i]), Bits(deltaOverBFloat16Base[i]));
+            }
         }
     }
 

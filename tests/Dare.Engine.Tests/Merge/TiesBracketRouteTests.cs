@@ -48,4 +48,16 @@ public sealed class TiesBracketRouteTests : IDisposable
         Reference.AssertClose(expected, actual, what: Name);
         Reference.AssertBitEqual(actual, TestModels.ReadFloats(chunked, Name), Name);
     }
+
+    [Fact]
+    public void Float16_output_is_the_float32_output_converted_by_torch()
+    {
+        // bfloat16 inputs keep the base as stored; float16 output goes through torch's addition and conversion.
+        var asFloat32 = _models.Export(Plan(), "f32", dtype: SafetensorsDType.F32);
+        var asFloat16 = _models.Export(Plan(), "f16", dtype: SafetensorsDType.F16);
+
+        using var converted = TorchSharp.torch.tensor(TestModels.ReadFloats(asFloat32, Name)).to_type(TorchSharp.torch.ScalarType.Float16);
+        var expected = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(converted.bytes).ToArray();
+        Assert.Equal(expected, TestModels.ReadRaw<ushort>(asFloat16.Find(Name)!));
+    }
 }
