@@ -160,11 +160,6 @@ internal static unsafe class CombineKernels
         });
     }
 
-    /// <summary>
-    /// The sign-by-sum TIES combine of <see cref="Ties"/>, eight elements at a time in double precision. Each lane
-    /// does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves
-    /// the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
-    /// </summary>
     /// <summary>x if kept by the trim (above the threshold, or equal while the range's tie budget lasts), else 0.</summary>
     private static float Kept(float x, uint threshold, ref long tieBudget)
     {
@@ -198,6 +193,11 @@ internal static unsafe class CombineKernels
         return ~Vector256.Equals(Vector256.Create(ties) & LaneBits, Vector256<uint>.Zero);
     }
 
+    /// <summary>
+    /// The sign-by-sum TIES combine of <see cref="Ties"/>, eight elements at a time in double precision. Each lane
+    /// does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves
+    /// the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
+    /// </summary>
     internal static long TiesBySum(IntPtr[] inputs, double[] weights, uint[] thresholds, long[] tieBudgets, bool normalize, double lambda, CombineTarget target, long start, long end)
     {
         if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
