@@ -19,24 +19,13 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
     public void Dispose() => _cancellation.Dispose();
 
     /// <summary>Runs <paramref name="action"/>; a failure becomes a terminating error.</summary>
-    protected void Run(Action action)
-    {
-        try
-        {
-            action();
-        }
-        catch (OperationCanceledException) when (_cancellation.IsCancellationRequested)
-        {
-            throw new PipelineStoppedException();
-        }
-        catch (Exception ex) when (ex is not PipelineStoppedException and not PipelineClosedException)
-        {
-            ThrowTerminatingError(ToErrorRecord(ex, null));
-        }
-    }
+    protected void Run(Action action) => Guarded(action, ex => ThrowTerminatingError(ToErrorRecord(ex, null)));
 
     /// <summary>Runs <paramref name="action"/> for one input; a failure becomes a non-terminating error.</summary>
-    protected void RunForItem(Action action, object? target)
+    protected void RunForItem(Action action, object? target) => Guarded(action, ex => WriteError(ToErrorRecord(ex, target)));
+
+    /// <summary>Runs <paramref name="action"/>: a cancellation stops the pipeline, any other failure goes to <paramref name="report"/>.</summary>
+    private void Guarded(Action action, Action<Exception> report)
     {
         try
         {
@@ -48,7 +37,7 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
         }
         catch (Exception ex) when (ex is not PipelineStoppedException and not PipelineClosedException)
         {
-            WriteError(ToErrorRecord(ex, target));
+            report(ex);
         }
     }
 
