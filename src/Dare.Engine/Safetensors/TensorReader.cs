@@ -48,27 +48,23 @@ public sealed class TensorReader : IDisposable
     }
 
     /// <summary>Reads a whole tensor in its stored dtype and shape (FP8 comes back as raw bytes).</summary>
-    public unsafe Tensor Read(TensorInfo info)
+    public Tensor Read(TensorInfo info)
     {
         var shape = info.DType is SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2 ? new[] { info.ByteLength } : info.Shape;
-        var tensor = empty(shape, info.DType.ToScalarType());
-        try
-        {
-            ReadElements(info, 0, info.ElementCount, TensorMemory.Pointer(tensor));
-            return tensor;
-        }
-        catch
-        {
-            tensor.Dispose();
-            throw;
-        }
+        return ReadNew(info, shape, 0, info.ElementCount);
     }
 
     /// <summary>Reads a range of elements as a 1-D tensor in the stored dtype.</summary>
-    public unsafe Tensor ReadRange(TensorInfo info, long firstElement, long count)
+    public Tensor ReadRange(TensorInfo info, long firstElement, long count)
     {
         CheckRange(info, firstElement, count); // before allocating: a bad count must not reach torch.empty
-        var tensor = empty(new[] { count }, info.DType.ToScalarType());
+        return ReadNew(info, new[] { count }, firstElement, count);
+    }
+
+    /// <summary>A new tensor of <paramref name="shape"/> filled with elements [firstElement, firstElement + count); disposed if the read fails.</summary>
+    private unsafe Tensor ReadNew(TensorInfo info, long[] shape, long firstElement, long count)
+    {
+        var tensor = empty(shape, info.DType.ToScalarType());
         try
         {
             ReadElements(info, firstElement, count, TensorMemory.Pointer(tensor));
