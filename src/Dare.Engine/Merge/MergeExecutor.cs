@@ -534,8 +534,9 @@ public sealed class MergeExecutor
             var first = c * chunk;
             var count = Math.Min(chunk, baseInfo.ElementCount - first);
             using var scope = NewDisposeScope();
-            var baseBits = ReadRaw(reader, workspace, 0, baseInfo, first, count);
-            var sources = leaves.Select((l, i) => new DeltaSource(ReadRaw(reader, workspace, i + 1, l.Tuned!, first, count), l.UsesDare, l.Key, l.DropThreshold, l.DropScale)).ToArray();
+            var baseBits = (ushort*)TensorMemory.Pointer(ReadBFloat16(reader, workspace, 0, baseInfo, first, count));
+            var sources = leaves.Select((l, i) => new DeltaSource((ushort*)TensorMemory.Pointer(ReadBFloat16(reader, workspace, i + 1, l.Tuned!, first, count)),
+                l.UsesDare, l.Key, l.DropThreshold, l.DropScale)).ToArray();
             var target = export.TargetOverBFloat16Base(baseBits, count);
             long[] dropped;
             using (PhaseProfile.Time(_profile, Phase.DeltaFused)) dropped = ChunkKernels.LinearFromBFloat16(baseBits, sources, weights, scale, target, first, count);
@@ -545,9 +546,6 @@ public sealed class MergeExecutor
     }
 
     /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in raw slot <paramref name="slot"/>.</summary>
-    private unsafe ushort* ReadRaw(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count) =>
-        (ushort*)TensorMemory.Pointer(ReadBFloat16(reader, workspace, slot, info, first, count));
-
     private unsafe Tensor ReadBFloat16(TensorReader reader, ChunkWorkspace workspace, int slot, TensorInfo info, long first, long count)
     {
         var raw = workspace.Raw(slot, count);
