@@ -94,6 +94,7 @@ public sealed class MergeExecutor
             var info = tensors[i];
             var outputDType = plan[i].DType.ToScalarType();
             _observer?.Progress(new MergeProgress("Merging", i, tensors.Count, bytesRead, totalBytes, clock.Elapsed, info.Name));
+            if (i + 1 < tensors.Count) Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
             appender.BeginTensor(info.Name);
             using (NewDisposeScope())
             {
@@ -166,6 +167,7 @@ public sealed class MergeExecutor
         {
             _cancellation.ThrowIfCancellationRequested();
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, tensors[i].Name));
+            if (i + 1 < tensors.Count) Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
             using (NewDisposeScope())
             {
                 var info = tensors[i];
@@ -365,7 +367,7 @@ public sealed class MergeExecutor
         if (SinglePassLinear && sink is ExportSink { WritesDirectly: true } export && merge?.Method != MergeMethod.Ties
             && baseInfo.DType == SafetensorsDType.BF16 && leaves.All(l => l.UsesFusedKernel))
         {
-            StreamLinear(baseInfo, leaves, merge, reader, workspace, export, chunk, chunkCount);
+            StreamLinear(vector, baseInfo, leaves, merge, reader, workspace, export, chunk, chunkCount);
             return Counts();
         }
         foreach (var leaf in leaves)
@@ -387,6 +389,7 @@ public sealed class MergeExecutor
                 _cancellation.ThrowIfCancellationRequested();
                 var first = c * chunk;
                 var count = Math.Min(chunk, n - first);
+                if (c + 1 < chunkCount) Prefetch(reader, vector, baseInfo, first + chunk, Math.Min(chunk, n - first - chunk));
                 using var scope = chunkCount > 1 ? NewDisposeScope() : null;
                 Tensor baseChunk;
                 Tensor[] deltas;
@@ -524,7 +527,7 @@ public sealed class MergeExecutor
     /// stored and <see cref="ChunkKernels.LinearFromBFloat16"/> takes them to output bytes block by block, so no
     /// float32 chunk is ever written to memory.
     /// </summary>
-    private unsafe void StreamLinear(TensorInfo baseInfo, Leaf[] leaves, MergeOptions? merge, TensorReader reader, ChunkWorkspace workspace, ExportSink export, long chunk, int chunkCount)
+    private unsafe void StreamLinear(TaskVector vector, TensorInfo baseInfo, Leaf[] leaves, MergeOptions? merge, TensorReader reader, ChunkWorkspace workspace, ExportSink export, long chunk, int chunkCount)
     {
         var weights = leaves.Select(l => l.Weight).ToArray();
         var scale = LinearScale(merge, leaves);
@@ -533,6 +536,7 @@ public sealed class MergeExecutor
             _cancellation.ThrowIfCancellationRequested();
             var first = c * chunk;
             var count = Math.Min(chunk, baseInfo.ElementCount - first);
+            if (c + 1 < chunkCount) Prefetch(reader, vector, baseInfo, first + chunk, Math.Min(chunk, baseInfo.ElementCount - first - chunk));
             using var scope = NewDisposeScope();
             var baseBits = (ushort*)TensorMemory.Pointer(ReadBFloat16(reader, workspace, 0, baseInfo, first, count));
             var sources = leaves.Select((l, i) => new DeltaSource((ushort*)TensorMemory.Pointer(ReadBFloat16(reader, workspace, i + 1, l.Tuned!, first, count)),
@@ -542,6 +546,20 @@ public sealed class MergeExecutor
             using (PhaseProfile.Time(_profile, Phase.DeltaFused)) dropped = ChunkKernels.LinearFromBFloat16(baseBits, sources, weights, scale, target, first, count);
             for (var i = 0; i < leaves.Length; i++) leaves[i].Dropped += dropped[i];
             export.Emit();
+        }
+    }
+
+    /// <summary>
+    /// Starts the OS reading elements [first, first + count) of a tensor of the base and of every fine-tune, so that
+    /// disk reads of the next chunk overlap the computation of this one (see <see cref="TensorReader.Prefetch"/>).
+    /// </summary>
+    private static void Prefetch(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long first, long count)
+    {
+        reader.Prefetch(baseInfo, first, count);
+        if (!baseInfo.DType.IsMergeable()) return;
+        foreach (var source in vector.Sources)
+        {
+            if (source.Find(baseInfo.Name) is { } tuned) reader.Prefetch(tuned, first, count);
         }
     }
 

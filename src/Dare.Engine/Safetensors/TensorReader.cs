@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -8,7 +9,7 @@ namespace Dare.Engine.Safetensors;
 /// Reads tensor data on demand with positioned reads straight into tensor memory (no whole-file reads, no
 /// intermediate copies). Keeps one handle per file open; not thread-safe per instance, use one per thread.
 /// </summary>
-public sealed class TensorReader : IDisposable
+public sealed partial class TensorReader : IDisposable
 {
     /// <summary>Largest single read; keeps spans well inside int range for tensors above 2^31 bytes.</summary>
     private const int MaxReadBytes = 1 << 30;
@@ -85,6 +86,33 @@ public sealed class TensorReader : IDisposable
             throw new ArgumentOutOfRangeException(nameof(count), $"Elements [{firstElement}, {firstElement} + {count}) are outside tensor '{info.Name}' ({info.ElementCount} elements).");
         }
     }
+
+    /// <summary>
+    /// Asks the OS to start reading elements [firstElement, firstElement + count) into the page cache in the
+    /// background (posix_fadvise WILLNEED on Linux), so that a later <see cref="ReadElements"/> finds them there: the
+    /// disk reads of the next chunk overlap the computation of this one. Advisory only: returns whether the OS took
+    /// the advice, and never throws (a real problem with the file surfaces in the read itself).
+    /// </summary>
+    public bool Prefetch(TensorInfo info, long firstElement, long count)
+    {
+        if (!OperatingSystem.IsLinux() || count <= 0) return false;
+        try
+        {
+            CheckRange(info, firstElement, count);
+            var elementSize = info.DType.ElementSize();
+            var descriptor = (int)Handle(info.File).DangerousGetHandle();
+            return posix_fadvise(descriptor, info.DataOffset + firstElement * elementSize, count * elementSize, WillNeed) == 0;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or DareException or ArgumentOutOfRangeException)
+        {
+            return false;
+        }
+    }
+
+    private const int WillNeed = 3; // POSIX_FADV_WILLNEED
+
+    [LibraryImport("libc")]
+    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
 
     private SafeFileHandle Handle(string file)
     {

@@ -449,6 +449,26 @@ public sealed class CheckpointReadTests : IDisposable
     }
 
     [Fact]
+    public void Prefetch_advises_the_os_for_ranges_inside_the_tensor_and_never_throws()
+    {
+        var tensors = SmallModel(1);
+        var path = RawSafetensors.WriteFile(_temp["prefetched.safetensors"], tensors);
+        var checkpoint = Checkpoint.Open(path);
+        var info = checkpoint.Tensors.MaxBy(t => t.ElementCount)!;
+        using var reader = new TensorReader();
+
+        Assert.Equal(OperatingSystem.IsLinux(), reader.Prefetch(info, 0, info.ElementCount));
+        Assert.Equal(OperatingSystem.IsLinux(), reader.Prefetch(info, 1, info.ElementCount - 1));
+        Assert.False(reader.Prefetch(info, 1, info.ElementCount)); // past the end
+        Assert.False(reader.Prefetch(info, 0, 0));
+        AssertReadsBack(reader, info, tensors.Single(t => t.Name == info.Name));
+
+        File.Delete(path);
+        using var fresh = new TensorReader();
+        Assert.False(fresh.Prefetch(info, 0, info.ElementCount)); // the read itself reports a missing file
+    }
+
+    [Fact]
     public void A_file_deleted_after_open_fails_to_read_with_PathNotFound()
     {
         var path = RawSafetensors.WriteFile(_temp["vanishing.safetensors"], SmallModel(1));
