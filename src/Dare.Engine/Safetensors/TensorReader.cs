@@ -90,10 +90,11 @@ public sealed partial class TensorReader : IDisposable
     /// <summary>
     /// Asks the OS to start reading elements [firstElement, firstElement + count) into the page cache in the
     /// background (posix_fadvise WILLNEED on Linux), so that a later <see cref="ReadElements"/> finds them there: the
-    /// disk reads of the next chunk overlap the computation of this one. Advisory only: returns whether the OS took
-    /// the advice, and never throws (a real problem with the file surfaces in the read itself).
+    /// disk reads of the next chunk overlap the computation of this one. A range whose last byte is already cached
+    /// is left alone, since the advice itself costs time proportional to the range. Advisory only: returns whether
+    /// the range is now cached or being read, and never throws (a real problem with the file surfaces in the read).
     /// </summary>
-    public bool Prefetch(TensorInfo info, long firstElement, long count)
+    public unsafe bool Prefetch(TensorInfo info, long firstElement, long count)
     {
         if (!OperatingSystem.IsLinux() || count <= 0) return false;
         try
@@ -101,7 +102,12 @@ public sealed partial class TensorReader : IDisposable
             CheckRange(info, firstElement, count);
             var elementSize = info.DType.ElementSize();
             var descriptor = (int)Handle(info.File).DangerousGetHandle();
-            return posix_fadvise(descriptor, info.DataOffset + firstElement * elementSize, count * elementSize, WillNeed) == 0;
+            var offset = info.DataOffset + firstElement * elementSize;
+            var length = count * elementSize;
+            byte probe;
+            var vector = new IoVector { Base = &probe, Length = 1 };
+            if (preadv2(descriptor, &vector, 1, offset + length - 1, NoWait) == 1) return true;
+            return posix_fadvise(descriptor, offset, length, WillNeed) == 0;
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or DareException or ArgumentOutOfRangeException)
         {
@@ -110,9 +116,19 @@ public sealed partial class TensorReader : IDisposable
     }
 
     private const int WillNeed = 3; // POSIX_FADV_WILLNEED
+    private const int NoWait = 0x8; // RWF_NOWAIT: read only what is in the page cache
+
+    private unsafe struct IoVector
+    {
+        public byte* Base;
+        public nuint Length;
+    }
 
     [LibraryImport("libc")]
     private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
+
+    [LibraryImport("libc")]
+    private static unsafe partial nint preadv2(int descriptor, IoVector* vectors, int count, long offset, int flags);
 
     private SafeFileHandle Handle(string file)
     {
