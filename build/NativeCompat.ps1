@@ -1,15 +1,13 @@
 # Makes TorchSharp's libLibTorchSharp.so load on systems whose libstdc++ predates GCC 13.
 #
 # libLibTorchSharp.so (TorchSharp 0.107) requires GLIBCXX_3.4.32 for exactly one symbol,
-# std::ios_base_library_init(). On such systems we patch the *copy in the build output* (never
-# the NuGet cache):
-#   1. clear that symbol's version and add a tiny library defining it as a NEEDED dependency (patchelf);
-#   2. mark the GLIBCXX_3.4.32 entry in .gnu.version_r weak (VER_FLG_WEAK) so the loader accepts
-#      a libstdc++ that lacks it.
+# std::ios_base_library_init(), which GCC 13's <iostream> references only to pin the library version:
+# no relocation uses it. On such systems we mark the GLIBCXX_3.4.32 entry of .gnu.version_r weak
+# (VER_FLG_WEAK) in the *copy in the build output* (never the NuGet cache), so the loader accepts a
+# libstdc++ that lacks it. A byte edit in managed code: no gcc, no patchelf, no shim library.
 
 Set-StrictMode -Version Latest
 
-$script:CompatLibraryName = 'libdare_stdcxx_compat.so'
 $script:MissingVersion = 'GLIBCXX_3.4.32'
 $script:VersionedSymbol = '_ZSt21ios_base_library_initv'
 
@@ -65,7 +63,7 @@ function Set-ElfVersionRequirementWeak([string] $Path, [string] $VersionName) {
 function Install-TorchSharpNativeCompat {
     <#
     .SYNOPSIS
-    Patches libLibTorchSharp.so in $Directory when the system libstdc++ lacks GLIBCXX_3.4.32. Idempotent.
+    Marks GLIBCXX_3.4.32 weak in libLibTorchSharp.so in $Directory when the system libstdc++ lacks it. Idempotent.
     Writes native-compat.txt next to it describing what was done (read by Get-DareEnvironment).
     #>
     param([Parameter(Mandatory)] [string] $Directory, [switch] $Quiet)
@@ -74,36 +72,20 @@ function Install-TorchSharpNativeCompat {
     $report = Join-Path $Directory 'native-compat.txt'
     if (-not $IsLinux -or -not (Test-Path -LiteralPath $library)) { return }
 
-    $libraryBytes = [IO.File]::ReadAllBytes($library)
     $systemLibrary = Get-SystemLibStdCxx
     if (-not $systemLibrary) { throw 'Native compat: cannot find the system libstdc++.so.6 (ldconfig -p lists none).' }
-    $systemHasVersion = Test-BytesContain ([IO.File]::ReadAllBytes($systemLibrary)) $script:MissingVersion
-
-    if ($systemHasVersion -or -not (Test-BytesContain $libraryBytes $script:MissingVersion)) {
+    if (Test-BytesContain ([IO.File]::ReadAllBytes($systemLibrary)) $script:MissingVersion) {
         "not needed: $systemLibrary provides $($script:MissingVersion)" | Set-Content -LiteralPath $report
         return
     }
-    if (Test-BytesContain $libraryBytes $script:CompatLibraryName) {
-        if (-not $Quiet) { Write-Host "Native compat: $library already patched." }
+    if (-not (Test-BytesContain ([IO.File]::ReadAllBytes($library)) $script:MissingVersion)) {
+        "not needed: $library does not require $($script:MissingVersion)" | Set-Content -LiteralPath $report
         return
     }
 
-    foreach ($tool in 'gcc', 'patchelf') {
-        if (-not (Get-Command $tool -ErrorAction Ignore)) {
-            throw "Native compat: '$tool' is required to make libLibTorchSharp.so load with $systemLibrary (it lacks $($script:MissingVersion)). Install it (Debian/Ubuntu: apt-get install -y $tool) and build again."
-        }
-    }
-
-    $source = Join-Path $PSScriptRoot 'native/ios_base_library_init.c'
-    $compatLibrary = Join-Path $Directory $script:CompatLibraryName
-    & gcc -shared -fPIC -O2 "-Wl,-soname,$($script:CompatLibraryName)" -o $compatLibrary $source
-    if ($LASTEXITCODE) { throw "Native compat: gcc failed to build $compatLibrary." }
-    & patchelf --clear-symbol-version $script:VersionedSymbol --add-needed $script:CompatLibraryName $library
-    if ($LASTEXITCODE) { throw "Native compat: patchelf failed on $library." }
-    $null = Set-ElfVersionRequirementWeak -Path $library -VersionName $script:MissingVersion
-
-    $summary = "applied: $systemLibrary lacks $($script:MissingVersion); in this copy of libLibTorchSharp.so, " +
-        "cleared the version of $($script:VersionedSymbol), marked $($script:MissingVersion) weak, and added NEEDED $($script:CompatLibraryName) (built from build/native/ios_base_library_init.c)."
+    $changed = Set-ElfVersionRequirementWeak -Path $library -VersionName $script:MissingVersion
+    $summary = "applied: $systemLibrary lacks $($script:MissingVersion); in this copy of libLibTorchSharp.so " +
+        "the $($script:MissingVersion) entry of .gnu.version_r is marked weak (no relocation uses its only symbol, $($script:VersionedSymbol))."
     $summary | Set-Content -LiteralPath $report
-    if (-not $Quiet) { Write-Host "Native compat $summary" }
+    if (-not $Quiet) { Write-Host "Native compat $summary$(if (-not $changed) { ' (already marked)' })" }
 }
