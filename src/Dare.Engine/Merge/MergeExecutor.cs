@@ -633,7 +633,7 @@ public sealed class MergeExecutor
         using var timing = PhaseProfile.Time(_profile, Phase.Mask);
         var data = TensorMemory.Floats(delta);
         if (leaf.L1 && firstPass) leaf.L1Before!.Add(data, count);
-        var ranges = MagnitudeSelection.Ranges(count);
+        var ranges = Partition.Ranges(count);
         var dropped = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
         {
