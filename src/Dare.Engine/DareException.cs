@@ -33,6 +33,7 @@ public enum DareErrorId
     ArchitectureMismatch,
     BaseModelMismatch,
     TaskVectorInvalid,
+    WeightSumZero,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -20,27 +20,25 @@ public static class RecipeWriter
         var sharedSeed = dareInputs.Select(i => i.Dare!.Seed).Distinct().Count() == 1 ? dareInputs[0].Dare!.Seed : (long?)null;
         var sharedRescale = dareInputs.Select(i => i.Dare!.Rescale).Distinct().Count() == 1 ? dareInputs[0].Dare!.Rescale : (DareRescale?)null;
 
+        // A single vector is written as task_arithmetic of one model at weight 1.
+        var method = merge?.Method ?? MergeMethod.Linear;
+        var recipeName = merge is null ? "task_arithmetic" : method.RecipeName(merge);
+        var form = MergeMethods.FindRecipeForm(recipeName)!;
         var recipe = new Dictionary<string, object?>
         {
-            // mergekit's linear is the normalized weighted mean and has no λ; any other linear merge of task vectors
-            // (unnormalized, or λ ≠ 1) is mergekit's task_arithmetic, which has both settings.
-            ["merge_method"] = merge switch
-            {
-                { Method: MergeMethod.Ties } => "ties",
-                { Method: MergeMethod.Linear, Normalize: true, Lambda: 1.0 } => "linear",
-                _ => "task_arithmetic",
-            },
+            ["merge_method"] = recipeName,
             ["base_model"] = vector.Base.Path,
         };
         var models = new List<object>();
         for (var i = 0; i < inputs.Count; i++)
         {
             var input = inputs[i];
-            var parameters = new Dictionary<string, object?>
+            var parameters = new Dictionary<string, object?>();
+            foreach (var spec in method.Parameters.Where(p => p.Scope != ParameterScope.Merge))
             {
-                ["weight"] = merge is null ? 1.0 : Value(merge.Weights[i]),
-            };
-            if (merge?.KeepRatios is { } keep) parameters["density"] = Value(keep[i]);
+                var value = merge is null ? (spec.Key == "weight" ? 1.0 : null) : method.ModelValue(merge, spec.Key, i);
+                if (value is not null) parameters[spec.Key] = Value(value);
+            }
             if (input.Dare is { } dare)
             {
                 parameters["drop_rate"] = Value(dare.DropRate);
@@ -52,9 +50,12 @@ public static class RecipeWriter
         }
         recipe["models"] = models;
         var global = new Dictionary<string, object?> { ["normalize"] = merge?.Normalize ?? false };
-        if ((string)recipe["merge_method"]! != "linear") global["lambda"] = merge?.Lambda ?? 1.0;
+        if (form.HasLambda) global["lambda"] = merge?.Lambda ?? 1.0;
         if (sharedRescale is { } rescale) global["rescale"] = RescaleValue(rescale);
-        if (merge is { Method: MergeMethod.Ties }) global["sign_method"] = merge.SignMethod.ToString().ToLowerInvariant();
+        foreach (var spec in method.Parameters.Where(p => p.Scope == ParameterScope.Merge && p.Key is not ("normalize" or "lambda")))
+        {
+            if (merge is not null && method.MergeValue(merge, spec.Key) is { } value) global[spec.Key] = value is TensorParameter t ? Value(t) : value;
+        }
         recipe["parameters"] = global;
         if (sharedSeed is { } seed) recipe["random_seed"] = seed;
         // Without out_dtype (and dtype) each tensor keeps the base's dtype; mergekit would write dtype's type instead.
