@@ -48,6 +48,10 @@ public sealed record NumberRange(double Min, bool MinInclusive, double Max, bool
 /// </summary>
 public sealed record ParameterSpec(string Key, ParameterKind Kind, ParameterScope Scope, string Description)
 {
+    /// <summary>How plan summaries name it (default: the key).</summary>
+    public string Label { get => _label ?? Key; init => _label = value; }
+    private readonly string? _label;
+
     /// <summary>The cmdlet parameter that sets it (null when no cmdlet does).</summary>
     public string? CmdletName { get; init; }
 

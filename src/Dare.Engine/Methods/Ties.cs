@@ -11,7 +11,7 @@ internal sealed class TiesMethod : MergeMethod
 {
     public static ParameterSpec Density { get; } = new("density", ParameterKind.Number, ParameterScope.Either,
         "Fraction k of each tensor's entries each model keeps (largest magnitudes); 1 keeps all (no trim).")
-    { CmdletName = "KeepRatio", VariesByTensor = true, Range = NumberRange.Fraction, Default = 1.0, CmdletDefault = 0.2 };
+    { Label = "keep ratio (density)", CmdletName = "KeepRatio", VariesByTensor = true, Range = NumberRange.Fraction, Default = 1.0, CmdletDefault = 0.2 };
 
     public static ParameterSpec SignMethod { get; } = new("sign_method", ParameterKind.Choice, ParameterScope.Merge,
         "sum (the sign of Σ wᵢtᵢ, the default) or count (of #positive − #negative); a Dare extension.")

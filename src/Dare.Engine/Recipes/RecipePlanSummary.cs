@@ -49,10 +49,16 @@ public sealed class RecipePlanSummary
             var name = models[i].Name;
             if (vector.Merge is { } merge)
             {
-                Count(name, "weight", merge.Weights[i]);
-                if (merge.KeepRatios is { } keep) Count(name, "keep ratio (density)", keep[i]);
+                foreach (var spec in merge.Method.Parameters.Where(p => p is { Kind: ParameterKind.Number, Scope: not ParameterScope.Merge }))
+                {
+                    if (merge.Method.ModelValue(merge, spec.Key, i) is { } value) Count(name, spec.Label, value);
+                }
             }
-            if (inputs[i].Dare is { } dare) Count(name, "drop rate", dare.DropRate);
+            if (inputs[i].Dare is { } dare) Count(name, DareDropParameters.DropRate.Label, dare.DropRate);
+        }
+        if (vector.Merge is { } merged)
+        {
+            foreach (var (key, value) in merged.Settings) Count("all models", merged.Method.Parameter(key).Label, value);
         }
 
         var written = export.DeltaOnly ? floats : vector.Base.Tensors.ToList();

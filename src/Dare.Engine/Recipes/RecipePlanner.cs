@@ -113,13 +113,14 @@ public static class RecipePlanner
         var batch = batchPlan.Batch;
         var recipe = batch.Recipes[index];
         var warnings = new List<string>();
-        var normalize = recipe.Parameters.Normalize ?? recipe.Method is RecipeMergeMethod.Linear or RecipeMergeMethod.Ties;
+        var form = recipe.Method;
+        var normalize = recipe.Parameters.Normalize ?? form.NormalizeByDefault;
         CheckValues(recipe, normalize, warnings);
 
-        if (recipe.BaseModel is null && recipe.Method != RecipeMergeMethod.Linear)
+        if (recipe.BaseModel is null && form.NeedsBase)
         {
             throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
-                $"{RecipeParser.MethodName(recipe.Method)} needs a 'base_model:': its task vectors are each model minus the base.");
+                $"{form.Name} needs a 'base_model:': its task vectors are each model minus the base.");
         }
         var baseReference = recipe.BaseModel is null ? null : Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!);
         var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: Resolve(batchPlan, index, m.Model, m.Location))).ToList();
@@ -139,7 +140,7 @@ public static class RecipePlanner
         var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
         var @base = Open(baseReference ?? modelReferences[0].Reference);
         // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
-        var inputs = recipe.Method == RecipeMergeMethod.Linear
+        var inputs = !form.NeedsBase
             ? modelReferences
             : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
         if (inputs.Count == 0)
@@ -166,10 +167,10 @@ public static class RecipePlanner
             keepRatios.Add(resolved.KeepRatio);
         }
 
-        var lambda = recipe.Method == RecipeMergeMethod.Linear ? 1.0 : recipe.Parameters.Lambda ?? 1.0;
-        var ties = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareTies;
-        if (recipe.Method == RecipeMergeMethod.Linear && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
-        if (recipe.Method == RecipeMergeMethod.Ties && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+        var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
+        var ties = form.Method == MergeMethod.Ties;
+        if (!form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
+        if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
         {
             throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
@@ -177,7 +178,7 @@ public static class RecipePlanner
         }
 
         TaskVector merged;
-        var single = vectors.Count == 1 && !ties && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
+        var single = vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
         if (single)
         {
             // One model at weight 1 is its own task vector; merging it would compute the same values.
@@ -185,8 +186,8 @@ public static class RecipePlanner
         }
         else
         {
-            var options = new MergeOptions(ties ? MergeMethod.Ties : MergeMethod.Linear, weights, normalize, lambda,
-                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum);
+            var options = new MergeOptions(form.Method, weights, normalize, lambda,
+                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum) { Settings = MethodSettings(recipe) };
             merged = TaskVector.Combine(vectors, options, recipe.Name);
         }
 
@@ -228,6 +229,8 @@ public static class RecipePlanner
 
         var globalWeight = global.Weight?.ToParameter(null);
         var weight = own.Weight is null ? globalWeight : own.Weight.ToParameter(globalWeight);
+        // A method without weights (nearswap) takes each model as it is.
+        if (!recipe.Method.Method.Parameters.Contains(CommonParameters.Weight)) weight = 1.0;
         if (weight is null)
         {
             throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, own.Weight?.Location ?? entry.Location,
@@ -239,9 +242,9 @@ public static class RecipePlanner
 
         // Ties: density is the magnitude keep ratio and drop_rate an extra DARE step before it. The dare methods:
         // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
-        var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        var dareMethod = recipe.Method is RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        TensorParameter keepRatio = recipe.Method == RecipeMergeMethod.Ties ? Setting(own.Density, global.Density, 1.0) : 1.0;
+        var dareMethod = recipe.Method.DensityIsDareKeep;
+        TensorParameter keepRatio = !dareMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
+            ? Setting(own.Density, global.Density, (double)TiesMethod.Density.Default!) : 1.0;
         var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
         var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
         var dropRate = ownDrop is null && globalDrop is null ? null : Setting(ownDrop, globalDrop, 0.0);
@@ -282,35 +285,61 @@ public static class RecipePlanner
 
     private static double Complement(double density) => 1.0 - density;
 
-    /// <summary>Range checks on every value as written, so the error points at the offending setting.</summary>
+    /// <summary>
+    /// Range checks on every value as written, by each parameter's declaration, so the error points at the offending
+    /// setting; settings the method ignores are warnings, as mergekit ignores them.
+    /// </summary>
     private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings)
     {
-        var method = RecipeParser.MethodName(recipe.Method);
-        var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        var dareMethod = recipe.Method is RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
+        var form = recipe.Method;
+        var method = form.Name;
         var blocks = recipe.Models.Select(m => m.Parameters).Prepend(recipe.Parameters);
         foreach (var parameters in blocks)
         {
-            Check(parameters.Density, d => d > 0 && d <= 1, "density must satisfy 0 < density <= 1");
-            Check(parameters.DropRate, p => p >= 0 && p < 1, "drop_rate must satisfy 0 <= drop_rate < 1");
-            if (normalize) Check(parameters.Weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false");
-            if (dareMethod && parameters.Density is not null && parameters.DropRate is not null)
+            foreach (var (key, setting) in parameters.Settings)
+            {
+                if (SpecFor(form, key) is { } spec) Check(setting, spec);
+            }
+            foreach (var (key, value) in parameters.Values)
+            {
+                if (value is double number && SpecFor(form, key)?.Problem(number) is { } problem)
+                {
+                    throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.Locations[key], problem + ".");
+                }
+            }
+            if (normalize && parameters.Weight is { } weight && form.Accepts("weight"))
+            {
+                Check(weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false");
+            }
+            if (form.DensityIsDareKeep && parameters.Density is not null && parameters.DropRate is not null)
             {
                 throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
                     $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density.");
             }
-            if (!usesDensity && parameters.Density is not null)
+            foreach (var key in parameters.Locations.Keys.Where(k => k != "int8_mask" && !form.Accepts(k)))
             {
-                warnings.Add($"{parameters.Locations["density"]}: has no effect with merge_method {method} (mergekit ignores it too); for DARE use dare_linear, or drop_rate.");
+                warnings.Add($"{parameters.Locations[key]}: " + key switch
+                {
+                    "density" => $"has no effect with merge_method {method} (mergekit ignores it too); for DARE use dare_linear, or drop_rate.",
+                    "lambda" => $"has no effect with merge_method {method} (mergekit ignores it too); for base + λ·(weighted mean of task vectors) use task_arithmetic with normalize: true.",
+                    "sign_method" => $"has no effect with merge_method {method}; only ties and dare_ties elect signs.",
+                    _ => $"has no effect with merge_method {method}; it takes {string.Join(", ", form.Method.Parameters.Select(p => p.Key))}.",
+                });
             }
         }
-        if (recipe.Method == RecipeMergeMethod.Linear && recipe.Parameters.Lambda is not null)
+    }
+
+    /// <summary>The declaration of <paramref name="key"/> under this recipe name (density is DARE's keep fraction under the dare_* names).</summary>
+    private static ParameterSpec? SpecFor(RecipeForm form, string key) =>
+        form.DensityIsDareKeep && key == "density" ? DareDropParameters.KeepFraction
+        : form.Method.Parameters.FirstOrDefault(p => p.Key == key) ?? MergeMethods.AllParameters.FirstOrDefault(p => p.Key == key);
+
+    private static void Check(RecipeSetting setting, ParameterSpec spec)
+    {
+        var values = setting.Rules.SelectMany(r => r.Value.PossibleValues).Concat(setting.Fallback?.PossibleValues ?? Array.Empty<double>());
+        foreach (var value in values)
         {
-            warnings.Add($"{recipe.Parameters.Locations["lambda"]}: has no effect with merge_method linear (mergekit ignores it too); for base + λ·(weighted mean of task vectors) use task_arithmetic with normalize: true.");
-        }
-        if (recipe.Method is not (RecipeMergeMethod.Ties or RecipeMergeMethod.DareTies) && recipe.Parameters.SignMethod is not null)
-        {
-            warnings.Add($"{recipe.Parameters.Locations["sign_method"]}: has no effect with merge_method {method}; only ties and dare_ties elect signs.");
+            if (spec.Problem(value) is { } problem) throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, setting.Location, problem + ".");
         }
     }
 
@@ -325,6 +354,22 @@ public static class RecipePlanner
                 throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, setting.Location, $"{rule}; {value.ToString(System.Globalization.CultureInfo.InvariantCulture)} does not.");
             }
         }
+    }
+
+    /// <summary>The method's own merge-wide per-tensor parameters (beyond weight, density, normalize, λ and sign_method, e.g. nearswap's t), required where no default is declared.</summary>
+    private static IReadOnlyDictionary<string, TensorParameter> MethodSettings(MergeRecipe recipe)
+    {
+        var settings = new Dictionary<string, TensorParameter>();
+        foreach (var spec in recipe.Method.Method.Parameters.Where(p => p is { Scope: ParameterScope.Merge, Kind: ParameterKind.Number } && p.Key != "lambda"))
+        {
+            TensorParameter? value = spec.VariesByTensor
+                ? recipe.Parameters.Setting(spec.Key)?.ToParameter(spec.Default is double d ? d : null)
+                : recipe.Parameters.Value<double>(spec.Key) is { } scalar ? scalar : null;
+            value ??= spec.Default is double fallback ? fallback : null;
+            settings[spec.Key] = Flatten(value ?? throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
+                $"{recipe.Method.Name} needs '{spec.Key}' under the top-level 'parameters:' ({spec.Description})"));
+        }
+        return settings;
     }
 
     /// <summary>

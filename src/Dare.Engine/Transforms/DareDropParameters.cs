@@ -5,7 +5,7 @@ public static class DareDropParameters
 {
     public static ParameterSpec DropRate { get; } = new("drop_rate", ParameterKind.Number, ParameterScope.Either,
         "DARE's probability p of dropping each delta entry (Dare extension; the dare_* methods also take density = 1 − p).")
-    { CmdletName = "DropRate", VariesByTensor = true, Range = NumberRange.Probability, Default = 0.0 };
+    { Label = "drop rate", CmdletName = "DropRate", VariesByTensor = true, Range = NumberRange.Probability, Default = 0.0 };
 
     public static ParameterSpec Rescale { get; } = new("rescale", ParameterKind.Choice, ParameterScope.Either,
         "true (× 1/(1 − p), the DARE paper's rescale), l1 (keep the L1 norm, as current mergekit does) or false.")

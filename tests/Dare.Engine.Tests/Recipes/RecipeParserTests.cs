@@ -35,7 +35,7 @@ public class RecipeParserTests
             """);
 
         var recipe = Assert.Single(batch.Recipes);
-        Assert.Equal(RecipeMergeMethod.DareTies, recipe.Method);
+        Assert.Equal("dare_ties", recipe.Method.Name);
         Assert.Equal("./llama2-7b", recipe.BaseModel);
         Assert.Equal(new[] { "./wizardmath", "./codellama" }, recipe.Models.Select(m => m.Model));
         Assert.Equal(new ConstantParameter(1.0), recipe.Models[0].Parameters.Weight!.Fallback);
