@@ -17,6 +17,7 @@
         'Invoke-DareMerge'
         'Measure-TaskVector'
         'Merge-Linear'
+        'Merge-Nearswap'
         'Merge-Ties'
         'New-SyntheticCheckpoint'
     )

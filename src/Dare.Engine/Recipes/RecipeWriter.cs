@@ -49,7 +49,8 @@ public static class RecipeWriter
             models.Add(new Dictionary<string, object?> { ["model"] = input.FineTuned!.Path, ["parameters"] = parameters });
         }
         recipe["models"] = models;
-        var global = new Dictionary<string, object?> { ["normalize"] = merge?.Normalize ?? false };
+        var global = new Dictionary<string, object?>();
+        if (method.Parameters.Contains(CommonParameters.Normalize)) global["normalize"] = merge?.Normalize ?? false;
         if (form.HasLambda) global["lambda"] = merge?.Lambda ?? 1.0;
         if (sharedRescale is { } rescale) global["rescale"] = RescaleValue(rescale);
         foreach (var spec in method.Parameters.Where(p => p.Scope == ParameterScope.Merge && p.Key is not ("normalize" or "lambda")))
