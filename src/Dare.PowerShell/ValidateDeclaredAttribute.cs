@@ -14,6 +14,12 @@ public sealed class ValidateDeclaredAttribute(string method, string key) : Valid
     /// <summary>"dare" for the DARE transform's parameters.</summary>
     public const string Dare = "dare";
 
+    /// <summary>The method's mergekit name, or <see cref="Dare"/>.</summary>
+    public string Method { get; } = method;
+
+    /// <summary>The parameter's recipe key.</summary>
+    public string Key { get; } = key;
+
     /// <summary>The declaration: a method's parameter, or the DARE transform's for <see cref="Dare"/>.</summary>
     public static ParameterSpec Spec(string method, string key) => method == Dare
         ? MergeMethods.TransformParameters.First(p => p.Key == key)
@@ -21,7 +27,7 @@ public sealed class ValidateDeclaredAttribute(string method, string key) : Valid
 
     protected override void ValidateElement(object element)
     {
-        var spec = Spec(method, key);
+        var spec = Spec(Method, Key);
         var value = LanguagePrimitives.ConvertTo<double>(element);
         if (spec.Problem(value, spec.CmdletName) is { } problem) throw new ValidationMetadataException(problem + ".");
     }
