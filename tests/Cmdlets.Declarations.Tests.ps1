@@ -67,6 +67,19 @@ Describe 'Defaults and help agree with the declarations' {
     }
 }
 
+Describe 'Completion from the declarations' {
+    It 'completes <Line> with <Expected>' -ForEach @(
+        @{ Line = 'Merge-Ties -KeepRatio '; Expected = @('0.2', '1') }
+        @{ Line = 'Merge-Ties -Density '; Expected = @('0.2', '1') }
+        @{ Line = 'Merge-Linear -Lambda '; Expected = @('1') }
+        @{ Line = 'Merge-Nearswap -Threshold '; Expected = @('0') }
+    ) {
+        $completions = (TabExpansion2 -inputScript $Line -cursorColumn $Line.Length).CompletionMatches
+        @($completions.CompletionText) | Should -Be $Expected
+        $completions[0].ToolTip | Should -Not -BeNullOrEmpty
+    }
+}
+
 Describe 'Merge-Nearswap' {
     It 'writes base + w·δ with w = clamp(t / max(|δ|, 1e-6), 0, 1), recomputed here' {
         $output = Join-Path $TestDrive 'nearswap'

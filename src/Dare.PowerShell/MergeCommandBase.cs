@@ -21,6 +21,7 @@ public abstract class MergeCommandBase : DareCmdlet
     /// <summary>Scale λ applied to the merged delta before it is added to the base.</summary>
     [Parameter]
     [ValidateDeclared("linear", "lambda")]
+    [ArgumentCompleter(typeof(DeclaredValueCompleter))]
     public double Lambda { get; set; } = 1.0;
 
     /// <summary>Optional name of the merged task vector.</summary>

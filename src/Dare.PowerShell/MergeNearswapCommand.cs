@@ -21,6 +21,7 @@ public sealed class MergeNearswapCommand : DareCmdlet
     [Parameter(Mandatory = true, Position = 0)]
     [Alias("T")]
     [ValidateDeclared("nearswap", "t")]
+    [ArgumentCompleter(typeof(DeclaredValueCompleter))]
     public double Threshold { get; set; }
 
     /// <summary>Optional name of the merged task vector.</summary>

@@ -18,6 +18,7 @@ public sealed class MergeTiesCommand : MergeCommandBase
     [Parameter(Position = 0)]
     [Alias("Density")]
     [ValidateDeclared("ties", "density")]
+    [ArgumentCompleter(typeof(DeclaredValueCompleter))]
     public double KeepRatio { get; set; } = (double)ValidateDeclaredAttribute.Spec("ties", "density").CmdletDefault!;
 
     /// <summary>Sum (sign of the weighted sum, default) or Count (sign of #positive − #negative).</summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
@@ -120,14 +121,14 @@ internal static unsafe class ChunkKernels
     private static void WidenSubtractBFloat16(ushort* source, ushort* subtrahend, float* destination, long count)
     {
         var op = new WidenSubtractBFloat16Operator(source, subtrahend, destination);
-        VectorDriver.Run(ref op, 0, count);
+        VectorDriver.Run(op, 0, count);
     }
 
     /// <summary>destination[i] = (float)source[i] − (subtrahend is null ? 0 : subtrahend[i]), on the calling thread.</summary>
     private static void WidenSubtract(ushort* source, float* subtrahend, float* destination, long count)
     {
         var op = new WidenSubtractOperator(source, subtrahend, destination);
-        VectorDriver.Run(ref op, 0, count);
+        VectorDriver.Run(op, 0, count);
     }
 }
 
@@ -137,6 +138,7 @@ internal readonly unsafe struct WidenSubtractOperator(ushort* source, float* sub
     public static int Lanes => 16;
     public static bool IsVectorized => true;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Vector(long i)
     {
         var (low, high) = Vector256.Widen(Vector256.Load(source + i));
@@ -151,6 +153,7 @@ internal readonly unsafe struct WidenSubtractOperator(ushort* source, float* sub
         highFloats.Store(destination + i + 8);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Scalar(long i)
     {
         var value = BitConverter.UInt32BitsToSingle((uint)source[i] << 16);
@@ -164,6 +167,7 @@ internal readonly unsafe struct WidenSubtractBFloat16Operator(ushort* source, us
     public static int Lanes => 16;
     public static bool IsVectorized => true;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Vector(long i)
     {
         var (low, high) = Vector256.Widen(Vector256.Load(source + i));
@@ -172,6 +176,7 @@ internal readonly unsafe struct WidenSubtractBFloat16Operator(ushort* source, us
         (Vector256.ShiftLeft(high, 16).AsSingle() - Vector256.ShiftLeft(baseHigh, 16).AsSingle()).Store(destination + i + 8);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Scalar(long i) =>
         destination[i] = BitConverter.UInt32BitsToSingle((uint)source[i] << 16) - BitConverter.UInt32BitsToSingle((uint)subtrahend[i] << 16);
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -93,7 +94,7 @@ internal static unsafe class CombineKernels
     public static void LinearRange(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target, long start, long end)
     {
         var op = new LinearOperator(inputs, weights, scale, target);
-        VectorDriver.Run(ref op, start, end);
+        VectorDriver.Run(op, start, end);
     }
 
     /// <summary>
@@ -244,6 +245,7 @@ internal readonly unsafe struct LinearOperator(IntPtr[] inputs, float[] weights,
     public static int Lanes => 8;
     public static bool IsVectorized => Fma.IsSupported;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Vector(long j)
     {
         var sum = Vector256.Load((float*)inputs[0] + j) * Vector256.Create(weights[0]);
@@ -255,6 +257,7 @@ internal readonly unsafe struct LinearOperator(IntPtr[] inputs, float[] weights,
         target.Store(sum, j);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Scalar(long j)
     {
         var sum = ((float*)inputs[0])[j] * weights[0];

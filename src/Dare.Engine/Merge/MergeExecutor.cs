@@ -133,7 +133,7 @@ public sealed class MergeExecutor
         using (NewDisposeScope())
         {
             new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation)
-                .Merge(vector, info, LayerCount(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
+                .Merge(vector, info, TensorPosition.LayerCountOf(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
         }
         return result.view(info.Shape);
     }
@@ -167,7 +167,7 @@ public sealed class MergeExecutor
     private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, int> process, bool countInputs = true)
     {
         var clock = Stopwatch.StartNew();
-        var layerCount = LayerCount(vector.Base);
+        var layerCount = TensorPosition.LayerCountOf(vector.Base);
         var perByte = countInputs ? 1 + vector.Leaves.Count : 1;
         var totalBytes = tensors.Sum(t => t.ByteLength) * perByte;
         long bytesDone = 0;
@@ -196,12 +196,4 @@ public sealed class MergeExecutor
 
     private static SafetensorsDType OutputDTypeOf(TensorInfo info, ExportOptions options) =>
         info.DType.IsMergeable() && options.OutputDType is { } wanted ? wanted : info.DType;
-
-    /// <summary>Layers in the model: config.json's num_hidden_layers, else the highest layer index in the tensor names + 1.</summary>
-    internal static int LayerCount(Checkpoint model)
-    {
-        if (model.ConfigInt("num_hidden_layers") is { } configured and > 0) return (int)configured;
-        var highest = model.Tensors.Select(t => TensorPosition.Of(t.Name, 0).LayerIndex ?? -1).DefaultIfEmpty(-1).Max();
-        return highest + 1;
-    }
 }

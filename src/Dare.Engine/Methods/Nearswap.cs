@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
 
@@ -51,6 +52,7 @@ internal sealed class NearswapMethod : MergeMethod
         public static int Lanes => 8;
         public static bool IsVectorized => true;
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long j)
         {
             var d = Vector256.Load(delta + j);
@@ -59,6 +61,7 @@ internal sealed class NearswapMethod : MergeMethod
             target.Store(w * d, j);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Scalar(long j)
         {
             var d = delta[j];

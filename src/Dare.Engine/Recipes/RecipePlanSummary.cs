@@ -39,7 +39,7 @@ public sealed class RecipePlanSummary
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var floats = vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList();
-        var layers = MergeExecutor.LayerCount(vector.Base);
+        var layers = TensorPosition.LayerCountOf(vector.Base);
         var positions = floats.Select(t => TensorPosition.Of(t.Name, layers)).ToList();
         var usage = new List<ParameterUsage>();
         void Count(string model, string parameter, TensorParameter value) =>

@@ -291,7 +291,7 @@ public static partial class RecipePlanner
     /// </summary>
     private static void CheckUnnormalizedLinear(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
     {
-        var layers = MergeExecutor.LayerCount(@base);
+        var layers = TensorPosition.LayerCountOf(@base);
         foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
         {
             var position = TensorPosition.Of(tensor.Name, layers);

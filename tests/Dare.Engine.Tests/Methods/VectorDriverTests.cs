@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Dare.Engine.Merge;
 using Xunit;
 
@@ -12,11 +13,13 @@ public sealed unsafe class VectorDriverTests
         public static int Lanes => 8;
         public static bool IsVectorized => true;
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long j)
         {
             for (var k = 0; k < 8; k++) counts[j + k] += 101;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Scalar(long j) => counts[j] += 1;
     }
 
@@ -33,7 +36,7 @@ public sealed unsafe class VectorDriverTests
         fixed (int* c = counts)
         {
             var op = new CountingOperator(c);
-            VectorDriver.Run(ref op, start, end);
+            VectorDriver.Run(op, start, end);
         }
         var whole = (end - start) / 8 * 8;
         for (var j = 0; j < counts.Length; j++)
