@@ -95,7 +95,7 @@ Describe 'Merge-Nearswap' {
     }
 
     It 'records the step and refuses more than one task vector' {
-        (Get-TaskVector $base $tune | Merge-Nearswap 0.01).Steps[-1] | Should -BeLike 'MergeNearswap(t=0.01, *'
+        (Get-TaskVector $base $tune | Merge-Nearswap 0.01).Steps[-1] | Should -Be 'MergeNearswap(t=0.01)'
         { Get-TaskVector $base $tune, $tune | Merge-Nearswap 0.01 } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.MergeNearswapCommand'
     }
 }

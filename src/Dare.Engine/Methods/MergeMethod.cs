@@ -62,6 +62,11 @@ public abstract class MergeMethod
     /// <summary>The plan step's parameters beyond weights, normalize and λ, e.g. "keep=0.2/0.2, sign=Sum, ".</summary>
     internal virtual string StepDetail(MergeOptions options) => "";
 
+    /// <summary>The merge as a plan step, e.g. MergeTies(keep=0.2/0.2, sign=Sum, weights=1/1, normalize=True, lambda=1).</summary>
+    internal virtual string Step(MergeOptions options) =>
+        $"Merge{DisplayName}({StepDetail(options)}weights={string.Join("/", options.Weights)}, normalize={options.Normalize}, " +
+        $"lambda={options.Lambda.ToString(System.Globalization.CultureInfo.InvariantCulture)})";
+
     /// <summary>The recipe name that reproduces <paramref name="options"/> (mergekit's linear has no λ, so other linear merges are task_arithmetic).</summary>
     internal virtual string RecipeName(MergeOptions options) => Name;
 

@@ -29,7 +29,7 @@ internal sealed class NearswapMethod : MergeMethod
         T.Check(options.Setting(T.Key) ?? throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, "nearswap needs t (-Threshold)."));
     }
 
-    internal override string StepDetail(MergeOptions options) => $"t={options.Setting(T.Key)}, ";
+    internal override string Step(MergeOptions options) => $"MergeNearswap(t={options.Setting(T.Key)})";
 
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) =>
         new TensorMerge((float)options!.Setting(T.Key)!.Resolve(setup.Position));

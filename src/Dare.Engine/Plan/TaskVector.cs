@@ -94,11 +94,7 @@ public sealed class TaskVector
                 if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={d.Rescale})");
                 return steps;
             }
-            var m = Merge!;
-            var detail = m.Method.StepDetail(m);
-            return Inputs.SelectMany(i => i.Steps)
-                .Append($"Merge{m.Method.DisplayName}({detail}weights={string.Join("/", m.Weights)}, normalize={m.Normalize}, lambda={m.Lambda.ToString(CultureInfo.InvariantCulture)})")
-                .ToList();
+            return Inputs.SelectMany(i => i.Steps).Append(Merge!.Method.Step(Merge)).ToList();
         }
     }
 
