@@ -93,6 +93,18 @@ public sealed class NearswapTests : IDisposable
         Assert.Contains(message, error.Message);
     }
 
+    [Theory]
+    [InlineData("nearswap", "parameters: { t: 0.1 }\nmodels:\n  - model: wtuned\n    parameters: { weight: 2 }", "has no effect with merge_method nearswap; it takes t")]
+    [InlineData("ties", "parameters: { t: 0.1, weight: 1, density: 0.5 }\nmodels:\n  - model: wtuned", "has no effect with merge_method ties; it takes weight, density, normalize, lambda, sign_method")]
+    public void A_parameter_the_method_does_not_declare_is_a_warning_naming_what_it_takes(string method, string rest, string warning)
+    {
+        _models.Write("wbase", new[] { TestTensor.F32("w", new[] { 1f, 2f }) });
+        _models.Write("wtuned", new[] { TestTensor.F32("w", new[] { 2f, 2.5f }) });
+        var yaml = $"merge_method: {method}\nbase_model: wbase\n{rest}\n";
+        var plan = RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf("w-out") }).Plans[0];
+        Assert.Contains(plan.Warnings, w => w.Contains(warning, StringComparison.Ordinal));
+    }
+
     [Fact]
     public void More_than_one_model_is_rejected()
     {
