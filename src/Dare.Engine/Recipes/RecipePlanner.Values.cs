@@ -1,4 +1,5 @@
 using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Recipes;
 
@@ -60,6 +61,20 @@ public static partial class RecipePlanner
         foreach (var value in values)
         {
             if (spec.Problem(value) is { } problem) throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, setting.Location, problem + ".");
+        }
+    }
+
+    /// <summary>normalize divides by Σ wᵢ at each tensor: a tensor where the weights sum to 0 stops the plan, naming the tensor (the executor would stop there too).</summary>
+    private static void CheckWeightSums(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
+    {
+        var layers = TensorPosition.LayerCountOf(@base);
+        foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
+        {
+            var position = TensorPosition.Of(tensor.Name, layers);
+            // As the merge computes it: each weight in float32, summed in double.
+            if (weights.Sum(w => (double)(float)w.Resolve(position)) != 0) continue;
+            throw RecipeParser.Error(DareErrorId.WeightSumZero, DareErrorKind.InvalidData, recipe.Parameters.Weight?.Location ?? recipe.MethodLocation,
+                $"the weights sum to 0 at tensor '{tensor.Name}', so they cannot be normalized; give a non-zero weight there or set normalize: false.");
         }
     }
 

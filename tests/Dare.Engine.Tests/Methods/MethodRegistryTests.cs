@@ -78,6 +78,20 @@ public sealed class MethodRegistryTests : IDisposable
     }
 
     [Theory]
+    [InlineData("linear", "weight: 0")]
+    [InlineData("ties", "weight: 0, density: 0.5")]
+    [InlineData("task_arithmetic", "normalize: true, weight: [{ filter: b, value: 0 }, { value: 1 }]")]
+    public void A_recipe_whose_normalized_weights_sum_to_zero_at_a_tensor_is_refused_when_planned(string method, string parameters)
+    {
+        Vectors();
+        var yaml = $"merge_method: {method}\nbase_model: base\nmodels: [x, y]\nparameters: {{ {parameters} }}\n";
+        var error = Assert.Throws<DareException>(() => RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf("r-out") }));
+        Assert.Equal(DareErrorId.WeightSumZero, error.ErrorId);
+        Assert.Contains(method == "task_arithmetic" ? "at tensor 'b'" : "at tensor 'a'", error.Message);
+        Assert.Contains("line 4", error.Message);
+    }
+
+    [Theory]
     [InlineData(double.NaN, 1.0)]
     [InlineData(double.PositiveInfinity, 1.0)]
     [InlineData(1.0, double.NaN)]
