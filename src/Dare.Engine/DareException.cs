@@ -33,6 +33,11 @@ public enum DareErrorId
     ArchitectureMismatch,
     BaseModelMismatch,
     TaskVectorInvalid,
+    NotRegularFile,
+    InputChanged,
+    NonFiniteValues,
+    MergeStepMissing,
+    SeveralInputsOneFolder,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

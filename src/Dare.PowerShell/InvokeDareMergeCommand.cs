@@ -54,6 +54,10 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     [Parameter]
     public SwitchParameter Force { get; set; }
 
+    /// <summary>Write NaN/Inf values (in an input, or from overflow in the merge or the output dtype) with a warning per tensor instead of failing.</summary>
+    [Parameter]
+    public SwitchParameter AllowNonFinite { get; set; }
+
     protected override void ProcessRecord() => Run(() =>
     {
         foreach (var batch in Batches()) Merge(batch);
@@ -90,6 +94,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
             OutputDType = DType is null ? null : SafetensorsDTypes.ParseOutputDType(DType),
             MaxShardSize = MaxShardSize is null ? null : ByteSize.Parse(MaxShardSize),
             Force = Force,
+            AllowNonFinite = AllowNonFinite,
             DefaultSeed = RandomNumberGenerator.GetInt32(int.MaxValue),
         };
         var plan = RecipePlanner.Plan(batch, options);

@@ -19,6 +19,9 @@ public sealed class ExportOptions
 
     public bool Force { get; init; }
 
+    /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
+    public bool AllowNonFinite { get; init; }
+
     /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
     public string? RecipeYaml { get; init; }
 }
@@ -70,6 +73,7 @@ public sealed class MergeExecutor
             ["dare_content"] = options.DeltaOnly ? "delta" : "model",
         };
         if (options.RecipeYaml is not null) metadata["dare_recipe"] = options.RecipeYaml;
+        var nonFinite = new NonFiniteGuard(options.AllowNonFinite, _observer is null ? null : _observer.Warning);
         var writeOptions = new CheckpointWriteOptions
         {
             MaxShardSize = options.MaxShardSize,
@@ -78,13 +82,15 @@ public sealed class MergeExecutor
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
+            NonFinite = nonFinite,
+            Warning = _observer is null ? null : _observer.Warning,
         };
         var layerCount = LayerCount(vector.Base);
         var totalBytes = tensors.Sum(t => t.ByteLength) * (1 + vector.Sources.Count);
         long bytesRead = 0;
 
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
-        using var reader = new TensorReader();
+        using var reader = new TensorReader(nonFinite);
         using var workspace = new ChunkWorkspace();
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
