@@ -128,6 +128,19 @@ Describe 'Non-finite values' {
         Get-DareTempFolders $out | Should -BeNullOrEmpty
     }
 
+    It 'writes the overflow with -AllowNonFinite, each warning counting exactly the Inf values on disk' {
+        $target = Join-Path $out 'overflow-allowed'
+        $warnings = $null
+        Get-TaskVector -Base $base -FineTuned $math | Merge-Linear -Weight 1e30 -Normalize $false |
+            Export-Safetensors $target -DType float16 -AllowNonFinite -WarningVariable warnings -WarningAction SilentlyContinue | Out-Null
+        $name = 'model.layers.0.self_attn.q_proj.weight'
+        $onDisk = (Get-NonFiniteIndex (Read-TestTensor $target $name)).Count
+        $onDisk | Should -BeGreaterThan 0
+        $about = @($warnings | Where-Object { "$_" -match [regex]::Escape("'$name'") })
+        $about.Count | Should -Be 1
+        "$($about[0])" | Should -Match "\b$onDisk NaN/Inf"
+    }
+
     It 'Invoke-DareMerge fails the same way, and writes with -AllowNonFinite' {
         $target = Join-Path $out 'recipe-nan'
         $yaml = "merge_method: linear`nbase_model: $($base.Path)`nmodels:`n  - model: $($sick.FullName)`n    parameters: {weight: 1.0}`n  - model: $($code.Path)`n    parameters: {weight: 1.0}`n"
