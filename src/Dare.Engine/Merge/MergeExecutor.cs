@@ -39,6 +39,9 @@ public sealed class MergeExecutor
     public const long DefaultChunkElements = 16L << 20;
     public const string RecipeFileName = "dare_recipe.yml";
 
+    /// <summary>Longest recipe stored whole in the safetensors __metadata__; longer ones are stored as a note with their SHA-256.</summary>
+    public const int MaxRecipeInHeader = 64 * 1024;
+
     private readonly IMergeObserver? _observer;
     private readonly CancellationToken _cancellation;
     private readonly PhaseProfile? _profile = PhaseProfile.FromEnvironment();
@@ -69,7 +72,9 @@ public sealed class MergeExecutor
             ["dare_version"] = typeof(MergeExecutor).Assembly.GetName().Version?.ToString(3) ?? "0",
             ["dare_content"] = options.DeltaOnly ? "delta" : "model",
         };
-        if (options.RecipeYaml is not null) metadata["dare_recipe"] = options.RecipeYaml;
+        // The header must stay far below readers' limits (ours is 100 MB); a large recipe lives in dare_recipe.yml only.
+        if (options.RecipeYaml is { } recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
+            : $"# {recipe.Length} characters, too long for the header: see {RecipeFileName} (SHA-256 {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(recipe))).ToLowerInvariant()})";
         var writeOptions = new CheckpointWriteOptions
         {
             MaxShardSize = options.MaxShardSize,
