@@ -24,12 +24,11 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
 
     /// <summary>The recipe file (.yml/.yaml). Relative model and output paths in it resolve against its folder.</summary>
     [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet, ValueFromPipelineByPropertyName = true)]
-    [Alias("FullName")]
     public string ConfigPath { get; set; } = "";
 
-    /// <summary>The recipe file, used exactly as typed (no wildcards).</summary>
+    /// <summary>The recipe file, used exactly as typed (no wildcards); files piped from Get-ChildItem bind here.</summary>
     [Parameter(Mandatory = true, ParameterSetName = LiteralPathSet, ValueFromPipelineByPropertyName = true)]
-    [Alias("PSPath", "LP")]
+    [Alias("PSPath", "LP", "FullName")]
     public string LiteralPath { get; set; } = "";
 
     /// <summary>
