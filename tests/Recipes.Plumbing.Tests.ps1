@@ -91,7 +91,7 @@ Describe 'Invoke-DareMerge recipe input' {
 }
 
 Describe 'Invoke-DareMerge recipe limits' {
-    It 'ends a 50,000-deep recipe (file and -Yaml) and a cyclic hashtable with RecipeInvalid; the host lives on' {
+    It 'ends a 50,000-deep recipe (file and -Yaml), a self-containing YAML key and cyclic objects with RecipeInvalid; the host lives on' {
         $deep = Join-Path $Work 'deep.yml'
         [IO.File]::WriteAllText($deep, "merge_method: linear`nmodels: " + ('[' * 50000))
         (Get-Item $deep).Length | Should -BeGreaterThan 50000
@@ -99,6 +99,7 @@ Describe 'Invoke-DareMerge recipe limits' {
 Import-Module '$(Join-Path $RepoRoot 'out/Dare/Dare.psd1')'
 try { Invoke-DareMerge -LiteralPath '$deep' -OutputPath '$Work/deep-out' } catch { 'file: ' + `$_.FullyQualifiedErrorId + ' ' + `$_.Exception.Message }
 try { Invoke-DareMerge -Yaml ([IO.File]::ReadAllText('$deep')) -OutputPath '$Work/deep-out' } catch { 'yaml: ' + `$_.FullyQualifiedErrorId + ' ' + `$_.Exception.Message }
+try { Invoke-DareMerge -Yaml "? &k [*k]``n: 1" -OutputPath '$Work/deep-out' } catch { 'alias: ' + `$_.FullyQualifiedErrorId + ' ' + `$_.Exception.Message }
 `$h = @{ merge_method = 'linear'; models = @(@{ model = './math'; parameters = @{ weight = 1 } }) }
 `$h.models[0].parameters.again = `$h
 try { Invoke-DareMerge -Recipe `$h -OutputPath '$Work/deep-out' } catch { 'cycle: ' + `$_.FullyQualifiedErrorId + ' ' + `$_.Exception.Message }
@@ -113,6 +114,7 @@ exit 0
         $lines = @($output | ForEach-Object { "$_" })
         $lines | Where-Object { $_ -like 'file: *' } | Should -Match "^file: RecipeInvalid,.*deep\.yml, line 2, column 72: nests lists and mappings more than 64 levels deep"
         $lines | Where-Object { $_ -like 'yaml: *' } | Should -Match '^yaml: RecipeInvalid,.*YAML text, line 2, column 72: nests'
+        $lines | Where-Object { $_ -like 'alias: *' } | Should -Match '^alias: RecipeInvalid,.*YAML text, line 1, column 3: has a mapping key that is a list or mapping'
         $lines | Where-Object { $_ -like 'cycle: *' } | Should -Match '^cycle: RecipeInvalid,.*recipe object \(models\[0\]\.parameters\.again\): contains itself'
         $lines | Where-Object { $_ -like 'object: *' } | Should -Match '^object: RecipeInvalid,.*recipe object \(models\[0\]\): contains itself'
         $lines[-1] | Should -Be 'alive'

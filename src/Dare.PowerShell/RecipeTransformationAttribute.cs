@@ -37,13 +37,15 @@ public sealed class RecipeArgument
 
     /// <summary>
     /// PowerShell objects as plain dictionaries, lists and scalars (keys keep their order where the source has one).
-    /// The guard refuses cycles and deep nesting before this recursion could overflow the stack, which would end the host.
+    /// The guard refuses cycles, deep nesting and too many values before this recursion could overflow the stack (which
+    /// would end the host) or run for hours.
     /// </summary>
     private static object? Plain(object? value, string path, RecipeObjectGuard guard)
     {
+        if (value is PSObject { BaseObject: not PSCustomObject } wrapped) value = wrapped.BaseObject;
+        guard.Count(path);
         if (value is PSObject ps)
         {
-            if (ps.BaseObject is not PSCustomObject) return Plain(ps.BaseObject, path, guard);
             // Every [pscustomobject] shares one BaseObject, so the wrapper is what identifies this one.
             guard.Enter(ps, path);
             var properties = new OrderedDictionary();

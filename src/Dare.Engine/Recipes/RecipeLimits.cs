@@ -38,29 +38,81 @@ public static class RecipeLimits
     }
 
     /// <summary>
-    /// Walks the YAML event stream (YamlDotNet's parser keeps its own stack, so this cannot overflow) and refuses
-    /// nesting deeper than <see cref="MaxDepth"/>, naming where it happens, before a node tree is built.
+    /// Walks the YAML event stream (YamlDotNet's parser keeps its own stack, so this cannot overflow) before a node
+    /// tree is built, and refuses, naming the line and column: nesting deeper than <see cref="MaxDepth"/>; an alias
+    /// inside the list or mapping it names (a cycle: YamlDotNet hashes such keys forever); a mapping key that is a
+    /// list or mapping (never a recipe key; hashing one is where cycles and alias bombs bite); and more than
+    /// <see cref="MaxValues"/> values once aliases are expanded (a few KB of aliases can stand for billions).
     /// </summary>
-    public static void CheckYamlDepth(string yaml, string source)
+    public static void CheckYamlStructure(string yaml, string source)
     {
         var parser = new Parser(new StringReader(yaml));
-        var depth = 0;
+        var open = new Stack<OpenCollection>();
+        var sizes = new Dictionary<string, long>(StringComparer.Ordinal); // expanded values per finished anchor
+        long values = 0;
         while (parser.MoveNext())
         {
-            switch (parser.Current)
+            var current = parser.Current!;
+            Exception Refuse(string message) => RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData,
+                new RecipeLocation(source, (int)current.Start.Line, (int)current.Start.Column, ""), message);
+            switch (current)
             {
-                case MappingStart or SequenceStart:
-                    if (++depth > MaxDepth)
-                    {
-                        var start = parser.Current!.Start;
-                        throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(source, (int)start.Line, (int)start.Column, ""),
-                            $"nests lists and mappings more than {MaxDepth} levels deep; a recipe needs fewer than 10.");
-                    }
+                case DocumentStart:
+                    sizes.Clear();
                     break;
                 case MappingEnd or SequenceEnd:
-                    depth--;
+                    var closed = open.Pop();
+                    if (closed.Anchor is { } name) sizes[name] = values - closed.ValuesBefore;
+                    break;
+                case AnchorAlias alias:
+                    var target = alias.Value.Value;
+                    if (open.Any(c => c.Anchor == target)) throw Refuse($"uses the alias *{target} inside the list or mapping it names (a cycle).");
+                    var size = sizes.GetValueOrDefault(target, 1);
+                    if (open.TryPeek(out var parent) && parent.TakeKey() && size > 1) throw Refuse("has a mapping key that is a list or mapping; recipe keys are plain text.");
+                    values += size;
+                    break;
+                case NodeEvent node:
+                    if (open.TryPeek(out var container) && container.TakeKey() && node is not Scalar) throw Refuse("has a mapping key that is a list or mapping; recipe keys are plain text.");
+                    values++;
+                    var anchor = node.Anchor.IsEmpty ? null : node.Anchor.Value;
+                    if (node is Scalar && anchor is not null) sizes[anchor] = 1;
+                    if (node is MappingStart or SequenceStart)
+                    {
+                        if (open.Count >= MaxDepth) throw Refuse($"nests lists and mappings more than {MaxDepth} levels deep; a recipe needs fewer than 10.");
+                        open.Push(new OpenCollection(node is MappingStart, anchor, values - 1));
+                    }
                     break;
             }
+            if (values > MaxValues) throw Refuse($"holds more than {MaxValues:N0} values (aliases count as the values they repeat); a recipe needs a few hundred.");
+        }
+    }
+
+    /// <summary>Most values (scalars, lists, mappings; an alias counts as what it repeats) a recipe may hold.</summary>
+    public const long MaxValues = 100_000;
+
+    /// <summary>A list or mapping not yet closed; a mapping alternates between expecting a key and a value.</summary>
+    private sealed class OpenCollection
+    {
+        private readonly bool _isMapping;
+        private bool _expectingKey = true;
+
+        public OpenCollection(bool isMapping, string? anchor, long valuesBefore)
+        {
+            _isMapping = isMapping;
+            Anchor = anchor;
+            ValuesBefore = valuesBefore;
+        }
+
+        public string? Anchor { get; }
+        public long ValuesBefore { get; }
+
+        /// <summary>Called for each node inside: whether it is a mapping key.</summary>
+        public bool TakeKey()
+        {
+            if (!_isMapping) return false;
+            var isKey = _expectingKey;
+            _expectingKey = !_expectingKey;
+            return isKey;
         }
     }
 
@@ -78,6 +130,7 @@ public sealed class RecipeObjectGuard
 {
     private readonly List<object> _open = new();
     private readonly string _source;
+    private long _values;
 
     public RecipeObjectGuard(string source) => _source = source;
 
@@ -99,6 +152,17 @@ public sealed class RecipeObjectGuard
     }
 
     public void Exit() => _open.RemoveAt(_open.Count - 1);
+
+    /// <summary>
+    /// Call for every value walked. The same object may appear many times (that is no cycle), so a few objects can
+    /// stand for billions of values; the walk stops at <see cref="RecipeLimits.MaxValues"/>.
+    /// </summary>
+    public void Count(string keyPath)
+    {
+        if (++_values <= RecipeLimits.MaxValues) return;
+        throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(_source, 0, 0, keyPath),
+            $"is past the recipe's {RecipeLimits.MaxValues:N0}th value (objects used several times count each time); a recipe needs a few hundred.");
+    }
 
     public static string Key(string path, object? key) => path.Length == 0 ? $"{key}" : $"{path}.{key}";
 

@@ -24,6 +24,7 @@ internal static class RecipeObjectReader
 
     private static YamlNode ToNode(object? value, string path, RecipeObjectGuard guard)
     {
+        guard.Count(path);
         switch (value)
         {
             case null:

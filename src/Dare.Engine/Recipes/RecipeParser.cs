@@ -88,8 +88,8 @@ public static class RecipeParser
         var stream = new YamlStream();
         try
         {
-            // Depth first: building the node tree recurses once per level, and a stack overflow ends the host.
-            RecipeLimits.CheckYamlDepth(yaml, source);
+            // Structure first: building the node tree recurses once per level and hashes keys, and a stack overflow ends the host.
+            RecipeLimits.CheckYamlStructure(yaml, source);
             stream.Load(new StringReader(yaml));
         }
         catch (YamlException ex)

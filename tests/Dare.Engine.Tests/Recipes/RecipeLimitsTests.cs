@@ -39,6 +39,52 @@ public class RecipeLimitsTests : IClassFixture<RecipeModels>
         Assert.Equal(refused, error.Message.Contains("levels deep"));
     }
 
+    [Theory]
+    [InlineData("merge_method: linear\nmodels: &m [a, *m]", "line 2, column 16: uses the alias *m inside the list or mapping it names (a cycle).")]
+    // YamlDotNet hashes mapping keys; a key that contains itself overflowed the stack.
+    [InlineData("? &k [*k]\n: 1", "line 1, column 3: has a mapping key that is a list or mapping; recipe keys are plain text.")]
+    [InlineData("a: &a [x]\n? *a\n: 1", "line 2, column 3: has a mapping key that is a list or mapping")]
+    public void Alias_cycles_and_list_keys_are_refused_before_the_tree_is_built(string yaml, string expected)
+    {
+        var error = ParseError(yaml);
+        Assert.Equal(DareErrorId.RecipeInvalid, error.ErrorId);
+        Assert.StartsWith($"test.yml, {expected}", error.Message);
+    }
+
+    [Fact]
+    public void An_alias_bomb_is_refused_by_its_expanded_size()
+    {
+        // Ten levels of nine aliases each stand for 9^10 (3.5 billion) values in 300 bytes.
+        var yaml = new StringBuilder("a0: &a0 [x]\n");
+        for (var level = 1; level <= 10; level++) yaml.Append($"a{level}: &a{level} [{string.Join(", ", Enumerable.Repeat($"*a{level - 1}", 9))}]\n");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+
+        var error = ParseError(yaml.ToString());
+
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"took {clock.Elapsed}");
+        Assert.Contains("holds more than 100,000 values (aliases count as the values they repeat)", error.Message);
+    }
+
+    [Fact]
+    public void Aliases_that_repeat_a_block_still_work()
+    {
+        var recipe = RecipeParser.ParseText("merge_method: linear\nmodels:\n  - model: a\n    parameters: &p { weight: 0.5 }\n  - model: b\n    parameters: *p\n", "/r").Recipes[0];
+        Assert.All(recipe.Models, m => Assert.Equal(new ConstantParameter(0.5), m.Parameters.Weight!.Fallback));
+    }
+
+    [Fact]
+    public void Objects_repeated_into_billions_of_values_are_refused()
+    {
+        var numbers = Enumerable.Repeat((object)1.0, 1000).ToList();
+        var tens = Enumerable.Repeat((object)numbers, 1000).ToList();
+        var recipe = new Hashtable { ["merge_method"] = "linear", ["models"] = Enumerable.Repeat((object)tens, 1000).ToList() };
+
+        var error = Assert.Throws<DareException>(() => RecipeParser.ParseObject(recipe, "/here"));
+
+        Assert.Equal(DareErrorId.RecipeInvalid, error.ErrorId);
+        Assert.Contains("is past the recipe's 100,000th value", error.Message);
+    }
+
     [Fact]
     public void A_dictionary_that_contains_itself_is_refused_with_its_key_path()
     {
