@@ -55,6 +55,13 @@ Describe 'Invoke-DareMerge recipe input' {
         (Get-FileHash (Join-Path $result.Path 'model.safetensors')).Hash | Should -Be $ReferenceHash
     }
 
+    It 'keeps line numbers of piped lines, leading empty lines included' {
+        $record = $null
+        try { '', '', 'merge_method: ties', 'models: [./math]', 'wieght: 1' | Invoke-DareMerge -OutputPath (Join-Path $Work 'never') } catch { $record = $_ }
+        $record.FullyQualifiedErrorId | Should -Be 'RecipeUnknownKey,Dare.PowerShell.InvokeDareMergeCommand'
+        $record.Exception.Message | Should -BeLike 'YAML text, line 5, column 1 (wieght):*'
+    }
+
     It 'takes -LiteralPath and -OutputLiteralPath with wildcard characters in the names, and files piped from Get-ChildItem' {
         $literal = Join-Path $Work 'recipe[1].yml'
         Copy-Item -LiteralPath $Recipe -Destination $literal

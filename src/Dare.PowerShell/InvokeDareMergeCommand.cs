@@ -77,6 +77,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
 
     // Lines piped into -Yaml, read as one text in EndProcessing.
     private readonly StringBuilder _yaml = new();
+    private int _yamlLines;
     private CmdletObserver? _observer;
     private int _batchSize;
 
@@ -92,7 +93,8 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     {
         if (ParameterSetName == YamlSet)
         {
-            if (_yaml.Length > 0) _yaml.Append('\n');
+            // A newline before every line but the first (by count: leading empty lines keep their line numbers).
+            if (_yamlLines++ > 0) _yaml.Append('\n');
             _yaml.Append(Yaml);
             // Counted as the lines come, so an endless or huge pipeline stops at the limit rather than filling memory.
             RecipeLimits.CheckLength(_yaml.Length, "YAML text");

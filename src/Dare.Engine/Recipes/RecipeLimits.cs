@@ -6,7 +6,8 @@ namespace Dare.Engine.Recipes;
 /// <summary>
 /// Bounds on what a recipe may be, enforced before anything recursive touches it: YamlDotNet's node tree, our
 /// walkers and PowerShell's object conversion all recurse, and a stack overflow ends the whole host (it cannot be
-/// caught). A real recipe nests about 7 levels deep and is a few KB long.
+/// caught), and aliases or shared objects can make a small recipe stand for billions of values. A real recipe
+/// nests about 7 levels deep, holds a few hundred values and is a few KB long.
 /// </summary>
 public static class RecipeLimits
 {
@@ -16,19 +17,25 @@ public static class RecipeLimits
     /// <summary>Longest recipe text, in characters (files: in bytes).</summary>
     public const int MaxTextLength = 4 * 1024 * 1024;
 
+    /// <summary>Most values (scalars, lists, mappings; an alias counts as what it repeats) a recipe may hold.</summary>
+    public const long MaxValues = 100_000;
+
     /// <summary>Reads a recipe file, refusing one longer than <see cref="MaxTextLength"/> before reading it all.</summary>
     public static string ReadFile(string path)
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         if (stream.CanSeek && stream.Length > MaxTextLength) throw TooLong(path, $"{stream.Length} bytes");
         using var reader = new StreamReader(stream);
-        // The length may not be known (or may grow while reading): read at most one character past the limit.
-        var buffer = new char[MaxTextLength + 1];
-        var read = 0;
+        // The length may not be known (or may grow while reading): stop as soon as the text is past the limit.
+        var text = new System.Text.StringBuilder();
+        var buffer = new char[64 * 1024];
         int count;
-        while (read < buffer.Length && (count = reader.Read(buffer, read, buffer.Length - read)) > 0) read += count;
-        if (read > MaxTextLength) throw TooLong(path, "more characters");
-        return new string(buffer, 0, read);
+        while ((count = reader.Read(buffer, 0, buffer.Length)) > 0)
+        {
+            text.Append(buffer, 0, count);
+            if (text.Length > MaxTextLength) throw TooLong(path, $"over {MaxTextLength} characters");
+        }
+        return text.ToString();
     }
 
     /// <summary>Refuses text longer than <see cref="MaxTextLength"/> (e.g. -Yaml, or lines piped in, counted as they come).</summary>
@@ -86,9 +93,6 @@ public static class RecipeLimits
             if (values > MaxValues) throw Refuse($"holds more than {MaxValues:N0} values (aliases count as the values they repeat); a recipe needs a few hundred.");
         }
     }
-
-    /// <summary>Most values (scalars, lists, mappings; an alias counts as what it repeats) a recipe may hold.</summary>
-    public const long MaxValues = 100_000;
 
     /// <summary>A list or mapping not yet closed; a mapping alternates between expecting a key and a value.</summary>
     private sealed class OpenCollection
