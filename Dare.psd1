@@ -1,5 +1,7 @@
 @{
     RootModule           = 'Dare.PowerShell.dll'
+    # Imported first: routes the engine and its dependencies (dependencies/) into Dare's own AssemblyLoadContext.
+    NestedModules        = @('Dare.Loader.dll', 'Dare.Engine', 'TorchSharp')
     ModuleVersion        = '0.1.0'
     GUID                 = '6f0d3c52-8d0e-4b8a-9f57-3c1d2e7a9b41'
     Author               = 'Dare contributors'

@@ -65,18 +65,27 @@ function Invoke-Build {
         }
     }
     if (Test-Path $moduleDir) { Remove-Item -Recurse -Force $moduleDir }
+    $publishDir = Join-Path $root 'out/publish'
+    if (Test-Path $publishDir) { Remove-Item -Recurse -Force $publishDir }
     Write-Host "Building the Dare module into $moduleDir ($Configuration$(if ($Cuda) { ', CUDA' }))..."
     Invoke-Native 'dotnet publish' {
         dotnet publish (Join-Path $root 'src/Dare.PowerShell/Dare.PowerShell.csproj') -c $Configuration `
-            -r (Get-RuntimeIdentifier) --self-contained false -o $moduleDir $cudaProperty -nologo -v quiet
+            -r (Get-RuntimeIdentifier) --self-contained false -o $publishDir $cudaProperty -nologo -v quiet
     }
-    # pwsh loads modules from a flat folder; unused libtorch test and Python-binding libraries only add weight.
-    Get-ChildItem $moduleDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
-    Remove-Item (Join-Path $moduleDir '*.pdb'), (Join-Path $moduleDir '*.deps.json') -ErrorAction Ignore
-    Copy-Item (Join-Path $root 'Dare.psd1') $moduleDir
+    # Unused libtorch test and Python-binding libraries only add weight.
+    Get-ChildItem $publishDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
+    Remove-Item (Join-Path $publishDir '*.pdb'), (Join-Path $publishDir '*.deps.json') -ErrorAction Ignore
+    # Only the loader and the cmdlet assembly sit in the module folder (default load context); the engine, TorchSharp,
+    # YamlDotNet and the native libraries go to dependencies/, which src/Dare.Loader loads into Dare's own load context.
+    $dependencies = Join-Path $moduleDir 'dependencies'
+    New-Item -ItemType Directory -Force $dependencies | Out-Null
+    Move-Item (Join-Path $publishDir 'Dare.Loader.dll'), (Join-Path $publishDir 'Dare.PowerShell.dll') $moduleDir
+    Get-ChildItem $publishDir | Move-Item -Destination $dependencies
+    Remove-Item $publishDir
+    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
     Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
-    Install-TorchSharpNativeCompat -Directory $moduleDir
+    Install-TorchSharpNativeCompat -Directory $dependencies
     Write-Host "Built $moduleDir"
 }
 
