@@ -7,6 +7,8 @@ The one entry point for building, testing and demonstrating Dare.
   Build  Lays out an importable module at out/Dare (every managed and native dependency copied flat).
   Test   Builds, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
   Demo   Builds, generates small Hugging Face style checkpoints and runs a real DARE merge through the cmdlets.
+  Package Builds, then writes out/Dare.<version>.nupkg: a PowerShell Gallery-style package of the module (libtorch
+         included), made by PSResourceGet's Publish-PSResource into a temporary local repository.
   Bench  Builds and runs the speed and memory benchmark (by hand; not part of Test).
   Clean  Removes build output.
 
@@ -16,7 +18,7 @@ dotnet tool restore && dotnet pwsh ./build.ps1 Test
 [CmdletBinding()]
 param(
     [Parameter(Position = 0)]
-    [ValidateSet('Build', 'Test', 'Demo', 'Bench', 'Clean')]
+    [ValidateSet('Build', 'Test', 'Package', 'Demo', 'Bench', 'Clean')]
     [string] $Task = 'Build',
 
     # Build against TorchSharp-cuda-linux instead of TorchSharp-cpu.
@@ -82,11 +84,33 @@ function Invoke-Build {
     Move-Item (Join-Path $publishDir 'Dare.Loader.dll'), (Join-Path $publishDir 'Dare.PowerShell.dll') $moduleDir
     Get-ChildItem $publishDir | Move-Item -Destination $dependencies
     Remove-Item $publishDir
-    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE') $moduleDir
+    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE'), (Join-Path $root 'src/Dare.Loader/Dare.Types.ps1') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
     Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
     Install-TorchSharpNativeCompat -Directory $dependencies
     Write-Host "Built $moduleDir"
+}
+
+# Packs out/Dare into out/Dare.<version>.nupkg with PSResourceGet (ships with PowerShell 7.4+). The repository it
+# publishes to is a temporary folder registered under a unique name and unregistered again.
+function Invoke-Package {
+    $version = (Import-PowerShellDataFile (Join-Path $moduleDir 'Dare.psd1')).ModuleVersion
+    $package = Join-Path $root "out/Dare.$version.nupkg"
+    $repository = Join-Path $root 'out/package-repository'
+    if (Test-Path $repository) { Remove-Item -Recurse -Force $repository }
+    New-Item -ItemType Directory $repository | Out-Null
+    $name = "DareBuild$([guid]::NewGuid().ToString('N'))"
+    Register-PSResourceRepository -Name $name -Uri $repository -Trusted
+    try {
+        Write-Host "Packing $moduleDir ..."
+        $elapsed = Measure-Command { Publish-PSResource -Path $moduleDir -Repository $name -SkipDependenciesCheck }
+        Move-Item (Join-Path $repository "Dare.$version.nupkg") $package -Force
+    }
+    finally {
+        Unregister-PSResourceRepository -Name $name
+        Remove-Item -Recurse -Force $repository -ErrorAction Ignore
+    }
+    Write-Host ("Packed $package ({0:N0} MB in {1:N0} s)" -f ((Get-Item $package).Length / 1MB), $elapsed.TotalSeconds)
 }
 
 # Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml,
@@ -159,6 +183,7 @@ switch ($Task) {
         }
     }
     'Build' { Invoke-Build }
+    'Package' { Invoke-Build; Invoke-Package }
     'Test' {
         Invoke-Build
         New-Item -ItemType Directory -Force (Join-Path $root 'out/test-results') | Out-Null
