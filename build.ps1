@@ -5,7 +5,7 @@ The one entry point for building, testing and demonstrating Dare.
 
 .DESCRIPTION
   Build  Lays out an importable module at out/Dare (every managed and native dependency copied flat).
-  Test   Builds, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
+  Test   Builds and packs, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
   Demo   Builds, generates small Hugging Face style checkpoints and runs a real DARE merge through the cmdlets.
   Package Builds, then writes out/Dare.<version>.nupkg: a PowerShell Gallery-style package of the module (libtorch
          included), made by PSResourceGet's Publish-PSResource into a temporary local repository.
@@ -91,26 +91,33 @@ function Invoke-Build {
     Write-Host "Built $moduleDir"
 }
 
-# Packs out/Dare into out/Dare.<version>.nupkg with PSResourceGet (ships with PowerShell 7.4+). The repository it
-# publishes to is a temporary folder registered under a unique name and unregistered again.
+# Packs out/Dare into out/Dare.<version>.nupkg with PSResourceGet (ships with PowerShell 7.4+): Publish-PSResource to
+# a temporary folder repository, in a child pwsh whose home is a temporary folder, so that the repository registration
+# never touches the user's PSResourceGet settings.
 function Invoke-Package {
     $version = (Import-PowerShellDataFile (Join-Path $moduleDir 'Dare.psd1')).ModuleVersion
     $package = Join-Path $root "out/Dare.$version.nupkg"
-    $repository = Join-Path $root 'out/package-repository'
-    if (Test-Path $repository) { Remove-Item -Recurse -Force $repository }
+    $scratch = Join-Path $root 'out/package-scratch'
+    if (Test-Path $scratch) { Remove-Item -Recurse -Force $scratch }
+    $repository = Join-Path $scratch 'repository'
     New-Item -ItemType Directory $repository | Out-Null
-    $name = "DareBuild$([guid]::NewGuid().ToString('N'))"
-    Register-PSResourceRepository -Name $name -Uri $repository -Trusted
+    $script = @"
+`$ErrorActionPreference = 'Stop'
+Register-PSResourceRepository -Name DareBuild -Uri '$repository' -Trusted
+Publish-PSResource -Path '$moduleDir' -Repository DareBuild -SkipDependenciesCheck
+"@
+    Write-Host "Packing $moduleDir ..."
+    $saved = $env:HOME, $env:XDG_DATA_HOME
+    $clock = [Diagnostics.Stopwatch]::StartNew()
     try {
-        Write-Host "Packing $moduleDir ..."
-        $elapsed = Measure-Command { Publish-PSResource -Path $moduleDir -Repository $name -SkipDependenciesCheck }
-        Move-Item (Join-Path $repository "Dare.$version.nupkg") $package -Force
+        $env:HOME = $scratch; $env:XDG_DATA_HOME = Join-Path $scratch '.local/share'
+        $pwsh = Get-PwshCommand
+        Invoke-Native 'Publish-PSResource' { & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -Command $script }
     }
-    finally {
-        Unregister-PSResourceRepository -Name $name
-        Remove-Item -Recurse -Force $repository -ErrorAction Ignore
-    }
-    Write-Host ("Packed $package ({0:N0} MB in {1:N0} s)" -f ((Get-Item $package).Length / 1MB), $elapsed.TotalSeconds)
+    finally { $env:HOME, $env:XDG_DATA_HOME = $saved }
+    Move-Item (Join-Path $repository "Dare.$version.nupkg") $package -Force
+    Remove-Item -Recurse -Force $scratch
+    Write-Host ("Packed $package ({0:N0} MB in {1:N0} s)" -f ((Get-Item $package).Length / 1MB), $clock.Elapsed.TotalSeconds)
 }
 
 # Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml,
@@ -186,6 +193,7 @@ switch ($Task) {
     'Package' { Invoke-Build; Invoke-Package }
     'Test' {
         Invoke-Build
+        Invoke-Package   # tests/Package.Tests.ps1 installs it
         New-Item -ItemType Directory -Force (Join-Path $root 'out/test-results') | Out-Null
         $engine = Invoke-EngineTests
         $cmdlets = Invoke-PesterTests
