@@ -100,8 +100,9 @@ function Invoke-Package {
     $scratch = Join-Path $root 'out/package-scratch'
     if (Test-Path $scratch) { Remove-Item -Recurse -Force $scratch }
     $repository = Join-Path $scratch 'repository'
-    # .NET reports a missing XDG_DATA_HOME folder as "", and PSResourceGet would then write its settings to the cwd.
-    New-Item -ItemType Directory $repository, (Join-Path $scratch '.local/share') | Out-Null
+    # .NET reports a missing ~/.local/share or ~/.config as "", and PSResourceGet and NuGet would then write their
+    # settings to the cwd.
+    New-Item -ItemType Directory $repository, (Join-Path $scratch '.local/share'), (Join-Path $scratch '.config') | Out-Null
     $script = @"
 `$ErrorActionPreference = 'Stop'
 Register-PSResourceRepository -Name DareBuild -Uri '$repository' -Trusted

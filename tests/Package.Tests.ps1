@@ -43,8 +43,9 @@ Describe 'The module package (./build.ps1 Package)' {
     It 'installs with Install-PSResource from a local repository, imports by name outside the repository and merges' {
         $repository = Join-Path $TestDrive 'repository'
         $userHome = Join-Path $TestDrive 'home'
-        # .NET reports a missing XDG_DATA_HOME folder as "", and PSResourceGet would then write its settings to the cwd.
-        New-Item -ItemType Directory $repository, (Join-Path $userHome '.local/share') | Out-Null
+        # .NET reports a missing ~/.local/share or ~/.config as "", and PSResourceGet and NuGet would then write their
+        # settings to the cwd.
+        New-Item -ItemType Directory $repository, (Join-Path $userHome '.local/share'), (Join-Path $userHome '.config') | Out-Null
         New-Item -ItemType HardLink -Path (Join-Path $repository (Split-Path $Package -Leaf)) -Target $Package | Out-Null
         $work = Join-Path $TestDrive 'installed-merge'
         # A home of its own gives the child its own PSResourceGet repository list and user module folder (and a
@@ -65,6 +66,7 @@ Import-Module Dare
         Join-Path $installedBase 'dependencies/libtorch_cpu.so' | Should -Exist
         Get-Content -Raw (Join-Path $userHome '.local/share/PSResourceGet/PSResourceRepository.xml') | Should -Match 'Name="DareTest"'
         Join-Path $TestDrive 'PSResourceGet' | Should -Not -Exist
+        Join-Path $TestDrive 'NuGet' | Should -Not -Exist
         $text | Should -Match 'result-type-matches:True'
         $check = Measure-SmallMergeError $work
         $check.LargestDelta | Should -BeGreaterThan 1e-4
