@@ -5,8 +5,10 @@ The one entry point for building, testing and demonstrating Dare.
 
 .DESCRIPTION
   Build  Lays out an importable module at out/Dare (every managed and native dependency copied flat).
-  Test   Builds, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
+  Test   Builds and packs, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
   Demo   Builds, generates small Hugging Face style checkpoints and runs a real DARE merge through the cmdlets.
+  Package Builds, then writes out/Dare.<version>.nupkg: a PowerShell Gallery-style package of the module (libtorch
+         included), made by PSResourceGet's Publish-PSResource into a temporary local repository.
   Bench  Builds and runs the speed and memory benchmark (by hand; not part of Test).
   Clean  Removes build output.
 
@@ -16,7 +18,7 @@ dotnet tool restore && dotnet pwsh ./build.ps1 Test
 [CmdletBinding()]
 param(
     [Parameter(Position = 0)]
-    [ValidateSet('Build', 'Test', 'Demo', 'Bench', 'Clean')]
+    [ValidateSet('Build', 'Test', 'Package', 'Demo', 'Bench', 'Clean')]
     [string] $Task = 'Build',
 
     # Build against TorchSharp-cuda-linux instead of TorchSharp-cpu.
@@ -65,19 +67,59 @@ function Invoke-Build {
         }
     }
     if (Test-Path $moduleDir) { Remove-Item -Recurse -Force $moduleDir }
+    $publishDir = Join-Path $root 'out/publish'
+    if (Test-Path $publishDir) { Remove-Item -Recurse -Force $publishDir }
     Write-Host "Building the Dare module into $moduleDir ($Configuration$(if ($Cuda) { ', CUDA' }))..."
     Invoke-Native 'dotnet publish' {
         dotnet publish (Join-Path $root 'src/Dare.PowerShell/Dare.PowerShell.csproj') -c $Configuration `
-            -r (Get-RuntimeIdentifier) --self-contained false -o $moduleDir $cudaProperty -nologo -v quiet
+            -r (Get-RuntimeIdentifier) --self-contained false -o $publishDir $cudaProperty -nologo -v quiet
     }
-    # pwsh loads modules from a flat folder; unused libtorch test and Python-binding libraries only add weight.
-    Get-ChildItem $moduleDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
-    Remove-Item (Join-Path $moduleDir '*.pdb'), (Join-Path $moduleDir '*.deps.json') -ErrorAction Ignore
-    Copy-Item (Join-Path $root 'Dare.psd1') $moduleDir
+    # Unused libtorch test and Python-binding libraries only add weight.
+    Get-ChildItem $publishDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
+    Remove-Item (Join-Path $publishDir '*.pdb'), (Join-Path $publishDir '*.deps.json') -ErrorAction Ignore
+    # Only the loader and the cmdlet assembly sit in the module folder (default load context); the engine, TorchSharp,
+    # YamlDotNet and the native libraries go to dependencies/, which src/Dare.Loader loads into Dare's own load context.
+    $dependencies = Join-Path $moduleDir 'dependencies'
+    New-Item -ItemType Directory -Force $dependencies | Out-Null
+    Move-Item (Join-Path $publishDir 'Dare.Loader.dll'), (Join-Path $publishDir 'Dare.PowerShell.dll') $moduleDir
+    Get-ChildItem $publishDir | Move-Item -Destination $dependencies
+    Remove-Item $publishDir
+    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE'), (Join-Path $root 'src/Dare.Loader/Dare.Types.ps1') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
     Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
-    Install-TorchSharpNativeCompat -Directory $moduleDir
+    Install-TorchSharpNativeCompat -Directory $dependencies
     Write-Host "Built $moduleDir"
+}
+
+# Packs out/Dare into out/Dare.<version>.nupkg with PSResourceGet (ships with PowerShell 7.4+): Publish-PSResource to
+# a temporary folder repository, in a child pwsh whose home is a temporary folder, so that the repository registration
+# never touches the user's PSResourceGet settings.
+function Invoke-Package {
+    $version = (Import-PowerShellDataFile (Join-Path $moduleDir 'Dare.psd1')).ModuleVersion
+    $package = Join-Path $root "out/Dare.$version.nupkg"
+    $scratch = Join-Path $root 'out/package-scratch'
+    if (Test-Path $scratch) { Remove-Item -Recurse -Force $scratch }
+    $repository = Join-Path $scratch 'repository'
+    # .NET reports a missing ~/.local/share or ~/.config as "", and PSResourceGet and NuGet would then write their
+    # settings to the cwd.
+    New-Item -ItemType Directory $repository, (Join-Path $scratch '.local/share'), (Join-Path $scratch '.config') | Out-Null
+    $script = @"
+`$ErrorActionPreference = 'Stop'
+Register-PSResourceRepository -Name DareBuild -Uri '$repository' -Trusted
+Publish-PSResource -Path '$moduleDir' -Repository DareBuild -SkipDependenciesCheck
+"@
+    Write-Host "Packing $moduleDir ..."
+    $saved = $env:HOME, $env:XDG_DATA_HOME
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    try {
+        $env:HOME = $scratch; $env:XDG_DATA_HOME = Join-Path $scratch '.local/share'
+        $pwsh = Get-PwshCommand
+        Invoke-Native 'Publish-PSResource' { & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -Command $script }
+    }
+    finally { $env:HOME, $env:XDG_DATA_HOME = $saved }
+    Move-Item (Join-Path $repository "Dare.$version.nupkg") $package -Force
+    Remove-Item -Recurse -Force $scratch
+    Write-Host ("Packed $package ({0:N0} MB in {1:N0} s)" -f ((Get-Item $package).Length / 1MB), $clock.Elapsed.TotalSeconds)
 }
 
 # Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml,
@@ -150,8 +192,10 @@ switch ($Task) {
         }
     }
     'Build' { Invoke-Build }
+    'Package' { Invoke-Build; Invoke-Package }
     'Test' {
         Invoke-Build
+        Invoke-Package   # tests/Package.Tests.ps1 installs it
         New-Item -ItemType Directory -Force (Join-Path $root 'out/test-results') | Out-Null
         $engine = Invoke-EngineTests
         $cmdlets = Invoke-PesterTests
