@@ -1,7 +1,6 @@
 using System.Collections;
 using System.Management.Automation;
 using System.Management.Automation.Language;
-using System.Management.Automation.Runspaces;
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
@@ -106,14 +105,29 @@ public sealed class TensorNameCompleter : IArgumentCompleter
 
     private static Checkpoint? OpenPath(string path, bool literal)
     {
-        var session = Runspace.DefaultRunspace?.SessionStateProxy;
-        if (session is null) return null;
-        var resolved = literal || !WildcardPattern.ContainsWildcardCharacters(path)
-            ? session.Path.GetUnresolvedProviderPathFromPSPath(path)
-            : session.Path.GetResolvedProviderPathFromPSPath(path, out _).FirstOrDefault();
+        // The completer runs while the prompt's pipeline is busy, so the session is reached through a nested
+        // PowerShell on the current runspace (SessionStateProxy refuses concurrent calls).
+        var resolved = InCurrentRunspace(ps => ps.AddScript(
+            "param($p, $literal) if ($literal -or -not [WildcardPattern]::ContainsWildcardCharacters($p)) { " +
+            "$ExecutionContext.SessionState.Path.GetUnresolvedProviderPathFromPSPath($p) } " +
+            "else { $ExecutionContext.SessionState.Path.GetResolvedProviderPathFromPSPath($p, [ref] $null) | Select-Object -First 1 }")
+            .AddArgument(path).AddArgument(literal)) as string;
         return resolved is not null && (File.Exists(resolved) || Directory.Exists(resolved)) ? Checkpoint.Open(resolved) : null;
     }
 
     private static object? VariableValue(VariableExpressionAst variable) =>
-        Runspace.DefaultRunspace?.SessionStateProxy.GetVariable(variable.VariablePath.UserPath);
+        InCurrentRunspace(ps => ps.AddCommand("Get-Variable").AddParameter("Name", variable.VariablePath.UserPath).AddParameter("ValueOnly"));
+
+    private static object? InCurrentRunspace(Action<System.Management.Automation.PowerShell> build)
+    {
+        using var ps = System.Management.Automation.PowerShell.Create(RunspaceMode.CurrentRunspace);
+        build(ps);
+        var results = ps.Invoke();
+        return results.Count switch
+        {
+            0 => null,
+            1 => results[0]?.BaseObject,
+            _ => results.Select(r => r?.BaseObject).ToArray(),
+        };
+    }
 }
