@@ -1,6 +1,10 @@
 # Every exported cmdlet has real help (from src/Dare.PowerShell/help/<Verb-Noun>.xml), not the syntax-only stub
 # Get-Help makes up for a cmdlet without a help file.
 BeforeDiscovery {
+    . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
+    Import-DareTestModule
+    # Every ErrorId the module can report: the engine's enum, and the two DareCmdlet gives to other exceptions.
+    $script:errorIds = @([enum]::GetNames([Dare.Engine.DareErrorId])) + 'FileSystemError', 'UnexpectedError'
     $manifest = Import-PowerShellDataFile (Join-Path $PSScriptRoot '../Dare.psd1')
     $script:cmdlets = @($manifest.CmdletsToExport | Sort-Object | ForEach-Object { @{ Name = $_ } })
 }
@@ -160,7 +164,7 @@ Describe 'about_Dare' {
         $topic | Should -Match 'CONCEPTS'
     }
 
-    It 'explains every ErrorId the module reports: <_>' -ForEach @([enum]::GetNames([Dare.Engine.DareErrorId]) + 'FileSystemError', 'UnexpectedError') {
+    It 'explains every ErrorId the module reports: <_>' -ForEach $errorIds {
         $topic | Should -Match "(?m)^\s+$_\s"
     }
 
