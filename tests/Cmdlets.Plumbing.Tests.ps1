@@ -146,3 +146,37 @@ Describe 'Tables size their columns to the names' {
         $text | Should -Match '(?m)^CodeLlama-7b-Python-hf\s'
     }
 }
+
+Describe 'Objects flattened to text (Export-Csv) and to JSON' {
+    BeforeAll {
+        $script:Merged = Get-TaskVector $Base $Instruct, $Python | Invoke-DareDrop 0.5 -Seed 1 | Merge-Linear
+        $script:Written = $Merged | Export-Safetensors (Join-Path $TestDrive 'flattened')
+    }
+
+    It 'summarises a Checkpoint''s files and tensors in its CSV row' {
+        $row = $Base | ConvertTo-Csv | ConvertFrom-Csv
+        $row.Files | Should -Be (Join-Path $BasePath 'model.safetensors')
+        $row.Tensors | Should -Be "$($HeaderNames.Count) tensors"
+        $row.Layout | Should -Be 'Folder'
+    }
+
+    It 'summarises a merged TaskVector''s inputs, sources and steps in its CSV row' {
+        $row = $Merged | ConvertTo-Csv | ConvertFrom-Csv
+        $row.Inputs | Should -Be 'CodeLlama-7b-Instruct-hf; CodeLlama-7b-Python-hf'
+        $row.Sources | Should -Be "$($Instruct.Path); $($Python.Path)"
+        $row.Steps | Should -BeLike 'TaskVector(CodeLlama-7b-Instruct-hf - llama2-7b); DareDrop(p=0.5, *; MergeLinear(*'
+    }
+
+    It 'lists an ExportResult''s files in its CSV row, as on disk' {
+        $row = $Written | ConvertTo-Csv | ConvertFrom-Csv
+        $onDisk = Get-ChildItem -LiteralPath $Written.Path -File | ForEach-Object FullName | Sort-Object
+        ($row.Files -split '; ' | Sort-Object) | Should -Be $onDisk
+    }
+
+    It 'keeps nested collections as JSON arrays' {
+        $json = $Written | ConvertTo-Json -Depth 2 | ConvertFrom-Json
+        @($json.Files).Count | Should -Be (Get-ChildItem -LiteralPath $Written.Path -File).Count
+        $json.LiteralPath | Should -Be $Written.Path
+        ($Merged | ConvertTo-Json -Depth 1 -WarningAction Ignore | ConvertFrom-Json).Steps.Count | Should -Be 5
+    }
+}

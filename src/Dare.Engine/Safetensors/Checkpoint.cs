@@ -30,8 +30,8 @@ public sealed class Checkpoint
     {
         Path = path;
         Layout = layout;
-        Files = files;
-        Tensors = tensors;
+        Files = SummarisedList.Joined(files);
+        Tensors = SummarisedList.Counted(tensors, "tensor");
         Metadata = metadata;
         _config = config;
         Config = config is null ? null : (Dictionary<string, object?>)ToPlain(config)!;
