@@ -160,6 +160,15 @@ Describe 'Objects flattened to text (Export-Csv) and to JSON' {
         $row.Layout | Should -Be 'Folder'
     }
 
+    It 'lists a Checkpoint''s metadata and config.json entries as key=value in its CSV row' {
+        $row = $Base | ConvertTo-Csv | ConvertFrom-Csv
+        $metadata = (Read-SafetensorsHeader (Join-Path $BasePath 'model.safetensors')).Metadata
+        $row.Metadata -split '; ' | Should -Be @($metadata.Keys | ForEach-Object { "$_=$($metadata[$_])" })
+        $config = Get-Content -Raw (Join-Path $BasePath 'config.json') | ConvertFrom-Json -AsHashtable
+        $row.Config -split '; ' | Should -Contain "hidden_size=$($config.hidden_size)"
+        $row.Config -split '; ' | Should -Contain 'architectures=…'
+    }
+
     It 'summarises a merged TaskVector''s inputs, sources and steps in its CSV row' {
         $row = $Merged | ConvertTo-Csv | ConvertFrom-Csv
         $row.Inputs | Should -Be 'CodeLlama-7b-Instruct-hf; CodeLlama-7b-Python-hf'

@@ -26,3 +26,14 @@ public static class SummarisedList
     public static SummarisedList<T> Counted<T>(IEnumerable<T> items, string noun) =>
         new(items as IList<T> ?? items.ToList(), list => $"{list.Count} {noun}{(list.Count == 1 ? "" : "s")}");
 }
+
+/// <summary>
+/// A read-only dictionary whose ToString lists its scalar entries as key=value (nested values as key=…), so that
+/// safetensors metadata or config.json reads well in Export-Csv; ConvertTo-Json still writes an object.
+/// </summary>
+public sealed class SummarisedDictionary<TValue> : System.Collections.ObjectModel.ReadOnlyDictionary<string, TValue>
+{
+    public SummarisedDictionary(IDictionary<string, TValue> items) : base(items) { }
+
+    public override string ToString() => string.Join("; ", this.Select(e => e.Key + "=" + (e.Value is System.Collections.IEnumerable and not string ? "…" : e.Value)));
+}

@@ -32,9 +32,9 @@ public sealed class Checkpoint
         Layout = layout;
         Files = SummarisedList.Joined(files);
         Tensors = SummarisedList.Counted(tensors, "tensor");
-        Metadata = metadata;
+        Metadata = new SummarisedDictionary<string>(metadata.ToDictionary(e => e.Key, e => e.Value, StringComparer.Ordinal));
         _config = config;
-        Config = config is null ? null : (Dictionary<string, object?>)ToPlain(config)!;
+        Config = config is null ? null : new SummarisedDictionary<object?>((Dictionary<string, object?>)ToPlain(config)!);
         _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
     }
 
