@@ -86,8 +86,9 @@ function Invoke-Build {
     Remove-Item $publishDir
     Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE'), (Join-Path $root 'src/Dare.Loader/Dare.Types.ps1') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
-    Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
+    # Before the help: Build-Help imports the built module in a child pwsh.
     Install-TorchSharpNativeCompat -Directory $dependencies
+    Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
     Write-Host "Built $moduleDir"
 }
 
@@ -122,15 +123,28 @@ Publish-PSResource -Path '$moduleDir' -Repository DareBuild -SkipDependenciesChe
     Write-Host ("Packed $package ({0:N0} MB in {1:N0} s)" -f ((Get-Item $package).Length / 1MB), $clock.Elapsed.TotalSeconds)
 }
 
-# Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml,
-# joined into the single help file PowerShell reads for the cmdlet assembly.
+# Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml holds
+# the prose; the syntax and each parameter's type, position, pipeline input, aliases, wildcards, default and the
+# online link are generated from the compiled cmdlets (read in a child pwsh, so this process never loads the
+# module), then all are joined into the single help file PowerShell reads for the cmdlet assembly. The about_Dare
+# topic is copied beside it.
 function Build-Help([string] $Destination) {
-    $fragments = Get-ChildItem (Join-Path $root 'src/Dare.PowerShell/help') -Filter '*.xml' | Sort-Object Name
+    . (Join-Path $root 'build/HelpBuilder.ps1')
+    $helpSource = Join-Path $root 'src/Dare.PowerShell/help'
+    $manifest = Join-Path (Split-Path (Split-Path $Destination)) 'Dare.psd1'
+    $pwsh = Get-PwshCommand
+    $json = & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'build/Get-CmdletHelpMetadata.ps1') -ModuleManifest $manifest
+    if ($LASTEXITCODE) { throw "Reading the cmdlets' parameter metadata failed (exit code $LASTEXITCODE): $json" }
+    $metadata = @{}
+    foreach ($command in ($json | Out-String | ConvertFrom-Json)) { $metadata[$command.Name] = $command }
+
+    $fragments = Get-ChildItem $helpSource -Filter '*.xml' | Sort-Object Name
+    $missing = $metadata.Keys | Where-Object { $_ -notin $fragments.BaseName }
+    if ($missing) { throw "No help fragment in $helpSource for: $($missing -join ', ')." }
     $body = foreach ($fragment in $fragments) {
         $text = Get-Content -Raw $fragment.FullName
-        try { $null = [xml]"<helpItems xmlns:maml='http://schemas.microsoft.com/maml/2004/10' xmlns:command='http://schemas.microsoft.com/maml/dev/command/2004/10' xmlns:dev='http://schemas.microsoft.com/maml/dev/2004/10'>$text</helpItems>" }
-        catch { throw "Help fragment $($fragment.Name) is not valid XML: $_" }
-        $text
+        try { Complete-HelpFragment $text $metadata[$fragment.BaseName] $fragment.Name }
+        catch { throw "Help fragment $($fragment.Name): $_" }
     }
     New-Item -ItemType Directory -Force (Split-Path $Destination) | Out-Null
     @(
@@ -139,6 +153,7 @@ function Build-Help([string] $Destination) {
         $body
         '</helpItems>'
     ) | Set-Content -LiteralPath $Destination -Encoding utf8
+    Copy-Item (Join-Path $helpSource 'about_Dare.help.txt') (Split-Path $Destination)
 }
 
 function Get-PesterModulePath {

@@ -13,7 +13,7 @@ namespace Dare.PowerShell;
 /// of the batch is parsed and checked (keys, values, model paths, architectures, output folders) before anything
 /// is written; the merges then run in order through the same engine path as Export-Safetensors.
 /// </summary>
-[Cmdlet(VerbsLifecycle.Invoke, "DareMerge", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
+[Cmdlet(VerbsLifecycle.Invoke, "DareMerge", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#yaml-recipes")]
 [OutputType(typeof(ExportResult))]
 public sealed class InvokeDareMergeCommand : DareCmdlet
 {

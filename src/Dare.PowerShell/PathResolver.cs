@@ -77,7 +77,8 @@ internal static class PathResolver
 
     private static void RequireFileSystem(ProviderInfo provider, string path)
     {
-        // By type, not name: another provider may call itself FileSystem.
+        // By type, not by name: a provider registered under another name that derives from FileSystemProvider
+        // is still the file system, and a third-party provider named "FileSystem" is not.
         if (!typeof(Microsoft.PowerShell.Commands.FileSystemProvider).IsAssignableFrom(provider.ImplementingType))
         {
             throw new DareException(DareErrorId.NotFileSystemPath, DareErrorKind.InvalidArgument,

@@ -23,11 +23,6 @@ public sealed class ExportOptions
     public string? RecipeYaml { get; init; }
 }
 
-public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int TensorCount, long BytesWritten, long BytesRead, TimeSpan Elapsed)
-{
-    public double MegabytesPerSecond => Elapsed.TotalSeconds > 0 ? BytesRead / 1e6 / Elapsed.TotalSeconds : 0;
-}
-
 /// <summary>
 /// Runs task-vector plans tensor by tensor. For each tensor name it reads the base and fine-tuned data (in chunks
 /// of at most <see cref="ChunkElements"/> elements for very large tensors), computes in float32, and hands the
