@@ -11,7 +11,7 @@ namespace Dare.PowerShell;
 /// The write is atomic: a failure or Ctrl+C leaves no partial output, and an existing model is replaced only with -Force.
 /// Inputs are collected and exported at the end, so several vectors for one folder fail before anything is written.
 /// </summary>
-[Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
+[Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(ExportResult))]
 public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
 {
