@@ -34,6 +34,11 @@ public enum DareErrorId
     BaseModelMismatch,
     TaskVectorInvalid,
     WeightSumZero,
+    NotRegularFile,
+    InputChanged,
+    NonFiniteValues,
+    MergeStepMissing,
+    SeveralInputsOneFolder,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -7,7 +7,7 @@ namespace Dare.PowerShell;
 /// Merge-Nearswap: mergekit's nearswap. Each entry takes the fine-tuned value where it is within -Threshold of the
 /// base's and moves the base toward it by -Threshold elsewhere. One task vector.
 /// </summary>
-[Cmdlet(VerbsData.Merge, "Nearswap")]
+[Cmdlet(VerbsData.Merge, "Nearswap", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVector))]
 public sealed class MergeNearswapCommand : DareCmdlet
 {

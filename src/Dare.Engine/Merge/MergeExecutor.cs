@@ -19,13 +19,11 @@ public sealed class ExportOptions
 
     public bool Force { get; init; }
 
+    /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
+    public bool AllowNonFinite { get; init; }
+
     /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
     public string? RecipeYaml { get; init; }
-}
-
-public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int TensorCount, long BytesWritten, long BytesRead, TimeSpan Elapsed)
-{
-    public double MegabytesPerSecond => Elapsed.TotalSeconds > 0 ? BytesRead / 1e6 / Elapsed.TotalSeconds : 0;
 }
 
 /// <summary>
@@ -39,6 +37,9 @@ public sealed class MergeExecutor
 {
     public const long DefaultChunkElements = 16L << 20;
     public const string RecipeFileName = "dare_recipe.yml";
+
+    /// <summary>Longest recipe stored whole in the safetensors __metadata__; longer ones are stored as a note with their SHA-256.</summary>
+    public const int MaxRecipeInHeader = 64 * 1024;
 
     private readonly IMergeObserver? _observer;
     private readonly CancellationToken _cancellation;
@@ -70,7 +71,10 @@ public sealed class MergeExecutor
             ["dare_version"] = typeof(MergeExecutor).Assembly.GetName().Version?.ToString(3) ?? "0",
             ["dare_content"] = options.DeltaOnly ? "delta" : "model",
         };
-        if (options.RecipeYaml is not null) metadata["dare_recipe"] = options.RecipeYaml;
+        // The header must stay far below readers' limits (ours is 100 MB); a large recipe lives in dare_recipe.yml only.
+        if (options.RecipeYaml is { } recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
+            : $"# {recipe.Length} characters, too long for the header: see {RecipeFileName} (SHA-256 {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(recipe))).ToLowerInvariant()})";
+        var nonFinite = new NonFiniteGuard(options.AllowNonFinite, _observer is null ? null : _observer.Warning);
         var writeOptions = new CheckpointWriteOptions
         {
             MaxShardSize = options.MaxShardSize,
@@ -79,10 +83,12 @@ public sealed class MergeExecutor
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
+            NonFinite = nonFinite,
+            Warning = _observer is null ? null : _observer.Warning,
         };
 
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
-        using var reader = new TensorReader();
+        using var reader = new TensorReader(nonFinite);
         using var workspace = new ChunkWorkspace();
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);

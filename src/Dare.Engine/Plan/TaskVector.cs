@@ -48,7 +48,7 @@ public sealed class TaskVector
         _input = input;
         Dare = dare;
         Merge = merge;
-        Inputs = inputs;
+        Inputs = SummarisedList.Joined(inputs);
     }
 
     private readonly ITaskInput? _input;
@@ -72,12 +72,12 @@ public sealed class TaskVector
     public IReadOnlyList<TaskVector> Inputs { get; }
 
     /// <summary>Base tensors the fine-tuned model lacks; they contribute a zero delta.</summary>
-    public IReadOnlyList<string> MissingTensors => _input?.MissingTensors ?? Array.Empty<string>();
+    public IReadOnlyList<string> MissingTensors => _input?.MissingTensors ?? SummarisedList.Joined(Array.Empty<string>());
 
     public bool IsMerged => Merge is not null;
 
     /// <summary>The fine-tuned models this vector draws on.</summary>
-    public IReadOnlyList<Checkpoint> Sources => Leaves.Where(l => l.FineTuned is not null).Select(l => l.FineTuned!).ToList();
+    public IReadOnlyList<Checkpoint> Sources => SummarisedList.Joined<Checkpoint>(Leaves.Where(l => l.FineTuned is not null).Select(l => l.FineTuned!).ToList());
 
     public string Source => string.Join(", ", Leaves.Select(l => l.Input.Name));
     public int TensorCount => Base.TensorCount;
@@ -92,9 +92,9 @@ public sealed class TaskVector
             {
                 var steps = new List<string> { $"TaskVector({Input.Name} - {Base.Name})" };
                 if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={d.Rescale})");
-                return steps;
+                return SummarisedList.Joined(steps);
             }
-            return Inputs.SelectMany(i => i.Steps).Append(Merge!.Method.Step(Merge)).ToList();
+            return SummarisedList.Joined(Inputs.SelectMany(i => i.Steps).Append(Merge!.Method.Step(Merge)));
         }
     }
 
@@ -129,7 +129,7 @@ public sealed class TaskVector
                 { FilePath = tuned.File, TensorName = baseTensor.Name };
             }
         }
-        return new TaskVector(name ?? fineTuned.Name, @base, new FineTunedDelta(fineTuned, missing), null, null, Array.Empty<TaskVector>());
+        return new TaskVector(name ?? fineTuned.Name, @base, new FineTunedDelta(fineTuned, SummarisedList.Joined(missing)), null, null, Array.Empty<TaskVector>());
     }
 
     /// <summary>A task vector whose δ comes from <paramref name="input"/> (e.g. a computed delta), against <paramref name="base"/>.</summary>

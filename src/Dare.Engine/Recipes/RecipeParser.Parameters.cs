@@ -18,29 +18,36 @@ public static partial class RecipeParser
         {
             var spec = ParameterSpecs.First(p => p.Key == key);
             var location = context.At(entry.Key, Join(path, key));
+            // Mistakes are collected (see RecipeDiagnostics): a misplaced or unreadable value is reported and skipped.
             if (perModel && spec.Scope == ParameterScope.Merge)
             {
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' applies to the whole merge; put it under the top-level 'parameters:', not under a model.");
+                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' applies to the whole merge; put it under the top-level 'parameters:', not under a model."));
+                continue;
             }
             if (!perModel && spec.Scope == ParameterScope.Model)
             {
                 var where = key == "random_seed" ? "at the top level of the recipe (random_seed: 42) or under a model's parameters" : "under a model's parameters";
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' does not belong in the top-level 'parameters:'; put it {where}.");
+                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' does not belong in the top-level 'parameters:'; put it {where}."));
+                continue;
             }
             if (IsNull(entry.Value)) continue;
             locations[key] = location;
             var valuePath = Join(path, key);
             if (spec is { Kind: ParameterKind.Number, VariesByTensor: true })
             {
-                settings[key] = ParseSetting(entry.Value, valuePath, context);
+                if (context.Diagnostics.Try(() => ParseSetting(entry.Value, valuePath, context), null) is { } setting) settings[key] = setting;
                 continue;
             }
-            if (entry.Value is not YamlScalarNode)
+            var value = context.Diagnostics.Try(() =>
             {
-                throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, context.At(entry.Value, valuePath),
-                    $"'{key}' must be a single value: Dare does not vary it by tensor.");
-            }
-            values[key] = ParseValue(spec, entry.Value, context.At(entry.Value, valuePath), context);
+                if (entry.Value is not YamlScalarNode)
+                {
+                    throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, context.At(entry.Value, valuePath),
+                        $"'{key}' must be a single value: Dare does not vary it by tensor.");
+                }
+                return ParseValue(spec, entry.Value, context.At(entry.Value, valuePath), context);
+            }, null);
+            if (value is not null) values[key] = value;
         }
         return new RecipeParameters { Settings = settings, Values = values, Locations = locations };
     }

@@ -10,7 +10,7 @@ public static partial class RecipePlanner
     /// Range checks on every value as written, by each parameter's declaration, so the error points at the offending
     /// setting; settings the method ignores are warnings, as mergekit ignores them.
     /// </summary>
-    private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings)
+    private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings, RecipeDiagnostics mistakes)
     {
         var form = recipe.Method;
         var method = form.Name;
@@ -19,23 +19,23 @@ public static partial class RecipePlanner
         {
             foreach (var (key, setting) in parameters.Settings)
             {
-                if (SpecFor(form, key) is { } spec) Check(setting, spec);
+                if (SpecFor(form, key) is { } spec) mistakes.Try(() => Check(setting, spec));
             }
             foreach (var (key, value) in parameters.Values)
             {
                 if (value is double number && SpecFor(form, key)?.Problem(number) is { } problem)
                 {
-                    throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.Locations[key], problem + ".");
+                    mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.Locations[key], problem + "."));
                 }
             }
             if (normalize && parameters.Weight is { } weight && form.Accepts("weight"))
             {
-                Check(weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false");
+                mistakes.Try(() => Check(weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false"));
             }
             if (form.DensityIsDareKeep && parameters.Density is not null && parameters.DropRate is not null)
             {
-                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
-                    $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density.");
+                mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
+                    $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density."));
             }
             foreach (var key in parameters.Locations.Keys.Where(k => k != "int8_mask" && !form.Accepts(k)))
             {

@@ -20,6 +20,11 @@ public sealed class RecipePlanOptions
 
     /// <summary>Seed for DARE steps when the recipe gives no random_seed.</summary>
     public long DefaultSeed { get; init; }
+
+    /// <summary>Write NaN/Inf with a warning per tensor instead of failing (every recipe of the batch).</summary>
+    public bool AllowNonFinite { get; init; }
+    /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
+    public bool SkipExisting { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -38,6 +43,9 @@ public sealed class MergePlan
 
     /// <summary>Settings that have no effect with this method (mergekit ignores them too).</summary>
     public IReadOnlyList<string> Warnings { get; init; } = Array.Empty<string>();
+
+    /// <summary>With <see cref="RecipePlanOptions.SkipExisting"/>: the output folder already holds this recipe's export, so it is not run.</summary>
+    public bool AlreadyWritten { get; internal set; }
 
     public override string ToString() => $"{Recipe.DisplayName} -> {Export.Destination}";
 }
@@ -100,8 +108,16 @@ public static partial class RecipePlanner
         var plans = new List<MergePlan>();
         // Later recipes look up earlier plans (for their outputs' stand-ins) while the list grows.
         var plan = new BatchPlan(batch, options, outputs) { Plans = plans };
-        for (var i = 0; i <= last; i++) plans.Add(PlanRecipe(plan, i, standIns: true));
-        foreach (var destination in outputs) CheckpointWriter.CheckDestination(destination, options.Force);
+        for (var i = 0; i <= last; i++)
+        {
+            var recipePlan = PlanRecipe(plan, i, standIns: true);
+            plans.Add(recipePlan);
+            if (options.SkipExisting) recipePlan.AlreadyWritten = RecipeResume.AlreadyWritten(plan, i, recipePlan, options.Force);
+        }
+        for (var i = 0; i <= last; i++)
+        {
+            if (!plans[i].AlreadyWritten) CheckpointWriter.CheckDestination(outputs[i], options.Force);
+        }
         return plan;
     }
 
@@ -115,15 +131,17 @@ public static partial class RecipePlanner
         var warnings = new List<string>();
         var form = recipe.Method;
         var normalize = recipe.Parameters.Normalize ?? form.NormalizeByDefault;
-        CheckValues(recipe, normalize, warnings);
+        // Values and model paths are checked one by one and reported together; the checks after them need all of them right.
+        var mistakes = new RecipeDiagnostics(batch.Source);
+        CheckValues(recipe, normalize, warnings, mistakes);
 
         if (recipe.BaseModel is null && form.NeedsBase)
         {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
-                $"{form.Name} needs a 'base_model:': its task vectors are each model minus the base.");
+            mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
+                $"{form.Name} needs a 'base_model:': its task vectors are each model minus the base."));
         }
-        var baseReference = recipe.BaseModel is null ? null : Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!);
-        var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: Resolve(batchPlan, index, m.Model, m.Location))).ToList();
+        var baseReference = recipe.BaseModel is null ? null : mistakes.Try(() => Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!), null);
+        var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: mistakes.Try(() => Resolve(batchPlan, index, m.Model, m.Location), null)!)).ToList();
 
         var opened = new Dictionary<string, Checkpoint>(PathComparer);
         Checkpoint Open(ModelReference reference)
@@ -135,6 +153,12 @@ public static partial class RecipePlanner
             opened[reference.FullPath] = checkpoint;
             return checkpoint;
         }
+
+        foreach (var reference in modelReferences.Select(m => m.Reference).Prepend(baseReference).OfType<ModelReference>())
+        {
+            mistakes.Try(() => Open(reference));
+        }
+        mistakes.ThrowIfAny();
 
         // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
         var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
@@ -202,6 +226,7 @@ public static partial class RecipePlanner
             MaxShardSize = shardSize,
             DeltaOnly = recipe.DeltaOnly,
             Force = batchPlan.Options.Force,
+            AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
         };
         var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)

@@ -26,6 +26,12 @@ public sealed class RecipeRunner
         {
             _cancellation.ThrowIfCancellationRequested();
             var plan = batch.Plans[i];
+            if (plan.AlreadyWritten)
+            {
+                _observer?.Verbose($"Skipped '{plan.Recipe.DisplayName}': '{plan.Export.Destination}' already holds its export (-SkipExisting).");
+                written.Add(i);
+                continue;
+            }
             var missing = plan.ReadsOutputsOf.Where(p => !written.Contains(p)).ToList();
             // Earlier outputs now exist: plan against them rather than the stand-ins used for checking.
             if (plan.ReadsOutputsOf.Count > 0 && missing.Count == 0) plan = batch.PlanWithWrittenOutputs(i);
