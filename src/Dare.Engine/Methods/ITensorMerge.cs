@@ -6,6 +6,10 @@ namespace Dare.Engine.Merge;
 internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCount, long ChunkElements, IReadOnlyList<InputChain> Inputs, PhaseProfile? Profile)
 {
     public string TensorName => Position.Name;
+
+    /// <summary>The tensor's shape (row-wise methods take rows of its last dimension); [ElementCount] when not given.</summary>
+    public IReadOnlyList<long> Shape { get => _shape ?? new[] { ElementCount }; init => _shape = value; }
+    private readonly IReadOnlyList<long>? _shape;
 }
 
 /// <summary>Runs passes over a tensor's chunks for a method: each call sees every chunk's δs (one per input) in element order.</summary>
@@ -13,6 +17,9 @@ internal interface IChunkPasses
 {
     /// <summary>One pass: <paramref name="body"/>(first element, δ of each input) for every chunk.</summary>
     void ForEachChunk(Action<long, Tensor[]> body);
+
+    /// <summary>One pass with the base chunk too: float32 when the merge <see cref="ITensorMerge.ReadsBase"/>.</summary>
+    void ForEachChunk(Action<long, Tensor, Tensor[]> body);
 }
 
 /// <summary>
@@ -32,6 +39,15 @@ internal interface ITensorMerge
 
     /// <summary>Combines the chunk's δs into the merged δ at <paramref name="target"/>.</summary>
     void Combine(Tensor[] deltas, CombineTarget target);
+
+    /// <summary>
+    /// Whether the method needs the base's values, not only the δs (the spherical methods interpolate whole weights):
+    /// the base chunk is then float32 in the passes and in <see cref="Combine(long, Tensor, Tensor[], CombineTarget)"/>.
+    /// </summary>
+    bool ReadsBase => false;
+
+    /// <summary>The combine of the chunk at element <paramref name="first"/>, with the base chunk; by default <see cref="Combine(Tensor[], CombineTarget)"/>.</summary>
+    void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target) => Combine(deltas, target);
 
     /// <summary>The whole merge of a chunk from bfloat16 inputs in one fused pass, if the method offers one.</summary>
     IBFloat16SinglePass? SinglePass { get; }

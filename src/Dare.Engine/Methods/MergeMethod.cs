@@ -17,6 +17,15 @@ public sealed record RecipeForm(string Name, string Summary)
     /// <summary>Whether density is DARE's keep fraction (drop rate = 1 − density) rather than the method's own.</summary>
     public bool DensityIsDareKeep { get; init; }
 
+    /// <summary>
+    /// Whether base_model is optional and changes what is merged (nuslerp, multislerp): with one, the other models'
+    /// task vectors; without one, the models' whole weights (the first model anchors the δs).
+    /// </summary>
+    public bool BaseIsOptional { get; init; }
+
+    /// <summary>Whether a base_model that the models do not list joins them as one more model (mergekit's karcher).</summary>
+    public bool BaseJoinsModels { get; init; }
+
     /// <summary>Whether λ applies (mergekit's linear has none).</summary>
     public bool HasLambda { get; init; } = true;
 
@@ -84,7 +93,12 @@ public abstract class MergeMethod
         "normalize" => options.Normalize,
         "lambda" => options.Lambda,
         "sign_method" => options.SignMethod.ToString().ToLowerInvariant(),
-        _ => options.Setting(key),
+        _ => Parameters.FirstOrDefault(p => p.Key == key) switch
+        {
+            { Kind: ParameterKind.Boolean } spec => options.Flag(spec),
+            { Kind: ParameterKind.Integer } when options.Setting(key) is { } value => (long)value.PossibleValues.First(),
+            _ => options.Setting(key),
+        },
     };
 
     public override string ToString() => Name;
