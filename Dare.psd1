@@ -20,8 +20,13 @@
         'Invoke-DareDrop'
         'Invoke-DareMerge'
         'Measure-TaskVector'
+        'Merge-Karcher'
         'Merge-Linear'
+        'Merge-ModelStock'
+        'Merge-MultiSlerp'
         'Merge-Nearswap'
+        'Merge-NuSlerp'
+        'Merge-Slerp'
         'Merge-Ties'
         'New-SyntheticCheckpoint'
     )
