@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
@@ -79,10 +80,9 @@ internal abstract class GramTensorMerge : ITensorMerge
     {
         var pairs = Pairs;
         _gram = new double[_rows * pairs];
-        var sync = new object();
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
-            using (PhaseProfile.Time(_setup.Profile, Phase.Select)) Accumulate(first, baseChunk, deltas, sync);
+            using (PhaseProfile.Time(_setup.Profile, Phase.Select)) Accumulate(first, baseChunk, deltas);
         });
         var inputs = _setup.Inputs.Count;
         _baseCoefficient = new float[_rows];
@@ -110,45 +110,12 @@ internal abstract class GramTensorMerge : ITensorMerge
         _gram = Array.Empty<double>();
     }
 
-    private unsafe void Accumulate(long first, Tensor baseChunk, Tensor[] deltas, object sync)
+    private unsafe void Accumulate(long first, Tensor baseChunk, Tensor[] deltas)
     {
-        var count = baseChunk.shape[0];
-        var basePointer = TensorMemory.Floats(baseChunk);
-        var deltaPointers = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
-        var vectors = _vectors;
-        var pairs = Pairs;
-        Partition.Run(count, (_, start, end) =>
-        {
-            // Each range sums into its own rows (a span of rows, or all of them for columns), then adds them in under the lock.
-            var lowRow = _layout == VectorLayout.FirstDimension ? 0 : RowOf(first + start);
-            var highRow = _layout == VectorLayout.FirstDimension ? _rows - 1 : RowOf(first + end - 1);
-            var local = new double[(highRow - lowRow + 1) * pairs];
-            var values = new double[vectors.Length];
-            for (var j = start; j < end; j++)
-            {
-                var b = (double)basePointer[j];
-                for (var k = 0; k < vectors.Length; k++)
-                {
-                    var v = vectors[k];
-                    values[k] = v.Kind switch
-                    {
-                        VectorKind.Base => b,
-                        VectorKind.Delta => ((float*)deltaPointers[v.Input])[j],
-                        _ => basePointer[j] + ((float*)deltaPointers[v.Input])[j],
-                    };
-                }
-                var p = (RowOf(first + j) - lowRow) * pairs;
-                for (var k = 0; k < vectors.Length; k++)
-                {
-                    for (var l = k; l < vectors.Length; l++) local[p++] += values[k] * values[l];
-                }
-            }
-            lock (sync)
-            {
-                var offset = lowRow * pairs;
-                for (var i = 0; i < local.Length; i++) _gram[offset + i] += local[i];
-            }
-        });
+        var vectors = new GramKernels.Vectors(TensorMemory.Floats(baseChunk),
+            _vectors.Select(v => v.Kind == VectorKind.Base ? IntPtr.Zero : (IntPtr)TensorMemory.Floats(deltas[v.Input])).ToArray(),
+            _vectors.Select(v => v.Kind != VectorKind.Delta).ToArray());
+        GramKernels.Accumulate(vectors, first, baseChunk.shape[0], _layout != VectorLayout.FirstDimension, _rowLength, _rows, _gram);
     }
 
     public unsafe void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target)
@@ -156,16 +123,44 @@ internal abstract class GramTensorMerge : ITensorMerge
         var count = baseChunk.shape[0];
         var basePointer = TensorMemory.Floats(baseChunk);
         var deltaPointers = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
-        var inputs = deltaPointers.Length;
         Partition.Run(count, (_, start, end) =>
         {
-            for (var j = start; j < end; j++)
+            if (_layout == VectorLayout.FirstDimension)
+            {
+                for (var j = start; j < end; j++) Store(RowOf(first + j), j, j + 1);
+                return;
+            }
+            // Runs of one row share their coefficients.
+            for (var j = start; j < end;)
             {
                 var row = RowOf(first + j);
-                var merged = _baseCoefficient[row] * basePointer[j];
+                var runEnd = _layout == VectorLayout.Whole ? end : Math.Min(end, (row + 1) * _rowLength - first);
+                Store(row, j, runEnd);
+                j = runEnd;
+            }
+        });
+
+        // a·b + Σ dᵢ·δᵢ for elements [start, end) of one row, 8 at a time, then the tail.
+        void Store(long row, long start, long end)
+        {
+            var inputs = deltaPointers.Length;
+            var a = _baseCoefficient[row];
+            var j = start;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                for (; j <= end - 8; j += 8)
+                {
+                    var merged = a * Vector256.Load(basePointer + j);
+                    for (var i = 0; i < inputs; i++) merged += _deltaCoefficients[row * inputs + i] * Vector256.Load((float*)deltaPointers[i] + j);
+                    target.Store(merged, j);
+                }
+            }
+            for (; j < end; j++)
+            {
+                var merged = a * basePointer[j];
                 for (var i = 0; i < inputs; i++) merged += _deltaCoefficients[row * inputs + i] * ((float*)deltaPointers[i])[j];
                 target.Store(merged, j);
             }
-        });
+        }
     }
 }

@@ -265,6 +265,32 @@ public sealed class SphericalMethodsTests : IDisposable
         Assert.True(expected.Zip(actual).Count(p => p.First == p.Second) >= expected.Length * 0.98);
     }
 
+    [Theory]
+    [InlineData("slerp", false)]
+    [InlineData("model_stock", true)]
+    [InlineData("nuslerp", false)]
+    public void Tensors_of_several_blocks_match_the_reference_and_give_the_same_bytes_in_chunks_of_whole_blocks(string method, bool rows)
+    {
+        // 3 blocks and a bit: the float64 sums run block by block; chunks that are whole blocks change nothing.
+        var random = new Random(26);
+        var shape = new long[] { 3 * 256 + 1, 257 };
+        var n = (int)(shape[0] * shape[1]);
+        var @base = TestModels.RandomFloats(random, n);
+        var models = new[] { TestModels.Perturb(random, @base, 0.3), TestModels.Perturb(random, @base, 0.3) };
+        var inputs = method == "slerp" ? models.Take(1).ToArray() : models;
+        var settings = new Dictionary<string, TensorParameter> { ["t"] = 0.4, ["filter_wise"] = rows ? 1 : 0 };
+        var whole = Merge(method + "-whole", @base, inputs, Options(method, inputs.Length, settings), shape);
+        var chunked = Merge(method + "-blocks", @base, inputs, Options(method, inputs.Length, settings), shape, chunkElements: 2 * GramKernels.Block);
+        Assert.Equal(whole, chunked);
+        var expected = method switch
+        {
+            "slerp" => SphericalReference.Slerp(0.4, D(@base), D(models[0])),
+            "model_stock" => SphericalReference.ModelStock(D(@base), models.Select(D).ToArray(), shape, rows),
+            _ => Add(D(@base), SphericalReference.NuSlerp(0.5, Sub(D(models[0]), D(@base)), Sub(D(models[1]), D(@base)), shape, true, false)),
+        };
+        AssertClose(expected, whole);
+    }
+
     private static double[] Add(double[] a, double[] b) => a.Select((x, i) => x + b[i]).ToArray();
     private static double[] Sub(double[] a, double[] b) => a.Select((x, i) => x - b[i]).ToArray();
 }
