@@ -55,7 +55,6 @@ internal abstract class GramTensorMerge : ITensorMerge
     }
 
     protected TensorMergeSetup Setup => _setup;
-    protected int VectorCount => _vectors.Length;
 
     /// <summary>The coefficient of each vector for one row, from its Gram matrix (gram[k, l] = vₖ·vₗ).</summary>
     protected abstract double[] Coefficients(double[,] gram);

@@ -53,6 +53,8 @@ internal sealed class MultiSlerpMethod : MergeMethod
             var n = weights.Length;
             if (n == 1) return new[] { 1.0 };
             var norms = Enumerable.Range(0, n).Select(i => Math.Sqrt(gram[i, i])).ToArray();
+            // Every vector zero (a tensor no model changed): their mean is zero too. mergekit stops here; Dare does not.
+            if (norms.All(m => m == 0)) return new double[n];
             // The unit vectors and their weighted mean, as coefficients on the vectors.
             var mean = Enumerable.Range(0, n).Select(i => weights[i] / (norms[i] + eps)).ToArray();
             var meanNorm = Math.Sqrt(Math.Max(0, Quadratic(gram, mean, mean)));

@@ -185,6 +185,13 @@ public sealed class SphericalMethodsTests : IDisposable
     }
 
     [Fact]
+    public void MultiSlerp_of_zero_task_vectors_is_the_base_where_mergekit_would_stop()
+    {
+        var @base = TestModels.RandomFloats(new Random(27), 12);
+        Assert.Equal(@base, Merge("multizero", @base, new[] { @base.ToArray(), @base.ToArray(), @base.ToArray() }, Options("multislerp", 3)));
+    }
+
+    [Fact]
     public void MultiSlerp_of_three_antipodal_models_that_balance_out_is_an_error_naming_the_tensor()
     {
         var a = new float[] { 1, 2, 3 };
