@@ -33,6 +33,10 @@ public enum DareErrorId
     ArchitectureMismatch,
     BaseModelMismatch,
     TaskVectorInvalid,
+    OutputNotReplaceable,
+    OutputWriteFailed,
+    OutputReplaceFailed,
+    OutputInUse,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>
@@ -47,6 +51,7 @@ public enum DareErrorKind
     NotInstalled,
     OperationStopped,
     NotImplemented,
+    ResourceBusy,
 }
 
 /// <summary>An engine failure with a stable id, a kind, and a message naming the file and tensor involved.</summary>

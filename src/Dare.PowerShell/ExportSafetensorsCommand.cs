@@ -31,7 +31,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     [Parameter]
     public SwitchParameter DeltaOnly { get; set; }
 
-    /// <summary>Replace an existing non-empty output folder (only once the new model is complete).</summary>
+    /// <summary>Replace an existing output folder that holds only a model export (only once the new model is complete).</summary>
     [Parameter]
     public SwitchParameter Force { get; set; }
 
@@ -44,6 +44,9 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
             .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
         var shards = Math.Max(1, (int)Math.Ceiling(bytes / (double)shardSize));
+        // Refused before any work: a destination whose replacement could lose what Dare did not write.
+        var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
+        OutputFolder.Check(destination, Force, OutputFolder.FoldersOf(vector.Sources.Prepend(vector.Base)), currentLocation);
         var what = $"Write {(DeltaOnly ? "the delta of" : "the merged model")} '{vector.Name}' ({vector.TensorCount} tensors, ~{ByteSize.Format(bytes)}, ~{shards} shard(s))";
         if (!ShouldProcess(destination, what)) return;
 
@@ -54,6 +57,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             MaxShardSize = shardSize,
             DeltaOnly = DeltaOnly,
             Force = Force,
+            CurrentLocation = currentLocation,
             RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
         };
         var observer = new CmdletObserver(this);

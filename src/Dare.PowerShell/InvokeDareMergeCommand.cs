@@ -95,7 +95,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
         var plan = RecipePlanner.Plan(batch, options);
         foreach (var warning in plan.Plans.SelectMany(p => p.Warnings)) WriteWarning(warning);
 
-        var runner = new RecipeRunner(new CmdletObserver(this), Cancellation);
+        var runner = new RecipeRunner(new CmdletObserver(this), Cancellation) { CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath };
         foreach (var result in runner.Run(plan, Confirm))
         {
             WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");

@@ -19,6 +19,12 @@ public sealed class ExportOptions
 
     public bool Force { get; init; }
 
+    /// <summary>Folders the output must not be, hold or lie inside, besides the vector's own input models (e.g. a recipe batch's inputs).</summary>
+    public IReadOnlyList<string> ProtectedFolders { get; init; } = Array.Empty<string>();
+
+    /// <summary>The caller's current location, which is never replaced.</summary>
+    public string? CurrentLocation { get; init; }
+
     /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
     public string? RecipeYaml { get; init; }
 }
@@ -75,6 +81,9 @@ public sealed class MergeExecutor
             MaxShardSize = options.MaxShardSize,
             Metadata = metadata,
             Force = options.Force,
+            ProtectedFolders = options.ProtectedFolders.Concat(OutputFolder.FoldersOf(vector.Sources.Prepend(vector.Base))).ToList(),
+            CurrentLocation = options.CurrentLocation,
+            Warning = _observer is null ? null : _observer.Warning,
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
