@@ -229,7 +229,7 @@ public sealed class CheckpointWriter : IDisposable
     {
         var path = Path.Combine(_temporary, shard.FileName);
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "create", path, () => _file = OutputFile.Create(path, _options.DirectWrites));
-        WritesDirect = _file.IsDirect;
+        WritesDirect = _file!.IsDirect;
         var header = BuildHeader(shard.Tensors, _options.Metadata);
         Span<byte> length = stackalloc byte[8];
         System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
