@@ -46,7 +46,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         var shards = Math.Max(1, (int)Math.Ceiling(bytes / (double)shardSize));
         // Refused before any work: a destination whose replacement could lose what Dare did not write.
         var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
-        OutputFolder.Check(destination, Force, OutputFolder.FoldersOf(vector.Sources.Prepend(vector.Base)), currentLocation);
+        OutputFolder.Check(destination, Force, OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base)), currentLocation);
         var what = $"Write {(DeltaOnly ? "the delta of" : "the merged model")} '{vector.Name}' ({vector.TensorCount} tensors, ~{ByteSize.Format(bytes)}, ~{shards} shard(s))";
         if (!ShouldProcess(destination, what)) return;
 

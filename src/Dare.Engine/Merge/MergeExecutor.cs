@@ -19,8 +19,8 @@ public sealed class ExportOptions
 
     public bool Force { get; init; }
 
-    /// <summary>Folders the output must not be, hold or lie inside, besides the vector's own input models (e.g. a recipe batch's inputs).</summary>
-    public IReadOnlyList<string> ProtectedFolders { get; init; } = Array.Empty<string>();
+    /// <summary>Input models (folders or single files) the output must not replace, besides the vector's own (e.g. a recipe batch's inputs).</summary>
+    public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
 
     /// <summary>The caller's current location, which is never replaced.</summary>
     public string? CurrentLocation { get; init; }
@@ -81,7 +81,7 @@ public sealed class MergeExecutor
             MaxShardSize = options.MaxShardSize,
             Metadata = metadata,
             Force = options.Force,
-            ProtectedFolders = options.ProtectedFolders.Concat(OutputFolder.FoldersOf(vector.Sources.Prepend(vector.Base))).ToList(),
+            ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base))).ToList(),
             CurrentLocation = options.CurrentLocation,
             Warning = _observer is null ? null : _observer.Warning,
             CopySideFilesFrom = vector.Base.Directory,

@@ -25,8 +25,8 @@ public sealed class CheckpointWriteOptions
     /// <summary>Replace an existing non-empty destination that holds only a model export (only after the new output is complete).</summary>
     public bool Force { get; init; }
 
-    /// <summary>Folders the destination must not be, hold, or lie inside: the input models.</summary>
-    public IReadOnlyList<string> ProtectedFolders { get; init; } = Array.Empty<string>();
+    /// <summary>The input models: folders the destination must not be, hold or lie inside, and single-file models it must not hold.</summary>
+    public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
 
     /// <summary>The caller's current location, which is never replaced.</summary>
     public string? CurrentLocation { get; init; }
@@ -103,7 +103,7 @@ public sealed class CheckpointWriter : IDisposable
     public static CheckpointWriter Create(string destination, IReadOnlyList<PlannedTensor> tensors, CheckpointWriteOptions options)
     {
         destination = Path.TrimEndingDirectorySeparator(Path.GetFullPath(destination));
-        OutputFolder.Check(destination, options.Force, options.ProtectedFolders, options.CurrentLocation);
+        OutputFolder.Check(destination, options.Force, options.ProtectedPaths, options.CurrentLocation);
         if (options.MaxShardSize < 1)
         {
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"The shard size must be positive, not {options.MaxShardSize}.");
@@ -349,7 +349,7 @@ public sealed class CheckpointWriter : IDisposable
     {
         try
         {
-            OutputFolder.Check(_destination, _options.Force, _options.ProtectedFolders, _options.CurrentLocation);
+            OutputFolder.Check(_destination, _options.Force, _options.ProtectedPaths, _options.CurrentLocation);
         }
         catch (DareException ex) when (ex.ErrorId == DareErrorId.OutputExists && Directory.Exists(_destination))
         {

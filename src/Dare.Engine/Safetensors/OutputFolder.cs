@@ -15,17 +15,17 @@ public static partial class OutputFolder
         Checkpoint.IndexFileName, "dare_recipe.yml", "README.md", "mergekit_config.yml", "LICENSE",
     }.Concat(CheckpointWriter.SideFiles).ToArray();
 
-    /// <summary>The folders of checkpoints (an input model's folder, or the folder holding a single-file model).</summary>
-    public static IReadOnlyList<string> FoldersOf(IEnumerable<Checkpoint> checkpoints) =>
-        checkpoints.Select(c => c.Directory).Distinct(StringComparer.Ordinal).ToList();
+    /// <summary>What an output must not replace of these checkpoints: a model's folder, or a single-file model's file.</summary>
+    public static IReadOnlyList<string> InputPathsOf(IEnumerable<Checkpoint> checkpoints) =>
+        checkpoints.Select(c => c.Path).Distinct(StringComparer.Ordinal).ToList();
 
     /// <summary>
     /// Throws unless <paramref name="destination"/> may be written: OutputExists for a file, or a non-empty folder without
-    /// <paramref name="force"/>; OutputNotReplaceable for a folder that is, holds or lies inside a protected folder (an
-    /// input model), that is or holds <paramref name="currentLocation"/>, that is the home folder or a file-system root,
+    /// <paramref name="force"/>; OutputNotReplaceable for a folder that is, holds or lies inside a protected path (an
+    /// input model's folder; a single-file model's file may only not be held), that is or holds <paramref name="currentLocation"/>, that is the home folder or a file-system root,
     /// or (with <paramref name="force"/>) that holds anything a model export does not.
     /// </summary>
-    public static void Check(string destination, bool force, IEnumerable<string>? protectedFolders = null, string? currentLocation = null)
+    public static void Check(string destination, bool force, IEnumerable<string>? protectedPaths = null, string? currentLocation = null)
     {
         destination = Path.TrimEndingDirectorySeparator(Path.GetFullPath(destination));
         if (File.Exists(destination))
@@ -43,16 +43,18 @@ public static partial class OutputFolder
         {
             throw NotReplaceable(destination, Same(here, real) ? "it is the current location" : $"it holds the current location '{here}'");
         }
-        foreach (var input in (protectedFolders ?? Array.Empty<string>()).Select(Posix.RealPath))
+        foreach (var input in (protectedPaths ?? Array.Empty<string>()).Select(Posix.RealPath))
         {
             if (Same(input, real)) throw NotReplaceable(destination, "it is an input model of this export");
             if (Inside(input, real)) throw NotReplaceable(destination, $"it holds the input model '{input}'");
             if (Inside(real, input)) throw NotReplaceable(destination, $"it lies inside the input model '{input}'");
         }
         if (!Directory.Exists(destination)) return;
-        // Dare temporaries inside (a mount point's own, or a killed export's) are reclaimed, not content.
+        // Dare temporaries inside (a mount point's own, or a killed export's) are reclaimed, not content; a fresh
+        // ext4 file system's lost+found at a mount point is kept, not content either.
+        var mountPoint = Posix.IsMountPoint(real);
         var entries = Directory.EnumerateFileSystemEntries(destination).Select(e => Path.GetFileName(e)!)
-            .Where(e => !TempFolderOwner.IsTempName(e)).Order(StringComparer.Ordinal).ToList();
+            .Where(e => !TempFolderOwner.IsTempName(e) && !(mountPoint && e == "lost+found")).Order(StringComparer.Ordinal).ToList();
         if (entries.Count == 0) return;
         if (!force)
         {

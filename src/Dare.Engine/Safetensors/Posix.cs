@@ -24,9 +24,13 @@ internal static unsafe partial class Posix
     /// <summary>Renames <paramref name="from"/> to <paramref name="to"/>, failing with EEXIST if <paramref name="to"/> exists (even an empty folder).</summary>
     public static RenameResult RenameNoReplace(string from, string to) => RenameAt2(from, to, RENAME_NOREPLACE);
 
+    /// <summary>Tests set this on their thread to take the fallback that systems without renameat2 take.</summary>
+    [ThreadStatic]
+    internal static bool PretendRenameAt2IsMissing;
+
     private static RenameResult RenameAt2(string from, string to, uint flags)
     {
-        if (!OperatingSystem.IsLinux()) return new RenameResult(false, true, 0);
+        if (!OperatingSystem.IsLinux() || PretendRenameAt2IsMissing) return new RenameResult(false, true, 0);
         try
         {
             if (renameat2(AT_FDCWD, from, AT_FDCWD, to, flags) == 0) return new RenameResult(true, false, 0);

@@ -66,7 +66,7 @@ public static class SyntheticModel
             {
                 MaxShardSize = maxShardSize,
                 Force = force,
-                ProtectedFolders = baseModel is null ? Array.Empty<string>() : OutputFolder.FoldersOf(new[] { baseModel }),
+                ProtectedPaths = baseModel is null ? Array.Empty<string>() : OutputFolder.InputPathsOf(new[] { baseModel }),
                 CurrentLocation = session?.CurrentLocation,
                 Warning = session?.Warning,
                 CopySideFilesFrom = side,

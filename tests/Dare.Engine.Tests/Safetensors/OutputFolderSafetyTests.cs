@@ -111,10 +111,48 @@ public sealed class OutputFolderSafetyTests : IDisposable
         var destination = relation switch { "is" => input, "holds" => _temp["models"], _ => Path.Combine(input, "merged") };
         var before = Snapshot(_temp["models"]);
 
-        var ex = Refused(destination, new CheckpointWriteOptions { Force = true, ProtectedFolders = new[] { input } });
+        var ex = Refused(destination, new CheckpointWriteOptions { Force = true, ProtectedPaths = new[] { input } });
 
         Assert.Contains(relation == "is" ? "is an input model" : input, ex.Message, StringComparison.Ordinal);
         Assert.Equal(before, Snapshot(_temp["models"]));
+        Assert.Empty(LeftoversBeside(destination));
+    }
+
+    [Fact]
+    public void A_single_file_input_protects_its_file_but_the_folder_beside_it_may_hold_outputs()
+    {
+        var input = _temp["models/base.safetensors"];
+        Directory.CreateDirectory(_temp["models"]);
+        RawSafetensors.WriteFile(input, NewModel);
+        var before = Snapshot(_temp["models"]);
+
+        var ex = Refused(_temp["models"], new CheckpointWriteOptions { Force = true, ProtectedPaths = new[] { input } });
+        Write(_temp["models/merged"], NewModel, new CheckpointWriteOptions { ProtectedPaths = new[] { input } });
+
+        Assert.Contains($"holds the input model '{input}'", ex.Message, StringComparison.Ordinal);
+        Assert.Equal(before.Concat(Snapshot(_temp["models/merged"]).Select(e => KeyValuePair.Create(Path.Combine("merged", e.Key), e.Value))).OrderBy(e => e.Key, StringComparer.Ordinal),
+            Snapshot(_temp["models"]));
+        AssertHoldsNewModel(_temp["models/merged"]);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Without_renameat2_the_output_is_moved_into_place_by_plain_renames_and_nothing_is_left(bool existing)
+    {
+        var destination = existing ? OldModel(_temp["out"]) : _temp["out"];
+        Posix.PretendRenameAt2IsMissing = true;
+        try
+        {
+            Write(destination, NewModel, new CheckpointWriteOptions { Force = existing });
+        }
+        finally
+        {
+            Posix.PretendRenameAt2IsMissing = false;
+        }
+
+        Assert.Equal(new[] { "model.safetensors" }, Directory.GetFileSystemEntries(destination).Select(Path.GetFileName));
+        AssertHoldsNewModel(destination);
         Assert.Empty(LeftoversBeside(destination));
     }
 
@@ -125,7 +163,7 @@ public sealed class OutputFolderSafetyTests : IDisposable
         var link = _temp["alias"];
         Directory.CreateSymbolicLink(link, input);
 
-        Refused(link, new CheckpointWriteOptions { Force = true, ProtectedFolders = new[] { input } });
+        Refused(link, new CheckpointWriteOptions { Force = true, ProtectedPaths = new[] { input } });
 
         Assert.Equal(input, Directory.ResolveLinkTarget(link, returnFinalTarget: false)!.FullName);
         Assert.True(File.Exists(Path.Combine(input, "model.safetensors")));
