@@ -9,7 +9,16 @@ BeforeDiscovery {
         & mount -t tmpfs -o size=1m dare-probe $probe 2>$null
         if ($LASTEXITCODE -eq 0) { $script:CanMount = $true; & umount $probe }
     }
-    Remove-Item $probe -Force
+    # chattr +i (root on ext4 and similar) makes a folder refuse new entries with EPERM.
+    $script:CanMakeImmutable = $false
+    if ($IsLinux -and (Get-Command chattr -ErrorAction Ignore)) {
+        & chattr +i $probe 2>$null
+        if ($LASTEXITCODE -eq 0) {
+            $script:CanMakeImmutable = -not (Test-Path (New-Item -ItemType Directory (Join-Path $probe 'x') -ErrorAction Ignore))
+            & chattr -i $probe
+        }
+    }
+    Remove-Item $probe -Recurse -Force
 }
 
 BeforeAll {
@@ -226,5 +235,22 @@ Describe 'Mount points and a full disk' -Skip:(-not $CanMount) {
         $failure.TargetObject | Should -BeLike "$small/.dare-*"
         $failure.Exception.Message | Should -BeLike "Could not copy side files into '$small/.dare-*'*"
         @(Get-ChildItem -LiteralPath $small -Force) | Should -BeNullOrEmpty
+    }
+}
+
+Describe 'A folder that refuses writes' -Skip:(-not $CanMakeImmutable) {
+    It 'turns EPERM when creating the temporary folder into OutputWriteFailed naming the folder, and writes nothing' {
+        $locked = Join-Path $work 'locked'
+        New-Item -ItemType Directory $locked | Out-Null
+        & chattr +i $locked
+        try {
+            $failure = $null
+            try { Get-TaskVector $base.Path $tune.Path | Export-Safetensors (Join-Path $locked 'out') -ErrorAction Stop } catch { $failure = $_ }
+        }
+        finally { & chattr -i $locked }
+        $failure.FullyQualifiedErrorId | Should -Be 'OutputWriteFailed,Dare.PowerShell.ExportSafetensorsCommand'
+        $failure.TargetObject | Should -Be $locked
+        $failure.Exception.Message | Should -BeLike "Could not create a temporary folder in '$locked': *"
+        @(Get-ChildItem -LiteralPath $locked -Force) | Should -BeNullOrEmpty
     }
 }
