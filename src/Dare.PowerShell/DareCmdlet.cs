@@ -12,7 +12,11 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
 {
     private readonly CancellationTokenSource _cancellation = new();
     private List<PosixSignalRegistration>? _signalRegistrations;
-    private volatile int _signalNumber;
+
+    // Process-wide: the signal received (0: none), and how many Dare actions are running (nested when one cmdlet's
+    // WriteObject runs the next cmdlet of the pipeline).
+    private static volatile int s_signalNumber;
+    private static int s_runningActions;
 
     /// <summary>Cancelled when the pipeline is stopped (Ctrl+C, Stop-Job, PowerShell.Stop()) or the process gets SIGTERM/SIGHUP.</summary>
     protected CancellationToken Cancellation => _cancellation.Token;
@@ -44,15 +48,17 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
     private void OnSignal(PosixSignalContext context, int number)
     {
         context.Cancel = true;
-        _signalNumber = number;
+        s_signalNumber = number;
         try { _cancellation.Cancel(); }
-        catch (ObjectDisposedException) { /* the cmdlet has finished; the exit below no longer runs */ }
+        catch (ObjectDisposedException) { /* this cmdlet has finished */ }
+        // No Dare work in progress (the pipeline is in another command): nothing to clean up, end as the signal asks.
+        if (Volatile.Read(ref s_runningActions) == 0) ExitIfSignalled();
     }
 
     /// <summary>After a signal, once cleanup is done: the process ends as the signal asked, with the conventional code.</summary>
-    private void ExitIfSignalled()
+    private static void ExitIfSignalled()
     {
-        if (_signalNumber != 0) Environment.Exit(128 + _signalNumber);
+        if (s_signalNumber != 0) Environment.Exit(128 + s_signalNumber);
     }
 
     /// <summary>Runs <paramref name="action"/>; a failure becomes a terminating error.</summary>
@@ -65,6 +71,7 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
     private void Guarded(Action action, Action<Exception> report)
     {
         ListenForSignals();
+        Interlocked.Increment(ref s_runningActions);
         try
         {
             action();
@@ -78,6 +85,10 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
         {
             ExitIfSignalled();
             report(ex);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref s_runningActions);
         }
         ExitIfSignalled();
     }
