@@ -44,7 +44,16 @@ internal sealed record TempFolderOwner(int ProcessId, string BootId, string Star
             {
                 continue; // another process took this name first
             }
-            if (create) Directory.CreateDirectory(folder);
+            if (!create) return folder;
+            try
+            {
+                Directory.CreateDirectory(folder);
+            }
+            catch
+            {
+                File.Delete(folder + RecordSuffix); // no folder, no record
+                throw;
+            }
             return folder;
         }
     }
