@@ -14,7 +14,8 @@ BeforeDiscovery {
     if ($IsLinux -and (Get-Command chattr -ErrorAction Ignore)) {
         & chattr +i $probe 2>$null
         if ($LASTEXITCODE -eq 0) {
-            $script:CanMakeImmutable = -not (Test-Path (New-Item -ItemType Directory (Join-Path $probe 'x') -ErrorAction Ignore))
+            $null = New-Item -ItemType Directory (Join-Path $probe 'x') -ErrorAction Ignore
+            $script:CanMakeImmutable = -not (Test-Path (Join-Path $probe 'x'))
             & chattr -i $probe
         }
     }
