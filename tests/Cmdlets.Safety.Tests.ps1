@@ -254,4 +254,31 @@ Describe 'A folder that refuses writes' -Skip:(-not $CanMakeImmutable) {
         $failure.Exception.Message | Should -BeLike "Could not create a temporary folder in '$locked': *"
         @(Get-ChildItem -LiteralPath $locked -Force) | Should -BeNullOrEmpty
     }
+
+    It 'puts the new model in place when the old one cannot be deleted, and the next export reclaims the old one' {
+        $parent = Join-Path $work 'undeletable'
+        $out = Join-Path $parent 'out'
+        New-Item -ItemType Directory $parent | Out-Null
+        Copy-Item -Recurse $base.Path $out
+        $pinned = Join-Path $out 'config.json'
+        & chattr +i $pinned
+        try {
+            $warnings = $null
+            Get-TaskVector $base.Path $tune.Path | Export-Safetensors $out -Force -WarningVariable warnings -WarningAction SilentlyContinue | Out-Null
+        }
+        finally {
+            foreach ($folder in @($out) + @(Get-ChildItem -LiteralPath $parent -Force -Directory -Filter '.dare-*').FullName) {
+                if (Test-Path -LiteralPath (Join-Path $folder 'config.json')) { & chattr -i (Join-Path $folder 'config.json') }
+            }
+        }
+        (Read-SafetensorsHeader (Join-Path $out 'model.safetensors')).Metadata.dare_content | Should -Be 'model'
+        $old = @(Get-ChildItem -LiteralPath $parent -Force -Directory -Filter '.dare-*')
+        $old.Count | Should -Be 1
+        "$(@($warnings)[0])" | Should -BeLike "*the old one at '$($old[0].FullName)' could not be removed*"
+
+        $warnings = $null
+        Get-TaskVector $base.Path $tune.Path | Export-Safetensors (Join-Path $parent 'second') -WarningVariable warnings -WarningAction SilentlyContinue | Out-Null
+        "$(@($warnings)[0])" | Should -BeLike "Reclaimed '$($old[0].FullName)'*could not delete*"
+        Get-DareTempFolders $parent | Should -BeNullOrEmpty
+    }
 }

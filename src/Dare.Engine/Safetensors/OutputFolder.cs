@@ -105,7 +105,7 @@ public static partial class OutputFolder
         return (target, Path.GetDirectoryName(target)!, false);
     }
 
-    /// <summary>Removes temporary folders (and their owner records) in <paramref name="parent"/> whose owner process is gone.</summary>
+    /// <summary>Removes temporary folders (and their owner records) in <paramref name="parent"/> whose owner process is gone, and old models their process replaced but could not delete.</summary>
     internal static void ReclaimOrphans(string parent, Action<string>? warn)
     {
         if (!Directory.Exists(parent)) return;
@@ -114,7 +114,7 @@ public static partial class OutputFolder
             var name = Path.GetFileName(record);
             if (!TempFolderOwner.IsTempName(name)) continue;
             var folder = record[..^TempFolderOwner.RecordSuffix.Length];
-            if (TempFolderOwner.ReadFor(folder) is not { } owner || owner.IsAlive()) continue;
+            if (TempFolderOwner.ReadFor(folder) is not { } owner || (owner.Role != TempFolderRole.Replaced && owner.IsAlive())) continue;
             try
             {
                 var destination = Path.Combine(parent, owner.DestinationName);
@@ -129,7 +129,8 @@ public static partial class OutputFolder
                 var size = Directory.Exists(folder) ? new DirectoryInfo(folder).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length) : 0;
                 if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
                 File.Delete(record);
-                warn?.Invoke($"Reclaimed '{folder}' ({ByteSize.Format(size)}), left by process {owner.ProcessId} (no longer running) while writing '{owner.DestinationName}'.");
+                var why = owner.Role == TempFolderRole.Replaced ? "the old model it replaced but could not delete" : "no longer running";
+                warn?.Invoke($"Reclaimed '{folder}' ({ByteSize.Format(size)}), left by process {owner.ProcessId} ({why}) while writing '{owner.DestinationName}'.");
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {

@@ -30,7 +30,7 @@ public static partial class OutputFolder
         if (exchanged.Done)
         {
             SyncParent(parent);
-            RemoveOld(temporary, warn);
+            RemoveOld(temporary, Path.GetFileName(target), warn);
             return;
         }
         if (!exchanged.Unsupported) throw RenameFailure(target, exchanged.Error);
@@ -58,11 +58,11 @@ public static partial class OutputFolder
         }
         SyncParent(parent);
         TempFolderOwner.RemoveFor(temporary);
-        RemoveOld(previous, warn);
+        RemoveOld(previous, Path.GetFileName(target), warn);
     }
 
-    /// <summary>Deletes the replaced model; if that fails its owner record stays, so a later export reclaims it.</summary>
-    private static void RemoveOld(string folder, Action<string>? warn)
+    /// <summary>Deletes the replaced model; if that fails its owner record says so, and a later export reclaims it.</summary>
+    private static void RemoveOld(string folder, string destinationName, Action<string>? warn)
     {
         try
         {
@@ -71,6 +71,8 @@ public static partial class OutputFolder
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
+            try { TempFolderOwner.ForThisProcess(destinationName, TempFolderRole.Replaced).WriteFor(folder, replace: true); }
+            catch (Exception again) when (again is IOException or UnauthorizedAccessException) { /* the old record (this live process) stays */ }
             warn?.Invoke($"The new model is in place, but the old one at '{folder}' could not be removed ({ex.Message}); a later export removes it.");
         }
     }

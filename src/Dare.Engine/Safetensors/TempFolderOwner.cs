@@ -58,13 +58,13 @@ internal sealed record TempFolderOwner(int ProcessId, string BootId, string Star
         }
     }
 
-    /// <summary>Writes this record as the owner of <paramref name="folder"/> (which need not exist yet); fails if one exists.</summary>
-    public void WriteFor(string folder)
+    /// <summary>Writes this record as the owner of <paramref name="folder"/> (which need not exist yet); fails if one exists unless <paramref name="replace"/>.</summary>
+    public void WriteFor(string folder, bool replace = false)
     {
         var text = string.Join('\n',
             $"pid={ProcessId.ToString(CultureInfo.InvariantCulture)}", $"boot_id={BootId}", $"start_time={StartTime}",
             $"role={Role.ToString().ToLowerInvariant()}", $"destination={DestinationName}", "");
-        using (var stream = new FileStream(folder + RecordSuffix, FileMode.CreateNew, FileAccess.Write))
+        using (var stream = new FileStream(folder + RecordSuffix, replace ? FileMode.Create : FileMode.CreateNew, FileAccess.Write))
         {
             stream.Write(System.Text.Encoding.UTF8.GetBytes(text));
             stream.Flush(flushToDisk: true);
@@ -84,7 +84,7 @@ internal sealed record TempFolderOwner(int ProcessId, string BootId, string Star
         catch (UnauthorizedAccessException) { return null; }
         var fields = lines.Select(l => l.Split('=', 2)).Where(p => p.Length == 2).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.First()[1]);
         if (!fields.TryGetValue("pid", out var pid) || !int.TryParse(pid, NumberStyles.None, CultureInfo.InvariantCulture, out var processId)) return null;
-        var role = fields.GetValueOrDefault("role") == "previous" ? TempFolderRole.Previous : TempFolderRole.Temporary;
+        var role = fields.GetValueOrDefault("role") switch { "previous" => TempFolderRole.Previous, "replaced" => TempFolderRole.Replaced, _ => TempFolderRole.Temporary };
         return new TempFolderOwner(processId, fields.GetValueOrDefault("boot_id", ""), fields.GetValueOrDefault("start_time", ""), fields.GetValueOrDefault("destination", ""), role);
     }
 
@@ -135,4 +135,7 @@ internal enum TempFolderRole
 
     /// <summary>The old destination moved aside during a two-rename replace; put back if the destination is missing.</summary>
     Previous,
+
+    /// <summary>An old model its process replaced but could not delete: garbage whether or not that process still runs.</summary>
+    Replaced,
 }

@@ -243,6 +243,20 @@ public sealed class OutputFolderSafetyTests : IDisposable
     }
 
     [Fact]
+    public void An_old_model_a_live_process_replaced_but_could_not_delete_is_reclaimed()
+    {
+        var old = OldModel(_temp[".dare-00c0ffee"]);
+        WriteOwnerRecord(old, Environment.ProcessId, BootId, "replaced", "out");
+        var warnings = new List<string>();
+
+        Write(_temp["other"], NewModel, new CheckpointWriteOptions { Warning = warnings.Add });
+
+        Assert.False(Directory.Exists(old));
+        Assert.False(File.Exists(old + ".owner"));
+        Assert.Contains(old, Assert.Single(warnings), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void An_old_model_moved_aside_by_a_replace_killed_between_two_renames_is_put_back()
     {
         var aside = OldModel(_temp[".dare-0123abcd"]);
