@@ -1,5 +1,9 @@
 @{
     RootModule           = 'Dare.PowerShell.dll'
+    # The loader comes first: it routes the engine and its dependencies (dependencies/) into Dare's own
+    # AssemblyLoadContext. Dare.Types.ps1 then imports Dare.Engine and TorchSharp from that context so that scripts can
+    # use type literals such as [Dare.Engine.Merge.ExportResult] and [TorchSharp.torch].
+    NestedModules        = @('Dare.Loader.dll', 'Dare.Types.ps1')
     ModuleVersion        = '0.1.0'
     GUID                 = '6f0d3c52-8d0e-4b8a-9f57-3c1d2e7a9b41'
     Author               = 'Dare contributors'
@@ -25,7 +29,11 @@
     VariablesToExport    = @()
     PrivateData          = @{
         PSData = @{
-            Tags = @('LLM', 'merge', 'DARE', 'TIES', 'safetensors', 'TorchSharp')
+            Tags         = @('LLM', 'merge', 'DARE', 'TIES', 'safetensors', 'TorchSharp', 'Linux')
+            # Placeholders until the project has a public home: the repository is not published at this address yet.
+            ProjectUri   = 'https://github.com/dare-contributors/dare'
+            LicenseUri   = 'https://github.com/dare-contributors/dare/blob/main/LICENSE'
+            ReleaseNotes = '0.1.0: DARE, TIES and linear merges of safetensors checkpoints through cmdlets and mergekit-style recipes; libtorch (CPU, Linux x64) included.'
         }
     }
 }

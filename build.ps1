@@ -5,8 +5,10 @@ The one entry point for building, testing and demonstrating Dare.
 
 .DESCRIPTION
   Build  Lays out an importable module at out/Dare (every managed and native dependency copied flat).
-  Test   Builds, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
+  Test   Builds and packs, runs the xunit engine tests and the Pester cmdlet tests, prints "N passed, N failed".
   Demo   Builds, generates small Hugging Face style checkpoints and runs a real DARE merge through the cmdlets.
+  Package Builds, then writes out/Dare.<version>.nupkg: a PowerShell Gallery-style package of the module (libtorch
+         included), made by PSResourceGet's Publish-PSResource into a temporary local repository.
   Bench  Builds and runs the speed and memory benchmark (by hand; not part of Test).
   Clean  Removes build output.
 
@@ -16,7 +18,7 @@ dotnet tool restore && dotnet pwsh ./build.ps1 Test
 [CmdletBinding()]
 param(
     [Parameter(Position = 0)]
-    [ValidateSet('Build', 'Test', 'Demo', 'Bench', 'Clean')]
+    [ValidateSet('Build', 'Test', 'Package', 'Demo', 'Bench', 'Clean')]
     [string] $Task = 'Build',
 
     # Build against TorchSharp-cuda-linux instead of TorchSharp-cpu.
@@ -65,30 +67,84 @@ function Invoke-Build {
         }
     }
     if (Test-Path $moduleDir) { Remove-Item -Recurse -Force $moduleDir }
+    $publishDir = Join-Path $root 'out/publish'
+    if (Test-Path $publishDir) { Remove-Item -Recurse -Force $publishDir }
     Write-Host "Building the Dare module into $moduleDir ($Configuration$(if ($Cuda) { ', CUDA' }))..."
     Invoke-Native 'dotnet publish' {
         dotnet publish (Join-Path $root 'src/Dare.PowerShell/Dare.PowerShell.csproj') -c $Configuration `
-            -r (Get-RuntimeIdentifier) --self-contained false -o $moduleDir $cudaProperty -nologo -v quiet
+            -r (Get-RuntimeIdentifier) --self-contained false -o $publishDir $cudaProperty -nologo -v quiet
     }
-    # pwsh loads modules from a flat folder; unused libtorch test and Python-binding libraries only add weight.
-    Get-ChildItem $moduleDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
-    Remove-Item (Join-Path $moduleDir '*.pdb'), (Join-Path $moduleDir '*.deps.json') -ErrorAction Ignore
-    Copy-Item (Join-Path $root 'Dare.psd1') $moduleDir
+    # Unused libtorch test and Python-binding libraries only add weight.
+    Get-ChildItem $publishDir -Filter '*.so*' | Where-Object Name -match '^lib(torch_python|jitbackend_test|torchbind_test|backend_with_compiler|aoti_custom_ops|nnapi_backend)\.so' | Remove-Item
+    Remove-Item (Join-Path $publishDir '*.pdb'), (Join-Path $publishDir '*.deps.json') -ErrorAction Ignore
+    # Only the loader and the cmdlet assembly sit in the module folder (default load context); the engine, TorchSharp,
+    # YamlDotNet and the native libraries go to dependencies/, which src/Dare.Loader loads into Dare's own load context.
+    $dependencies = Join-Path $moduleDir 'dependencies'
+    New-Item -ItemType Directory -Force $dependencies | Out-Null
+    Move-Item (Join-Path $publishDir 'Dare.Loader.dll'), (Join-Path $publishDir 'Dare.PowerShell.dll') $moduleDir
+    Get-ChildItem $publishDir | Move-Item -Destination $dependencies
+    Remove-Item $publishDir
+    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE'), (Join-Path $root 'src/Dare.Loader/Dare.Types.ps1') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
+    # Before the help: Build-Help imports the built module in a child pwsh.
+    Install-TorchSharpNativeCompat -Directory $dependencies
     Build-Help -Destination (Join-Path $moduleDir 'en-US/Dare.PowerShell.dll-Help.xml')
-    Install-TorchSharpNativeCompat -Directory $moduleDir
     Write-Host "Built $moduleDir"
 }
 
-# Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml,
-# joined into the single help file PowerShell reads for the cmdlet assembly.
+# Packs out/Dare into out/Dare.<version>.nupkg with PSResourceGet (ships with PowerShell 7.4+): Publish-PSResource to
+# a temporary folder repository, in a child pwsh whose home is a temporary folder, so that the repository registration
+# never touches the user's PSResourceGet settings.
+function Invoke-Package {
+    $version = (Import-PowerShellDataFile (Join-Path $moduleDir 'Dare.psd1')).ModuleVersion
+    $package = Join-Path $root "out/Dare.$version.nupkg"
+    $scratch = Join-Path $root 'out/package-scratch'
+    if (Test-Path $scratch) { Remove-Item -Recurse -Force $scratch }
+    $repository = Join-Path $scratch 'repository'
+    # .NET reports a missing ~/.local/share or ~/.config as "", and PSResourceGet and NuGet would then write their
+    # settings to the cwd.
+    New-Item -ItemType Directory $repository, (Join-Path $scratch '.local/share'), (Join-Path $scratch '.config') | Out-Null
+    $script = @"
+`$ErrorActionPreference = 'Stop'
+Register-PSResourceRepository -Name DareBuild -Uri '$repository' -Trusted
+Publish-PSResource -Path '$moduleDir' -Repository DareBuild -SkipDependenciesCheck
+"@
+    Write-Host "Packing $moduleDir ..."
+    $saved = $env:HOME, $env:XDG_DATA_HOME
+    $clock = [Diagnostics.Stopwatch]::StartNew()
+    try {
+        $env:HOME = $scratch; $env:XDG_DATA_HOME = Join-Path $scratch '.local/share'
+        $pwsh = Get-PwshCommand
+        Invoke-Native 'Publish-PSResource' { & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -Command $script }
+    }
+    finally { $env:HOME, $env:XDG_DATA_HOME = $saved }
+    Move-Item (Join-Path $repository "Dare.$version.nupkg") $package -Force
+    Remove-Item -Recurse -Force $scratch
+    Write-Host ("Packed $package ({0:N0} MB in {1:N0} s)" -f ((Get-Item $package).Length / 1MB), $clock.Elapsed.TotalSeconds)
+}
+
+# Cmdlet help: one MAML <command:command> fragment per cmdlet in src/Dare.PowerShell/help/<Verb-Noun>.xml holds
+# the prose; the syntax and each parameter's type, position, pipeline input, aliases, wildcards, default and the
+# online link are generated from the compiled cmdlets (read in a child pwsh, so this process never loads the
+# module), then all are joined into the single help file PowerShell reads for the cmdlet assembly. The about_Dare
+# topic is copied beside it.
 function Build-Help([string] $Destination) {
-    $fragments = Get-ChildItem (Join-Path $root 'src/Dare.PowerShell/help') -Filter '*.xml' | Sort-Object Name
+    . (Join-Path $root 'build/HelpBuilder.ps1')
+    $helpSource = Join-Path $root 'src/Dare.PowerShell/help'
+    $manifest = Join-Path (Split-Path (Split-Path $Destination)) 'Dare.psd1'
+    $pwsh = Get-PwshCommand
+    $json = & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -File (Join-Path $root 'build/Get-CmdletHelpMetadata.ps1') -ModuleManifest $manifest
+    if ($LASTEXITCODE) { throw "Reading the cmdlets' parameter metadata failed (exit code $LASTEXITCODE): $json" }
+    $metadata = @{}
+    foreach ($command in ($json | Out-String | ConvertFrom-Json)) { $metadata[$command.Name] = $command }
+
+    $fragments = Get-ChildItem $helpSource -Filter '*.xml' | Sort-Object Name
+    $missing = $metadata.Keys | Where-Object { $_ -notin $fragments.BaseName }
+    if ($missing) { throw "No help fragment in $helpSource for: $($missing -join ', ')." }
     $body = foreach ($fragment in $fragments) {
         $text = Get-Content -Raw $fragment.FullName
-        try { $null = [xml]"<helpItems xmlns:maml='http://schemas.microsoft.com/maml/2004/10' xmlns:command='http://schemas.microsoft.com/maml/dev/command/2004/10' xmlns:dev='http://schemas.microsoft.com/maml/dev/2004/10'>$text</helpItems>" }
-        catch { throw "Help fragment $($fragment.Name) is not valid XML: $_" }
-        $text
+        try { Complete-HelpFragment $text $metadata[$fragment.BaseName] $fragment.Name }
+        catch { throw "Help fragment $($fragment.Name): $_" }
     }
     New-Item -ItemType Directory -Force (Split-Path $Destination) | Out-Null
     @(
@@ -97,6 +153,7 @@ function Build-Help([string] $Destination) {
         $body
         '</helpItems>'
     ) | Set-Content -LiteralPath $Destination -Encoding utf8
+    Copy-Item (Join-Path $helpSource 'about_Dare.help.txt') (Split-Path $Destination)
 }
 
 function Get-PesterModulePath {
@@ -150,8 +207,10 @@ switch ($Task) {
         }
     }
     'Build' { Invoke-Build }
+    'Package' { Invoke-Build; Invoke-Package }
     'Test' {
         Invoke-Build
+        Invoke-Package   # tests/Package.Tests.ps1 installs it
         New-Item -ItemType Directory -Force (Join-Path $root 'out/test-results') | Out-Null
         $engine = Invoke-EngineTests
         $cmdlets = Invoke-PesterTests

@@ -17,8 +17,14 @@ function Test-BytesContain([byte[]] $Bytes, [string] $Text) {
 }
 
 function Get-SystemLibStdCxx {
-    $candidates = @(& ldconfig -p 2>$null | Where-Object { $_ -match 'libstdc\+\+\.so\.6 \(.*x86-64' } |
-        ForEach-Object { ($_ -split '=>')[-1].Trim() })
+    # ldconfig lives in /sbin, which a non-root user's PATH on Debian lacks; without it the usual paths still serve.
+    $ldconfig = @(Get-Command ldconfig -CommandType Application -ErrorAction Ignore | ForEach-Object Source) + '/sbin/ldconfig' |
+        Where-Object { Test-Path -LiteralPath $_ } | Select-Object -First 1
+    $candidates = @()
+    if ($ldconfig) {
+        $candidates += @(& $ldconfig -p 2>$null | Where-Object { $_ -match 'libstdc\+\+\.so\.6 \(.*x86-64' } |
+            ForEach-Object { ($_ -split '=>')[-1].Trim() })
+    }
     $candidates += '/lib/x86_64-linux-gnu/libstdc++.so.6', '/usr/lib64/libstdc++.so.6'
     return $candidates | Where-Object { Test-Path -LiteralPath $_ } | Select-Object -First 1
 }
@@ -73,7 +79,7 @@ function Install-TorchSharpNativeCompat {
     if (-not $IsLinux -or -not (Test-Path -LiteralPath $library)) { return }
 
     $systemLibrary = Get-SystemLibStdCxx
-    if (-not $systemLibrary) { throw 'Native compat: cannot find the system libstdc++.so.6 (ldconfig -p lists none).' }
+    if (-not $systemLibrary) { throw 'Native compat: cannot find the system libstdc++.so.6 (neither ldconfig -p nor /lib/x86_64-linux-gnu or /usr/lib64 has one).' }
     if (Test-BytesContain ([IO.File]::ReadAllBytes($systemLibrary)) $script:MissingVersion) {
         "not needed: $systemLibrary provides $($script:MissingVersion)" | Set-Content -LiteralPath $report
         return

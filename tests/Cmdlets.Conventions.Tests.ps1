@@ -56,6 +56,23 @@ Describe 'Path parameters: <Name>' -ForEach $pathCmdlets {
     }
 }
 
+Describe 'Literal twins: <Name>' -ForEach $cmdlets {
+    It 'gives every wildcard path parameter a literal twin in other parameter sets' {
+        $command = Get-Command $Name
+        # Tensor names (Get-TaskVectorTensor -Name) are not provider paths and need no twin.
+        $wildcard = $command.Parameters.Values | Where-Object {
+            $_.Name -ne 'Name' -and ($_.Attributes | Where-Object { $_ -is [System.Management.Automation.SupportsWildcardsAttribute] })
+        }
+        foreach ($parameter in $wildcard) {
+            $twinName = if ($parameter.Name -like '*Path') { 'LiteralPath' } else { "Literal$($parameter.Name)" }
+            $twin = $command.Parameters[$twinName]
+            $twin | Should -Not -BeNullOrEmpty -Because "-$($parameter.Name) takes wildcards"
+            $twin.Attributes | Where-Object { $_ -is [System.Management.Automation.SupportsWildcardsAttribute] } | Should -BeNullOrEmpty
+            $parameter.ParameterSets.Keys | Where-Object { $_ -in $twin.ParameterSets.Keys } | Should -BeNullOrEmpty
+        }
+    }
+}
+
 Describe 'Tab completion' {
     It 'completes -DType of <Command> from its ValidateSet' -ForEach @(@{ Command = 'Export-Safetensors' }, @{ Command = 'New-SyntheticCheckpoint' }) {
         Get-Completion "$Command -DType " | Should -Be @('bfloat16', 'float16', 'float32')

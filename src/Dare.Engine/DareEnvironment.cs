@@ -12,13 +12,16 @@ public sealed record DareEnvironment(
     int TorchThreads,
     int ProcessorCount,
     string NativeCompat,
-    string ModuleDirectory)
+    string ModuleDirectory,
+    string LibraryDirectory)
 {
     /// <summary>Initialises TorchSharp (loading libtorch) and reports what it found.</summary>
     public static DareEnvironment Probe()
     {
         TorchRuntime.EnsureInitialized();
+        // The built module keeps the engine, TorchSharp and libtorch in <module>/dependencies (Dare's own load context).
         var engineDirectory = Path.GetDirectoryName(typeof(DareEnvironment).Assembly.Location) ?? "";
+        var moduleDirectory = Path.GetFileName(engineDirectory) == "dependencies" ? Path.GetDirectoryName(engineDirectory)! : engineDirectory;
         var devices = new List<string> { "cpu" };
         if (torch.cuda.is_available())
         {
@@ -34,7 +37,8 @@ public sealed record DareEnvironment(
             TorchThreads: torch.get_num_threads(),
             ProcessorCount: Environment.ProcessorCount,
             NativeCompat: compat,
-            ModuleDirectory: engineDirectory);
+            ModuleDirectory: moduleDirectory,
+            LibraryDirectory: engineDirectory);
     }
 
     private static string VersionOf(Assembly assembly) =>

@@ -1,17 +1,19 @@
 using System.Management.Automation;
 using Dare.Engine;
+using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
 namespace Dare.PowerShell;
 
 /// <summary>
-/// Turns what users pass as a model — a Checkpoint, a path (wildcards allowed) or a FileSystemInfo from
-/// Get-ChildItem — into checkpoints. Runs inside the cmdlet (not as an argument transformation) so that a bad path
-/// is reported with its stable Dare ErrorId (PathNotFound, NotFileSystemPath, ...).
+/// Turns what users pass as a model — a Checkpoint, a path (wildcards allowed unless literal), a FileSystemInfo from
+/// Get-ChildItem, an ExportResult from Export-Safetensors, or any object with a PSPath or LiteralPath property — into
+/// checkpoints. Runs inside the cmdlet (not as an argument transformation) so that a bad path is reported with its
+/// stable Dare ErrorId (PathNotFound, NotFileSystemPath, ...).
 /// </summary>
 internal static class CheckpointResolver
 {
-    public static IReadOnlyList<Checkpoint> Resolve(SessionState session, object? input, bool allowMany)
+    public static IReadOnlyList<Checkpoint> Resolve(SessionState session, object? input, bool allowMany, bool literal = false)
     {
         var value = input is PSObject ps ? ps.BaseObject : input;
         string path;
@@ -21,19 +23,35 @@ internal static class CheckpointResolver
                 return new[] { checkpoint };
             case FileSystemInfo info:
                 return new[] { Checkpoint.Open(info.FullName) };
+            case ExportResult exported:
+                return new[] { Checkpoint.Open(exported.Path) };
             case string text:
                 path = text;
                 break;
             default:
+                // Objects that name an item the way providers do (Get-Item output, Select-Object results): exact paths.
+                if (LiteralPathOf(input) is { } named)
+                {
+                    path = named;
+                    literal = true;
+                    break;
+                }
                 throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
-                    $"Cannot use a {value?.GetType().Name ?? "null"} as a model; give a path, a folder or a Checkpoint from Import-Safetensors.");
+                    $"Cannot use a {value?.GetType().Name ?? "null"} as a model; give a path, a folder, a Checkpoint from Import-Safetensors or the result of Export-Safetensors.");
         }
-        var resolved = PathResolver.ResolveExisting(session, path, literal: false);
+        var resolved = PathResolver.ResolveExisting(session, path, literal);
         if (resolved.Count != 1 && !allowMany)
         {
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
                 $"'{path}' matches {resolved.Count} items; this parameter takes exactly one model.") { FilePath = path };
         }
         return resolved.Select(Checkpoint.Open).ToList();
+    }
+
+    private static string? LiteralPathOf(object? input)
+    {
+        if (input is null) return null;
+        var properties = PSObject.AsPSObject(input).Properties;
+        return (properties["PSPath"]?.Value ?? properties["LiteralPath"]?.Value) as string;
     }
 }

@@ -17,13 +17,17 @@ internal sealed class CmdletObserver : IMergeObserver
         _activityId = activityId;
     }
 
+    /// <summary>What the progress bar is about (e.g. the recipe and its place in a batch); shown after the engine's activity.</summary>
+    public string? Subject { get; set; }
+
     public void Progress(MergeProgress progress)
     {
         var finished = progress.TensorsDone >= progress.TensorCount;
         // Progress records are cheap but not free; a few per second is plenty for a human.
         if (!finished && (DateTime.UtcNow - _lastProgress).TotalMilliseconds < 200) return;
         _lastProgress = DateTime.UtcNow;
-        var record = new ProgressRecord(_activityId, progress.Activity,
+        var activity = Subject is null ? progress.Activity : $"{progress.Activity} {Subject}";
+        var record = new ProgressRecord(_activityId, activity,
             $"{progress.TensorsDone}/{progress.TensorCount} tensors, {progress.BytesDone / 1e6:0} of {progress.TotalBytes / 1e6:0} MB read, {progress.BytesPerSecond / 1e6:0} MB/s")
         {
             PercentComplete = progress.PercentComplete,
@@ -31,7 +35,7 @@ internal sealed class CmdletObserver : IMergeObserver
             SecondsRemaining = progress.Remaining is { } left ? (int)left.TotalSeconds : -1,
             RecordType = finished ? ProgressRecordType.Completed : ProgressRecordType.Processing,
         };
-        _openActivity = finished ? null : progress.Activity;
+        _openActivity = finished ? null : activity;
         _cmdlet.WriteProgress(record);
     }
 

@@ -10,7 +10,7 @@ namespace Dare.PowerShell;
 /// Export-Safetensors: runs a task-vector plan and writes base + λ·δ (or δ alone) as a Hugging Face model folder.
 /// The write is atomic: a failure or Ctrl+C leaves no partial output, and an existing model is replaced only with -Force.
 /// </summary>
-[Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
+[Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(ExportResult))]
 public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
 {

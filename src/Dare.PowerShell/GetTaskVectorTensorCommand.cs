@@ -1,5 +1,6 @@
 using System.Management.Automation;
 using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
 using TorchSharp;
 
 namespace Dare.PowerShell;
@@ -11,7 +12,7 @@ public sealed record TaskVectorTensorSummary(string TaskVector, string Name, lon
 /// Get-TaskVectorTensor: computes one named tensor of a task vector (after its DARE and merge steps) for inspection.
 /// Returns a summary, or with -AsTensor the float32 TorchSharp tensor itself (dispose it when done).
 /// </summary>
-[Cmdlet(VerbsCommon.Get, "TaskVectorTensor")]
+[Cmdlet(VerbsCommon.Get, "TaskVectorTensor", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVectorTensorSummary), typeof(torch.Tensor))]
 public sealed class GetTaskVectorTensorCommand : DareCmdlet
 {
@@ -19,8 +20,13 @@ public sealed class GetTaskVectorTensorCommand : DareCmdlet
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
     public TaskVector InputObject { get; set; } = null!;
 
-    /// <summary>Tensor names, e.g. model.layers.0.mlp.up_proj.weight.</summary>
+    /// <summary>
+    /// Tensor names, e.g. model.layers.0.mlp.up_proj.weight, or wildcard patterns such as 'model.layers.*.mlp.*'
+    /// (floating-point tensors of the base, in file order; a pattern that matches nothing returns nothing).
+    /// </summary>
     [Parameter(Mandatory = true, Position = 0)]
+    [SupportsWildcards]
+    [ArgumentCompleter(typeof(TensorNameCompleter))]
     public string[] Name { get; set; } = Array.Empty<string>();
 
     /// <summary>Return the TorchSharp tensor instead of a summary. The caller owns it: call .Dispose() when done.</summary>
@@ -29,7 +35,7 @@ public sealed class GetTaskVectorTensorCommand : DareCmdlet
 
     protected override void ProcessRecord()
     {
-        foreach (var name in Name)
+        foreach (var name in ExpandNames())
         {
             RunForItem(() =>
             {
@@ -52,6 +58,24 @@ public sealed class GetTaskVectorTensorCommand : DareCmdlet
                 }
                 WriteObject(summary);
             }, name);
+        }
+    }
+
+    /// <summary>The names given, each pattern replaced by the base's floating-point tensors it matches.</summary>
+    private IEnumerable<string> ExpandNames()
+    {
+        foreach (var name in Name)
+        {
+            if (!WildcardPattern.ContainsWildcardCharacters(name))
+            {
+                yield return name;
+                continue;
+            }
+            var pattern = WildcardPattern.Get(name, WildcardOptions.IgnoreCase);
+            foreach (var tensor in InputObject.Base.Tensors)
+            {
+                if (tensor.DType.IsMergeable() && pattern.IsMatch(tensor.Name)) yield return tensor.Name;
+            }
         }
     }
 }

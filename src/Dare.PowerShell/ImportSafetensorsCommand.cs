@@ -4,7 +4,7 @@ using Dare.Engine.Safetensors;
 namespace Dare.PowerShell;
 
 /// <summary>Import-Safetensors: opens .safetensors files or Hugging Face model folders, reading headers only.</summary>
-[Cmdlet(VerbsData.Import, "Safetensors", DefaultParameterSetName = PathSet)]
+[Cmdlet(VerbsData.Import, "Safetensors", DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(Checkpoint))]
 public sealed class ImportSafetensorsCommand : DareCmdlet
 {

@@ -10,7 +10,7 @@ namespace Dare.PowerShell;
 /// Invoke-DareDrop: adds DARE (drop each delta entry with probability p, rescale the survivors) to task vectors.
 /// Each vector arriving down one pipeline gets its own mask stream (0, 1, 2, ...) under the same seed.
 /// </summary>
-[Cmdlet(VerbsLifecycle.Invoke, "DareDrop")]
+[Cmdlet(VerbsLifecycle.Invoke, "DareDrop", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVector))]
 public sealed class InvokeDareDropCommand : DareCmdlet
 {

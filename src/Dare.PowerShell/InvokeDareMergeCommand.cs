@@ -1,5 +1,6 @@
 using System.Management.Automation;
 using System.Security.Cryptography;
+using System.Text;
 using Dare.Engine;
 using Dare.Engine.Merge;
 using Dare.Engine.Recipes;
@@ -12,21 +13,30 @@ namespace Dare.PowerShell;
 /// of the batch is parsed and checked (keys, values, model paths, architectures, output folders) before anything
 /// is written; the merges then run in order through the same engine path as Export-Safetensors.
 /// </summary>
-[Cmdlet(VerbsLifecycle.Invoke, "DareMerge", SupportsShouldProcess = true)]
+[Cmdlet(VerbsLifecycle.Invoke, "DareMerge", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#yaml-recipes")]
 [OutputType(typeof(ExportResult))]
 public sealed class InvokeDareMergeCommand : DareCmdlet
 {
     private const string PathSet = "Path";
+    private const string LiteralPathSet = "LiteralPath";
     private const string YamlSet = "Yaml";
     private const string RecipeSet = "Recipe";
 
     /// <summary>The recipe file (.yml/.yaml). Relative model and output paths in it resolve against its folder.</summary>
     [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet, ValueFromPipelineByPropertyName = true)]
-    [Alias("FullName")]
     public string ConfigPath { get; set; } = "";
 
-    /// <summary>The recipe as YAML text. Relative paths in it resolve against the current location.</summary>
+    /// <summary>The recipe file, used exactly as typed (no wildcards); files piped from Get-ChildItem bind here.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralPathSet, ValueFromPipelineByPropertyName = true)]
+    [Alias("PSPath", "LP", "FullName")]
+    public string LiteralPath { get; set; } = "";
+
+    /// <summary>
+    /// The recipe as YAML text. Strings piped in (e.g. the lines of Get-Content) are joined with newlines and read as
+    /// one text when the input ends. Relative paths in it resolve against the current location.
+    /// </summary>
     [Parameter(Mandatory = true, ParameterSetName = YamlSet, ValueFromPipeline = true)]
+    [AllowEmptyString]
     public string Yaml { get; set; } = "";
 
     /// <summary>
@@ -41,6 +51,10 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     [Parameter]
     public string? OutputPath { get; set; }
 
+    /// <summary>As -OutputPath, used exactly as typed (no wildcards).</summary>
+    [Parameter]
+    public string? OutputLiteralPath { get; set; }
+
     /// <summary>Output dtype of the (last) merge's floating-point tensors; overrides the recipe's out_dtype and dtype.</summary>
     [Parameter]
     [ValidateSet("bfloat16", "float16", "float32")]
@@ -54,31 +68,62 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     [Parameter]
     public SwitchParameter Force { get; set; }
 
+    /// <summary>
+    /// Keep output folders that already hold a completed export of the same recipe (resumes an interrupted batch);
+    /// a folder holding another model is an error unless -Force.
+    /// </summary>
+    [Parameter]
+    public SwitchParameter SkipExisting { get; set; }
+
+    // Lines piped into -Yaml, read as one text in EndProcessing.
+    private readonly StringBuilder _yaml = new();
+    private int _yamlLines;
+    private CmdletObserver? _observer;
+    private int _batchSize;
+
+    protected override void BeginProcessing() => Run(() =>
+    {
+        if (OutputPath is not null && OutputLiteralPath is not null)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, "Give -OutputPath or -OutputLiteralPath, not both.");
+        }
+    });
+
     protected override void ProcessRecord() => Run(() =>
     {
+        if (ParameterSetName == YamlSet)
+        {
+            // A newline before every line but the first (by count: leading empty lines keep their line numbers).
+            if (_yamlLines++ > 0) _yaml.Append('\n');
+            _yaml.Append(Yaml);
+            // Counted as the lines come, so an endless or huge pipeline stops at the limit rather than filling memory.
+            RecipeLimits.CheckLength(_yaml.Length, "YAML text");
+            return;
+        }
         foreach (var batch in Batches()) Merge(batch);
+    });
+
+    protected override void EndProcessing() => Run(() =>
+    {
+        if (ParameterSetName == YamlSet) Merge(RecipeParser.ParseText(_yaml.ToString(), SessionState.Path.CurrentFileSystemLocation.ProviderPath));
     });
 
     private IEnumerable<RecipeBatch> Batches()
     {
-        switch (ParameterSetName)
+        if (ParameterSetName == RecipeSet)
         {
-            case YamlSet:
-                yield return RecipeParser.ParseText(Yaml, SessionState.Path.CurrentFileSystemLocation.ProviderPath);
-                break;
-            case RecipeSet:
-                yield return Recipe.Parse();
-                break;
-            default:
-                var paths = PathResolver.ResolveExisting(SessionState, ConfigPath, literal: false);
-                if (paths.Count > 1 && OutputPath is not null)
-                {
-                    throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
-                        $"'{ConfigPath}' matches {paths.Count} recipe files but -OutputPath names one folder; give each recipe its output: {{ path }} and leave out -OutputPath.");
-                }
-                foreach (var path in paths) yield return RecipeParser.ParseFile(path);
-                break;
+            yield return Recipe.Parse();
+            yield break;
         }
+        var literal = ParameterSetName == LiteralPathSet;
+        var given = literal ? LiteralPath : ConfigPath;
+        var paths = PathResolver.ResolveExisting(SessionState, given, literal);
+        if (paths.Count > 1 && (OutputPath ?? OutputLiteralPath) is not null)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+                $"'{given}' matches {paths.Count} recipe files but -OutputPath names one folder; give each recipe its output: {{ path }} and leave out -OutputPath.");
+        }
+        foreach (var path in paths) yield return RecipeParser.ParseFile(path);
     }
 
     private void Merge(RecipeBatch batch)
@@ -86,18 +131,23 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
         foreach (var warning in batch.Warnings) WriteWarning(warning);
         var options = new RecipePlanOptions
         {
-            OutputPath = OutputPath is null ? null : PathResolver.ResolveOutput(SessionState, OutputPath, literal: false),
+            OutputPath = OutputLiteralPath is not null ? PathResolver.ResolveOutput(SessionState, OutputLiteralPath, literal: true)
+                : OutputPath is not null ? PathResolver.ResolveOutput(SessionState, OutputPath, literal: false) : null,
             OutputDType = DType is null ? null : SafetensorsDTypes.ParseOutputDType(DType),
             MaxShardSize = MaxShardSize is null ? null : ByteSize.Parse(MaxShardSize),
             Force = Force,
+            SkipExisting = SkipExisting,
             DefaultSeed = RandomNumberGenerator.GetInt32(int.MaxValue),
         };
         var plan = RecipePlanner.Plan(batch, options);
         foreach (var warning in plan.Plans.SelectMany(p => p.Warnings)) WriteWarning(warning);
 
-        var runner = new RecipeRunner(new CmdletObserver(this), Cancellation) { CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath };
+        _batchSize = batch.Recipes.Count;
+        _observer = new CmdletObserver(this);
+        var runner = new RecipeRunner(_observer, Cancellation) { CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath };
         foreach (var result in runner.Run(plan, Confirm))
         {
+            _observer.Complete();
             WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
             WriteObject(result);
         }
@@ -105,13 +155,18 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
 
     private bool Confirm(MergePlan plan)
     {
+        // The progress bar names the recipe being merged, and its place in a batch.
+        _observer!.Subject = $"'{plan.Recipe.DisplayName}'" + (_batchSize > 1 ? $" ({plan.Recipe.Index + 1} of {_batchSize})" : "");
         var description = plan.Summary.Describe();
-        WriteVerbose(description);
         if (plan.UsesDefaultSeed)
         {
             WriteVerbose($"'{plan.Recipe.DisplayName}' gives no random_seed; its DARE masks use seed {SeedOf(plan.Vector)} (recorded in {MergeExecutor.RecipeFileName}).");
         }
-        return ShouldProcess(description, $"Write the merged model '{plan.Recipe.DisplayName}' to '{plan.Export.Destination}'?{Environment.NewLine}{description}", "Invoke-DareMerge");
+        // ShouldProcess writes the plan as a verbose record under -Verbose (so it is not written here too) and prints it
+        // as "What if:" under -WhatIf; a what-if (or a declined confirmation) gets it as a verbose record as well.
+        if (ShouldProcess(description, $"Write the merged model '{plan.Recipe.DisplayName}' to '{plan.Export.Destination}'?{Environment.NewLine}{description}", "Invoke-DareMerge")) return true;
+        WriteVerbose(description);
+        return false;
     }
 
     private static long? SeedOf(TaskVector vector) =>

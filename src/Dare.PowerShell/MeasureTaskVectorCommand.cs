@@ -4,7 +4,7 @@ using Dare.Engine.Merge;
 namespace Dare.PowerShell;
 
 /// <summary>Measure-TaskVector: size, natural sparsity, |δ| statistics and the realised DARE drop fraction.</summary>
-[Cmdlet(VerbsDiagnostic.Measure, "TaskVector")]
+[Cmdlet(VerbsDiagnostic.Measure, "TaskVector", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVectorStatistics))]
 public sealed class MeasureTaskVectorCommand : DareCmdlet
 {

@@ -4,7 +4,7 @@ using Dare.Engine.Merge;
 namespace Dare.PowerShell;
 
 /// <summary>Merge-Linear: the weighted sum of task vectors, divided by the summed weights when normalizing.</summary>
-[Cmdlet(VerbsData.Merge, "Linear")]
+[Cmdlet(VerbsData.Merge, "Linear", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVector))]
 public sealed class MergeLinearCommand : MergeCommandBase
 {

@@ -7,7 +7,7 @@ namespace Dare.PowerShell;
 /// Merge-Ties: trims each task vector to its largest-magnitude entries, elects a sign per parameter and averages
 /// the entries that agree with it.
 /// </summary>
-[Cmdlet(VerbsData.Merge, "Ties")]
+[Cmdlet(VerbsData.Merge, "Ties", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVector))]
 public sealed class MergeTiesCommand : MergeCommandBase
 {

@@ -7,7 +7,7 @@ namespace Dare.PowerShell;
 /// New-SyntheticCheckpoint: writes a small Llama-shaped model folder with random weights, or a "fine-tune" of a
 /// given base (base + seeded random delta). For demos, tests and benchmarks.
 /// </summary>
-[Cmdlet(VerbsCommon.New, "SyntheticCheckpoint", SupportsShouldProcess = true, DefaultParameterSetName = PathSet)]
+[Cmdlet(VerbsCommon.New, "SyntheticCheckpoint", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#building")]
 [OutputType(typeof(Checkpoint))]
 public sealed class NewSyntheticCheckpointCommand : OutputFolderCmdlet
 {

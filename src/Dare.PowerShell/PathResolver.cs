@@ -77,7 +77,9 @@ internal static class PathResolver
 
     private static void RequireFileSystem(ProviderInfo provider, string path)
     {
-        if (!string.Equals(provider.Name, "FileSystem", StringComparison.OrdinalIgnoreCase))
+        // By type, not by name: a provider registered under another name that derives from FileSystemProvider
+        // is still the file system, and a third-party provider named "FileSystem" is not.
+        if (!typeof(Microsoft.PowerShell.Commands.FileSystemProvider).IsAssignableFrom(provider.ImplementingType))
         {
             throw new DareException(DareErrorId.NotFileSystemPath, DareErrorKind.InvalidArgument,
                 $"'{path}' is on the {provider.Name} provider; Dare reads and writes models on the FileSystem provider only.") { FilePath = path };

@@ -24,7 +24,58 @@ public sealed class RecipeArgument
     internal object? Data { get; }
     internal string? BaseDirectory { get; }
 
-    internal RecipeBatch Parse() => Parsed ?? RecipeParser.ParseObject(Data, BaseDirectory!);
+    /// <summary>
+    /// Parses the recipe data when the cmdlet runs (not while binding), so that a mistake, a cycle or too deep a
+    /// nesting is reported as a recipe error with its key path rather than as a binding failure.
+    /// </summary>
+    internal RecipeBatch Parse()
+    {
+        if (Parsed is not null) return Parsed;
+        const string source = "recipe object";
+        return RecipeParser.ParseObject(Plain(Data, "", new RecipeObjectGuard(source)), BaseDirectory!, source);
+    }
+
+    /// <summary>
+    /// PowerShell objects as plain dictionaries, lists and scalars (keys keep their order where the source has one).
+    /// The guard refuses cycles, deep nesting and too many values before this recursion could overflow the stack (which
+    /// would end the host) or run for hours.
+    /// </summary>
+    private static object? Plain(object? value, string path, RecipeObjectGuard guard)
+    {
+        if (value is PSObject { BaseObject: not PSCustomObject } wrapped) value = wrapped.BaseObject;
+        guard.Count(path);
+        if (value is PSObject ps)
+        {
+            // Every [pscustomobject] shares one BaseObject, so the wrapper is what identifies this one.
+            guard.Enter(ps, path);
+            var properties = new OrderedDictionary();
+            foreach (var property in ps.Properties) properties[property.Name] = Plain(property.Value, RecipeObjectGuard.Key(path, property.Name), guard);
+            guard.Exit();
+            return properties;
+        }
+        switch (value)
+        {
+            case string:
+                return value;
+            case IDictionary dictionary:
+            {
+                guard.Enter(dictionary, path);
+                var result = new OrderedDictionary();
+                foreach (DictionaryEntry entry in dictionary) result[entry.Key] = Plain(entry.Value, RecipeObjectGuard.Key(path, entry.Key), guard);
+                guard.Exit();
+                return result;
+            }
+            case IEnumerable list:
+            {
+                guard.Enter(list, path);
+                var result = list.Cast<object?>().Select((item, i) => Plain(item, RecipeObjectGuard.Index(path, i), guard)).ToList();
+                guard.Exit();
+                return result;
+            }
+            default:
+                return value;
+        }
+    }
 
     public override string ToString() => Parsed?.ToString() ?? "recipe object";
 }
@@ -40,34 +91,9 @@ internal sealed class RecipeTransformationAttribute : ArgumentTransformationAttr
         var isData = IsRecipeData(value) ||
             (value is IList list && list.Count > 0 && list.Cast<object?>().All(i => IsRecipeData(i is PSObject p ? p.BaseObject : i)));
         return isData
-            ? new RecipeArgument(Plain(inputData)!, engineIntrinsics.SessionState.Path.CurrentFileSystemLocation.ProviderPath)
+            ? new RecipeArgument(inputData, engineIntrinsics.SessionState.Path.CurrentFileSystemLocation.ProviderPath)
             : inputData;
     }
 
     private static bool IsRecipeData(object? value) => value is IDictionary or PSCustomObject;
-
-    /// <summary>PowerShell objects as plain dictionaries, lists and scalars (keys keep their order where the source has one).</summary>
-    private static object? Plain(object? value)
-    {
-        if (value is PSObject ps)
-        {
-            if (ps.BaseObject is not PSCustomObject) return Plain(ps.BaseObject);
-            var properties = new OrderedDictionary();
-            foreach (var property in ps.Properties) properties[property.Name] = Plain(property.Value);
-            return properties;
-        }
-        switch (value)
-        {
-            case string:
-                return value;
-            case IDictionary dictionary:
-                var result = new OrderedDictionary();
-                foreach (DictionaryEntry entry in dictionary) result[entry.Key] = Plain(entry.Value);
-                return result;
-            case IEnumerable list:
-                return list.Cast<object?>().Select(Plain).ToList();
-            default:
-                return value;
-        }
-    }
 }

@@ -29,11 +29,6 @@ public sealed class ExportOptions
     public string? RecipeYaml { get; init; }
 }
 
-public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int TensorCount, long BytesWritten, long BytesRead, TimeSpan Elapsed)
-{
-    public double MegabytesPerSecond => Elapsed.TotalSeconds > 0 ? BytesRead / 1e6 / Elapsed.TotalSeconds : 0;
-}
-
 /// <summary>
 /// Runs task-vector plans tensor by tensor. For each tensor name it reads the base and fine-tuned data (in chunks
 /// of at most <see cref="ChunkElements"/> elements for very large tensors), computes in float32, and hands the
@@ -44,6 +39,9 @@ public sealed class MergeExecutor
 {
     public const long DefaultChunkElements = 16L << 20;
     public const string RecipeFileName = "dare_recipe.yml";
+
+    /// <summary>Longest recipe stored whole in the safetensors __metadata__; longer ones are stored as a note with their SHA-256.</summary>
+    public const int MaxRecipeInHeader = 64 * 1024;
 
     private readonly IMergeObserver? _observer;
     private readonly CancellationToken _cancellation;
@@ -75,7 +73,9 @@ public sealed class MergeExecutor
             ["dare_version"] = typeof(MergeExecutor).Assembly.GetName().Version?.ToString(3) ?? "0",
             ["dare_content"] = options.DeltaOnly ? "delta" : "model",
         };
-        if (options.RecipeYaml is not null) metadata["dare_recipe"] = options.RecipeYaml;
+        // The header must stay far below readers' limits (ours is 100 MB); a large recipe lives in dare_recipe.yml only.
+        if (options.RecipeYaml is { } recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
+            : $"# {recipe.Length} characters, too long for the header: see {RecipeFileName} (SHA-256 {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(recipe))).ToLowerInvariant()})";
         var writeOptions = new CheckpointWriteOptions
         {
             MaxShardSize = options.MaxShardSize,

@@ -43,8 +43,8 @@ public sealed class TaskVector
         FineTuned = fineTuned;
         Dare = dare;
         Merge = merge;
-        Inputs = inputs;
-        MissingTensors = missingTensors;
+        Inputs = SummarisedList.Joined(inputs);
+        MissingTensors = SummarisedList.Joined(missingTensors);
     }
 
     public string Name { get; }
@@ -65,7 +65,7 @@ public sealed class TaskVector
     public bool IsMerged => Merge is not null;
 
     /// <summary>The fine-tuned models this vector draws on.</summary>
-    public IReadOnlyList<Checkpoint> Sources => IsMerged ? Inputs.Select(i => i.FineTuned!).ToList() : new[] { FineTuned! };
+    public IReadOnlyList<Checkpoint> Sources => SummarisedList.Joined<Checkpoint>(IsMerged ? Inputs.Select(i => i.FineTuned!).ToList() : new[] { FineTuned! });
 
     public string Source => string.Join(", ", Sources.Select(s => s.Name));
     public int TensorCount => Base.TensorCount;
@@ -80,15 +80,14 @@ public sealed class TaskVector
             {
                 var steps = new List<string> { $"TaskVector({FineTuned!.Name} - {Base.Name})" };
                 if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={d.Rescale})");
-                return steps;
+                return SummarisedList.Joined(steps);
             }
             var m = Merge!;
             var detail = m.Method == MergeMethod.Ties
                 ? $"keep={string.Join("/", m.KeepRatios!.Select(k => k.ToString()))}, sign={m.SignMethod}, "
                 : "";
-            return Inputs.SelectMany(i => i.Steps)
-                .Append($"Merge{m.Method}({detail}weights={string.Join("/", m.Weights)}, normalize={m.Normalize}, lambda={m.Lambda.ToString(CultureInfo.InvariantCulture)})")
-                .ToList();
+            return SummarisedList.Joined(Inputs.SelectMany(i => i.Steps)
+                .Append($"Merge{m.Method}({detail}weights={string.Join("/", m.Weights)}, normalize={m.Normalize}, lambda={m.Lambda.ToString(CultureInfo.InvariantCulture)})"));
         }
     }
 

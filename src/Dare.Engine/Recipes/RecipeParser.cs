@@ -72,7 +72,7 @@ public static class RecipeParser
         string text;
         try
         {
-            text = File.ReadAllText(full);
+            text = RecipeLimits.ReadFile(full);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
@@ -84,9 +84,12 @@ public static class RecipeParser
     /// <summary>Reads recipe YAML text; relative paths resolve against <paramref name="baseDirectory"/>.</summary>
     public static RecipeBatch ParseText(string yaml, string baseDirectory, string source = "YAML text")
     {
+        RecipeLimits.CheckLength(yaml.Length, source);
         var stream = new YamlStream();
         try
         {
+            // Structure first: building the node tree recurses once per level and hashes keys, and a stack overflow ends the host.
+            RecipeLimits.CheckYamlStructure(yaml, source);
             stream.Load(new StringReader(yaml));
         }
         catch (YamlException ex)
@@ -108,10 +111,7 @@ public static class RecipeParser
     /// </summary>
     public static RecipeBatch ParseObject(object? recipe, string baseDirectory, string source = "recipe object")
     {
-        var roots = recipe is IList list && recipe is not IDictionary
-            ? list.Cast<object?>().Select(ToNode).ToList()
-            : new List<YamlNode> { ToNode(recipe) };
-        return Parse(roots, new Context(source, hasMarks: false), baseDirectory);
+        return Parse(RecipeObjectReader.Roots(recipe, source), new Context(source, hasMarks: false), baseDirectory);
     }
 
     private static RecipeBatch Parse(List<YamlNode> roots, Context context, string baseDirectory)
@@ -121,86 +121,97 @@ public static class RecipeParser
             throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, new RecipeLocation(context.Source, 0, 0, ""), "is empty; a recipe needs at least merge_method and models.");
         }
         var recipes = new List<MergeRecipe>();
+        var mistakes = context.Diagnostics;
         for (var i = 0; i < roots.Count; i++)
         {
             // Positions in a file already say which document; an object batch needs the index in the key path.
             var prefix = roots.Count > 1 && !context.HasMarks ? $"[{i}]" : "";
-            recipes.Add(ParseRecipe(roots[i], i, prefix, context, baseDirectory));
+            var recipe = mistakes.Try(() => ParseRecipe(roots[i], i, prefix, context, baseDirectory), null);
+            if (recipe is not null) recipes.Add(recipe);
         }
-        if (recipes.Count > 1)
+        if (roots.Count > 1)
         {
             foreach (var recipe in recipes.Where(r => r.Name is null))
             {
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Location,
-                    "has no 'name:'. In a file of several recipes (a batch) each needs a name, so later ones can use its output as a model.");
+                mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Location,
+                    "has no 'name:'. In a file of several recipes (a batch) each needs a name, so later ones can use its output as a model."));
             }
-            var duplicate = recipes.GroupBy(r => r.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
-            if (duplicate is not null)
+            foreach (var duplicate in recipes.Where(r => r.Name is not null).GroupBy(r => r.Name, StringComparer.Ordinal).Where(g => g.Count() > 1))
             {
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, duplicate.Last().Location, $"repeats the name '{duplicate.Key}'; recipe names in a batch must be unique.");
+                mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, duplicate.Last().Location, $"repeats the name '{duplicate.Key}'; recipe names in a batch must be unique."));
             }
         }
+        mistakes.ThrowIfAny();
         return new RecipeBatch { Source = context.Source, BaseDirectory = Path.GetFullPath(baseDirectory), Recipes = recipes, Warnings = context.Warnings };
     }
 
     private static MergeRecipe ParseRecipe(YamlNode root, int index, string path, Context context, string baseDirectory)
     {
+        // Each key is checked on its own (mistakes are collected, see RecipeDiagnostics); a recipe with any is never run.
+        var mistakes = context.Diagnostics;
         var documentLocation = context.At(root, path);
         var map = RequireMapping(root, path, context, "a recipe");
         var keys = ReadKeys(map, path, context, TopLevelKeys, UnsupportedTopLevelKeys);
 
+        var method = RecipeMergeMethod.Linear;
+        var methodLocation = documentLocation;
         if (!keys.TryGetValue("merge_method", out var methodEntry))
         {
-            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'merge_method:' (one of linear, task_arithmetic, ties, dare_linear, dare_ties).");
+            if (!context.Suggested.Contains(Join(path, "merge_method")))
+            {
+                mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'merge_method:' (one of linear, task_arithmetic, ties, dare_linear, dare_ties)."));
+            }
         }
-        var methodLocation = context.At(methodEntry.Value, Join(path, "merge_method"));
-        var methodName = RequireString(methodEntry.Value, methodLocation, context);
-        if (!Methods.TryGetValue(methodName, out var method))
+        else
         {
-            var why = UnsupportedMethods.Contains(methodName)
-                ? $"mergekit's '{methodName}' is not supported by Dare."
-                : $"'{methodName}' is not a merge method.{Suggestion(methodName, Methods.Keys)}";
-            throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, methodLocation,
-                $"{why} Dare merges with: {string.Join(", ", Methods.Keys)}.");
+            methodLocation = context.At(methodEntry.Value, Join(path, "merge_method"));
+            method = mistakes.Try(() => ParseMethod(methodEntry.Value, methodLocation, context), method);
         }
 
+        var models = new List<RecipeModelEntry>();
+        var modelsPath = Join(path, "models");
         if (!keys.TryGetValue("models", out var modelsEntry) || IsNull(modelsEntry.Value))
         {
-            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list.");
+            if (!context.Suggested.Contains(modelsPath)) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list."));
         }
-        var modelsPath = Join(path, "models");
-        if (modelsEntry.Value is not YamlSequenceNode modelsNode || modelsNode.Children.Count == 0)
+        else if (modelsEntry.Value is not YamlSequenceNode modelsNode || modelsNode.Children.Count == 0)
         {
-            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(modelsEntry.Value, modelsPath), "must be a non-empty list of '- model: <path>' entries.");
+            mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(modelsEntry.Value, modelsPath), "must be a non-empty list of '- model: <path>' entries."));
         }
-        var models = modelsNode.Children.Select((node, i) => ParseModel(node, $"{modelsPath}[{i}]", context)).ToList();
+        else
+        {
+            models = modelsNode.Children.Select((node, i) => mistakes.Try(() => ParseModel(node, $"{modelsPath}[{i}]", context), null))
+                .OfType<RecipeModelEntry>().ToList();
+        }
 
         string? Text(string key) => keys.TryGetValue(key, out var entry) && !IsNull(entry.Value)
-            ? RequireString(entry.Value, context.At(entry.Value, Join(path, key)), context)
+            ? mistakes.Try(() => RequireString(entry.Value, context.At(entry.Value, Join(path, key)), context), null)
             : null;
         RecipeLocation? LocationOf(string key) => keys.TryGetValue(key, out var entry) ? context.At(entry.Value, Join(path, key)) : null;
 
         var tokenizerSource = Text("tokenizer_source");
         if (tokenizerSource is not null && tokenizerSource != "base")
         {
-            throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, LocationOf("tokenizer_source")!,
-                $"'{tokenizerSource}' is not supported: Dare copies the base model's tokenizer files unchanged, which is tokenizer_source: base.");
+            mistakes.Add(Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, LocationOf("tokenizer_source")!,
+                $"'{tokenizerSource}' is not supported: Dare copies the base model's tokenizer files unchanged, which is tokenizer_source: base."));
         }
 
         var name = Text("name");
         var parameters = keys.TryGetValue("parameters", out var globalEntry)
-            ? ParseParameters(globalEntry.Value, Join(path, "parameters"), context, perModel: false)
+            ? mistakes.Try(() => ParseParameters(globalEntry.Value, Join(path, "parameters"), context, perModel: false), RecipeParameters.Empty)
             : RecipeParameters.Empty;
 
         long? seed = null;
         if (keys.TryGetValue("random_seed", out var seedEntry) && !IsNull(seedEntry.Value))
         {
-            seed = RequireInteger(seedEntry.Value, context.At(seedEntry.Value, Join(path, "random_seed")), context);
+            seed = mistakes.Try<long?>(() => RequireInteger(seedEntry.Value, context.At(seedEntry.Value, Join(path, "random_seed")), context), null);
         }
 
         var (outputPath, outputLocation, maxShard, deltaOnly) = keys.TryGetValue("output", out var outputEntry)
-            ? ParseOutput(outputEntry.Value, Join(path, "output"), context, baseDirectory)
+            ? mistakes.Try(() => ParseOutput(outputEntry.Value, Join(path, "output"), context, baseDirectory), (null, null, null, false))
             : (null, null, null, false);
+        var dtype = mistakes.Try(() => ParseDType(Text("dtype"), LocationOf("dtype"), compute: true), null);
+        var outDType = mistakes.Try(() => ParseDType(Text("out_dtype"), LocationOf("out_dtype"), compute: false), null);
 
         return new MergeRecipe
         {
@@ -213,14 +224,25 @@ public static class RecipeParser
             BaseModelLocation = LocationOf("base_model"),
             Models = models,
             Parameters = parameters,
-            DType = ParseDType(Text("dtype"), LocationOf("dtype"), compute: true),
-            OutDType = ParseDType(Text("out_dtype"), LocationOf("out_dtype"), compute: false),
+            DType = dtype,
+            OutDType = outDType,
             RandomSeed = seed,
             OutputPath = outputPath,
             OutputPathLocation = outputLocation,
             MaxShardSize = maxShard,
             DeltaOnly = deltaOnly,
         };
+    }
+
+    private static RecipeMergeMethod ParseMethod(YamlNode node, RecipeLocation location, Context context)
+    {
+        var methodName = RequireString(node, location, context);
+        if (Methods.TryGetValue(methodName, out var method)) return method;
+        var why = UnsupportedMethods.Contains(methodName)
+            ? $"mergekit's '{methodName}' is not supported by Dare."
+            : $"'{methodName}' is not a merge method.{Suggestion(methodName, Methods.Keys)}";
+        throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
+            $"{why} Dare merges with: {string.Join(", ", Methods.Keys)}.");
     }
 
     private static SafetensorsDType? ParseDType(string? text, RecipeLocation? location, bool compute)
@@ -241,7 +263,7 @@ public static class RecipeParser
         return dtype;
     }
 
-    private static RecipeModelEntry ParseModel(YamlNode node, string path, Context context)
+    private static RecipeModelEntry? ParseModel(YamlNode node, string path, Context context)
     {
         // mergekit also accepts a bare string here; treat it as '- model: <string>'.
         if (node is YamlScalarNode && !IsNull(node))
@@ -252,6 +274,8 @@ public static class RecipeParser
         var keys = ReadKeys(map, path, context, ModelKeys, new Dictionary<string, string>());
         if (!keys.TryGetValue("model", out var modelEntry) || IsNull(modelEntry.Value))
         {
+            // Misspelt: reported as such already; the entry is left out (the recipe does not run).
+            if (context.Suggested.Contains(Join(path, "model"))) return null;
             throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(node, path), "has no 'model:' path.");
         }
         var location = context.At(modelEntry.Value, Join(path, "model"));
@@ -307,17 +331,20 @@ public static class RecipeParser
             var location = context.At(entry.Key, Join(path, key));
             if (perModel && MergeWideParameters.Contains(key))
             {
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' applies to the whole merge; put it under the top-level 'parameters:', not under a model.");
+                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' applies to the whole merge; put it under the top-level 'parameters:', not under a model."));
+                continue;
             }
             if (!perModel && PerModelParameters.Contains(key))
             {
                 var where = key == "random_seed" ? "at the top level of the recipe (random_seed: 42) or under a model's parameters" : "under a model's parameters";
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' does not belong in the top-level 'parameters:'; put it {where}.");
+                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' does not belong in the top-level 'parameters:'; put it {where}."));
+                continue;
             }
             if (!IsNull(entry.Value)) locations[key] = location;
         }
 
-        RecipeSetting? Setting(string key) => locations.ContainsKey(key) ? ParseSetting(keys[key].Value, Join(path, key), context) : null;
+        RecipeSetting? Setting(string key) =>
+            locations.ContainsKey(key) ? context.Diagnostics.Try(() => ParseSetting(keys[key].Value, Join(path, key), context), null) : null;
         YamlNode? Scalar(string key)
         {
             if (!locations.ContainsKey(key)) return null;
@@ -329,20 +356,21 @@ public static class RecipeParser
             }
             return value;
         }
-        RecipeLocation At(string key) => context.At(keys[key].Value, Join(path, key));
+        T? Value<T>(string key, Func<YamlNode, RecipeLocation, T> read) where T : struct =>
+            context.Diagnostics.Try<T?>(() => Scalar(key) is { } node ? read(node, context.At(node, Join(path, key))) : null, null);
 
         return new RecipeParameters
         {
             Weight = Setting("weight"),
             Density = Setting("density"),
             DropRate = Setting("drop_rate"),
-            Normalize = Scalar("normalize") is { } normalize ? RequireBool(normalize, At("normalize"), context) : null,
-            Lambda = Scalar("lambda") is { } lambda ? RequireNumber(lambda, At("lambda"), context) : null,
-            Int8Mask = Scalar("int8_mask") is { } mask ? RequireBool(mask, At("int8_mask"), context) : null,
-            Rescale = Scalar("rescale") is { } rescale ? ParseRescale(rescale, At("rescale"), context) : null,
-            SignMethod = Scalar("sign_method") is { } sign ? ParseSignMethod(sign, At("sign_method"), context) : null,
-            RandomSeed = Scalar("random_seed") is { } seed ? RequireInteger(seed, At("random_seed"), context) : null,
-            MaskStream = Scalar("mask_stream") is { } stream ? ParseStream(stream, At("mask_stream"), context) : null,
+            Normalize = Value("normalize", (n, at) => RequireBool(n, at, context)),
+            Lambda = Value("lambda", (n, at) => RequireNumber(n, at, context)),
+            Int8Mask = Value("int8_mask", (n, at) => RequireBool(n, at, context)),
+            Rescale = Value("rescale", (n, at) => ParseRescale(n, at, context)),
+            SignMethod = Value("sign_method", (n, at) => ParseSignMethod(n, at, context)),
+            RandomSeed = Value("random_seed", (n, at) => RequireInteger(n, at, context)),
+            MaskStream = Value("mask_stream", (n, at) => ParseStream(n, at, context)),
             Locations = locations,
         };
     }
@@ -461,20 +489,26 @@ public static class RecipeParser
         var result = new Dictionary<string, KeyValuePair<YamlNode, YamlNode>>(StringComparer.Ordinal);
         foreach (var entry in map.Children)
         {
+            // A bad key is recorded and skipped, so the other keys are still checked.
             if (entry.Key is not YamlScalarNode { Value: { } key })
             {
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(entry.Key, path), "has a key that is not plain text.");
+                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(entry.Key, path), "has a key that is not plain text."));
+                continue;
             }
             var location = context.At(entry.Key, Join(path, key));
             if (unsupported.TryGetValue(key, out var why))
             {
-                throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location, $"'{key}' is not supported: {why}.");
+                context.Diagnostics.Add(Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location, $"'{key}' is not supported: {why}."));
+                continue;
             }
             if (!validKeys.Contains(key, StringComparer.Ordinal))
             {
                 var where = path.Length == 0 ? "at the top level" : $"in '{path}'";
-                throw Error(DareErrorId.RecipeUnknownKey, DareErrorKind.InvalidData, location,
-                    $"'{key}' is not a recipe key {where}.{Suggestion(key, validKeys)} Valid keys there: {string.Join(", ", validKeys)}.");
+                // A misspelt required key is reported once, as misspelt, not also as missing.
+                if (Nearest(key, validKeys) is { } nearest) context.Suggested.Add(Join(path, nearest));
+                context.Diagnostics.Add(Error(DareErrorId.RecipeUnknownKey, DareErrorKind.InvalidData, location,
+                    $"'{key}' is not a recipe key {where}.{Suggestion(key, validKeys)} Valid keys there: {string.Join(", ", validKeys)}."));
+                continue;
             }
             result[key] = entry;
         }
@@ -482,12 +516,12 @@ public static class RecipeParser
     }
 
     /// <summary>" Did you mean 'x'?" for the candidate nearest to <paramref name="key"/> (Levenshtein distance, ignoring case).</summary>
-    internal static string Suggestion(string key, IEnumerable<string> candidates)
-    {
-        var best = candidates.Select(c => (Key: c, Distance: Levenshtein(key.ToLowerInvariant(), c.ToLowerInvariant())))
-            .OrderBy(c => c.Distance).ThenBy(c => c.Key, StringComparer.Ordinal).FirstOrDefault();
-        return best.Key is null ? "" : $" Did you mean '{best.Key}'?";
-    }
+    internal static string Suggestion(string key, IEnumerable<string> candidates) =>
+        Nearest(key, candidates) is { } nearest ? $" Did you mean '{nearest}'?" : "";
+
+    private static string? Nearest(string key, IEnumerable<string> candidates) =>
+        candidates.Select(c => (Key: c, Distance: Levenshtein(key.ToLowerInvariant(), c.ToLowerInvariant())))
+            .OrderBy(c => c.Distance).ThenBy(c => c.Key, StringComparer.Ordinal).FirstOrDefault().Key;
 
     internal static int Levenshtein(string a, string b)
     {
@@ -564,27 +598,6 @@ public static class RecipeParser
     internal static DareException Error(DareErrorId id, DareErrorKind kind, RecipeLocation location, string message, Exception? inner = null) =>
         new(id, kind, $"{location}: {message}", inner) { FilePath = location.Source };
 
-    /// <summary>Builds a YAML node tree from plain objects so object recipes go through the same checks.</summary>
-    private static YamlNode ToNode(object? value) => value switch
-    {
-        null => new YamlScalarNode(null),
-        YamlNode node => node,
-        string text => new YamlScalarNode(text) { Style = ScalarStyle.DoubleQuoted },
-        bool flag => new YamlScalarNode(flag ? "true" : "false"),
-        IFormattable number when value is not Enum => new YamlScalarNode(number.ToString(number is double or float ? "R" : null, CultureInfo.InvariantCulture)),
-        IDictionary dictionary => new YamlMappingNode(Entries(dictionary).Select(e =>
-            new KeyValuePair<YamlNode, YamlNode>(new YamlScalarNode(Convert.ToString(e.Key, CultureInfo.InvariantCulture)), ToNode(e.Value)))),
-        IEnumerable list => new YamlSequenceNode(list.Cast<object?>().Select(ToNode)),
-        _ => new YamlScalarNode(Convert.ToString(value, CultureInfo.InvariantCulture)) { Style = ScalarStyle.DoubleQuoted },
-    };
-
-    // IDictionary's own enumerator: a generic Dictionary enumerated as IEnumerable yields KeyValuePairs, not DictionaryEntries.
-    private static IEnumerable<DictionaryEntry> Entries(IDictionary dictionary)
-    {
-        var enumerator = dictionary.GetEnumerator();
-        while (enumerator.MoveNext()) yield return enumerator.Entry;
-    }
-
     private sealed class Context
     {
         public Context(string source, bool hasMarks)
@@ -596,6 +609,11 @@ public static class RecipeParser
         public string Source { get; }
         public bool HasMarks { get; }
         public List<string> Warnings { get; } = new();
+        public RecipeDiagnostics Diagnostics => _diagnostics ??= new RecipeDiagnostics(Source);
+
+        /// <summary>Key paths that an unknown key was taken to be a misspelling of.</summary>
+        public HashSet<string> Suggested { get; } = new(StringComparer.Ordinal);
+        private RecipeDiagnostics? _diagnostics;
 
         public RecipeLocation At(YamlNode node, string path) =>
             HasMarks ? new RecipeLocation(Source, (int)node.Start.Line, (int)node.Start.Column, path) : new RecipeLocation(Source, 0, 0, path);

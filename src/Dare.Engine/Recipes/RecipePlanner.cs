@@ -20,6 +20,9 @@ public sealed class RecipePlanOptions
 
     /// <summary>Seed for DARE steps when the recipe gives no random_seed.</summary>
     public long DefaultSeed { get; init; }
+
+    /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
+    public bool SkipExisting { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -38,6 +41,9 @@ public sealed class MergePlan
 
     /// <summary>Settings that have no effect with this method (mergekit ignores them too).</summary>
     public IReadOnlyList<string> Warnings { get; init; } = Array.Empty<string>();
+
+    /// <summary>With <see cref="RecipePlanOptions.SkipExisting"/>: the output folder already holds this recipe's export, so it is not run.</summary>
+    public bool AlreadyWritten { get; internal set; }
 
     public override string ToString() => $"{Recipe.DisplayName} -> {Export.Destination}";
 }
@@ -100,8 +106,16 @@ public static class RecipePlanner
         var plans = new List<MergePlan>();
         // Later recipes look up earlier plans (for their outputs' stand-ins) while the list grows.
         var plan = new BatchPlan(batch, options, outputs) { Plans = plans };
-        for (var i = 0; i <= last; i++) plans.Add(PlanRecipe(plan, i, standIns: true));
-        foreach (var destination in outputs) CheckpointWriter.CheckDestination(destination, options.Force);
+        for (var i = 0; i <= last; i++)
+        {
+            var recipePlan = PlanRecipe(plan, i, standIns: true);
+            plans.Add(recipePlan);
+            if (options.SkipExisting) recipePlan.AlreadyWritten = RecipeResume.AlreadyWritten(plan, i, recipePlan, options.Force);
+        }
+        for (var i = 0; i <= last; i++)
+        {
+            if (!plans[i].AlreadyWritten) CheckpointWriter.CheckDestination(outputs[i], options.Force);
+        }
         return plan;
     }
 
@@ -114,15 +128,17 @@ public static class RecipePlanner
         var recipe = batch.Recipes[index];
         var warnings = new List<string>();
         var normalize = recipe.Parameters.Normalize ?? recipe.Method is RecipeMergeMethod.Linear or RecipeMergeMethod.Ties;
-        CheckValues(recipe, normalize, warnings);
+        // Values and model paths are checked one by one and reported together; the checks after them need all of them right.
+        var mistakes = new RecipeDiagnostics(batch.Source);
+        CheckValues(recipe, normalize, warnings, mistakes);
 
         if (recipe.BaseModel is null && recipe.Method != RecipeMergeMethod.Linear)
         {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
-                $"{RecipeParser.MethodName(recipe.Method)} needs a 'base_model:': its task vectors are each model minus the base.");
+            mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
+                $"{RecipeParser.MethodName(recipe.Method)} needs a 'base_model:': its task vectors are each model minus the base."));
         }
-        var baseReference = recipe.BaseModel is null ? null : Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!);
-        var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: Resolve(batchPlan, index, m.Model, m.Location))).ToList();
+        var baseReference = recipe.BaseModel is null ? null : mistakes.Try(() => Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!), null);
+        var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: mistakes.Try(() => Resolve(batchPlan, index, m.Model, m.Location), null)!)).ToList();
 
         var opened = new Dictionary<string, Checkpoint>(PathComparer);
         Checkpoint Open(ModelReference reference)
@@ -134,6 +150,12 @@ public static class RecipePlanner
             opened[reference.FullPath] = checkpoint;
             return checkpoint;
         }
+
+        foreach (var reference in modelReferences.Select(m => m.Reference).Prepend(baseReference).OfType<ModelReference>())
+        {
+            mistakes.Try(() => Open(reference));
+        }
+        mistakes.ThrowIfAny();
 
         // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
         var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
@@ -283,7 +305,7 @@ public static class RecipePlanner
     private static double Complement(double density) => 1.0 - density;
 
     /// <summary>Range checks on every value as written, so the error points at the offending setting.</summary>
-    private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings)
+    private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings, RecipeDiagnostics mistakes)
     {
         var method = RecipeParser.MethodName(recipe.Method);
         var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
@@ -291,13 +313,13 @@ public static class RecipePlanner
         var blocks = recipe.Models.Select(m => m.Parameters).Prepend(recipe.Parameters);
         foreach (var parameters in blocks)
         {
-            Check(parameters.Density, d => d > 0 && d <= 1, "density must satisfy 0 < density <= 1");
-            Check(parameters.DropRate, p => p >= 0 && p < 1, "drop_rate must satisfy 0 <= drop_rate < 1");
-            if (normalize) Check(parameters.Weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false");
+            mistakes.Try(() => Check(parameters.Density, d => d > 0 && d <= 1, "density must satisfy 0 < density <= 1"));
+            mistakes.Try(() => Check(parameters.DropRate, p => p >= 0 && p < 1, "drop_rate must satisfy 0 <= drop_rate < 1"));
+            if (normalize) mistakes.Try(() => Check(parameters.Weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false"));
             if (dareMethod && parameters.Density is not null && parameters.DropRate is not null)
             {
-                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
-                    $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density.");
+                mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
+                    $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density."));
             }
             if (!usesDensity && parameters.Density is not null)
             {

@@ -26,8 +26,8 @@ public sealed class RecipeRunner
     public IEnumerable<ExportResult> Run(BatchPlan batch, Func<MergePlan, bool> confirm)
     {
         // Before any recipe runs: no output may replace an input model of its recipe, an earlier output it reads,
-        // the current location, or anything a model export does not hold.
-        foreach (var plan in batch.Plans)
+        // the current location, or anything a model export does not hold (outputs kept by -SkipExisting are not written).
+        foreach (var plan in batch.Plans.Where(p => !p.AlreadyWritten))
         {
             var inputs = OutputFolder.InputPathsOf(plan.Vector.Sources.Prepend(plan.Vector.Base)).Concat(plan.ReadsOutputsOf.Select(r => batch.Outputs[r]));
             OutputFolder.Check(plan.Export.Destination, plan.Export.Force, inputs, CurrentLocation);
@@ -37,6 +37,12 @@ public sealed class RecipeRunner
         {
             _cancellation.ThrowIfCancellationRequested();
             var plan = batch.Plans[i];
+            if (plan.AlreadyWritten)
+            {
+                _observer?.Verbose($"Skipped '{plan.Recipe.DisplayName}': '{plan.Export.Destination}' already holds its export (-SkipExisting).");
+                written.Add(i);
+                continue;
+            }
             var missing = plan.ReadsOutputsOf.Where(p => !written.Contains(p)).ToList();
             // Earlier outputs now exist: plan against them rather than the stand-ins used for checking.
             if (plan.ReadsOutputsOf.Count > 0 && missing.Count == 0) plan = batch.PlanWithWrittenOutputs(i);

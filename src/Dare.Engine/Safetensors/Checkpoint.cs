@@ -30,11 +30,11 @@ public sealed class Checkpoint
     {
         Path = path;
         Layout = layout;
-        Files = files;
-        Tensors = tensors;
-        Metadata = metadata;
+        Files = SummarisedList.Joined(files);
+        Tensors = SummarisedList.Counted(tensors, "tensor");
+        Metadata = new SummarisedDictionary<string>(metadata.ToDictionary(e => e.Key, e => e.Value, StringComparer.Ordinal));
         _config = config;
-        Config = config is null ? null : (Dictionary<string, object?>)ToPlain(config)!;
+        Config = config is null ? null : new SummarisedDictionary<object?>((Dictionary<string, object?>)ToPlain(config)!);
         _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
     }
 

@@ -1,0 +1,19 @@
+namespace Dare.Engine.Merge;
+
+/// <summary>What Export-Safetensors (or a recipe) wrote: the model folder, its files and the work done.</summary>
+public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int TensorCount, long BytesWritten, long BytesRead, TimeSpan Elapsed)
+{
+    /// <summary>The files written; as text (Export-Csv), their paths joined by "; ".</summary>
+    public IReadOnlyList<string> Files { get; init; } = SummarisedList.Joined(Files);
+
+    public double MegabytesPerSecond => Elapsed.TotalSeconds > 0 ? BytesRead / 1e6 / Elapsed.TotalSeconds : 0;
+
+    /// <summary>
+    /// The folder again, under the name that -LiteralPath parameters bind by property name, so a result pipes into
+    /// Import-Safetensors, Get-ChildItem or Remove-Item as the exact path (no wildcard expansion).
+    /// </summary>
+    public string LiteralPath => Path;
+
+    /// <summary>The folder written: what the result means where a path is expected.</summary>
+    public override string ToString() => Path;
+}
