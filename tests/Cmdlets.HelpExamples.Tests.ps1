@@ -27,7 +27,8 @@ BeforeAll {
     }
     $null = New-SyntheticCheckpoint -LiteralPath (Join-Path $Fixture 'runs/[v2] wizardmath') -BaseModel $base -Seed ($seed++)
     $other = New-SyntheticCheckpoint (Join-Path $Fixture 'base') @size -Seed 2
-    foreach ($name in 'math', 'code', 'a', 'b') { $null = New-SyntheticCheckpoint (Join-Path $Fixture $name) -BaseModel $other -Seed ($seed++) }
+    foreach ($name in 'math', 'code', 'chat', 'a', 'b') { $null = New-SyntheticCheckpoint (Join-Path $Fixture $name) -BaseModel $other -Seed ($seed++) }
+    Copy-Item (Join-Path $PSScriptRoot '../examples/batch.yml') (Join-Path $Fixture 'batch.yml')
     New-Item -ItemType Directory (Join-Path $Fixture 'adapters') | Out-Null
     Copy-Item (Join-Path $Fixture 'wizardmath/model.safetensors') (Join-Path $Fixture 'adapters/wizardmath.safetensors')
     Copy-Item (Join-Path $Fixture 'codellama/model.safetensors') (Join-Path $Fixture 'adapters/codellama.safetensors')

@@ -37,6 +37,11 @@ public enum DareErrorId
     OutputWriteFailed,
     OutputReplaceFailed,
     OutputInUse,
+    NotRegularFile,
+    InputChanged,
+    NonFiniteValues,
+    MergeStepMissing,
+    SeveralInputsOneFolder,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -9,6 +9,7 @@ namespace Dare.PowerShell;
 /// <summary>
 /// Export-Safetensors: runs a task-vector plan and writes base + λ·δ (or δ alone) as a Hugging Face model folder.
 /// The write is atomic: a failure or Ctrl+C leaves no partial output, and an existing model is replaced only with -Force.
+/// Inputs are collected and exported at the end, so several vectors for one folder fail before anything is written.
 /// </summary>
 [Cmdlet(VerbsData.Export, "Safetensors", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(ExportResult))]
@@ -35,18 +36,79 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     [Parameter]
     public SwitchParameter Force { get; set; }
 
-    protected override void ProcessRecord() => Run(() =>
+    /// <summary>Write each piped task vector to its own folder, &lt;Path&gt;/&lt;vector name&gt;, instead of refusing several inputs for one folder.</summary>
+    [Parameter]
+    public SwitchParameter FolderPerInput { get; set; }
+
+    /// <summary>Write NaN/Inf values (in an input, or from overflow in the merge or the output dtype) with a warning per tensor instead of failing.</summary>
+    [Parameter]
+    public SwitchParameter AllowNonFinite { get; set; }
+
+    private readonly List<TaskVector> _inputs = new();
+
+    // Every input is known before anything is written: several vectors piped into one folder would overwrite each other.
+    protected override void ProcessRecord() => _inputs.Add(InputObject);
+
+    protected override void EndProcessing() => Run(() =>
     {
+        if (_inputs.Count == 0) return;
         var destination = ResolveOutputFolder();
+        var targets = Targets(destination);
         var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
         var shardSize = ByteSize.Parse(MaxShardSize);
-        var vector = InputObject;
+        // Refused before any work: a destination whose replacement could lose what Dare did not write.
+        var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
+        foreach (var (vector, folder) in targets) OutputFolder.Check(folder, Force, OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base)), currentLocation);
+        foreach (var (vector, folder) in targets)
+        {
+            Cancellation.ThrowIfCancellationRequested();
+            Export(vector, folder, dtype, shardSize, currentLocation);
+        }
+    });
+
+    /// <summary>Where each input goes; refuses several inputs for one folder before anything is written.</summary>
+    private List<(TaskVector Vector, string Folder)> Targets(string destination)
+    {
+        if (FolderPerInput)
+        {
+            var clash = _inputs.GroupBy(v => v.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
+            if (clash is not null)
+            {
+                throw new DareException(DareErrorId.SeveralInputsOneFolder, DareErrorKind.InvalidArgument,
+                    $"-FolderPerInput would write {clash.Count()} task vectors named '{clash.Key}' to the same folder '{System.IO.Path.Combine(destination, clash.Key)}'.") { FilePath = destination };
+            }
+            return _inputs.Select(v => (v, System.IO.Path.Combine(destination, SafeFolderName(v.Name, destination)))).ToList();
+        }
+        if (_inputs.Count == 1) return new() { (_inputs[0], destination) };
+        var names = string.Join(", ", _inputs.Select(v => $"'{v.Name}'"));
+        if (_inputs.Any(v => !v.IsMerged))
+        {
+            throw new DareException(DareErrorId.MergeStepMissing, DareErrorKind.InvalidArgument,
+                $"{_inputs.Count} task vectors ({names}) were piped into one Export-Safetensors for '{destination}'; each would replace the one before. " +
+                "Merge them first (… | Merge-Ties | Export-Safetensors, or Merge-Linear), or pass -FolderPerInput to write each to its own folder under it. Nothing was written.")
+            { FilePath = destination };
+        }
+        throw new DareException(DareErrorId.SeveralInputsOneFolder, DareErrorKind.InvalidArgument,
+            $"{_inputs.Count} merged task vectors ({names}) were piped into one Export-Safetensors for '{destination}'; each would replace the one before. " +
+            "Export them one at a time, or pass -FolderPerInput to write each to <Path>/<name>. Nothing was written.") { FilePath = destination };
+    }
+
+    /// <summary>A vector name used as one folder name: no separators, no '.' or '..'.</summary>
+    private static string SafeFolderName(string name, string destination)
+    {
+        if (string.IsNullOrWhiteSpace(name) || name is "." or ".." || name.IndexOfAny(new[] { '/', '\\', '\0' }) >= 0)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+                $"-FolderPerInput needs a plain folder name for every task vector, but one is named '{name}' (writing under '{destination}').") { FilePath = destination };
+        }
+        return name;
+    }
+
+    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation)
+    {
         var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
             .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
         var shards = Math.Max(1, (int)Math.Ceiling(bytes / (double)shardSize));
-        // Refused before any work: a destination whose replacement could lose what Dare did not write.
-        var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
-        OutputFolder.Check(destination, Force, OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base)), currentLocation);
         var what = $"Write {(DeltaOnly ? "the delta of" : "the merged model")} '{vector.Name}' ({vector.TensorCount} tensors, ~{ByteSize.Format(bytes)}, ~{shards} shard(s))";
         if (!ShouldProcess(destination, what)) return;
 
@@ -58,6 +120,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             DeltaOnly = DeltaOnly,
             Force = Force,
             CurrentLocation = currentLocation,
+            AllowNonFinite = AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
         };
         var observer = new CmdletObserver(this);
@@ -72,5 +135,5 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         }
         WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
         WriteObject(result);
-    });
+    }
 }

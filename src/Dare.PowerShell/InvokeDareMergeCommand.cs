@@ -68,6 +68,10 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     [Parameter]
     public SwitchParameter Force { get; set; }
 
+    /// <summary>Write NaN/Inf values (in an input, or from overflow in the merge or the output dtype) with a warning per tensor instead of failing.</summary>
+    [Parameter]
+    public SwitchParameter AllowNonFinite { get; set; }
+
     /// <summary>
     /// Keep output folders that already hold a completed export of the same recipe (resumes an interrupted batch);
     /// a folder holding another model is an error unless -Force.
@@ -136,6 +140,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
             OutputDType = DType is null ? null : SafetensorsDTypes.ParseOutputDType(DType),
             MaxShardSize = MaxShardSize is null ? null : ByteSize.Parse(MaxShardSize),
             Force = Force,
+            AllowNonFinite = AllowNonFinite,
             SkipExisting = SkipExisting,
             DefaultSeed = RandomNumberGenerator.GetInt32(int.MaxValue),
         };

@@ -50,12 +50,14 @@ internal sealed class BackgroundAppender : IDisposable
         _writer.Append(tensor);
     }
 
-    /// <summary>Waits for the write in flight, rethrowing its exception.</summary>
+    /// <summary>Waits for the write in flight, rethrowing its exception (a NonFiniteValues failure of its check among them), then hands on its warnings.</summary>
     public void Wait()
     {
         var pending = _pending;
         _pending = Task.CompletedTask;
         pending.GetAwaiter().GetResult();
+        // The writer checks each chunk for NaN/Inf on the background thread; its warnings reach the observer here, on the caller's thread.
+        _writer.NonFinite?.FlushWarnings();
     }
 
     /// <summary>Waits for the write in flight and issues a BeginTensor still due: afterwards the writer is idle.</summary>

@@ -25,6 +25,9 @@ public sealed class ExportOptions
     /// <summary>The caller's current location, which is never replaced.</summary>
     public string? CurrentLocation { get; init; }
 
+    /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
+    public bool AllowNonFinite { get; init; }
+
     /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
     public string? RecipeYaml { get; init; }
 }
@@ -76,6 +79,7 @@ public sealed class MergeExecutor
         // The header must stay far below readers' limits (ours is 100 MB); a large recipe lives in dare_recipe.yml only.
         if (options.RecipeYaml is { } recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
             : $"# {recipe.Length} characters, too long for the header: see {RecipeFileName} (SHA-256 {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(recipe))).ToLowerInvariant()})";
+        var nonFinite = new NonFiniteGuard(options.AllowNonFinite, _observer is null ? null : _observer.Warning);
         var writeOptions = new CheckpointWriteOptions
         {
             MaxShardSize = options.MaxShardSize,
@@ -83,17 +87,18 @@ public sealed class MergeExecutor
             Force = options.Force,
             ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base))).ToList(),
             CurrentLocation = options.CurrentLocation,
-            Warning = _observer is null ? null : _observer.Warning,
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
+            NonFinite = nonFinite,
+            Warning = _observer is null ? null : _observer.Warning,
         };
         var layerCount = LayerCount(vector.Base);
         var totalBytes = tensors.Sum(t => t.ByteLength) * (1 + vector.Sources.Count);
         long bytesRead = 0;
 
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
-        using var reader = new TensorReader();
+        using var reader = new TensorReader(nonFinite);
         using var workspace = new ChunkWorkspace();
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);

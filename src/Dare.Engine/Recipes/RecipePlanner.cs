@@ -21,6 +21,8 @@ public sealed class RecipePlanOptions
     /// <summary>Seed for DARE steps when the recipe gives no random_seed.</summary>
     public long DefaultSeed { get; init; }
 
+    /// <summary>Write NaN/Inf with a warning per tensor instead of failing (every recipe of the batch).</summary>
+    public bool AllowNonFinite { get; init; }
     /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
     public bool SkipExisting { get; init; }
 }
@@ -222,6 +224,7 @@ public static class RecipePlanner
             MaxShardSize = shardSize,
             DeltaOnly = recipe.DeltaOnly,
             Force = batchPlan.Options.Force,
+            AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
         };
         var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)

@@ -93,7 +93,7 @@ public sealed class Checkpoint
         }
         var config = ReadConfig(full);
         var index = System.IO.Path.Combine(full, IndexFileName);
-        if (File.Exists(index))
+        if (RegularFile.Check(index, "shard index").Kind == FileKind.Regular)
         {
             return OpenSharded(full, index, config);
         }
@@ -168,6 +168,7 @@ public sealed class Checkpoint
         DareException Bad(string reason, Exception? inner = null) =>
             new(DareErrorId.SafetensorsIndexInvalid, DareErrorKind.InvalidData, $"'{indexPath}' is not a valid shard index: {reason}.", inner) { FilePath = indexPath };
         JsonNode? root;
+        RegularFile.Check(indexPath, "shard index");
         try
         {
             root = ParseStrict(File.ReadAllBytes(indexPath), maxDepth: 16);
@@ -241,7 +242,8 @@ public sealed class Checkpoint
     private static JsonObject? ReadConfig(string folder)
     {
         var path = System.IO.Path.Combine(folder, "config.json");
-        if (!File.Exists(path)) return null;
+        // Stat first: File.Exists is true for a FIFO, and reading one blocks until a writer comes (maybe never).
+        if (RegularFile.Check(path, "model config").Kind == FileKind.Missing) return null;
         try
         {
             return ParseStrict(File.ReadAllBytes(path), maxDepth: 64) as JsonObject;

@@ -31,9 +31,6 @@ public sealed class CheckpointWriteOptions
     /// <summary>The caller's current location, which is never replaced.</summary>
     public string? CurrentLocation { get; init; }
 
-    /// <summary>Receives warnings (leftover temporary folders reclaimed, an old model that could not be removed).</summary>
-    public Action<string>? Warning { get; init; }
-
     /// <summary>Folder to copy config.json, generation_config.json and tokenizer files from.</summary>
     public string? CopySideFilesFrom { get; init; }
 
@@ -48,6 +45,15 @@ public sealed class CheckpointWriteOptions
     /// On by default unless the environment variable DARE_DIRECT_WRITES is 0.
     /// </summary>
     public bool DirectWrites { get; init; } = OutputFile.DirectWritesByDefault;
+
+    /// <summary>When set, every float chunk appended is scanned for NaN/Inf and reported there (per tensor).</summary>
+    public NonFiniteGuard? NonFinite { get; init; }
+
+    /// <summary>
+    /// Receives warnings (a side file skipped, leftover temporary folders reclaimed, an old model that could not be
+    /// removed); called on the thread that calls <see cref="CheckpointWriter.Create"/> or <see cref="CheckpointWriter.Commit"/>.
+    /// </summary>
+    public Action<string>? Warning { get; init; }
 }
 
 /// <summary>What a completed write produced.</summary>
@@ -79,6 +85,7 @@ public sealed class CheckpointWriter : IDisposable
     private int _shardIndex = -1;
     private int _tensorIndex = -1;
     private long _tensorBytesLeft;
+    private long _nonFiniteInTensor;
     private OutputFile? _file;
     private bool _committed;
 
@@ -183,6 +190,9 @@ public sealed class CheckpointWriter : IDisposable
         _tensorBytesLeft = CurrentTensor.ByteLength;
     }
 
+    /// <summary>The non-finite policy of this output (null: not checked).</summary>
+    internal NonFiniteGuard? NonFinite => _options.NonFinite;
+
     /// <summary>Appends bytes of the current tensor.</summary>
     public unsafe void Append(byte* data, long length)
     {
@@ -190,6 +200,7 @@ public sealed class CheckpointWriter : IDisposable
         {
             throw new InvalidOperationException($"Tensor '{CurrentTensor.Name}' received {length} bytes with only {_tensorBytesLeft} left.");
         }
+        if (_options.NonFinite is { } guard) CheckFinite(guard, data, length);
         while (length > 0)
         {
             var size = (int)Math.Min(length, 1 << 30);
@@ -204,6 +215,20 @@ public sealed class CheckpointWriter : IDisposable
             data += size;
             length -= size;
             _tensorBytesLeft -= size;
+        }
+    }
+
+    /// <summary>Counts NaN/Inf in the bytes about to be written; reports the tensor's total with its last bytes.</summary>
+    private unsafe void CheckFinite(NonFiniteGuard guard, byte* data, long length)
+    {
+        var tensor = CurrentTensor;
+        if (!FiniteCheck.Applies(tensor.DType)) return;
+        if (FiniteCheck.AnyNonFinite(data, length, tensor.DType)) _nonFiniteInTensor += FiniteCheck.CountNonFinite(data, length, tensor.DType);
+        if (length == _tensorBytesLeft && _nonFiniteInTensor > 0)
+        {
+            var count = _nonFiniteInTensor;
+            _nonFiniteInTensor = 0;
+            guard.ReportOutput(tensor.Name, tensor.DType, count, tensor.ByteLength / tensor.DType.ElementSize(), _destination);
         }
     }
 
@@ -328,7 +353,7 @@ public sealed class CheckpointWriter : IDisposable
         foreach (var name in SideFiles)
         {
             var from = Path.Combine(source, name);
-            if (!File.Exists(from)) continue;
+            if (!SideFileIsCopyable(source, from)) continue;
             var to = Path.Combine(_temporary, name);
             if (name == "config.json" && _options.ConfigDType is { } dtype && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
             {
@@ -342,6 +367,29 @@ public sealed class CheckpointWriter : IDisposable
             }
             File.Copy(from, to);
         }
+    }
+
+    /// <summary>
+    /// Only regular files that resolve (through any symlinks) inside the model folder are copied: a FIFO would block
+    /// the copy, and a tokenizer.json linking to some other file must not carry that file into the output.
+    /// </summary>
+    private bool SideFileIsCopyable(string folder, string path)
+    {
+        var kind = FileIdentity.Stat(path).Kind;
+        if (kind == FileKind.Missing) return false;
+        if (kind != FileKind.Regular)
+        {
+            _options.Warning?.Invoke($"Skipped the side file '{path}': it is a {RegularFile.Describe(kind)}, not a regular file.");
+            return false;
+        }
+        var target = RegularFile.RealPath(path);
+        var root = RegularFile.RealPath(folder).TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar;
+        if (!target.StartsWith(root, OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal))
+        {
+            _options.Warning?.Invoke($"Skipped the side file '{path}': it links to '{target}', outside the model folder '{folder}'.");
+            return false;
+        }
+        return true;
     }
 
     /// <summary>The destination may have changed while the model was written (another export, a user's file).</summary>

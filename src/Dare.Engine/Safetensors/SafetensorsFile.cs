@@ -29,10 +29,14 @@ public sealed class SafetensorsFile
 
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
+    /// <summary>The file's identity when its header was read (recorded in every <see cref="TensorInfo"/>).</summary>
+    public FileIdentity Identity { get; private init; }
+
     public static SafetensorsFile Open(string path)
     {
-        using var handle = OpenRead(path);
-        var fileLength = RandomAccess.GetLength(handle);
+        var (handle, identity) = OpenChecked(path, expected: null);
+        using var opened = handle;
+        var fileLength = identity.Size;
         if (fileLength < 8)
         {
             throw Invalid(DareErrorId.SafetensorsFileTooShort, path, $"the file is {fileLength} bytes long, shorter than the 8-byte header length");
@@ -51,9 +55,42 @@ public sealed class SafetensorsFile
         var header = new byte[headerLength];
         ReadExactly(handle, header, 8, path);
         var dataStart = 8 + (long)headerLength;
-        var (tensors, metadata) = ParseHeader(header, path, dataStart, fileLength - dataStart);
-        return new SafetensorsFile(path, (long)headerLength, tensors, metadata);
+        var (tensors, metadata) = ParseHeader(header, path, dataStart, fileLength - dataStart, identity);
+        return new SafetensorsFile(path, (long)headerLength, tensors, metadata) { Identity = identity };
     }
+
+    /// <summary>
+    /// Opens <paramref name="path"/> for reading after checking, without opening it, that it is a regular file (a FIFO
+    /// would block the open forever), and returns the identity of what was opened. With <paramref name="expected"/>
+    /// both the path and the open handle must still be that file (InputChanged otherwise); without it the two must
+    /// agree with each other (nothing swapped the file between the check and the open).
+    /// </summary>
+    internal static (Microsoft.Win32.SafeHandles.SafeFileHandle Handle, FileIdentity Identity) OpenChecked(string path, FileIdentity? expected)
+    {
+        var (kind, atPath) = RegularFile.Check(path, "model data");
+        if (kind == FileKind.Missing)
+        {
+            throw new DareException(DareErrorId.PathNotFound, DareErrorKind.ObjectNotFound, $"Cannot find '{path}'.") { FilePath = path };
+        }
+        if (expected is { } recorded && atPath != recorded) throw Changed(path, recorded, atPath);
+        var handle = OpenRead(path);
+        try
+        {
+            var opened = FileIdentity.Of(handle);
+            if (opened != (expected ?? atPath)) throw Changed(path, expected ?? atPath, opened);
+            return (handle, opened);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    private static DareException Changed(string path, FileIdentity recorded, FileIdentity now) =>
+        new(DareErrorId.InputChanged, DareErrorKind.InvalidData,
+            $"'{path}' changed after it was opened (then: {recorded}; now: {now}), so the tensor offsets read from its header no longer apply. " +
+            "Nothing was written; open the model again (Import-Safetensors, Get-TaskVector) and rebuild the plan.") { FilePath = path };
 
     internal static Microsoft.Win32.SafeHandles.SafeFileHandle OpenRead(string path)
     {
@@ -85,7 +122,7 @@ public sealed class SafetensorsFile
         }
     }
 
-    private static (List<TensorInfo>, Dictionary<string, string>) ParseHeader(byte[] header, string path, long dataStart, long dataLength)
+    private static (List<TensorInfo>, Dictionary<string, string>) ParseHeader(byte[] header, string path, long dataStart, long dataLength, FileIdentity identity)
     {
         JsonDocument document;
         try
@@ -119,7 +156,7 @@ public sealed class SafetensorsFile
                     ReadMetadata(property.Value, metadata, path);
                     continue;
                 }
-                var (info, begin, end) = ReadTensorEntry(property, path, dataStart);
+                var (info, begin, end) = ReadTensorEntry(property, path, dataStart, identity);
                 tensors.Add(info);
                 ranges.Add((begin, end, info.Name));
             }
@@ -144,7 +181,7 @@ public sealed class SafetensorsFile
         }
     }
 
-    private static (TensorInfo, long Begin, long End) ReadTensorEntry(JsonProperty property, string path, long dataStart)
+    private static (TensorInfo, long Begin, long End) ReadTensorEntry(JsonProperty property, string path, long dataStart, FileIdentity identity)
     {
         var name = property.Name;
         var entry = property.Value;
@@ -214,7 +251,7 @@ public sealed class SafetensorsFile
             throw Invalid(DareErrorId.SafetensorsOffsetsInvalid, path,
                 $"tensor '{name}' spans {end - begin} bytes but shape [{string.Join(", ", shape)}] of {dtype} needs {expectedBytes}", tensor: name);
         }
-        return (new TensorInfo(name, dtype, shape, path, dataStart + begin, end - begin), begin, end);
+        return (new TensorInfo(name, dtype, shape, path, dataStart + begin, end - begin) { FileIdentity = identity }, begin, end);
     }
 
     private static long ReadOffset(JsonElement element, string name, string path)

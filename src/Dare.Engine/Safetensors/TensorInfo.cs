@@ -24,6 +24,9 @@ public sealed class TensorInfo
     public long DataOffset { get; }
 
     public long ByteLength { get; }
+
+    /// <summary>The identity <see cref="File"/> had when its header was read; data is read only from that same file.</summary>
+    public FileIdentity? FileIdentity { get; init; }
     public long ElementCount => ByteLength / DType.ElementSize();
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 

@@ -14,16 +14,22 @@ public sealed partial class TensorReader : IDisposable
     /// <summary>Largest single read; keeps spans well inside int range for tensors above 2^31 bytes.</summary>
     private const int MaxReadBytes = 1 << 30;
 
-    private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (SafeFileHandle Handle, FileIdentity Identity)> _handles = new(StringComparer.Ordinal);
+    private readonly NonFiniteGuard? _nonFinite;
+    private readonly HashSet<(string File, string Tensor)> _nonFiniteReported = new();
+
+    /// <summary>A reader; with <paramref name="nonFinite"/> every float chunk read is scanned for NaN/Inf and reported there.</summary>
+    public TensorReader(NonFiniteGuard? nonFinite = null) => _nonFinite = nonFinite;
 
     /// <summary>Reads elements [firstElement, firstElement + count) of the tensor into <paramref name="destination"/>.</summary>
     public unsafe void ReadElements(TensorInfo info, long firstElement, long count, byte* destination)
     {
         var elementSize = info.DType.ElementSize();
         CheckRange(info, firstElement, count);
-        var handle = Handle(info.File);
+        var handle = Handle(info);
         var offset = info.DataOffset + firstElement * elementSize;
         var remaining = count * elementSize;
+        var start = destination;
         while (remaining > 0)
         {
             var size = (int)Math.Min(remaining, MaxReadBytes);
@@ -46,6 +52,40 @@ public sealed partial class TensorReader : IDisposable
             offset += read;
             remaining -= read;
         }
+        if (_nonFinite is not null) CheckFinite(info, start, count * elementSize, handle);
+    }
+
+    /// <summary>
+    /// Scans the chunk just read; on a find, counts the whole tensor in its file (once) and reports it to the guard,
+    /// which throws or queues a warning. A tensor already reported is not scanned again.
+    /// </summary>
+    private unsafe void CheckFinite(TensorInfo info, byte* data, long bytes, SafeFileHandle handle)
+    {
+        if (!FiniteCheck.Applies(info.DType) || _nonFiniteReported.Contains((info.File, info.Name))) return;
+        if (FiniteCheck.AnyNonFinite(data, bytes, info.DType))
+        {
+            _nonFiniteReported.Add((info.File, info.Name));
+            _nonFinite!.ReportInput(info, CountNonFinite(info, handle));
+        }
+        _nonFinite!.FlushWarnings();
+    }
+
+    /// <summary>Counts NaN/Inf over the whole tensor (only once one was found: a failure or warning path).</summary>
+    private static unsafe long CountNonFinite(TensorInfo info, SafeFileHandle handle)
+    {
+        const int BlockBytes = 8 << 20;
+        var buffer = new byte[(int)Math.Min(BlockBytes, info.ByteLength)];
+        long found = 0;
+        for (long done = 0; done < info.ByteLength;)
+        {
+            var size = (int)Math.Min(buffer.Length, info.ByteLength - done);
+            var read = RandomAccess.Read(handle, buffer.AsSpan(0, size), info.DataOffset + done);
+            if (read <= 0) break;
+            read -= read % info.DType.ElementSize();
+            fixed (byte* block = buffer) found += FiniteCheck.CountNonFinite(block, read, info.DType);
+            done += read;
+        }
+        return found;
     }
 
     /// <summary>Reads a whole tensor in its stored dtype and shape (FP8 comes back as raw bytes).</summary>
@@ -101,7 +141,7 @@ public sealed partial class TensorReader : IDisposable
         {
             CheckRange(info, firstElement, count);
             var elementSize = info.DType.ElementSize();
-            var descriptor = (int)Handle(info.File).DangerousGetHandle();
+            var descriptor = (int)Handle(info).DangerousGetHandle();
             var offset = info.DataOffset + firstElement * elementSize;
             var length = count * elementSize;
             byte probe;
@@ -130,19 +170,31 @@ public sealed partial class TensorReader : IDisposable
     [LibraryImport("libc")]
     private static unsafe partial nint preadv2(int descriptor, IoVector* vectors, int count, long offset, int flags);
 
-    private SafeFileHandle Handle(string file)
+    /// <summary>
+    /// The open handle of the tensor's file. The first use opens it only if the path is still a regular file with the
+    /// identity recorded when the header was read, and the handle is that file (fstat); every use compares the
+    /// tensor's recorded identity with the open file's, so a plan built before the file was replaced fails with
+    /// InputChanged instead of reading other bytes at its old offsets.
+    /// </summary>
+    private SafeFileHandle Handle(TensorInfo info)
     {
-        if (!_handles.TryGetValue(file, out var handle))
+        if (!_handles.TryGetValue(info.File, out var open))
         {
-            handle = SafetensorsFile.OpenRead(file);
-            _handles[file] = handle;
+            open = SafetensorsFile.OpenChecked(info.File, info.FileIdentity);
+            _handles[info.File] = open;
         }
-        return handle;
+        else if (info.FileIdentity is { } recorded && recorded != open.Identity)
+        {
+            throw new DareException(DareErrorId.InputChanged, DareErrorKind.InvalidData,
+                $"'{info.File}' changed after it was opened (then: {recorded}; now: {open.Identity}); nothing was written. Open the model again and rebuild the plan.")
+            { FilePath = info.File, TensorName = info.Name };
+        }
+        return open.Handle;
     }
 
     public void Dispose()
     {
-        foreach (var handle in _handles.Values) handle.Dispose();
+        foreach (var open in _handles.Values) open.Handle.Dispose();
         _handles.Clear();
     }
 }
