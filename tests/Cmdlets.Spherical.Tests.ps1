@@ -135,6 +135,29 @@ Describe 'Merge-ModelStock' {
     }
 }
 
+Describe 'Spherical merges and the number of cores' {
+    It 'writes the same bytes with 1 core as with all of them (the float64 sums run in fixed blocks)' {
+        # Tensors of several 64K-element blocks, merged in child processes that see 1 core and the machine's cores.
+        $wide = Join-Path $TestDrive 'wide'
+        $wideBase = New-SyntheticCheckpoint (Join-Path $wide 'base') -HiddenSize 256 -Layers 1 -VocabSize 1024 -DType float32
+        $wideA = New-SyntheticCheckpoint (Join-Path $wide 'a') -BaseModel $wideBase -Seed 51 -DType float32
+        $wideB = New-SyntheticCheckpoint (Join-Path $wide 'b') -BaseModel $wideBase -Seed 52 -DType float32
+        $module = Join-Path $RepoRoot 'out/Dare/Dare.psd1'
+        $hashes = foreach ($cores in 1, [Environment]::ProcessorCount) {
+            $output = Join-Path $wide "out-$cores"
+            $env:DOTNET_PROCESSOR_COUNT = $cores
+            try {
+                Invoke-InChildPwsh "`$ErrorActionPreference = 'Stop'; Import-Module '$module'; `$null = Get-TaskVector '$($wideBase.Path)' '$($wideA.Path)', '$($wideB.Path)' | Merge-ModelStock | Export-Safetensors '$output' -DType float32; [Environment]::ProcessorCount" |
+                    Select-Object -Last 1 | Should -Be $cores
+            }
+            finally { Remove-Item Env:DOTNET_PROCESSOR_COUNT }
+            (Read-TensorBytes $output 'model.embed_tokens.weight').Bytes.Length | Should -BeGreaterThan (4 * 65536)
+            [Convert]::ToBase64String([Security.Cryptography.SHA256]::HashData([IO.File]::ReadAllBytes((Join-Path $output 'model.safetensors'))))
+        }
+        $hashes[0] | Should -BeExactly $hashes[1]
+    }
+}
+
 Describe 'Completion of the spherical cmdlets from the declarations' {
     It 'completes <Line> with <Expected>' -ForEach @(
         @{ Line = 'Merge-Slerp -T '; Expected = @('0', '1') }
