@@ -81,6 +81,7 @@ public sealed class MergeExecutor
             Metadata = metadata,
             Force = options.Force,
             CopySideFilesFrom = vector.Base.Directory,
+            ConfigChanges = vector.Base.ConfigChanges,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
             NonFinite = nonFinite,
