@@ -205,7 +205,7 @@ public static partial class RecipePlanner
 
         var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
         var ties = form.Method == MergeMethod.Ties;
-        if (!form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
+        if (form.Method == MergeMethod.Linear && !form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
         if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
         if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
