@@ -130,6 +130,19 @@ public sealed class PassthroughSlicesTests : IDisposable
         Assert.Equal(2, (int)JsonNode.Parse(File.ReadAllText(Path.Combine(output.Directory, "config.json")))!["num_hidden_layers"]!);
     }
 
+    [Theory]
+    [InlineData(null)]
+    [InlineData(0.5)]
+    public void A_bfloat16_model_passes_through_bit_for_bit_and_halves_exactly(double? scale)
+    {
+        var values = TestModels.RandomFloats(new Random(9), 50).Select(v => Bf16Bits.ToFloat(Bf16Bits.FromFloat(v))).ToArray();
+        _models.Write("bf", new[] { TestTensor.Bf16("model.layers.0.w", values, 5, 10) });
+        var parameters = scale is null ? "" : "\n    parameters: { scale: 0.5 }";
+        var output = Run($"merge_method: passthrough\nmodels:\n  - model: bf{parameters}\nout_dtype: bfloat16\n", $"bf-out{scale}");
+        var expected = values.Select(v => Bf16Bits.FromFloat(v * (float)(scale ?? 1.0))).ToArray();
+        Assert.Equal(expected, TestModels.ReadRaw<ushort>(output.Find("model.layers.0.w")!));
+    }
+
     [Fact]
     public void A_slice_merge_averages_the_sources_layer_ranges()
     {
@@ -155,6 +168,14 @@ public sealed class PassthroughSlicesTests : IDisposable
             var actual = TestModels.ReadFloats(output, name);
             for (var j = 0; j < expected.Length; j++) Assert.Equal(expected[j], actual[j], 1e-6f);
         }
+    }
+
+    [Fact]
+    public void A_setting_in_a_slice_source_the_method_does_not_take_is_a_warning()
+    {
+        Decoder("wa", 2, 8);
+        var plan = Plan("slices:\n  - sources:\n      - model: wa\n        layer_range: [0, 2]\n        parameters: { weight: 2 }\nmerge_method: passthrough\n", "w-out");
+        Assert.Contains(plan.Warnings, w => w.Contains("has no effect with merge_method passthrough", StringComparison.Ordinal));
     }
 
     [Theory]
