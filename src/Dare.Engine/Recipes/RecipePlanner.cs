@@ -217,13 +217,10 @@ public static partial class RecipePlanner
         TaskVector merged;
         if (form.Method is PassthroughMethod)
         {
+            // The model (or stack) is its own base; its scale comes per model or per slice.
             merged = PassthroughMethod.Plan(@base, PassthroughScale(recipe, @base, models), recipe.Name);
-            vectors.Clear();
         }
-        else
-        {
-        var single = vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
-        if (single)
+        else if (vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 })
         {
             // One model at weight 1 is its own task vector; merging it would compute the same values.
             merged = vectors[0];
@@ -233,7 +230,6 @@ public static partial class RecipePlanner
             var options = new MergeOptions(form.Method, weights, normalize, lambda,
                 ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum) { Settings = MethodSettings(recipe) };
             merged = TaskVector.Combine(vectors, options, recipe.Name);
-        }
         }
 
         var isLast = index == batch.Recipes.Count - 1;
