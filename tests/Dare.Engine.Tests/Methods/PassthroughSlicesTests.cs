@@ -171,6 +171,21 @@ public sealed class PassthroughSlicesTests : IDisposable
     }
 
     [Fact]
+    public void A_frankenmerge_never_writes_over_one_of_its_source_models()
+    {
+        Decoder("fa", 4, 1);
+        Decoder("fb", 5, 2);
+        var before = File.ReadAllBytes(Path.Combine(_models.PathOf("fb"), "model.safetensors"));
+        // The recipe names the folder as a source, so planning refuses; the executor refuses too, for a plan made elsewhere.
+        var planned = Assert.Throws<DareException>(() => RecipePlanner.Plan(RecipeParser.ParseText(Frankenmerge, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf("fb"), Force = true }));
+        Assert.Contains("also this recipe's output folder", planned.Message);
+        var plan = Plan(Frankenmerge, "elsewhere");
+        var error = Assert.Throws<DareException>(() => new MergeExecutor().Export(plan.Vector, new ExportOptions { Destination = _models.PathOf("fb"), Force = true }));
+        Assert.Equal(DareErrorId.OutputNotReplaceable, error.ErrorId);
+        Assert.Equal(before, File.ReadAllBytes(Path.Combine(_models.PathOf("fb"), "model.safetensors")));
+    }
+
+    [Fact]
     public void A_setting_in_a_slice_source_the_method_does_not_take_is_a_warning()
     {
         Decoder("wa", 2, 8);
