@@ -329,10 +329,10 @@ Describe 'Invoke-DareMerge errors' {
     It 'stops with <ErrorId> (<Case>) before writing anything' -ForEach @(
         @{ Case = 'unknown key'; ErrorId = 'RecipeUnknownKey'; Category = 'InvalidData'; Message = "recipe.yml, line 5, column 19 \(models\[0\]\.parameters\.wieght\).*Did you mean 'weight'\?"
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { wieght: 1 }`n" }
-        @{ Case = 'passthrough'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 1, column 15 \(merge_method\): mergekit's 'passthrough' is not supported"
-            Yaml = "merge_method: passthrough`nbase_model: ../models/base`nmodels: [../models/math]`n" }
-        @{ Case = 'slices'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(slices\)"
-            Yaml = "merge_method: ties`nslices: []`nmodels: [../models/math]`n" }
+        @{ Case = 'della'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 1, column 15 \(merge_method\): mergekit's 'della' is not supported"
+            Yaml = "merge_method: della`nbase_model: ../models/base`nmodels: [../models/math]`n" }
+        @{ Case = 'modules'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(modules\)"
+            Yaml = "merge_method: ties`nmodules: {}`nmodels: [../models/math]`n" }
         @{ Case = 'tokenizer_source union'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "\(tokenizer_source\)"
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels: [../models/math]`ntokenizer_source: union`n" }
         @{ Case = 'density out of range'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = '\(models\[0\]\.parameters\.density\): density must satisfy 0 < density <= 1; 1.5 does not'

@@ -44,6 +44,7 @@ public enum DareErrorId
     MergeStepMissing,
     SeveralInputsOneFolder,
     SphericalMeanUndefined,
+    LayerRangeInvalid,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -59,7 +59,7 @@ internal abstract class GramTensorMerge : ITensorMerge
     /// <summary>The coefficient of each vector for one row, from its Gram matrix (gram[k, l] = vₖ·vₗ).</summary>
     protected abstract double[] Coefficients(double[,] gram);
 
-    public bool ReadsBase => true;
+    public bool NeedsBaseValues => true;
     public MagnitudeSelection? SampleWhileReading(int input) => null;
     public void PrepareChunk(long first, Tensor[] deltas) { }
     public IBFloat16SinglePass? SinglePass => null;

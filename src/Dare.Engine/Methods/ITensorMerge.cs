@@ -7,6 +7,9 @@ internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCou
 {
     public string TensorName => Position.Name;
 
+    /// <summary>Elements per row (the last dimension; the whole tensor for a vector), for methods that work row by row.</summary>
+    public long RowLength { get; init; } = Math.Max(1, ElementCount);
+
     /// <summary>The tensor's shape (row-wise methods take rows of its last dimension); [ElementCount] when not given.</summary>
     public IReadOnlyList<long> Shape { get => _shape ?? new[] { ElementCount }; init => _shape = value; }
     private readonly IReadOnlyList<long>? _shape;
@@ -18,7 +21,7 @@ internal interface IChunkPasses
     /// <summary>One pass: <paramref name="body"/>(first element, δ of each input) for every chunk.</summary>
     void ForEachChunk(Action<long, Tensor[]> body);
 
-    /// <summary>One pass with the base chunk too: float32 when the merge <see cref="ITensorMerge.ReadsBase"/>.</summary>
+    /// <summary>One pass that also sees the base chunk (float32 when the merge says <see cref="ITensorMerge.NeedsBaseValues"/>).</summary>
     void ForEachChunk(Action<long, Tensor, Tensor[]> body);
 }
 
@@ -41,10 +44,11 @@ internal interface ITensorMerge
     void Combine(Tensor[] deltas, CombineTarget target);
 
     /// <summary>
-    /// Whether the method needs the base's values, not only the δs (the spherical methods interpolate whole weights):
-    /// the base chunk is then float32 in the passes and in <see cref="Combine(long, Tensor, Tensor[], CombineTarget)"/>.
+    /// Whether the method reads the base's values, not only the δs (arcee_fusion's softmax in its passes; the spherical
+    /// methods interpolate whole weights): the base chunk is then float32 in the passes and in
+    /// <see cref="Combine(long, Tensor, Tensor[], CombineTarget)"/>.
     /// </summary>
-    bool ReadsBase => false;
+    bool NeedsBaseValues => false;
 
     /// <summary>The combine of the chunk at element <paramref name="first"/>, with the base chunk; by default <see cref="Combine(Tensor[], CombineTarget)"/>.</summary>
     void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target) => Combine(deltas, target);
