@@ -3,6 +3,7 @@ using Dare.Engine.Partitions;
 using Dare.Engine.Recipes;
 using Dare.Engine.Safetensors;
 using Dare.Engine.Tests.Merge;
+using TorchSharp;
 using Xunit;
 
 namespace Dare.Engine.Tests.Partitions;
@@ -116,6 +117,34 @@ public sealed class PartitionedExportTests : IDisposable
         Assert.Empty(LeftBeside("parts"));
         // Between them the partitions read every tensor of every input once, as the single export did.
         Assert.Equal(single.BytesRead, results.Sum(r => r.BytesRead));
+    }
+
+    [Fact]
+    public void APartitionLeavesNoLiveTensorsAndReportsItsOwnTensorsOnly()
+    {
+        var plan = Plan("dare_ties");
+        var progress = new List<MergeProgress>();
+        var observer = new Recorder(progress);
+        var before = DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        var result = Run(plan, "parts", 1, 3, observer: observer);
+        Assert.Equal(before, DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+
+        // Progress names the partition and counts the tensors of its shards (read from its sealed files, not the plan).
+        var written = result.Files.SelectMany(f => Checkpoint.Open(f).Tensors.Select(t => t.Name)).ToList();
+        Assert.NotEmpty(written);
+        Assert.All(progress, p => Assert.Equal("Merging partition 1/3", p.Activity));
+        Assert.Equal(written.Count, progress[^1].TensorCount);
+        Assert.Equal(written.Count, progress[^1].TensorsDone);
+        Assert.Equal(written.Order(StringComparer.Ordinal), progress.Where(p => p.CurrentTensor is not null).Select(p => p.CurrentTensor!).Order(StringComparer.Ordinal));
+    }
+
+    private sealed class Recorder(List<MergeProgress> progress) : IMergeObserver
+    {
+        public void Progress(MergeProgress p) => progress.Add(p);
+
+        public void Verbose(string message) { }
+
+        public void Warning(string message) { }
     }
 
     [Fact]
