@@ -38,7 +38,10 @@ public sealed class CompleteDareExportCommand : OutputFolderCmdlet
             { FilePath = destination };
         }
         if (!ShouldProcess(destination, $"Publish the {staging.Count} partition(s) staged in '{staging.Folder}' ({staging.Plan.Tensors.Count} tensors, {staging.Plan.Shards.Count} shard(s))")) return;
-        var result = staging.Complete(new CheckpointWriteOptions { Force = Force, Warning = WriteWarning });
+        var result = staging.Complete(new CheckpointWriteOptions
+        {
+            Force = Force, CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath, Warning = WriteWarning,
+        });
         WriteVerbose($"Verified {staging.Count} partition(s) and published '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.TensorBytes)}.");
         WriteObject(new ExportResult(result.Path, result.Files, result.TensorCount, result.TensorBytes, 0, clock.Elapsed));
     });

@@ -33,7 +33,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     [Parameter]
     public SwitchParameter DeltaOnly { get; set; }
 
-    /// <summary>Replace an existing non-empty output folder (only once the new model is complete).</summary>
+    /// <summary>Replace an existing output folder that holds only a model export (only once the new model is complete).</summary>
     [Parameter]
     public SwitchParameter Force { get; set; }
 
@@ -70,10 +70,13 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
                 $"-Partition writes a part of one output, but {targets.Count} task vectors were piped in (-FolderPerInput); export them one at a time.") { FilePath = destination };
         }
+        // Refused before any work: a destination whose replacement could lose what Dare did not write.
+        var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
+        foreach (var (vector, folder) in targets) OutputFolder.Check(folder, Force, OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base)), currentLocation);
         foreach (var (vector, folder) in targets)
         {
             Cancellation.ThrowIfCancellationRequested();
-            Export(vector, folder, dtype, shardSize, partition);
+            Export(vector, folder, dtype, shardSize, currentLocation, partition);
         }
     });
 
@@ -115,7 +118,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         return name;
     }
 
-    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, ExportPartition? partition)
+    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation, ExportPartition? partition)
     {
         var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
             .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
@@ -130,6 +133,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             MaxShardSize = shardSize,
             DeltaOnly = DeltaOnly,
             Force = Force,
+            CurrentLocation = currentLocation,
             AllowNonFinite = AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
             Partition = partition,

@@ -20,6 +20,12 @@ public sealed class ExportOptions
 
     public bool Force { get; init; }
 
+    /// <summary>Input models (folders or single files) the output must not replace, besides the vector's own (e.g. a recipe batch's inputs).</summary>
+    public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
+
+    /// <summary>The caller's current location, which is never replaced.</summary>
+    public string? CurrentLocation { get; init; }
+
     /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
     public bool AllowNonFinite { get; init; }
 
@@ -84,6 +90,8 @@ public sealed class MergeExecutor
             MaxShardSize = options.MaxShardSize,
             Metadata = metadata,
             Force = options.Force,
+            ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base))).ToList(),
+            CurrentLocation = options.CurrentLocation,
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
@@ -107,7 +115,7 @@ public sealed class MergeExecutor
     private ExportResult ExportOnePartition(TaskVector vector, IReadOnlyList<TensorInfo> tensors, IReadOnlyList<PlannedTensor> plan,
         CheckpointWriteOptions writeOptions, ExportOptions options, ExportPartition partition, NonFiniteGuard nonFinite, Stopwatch clock)
     {
-        CheckpointWriter.CheckDestination(Path.GetFullPath(options.Destination), options.Force);
+        OutputFolder.Check(options.Destination, options.Force, writeOptions.ProtectedPaths, writeOptions.CurrentLocation);
         var partitionPlan = PartitionPlan.For(options.Destination, plan, writeOptions);
         var staging = PartitionStaging.Join(options.Destination, partitionPlan, partition);
         var shards = staging.ShardsOf(partition.Index);

@@ -26,6 +26,9 @@ public sealed class PartitionPlan
     public string? SideFilesFrom { get; init; }
     public SafetensorsDType? ConfigDType { get; init; }
 
+    /// <summary>What the output must not replace (the input models); kept beside the plan for the completion, not part of the fingerprint.</summary>
+    public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
+
     /// <summary>The shard plan a single-process export of these tensors makes.</summary>
     public IReadOnlyList<PlannedShard> Shards => _shards ??= ShardPlan.Of(Tensors, MaxShardSize);
 
@@ -42,6 +45,7 @@ public sealed class PartitionPlan
         ExtraFiles = options.ExtraFiles ?? new Dictionary<string, string>(),
         SideFilesFrom = options.CopySideFilesFrom,
         ConfigDType = options.ConfigDType,
+        ProtectedPaths = options.ProtectedPaths,
     };
 
     /// <summary>The write options that reproduce the single-process export's files (shards are written with these too).</summary>
@@ -50,6 +54,8 @@ public sealed class PartitionPlan
         MaxShardSize = MaxShardSize,
         Metadata = Metadata,
         Force = caller.Force,
+        ProtectedPaths = ProtectedPaths,
+        CurrentLocation = caller.CurrentLocation,
         CopySideFilesFrom = SideFilesFrom,
         ConfigDType = ConfigDType,
         ExtraFiles = ExtraFiles,
@@ -126,6 +132,9 @@ public sealed class PartitionPlan
             json.WriteStartObject();
             json.WriteString("fingerprint", Fingerprint);
             json.WriteNumber("partitions", partitionCount);
+            json.WriteStartArray("protected_paths");
+            foreach (var path in ProtectedPaths) json.WriteStringValue(path);
+            json.WriteEndArray();
             json.WritePropertyName("plan");
             WriteBody(json);
             json.WriteEndObject();
@@ -163,6 +172,7 @@ public sealed class PartitionPlan
                 ExtraFiles = ReadMap(body.GetProperty("extra_files")),
                 SideFilesFrom = body.GetProperty("side_files_from").GetString(),
                 ConfigDType = configDType,
+                ProtectedPaths = root.GetProperty("protected_paths").EnumerateArray().Select(p => p.GetString()!).ToList(),
             };
             return (plan, root.GetProperty("partitions").GetInt32(), root.GetProperty("fingerprint").GetString()!);
         }

@@ -141,9 +141,11 @@ public sealed class PartitionStaging
             }
             WriteDurably(Path.Combine(folder, RecordFileName), buffer.ToArray());
         }
+        OutputFolder.FsyncTree(folder);
         var target = PartFolder(partition.Index);
         if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
         Directory.Move(folder, target);
+        Posix.Fsync(Folder, directory: true);
     }
 
     /// <summary>The partitions not sealed yet.</summary>
