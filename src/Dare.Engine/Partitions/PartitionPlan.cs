@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Partitions;
@@ -26,6 +27,9 @@ public sealed class PartitionPlan
     public string? SideFilesFrom { get; init; }
     public SafetensorsDType? ConfigDType { get; init; }
 
+    /// <summary>config.json keys the output gets instead of the base's (a stack's num_hidden_layers); values as JSON text, null for JSON null.</summary>
+    public IReadOnlyDictionary<string, string?> ConfigChanges { get; init; } = new Dictionary<string, string?>();
+
     /// <summary>What the output must not replace (the input models); kept beside the plan for the completion, not part of the fingerprint.</summary>
     public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
 
@@ -45,6 +49,7 @@ public sealed class PartitionPlan
         ExtraFiles = options.ExtraFiles ?? new Dictionary<string, string>(),
         SideFilesFrom = options.CopySideFilesFrom,
         ConfigDType = options.ConfigDType,
+        ConfigChanges = (options.ConfigChanges ?? new Dictionary<string, JsonNode?>()).ToDictionary(c => c.Key, c => c.Value?.ToJsonString()),
         ProtectedPaths = options.ProtectedPaths,
     };
 
@@ -58,6 +63,7 @@ public sealed class PartitionPlan
         CurrentLocation = caller.CurrentLocation,
         CopySideFilesFrom = SideFilesFrom,
         ConfigDType = ConfigDType,
+        ConfigChanges = ConfigChanges.Count == 0 ? null : ConfigChanges.ToDictionary(c => c.Key, c => c.Value is null ? null : JsonNode.Parse(c.Value)),
         ExtraFiles = ExtraFiles,
         DirectWrites = caller.DirectWrites,
         NonFinite = caller.NonFinite,
@@ -107,6 +113,15 @@ public sealed class PartitionPlan
         WriteMap(json, "extra_files", ExtraFiles);
         json.WriteString("side_files_from", SideFilesFrom);
         json.WriteString("config_dtype", ConfigDType?.ToString());
+        json.WriteStartArray("config_changes");
+        foreach (var (key, value) in ConfigChanges)
+        {
+            json.WriteStartArray();
+            json.WriteStringValue(key);
+            json.WriteStringValue(value);
+            json.WriteEndArray();
+        }
+        json.WriteEndArray();
         json.WriteEndObject();
     }
 
@@ -172,6 +187,8 @@ public sealed class PartitionPlan
                 ExtraFiles = ReadMap(body.GetProperty("extra_files")),
                 SideFilesFrom = body.GetProperty("side_files_from").GetString(),
                 ConfigDType = configDType,
+                ConfigChanges = body.GetProperty("config_changes").EnumerateArray().Select(c => c.EnumerateArray().ToList())
+                    .ToDictionary(c => c[0].GetString()!, c => c[1].GetString()),
                 ProtectedPaths = root.GetProperty("protected_paths").EnumerateArray().Select(p => p.GetString()!).ToList(),
             };
             return (plan, root.GetProperty("partitions").GetInt32(), root.GetProperty("fingerprint").GetString()!);

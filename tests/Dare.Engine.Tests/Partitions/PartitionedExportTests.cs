@@ -311,8 +311,12 @@ public sealed class PartitionedExportTests : IDisposable
     public void ThePlanFingerprintCoversTensorsShardsAndRecipe()
     {
         var tensors = new List<PlannedTensor> { new("a", SafetensorsDType.F32, new long[] { 4 }), new("b", SafetensorsDType.BF16, new long[] { 2, 2 }) };
-        string Print(IReadOnlyList<PlannedTensor> t, long shard = 16, string recipe = "r") =>
-            PartitionPlan.For("/x/out", t, new CheckpointWriteOptions { MaxShardSize = shard, ExtraFiles = new Dictionary<string, string> { ["dare_recipe.yml"] = recipe } }).Fingerprint;
+        string Print(IReadOnlyList<PlannedTensor> t, long shard = 16, string recipe = "r", int? layers = null) =>
+            PartitionPlan.For("/x/out", t, new CheckpointWriteOptions
+            {
+                MaxShardSize = shard, ExtraFiles = new Dictionary<string, string> { ["dare_recipe.yml"] = recipe },
+                ConfigChanges = layers is { } n ? new Dictionary<string, System.Text.Json.Nodes.JsonNode?> { ["num_hidden_layers"] = n } : null,
+            }).Fingerprint;
         var reference = Print(tensors);
         Assert.Equal(reference, Print(tensors.ToList()));
         Assert.NotEqual(reference, Print(tensors, shard: 1000));
@@ -320,6 +324,8 @@ public sealed class PartitionedExportTests : IDisposable
         Assert.NotEqual(reference, Print(new List<PlannedTensor> { tensors[0], tensors[1] with { DType = SafetensorsDType.F16 } }));
         Assert.NotEqual(reference, Print(new List<PlannedTensor> { tensors[0], tensors[1] with { Shape = new long[] { 4 } } }));
         Assert.NotEqual(reference, Print(new List<PlannedTensor> { tensors[1], tensors[0] }));
+        Assert.NotEqual(reference, Print(tensors, layers: 40));
+        Assert.NotEqual(Print(tensors, layers: 40), Print(tensors, layers: 41));
         Assert.Equal(64, reference.Length);
     }
 
