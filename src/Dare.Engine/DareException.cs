@@ -45,6 +45,10 @@ public enum DareErrorId
     SeveralInputsOneFolder,
     SphericalMeanUndefined,
     LayerRangeInvalid,
+    PartitionPlanMismatch,
+    PartitionIncomplete,
+    PartitionCorrupt,
+    PartitionCompletionBusy,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>
