@@ -36,8 +36,11 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var leaves = vector.Leaves;
         var n = baseInfo.ElementCount;
         var chunk = Math.Max(1, Math.Min(n, chunkElements));
+        // DELLA ranks within rows (the last dimension), so its chunks hold whole rows; a row longer than a chunk is one chunk.
+        var rowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]);
+        if (leaves.Any(l => l.Della is not null)) chunk = Math.Max(1, chunk / rowLength) * rowLength;
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
-        var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n))).ToArray();
+        var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
         var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile));
 
@@ -53,7 +56,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount);
         merge.RunPasses(passes);
         // An L1 rescale needs the whole tensor's norms before the combine; if the method took no pass, one is taken here.
-        if (passes.Count == 0 && inputs.Any(c => c.Drop is { NeedsWholeTensorFirst: true })) passes.ForEachChunk((_, _) => { });
+        if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
 
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
@@ -76,10 +79,10 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         foreach (var input in inputs)
         {
             counts.Dropped += input.Dropped;
-            if (input.Drop is { } drop)
+            if (input.HasDropStep)
             {
                 counts.Elements += n;
-                counts.TargetDropped += drop.TargetDropped;
+                counts.TargetDropped += input.TargetDropped;
             }
         }
         return counts;

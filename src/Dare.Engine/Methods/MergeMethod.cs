@@ -17,6 +17,9 @@ public sealed record RecipeForm(string Name, string Summary)
     /// <summary>Whether density is DARE's keep fraction (drop rate = 1 − density) rather than the method's own.</summary>
     public bool DensityIsDareKeep { get; init; }
 
+    /// <summary>Whether density (with epsilon) is DELLA's MagPrune keep probability (della, della_linear): each input gets a DELLA step.</summary>
+    public bool DensityIsDellaKeep { get; init; }
+
     /// <summary>Whether λ applies (mergekit's linear has none).</summary>
     public bool HasLambda { get; init; } = true;
 
@@ -26,7 +29,8 @@ public sealed record RecipeForm(string Name, string Summary)
     /// <summary>Whether a recipe key means something under this name.</summary>
     public bool Accepts(string key) =>
         Method.Parameters.Any(p => p.Key == key && (key != "lambda" || HasLambda)) || (DensityIsDareKeep && key == "density") ||
-        (Method.TakesTransforms && MergeMethods.TransformParameters.Any(p => p.Key == key));
+        (DensityIsDellaKeep && (key == "density" || DellaDropParameters.All.Any(p => p.Key == key))) ||
+        (Method.TakesTransforms && MergeMethods.TransformParameters.Any(p => p.Key == key) && !(DensityIsDellaKeep && key == "drop_rate"));
 }
 
 /// <summary>
@@ -111,11 +115,11 @@ public static class MergeMethods
 
     public static IReadOnlyList<MergeMethod> All => Discovered.Value;
 
-    /// <summary>Every recipe name, in the order recipes list them (linear, task_arithmetic, ties, dare_linear, dare_ties, then the others by name).</summary>
+    /// <summary>Every recipe name, in the order recipes list them (linear, task_arithmetic, ties, dare_linear, dare_ties, della, della_linear, then the others by name).</summary>
     public static IReadOnlyList<RecipeForm> RecipeForms => All.SelectMany(m => m.RecipeForms)
         .OrderBy(f => Array.IndexOf(ClassicOrder, f.Name) is var i and >= 0 ? i : ClassicOrder.Length).ThenBy(f => f.Name, StringComparer.Ordinal).ToList();
 
-    private static readonly string[] ClassicOrder = { "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties" };
+    private static readonly string[] ClassicOrder = { "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "della", "della_linear" };
 
     public static RecipeForm? FindRecipeForm(string name) => All.SelectMany(m => m.RecipeForms).FirstOrDefault(f => f.Name == name);
 
@@ -129,5 +133,5 @@ public static class MergeMethods
 
     /// <summary>Every parameter key any method or transform declares.</summary>
     public static IReadOnlyList<ParameterSpec> AllParameters =>
-        All.SelectMany(m => m.Parameters).Concat(TransformParameters).GroupBy(p => p.Key).Select(g => g.First()).ToList();
+        All.SelectMany(m => m.Parameters).Concat(TransformParameters).Concat(DellaDropParameters.All).GroupBy(p => p.Key).Select(g => g.First()).ToList();
 }

@@ -27,6 +27,8 @@ internal sealed class TiesMethod : MergeMethod
     {
         new RecipeForm("ties", "Magnitude trim to density, sign election, disjoint mean") { NormalizeByDefault = true },
         new RecipeForm("dare_ties", "DARE with drop rate 1 − density, then sign election without trimming") { DensityIsDareKeep = true },
+        new RecipeForm("della", "DELLA: MagPrune keeps each entry with a probability by its magnitude rank in its row, rescales, then sign election without trimming")
+        { NormalizeByDefault = true, DensityIsDellaKeep = true },
     };
 
     internal override void Validate(MergeOptions options, int inputCount)

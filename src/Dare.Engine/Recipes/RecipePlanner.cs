@@ -185,7 +185,19 @@ public static partial class RecipePlanner
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
             var vector = TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            if (resolved.Dare is { } dare) vector = vector.WithDare(dare);
+            if (resolved.Dare is not null || resolved.Della is not null)
+            {
+                try
+                {
+                    vector = resolved.Dare is { } dare ? vector.WithDare(dare) : vector.WithDella(resolved.Della!);
+                }
+                catch (DareException ex) when (ex.ErrorId == DareErrorId.InvalidParameter)
+                {
+                    // density ± epsilon outside (0, 1), or rescale: q without its q: reported where the model's or the global value is written.
+                    var where = new[] { entry.Parameters, recipe.Parameters }.SelectMany(p => new[] { "epsilon", "density", "rescale_q", "rescale", "drop_rate" }.Where(p.Has).Select(k => p.Locations[k])).FirstOrDefault();
+                    throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, where ?? entry.Location, ex.Message);
+                }
+            }
             vectors.Add(vector);
             weights.Add(resolved.Weight);
             keepRatios.Add(resolved.KeepRatio);
@@ -195,7 +207,7 @@ public static partial class RecipePlanner
         var ties = form.Method == MergeMethod.Ties;
         if (!form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
         if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
-        if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+        if (ties && !form.DensityIsDareKeep && !form.DensityIsDellaKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
         {
             throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
@@ -245,7 +257,10 @@ public static partial class RecipePlanner
         };
     }
 
-    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed);
+    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed)
+    {
+        public DellaOptions? Della { get; init; }
+    }
 
     /// <summary>One model's weight, keep ratio and DARE step: its own setting, else the global one, else the method default.</summary>
     private static ResolvedModel ResolveModelParameters(MergeRecipe recipe, RecipeModelEntry entry, int position, long defaultSeed, List<string> warnings)
@@ -269,7 +284,8 @@ public static partial class RecipePlanner
         // Ties: density is the magnitude keep ratio and drop_rate an extra DARE step before it. The dare methods:
         // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
         var dareMethod = recipe.Method.DensityIsDareKeep;
-        TensorParameter keepRatio = !dareMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
+        var dellaMethod = recipe.Method.DensityIsDellaKeep;
+        TensorParameter keepRatio = !dareMethod && !dellaMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
             ? Setting(own.Density, global.Density, (double)TiesMethod.Density.Default!) : 1.0;
         var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
         var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
@@ -277,21 +293,37 @@ public static partial class RecipePlanner
         if (dropRate is ConstantParameter { Value: 0 }) dropRate = null;
 
         DareOptions? dare = null;
+        DellaOptions? della = null;
         var usesDefaultSeed = false;
-        if (dropRate is not null)
+        var rescale = own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep;
+        // q belongs to rescale: q; a q without it is refused when the step is added (TaskVector.WithDare, WithDella).
+        var q = own.RescaleQ ?? global.RescaleQ ?? 0;
+        if (dellaMethod)
+        {
+            // della, della_linear: density and epsilon are MagPrune's; density 1 keeps everything (mergekit returns δ as it is).
+            var density = Setting(own.Density, global.Density, (double)DellaDropParameters.Density.Default!);
+            if (density is not ConstantParameter { Value: >= 1 })
+            {
+                var seed = own.RandomSeed ?? recipe.RandomSeed;
+                usesDefaultSeed = seed is null;
+                della = new DellaOptions(density, Setting(own.Setting("epsilon"), global.Setting("epsilon"), (double)DellaDropParameters.Epsilon.Default!),
+                    seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
+            }
+        }
+        else if (dropRate is not null)
         {
             var seed = own.RandomSeed ?? recipe.RandomSeed;
             usesDefaultSeed = seed is null;
-            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep);
+            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
         }
-        else
+        if (dare is null && della is null)
         {
-            foreach (var key in new[] { "rescale", "random_seed", "mask_stream" }.Where(own.Has))
+            foreach (var key in new[] { "rescale", "rescale_q", "random_seed", "mask_stream" }.Where(own.Has))
             {
-                warnings.Add($"{own.Locations[key]}: has no effect: this model has no DARE step (no drop_rate{(dareMethod ? " and density 1" : "")}).");
+                warnings.Add($"{own.Locations[key]}: has no effect: this model has no {(dellaMethod ? "DELLA step (density 1)" : $"DARE step (no drop_rate{(dareMethod ? " and density 1" : "")})")}.");
             }
         }
-        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed);
+        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed) { Della = della };
     }
 
     /// <summary>A model's setting; tensors its filters miss take the global setting, then the method default.</summary>
