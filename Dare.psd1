@@ -19,6 +19,7 @@
         'Import-Safetensors'
         'Invoke-DareDrop'
         'Invoke-DareMerge'
+        'Invoke-DellaDrop'
         'Measure-TaskVector'
         'Merge-Linear'
         'Merge-Nearswap'

@@ -33,6 +33,10 @@ public static class DareDropParameters
     /// <summary>rescale q needs its q, and a q needs rescale q.</summary>
     public static void CheckRescale(DareRescale rescale, double q)
     {
+        if (rescale == DareRescale.Q && q == 0)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, "The Q rescale (DAREx-q) needs its q: give -RescaleQ (rescale_q in recipes), 0 < q <= 1.");
+        }
         if (rescale == DareRescale.Q) RescaleQ.Check(q, "RescaleQ");
         else if (q != 0)
         {
