@@ -218,7 +218,8 @@ public sealed class DellaTests : IDisposable
         var replay = RecipePlanner.Plan(RecipeParser.ParseText(plan.Export.RecipeYaml!, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf(name + "-replay") }).Plans[0];
         Assert.Empty(replay.Warnings);
         new MergeExecutor().Export(replay.Vector, replay.Export);
-        Assert.Contains($"merge_method: {method}", plan.Export.RecipeYaml);
+        // DARE's linear merges are written as task_arithmetic with drop_rate (as before); DELLA keeps its recipe name.
+        Assert.Contains($"merge_method: {(method == "dare_linear" ? "task_arithmetic" : method)}", plan.Export.RecipeYaml);
         var first = Directory.GetFiles(_models.PathOf(name), "*.safetensors").Single();
         var second = Directory.GetFiles(_models.PathOf(name + "-replay"), "*.safetensors").Single();
         Assert.Equal(File.ReadAllBytes(first), File.ReadAllBytes(second));
