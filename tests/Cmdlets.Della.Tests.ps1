@@ -83,7 +83,8 @@ Describe 'Invoke-DellaDrop' {
         @{ Parameter = 'Epsilon'; Value = 1; Rule = 'Epsilon must satisfy 0 <= Epsilon < 1' }
         @{ Parameter = 'RescaleQ'; Value = 1.5; Rule = 'RescaleQ must satisfy 0 < RescaleQ <= 1' }
     ) {
-        $arguments = @{ Density = 0.5; Seed = 1; $Parameter = $Value }
+        $arguments = @{ Density = 0.5; Seed = 1 }
+        $arguments[$Parameter] = $Value
         $err = { Get-TaskVector $base $tuneA | Invoke-DellaDrop @arguments } | Should -Throw -ErrorId 'ParameterArgumentValidationError,Dare.PowerShell.InvokeDellaDropCommand' -PassThru
         $err.Exception.Message | Should -BeLike "*$Rule*"
     }
@@ -98,11 +99,12 @@ Describe 'Invoke-DellaDrop' {
     }
 
     It 'help states the declared range of -<Parameter>' -ForEach @(
-        @{ Parameter = 'Density'; Spec = [Dare.Engine.Merge.DellaDropParameters]::Density }
-        @{ Parameter = 'Epsilon'; Spec = [Dare.Engine.Merge.DellaDropParameters]::Epsilon }
-        @{ Parameter = 'RescaleQ'; Spec = [Dare.Engine.Merge.DareDropParameters]::RescaleQ }
+        @{ Parameter = 'Density'; Owner = 'della'; Key = 'density' }
+        @{ Parameter = 'Epsilon'; Owner = 'della'; Key = 'epsilon' }
+        @{ Parameter = 'RescaleQ'; Owner = 'dare'; Key = 'rescale_q' }
     ) {
-        (Get-Help Invoke-DellaDrop -Parameter $Parameter).description.Text -join ' ' | Should -BeLike "*$($Spec.Range.Rule($Parameter))*"
+        $spec = [Dare.PowerShell.ValidateDeclaredAttribute]::Spec($Owner, $Key)
+        (Get-Help Invoke-DellaDrop -Parameter $Parameter).description.Text -join ' ' | Should -BeLike "*$($spec.Range.Rule($Parameter))*"
     }
 }
 
