@@ -17,6 +17,7 @@
         'Get-TaskVector'
         'Get-TaskVectorTensor'
         'Import-Safetensors'
+        'Invoke-BreadcrumbsDrop'
         'Invoke-DareDrop'
         'Invoke-DareMerge'
         'Invoke-DellaDrop'

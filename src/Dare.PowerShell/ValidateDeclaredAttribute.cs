@@ -17,6 +17,9 @@ public sealed class ValidateDeclaredAttribute(string method, string key) : Valid
     /// <summary>"della" for the DELLA transform's parameters (density, epsilon).</summary>
     public const string Della = "della";
 
+    /// <summary>"breadcrumbs" for the breadcrumbs transform's parameters (density, gamma).</summary>
+    public const string Breadcrumbs = "breadcrumbs";
+
     /// <summary>The method's mergekit name, <see cref="Dare"/> or <see cref="Della"/>.</summary>
     public string Method { get; } = method;
 
@@ -27,6 +30,7 @@ public sealed class ValidateDeclaredAttribute(string method, string key) : Valid
     public static ParameterSpec Spec(string method, string key) => method == Dare
         ? MergeMethods.TransformParameters.First(p => p.Key == key)
         : method == Della ? new[] { DellaDropParameters.Density }.Concat(DellaDropParameters.All).First(p => p.Key == key)
+        : method == Breadcrumbs ? new[] { BreadcrumbsParameters.Density }.Concat(BreadcrumbsParameters.All).First(p => p.Key == key)
         : (MergeMethods.Find(method) ?? throw new ArgumentException($"No merge method '{method}'.", nameof(method))).Parameter(key);
 
     protected override void ValidateElement(object element)

@@ -20,6 +20,12 @@ public sealed record RecipeForm(string Name, string Summary)
     /// <summary>Whether density (with epsilon) is DELLA's MagPrune keep probability (della, della_linear): each input gets a DELLA step.</summary>
     public bool DensityIsDellaKeep { get; init; }
 
+    /// <summary>Whether density (with gamma) is Model Breadcrumbs' kept band (breadcrumbs, breadcrumbs_ties): each input gets a breadcrumbs step.</summary>
+    public bool DensityIsBreadcrumbsKeep { get; init; }
+
+    /// <summary>Whether the form gives each input its own pruning step (DELLA or breadcrumbs), so DARE's drop_rate has no place.</summary>
+    public bool PrunesEachInput => DensityIsDellaKeep || DensityIsBreadcrumbsKeep;
+
     /// <summary>Whether λ applies (mergekit's linear has none).</summary>
     public bool HasLambda { get; init; } = true;
 
@@ -30,7 +36,8 @@ public sealed record RecipeForm(string Name, string Summary)
     public bool Accepts(string key) =>
         Method.Parameters.Any(p => p.Key == key && (key != "lambda" || HasLambda)) || (DensityIsDareKeep && key == "density") ||
         (DensityIsDellaKeep && (key == "density" || DellaDropParameters.All.Any(p => p.Key == key))) ||
-        (Method.TakesTransforms && MergeMethods.TransformParameters.Any(p => p.Key == key) && !(DensityIsDellaKeep && key == "drop_rate"));
+        (DensityIsBreadcrumbsKeep && (key == "density" || BreadcrumbsParameters.All.Any(p => p.Key == key))) ||
+        (Method.TakesTransforms && MergeMethods.TransformParameters.Any(p => p.Key == key) && !(PrunesEachInput && key == "drop_rate") && !DensityIsBreadcrumbsKeep);
 }
 
 /// <summary>
@@ -115,11 +122,11 @@ public static class MergeMethods
 
     public static IReadOnlyList<MergeMethod> All => Discovered.Value;
 
-    /// <summary>Every recipe name, in the order recipes list them (linear, task_arithmetic, ties, dare_linear, dare_ties, della, della_linear, then the others by name).</summary>
+    /// <summary>Every recipe name, in the order recipes list them (linear, task_arithmetic, ties, dare_linear, dare_ties, della, della_linear, breadcrumbs, breadcrumbs_ties, then the others by name).</summary>
     public static IReadOnlyList<RecipeForm> RecipeForms => All.SelectMany(m => m.RecipeForms)
         .OrderBy(f => Array.IndexOf(ClassicOrder, f.Name) is var i and >= 0 ? i : ClassicOrder.Length).ThenBy(f => f.Name, StringComparer.Ordinal).ToList();
 
-    private static readonly string[] ClassicOrder = { "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "della", "della_linear" };
+    private static readonly string[] ClassicOrder = { "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties" };
 
     public static RecipeForm? FindRecipeForm(string name) => All.SelectMany(m => m.RecipeForms).FirstOrDefault(f => f.Name == name);
 
@@ -133,5 +140,5 @@ public static class MergeMethods
 
     /// <summary>Every parameter key any method or transform declares.</summary>
     public static IReadOnlyList<ParameterSpec> AllParameters =>
-        All.SelectMany(m => m.Parameters).Concat(TransformParameters).Concat(DellaDropParameters.All).GroupBy(p => p.Key).Select(g => g.First()).ToList();
+        All.SelectMany(m => m.Parameters).Concat(TransformParameters).Concat(DellaDropParameters.All).Concat(BreadcrumbsParameters.All).GroupBy(p => p.Key).Select(g => g.First()).ToList();
 }

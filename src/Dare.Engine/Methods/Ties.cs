@@ -29,6 +29,8 @@ internal sealed class TiesMethod : MergeMethod
         new RecipeForm("dare_ties", "DARE with drop rate 1 − density, then sign election without trimming") { DensityIsDareKeep = true },
         new RecipeForm("della", "DELLA: MagPrune keeps each entry with a probability by its magnitude rank in its row, rescales, then sign election without trimming")
         { NormalizeByDefault = true, DensityIsDellaKeep = true },
+        new RecipeForm("breadcrumbs_ties", "Model Breadcrumbs: drop the γ largest and the smallest magnitudes to keep density, then sign election without trimming")
+        { DensityIsBreadcrumbsKeep = true },
     };
 
     internal override void Validate(MergeOptions options, int inputCount)

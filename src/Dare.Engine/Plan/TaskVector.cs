@@ -47,13 +47,14 @@ public sealed record MergeOptions(
 /// </summary>
 public sealed class TaskVector
 {
-    private TaskVector(string name, Checkpoint @base, ITaskInput? input, DareOptions? dare, MergeOptions? merge, IReadOnlyList<TaskVector> inputs, DellaOptions? della = null)
+    private TaskVector(string name, Checkpoint @base, ITaskInput? input, DareOptions? dare, MergeOptions? merge, IReadOnlyList<TaskVector> inputs, DellaOptions? della = null, BreadcrumbsOptions? breadcrumbs = null)
     {
         Name = name;
         Base = @base;
         _input = input;
         Dare = dare;
         Della = della;
+        Breadcrumbs = breadcrumbs;
         Merge = merge;
         Inputs = SummarisedList.Joined(inputs);
     }
@@ -76,6 +77,9 @@ public sealed class TaskVector
 
     /// <summary>The DELLA step (MagPrune), if any; a vector has at most one drop step (DARE or DELLA).</summary>
     public DellaOptions? Della { get; }
+
+    /// <summary>The breadcrumbs step (drop outliers and the smallest magnitudes), if any.</summary>
+    public BreadcrumbsOptions? Breadcrumbs { get; }
     public MergeOptions? Merge { get; }
 
     /// <summary>The task vectors a merged vector combines (empty for a single model).</summary>
@@ -103,6 +107,7 @@ public sealed class TaskVector
                 var steps = new List<string> { $"TaskVector({Input.Name} - {Base.Name})" };
                 if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={DareDropParameters.RescaleText(d.Rescale, d.Q)})");
                 if (Della is { } della) steps.Add(della.Step);
+                if (Breadcrumbs is { } breadcrumbs) steps.Add(breadcrumbs.Step);
                 return SummarisedList.Joined(steps);
             }
             return SummarisedList.Joined(Inputs.SelectMany(i => i.Steps).Append(Merge!.Method.Step(Merge)));
@@ -164,6 +169,14 @@ public sealed class TaskVector
         return new TaskVector(Name, Base, _input, null, null, Inputs, della);
     }
 
+    /// <summary>A new vector with Model Breadcrumbs' pruning added (this one is unchanged).</summary>
+    public TaskVector WithBreadcrumbs(BreadcrumbsOptions breadcrumbs)
+    {
+        CheckNoDropStep("breadcrumbs");
+        breadcrumbs.Check();
+        return new TaskVector(Name, Base, _input, null, null, Inputs, null, breadcrumbs);
+    }
+
     private void CheckNoDropStep(string step)
     {
         if (IsMerged)
@@ -171,9 +184,9 @@ public sealed class TaskVector
             throw new DareException(DareErrorId.TaskVectorInvalid, DareErrorKind.InvalidArgument,
                 $"'{Name}' is already merged; apply {step} to each task vector before merging them.");
         }
-        if (Dare is not null || Della is not null)
+        if (Dare is not null || Della is not null || Breadcrumbs is not null)
         {
-            var existing = Dare is not null ? $"a DARE step (p={Dare.DropRate})" : $"a DELLA step (density={Della!.Density})";
+            var existing = Dare is not null ? $"a DARE step (p={Dare.DropRate})" : Della is not null ? $"a DELLA step (density={Della.Density})" : $"a breadcrumbs step (density={Breadcrumbs!.Density})";
             throw new DareException(DareErrorId.TaskVectorInvalid, DareErrorKind.InvalidArgument,
                 $"'{Name}' already has {existing}; start again from the task vector without it.");
         }

@@ -37,12 +37,12 @@ public static partial class RecipePlanner
                 mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
                     $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density."));
             }
-            if (form.DensityIsDellaKeep && parameters.DropRate is not null)
+            if (form.PrunesEachInput && parameters.DropRate is not null)
             {
                 mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
-                    $"{method} drops with DELLA's MagPrune (density, epsilon); drop_rate (DARE) does not combine with it."));
+                    $"{method} prunes with {(form.DensityIsDellaKeep ? "DELLA's MagPrune (density, epsilon)" : "Model Breadcrumbs (density, gamma)")}; drop_rate (DARE) does not combine with it."));
             }
-            foreach (var key in parameters.Locations.Keys.Where(k => k != "int8_mask" && !form.Accepts(k) && !(k == "drop_rate" && form.DensityIsDellaKeep)))
+            foreach (var key in parameters.Locations.Keys.Where(k => k != "int8_mask" && !form.Accepts(k) && !(k == "drop_rate" && form.PrunesEachInput)))
             {
                 warnings.Add($"{parameters.Locations[key]}: " + key switch
                 {
@@ -59,6 +59,7 @@ public static partial class RecipePlanner
     private static ParameterSpec? SpecFor(RecipeForm form, string key) =>
         form.DensityIsDareKeep && key == "density" ? DareDropParameters.KeepFraction
         : form.DensityIsDellaKeep && key == "density" ? DellaDropParameters.Density
+        : form.DensityIsBreadcrumbsKeep && key == "density" ? BreadcrumbsParameters.Density
         : form.Method.Parameters.FirstOrDefault(p => p.Key == key) ?? MergeMethods.AllParameters.FirstOrDefault(p => p.Key == key);
 
     private static void Check(RecipeSetting setting, ParameterSpec spec)

@@ -185,11 +185,12 @@ public static partial class RecipePlanner
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
             var vector = TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            if (resolved.Dare is not null || resolved.Della is not null)
+            if (resolved.Dare is not null || resolved.Della is not null || resolved.Breadcrumbs is not null)
             {
                 try
                 {
-                    vector = resolved.Dare is { } dare ? vector.WithDare(dare) : vector.WithDella(resolved.Della!);
+                    vector = resolved.Dare is { } dare ? vector.WithDare(dare)
+                        : resolved.Della is { } della ? vector.WithDella(della) : vector.WithBreadcrumbs(resolved.Breadcrumbs!);
                 }
                 catch (DareException ex) when (ex.ErrorId == DareErrorId.InvalidParameter)
                 {
@@ -207,7 +208,7 @@ public static partial class RecipePlanner
         var ties = form.Method == MergeMethod.Ties;
         if (!form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
         if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
-        if (ties && !form.DensityIsDareKeep && !form.DensityIsDellaKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+        if (ties && !form.DensityIsDareKeep && !form.PrunesEachInput && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
         {
             throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
@@ -260,6 +261,7 @@ public static partial class RecipePlanner
     private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed)
     {
         public DellaOptions? Della { get; init; }
+        public BreadcrumbsOptions? Breadcrumbs { get; init; }
     }
 
     /// <summary>One model's weight, keep ratio and DARE step: its own setting, else the global one, else the method default.</summary>
@@ -285,7 +287,8 @@ public static partial class RecipePlanner
         // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
         var dareMethod = recipe.Method.DensityIsDareKeep;
         var dellaMethod = recipe.Method.DensityIsDellaKeep;
-        TensorParameter keepRatio = !dareMethod && !dellaMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
+        var breadcrumbsMethod = recipe.Method.DensityIsBreadcrumbsKeep;
+        TensorParameter keepRatio = !dareMethod && !recipe.Method.PrunesEachInput && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
             ? Setting(own.Density, global.Density, (double)TiesMethod.Density.Default!) : 1.0;
         var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
         var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
@@ -294,6 +297,7 @@ public static partial class RecipePlanner
 
         DareOptions? dare = null;
         DellaOptions? della = null;
+        BreadcrumbsOptions? breadcrumbs = null;
         var usesDefaultSeed = false;
         var rescale = own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep;
         // q belongs to rescale: q; a q without it is refused when the step is added (TaskVector.WithDare, WithDella).
@@ -310,20 +314,29 @@ public static partial class RecipePlanner
                     seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
             }
         }
+        else if (breadcrumbsMethod)
+        {
+            // breadcrumbs, breadcrumbs_ties: density and gamma are the kept band's; density 1 keeps everything (mergekit returns δ as it is).
+            var density = Setting(own.Density, global.Density, (double)BreadcrumbsParameters.Density.Default!);
+            if (density is not ConstantParameter { Value: >= 1 })
+            {
+                breadcrumbs = new BreadcrumbsOptions(density, Setting(own.Setting("gamma"), global.Setting("gamma"), (double)BreadcrumbsParameters.Gamma.Default!));
+            }
+        }
         else if (dropRate is not null)
         {
             var seed = own.RandomSeed ?? recipe.RandomSeed;
             usesDefaultSeed = seed is null;
             dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
         }
-        if (dare is null && della is null)
+        if (dare is null && della is null && !breadcrumbsMethod)
         {
             foreach (var key in new[] { "rescale", "rescale_q", "random_seed", "mask_stream" }.Where(own.Has))
             {
                 warnings.Add($"{own.Locations[key]}: has no effect: this model has no {(dellaMethod ? "DELLA step (density 1)" : $"DARE step (no drop_rate{(dareMethod ? " and density 1" : "")})")}.");
             }
         }
-        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed) { Della = della };
+        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed) { Della = della, Breadcrumbs = breadcrumbs };
     }
 
     /// <summary>A model's setting; tensors its filters miss take the global setting, then the method default.</summary>

@@ -24,7 +24,14 @@ public static class RecipeWriter
         // A single vector is written as task_arithmetic of one model at weight 1; DELLA steps make the merge della or della_linear.
         var method = merge?.Method ?? MergeMethod.Linear;
         var della = inputs.Any(i => i.Della is not null);
-        var recipeName = della ? DellaRecipeName(method, merge) : merge is null ? "task_arithmetic" : method.RecipeName(merge);
+        var breadcrumbs = inputs.Any(i => i.Breadcrumbs is not null);
+        if (della && breadcrumbs || (della || breadcrumbs) && inputs.Any(i => i.Dare is not null))
+        {
+            throw new DareException(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented,
+                "A recipe cannot express one merge of inputs pruned by different steps (DARE, DELLA, breadcrumbs); prune every input the same way.");
+        }
+        var recipeName = della ? PruneRecipeName("della", method, merge) : breadcrumbs ? PruneRecipeName("breadcrumbs", method, merge)
+            : merge is null ? "task_arithmetic" : method.RecipeName(merge);
         var form = MergeMethods.FindRecipeForm(recipeName)!;
         var recipe = new Dictionary<string, object?>
         {
@@ -44,6 +51,8 @@ public static class RecipeWriter
             if (input.Dare is { } dare) parameters["drop_rate"] = Value(dare.DropRate);
             if (della) parameters["density"] = input.Della is { } d ? Value(d.Density) : 1.0;
             if (input.Della is { } dellaStep) parameters["epsilon"] = Value(dellaStep.Epsilon);
+            if (breadcrumbs) parameters["density"] = input.Breadcrumbs is { } crumbs ? Value(crumbs.Density) : 1.0;
+            if (input.Breadcrumbs is { } breadcrumbsStep) parameters["gamma"] = Value(breadcrumbsStep.Gamma);
             if (drops[i] is { } drop)
             {
                 if (sharedSeed is null) parameters["random_seed"] = drop.Seed;
@@ -86,15 +95,18 @@ public static class RecipeWriter
             : input.Della is { } della ? new DropStep(della.Seed, della.Stream, della.Rescale, della.Q) : null;
     }
 
-    /// <summary>della for sign election without trim, della_linear for a weighted sum; anything else has no recipe spelling.</summary>
-    private static string DellaRecipeName(MergeMethod method, MergeOptions? merge)
+    /// <summary>
+    /// della / breadcrumbs_ties for sign election without trim, della_linear / breadcrumbs for a weighted sum; anything
+    /// else has no recipe spelling.
+    /// </summary>
+    private static string PruneRecipeName(string family, MergeMethod method, MergeOptions? merge)
     {
-        if (merge is null) return "della_linear";
-        if (method == MergeMethod.Linear) return "della_linear";
-        if (method == MergeMethod.Ties && merge.KeepRatios!.All(k => k is ConstantParameter { Value: 1.0 })) return "della";
+        var (ties, linear) = family == "della" ? ("della", "della_linear") : ("breadcrumbs_ties", "breadcrumbs");
+        if (merge is null || method == MergeMethod.Linear) return linear;
+        if (method == MergeMethod.Ties && merge.KeepRatios!.All(k => k is ConstantParameter { Value: 1.0 })) return ties;
         throw new DareException(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented,
-            $"A recipe cannot express DELLA steps merged by {method.Name}{(method == MergeMethod.Ties ? " with a keep ratio below 1" : "")}: " +
-            "recipes spell DELLA as della (sign election, keep ratio 1) or della_linear. Merge with Merge-Ties -KeepRatio 1 or Merge-Linear.");
+            $"A recipe cannot express {family} steps merged by {method.Name}{(method == MergeMethod.Ties ? " with a keep ratio below 1" : "")}: " +
+            $"recipes spell them as {ties} (sign election, keep ratio 1) or {linear}. Merge with Merge-Ties -KeepRatio 1 or Merge-Linear.");
     }
 
     private static void WriteRescale(Dictionary<string, object?> parameters, DareRescale rescale, double q)
