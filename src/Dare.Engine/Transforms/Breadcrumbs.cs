@@ -121,7 +121,10 @@ internal sealed unsafe class BreadcrumbsPrune
         for (long i = 0; i < count; i++)
         {
             var magnitude = bits[i] & 0x7FFFFFFF;
-            if (!Selected(magnitude, outlierBits, _outliers.NeedsPasses, ref _outlierTies) && Selected(magnitude, bandBits, _band.NeedsPasses, ref _bandTies)) continue;
+            // Both selections see every element, so each one's ties are counted in element order.
+            var outlier = Selected(magnitude, outlierBits, _outliers.NeedsPasses, ref _outlierTies);
+            var inBand = Selected(magnitude, bandBits, _band.NeedsPasses, ref _bandTies);
+            if (inBand && !outlier) continue;
             data[i] = 0f;
             dropped++;
         }
