@@ -24,6 +24,7 @@
         'Measure-TaskVector'
         'Merge-Linear'
         'Merge-Nearswap'
+        'Merge-Sce'
         'Merge-Ties'
         'New-SyntheticCheckpoint'
     )
