@@ -1,4 +1,4 @@
-# Invoke-DellaDrop (DELLA's MagPrune) and DAREx-q (Invoke-DareDrop -Rescale Q), end to end: values recomputed here,
+# Invoke-DellaDrop (DELLA), Invoke-BreadcrumbsDrop, Merge-Sce and DAREx-q (Invoke-DareDrop -Rescale Q), end to end: values
 # recipes replayed to identical bytes, validation and completion from the declarations.
 BeforeAll {
     . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
@@ -134,5 +134,59 @@ Describe 'Invoke-DareDrop -Rescale Q (DAREx-q)' {
     It 'needs -RescaleQ with -Rescale Q, and refuses it with any other rescale' {
         { Get-TaskVector $base $tuneA | Invoke-DareDrop 0.9 -Seed 1 -Rescale Q } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.InvokeDareDropCommand'
         { Get-TaskVector $base $tuneA | Invoke-DareDrop 0.9 -Seed 1 -RescaleQ 0.2 } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.InvokeDareDropCommand'
+    }
+}
+
+Describe 'Invoke-BreadcrumbsDrop' {
+    It 'keeps the band below the top gamma by magnitude, recomputed here, and writes a breadcrumbs_ties recipe that replays' {
+        $output = Join-Path $TestDrive 'breadcrumbs'
+        $null = Get-TaskVector $base $tuneA, $tuneB | Invoke-BreadcrumbsDrop -Density 0.6 -Gamma 0.05 | Merge-Ties -KeepRatio 1 -Normalize:$false |
+            Export-Safetensors $output -DType float32
+        $name = 'model.layers.1.self_attn.v_proj.weight'
+        $b = Read-TestTensor $base.Path $name; $n = $b.Length
+        $bands = foreach ($tune in $tuneA, $tuneB) {
+            $t = Read-TestTensor $tune.Path $name
+            $delta = [float[]](0..($n - 1) | ForEach-Object { [float]($t[$_] - $b[$_]) })
+            $order = 0..($n - 1) | Sort-Object @{ Expression = { [Math]::Abs($delta[$_]) }; Descending = $true }, @{ Expression = { $_ } }
+            $band = [double[]]::new($n)
+            $top = [Math]::Floor(0.05 * $n); $kept = [Math]::Floor(0.6 * $n)
+            foreach ($i in $order[$top..($top + $kept - 1)]) { $band[$i] = $delta[$i] }
+            , $band
+        }
+        $actual = Read-TestTensor $output $name
+        $wrong = 0
+        for ($i = 0; $i -lt $n; $i++) {
+            $sign = if ($bands[0][$i] + $bands[1][$i] -ge 0) { 1 } else { -1 }
+            $sum = 0.0
+            foreach ($band in $bands) { if ([Math]::Sign($band[$i]) -eq $sign) { $sum += $band[$i] } }
+            if ([Math]::Abs($actual[$i] - ($b[$i] + $sum)) -gt 1e-6) { $wrong++ }
+        }
+        $wrong | Should -Be 0
+        Get-Content (Join-Path $output 'dare_recipe.yml') | Should -Contain 'merge_method: breadcrumbs_ties'
+        $replay = Invoke-DareMerge (Join-Path $output 'dare_recipe.yml') -OutputPath (Join-Path $TestDrive 'breadcrumbs-replay')
+        (Get-FolderHashes $replay.Path)['model.safetensors'] | Should -Be (Get-FolderHashes $output)['model.safetensors']
+    }
+
+    It 'validates -Gamma by the declaration and completes it' {
+        $err = { Get-TaskVector $base $tuneA | Invoke-BreadcrumbsDrop 0.5 -Gamma 1 } | Should -Throw -ErrorId 'ParameterArgumentValidationError,Dare.PowerShell.InvokeBreadcrumbsDropCommand' -PassThru
+        $err.Exception.Message | Should -BeLike '*Gamma must satisfy 0 <= Gamma < 1*'
+        $line = 'Invoke-BreadcrumbsDrop -Gamma '
+        @((TabExpansion2 -inputScript $line -cursorColumn $line.Length).CompletionMatches.CompletionText) | Should -Be @('0.01', '0')
+    }
+}
+
+Describe 'Merge-Sce' {
+    It 'equals merge_method: sce from a recipe' {
+        $yaml = Join-Path $TestDrive 'sce.yml'
+        Set-Content $yaml "merge_method: sce`nbase_model: $($base.Path)`nmodels:`n  - model: $($tuneA.Path)`n  - model: $($tuneB.Path)`nparameters: { select_topk: 0.3 }`n"
+        $fromRecipe = Invoke-DareMerge $yaml -OutputPath (Join-Path $TestDrive 'sce-recipe')
+        $null = Get-TaskVector $base $tuneA, $tuneB | Merge-Sce -SelectTopK 0.3 | Export-Safetensors (Join-Path $TestDrive 'sce-pipeline')
+        (Get-FolderHashes (Join-Path $TestDrive 'sce-pipeline'))['model.safetensors'] | Should -Be (Get-FolderHashes $fromRecipe.Path)['model.safetensors']
+        (Get-TaskVector $base $tuneA, $tuneB | Merge-Sce 0.3).Steps[-1] | Should -Be 'MergeSce(select_topk=0.3)'
+    }
+
+    It 'validates -SelectTopK by the declaration' {
+        $err = { Get-TaskVector $base $tuneA | Merge-Sce -SelectTopK 1.5 } | Should -Throw -ErrorId 'ParameterArgumentValidationError,Dare.PowerShell.MergeSceCommand' -PassThru
+        $err.Exception.Message | Should -BeLike '*SelectTopK must satisfy 0 <= SelectTopK <= 1*'
     }
 }
