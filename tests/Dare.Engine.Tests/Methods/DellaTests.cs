@@ -214,6 +214,8 @@ public sealed class DellaTests : IDisposable
         var name = $"{method}-{global.Length}";
         var plan = RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf(name) }).Plans[0];
         Assert.Empty(plan.Warnings);
+        // The -WhatIf summary lists each model's DELLA density per tensor.
+        if (method.StartsWith("della")) Assert.Equal(2, plan.Summary.Parameters.Count(u => u.Parameter == "DELLA density" && u.TensorCount == 1));
         new MergeExecutor().Export(plan.Vector, plan.Export);
         var replay = RecipePlanner.Plan(RecipeParser.ParseText(plan.Export.RecipeYaml!, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf(name + "-replay") }).Plans[0];
         Assert.Empty(replay.Warnings);
