@@ -69,7 +69,34 @@ internal sealed unsafe class DellaDrop
             _after = new L1Accumulator();
         }
         TargetDropped = _density < 1 ? (1 - _density) * elementCount : 0;
+        if (_density < 1 && rowLength <= MaxPrecomputedRow) (_thresholds, _scales) = ByRank(rowLength);
     }
+
+    // The drop threshold and survivor scale depend only on the rank, so rows up to this length share one table.
+    private const long MaxPrecomputedRow = 1 << 20;
+    private readonly uint[]? _thresholds;
+    private readonly float[]? _scales;
+
+    /// <summary>Per rank (index rank − 1): DARE's drop threshold for 1 − pᵢ and the survivor's scale.</summary>
+    private (uint[] Thresholds, float[] Scales) ByRank(long rowLength)
+    {
+        var thresholds = new uint[rowLength];
+        var scales = new float[rowLength];
+        for (var rank = 1; rank <= rowLength; rank++)
+        {
+            var keep = KeepProbability(_density, _epsilon, rank, rowLength);
+            thresholds[rank - 1] = DareMask.Threshold(1 - keep);
+            scales[rank - 1] = Scale(_rescale, keep, _q);
+        }
+        return (thresholds, scales);
+    }
+
+    private static float Scale(DareRescale rescale, double keep, double q) => rescale switch
+    {
+        DareRescale.InverseKeep => (float)(1 / keep),
+        DareRescale.Q => (float)(1 / q),
+        _ => 1f,
+    };
 
     /// <summary>The transform for one tensor, or null when the input has no DELLA step.</summary>
     public static DellaDrop? For(DellaOptions? options, TensorPosition position, long elementCount, long rowLength) =>
@@ -114,6 +141,7 @@ internal sealed unsafe class DellaDrop
         if (_before is not null && firstPass) _before.Add(data, count);
         var rows = count / RowLength;
         var (density, epsilon, rowLength, key, rescale, q) = (_density, _epsilon, RowLength, Key, _rescale, _q);
+        var (thresholds, scales) = (_thresholds, _scales);
         var ranges = Partition.Ranges(rows);
         var counts = new long[ranges.Length];
         Partition.Run(rows, (r, start, end) =>
@@ -122,7 +150,9 @@ internal sealed unsafe class DellaDrop
             long local = 0;
             for (var row = start; row < end; row++)
             {
-                local += ApplyRow(data + row * rowLength, first + row * rowLength, order, density, epsilon, key, rescale, q);
+                local += thresholds is not null
+                    ? ApplyRow(data + row * rowLength, first + row * rowLength, order, key, thresholds, scales!)
+                    : ApplyRow(data + row * rowLength, first + row * rowLength, order, density, epsilon, key, rescale, q);
             }
             counts[r] = local;
         });
@@ -139,9 +169,7 @@ internal sealed unsafe class DellaDrop
     private static long ApplyRow(float* row, long firstIndex, ulong[] order, double density, double epsilon, ulong key, DareRescale rescale, double q)
     {
         var n = order.Length;
-        var bits = (uint*)row;
-        for (var i = 0; i < n; i++) order[i] = ((ulong)(bits[i] & 0x7FFFFFFF) << 32) | (uint)i;
-        Array.Sort(order);
+        SortByMagnitude(row, order);
         long dropped = 0;
         for (var rank = 1; rank <= n; rank++)
         {
@@ -154,14 +182,38 @@ internal sealed unsafe class DellaDrop
             }
             else
             {
-                row[i] *= rescale switch
-                {
-                    DareRescale.InverseKeep => (float)(1 / keep),
-                    DareRescale.Q => (float)(1 / q),
-                    _ => 1f,
-                };
+                row[i] *= Scale(rescale, keep, q);
             }
         }
         return dropped;
+    }
+
+    /// <summary>The same row with the thresholds and scales looked up by rank.</summary>
+    private static long ApplyRow(float* row, long firstIndex, ulong[] order, ulong key, uint[] thresholds, float[] scales)
+    {
+        SortByMagnitude(row, order);
+        long dropped = 0;
+        for (var r = 0; r < order.Length; r++)
+        {
+            var i = (int)(uint)order[r];
+            if (DareMask.Hash(key, firstIndex + i) < thresholds[r])
+            {
+                row[i] = 0f;
+                dropped++;
+            }
+            else
+            {
+                row[i] *= scales[r];
+            }
+        }
+        return dropped;
+    }
+
+    /// <summary>Positions of the row in rank order: a sort of (|δ| bits, position), so equal magnitudes rank by position.</summary>
+    private static void SortByMagnitude(float* row, ulong[] order)
+    {
+        var bits = (uint*)row;
+        for (var i = 0; i < order.Length; i++) order[i] = ((ulong)(bits[i] & 0x7FFFFFFF) << 32) | (uint)i;
+        Array.Sort(order);
     }
 }
