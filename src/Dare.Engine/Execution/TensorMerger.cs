@@ -43,7 +43,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
             BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
-        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile));
+        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]) });
 
         if (singlePassRoutes && sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass
             && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused))
@@ -53,7 +53,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         }
 
         // A bfloat16 base that only the fused kernels read stays as stored (they widen it as they go).
-        var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base);
+        var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base) && !merge.NeedsBaseValues;
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount);
         CountTransformThresholds(inputs, passes);
         merge.RunPasses(passes);

@@ -139,6 +139,11 @@ public static class MergeMethods
     public static IReadOnlyList<ParameterSpec> TransformParameters => DareDropParameters.All;
 
     /// <summary>Every parameter key any method or transform declares.</summary>
+    /// <remarks>
+    /// A key two declarations share (ram's merge-wide epsilon, DELLA's per-model one) is listed once with the wider
+    /// scope, so recipes may write it wherever one allows; the planner then checks it against the chosen method's.
+    /// </remarks>
     public static IReadOnlyList<ParameterSpec> AllParameters =>
-        All.SelectMany(m => m.Parameters).Concat(TransformParameters).Concat(DellaDropParameters.All).Concat(BreadcrumbsParameters.All).GroupBy(p => p.Key).Select(g => g.First()).ToList();
+        All.SelectMany(m => m.Parameters).Concat(TransformParameters).Concat(DellaDropParameters.All).Concat(BreadcrumbsParameters.All)
+            .GroupBy(p => p.Key).Select(g => g.FirstOrDefault(p => p.Scope == ParameterScope.Either) ?? g.First()).ToList();
 }

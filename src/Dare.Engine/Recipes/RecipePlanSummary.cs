@@ -88,7 +88,7 @@ public sealed class RecipePlanSummary
         {
             if (!t.DType.IsMergeable()) return t.ByteLength;
             var chunk = Math.Min(t.ElementCount, MergeExecutor.DefaultChunkElements);
-            var perModel = inputs.Sum(input => (input.FineTuned!.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
+            var perModel = inputs.Sum(input => (input.FineTuned?.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
             var output = export.OutputDType?.ElementSize() ?? t.DType.ElementSize();
             return chunk * (4 + perModel + 4 + output);
         }).DefaultIfEmpty(0).Max();
