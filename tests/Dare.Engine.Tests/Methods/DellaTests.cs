@@ -201,6 +201,22 @@ public sealed class DellaTests : IDisposable
         Assert.Contains("line 5", error.Message);
     }
 
+    [Fact]
+    public void Epsilon_is_per_model_under_della_and_merge_wide_under_ram()
+    {
+        Models(1, 8, 2, 22);
+        BatchPlan Plan(string method) => RecipePlanner.Plan(RecipeParser.ParseText(
+            $"merge_method: {method}\nbase_model: base22\nmodels:\n  - model: tuned22-0\n    parameters: {{ weight: 1, density: 0.5, epsilon: 0.2 }}\n  - model: tuned22-1\n    parameters: {{ weight: 1 }}\n",
+            _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf("never") });
+        var della = Plan("della").Plans[0].Vector;
+        Assert.Equal(0.2, Assert.IsType<ConstantParameter>(della.Inputs[0].Della!.Epsilon).Value);
+        // The second model's density defaults to 1: no DELLA step.
+        Assert.Null(della.Inputs[1].Della);
+        var error = Assert.Throws<DareException>(() => Plan("ram"));
+        Assert.Equal(DareErrorId.RecipeInvalid, error.ErrorId);
+        Assert.Contains("'epsilon' applies to the whole merge with ram", error.Message);
+    }
+
     [Theory]
     [InlineData("della", "density: 0.4, epsilon: 0.1", "rescale: true")]
     [InlineData("della_linear", "density: 0.6", "rescale: l1")]
