@@ -44,6 +44,10 @@ public enum DareErrorId
     MergeStepMissing,
     SeveralInputsOneFolder,
     LayerRangeInvalid,
+    PartitionPlanMismatch,
+    PartitionIncomplete,
+    PartitionCorrupt,
+    PartitionCompletionBusy,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

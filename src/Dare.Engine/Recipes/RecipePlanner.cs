@@ -25,6 +25,9 @@ public sealed class RecipePlanOptions
     public bool AllowNonFinite { get; init; }
     /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
     public bool SkipExisting { get; init; }
+
+    /// <summary>Write only this partition of the last (or only) recipe's output (see <see cref="Partitions.ExportPartition"/>).</summary>
+    public Partitions.ExportPartition? Partition { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -244,6 +247,7 @@ public static partial class RecipePlanner
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+            Partition = isLast ? batchPlan.Options.Partition : null,
         };
         var readsOutputsOf = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference)
             .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();
