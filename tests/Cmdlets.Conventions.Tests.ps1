@@ -80,7 +80,8 @@ Describe 'Tab completion' {
     }
 
     It 'completes the enum parameters -Rescale and -SignMethod' {
-        Get-Completion 'Invoke-DareDrop -Rescale ' | Should -Be @('InverseKeep', 'L1', 'None')
+        Get-Completion 'Invoke-DareDrop -Rescale ' | Should -Be @('InverseKeep', 'L1', 'None', 'Q')
+        Get-Completion 'Invoke-DellaDrop -Rescale ' | Should -Be @('InverseKeep', 'L1', 'None', 'Q')
         Get-Completion 'Merge-Ties -SignMethod ' | Sort-Object | Should -Be @('Count', 'Sum')
     }
 }
