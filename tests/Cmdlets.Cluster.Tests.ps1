@@ -1,6 +1,6 @@
 # Partitioned exports (-Partition i/N, Complete-DareExport) run by PowerShell itself (ForEach-Object -Parallel,
 # Start-ThreadJob) and by Slurm (a job array and a dependent completion job): the published folder is byte for byte
-# what one process writes. SSH remoting (Invoke-Command -HostName) is documented in the README, not tested: no sshd here.
+# what one process writes; and over PowerShell SSH remoting (Invoke-Command -HostName) through a private sshd on loopback.
 BeforeAll {
     . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
     Import-DareTestModule
@@ -220,6 +220,93 @@ PartitionName=dare Nodes=$node Default=YES MaxTime=INFINITE State=UP
         & squeue -h -j ($ids -join ',') | Should -BeNullOrEmpty -Because "the jobs should finish within 50 s: $($logs -join "`n")"
         @(Get-ChildItem $Slurm -Filter 'job-*.log').Count | Should -Be 4 -Because 'three partitions and one completion ran'
         Get-Tree $out | Should -Be (Get-Tree $SingleRecipe) -Because ($logs -join "`n")
+        Get-Leftovers $out | Should -BeNullOrEmpty
+    }
+}
+
+Describe 'PowerShell remoting over SSH: Invoke-Command -HostName' {
+    BeforeAll {
+        # A private sshd on a free loopback port, with its own host key, one authorized key and the powershell
+        # subsystem running this repository's pwsh; stopped by pid in AfterAll. Nothing in /etc/ssh is used.
+        $script:SshSkip = $null
+        $script:Ssh = Join-Path $TestDrive 'ssh'
+        $sshdPath = (Get-Command sshd -ErrorAction Ignore).Source ?? ('/usr/sbin/sshd', '/usr/local/sbin/sshd' | Where-Object { Test-Path $_ } | Select-Object -First 1)
+        if (-not $sshdPath -or -not (Get-Command ssh, ssh-keygen -ErrorAction Ignore | Measure-Object).Count -eq 2) {
+            $script:SshSkip = 'openssh-server not installed (apt-get install openssh-server; see README "Merging on a cluster")'
+        }
+        else {
+            New-Item -ItemType Directory $Ssh | Out-Null
+            # sshd refuses to start without its privilege-separation folder (systemd normally creates it).
+            if (-not (Test-Path /run/sshd)) { New-Item -ItemType Directory /run/sshd -ErrorAction Ignore | Out-Null }
+            & ssh-keygen -q -t ed25519 -N '' -C dare-test-host -f (Join-Path $Ssh 'host_key')
+            & ssh-keygen -q -t ed25519 -N '' -C dare-test-client -f (Join-Path $Ssh 'client_key')
+            Copy-Item (Join-Path $Ssh 'client_key.pub') (Join-Path $Ssh 'authorized_keys')
+            $pwsh = Get-PwshCommand
+            $wrapper = Join-Path $Ssh 'pwsh-subsystem'
+            Set-Content $wrapper -Value (@(
+                    '#!/bin/sh'
+                    "export PATH='$(Split-Path $pwsh[0])':`"`$PATH`""
+                    if ([IO.Path]::GetFileNameWithoutExtension($pwsh[0]) -eq 'dotnet') { "export DOTNET_ROOT='$(Split-Path $pwsh[0])'" }
+                    "exec $(($pwsh | ForEach-Object { "'$_'" }) -join ' ') `"`$@`""
+                ) -join "`n")
+            & chmod 700 $wrapper
+            $listener = [Net.Sockets.TcpListener]::new([Net.IPAddress]::Loopback, 0); $listener.Start()
+            $script:SshPort = $listener.LocalEndpoint.Port; $listener.Stop()
+            # StrictModes no: the key files live under /tmp, which sshd would otherwise refuse as world-writable.
+            Set-Content (Join-Path $Ssh 'sshd_config') @"
+ListenAddress 127.0.0.1
+Port $SshPort
+HostKey $Ssh/host_key
+PidFile $Ssh/sshd.pid
+AuthorizedKeysFile $Ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem powershell $wrapper -sshs -NoLogo
+"@
+            $script:SshLog = Join-Path $Ssh 'sshd.log'
+            # Both streams to files: an sshd holding the test runner's stdout would keep its pipe open.
+            $script:SshdProcess = Start-Process $sshdPath -ArgumentList '-D', '-e', '-f', (Join-Path $Ssh 'sshd_config') -PassThru `
+                -RedirectStandardError $SshLog -RedirectStandardOutput (Join-Path $Ssh 'sshd.out')
+            $deadline = [DateTime]::UtcNow.AddSeconds(10)
+            while ([DateTime]::UtcNow -lt $deadline -and -not $SshdProcess.HasExited -and -not (Select-String -Quiet 'Server listening' $SshLog)) { Start-Sleep -Milliseconds 100 }
+            if (-not (Select-String -Quiet 'Server listening' $SshLog)) {
+                $script:SshSkip = "sshd did not start: $((Get-Content $SshLog -Tail 3 -ErrorAction Ignore) -join ' | ')"
+            }
+            # What a user passes to reach a host; a temporary known_hosts so that no host-key prompt appears.
+            $script:Remote = @{
+                HostName = '127.0.0.1'; Port = $SshPort; UserName = [Environment]::UserName; KeyFilePath = Join-Path $Ssh 'client_key'
+                Options = @{ StrictHostKeyChecking = 'no'; UserKnownHostsFile = Join-Path $Ssh 'known_hosts'; BatchMode = 'yes'; LogLevel = 'ERROR' }
+            }
+        }
+    }
+
+    AfterAll {
+        if ($SshdProcess -and -not $SshdProcess.HasExited) { Stop-Process -Id $SshdProcess.Id -ErrorAction Ignore }
+    }
+
+    It 'two partitions, each run on its own ssh connection as on two hosts, publish the recipe''s single-process output byte for byte' {
+        if ($SshSkip) { Set-ItResult -Skipped -Because $SshSkip; return }
+        $out = Join-Path $TestDrive 'ssh-out'
+        # The README's loop, with the test sshd's port, key and known_hosts.
+        $jobs = for ($i = 0; $i -lt 2; $i++) {
+            Invoke-Command @Remote -AsJob -ArgumentList $Manifest, $Recipe, $out, $i, 2 {
+                param($manifest, $recipe, $out, $index, $count)
+                Import-Module $manifest
+                Invoke-DareMerge -LiteralPath $recipe -OutputLiteralPath $out -Partition "$index/$count"
+            }
+        }
+        $results = $jobs | Wait-Job -Timeout 60 | Receive-Job -AutoRemoveJob -Wait -ErrorAction Stop
+        $log = (Get-Content $SshLog) -join "`n"
+        @($results).Count | Should -Be 2 -Because $log
+        ($results.Partition | Sort-Object) | Should -Be @('0/2', '1/2')
+        $results.PSComputerName | Select-Object -Unique | Should -Be '127.0.0.1'
+        # Both ran through this sshd's powershell subsystem, each on its own connection.
+        @(Select-String 'Accepted publickey for' $SshLog).Count | Should -Be 2 -Because $log
+        @($results | Where-Object Published).Count | Should -Be 1
+        Get-Tree $out | Should -Be (Get-Tree $SingleRecipe)
         Get-Leftovers $out | Should -BeNullOrEmpty
     }
 }
