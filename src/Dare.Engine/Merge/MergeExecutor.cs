@@ -94,7 +94,7 @@ public sealed class MergeExecutor
         using var appender = new BackgroundAppender(writer);
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
-        var bytesRead = ForEachTensor(vector, tensors, reader, "Merging", (info, layerCount) =>
+        var bytesRead = ForEachTensor(vector, tensors, reader, "Merging", (info, layout) =>
         {
             appender.BeginTensor(info.Name);
             if (!info.DType.IsMergeable())
@@ -105,7 +105,7 @@ public sealed class MergeExecutor
             }
             else
             {
-                merger.Merge(vector, info, layerCount, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile));
+                merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile));
             }
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         });
@@ -139,7 +139,7 @@ public sealed class MergeExecutor
         using (NewDisposeScope())
         {
             new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation)
-                .Merge(vector, info, TensorPosition.LayerCountOf(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
+                .Merge(vector, info, ModelLayout.Of(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
         }
         return result.view(info.Shape);
     }
@@ -156,9 +156,9 @@ public sealed class MergeExecutor
         using var reader = new TensorReader();
         using var workspace = new ChunkWorkspace();
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
-        ForEachTensor(vector, tensors, reader, activity, (info, layerCount) =>
+        ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
-            var drops = merger.Merge(vector, info, layerCount, new DeltaSink((first, delta) => consume(info, first, delta)));
+            var drops = merger.Merge(vector, info, layout, new DeltaSink((first, delta) => consume(info, first, delta)));
             counts.Add(drops);
             tensorDone?.Invoke(info, drops);
         }, countInputs: false);
@@ -170,10 +170,10 @@ public sealed class MergeExecutor
     /// per tensor around <paramref name="process"/>(tensor, layer count). Returns the bytes read (base and inputs, or
     /// the base's alone when <paramref name="countInputs"/> is false, as progress counts them).
     /// </summary>
-    private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, int> process, bool countInputs = true)
+    private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, ModelLayout> process, bool countInputs = true)
     {
         var clock = Stopwatch.StartNew();
-        var layerCount = TensorPosition.LayerCountOf(vector.Base);
+        var layout = ModelLayout.Of(vector.Base);
         var perByte = countInputs ? 1 + vector.Leaves.Count : 1;
         var totalBytes = tensors.Sum(t => t.ByteLength) * perByte;
         long bytesDone = 0;
@@ -183,7 +183,7 @@ public sealed class MergeExecutor
             var info = tensors[i];
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, info.Name));
             if (i + 1 < tensors.Count) TensorMerger.Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
-            using (NewDisposeScope()) process(info, layerCount);
+            using (NewDisposeScope()) process(info, layout);
             bytesDone += info.ByteLength * perByte;
         }
         if (countInputs) _observer?.Progress(new MergeProgress(activity, tensors.Count, tensors.Count, bytesDone, totalBytes, clock.Elapsed, null));

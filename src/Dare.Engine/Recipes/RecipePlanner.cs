@@ -317,10 +317,10 @@ public static partial class RecipePlanner
     /// </summary>
     private static void CheckUnnormalizedLinear(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
     {
-        var layers = TensorPosition.LayerCountOf(@base);
+        var layout = ModelLayout.Of(@base);
         foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
         {
-            var position = TensorPosition.Of(tensor.Name, layers);
+            var position = layout.Position(tensor.Name);
             var sum = weights.Sum(w => w.Resolve(position));
             if (Math.Abs(sum - 1) > 1e-9)
             {
