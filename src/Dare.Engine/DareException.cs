@@ -39,6 +39,8 @@ public enum DareErrorId
     NonFiniteValues,
     MergeStepMissing,
     SeveralInputsOneFolder,
+    TokenizerInvalid,
+    VocabularyMismatch,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

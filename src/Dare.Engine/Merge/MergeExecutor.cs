@@ -82,7 +82,8 @@ public sealed class MergeExecutor
             Force = options.Force,
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
-            ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
+            ConfigUpdates = vector.Base.Vocabulary is { } vocabulary ? new Dictionary<string, long> { ["vocab_size"] = vocabulary.VocabSize } : null,
+            ExtraFiles = ExtraFiles(vector.Base.Vocabulary, options.RecipeYaml),
             NonFinite = nonFinite,
             Warning = _observer is null ? null : _observer.Warning,
         };
@@ -190,10 +191,19 @@ public sealed class MergeExecutor
         return bytesDone;
     }
 
+    /// <summary>The recipe, and an output vocabulary's tokenizer files.</summary>
+    private static Dictionary<string, string>? ExtraFiles(VocabularyOutput? vocabulary, string? recipe)
+    {
+        var files = new Dictionary<string, string>(vocabulary?.Files ?? new Dictionary<string, string>(), StringComparer.Ordinal);
+        if (recipe is not null) files[RecipeFileName] = recipe;
+        return files.Count == 0 ? null : files;
+    }
+
     private void WarnAboutMissingTensors(TaskVector vector)
     {
         foreach (var input in vector.Leaves)
         {
+            foreach (var note in input.Input.Notes) _observer?.Warning(note);
             if (input.MissingTensors.Count == 0) continue;
             var names = string.Join(", ", input.MissingTensors.Take(10)) + (input.MissingTensors.Count > 10 ? $", ... ({input.MissingTensors.Count} in all)" : "");
             _observer?.Warning($"'{input.Input.Model?.Path ?? input.Input.Name}' lacks {input.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: {names}");

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Dare.Engine.Merge;
 
 namespace Dare.Engine.Safetensors;
 
@@ -68,6 +69,16 @@ public sealed class Checkpoint
 
     /// <summary>e.g. "BF16 (291), F32 (2)".</summary>
     public string DTypeSummary => string.Join(", ", Tensors.GroupBy(t => t.DType).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} ({g.Count()})"));
+
+    /// <summary>Tokenizer files and config.json changes for an output whose vocabulary is not the base folder's (null: the base's).</summary>
+    public VocabularyOutput? Vocabulary { get; private init; }
+
+    /// <summary>
+    /// This checkpoint with some tensors replaced by re-rowed ones (the base extended to a merged vocabulary); path,
+    /// folder, metadata and config stay the same, so its side files are still copied from the base folder.
+    /// </summary>
+    internal Checkpoint WithReplacedTensors(IReadOnlyDictionary<string, TensorInfo> replaced, VocabularyOutput? vocabulary) =>
+        new(Path, Layout, Files, Tensors.Select(t => replaced.GetValueOrDefault(t.Name) ?? t).ToList(), Metadata, _config) { Vocabulary = vocabulary };
 
     public TensorInfo? Find(string name) => _byName.GetValueOrDefault(name);
     public bool Contains(string name) => _byName.ContainsKey(name);

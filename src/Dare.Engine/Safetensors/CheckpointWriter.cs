@@ -34,6 +34,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>Extra text files to place in the output (e.g. dare_recipe.yml).</summary>
     public IReadOnlyDictionary<string, string>? ExtraFiles { get; init; }
 
+    /// <summary>Integer fields of config.json to set in the copy (vocab_size of a merged vocabulary).</summary>
+    public IReadOnlyDictionary<string, long>? ConfigUpdates { get; init; }
+
     /// <summary>
     /// Write shards around the page cache (O_DIRECT) where the platform and file system allow it; buffered otherwise.
     /// On by default unless the environment variable DARE_DIRECT_WRITES is 0.
@@ -332,12 +335,26 @@ public sealed class CheckpointWriter : IDisposable
             var from = Path.Combine(source, name);
             if (!SideFileIsCopyable(source, from)) continue;
             var to = Path.Combine(_temporary, name);
-            if (name == "config.json" && _options.ConfigDType is { } dtype && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
+            if (name == "config.json" && (_options.ConfigDType is not null || _options.ConfigUpdates is { Count: > 0 }) && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
             {
-                var wanted = dtype.TorchDTypeName();
-                if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
+                var changed = false;
+                if (_options.ConfigDType is { } dtype)
                 {
-                    config["torch_dtype"] = wanted;
+                    var wanted = dtype.TorchDTypeName();
+                    if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
+                    {
+                        config["torch_dtype"] = wanted;
+                        changed = true;
+                    }
+                }
+                foreach (var (key, value) in _options.ConfigUpdates ?? new Dictionary<string, long>())
+                {
+                    if (config[key] is JsonValue existing && existing.TryGetValue<long>(out var old) && old == value) continue;
+                    config[key] = value;
+                    changed = true;
+                }
+                if (changed)
+                {
                     File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
                     continue;
                 }
