@@ -95,12 +95,12 @@ Describe 'Invoke-DareMerge with the example recipes' {
 
     It 'dare-ties.yml: the filter, the gradient, the skipped base entry and sign election give the merge it describes' {
         $merged = Read-Model (Invoke-DareMerge (Join-Path $Models 'dare-ties.yml') -OutputPath (Join-Path $Out 'dare-ties')).Path
-        # (tensor, code's drop rate from the filter, chat's weight from the gradient [0.2, 0.6] over 2 layers)
+        # (tensor, code's drop rate from the filter, chat's weight from the gradient [0.2, 0.6] over 2 layers; t = 0 outside them)
         $cases = @(
             @('model.embed_tokens.weight', 0.5, 0.2),
             @('model.layers.0.self_attn.q_proj.weight', 0.9, 0.2),
             @('model.layers.1.self_attn.v_proj.weight', 0.9, 0.6),
-            @('lm_head.weight', 0.9, 0.6))
+            @('lm_head.weight', 0.9, 0.2))
         foreach ($case in $cases) {
             $tensor, $codeDrop, $chatWeight = $case
             # Streams count the merged models only: the listed base adds no task vector.
@@ -187,7 +187,7 @@ models:
         Test-SameValues $merged.Tensors[$tensor] $Base.Tensors[$tensor] | Should -BeFalse
     }
 
-    It 'a gradient [0, 1] over 2 layers gives weight 0 on layer 0 (and the embeddings) and 1 on layer 1 (and lm_head)' {
+    It 'a gradient [0, 1] over 2 layers gives weight 0 on layer 0 and every tensor outside the layers (mergekit 0.1.4), 1 on layer 1' {
         $merged = Invoke-Recipe -Name 'gradient' -Yaml @'
 merge_method: task_arithmetic
 base_model: ./base
@@ -195,10 +195,25 @@ models:
   - model: ./math
     parameters: { weight: [0, 1] }
 '@
-        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.0.*' }) + 'model.embed_tokens.weight') {
+        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.0.*' }) + 'model.embed_tokens.weight' + 'model.norm.weight' + 'lm_head.weight') {
             Test-SameValues $merged.Tensors[$tensor] $Base.Tensors[$tensor] | Should -BeTrue -Because $tensor
         }
-        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.1.*' }) + 'lm_head.weight') {
+        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.1.*' })) {
+            Test-SameValues $merged.Tensors[$tensor] $Tuned.math.Tensors[$tensor] | Should -BeTrue -Because $tensor
+        }
+    }
+
+    It 'gradient_outside_layers: legacy puts the final norm and lm_head at t = 1 and the embeddings at t = 0 (mergekit before #534)' {
+        $merged = Invoke-Recipe -Name 'gradient-legacy' -Yaml @'
+merge_method: task_arithmetic
+base_model: ./base
+gradient_outside_layers: legacy
+models:
+  - model: ./math
+    parameters: { weight: [0, 1] }
+'@
+        Test-SameValues $merged.Tensors['model.embed_tokens.weight'] $Base.Tensors['model.embed_tokens.weight'] | Should -BeTrue
+        foreach ($tensor in 'model.norm.weight', 'lm_head.weight') {
             Test-SameValues $merged.Tensors[$tensor] $Tuned.math.Tensors[$tensor] | Should -BeTrue -Because $tensor
         }
     }

@@ -66,6 +66,9 @@ public sealed class TaskVector
     public Checkpoint? FineTuned => _input?.Model;
 
     public DareOptions? Dare { get; }
+
+    /// <summary>The output vocabulary the vector was made for (tokenizer_source).</summary>
+    public TokenizerChoice Tokenizer { get; private init; } = TokenizerChoice.Base;
     public MergeOptions? Merge { get; }
 
     /// <summary>The task vectors a merged vector combines (empty for a single model).</summary>
@@ -164,7 +167,7 @@ public sealed class TaskVector
             (outputBase, var aligned) = VocabularyMerge.Build(alignment, missing, notes);
             inputs = aligned;
         }
-        return models.Select((m, i) => new TaskVector(names?[i] ?? m.Name, outputBase, inputs[i], null, null, Array.Empty<TaskVector>())).ToList();
+        return models.Select((m, i) => new TaskVector(names?[i] ?? m.Name, outputBase, inputs[i], null, null, Array.Empty<TaskVector>()) { Tokenizer = tokenizer }).ToList();
     }
 
     /// <summary>Base tensors a tied model reads from its embedding (its head).</summary>
@@ -196,7 +199,7 @@ public sealed class TaskVector
                 $"'{Name}' already has a DARE step (p={Dare.DropRate}); start again from the task vector without it.");
         }
         foreach (var rate in dare.DropRate.PossibleValues) DareMask.Threshold(rate);
-        return new TaskVector(Name, Base, _input, dare, null, Inputs);
+        return new TaskVector(Name, Base, _input, dare, null, Inputs) { Tokenizer = Tokenizer };
     }
 
     /// <summary>A merged vector combining <paramref name="inputs"/> (all from the same base, none merged already).</summary>
@@ -245,6 +248,6 @@ public sealed class TaskVector
                 "The weights sum to 0, so they cannot be normalized; give a non-zero weight or use -Normalize:$false (normalize: false).");
         }
         var mergedName = name ?? $"{merge.Method.Name}({string.Join("+", inputs.Select(i => i.Name))})";
-        return new TaskVector(mergedName, @base, null, null, merge, inputs);
+        return new TaskVector(mergedName, @base, null, null, merge, inputs) { Tokenizer = inputs[0].Tokenizer };
     }
 }

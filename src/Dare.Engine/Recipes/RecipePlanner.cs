@@ -80,7 +80,8 @@ public sealed class BatchPlan
 /// </summary>
 public static partial class RecipePlanner
 {
-    internal static readonly string[] ArchitectureKeys = { "hidden_size", "num_hidden_layers", "vocab_size" };
+    // vocab_size may differ: embedding rows follow the tokenizers (tokenizer_source).
+    internal static readonly string[] ArchitectureKeys = { "hidden_size", "num_hidden_layers" };
 
     private static readonly StringComparer PathComparer = OperatingSystem.IsWindows() ? StringComparer.OrdinalIgnoreCase : StringComparer.Ordinal;
 
@@ -177,6 +178,9 @@ public static partial class RecipePlanner
 
         var usesDefaultSeed = false;
         var vectors = new List<TaskVector>();
+        var tokenizer = TokenizerChoiceOf(recipe, batchPlan, index, opened);
+        var aligned = TaskVector.FromModels(@base, models.Select(m => m.Checkpoint).ToList(), tokenizer,
+            models.Select(m => m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null).ToList());
         var weights = new List<TensorParameter>();
         var keepRatios = new List<TensorParameter>();
         for (var i = 0; i < models.Count; i++)
@@ -184,11 +188,11 @@ public static partial class RecipePlanner
             var (entry, reference, checkpoint) = models[i];
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
-            var vector = TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            if (resolved.Dare is { } dare) vector = vector.WithDare(dare);
+            var vector = aligned[i];
+            if (resolved.Dare is { } dare) vector = vector.WithDare(dare with { DropRate = WithGradientRule(dare.DropRate, recipe.GradientOutsideLayers) });
             vectors.Add(vector);
-            weights.Add(resolved.Weight);
-            keepRatios.Add(resolved.KeepRatio);
+            weights.Add(WithGradientRule(resolved.Weight, recipe.GradientOutsideLayers));
+            keepRatios.Add(WithGradientRule(resolved.KeepRatio, recipe.GradientOutsideLayers));
         }
 
         var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
@@ -212,7 +216,7 @@ public static partial class RecipePlanner
         else
         {
             var options = new MergeOptions(form.Method, weights, normalize, lambda,
-                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum) { Settings = MethodSettings(recipe) };
+                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum) { Settings = MethodSettings(recipe).ToDictionary(e => e.Key, e => WithGradientRule(e.Value, recipe.GradientOutsideLayers)) };
             merged = TaskVector.Combine(vectors, options, recipe.Name);
         }
 
@@ -394,4 +398,31 @@ public static partial class RecipePlanner
             }
         }
     }
+
+    /// <summary>The output vocabulary the recipe asks for, with model references resolved to the opened checkpoints' paths.</summary>
+    private static TokenizerChoice TokenizerChoiceOf(MergeRecipe recipe, BatchPlan batchPlan, int index, Dictionary<string, Checkpoint> opened)
+    {
+        if (recipe.Tokenizer is not { } written) return TokenizerChoice.Base;
+        string PathOf(string text, RecipeLocation location)
+        {
+            var reference = Resolve(batchPlan, index, text, location);
+            if (!opened.TryGetValue(reference.FullPath, out var checkpoint))
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location,
+                    $"names '{text}', which is neither the base_model nor one of the models; a tokenizer or token source must be one of them.");
+            }
+            return checkpoint.Path;
+        }
+        var tokens = written.Tokens.ToDictionary(e => e.Key,
+            e => new TokenOverride(e.Value.Source.Model is { } model ? e.Value.Source with { Model = PathOf(model, e.Value.Location) } : e.Value.Source, e.Value.Force), StringComparer.Ordinal);
+        return new TokenizerChoice(written.Kind, written.Model is { } m ? PathOf(m, written.Location) : null) { PadToMultipleOf = written.PadToMultipleOf, Tokens = tokens };
+    }
+
+    /// <summary>Every gradient inside <paramref name="parameter"/> with the recipe's rule for tensors outside the layers.</summary>
+    private static TensorParameter WithGradientRule(TensorParameter parameter, GradientOutsideLayers rule) => parameter switch
+    {
+        GradientParameter g => g with { OutsideLayers = rule },
+        RuleParameter r => new RuleParameter(r.Rules.Select(x => x with { Value = WithGradientRule(x.Value, rule) }).ToList(), WithGradientRule(r.Default, rule)),
+        _ => parameter,
+    };
 }
