@@ -15,7 +15,7 @@ BeforeAll {
     foreach ($name in 'math', 'code', 'chat') {
         $null = New-SyntheticCheckpoint (Join-Path $Models $name) -BaseModel $baseCheckpoint -Seed ($seed++) -DType float32
     }
-    $null = New-SyntheticCheckpoint (Join-Path $Work 'wide') -HiddenSize 64 -Layers 2 -VocabSize 256 -DType float32
+    $null = New-SyntheticCheckpoint (Join-Path $Work 'wide') -HiddenSize 64 -Layers 3 -VocabSize 256 -DType float32
     Copy-Item (Join-Path $PSScriptRoot '../examples/*.yml') $Models
 
     # name -> float[] for every tensor of a one-file model (F32 or BF16), and name -> dtype.
@@ -348,8 +348,8 @@ Describe 'Invoke-DareMerge errors' {
             Yaml = "merge_method: slerp`nbase_model: ../models/base`nmodels: [../models/math]`n" }
         @{ Case = 'slices'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(slices\)"
             Yaml = "merge_method: ties`nslices: []`nmodels: [../models/math]`n" }
-        @{ Case = 'tokenizer_source union'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "\(tokenizer_source\)"
-            Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels: [../models/math]`ntokenizer_source: union`n" }
+        @{ Case = 'tokenizer_source naming no model of the recipe'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = "\(tokenizer_source\).*neither the base_model nor one of the models"
+            Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels: [../models/math]`ntokenizer_source: ../models/code`n" }
         @{ Case = 'density out of range'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = '\(models\[0\]\.parameters\.density\): density must satisfy 0 < density <= 1; 1.5 does not'
             Yaml = "merge_method: dare_ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { weight: 1, density: 1.5 }`n" }
         @{ Case = 'drop_rate out of range'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = 'drop_rate must satisfy 0 <= drop_rate < 1'
@@ -358,7 +358,7 @@ Describe 'Invoke-DareMerge errors' {
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { weight: -1 }`n" }
         @{ Case = 'missing model'; ErrorId = 'PathNotFound'; Category = 'ObjectNotFound'; Message = "line 4, column 12 \(models\[0\]\.model\): '\.\./models/nowhere' resolves to"
             Yaml = "merge_method: linear`nbase_model: ../models/base`nmodels:`n  - model: ../models/nowhere`n    parameters: { weight: 1 }`n" }
-        @{ Case = 'other architecture'; ErrorId = 'ArchitectureMismatch'; Category = 'InvalidData'; Message = "'\.\./wide' has vocab_size 256 in its config\.json but the base '\.\./models/base' has 128"
+        @{ Case = 'other architecture'; ErrorId = 'ArchitectureMismatch'; Category = 'InvalidData'; Message = "'\.\./wide' has num_hidden_layers 3 in its config\.json but the base '\.\./models/base' has 2"
             Yaml = "merge_method: linear`nbase_model: ../models/base`nmodels:`n  - model: ../wide`n    parameters: { weight: 1 }`n" }
         @{ Case = 'unnormalized linear'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = 'use task_arithmetic'
             Yaml = "merge_method: linear`nbase_model: ../models/base`nparameters: { normalize: false }`nmodels:`n  - model: ../models/math`n    parameters: { weight: 2 }`n" }

@@ -146,10 +146,10 @@ public class RecipePlannerTests : IClassFixture<RecipeModels>
         Assert.Contains("line 4, column 12 (models[0].model)", missing.Message);
 
         var other = Path.Combine(_models.Directory, $"wide-{Guid.NewGuid():N}");
-        Dare.Engine.Safetensors.SyntheticModel.Write(other, new(HiddenSize: 64, Layers: 2, VocabSize: 256), 3, dtype: Dare.Engine.Safetensors.SafetensorsDType.F32);
+        Dare.Engine.Safetensors.SyntheticModel.Write(other, new(HiddenSize: 64, Layers: 3, VocabSize: 256), 3, dtype: Dare.Engine.Safetensors.SafetensorsDType.F32);
         var mismatch = PlanError($"merge_method: linear\nbase_model: ./base\nmodels:\n  - model: {other}\n    parameters: {{ weight: 1 }}\n");
         Assert.Equal(DareErrorId.ArchitectureMismatch, mismatch.ErrorId);
-        Assert.Contains("vocab_size 256", mismatch.Message);
+        Assert.Contains("num_hidden_layers 3", mismatch.Message);
 
         var exists = PlanError("merge_method: linear\nbase_model: ./base\nmodels:\n  - model: ./math\n    parameters: { weight: 1 }\n", output: "code");
         Assert.Equal(DareErrorId.OutputExists, exists.ErrorId);
