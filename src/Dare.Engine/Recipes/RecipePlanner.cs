@@ -355,6 +355,18 @@ public static partial class RecipePlanner
                 ? $"'{full}' is also this recipe's output folder; write the merge somewhere else."
                 : $"'{full}' is written by the later recipe '{recipes[i].DisplayName}'; recipes in a batch run in order.");
         }
+        // org/name or org/name@revision that is not a local folder: the Hugging Face cache's snapshot.
+        if (!Directory.Exists(full) && !File.Exists(full) && HubCache.LooksLikeId(text))
+        {
+            try
+            {
+                return new ModelReference(text, location, HubCache.Resolve(text), null);
+            }
+            catch (DareException ex)
+            {
+                throw RecipeParser.Error(ex.ErrorId, ex.Kind, location, ex.Message, ex);
+            }
+        }
         return new ModelReference(text, location, full, null);
     }
 

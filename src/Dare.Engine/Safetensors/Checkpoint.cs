@@ -112,6 +112,11 @@ public sealed class Checkpoint
         var candidates = File.Exists(single)
             ? new[] { single }
             : System.IO.Directory.GetFiles(full, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).ToArray();
+        if (candidates.Length == 0 && PickleFiles(full) is { Length: > 0 } pickles)
+        {
+            throw new DareException(DareErrorId.NoSafetensorsFound, DareErrorKind.ObjectNotFound,
+                $"The folder '{full}' holds only pickle weights ({string.Join(", ", pickles.Take(3))}); Dare never unpickles (loading a pickle can run arbitrary code). Convert the model to safetensors first, for example with transformers: AutoModel.from_pretrained(...).save_pretrained(folder, safe_serialization=True).") { FilePath = full };
+        }
         if (candidates.Length == 0)
         {
             throw new DareException(DareErrorId.NoSafetensorsFound, DareErrorKind.ObjectNotFound,
@@ -125,6 +130,11 @@ public sealed class Checkpoint
         var only = SafetensorsFile.Open(candidates[0]);
         return new Checkpoint(full, CheckpointLayout.Folder, candidates, only.Tensors.ToList(), only.Metadata, config);
     }
+
+    /// <summary>PyTorch pickle weight files in a folder (pytorch_model*.bin, *.pt, *.pth, *.ckpt).</summary>
+    private static string[] PickleFiles(string folder) =>
+        new[] { "*.bin", "*.pt", "*.pth", "*.ckpt" }.SelectMany(p => System.IO.Directory.GetFiles(folder, p)).Select(System.IO.Path.GetFileName).OfType<string>()
+            .Where(f => !f.Equals("training_args.bin", StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
 
     private static Checkpoint OpenSharded(string folder, string indexPath, JsonObject? config)
     {
