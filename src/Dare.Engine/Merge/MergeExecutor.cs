@@ -22,8 +22,11 @@ public sealed class ExportOptions
     /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
     public bool AllowNonFinite { get; init; }
 
-    /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
+    /// <summary>The recipe that reproduces this output; stored as dare_recipe.yml, and in __metadata__ with model paths replaced by names.</summary>
     public string? RecipeYaml { get; init; }
+
+    /// <summary>Model references as the user wrote them, by full path (for mergekit_config.yml and the model card); else paths and names.</summary>
+    public IReadOnlyDictionary<string, string>? ModelReferences { get; init; }
 }
 
 /// <summary>
@@ -72,7 +75,9 @@ public sealed class MergeExecutor
             ["dare_content"] = options.DeltaOnly ? "delta" : "model",
         };
         // The header must stay far below readers' limits (ours is 100 MB); a large recipe lives in dare_recipe.yml only.
-        if (options.RecipeYaml is { } recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
+        // No absolute local paths in the header: models by name, with sizes and header hashes that identify them.
+        if (options.RecipeYaml is not null) metadata["dare_inputs"] = InputFingerprints(vector);
+        if (options.RecipeYaml is { } givenRecipe && WithoutPaths(givenRecipe, vector) is var recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
             : $"# {recipe.Length} characters, too long for the header: see {RecipeFileName} (SHA-256 {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(recipe))).ToLowerInvariant()})";
         var nonFinite = new NonFiniteGuard(options.AllowNonFinite, _observer is null ? null : _observer.Warning);
         var writeOptions = new CheckpointWriteOptions
@@ -83,7 +88,7 @@ public sealed class MergeExecutor
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ConfigUpdates = vector.Base.Vocabulary is { } vocabulary ? new Dictionary<string, long> { ["vocab_size"] = vocabulary.VocabSize } : null,
-            ExtraFiles = ExtraFiles(vector.Base.Vocabulary, options.RecipeYaml),
+            ExtraFiles = ExtraFiles(vector, options),
             NonFinite = nonFinite,
             Warning = _observer is null ? null : _observer.Warning,
         };
@@ -191,12 +196,52 @@ public sealed class MergeExecutor
         return bytesDone;
     }
 
-    /// <summary>The recipe, and an output vocabulary's tokenizer files.</summary>
-    private static Dictionary<string, string>? ExtraFiles(VocabularyOutput? vocabulary, string? recipe)
+    /// <summary>The recipe with mergekit_config.yml and the model card beside it, and an output vocabulary's tokenizer files.</summary>
+    private static Dictionary<string, string>? ExtraFiles(TaskVector vector, ExportOptions options)
     {
-        var files = new Dictionary<string, string>(vocabulary?.Files ?? new Dictionary<string, string>(), StringComparer.Ordinal);
-        if (recipe is not null) files[RecipeFileName] = recipe;
+        var files = new Dictionary<string, string>(vector.Base.Vocabulary?.Files ?? new Dictionary<string, string>(), StringComparer.Ordinal);
+        if (options.RecipeYaml is { } recipe)
+        {
+            files[RecipeFileName] = recipe;
+            if (!options.DeltaOnly)
+            {
+                var config = Recipes.ModelCardWriter.MergekitConfig(vector, options.ModelReferences, options.OutputDType);
+                files[Recipes.ModelCardWriter.MergekitConfigFileName] = config;
+                files[Recipes.ModelCardWriter.ModelCardFileName] = Recipes.ModelCardWriter.ModelCard(vector, System.IO.Path.GetFileName(options.Destination.TrimEnd('/', '\\')), config, options.ModelReferences);
+            }
+        }
         return files.Count == 0 ? null : files;
+    }
+
+    /// <summary>The recipe with each model's absolute path replaced by its folder name.</summary>
+    private static string WithoutPaths(string recipe, TaskVector vector)
+    {
+        foreach (var model in vector.Sources.Prepend(vector.Base).OrderByDescending(m => m.Path.Length)) recipe = recipe.Replace(model.Path, model.Name, StringComparison.Ordinal);
+        return recipe;
+    }
+
+    /// <summary>JSON list of the inputs: role, name, total bytes and the SHA-256 of their safetensors headers, so a replay can tell the same inputs.</summary>
+    private static string InputFingerprints(TaskVector vector)
+    {
+        var list = new System.Text.Json.Nodes.JsonArray();
+        foreach (var (role, model) in vector.Sources.Select(s => ("model", s)).Prepend(("base", vector.Base)))
+        {
+            using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            long bytes = 0;
+            foreach (var file in model.Files)
+            {
+                using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read);
+                bytes += stream.Length;
+                var prefix = new byte[8];
+                stream.ReadExactly(prefix);
+                var header = new byte[(int)Math.Min(BitConverter.ToInt64(prefix), stream.Length - 8)];
+                stream.ReadExactly(header);
+                hash.AppendData(prefix);
+                hash.AppendData(header);
+            }
+            list.Add(new System.Text.Json.Nodes.JsonObject { ["role"] = role, ["name"] = model.Name, ["bytes"] = bytes, ["header_sha256"] = Convert.ToHexString(hash.GetHashAndReset()).ToLowerInvariant() });
+        }
+        return list.ToJsonString();
     }
 
     private void WarnAboutMissingTensors(TaskVector vector)

@@ -232,6 +232,8 @@ public static partial class RecipePlanner
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+            ModelReferences = modelReferences.Select(m => m.Reference).Append(baseReference).OfType<ModelReference>()
+                .Where(r => opened.ContainsKey(r.FullPath)).GroupBy(r => opened[r.FullPath].Path).ToDictionary(g => g.Key, g => g.First().Text),
         };
         var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)
             .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();

@@ -67,6 +67,7 @@ public sealed class CheckpointWriter : IDisposable
     {
         "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
         "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+        "LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md",
     };
 
     private readonly string _destination;
