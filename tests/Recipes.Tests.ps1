@@ -305,7 +305,8 @@ Describe 'Invoke-DareMerge -WhatIf' {
         $plan = $messages -join "`n"
         $plan | Should -Match "model: $([regex]::Escape((Join-Path $Models 'code')))"
         $plan | Should -Match 'code drop rate: 0\.5 x 1, 0\.9 x 20 tensor\(s\)'
-        $plan | Should -Match 'chat weight: 0\.2 x 10, 0\.6 x 11 tensor\(s\)'
+        # Gradient [0.2, 0.6] over 2 layers: layer 0 and every tensor outside the layers (embeddings, norm, lm_head) at t = 0.
+        $plan | Should -Match 'chat weight: 0\.2 x 12, 0\.6 x 9 tensor\(s\)'
         $plan | Should -Match 'output: 21 tensors, ~[\d.]+ KB in 1 shard\(s\); estimated peak working memory ~[\d.]+ KB'
         Get-FolderEntries $Work | Should -Be $before
     }
@@ -397,13 +398,13 @@ Describe 'Invoke-DareMerge errors' {
         Set-Content -LiteralPath $recipe -Value "merge_method: linear`n$Head    parameters: { weight: 1 }`n"
         $output = Join-Path $Errors 'existing'
         New-Item -ItemType Directory $output | Out-Null
-        Set-Content (Join-Path $output 'keep.txt') 'not a model'
+        Set-Content (Join-Path $output 'README.md') 'an earlier model'
         { Invoke-DareMerge $recipe -OutputPath $output } | Should -Throw -ErrorId 'OutputExists,Dare.PowerShell.InvokeDareMergeCommand'
-        Get-Content (Join-Path $output 'keep.txt') | Should -Be 'not a model'
+        Get-Content (Join-Path $output 'README.md') | Should -Be 'an earlier model'
 
         $result = Invoke-DareMerge $recipe -OutputPath $output -Force
         Test-Path (Join-Path $result.Path 'model.safetensors') | Should -BeTrue
-        Test-Path (Join-Path $output 'keep.txt') | Should -BeFalse
+        Test-Path (Join-Path $output 'README.md') | Should -BeFalse
     }
 
     It 'reports recipe mistakes in hashtables with the same ErrorIds' {
