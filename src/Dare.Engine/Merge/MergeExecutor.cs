@@ -215,7 +215,7 @@ public sealed class MergeExecutor
             {
                 var config = Recipes.ModelCardWriter.MergekitConfig(vector, options.ModelReferences, options.OutputDType);
                 files[Recipes.ModelCardWriter.MergekitConfigFileName] = config;
-                files[Recipes.ModelCardWriter.ModelCardFileName] = Recipes.ModelCardWriter.ModelCard(vector, System.IO.Path.GetFileName(options.Destination.TrimEnd('/', '\\')), config, options.ModelReferences);
+                files[Recipes.ModelCardWriter.ModelCardFileName] = Recipes.ModelCardWriter.ModelCard(vector, config, options.ModelReferences);
             }
         }
         return files.Count == 0 ? null : files;

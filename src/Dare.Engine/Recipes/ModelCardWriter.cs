@@ -59,7 +59,7 @@ public static class ModelCardWriter
     }
 
     /// <summary>README.md: front matter (base_model: the base and the merged models, tags, base_model_relation: merge) and the configuration.</summary>
-    public static string ModelCard(TaskVector vector, string outputName, string mergekitConfig, IReadOnlyDictionary<string, string>? references = null)
+    public static string ModelCard(TaskVector vector, string mergekitConfig, IReadOnlyDictionary<string, string>? references = null)
     {
         string Name(Checkpoint model) => references is not null && references.TryGetValue(model.Path, out var written) ? written : model.Name;
         var leaves = vector.IsMerged ? vector.Inputs : new[] { vector };
@@ -68,7 +68,8 @@ public static class ModelCardWriter
         card.Append("---\nbase_model:\n");
         foreach (var model in models.Prepend(Name(vector.Base)).Distinct()) card.Append("- ").Append(Quoted(model)).Append('\n');
         card.Append("base_model_relation: merge\nlibrary_name: transformers\ntags:\n- merge\n- mergekit\n- dare\n---\n");
-        card.Append($"# {outputName}\n\nThis model is a merge of pre-trained language models made with Dare (DARE, TIES and linear task-vector merging with mergekit-compatible recipes).\n\n");
+        // The title names the inputs, not the output folder, so the same merge written to two folders is byte-identical.
+        card.Append($"# Merge of {string.Join(", ", models)} onto {Name(vector.Base)}\n\nThis model is a merge of pre-trained language models made with Dare (DARE, TIES and linear task-vector merging with mergekit-compatible recipes).\n\n");
         card.Append($"## Merge details\n\nBase model: {Name(vector.Base)}\n\nModels merged:\n\n");
         foreach (var model in models) card.Append("- ").Append(model).Append('\n');
         card.Append("\n## Configuration\n\nThe merge in mergekit's terms (mergekit_config.yml):\n\n```yaml\n").Append(mergekitConfig.TrimEnd()).Append("\n```\n\n");
