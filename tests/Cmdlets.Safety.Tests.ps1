@@ -224,7 +224,8 @@ Describe 'Mount points and a full disk' -Skip:(-not $CanMount) {
     It 'turns a full disk while copying side files into OutputWriteFailed naming the path, and leaves nothing' {
         $source = Join-Path $work 'big-tokenizer'
         Copy-Item -Recurse $base.Path $source
-        [IO.File]::WriteAllBytes((Join-Path $source 'tokenizer.json'), [byte[]]::new(2MB))
+        # Valid JSON (tokenizers are read to align vocabularies), 2 MB: larger than the 1 MB disk.
+        [IO.File]::WriteAllText((Join-Path $source 'tokenizer.json'), '{"padding": "' + (' ' * 2MB) + '"}')
         $small = Join-Path $work 'small-disk'
         New-TmpfsMount $small '1m'
 
