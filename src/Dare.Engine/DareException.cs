@@ -45,6 +45,11 @@ public enum DareErrorId
     SeveralInputsOneFolder,
     TokenizerInvalid,
     VocabularyMismatch,
+    LayerRangeInvalid,
+    PartitionPlanMismatch,
+    PartitionIncomplete,
+    PartitionCorrupt,
+    PartitionCompletionBusy,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

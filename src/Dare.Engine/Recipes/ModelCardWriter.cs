@@ -7,7 +7,8 @@ namespace Dare.Engine.Recipes;
 
 /// <summary>
 /// What a published merge carries beside its weights: mergekit_config.yml, the merge in mergekit's own terms (a DARE
-/// + TIES merge is dare_ties with its density, a DARE + weighted sum dare_linear; Dare's own keys such as drop_rate,
+/// + TIES merge is dare_ties with its density, a DARE + weighted sum dare_linear, DELLA or breadcrumbs steps della(_linear) or
+/// breadcrumbs(_ties) with density, epsilon and gamma; Dare's own keys such as drop_rate,
 /// random_seed and mask_stream left out), with the model references as the user gave them; and README.md, a model
 /// card whose front matter names the base and the merged models and whose body holds that configuration.
 /// </summary>
@@ -25,7 +26,11 @@ public static class ModelCardWriter
         var method = merge?.Method ?? MergeMethod.Linear;
         var allDare = leaves.All(l => l.Dare is not null);
         var keepAll = merge?.KeepRatios is null || merge.KeepRatios.All(k => k is ConstantParameter { Value: 1.0 });
-        var name = merge is null ? "task_arithmetic"
+        var della = leaves.Any(l => l.Della is not null);
+        var breadcrumbs = leaves.Any(l => l.Breadcrumbs is not null);
+        var name = della ? RecipeWriter.PruneRecipeName("della", method, merge)
+            : breadcrumbs ? RecipeWriter.PruneRecipeName("breadcrumbs", method, merge)
+            : merge is null ? "task_arithmetic"
             : method == MergeMethod.Ties && allDare && keepAll ? "dare_ties"
             : method == MergeMethod.Linear && allDare ? "dare_linear"
             : method.RecipeName(merge);
@@ -34,7 +39,17 @@ public static class ModelCardWriter
         for (var i = 0; i < leaves.Count; i++)
         {
             var parameters = new Dictionary<string, object?> { ["weight"] = Value(merge?.Weights[i] ?? 1.0) };
-            if (name.StartsWith("dare_", StringComparison.Ordinal)) parameters["density"] = Value(MergeRecipeMaps.Complement(leaves[i].Dare!.DropRate));
+            if (della)
+            {
+                parameters["density"] = leaves[i].Della is { } step ? Value(step.Density) : 1.0;
+                if (leaves[i].Della is { } withEpsilon) parameters["epsilon"] = Value(withEpsilon.Epsilon);
+            }
+            else if (breadcrumbs)
+            {
+                parameters["density"] = leaves[i].Breadcrumbs is { } step ? Value(step.Density) : 1.0;
+                if (leaves[i].Breadcrumbs is { } withGamma) parameters["gamma"] = Value(withGamma.Gamma);
+            }
+            else if (name.StartsWith("dare_", StringComparison.Ordinal)) parameters["density"] = Value(MergeRecipeMaps.Complement(leaves[i].Dare!.DropRate));
             else if (merge?.KeepRatios is { } keep && method == MergeMethod.Ties) parameters["density"] = Value(keep[i]);
             models.Add(new Dictionary<string, object?> { ["model"] = leaves[i].FineTuned is { } model ? Name(model) : leaves[i].Name, ["parameters"] = parameters });
         }

@@ -55,6 +55,16 @@ public sealed class RecipePlanSummary
                 }
             }
             if (inputs[i].Dare is { } dare) Count(name, DareDropParameters.DropRate.Label, dare.DropRate);
+            if (inputs[i].Della is { } della)
+            {
+                Count(name, "DELLA density", della.Density);
+                Count(name, "DELLA epsilon", della.Epsilon);
+            }
+            if (inputs[i].Breadcrumbs is { } breadcrumbs)
+            {
+                Count(name, "breadcrumbs density", breadcrumbs.Density);
+                Count(name, "breadcrumbs gamma", breadcrumbs.Gamma);
+            }
         }
         if (vector.Merge is { } merged)
         {
@@ -78,7 +88,7 @@ public sealed class RecipePlanSummary
         {
             if (!t.DType.IsMergeable()) return t.ByteLength;
             var chunk = Math.Min(t.ElementCount, MergeExecutor.DefaultChunkElements);
-            var perModel = inputs.Sum(input => (input.FineTuned!.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
+            var perModel = inputs.Sum(input => (input.FineTuned?.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
             var output = export.OutputDType?.ElementSize() ?? t.DType.ElementSize();
             return chunk * (4 + perModel + 4 + output);
         }).DefaultIfEmpty(0).Max();

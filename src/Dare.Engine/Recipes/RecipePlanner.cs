@@ -25,6 +25,9 @@ public sealed class RecipePlanOptions
     public bool AllowNonFinite { get; init; }
     /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
     public bool SkipExisting { get; init; }
+
+    /// <summary>Write only this partition of the last (or only) recipe's output (see <see cref="Partitions.ExportPartition"/>).</summary>
+    public Partitions.ExportPartition? Partition { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -143,6 +146,8 @@ public static partial class RecipePlanner
         }
         var baseReference = recipe.BaseModel is null ? null : mistakes.Try(() => Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!), null);
         var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: mistakes.Try(() => Resolve(batchPlan, index, m.Model, m.Location), null)!)).ToList();
+        var sliceReferences = (recipe.Slices ?? Array.Empty<RecipeSlice>()).Select(slice => slice.Sources
+            .Select(source => (Source: source, Reference: mistakes.Try(() => Resolve(batchPlan, index, source.Model, source.Location), null)!)).ToList()).ToList();
 
         var opened = new Dictionary<string, Checkpoint>(PathComparer);
         Checkpoint Open(ModelReference reference)
@@ -155,26 +160,36 @@ public static partial class RecipePlanner
             return checkpoint;
         }
 
-        foreach (var reference in modelReferences.Select(m => m.Reference).Prepend(baseReference).OfType<ModelReference>())
+        foreach (var reference in modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Prepend(baseReference).OfType<ModelReference>())
         {
             mistakes.Try(() => Open(reference));
         }
         mistakes.ThrowIfAny();
 
-        // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
-        var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
-        var @base = Open(baseReference ?? modelReferences[0].Reference);
-        // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
-        var inputs = !form.NeedsBase
-            ? modelReferences
-            : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
-        if (inputs.Count == 0)
+        string baseFullPath;
+        Checkpoint @base;
+        List<(RecipeModelEntry Entry, ModelReference Reference, Checkpoint Checkpoint)> models;
+        if (recipe.Slices is not null)
         {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
-                "lists only the base model; there is nothing to merge into it.");
+            (@base, baseFullPath, models) = StackSlices(recipe, form, baseReference, sliceReferences, Open);
         }
-        var models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
-        foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        else
+        {
+            // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
+            baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
+            @base = Open(baseReference ?? modelReferences[0].Reference);
+            // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
+            var inputs = !form.NeedsBase
+                ? modelReferences
+                : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+            if (inputs.Count == 0)
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
+                    "lists only the base model; there is nothing to merge into it.");
+            }
+            models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
+            foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        }
 
         var usesDefaultSeed = false;
         var vectors = new List<TaskVector>();
@@ -188,8 +203,7 @@ public static partial class RecipePlanner
             var (entry, reference, checkpoint) = models[i];
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
-            var vector = aligned[i];
-            if (resolved.Dare is { } dare) vector = vector.WithDare(dare with { DropRate = WithGradientRule(dare.DropRate, recipe.GradientOutsideLayers) });
+            var vector = WithDropStep(aligned[i], WithGradientRule(resolved, recipe.GradientOutsideLayers), form, recipe, entry);
             vectors.Add(vector);
             weights.Add(WithGradientRule(resolved.Weight, recipe.GradientOutsideLayers));
             keepRatios.Add(WithGradientRule(resolved.KeepRatio, recipe.GradientOutsideLayers));
@@ -197,9 +211,9 @@ public static partial class RecipePlanner
 
         var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
         var ties = form.Method == MergeMethod.Ties;
-        if (!form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
+        if (form.Method == MergeMethod.Linear && !form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
         if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
-        if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+        if (ties && !form.DensityIsDareKeep && !form.PrunesEachInput && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
         {
             throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
@@ -207,8 +221,12 @@ public static partial class RecipePlanner
         }
 
         TaskVector merged;
-        var single = vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
-        if (single)
+        if (form.Method is PassthroughMethod)
+        {
+            // The model (or stack) is its own base; its scale comes per model or per slice.
+            merged = PassthroughMethod.Plan(@base, PassthroughScale(recipe, @base, models) is { } scale ? WithGradientRule(scale, recipe.GradientOutsideLayers) : null, recipe.Name);
+        }
+        else if (vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 })
         {
             // One model at weight 1 is its own task vector; merging it would compute the same values.
             merged = vectors[0];
@@ -234,8 +252,9 @@ public static partial class RecipePlanner
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
             ModelReferences = modelReferences.Select(m => m.Reference).Append(baseReference).OfType<ModelReference>()
                 .Where(r => opened.ContainsKey(r.FullPath)).GroupBy(r => opened[r.FullPath].Path).ToDictionary(g => g.Key, g => g.First().Text),
+            Partition = isLast ? batchPlan.Options.Partition : null,
         };
-        var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)
+        var readsOutputsOf = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference)
             .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();
         return new MergePlan
         {
@@ -251,7 +270,11 @@ public static partial class RecipePlanner
         };
     }
 
-    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed);
+    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed)
+    {
+        public DellaOptions? Della { get; init; }
+        public BreadcrumbsOptions? Breadcrumbs { get; init; }
+    }
 
     /// <summary>One model's weight, keep ratio and DARE step: its own setting, else the global one, else the method default.</summary>
     private static ResolvedModel ResolveModelParameters(MergeRecipe recipe, RecipeModelEntry entry, int position, long defaultSeed, List<string> warnings)
@@ -275,7 +298,9 @@ public static partial class RecipePlanner
         // Ties: density is the magnitude keep ratio and drop_rate an extra DARE step before it. The dare methods:
         // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
         var dareMethod = recipe.Method.DensityIsDareKeep;
-        TensorParameter keepRatio = !dareMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
+        var dellaMethod = recipe.Method.DensityIsDellaKeep;
+        var breadcrumbsMethod = recipe.Method.DensityIsBreadcrumbsKeep;
+        TensorParameter keepRatio = !dareMethod && !recipe.Method.PrunesEachInput && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
             ? Setting(own.Density, global.Density, (double)TiesMethod.Density.Default!) : 1.0;
         var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
         var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
@@ -283,21 +308,47 @@ public static partial class RecipePlanner
         if (dropRate is ConstantParameter { Value: 0 }) dropRate = null;
 
         DareOptions? dare = null;
+        DellaOptions? della = null;
+        BreadcrumbsOptions? breadcrumbs = null;
         var usesDefaultSeed = false;
-        if (dropRate is not null)
+        var rescale = own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep;
+        // q belongs to rescale: q; a q without it is refused when the step is added (TaskVector.WithDare, WithDella).
+        var q = own.RescaleQ ?? global.RescaleQ ?? 0;
+        if (dellaMethod)
+        {
+            // della, della_linear: density and epsilon are MagPrune's; density 1 keeps everything (mergekit returns δ as it is).
+            var density = Setting(own.Density, global.Density, (double)DellaDropParameters.Density.Default!);
+            if (density is not ConstantParameter { Value: >= 1 })
+            {
+                var seed = own.RandomSeed ?? recipe.RandomSeed;
+                usesDefaultSeed = seed is null;
+                della = new DellaOptions(density, Setting(own.Setting("epsilon"), global.Setting("epsilon"), (double)DellaDropParameters.Epsilon.Default!),
+                    seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
+            }
+        }
+        else if (breadcrumbsMethod)
+        {
+            // breadcrumbs, breadcrumbs_ties: density and gamma are the kept band's; density 1 keeps everything (mergekit returns δ as it is).
+            var density = Setting(own.Density, global.Density, (double)BreadcrumbsParameters.Density.Default!);
+            if (density is not ConstantParameter { Value: >= 1 })
+            {
+                breadcrumbs = new BreadcrumbsOptions(density, Setting(own.Setting("gamma"), global.Setting("gamma"), (double)BreadcrumbsParameters.Gamma.Default!));
+            }
+        }
+        else if (dropRate is not null)
         {
             var seed = own.RandomSeed ?? recipe.RandomSeed;
             usesDefaultSeed = seed is null;
-            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep);
+            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
         }
-        else
+        if (dare is null && della is null && !breadcrumbsMethod)
         {
-            foreach (var key in new[] { "rescale", "random_seed", "mask_stream" }.Where(own.Has))
+            foreach (var key in new[] { "rescale", "rescale_q", "random_seed", "mask_stream" }.Where(own.Has))
             {
-                warnings.Add($"{own.Locations[key]}: has no effect: this model has no DARE step (no drop_rate{(dareMethod ? " and density 1" : "")}).");
+                warnings.Add($"{own.Locations[key]}: has no effect: this model has no {(dellaMethod ? "DELLA step (density 1)" : $"DARE step (no drop_rate{(dareMethod ? " and density 1" : "")})")}.");
             }
         }
-        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed);
+        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed) { Della = della, Breadcrumbs = breadcrumbs };
     }
 
     /// <summary>A model's setting; tensors its filters miss take the global setting, then the method default.</summary>
@@ -337,106 +388,19 @@ public static partial class RecipePlanner
         }
     }
 
-    private static ModelReference Resolve(BatchPlan batchPlan, int index, string text, RecipeLocation location)
-    {
-        var recipes = batchPlan.Batch.Recipes;
-        var named = recipes.Select((r, i) => (r, i)).FirstOrDefault(x => x.r.Name == text);
-        if (named.r is not null)
-        {
-            if (named.i < index) return new ModelReference(text, location, batchPlan.Outputs[named.i], named.i);
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, named.i == index
-                ? $"'{text}' is this recipe's own name; a recipe cannot merge its own output."
-                : $"'{text}' is written by a later recipe; recipes in a batch run in order, so only earlier outputs can be used.");
-        }
-        var full = Path.GetFullPath(Path.Combine(batchPlan.Batch.BaseDirectory, text)).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
-        for (var i = 0; i < recipes.Count; i++)
-        {
-            if (!PathComparer.Equals(batchPlan.Outputs[i], full)) continue;
-            if (i < index) return new ModelReference(text, location, full, i);
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, i == index
-                ? $"'{full}' is also this recipe's output folder; write the merge somewhere else."
-                : $"'{full}' is written by the later recipe '{recipes[i].DisplayName}'; recipes in a batch run in order.");
-        }
-        // org/name or org/name@revision that is not a local folder: the Hugging Face cache's snapshot.
-        if (!Directory.Exists(full) && !File.Exists(full) && HubCache.LooksLikeId(text))
-        {
-            try
-            {
-                return new ModelReference(text, location, HubCache.Resolve(text), null);
-            }
-            catch (DareException ex)
-            {
-                throw RecipeParser.Error(ex.ErrorId, ex.Kind, location, ex.Message, ex);
-            }
-        }
-        return new ModelReference(text, location, full, null);
-    }
-
-    private static Checkpoint OpenExisting(ModelReference reference, string baseDirectory)
-    {
-        try
-        {
-            return Checkpoint.Open(reference.FullPath);
-        }
-        catch (DareException ex)
-        {
-            var hint = ex.ErrorId == DareErrorId.PathNotFound
-                ? $"'{reference.Text}' resolves to '{reference.FullPath}', which does not exist. Dare reads local model folders only (download Hugging Face models first); relative paths resolve against '{baseDirectory}'."
-                : ex.Message;
-            throw RecipeParser.Error(ex.ErrorId, ex.Kind, reference.Location, hint, ex);
-        }
-    }
-
-    /// <summary>An earlier recipe's output: the written model, or before it exists its base (same tensors and config.json).</summary>
-    private static Checkpoint OpenProduced(BatchPlan batchPlan, int producer, ModelReference reference, bool standIn)
-    {
-        var plan = batchPlan.Plans[producer];
-        if (plan.Export.DeltaOnly)
-        {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, reference.Location,
-                $"'{plan.Recipe.DisplayName}' writes a delta (output.delta_only), not a model, so it cannot be merged as one.");
-        }
-        return standIn ? plan.Vector.Base : OpenExisting(reference, batchPlan.Batch.BaseDirectory);
-    }
-
-    private static void CheckArchitecture(Checkpoint @base, ModelReference baseReference, Checkpoint model, ModelReference modelReference)
-    {
-        foreach (var key in ArchitectureKeys)
-        {
-            var expected = @base.ConfigInt(key);
-            var actual = model.ConfigInt(key);
-            if (expected is not null && actual is not null && expected != actual)
-            {
-                throw RecipeParser.Error(DareErrorId.ArchitectureMismatch, DareErrorKind.InvalidData, modelReference.Location,
-                    $"'{modelReference.Text}' has {key} {actual} in its config.json but the base '{baseReference.Text}' has {expected}; merged models must share the base's architecture ({string.Join(", ", ArchitectureKeys)}).");
-            }
-        }
-    }
-
-    /// <summary>The output vocabulary the recipe asks for, with model references resolved to the opened checkpoints' paths.</summary>
-    private static TokenizerChoice TokenizerChoiceOf(MergeRecipe recipe, BatchPlan batchPlan, int index, Dictionary<string, Checkpoint> opened)
-    {
-        if (recipe.Tokenizer is not { } written) return TokenizerChoice.Base;
-        string PathOf(string text, RecipeLocation location)
-        {
-            var reference = Resolve(batchPlan, index, text, location);
-            if (!opened.TryGetValue(reference.FullPath, out var checkpoint))
-            {
-                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location,
-                    $"names '{text}', which is neither the base_model nor one of the models; a tokenizer or token source must be one of them.");
-            }
-            return checkpoint.Path;
-        }
-        var tokens = written.Tokens.ToDictionary(e => e.Key,
-            e => new TokenOverride(e.Value.Source.Model is { } model ? e.Value.Source with { Model = PathOf(model, e.Value.Location) } : e.Value.Source, e.Value.Force), StringComparer.Ordinal);
-        return new TokenizerChoice(written.Kind, written.Model is { } m ? PathOf(m, written.Location) : null) { PadToMultipleOf = written.PadToMultipleOf, Tokens = tokens };
-    }
-
     /// <summary>Every gradient inside <paramref name="parameter"/> with the recipe's rule for tensors outside the layers.</summary>
     private static TensorParameter WithGradientRule(TensorParameter parameter, GradientOutsideLayers rule) => parameter switch
     {
         GradientParameter g => g with { OutsideLayers = rule },
         RuleParameter r => new RuleParameter(r.Rules.Select(x => x with { Value = WithGradientRule(x.Value, rule) }).ToList(), WithGradientRule(r.Default, rule)),
         _ => parameter,
+    };
+
+    /// <summary>A model's drop step (DARE, DELLA or breadcrumbs) with its gradients following the recipe's rule outside layers.</summary>
+    private static ResolvedModel WithGradientRule(ResolvedModel model, GradientOutsideLayers rule) => model with
+    {
+        Dare = model.Dare is { } dare ? dare with { DropRate = WithGradientRule(dare.DropRate, rule) } : null,
+        Della = model.Della is { } della ? della with { Density = WithGradientRule(della.Density, rule), Epsilon = WithGradientRule(della.Epsilon, rule) } : null,
+        Breadcrumbs = model.Breadcrumbs is { } crumbs ? crumbs with { Density = WithGradientRule(crumbs.Density, rule), Gamma = WithGradientRule(crumbs.Gamma, rule) } : null,
     };
 }

@@ -37,6 +37,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>When set, config.json's torch_dtype is rewritten to this type.</summary>
     public SafetensorsDType? ConfigDType { get; init; }
 
+    /// <summary>config.json keys written with these values instead of the copied file's (a stack's num_hidden_layers).</summary>
+    public IReadOnlyDictionary<string, JsonNode?>? ConfigChanges { get; init; }
+
     /// <summary>Extra text files to place in the output (e.g. dare_recipe.yml).</summary>
     public IReadOnlyDictionary<string, string>? ExtraFiles { get; init; }
 
@@ -70,7 +73,7 @@ public sealed record CheckpointWriteResult(string Path, IReadOnlyList<string> Fi
 /// and is moved into place only by <see cref="Commit"/> (see <see cref="OutputFolder"/>); disposing an uncommitted
 /// writer (failure, cancellation) deletes the temporary folder and leaves the destination untouched.
 /// </summary>
-public sealed class CheckpointWriter : IDisposable
+public sealed partial class CheckpointWriter : IDisposable
 {
     /// <summary>Side files copied from the source model folder.</summary>
     public static readonly string[] SideFiles =
@@ -85,17 +88,17 @@ public sealed class CheckpointWriter : IDisposable
     private readonly bool _fillInPlace;
     private readonly string _temporary;
     private readonly CheckpointWriteOptions _options;
-    private readonly List<Shard> _shards;
+    private readonly IReadOnlyList<PlannedShard> _shards;
     private int _shardIndex = -1;
     private int _tensorIndex = -1;
     private long _tensorBytesLeft;
     private long _nonFiniteInTensor;
     private OutputFile? _file;
     private bool _committed;
+    // The shard files were written by partitions (see Partitions/) and are moved into the temporary folder before Commit.
+    private bool _shardsStaged;
 
-    private sealed record Shard(string FileName, List<PlannedTensor> Tensors);
-
-    private CheckpointWriter(string destination, (string Target, string TempParent, bool FillInPlace) location, string temporary, List<Shard> shards, CheckpointWriteOptions options)
+    private CheckpointWriter(string destination, (string Target, string TempParent, bool FillInPlace) location, string temporary, IReadOnlyList<PlannedShard> shards, CheckpointWriteOptions options)
     {
         _destination = destination;
         _target = location.Target;
@@ -124,7 +127,7 @@ public sealed class CheckpointWriter : IDisposable
         {
             throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidArgument, $"Tensor '{duplicate.Key}' is planned twice for '{destination}'.");
         }
-        var shards = PlanShards(tensors, options.MaxShardSize);
+        var shards = ShardPlan.Of(tensors, options.MaxShardSize);
         var location = OutputFolder.Locate(destination);
         var temporary = "";
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "create a temporary folder in", location.TempParent, () =>
@@ -142,27 +145,6 @@ public sealed class CheckpointWriter : IDisposable
     /// OutputNotReplaceable if it may not be replaced at all (see <see cref="OutputFolder.Check"/>).
     /// </summary>
     public static void CheckDestination(string destination, bool force) => OutputFolder.Check(destination, force);
-
-    private static List<Shard> PlanShards(IReadOnlyList<PlannedTensor> tensors, long maxShardSize)
-    {
-        var groups = new List<List<PlannedTensor>> { new() };
-        long size = 0;
-        foreach (var tensor in tensors)
-        {
-            if (groups[^1].Count > 0 && size + tensor.ByteLength > maxShardSize)
-            {
-                groups.Add(new List<PlannedTensor>());
-                size = 0;
-            }
-            groups[^1].Add(tensor);
-            size += tensor.ByteLength;
-        }
-        if (groups.Count == 1)
-        {
-            return new List<Shard> { new(Checkpoint.SingleFileName, groups[0]) };
-        }
-        return groups.Select((g, i) => new Shard($"model-{i + 1:D5}-of-{groups.Count:D5}.safetensors", g)).ToList();
-    }
 
     /// <summary>Declares that the next bytes belong to <paramref name="name"/>, which must be the next planned tensor.</summary>
     public void BeginTensor(string name)
@@ -254,7 +236,7 @@ public sealed class CheckpointWriter : IDisposable
         Append(tensor);
     }
 
-    private void StartShard(Shard shard)
+    private void StartShard(PlannedShard shard)
     {
         var path = Path.Combine(_temporary, shard.FileName);
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "create", path, () => _file = OutputFile.Create(path, _options.DirectWrites));
@@ -314,12 +296,7 @@ public sealed class CheckpointWriter : IDisposable
     /// <summary>Completes the output: flushes, writes the index and side files, then moves the folder into place.</summary>
     public CheckpointWriteResult Commit()
     {
-        if (_tensorBytesLeft != 0 || _shardIndex != _shards.Count - 1 || _tensorIndex != _shards[^1].Tensors.Count - 1)
-        {
-            var planned = _shards.Sum(s => s.Tensors.Count);
-            throw new InvalidOperationException($"Cannot commit '{_destination}': not every planned tensor ({planned}) was written.");
-        }
-        FinishShard();
+        if (!_shardsStaged) FinishWriting();
         if (_shards.Count > 1) OutputFolder.Io(DareErrorId.OutputWriteFailed, "write the index in", _temporary, WriteIndex);
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "copy side files into", _temporary, CopySideFiles);
         foreach (var (name, content) in _options.ExtraFiles ?? new Dictionary<string, string>())
@@ -336,79 +313,43 @@ public sealed class CheckpointWriter : IDisposable
         return new CheckpointWriteResult(_destination, files, _shards.Sum(s => s.Tensors.Count), _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)));
     }
 
-    private void WriteIndex()
+    private void FinishWriting()
     {
-        var weightMap = new JsonObject();
-        foreach (var shard in _shards)
+        if (_tensorBytesLeft != 0 || _shardIndex != _shards.Count - 1 || (_shards.Count > 0 && _tensorIndex != _shards[^1].Tensors.Count - 1))
         {
-            foreach (var tensor in shard.Tensors) weightMap[tensor.Name] = shard.FileName;
+            var planned = _shards.Sum(s => s.Tensors.Count);
+            throw new InvalidOperationException($"Cannot commit '{_destination}': not every planned tensor ({planned}) was written.");
         }
-        var index = new JsonObject
-        {
-            ["metadata"] = new JsonObject { ["total_size"] = _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)) },
-            ["weight_map"] = weightMap,
-        };
-        File.WriteAllText(Path.Combine(_temporary, Checkpoint.IndexFileName), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-    }
-
-    private void CopySideFiles()
-    {
-        if (_options.CopySideFilesFrom is not { } source) return;
-        foreach (var name in SideFiles)
-        {
-            var from = Path.Combine(source, name);
-            if (!SideFileIsCopyable(source, from)) continue;
-            var to = Path.Combine(_temporary, name);
-            if (name == "config.json" && (_options.ConfigDType is not null || _options.ConfigUpdates is { Count: > 0 }) && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
-            {
-                var changed = false;
-                if (_options.ConfigDType is { } dtype)
-                {
-                    var wanted = dtype.TorchDTypeName();
-                    if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
-                    {
-                        config["torch_dtype"] = wanted;
-                        changed = true;
-                    }
-                }
-                foreach (var (key, value) in _options.ConfigUpdates ?? new Dictionary<string, long>())
-                {
-                    if (config[key] is JsonValue existing && existing.TryGetValue<long>(out var old) && old == value) continue;
-                    config[key] = value;
-                    changed = true;
-                }
-                if (changed)
-                {
-                    File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-                    continue;
-                }
-            }
-            File.Copy(from, to);
-        }
+        FinishShard();
     }
 
     /// <summary>
-    /// Only regular files that resolve (through any symlinks) inside the model folder are copied: a FIFO would block
-    /// the copy, and a tokenizer.json linking to some other file must not carry that file into the output.
+    /// A writer of some shards only (one partition's), into the existing folder <paramref name="folder"/>: no index, side
+    /// files or move; <see cref="FinishShards"/> ends it. Disposing it unfinished deletes the folder.
     /// </summary>
-    private bool SideFileIsCopyable(string folder, string path)
+    internal static CheckpointWriter ForShards(string folder, IReadOnlyList<PlannedShard> shards, CheckpointWriteOptions options) =>
+        new(folder, (folder, Path.GetDirectoryName(folder)!, false), folder, shards, options);
+
+    /// <summary>Flushes and closes the last shard of a <see cref="ForShards"/> writer once every tensor is written; the folder stays.</summary>
+    internal void FinishShards()
     {
-        var kind = FileIdentity.Stat(path).Kind;
-        if (kind == FileKind.Missing) return false;
-        if (kind != FileKind.Regular)
-        {
-            _options.Warning?.Invoke($"Skipped the side file '{path}': it is a {RegularFile.Describe(kind)}, not a regular file.");
-            return false;
-        }
-        var target = RegularFile.RealPath(path);
-        var root = RegularFile.RealPath(folder).TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar;
-        if (!target.StartsWith(root, OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal))
-        {
-            _options.Warning?.Invoke($"Skipped the side file '{path}': it links to '{target}', outside the model folder '{folder}'.");
-            return false;
-        }
-        return true;
+        FinishWriting();
+        _committed = true;
     }
+
+    /// <summary>
+    /// A writer whose shard files already exist (written by partitions): the caller moves them into
+    /// <see cref="TemporaryFolder"/>, then <see cref="Commit"/> writes the index and side files and publishes as usual.
+    /// </summary>
+    internal static CheckpointWriter ForStagedShards(string destination, IReadOnlyList<PlannedTensor> tensors, CheckpointWriteOptions options)
+    {
+        var writer = Create(destination, tensors, options);
+        writer._shardsStaged = true;
+        return writer;
+    }
+
+    /// <summary>The folder the output is assembled in before it is moved into place.</summary>
+    internal string TemporaryFolder => _temporary;
 
     /// <summary>The destination may have changed while the model was written (another export, a user's file).</summary>
     private void CheckStillReplaceable()

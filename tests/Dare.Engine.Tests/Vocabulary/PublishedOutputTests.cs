@@ -16,7 +16,9 @@ public sealed class PublishedOutputTests : IDisposable
 
     public void Dispose() => _models.Dispose();
 
-    private Checkpoint MergeByRecipe()
+    private const string DareTiesRecipe = "merge_method: dare_ties\nbase_model: ./base\nmodels:\n  - model: ./chat\n    parameters: { weight: 1, density: 0.53 }\n  - model: ./code\n    parameters: { weight: 0.5, density: 0.3 }\nrandom_seed: 3\n";
+
+    private Checkpoint MergeByRecipe(string yaml = DareTiesRecipe)
     {
         var random = new Random(41);
         var family = ModelFamily.Llama2 with { Hidden = 4 };
@@ -25,7 +27,6 @@ public sealed class PublishedOutputTests : IDisposable
         File.WriteAllText(Path.Combine(_models.PathOf("base"), "LICENSE"), "LLAMA 2 COMMUNITY LICENSE AGREEMENT (test copy)\n");
         ShapedModels.FineTune(_models, "chat", family, 16, tokenizer, baseValues, random);
         ShapedModels.FineTune(_models, "code", family, 16, tokenizer, baseValues, random);
-        var yaml = "merge_method: dare_ties\nbase_model: ./base\nmodels:\n  - model: ./chat\n    parameters: { weight: 1, density: 0.53 }\n  - model: ./code\n    parameters: { weight: 0.5, density: 0.3 }\nrandom_seed: 3\n";
         var plan = RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf("merged") }).Plans[0];
         new MergeExecutor().Export(plan.Vector, plan.Export);
         return Checkpoint.Open(_models.PathOf("merged"));
@@ -44,6 +45,54 @@ public sealed class PublishedOutputTests : IDisposable
         Assert.Equal(new[] { "./chat", "./code" }, models.Select(m => ((YamlMappingNode)m)["model"].ToString()));
         Assert.Equal(new[] { "0.53", "0.3" }, models.Select(m => ((YamlMappingNode)((YamlMappingNode)m)["parameters"])["density"].ToString()));
         Assert.DoesNotContain("drop_rate", File.ReadAllText(Path.Combine(output.Directory, ModelCardWriter.MergekitConfigFileName)));
+    }
+
+    [Fact]
+    public void The_mergekit_config_of_a_della_linear_merge_keeps_its_method_densities_and_epsilons()
+    {
+        var output = MergeByRecipe("merge_method: della_linear\nbase_model: ./base\nmodels:\n  - model: ./chat\n    parameters: { weight: 1, density: 0.5, epsilon: 0.1 }\n" +
+            "  - model: ./code\n    parameters: { weight: 0.5, density: 0.7, epsilon: 0.2 }\nrandom_seed: 3\n");
+        var yaml = new YamlStream();
+        yaml.Load(new StringReader(File.ReadAllText(Path.Combine(output.Directory, ModelCardWriter.MergekitConfigFileName))));
+        var root = (YamlMappingNode)yaml.Documents[0].RootNode;
+        Assert.Equal("della_linear", root["merge_method"].ToString());
+        var parameters = ((YamlSequenceNode)root["models"]).Select(m => (YamlMappingNode)((YamlMappingNode)m)["parameters"]).ToList();
+        Assert.Equal(new[] { "0.5", "0.7" }, parameters.Select(p => p["density"].ToString()));
+        Assert.Equal(new[] { "0.1", "0.2" }, parameters.Select(p => p["epsilon"].ToString()));
+    }
+
+    [Fact]
+    public void A_partitioned_union_vocabulary_export_has_the_single_exports_bytes_card_config_and_vocab_size_included()
+    {
+        var random = new Random(43);
+        var family = ModelFamily.Llama2 with { Hidden = 4 };
+        var tokenizer = TestTokenizer.Llama(16);
+        var (_, baseValues) = ShapedModels.Write(_models, "base", family, 16, tokenizer, random);
+        ShapedModels.FineTune(_models, "chat", family, 18, tokenizer.With(new[] { "<tool>", "<call>" }, _ => true), baseValues, random);
+        ShapedModels.FineTune(_models, "code", family, 16, tokenizer, baseValues, random);
+        var yaml = "merge_method: della_linear\nbase_model: ./base\nmodels:\n  - model: ./chat\n    parameters: { weight: 1, density: 0.5, epsilon: 0.1 }\n" +
+            "  - model: ./code\n    parameters: { weight: 0.5, density: 0.7, epsilon: 0.2 }\nrandom_seed: 3\ntokenizer_source: union\n";
+        MergePlan PlanTo(string name, Dare.Engine.Partitions.ExportPartition? partition) =>
+            RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf(name), MaxShardSize = 256, Partition = partition }).Plans[0];
+        var single = PlanTo("single", null);
+        new MergeExecutor().Export(single.Vector, single.Export);
+        Assert.True(Directory.GetFiles(_models.PathOf("single"), "model-*.safetensors").Length >= 3, "the fixture should make several shards");
+        foreach (var index in new[] { 1, 0 })
+        {
+            var part = PlanTo("parts", new Dare.Engine.Partitions.ExportPartition(index, 2));
+            new MergeExecutor().Export(part.Vector, part.Export);
+        }
+
+        var files = Directory.GetFiles(_models.PathOf("single")).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(files, Directory.GetFiles(_models.PathOf("parts")).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList());
+        Assert.Contains(ModelCardWriter.ModelCardFileName, files);
+        Assert.Contains(ModelCardWriter.MergekitConfigFileName, files);
+        foreach (var file in files)
+        {
+            Assert.True(File.ReadAllBytes(Path.Combine(_models.PathOf("single"), file!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(_models.PathOf("parts"), file!))), $"{file} differs");
+        }
+        // The union holds the base's 16 tokens and the two the chat model added.
+        Assert.Equal(18, JsonNode.Parse(File.ReadAllText(Path.Combine(_models.PathOf("parts"), "config.json")))!["vocab_size"]!.GetValue<long>());
     }
 
     [Fact]
