@@ -76,10 +76,18 @@ public sealed partial class Checkpoint
 
     /// <summary>
     /// This checkpoint with some tensors replaced by re-rowed ones (the base extended to a merged vocabulary); path,
-    /// folder, metadata and config stay the same, so its side files are still copied from the base folder.
+    /// folder, metadata and config stay the same, so its side files are still copied from the base folder; a stack
+    /// stays a stack (its slices, sources and config changes).
     /// </summary>
     internal Checkpoint WithReplacedTensors(IReadOnlyDictionary<string, TensorInfo> replaced, VocabularyOutput? vocabulary) =>
-        new(Path, Layout, Files, Tensors.Select(t => replaced.GetValueOrDefault(t.Name) ?? t).ToList(), Metadata, _config) { Vocabulary = vocabulary };
+        new(Path, Layout, Files, Tensors.Select(t => replaced.GetValueOrDefault(t.Name) ?? t).ToList(), Metadata, _config)
+        {
+            Vocabulary = vocabulary,
+            Slices = Slices,
+            ConfigChanges = ConfigChanges,
+            TensorSources = TensorSources,
+            StackDirectory = StackDirectory,
+        };
 
     public TensorInfo? Find(string name) => _byName.GetValueOrDefault(name);
     public bool Contains(string name) => _byName.ContainsKey(name);

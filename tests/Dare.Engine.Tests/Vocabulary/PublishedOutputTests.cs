@@ -96,6 +96,26 @@ public sealed class PublishedOutputTests : IDisposable
     }
 
     [Fact]
+    public void A_slice_merge_onto_a_union_vocabulary_keeps_the_stacks_layer_count_and_writes_the_union_size()
+    {
+        var random = new Random(47);
+        var family = ModelFamily.Llama2 with { Hidden = 4 };
+        var tokenizer = TestTokenizer.Llama(16);
+        var (_, baseValues) = ShapedModels.Write(_models, "base", family, 16, tokenizer, random);
+        ShapedModels.FineTune(_models, "chat", family, 18, tokenizer.With(new[] { "<tool>", "<call>" }, _ => true), baseValues, random);
+        var yaml = "slices:\n  - sources:\n      - model: ./base\n        layer_range: [0, 1]\n      - model: ./chat\n        layer_range: [1, 2]\n" +
+            "merge_method: linear\nparameters: { weight: 1.0 }\ntokenizer_source: union\n";
+        var plan = RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf("stacked") }).Plans[0];
+        new MergeExecutor().Export(plan.Vector, plan.Export);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(_models.PathOf("stacked"), "config.json")))!;
+        Assert.Equal(1, config["num_hidden_layers"]!.GetValue<int>());
+        Assert.Equal(18, config["vocab_size"]!.GetValue<long>());
+        var output = Checkpoint.Open(_models.PathOf("stacked"));
+        Assert.Equal(new long[] { 18, 4 }, output.Find("model.embed_tokens.weight")!.Shape);
+        Assert.Null(output.Find("model.layers.1.mlp.up_proj.weight"));
+    }
+
+    [Fact]
     public void The_model_card_names_the_base_and_the_merged_models_and_holds_the_configuration()
     {
         var output = MergeByRecipe();
