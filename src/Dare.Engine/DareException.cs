@@ -45,6 +45,7 @@ public enum DareErrorId
     SeveralInputsOneFolder,
     TokenizerInvalid,
     VocabularyMismatch,
+    SphericalMeanUndefined,
     LayerRangeInvalid,
     PartitionPlanMismatch,
     PartitionIncomplete,

@@ -114,7 +114,6 @@ public class RecipeParserTests
     }
 
     [Theory]
-    [InlineData("merge_method: slerp\nmodels: [a]", "merge_method", "line 1, column 15")]
     [InlineData("merge_method: ties\nmodules: {}\nmodels: [a]", "modules", "line 2, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\nparameters:\n  embed_slerp: true", "parameters.embed_slerp", "line 4, column 3")]
     [InlineData("merge_method: ties\nmodels: [a]\ndtype: float64", "dtype", "line 3, column 8")]
