@@ -219,20 +219,10 @@ Describe 'Export-Safetensors' {
             $parent = Join-Path $out 'cancel'
             New-Item -ItemType Directory $parent | Out-Null
             $output = Join-Path $parent 'merged'
-            $ps = [powershell]::Create()
-            try {
-                $null = $ps.AddScript("Import-Module '$(Join-Path $PSScriptRoot '../out/Dare/Dare.psd1')'").AddStatement().AddScript($slowExport.ToString())
-                $null = $ps.AddArgument($bigBase.Path).AddArgument($bigTune.Path).AddArgument($output)
-                $handle = $ps.BeginInvoke()
-                # Wait until the writer has created its temporary folder, so the stop lands inside the export.
-                $deadline = [DateTime]::UtcNow.AddSeconds(60)
-                while (-not (Get-DareTempFolders $parent) -and -not $handle.IsCompleted -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 5 }
-                Start-Sleep -Milliseconds 50
-                $handle.IsCompleted | Should -BeFalse -Because 'the export must still be running when it is stopped'
-                $ps.Stop()
-                $ps.InvocationStateInfo.State | Should -Be 'Stopped'
-            }
-            finally { $ps.Dispose() }
+            $script = "& { $($slowExport.ToString()) } '$($bigBase.Path)' '$($bigTune.Path)' '$output'"
+            $run = Invoke-StoppedInChild $script $parent
+            $run.Completed | Should -BeFalse -Because 'the export must still be running when it is stopped'
+            $run.State | Should -Be 'Stopped'
             $output | Should -Not -Exist
             Get-DareTempFolders $parent | Should -BeNullOrEmpty
         }
