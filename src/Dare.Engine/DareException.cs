@@ -38,6 +38,10 @@ public enum DareErrorId
     NonFiniteValues,
     MergeStepMissing,
     SeveralInputsOneFolder,
+    ArchitectureUnsupported,
+    TokenizerNotFound,
+    TokenizerUnsupported,
+    TextTooShort,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>
