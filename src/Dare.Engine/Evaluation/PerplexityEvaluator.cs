@@ -154,6 +154,22 @@ public static class PerplexityEvaluator
         return hidden;
     }
 
+    /// <summary>Logits [length, vocab] of one window (for tests that compare the forward pass with a reference).</summary>
+    internal static float[] Logits(Checkpoint model, int[] ids, SafetensorsDType computeType)
+    {
+        TorchRuntime.EnsureInitialized();
+        var config = LlamaConfig.FromCheckpoint(model);
+        var dtype = ComputeType(computeType);
+        using var mode = inference_mode();
+        using var reader = new TensorReader();
+        using var scope = NewDisposeScope();
+        var weights = new CheckpointWeights(model, reader, dtype, CPU);
+        var input = tensor(ids.Select(t => (long)t).ToArray(), new long[] { 1, ids.Length });
+        var hidden = Hidden(input, config, weights, dtype, CPU, null, CancellationToken.None);
+        var logits = LlamaForward.Logits(LlamaForward.RmsNorm(hidden, weights.Get("model.norm.weight"), config.RmsNormEps), weights.Head(config));
+        return logits.contiguous().data<float>().ToArray();
+    }
+
     private static int ContextLength(LlamaConfig config, PerplexityOptions options)
     {
         var limit = new[] { config.MaxPositionEmbeddings, config.SlidingWindow }.Where(v => v is not null).Select(v => v!.Value).DefaultIfEmpty(int.MaxValue).Min();

@@ -108,5 +108,48 @@ public static class SyntheticModel
         File.WriteAllText(Path.Combine(folder, "generation_config.json"), new JsonObject { ["bos_token_id"] = 1, ["eos_token_id"] = 2 }.ToJsonString(options));
         File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), new JsonObject { ["model_max_length"] = 4096, ["tokenizer_class"] = "LlamaTokenizer" }.ToJsonString(options));
         File.WriteAllText(Path.Combine(folder, "special_tokens_map.json"), new JsonObject { ["bos_token"] = "<s>", ["eos_token"] = "</s>" }.ToJsonString(options));
+        if (shape.VocabSize > SyntheticTokenizer.SpecialTokens.Length)
+        {
+            File.WriteAllText(Path.Combine(folder, "tokenizer.json"), SyntheticTokenizer.Json(shape.VocabSize).ToJsonString(options));
+        }
+    }
+}
+
+/// <summary>
+/// The tokenizer.json of synthetic models: character-level BPE (no merges) over whitespace-split words, so any text
+/// of these characters tokenises and Measure-Perplexity can run on a synthetic model. Ids: &lt;unk&gt; 0, &lt;s&gt; 1,
+/// &lt;/s&gt; 2, then <see cref="Characters"/> in order, as many as the vocabulary holds.
+/// </summary>
+public static class SyntheticTokenizer
+{
+    public static readonly string[] SpecialTokens = { "<unk>", "<s>", "</s>" };
+
+    public const string Characters = "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+    /// <summary>The id of <paramref name="character"/> in a vocabulary of <paramref name="vocabSize"/>, or 0 (&lt;unk&gt;).</summary>
+    public static int Id(char character, int vocabSize)
+    {
+        var index = Characters.IndexOf(character);
+        return index >= 0 && index + SpecialTokens.Length < vocabSize ? index + SpecialTokens.Length : 0;
+    }
+
+    public static JsonObject Json(int vocabSize)
+    {
+        var vocab = new JsonObject();
+        var added = new JsonArray();
+        for (var i = 0; i < SpecialTokens.Length; i++)
+        {
+            vocab[SpecialTokens[i]] = i;
+            added.Add(new JsonObject { ["id"] = i, ["content"] = SpecialTokens[i], ["special"] = true });
+        }
+        foreach (var c in Characters.Take(Math.Max(0, vocabSize - SpecialTokens.Length))) vocab[c.ToString()] = vocab.Count;
+        return new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = added,
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "WhitespaceSplit" },
+            ["model"] = new JsonObject { ["type"] = "BPE", ["unk_token"] = "<unk>", ["vocab"] = vocab, ["merges"] = new JsonArray() },
+        };
     }
 }
