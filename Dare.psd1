@@ -19,6 +19,7 @@
         'Import-Safetensors'
         'Invoke-DareDrop'
         'Invoke-DareMerge'
+        'Measure-Perplexity'
         'Measure-TaskVector'
         'Merge-Linear'
         'Merge-Ties'

@@ -102,6 +102,8 @@ public static class SyntheticModel
             ["num_key_value_heads"] = shape.HeadCount,
             ["vocab_size"] = shape.VocabSize,
             ["rms_norm_eps"] = 1e-5,
+            ["rope_theta"] = 10000.0,
+            ["max_position_embeddings"] = 4096,
             ["torch_dtype"] = dtype.TorchDTypeName(),
         };
         File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(options));
