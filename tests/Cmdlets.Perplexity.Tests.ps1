@@ -74,4 +74,10 @@ Describe 'Measure-Perplexity' {
         Set-Content (Join-Path $root 'second.txt') 'abc'
         { Measure-Perplexity $base.Path -TextPath (Join-Path $root '*.txt') -ErrorAction Stop } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.MeasurePerplexityCommand'
     }
+
+    It 'shows a result as Model, Perplexity, NLL, Tokens, Windows, Context, DType and Elapsed' {
+        $lines = @((Measure-Perplexity $base -TextPath $text -ContextLength 16 | Out-String -Width 200) -split "`r?`n" | Where-Object { $_.Trim() })
+        ($lines[0] -split '\s+' | Where-Object { $_ }) | Should -Be @('Model', 'Perplexity', 'NLL', 'Tokens', 'Windows', 'Context', 'DType', 'Elapsed')
+        $lines[2] | Should -Match '^base\s+\d+(\.\d+)?\s+\d\.\d{3}\s+32\s+3\s+16\s+float32\s+\d+\.\d s$'
+    }
 }
