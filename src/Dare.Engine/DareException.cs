@@ -33,6 +33,10 @@ public enum DareErrorId
     ArchitectureMismatch,
     BaseModelMismatch,
     TaskVectorInvalid,
+    OutputNotReplaceable,
+    OutputWriteFailed,
+    OutputReplaceFailed,
+    OutputInUse,
     NotRegularFile,
     InputChanged,
     NonFiniteValues,
@@ -56,6 +60,7 @@ public enum DareErrorKind
     NotInstalled,
     OperationStopped,
     NotImplemented,
+    ResourceBusy,
 }
 
 /// <summary>An engine failure with a stable id, a kind, and a message naming the file and tensor involved.</summary>
