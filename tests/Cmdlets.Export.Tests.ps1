@@ -28,7 +28,10 @@ Describe 'Export-Safetensors' {
         It 'returns an ExportResult with the path, the files and the totals' {
             $result | Should -BeOfType Dare.Engine.Merge.ExportResult
             $result.Path | Should -Be $merged
-            $result.Files | Should -Be @(Get-ChildItem $merged -File | Sort-Object Name -CaseSensitive | ForEach-Object FullName)
+            # Ordinal order, as the engine lists them (culture order puts tokenizer_config.json before tokenizer.json).
+            $files = [string[]]@(Get-ChildItem $merged -File | ForEach-Object FullName)
+            [Array]::Sort($files, [StringComparer]::Ordinal)
+            $result.Files | Should -Be $files
             $result.TensorCount | Should -Be 21
             $result.BytesWritten | Should -Be (Import-Safetensors $merged).SizeBytes
             $result.BytesRead | Should -BeGreaterThan $result.BytesWritten

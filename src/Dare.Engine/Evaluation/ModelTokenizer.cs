@@ -65,6 +65,19 @@ public sealed class ModelTokenizer
 
     private static ModelTokenizer LoadHuggingFace(string path)
     {
+        try
+        {
+            return ReadHuggingFace(path);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException or KeyNotFoundException or NullReferenceException or ArgumentException)
+        {
+            // A field of the wrong JSON type or a missing required entry (GetValue on a string, a token without an id).
+            throw new DareException(DareErrorId.TokenizerUnsupported, DareErrorKind.InvalidData, $"'{path}' is not a tokenizer.json Dare can read: {ex.Message}", ex) { FilePath = path };
+        }
+    }
+
+    private static ModelTokenizer ReadHuggingFace(string path)
+    {
         DareException Unsupported(string what) => new(DareErrorId.TokenizerUnsupported, DareErrorKind.NotImplemented,
             $"'{path}': {what}; Measure-Perplexity reads BPE tokenizer.json files with a ByteLevel, Whitespace or WhitespaceSplit pre-tokenizer, and SentencePiece tokenizer.model files.") { FilePath = path };
         JsonObject root;

@@ -63,11 +63,11 @@ public static class PerplexityEvaluator
                 $"The text gives {used.Length} token(s); perplexity needs at least 2 (one to predict from, one to predict).");
         }
         var vocabulary = EmbeddingRows(model);
-        var outside = used.FirstOrDefault(t => t < 0 || t >= vocabulary, -1);
-        if (outside >= 0 || used.Any(t => t < 0))
+        var outside = Array.FindIndex(used, t => t < 0 || t >= vocabulary);
+        if (outside >= 0)
         {
             throw new DareException(DareErrorId.TokenizerUnsupported, DareErrorKind.InvalidData,
-                $"The tokenizer produced id {used.First(t => t < 0 || t >= vocabulary)}, outside the model's {vocabulary}-row embedding in '{model.Path}': the tokenizer files do not belong to this model.") { FilePath = model.Path };
+                $"Token {outside} of the text has id {used[outside]}, outside the model's {vocabulary}-row embedding in '{model.Path}': the tokenizer files do not belong to this model.") { FilePath = model.Path };
         }
         var windows = Enumerable.Range(0, (used.Length + context - 1) / context)
             .Select(i => used.AsSpan(i * context, Math.Min(context, used.Length - i * context)).ToArray())

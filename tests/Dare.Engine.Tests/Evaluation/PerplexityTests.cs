@@ -168,6 +168,15 @@ public sealed class PerplexityTests : IDisposable
     }
 
     [Fact]
+    public void Token_ids_beyond_the_embedding_are_refused_naming_the_position()
+    {
+        var (model, _) = TinyModel("outside");
+        var error = Assert.Throws<DareException>(() => PerplexityEvaluator.Measure(model, new[] { 1, 2, 11, 3 }, new PerplexityOptions()));
+        Assert.Equal(DareErrorId.TokenizerUnsupported, error.ErrorId);
+        Assert.Contains("Token 2 of the text has id 11", error.Message);
+    }
+
+    [Fact]
     public void A_model_without_tokenizer_files_is_refused_with_TokenizerNotFound()
     {
         var (model, _) = TinyModel("untokenised");

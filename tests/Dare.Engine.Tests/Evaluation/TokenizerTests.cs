@@ -73,6 +73,17 @@ public sealed class TokenizerTests : IDisposable
     }
 
     [Fact]
+    public void A_tokenizer_json_with_a_field_of_the_wrong_type_is_refused_as_invalid_data()
+    {
+        var json = ByteLevelBpe(new JsonArray("h e"));
+        json["model"]!["vocab"]!["h"] = "zero";
+        WriteJson(json);
+        var error = Assert.Throws<DareException>(() => ModelTokenizer.Load(_folder));
+        Assert.Equal(DareErrorId.TokenizerUnsupported, error.ErrorId);
+        Assert.Equal(DareErrorKind.InvalidData, error.Kind);
+    }
+
+    [Fact]
     public void SentencePiece_tokenizer_model_adds_bos_and_merges_by_score()
     {
         // Pieces: <unk> <s> </s> ▁ a b c ▁a ab ▁ab; in BPE the merge whose result scores highest goes first.
