@@ -21,7 +21,10 @@
         'Invoke-DareMerge'
         'Measure-Perplexity'
         'Measure-TaskVector'
+        'Merge-ArceeFusion'
         'Merge-Linear'
+        'Merge-Nearswap'
+        'Merge-Ram'
         'Merge-Ties'
         'New-SyntheticCheckpoint'
     )

@@ -33,6 +33,7 @@ public enum DareErrorId
     ArchitectureMismatch,
     BaseModelMismatch,
     TaskVectorInvalid,
+    WeightSumZero,
     OutputNotReplaceable,
     OutputWriteFailed,
     OutputReplaceFailed,
@@ -46,6 +47,7 @@ public enum DareErrorId
     TokenizerNotFound,
     TokenizerUnsupported,
     TextTooShort,
+    LayerRangeInvalid,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

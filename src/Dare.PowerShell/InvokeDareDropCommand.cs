@@ -43,7 +43,7 @@ public sealed class InvokeDareDropCommand : DareCmdlet
 
     protected override void BeginProcessing() => Run(() =>
     {
-        DareMask.Threshold(DropRate);
+        DareDropParameters.DropRate.Check(DropRate, nameof(DropRate));
         _dropRate = DropRateParameter();
         if (MyInvocation.BoundParameters.ContainsKey(nameof(Seed)))
         {
@@ -78,7 +78,7 @@ public sealed class InvokeDareDropCommand : DareCmdlet
         foreach (var entry in entries)
         {
             var rate = LanguagePrimitives.ConvertTo<double>(entry.Value);
-            DareMask.Threshold(rate);
+            DareDropParameters.DropRate.Check(rate, $"DropRateOverride['{entry.Key}']");
             rules.Add(new ParameterRule(entry.Key.ToString(), rate, FilterMatch.Wildcard));
         }
         return new RuleParameter(rules, DropRate);

@@ -15,10 +15,13 @@ public abstract class MergeCommandBase : DareCmdlet
 
     /// <summary>One weight per task vector, in input order (default 1 each).</summary>
     [Parameter]
+    [ValidateDeclared("linear", "weight")]
     public double[]? Weight { get; set; }
 
     /// <summary>Scale λ applied to the merged delta before it is added to the base.</summary>
     [Parameter]
+    [ValidateDeclared("linear", "lambda")]
+    [ArgumentCompleter(typeof(DeclaredValueCompleter))]
     public double Lambda { get; set; } = 1.0;
 
     /// <summary>Optional name of the merged task vector.</summary>

@@ -13,5 +13,5 @@ public sealed class MergeLinearCommand : MergeCommandBase
     public bool Normalize { get; set; } = true;
 
     protected override MergeOptions Options(IReadOnlyList<TensorParameter> weights, int inputCount) =>
-        new(MergeMethod.Linear, weights, Normalize, Lambda);
+        new(MergeMethods.Find("linear")!, weights, Normalize, Lambda);
 }

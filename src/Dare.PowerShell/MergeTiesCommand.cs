@@ -11,11 +11,15 @@ namespace Dare.PowerShell;
 [OutputType(typeof(TaskVector))]
 public sealed class MergeTiesCommand : MergeCommandBase
 {
-    /// <summary>Fraction k of entries kept per tensor (0 &lt; k &lt;= 1); 1 skips trimming (DARE-TIES).</summary>
+    /// <summary>
+    /// Fraction k of entries kept per tensor (0 &lt; k &lt;= 1); 1 skips trimming (DARE-TIES). Default 0.2 here; a recipe's
+    /// density defaults to 1 (mergekit's), both from the engine's declaration.
+    /// </summary>
     [Parameter(Position = 0)]
     [Alias("Density")]
-    [ValidateRange(double.Epsilon, 1.0)]
-    public double KeepRatio { get; set; } = 0.2;
+    [ValidateDeclared("ties", "density")]
+    [ArgumentCompleter(typeof(DeclaredValueCompleter))]
+    public double KeepRatio { get; set; } = (double)ValidateDeclaredAttribute.Spec("ties", "density").CmdletDefault!;
 
     /// <summary>Sum (sign of the weighted sum, default) or Count (sign of #positive − #negative).</summary>
     [Parameter]
@@ -26,5 +30,5 @@ public sealed class MergeTiesCommand : MergeCommandBase
     public bool Normalize { get; set; } = true;
 
     protected override MergeOptions Options(IReadOnlyList<TensorParameter> weights, int inputCount) =>
-        new(MergeMethod.Ties, weights, Normalize, Lambda, Enumerable.Repeat((TensorParameter)KeepRatio, inputCount).ToList(), SignMethod);
+        new(MergeMethods.Find("ties")!, weights, Normalize, Lambda, Enumerable.Repeat((TensorParameter)KeepRatio, inputCount).ToList(), SignMethod);
 }

@@ -29,7 +29,7 @@ public sealed record TaskVectorStatistics(
     public static TaskVectorStatistics Measure(TaskVector vector, MergeExecutor executor, bool perTensor)
     {
         var accumulators = new Dictionary<string, Accumulator>(StringComparer.Ordinal);
-        var counts = executor.Visit(vector, (info, _, delta) =>
+        var counts = executor.StreamDeltas(vector, (info, _, delta) =>
         {
             var a = Accum(accumulators, info);
             using var magnitude = delta.abs();
@@ -52,7 +52,7 @@ public sealed record TaskVectorStatistics(
         var unknown = accumulators.Where(p => !p.Value.SparseKnown).Select(p => p.Key).ToHashSet(StringComparer.Ordinal);
         if (unknown.Count > 0)
         {
-            executor.Visit(vector, (info, _, delta) =>
+            executor.StreamDeltas(vector, (info, _, delta) =>
             {
                 var a = accumulators[info.Name];
                 using var magnitude = delta.abs();

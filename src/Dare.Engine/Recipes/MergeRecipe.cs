@@ -3,21 +3,6 @@ using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Recipes;
 
-/// <summary>The merge methods a recipe may name (mergekit's names).</summary>
-public enum RecipeMergeMethod
-{
-    /// <summary>Weighted average of the models (normalize: true by default).</summary>
-    Linear,
-    /// <summary>base + λ·Σ wᵢ·δᵢ (normalize: false by default).</summary>
-    TaskArithmetic,
-    /// <summary>Magnitude trim to density, sign election, disjoint mean (normalize: true by default).</summary>
-    Ties,
-    /// <summary>DARE with drop rate 1 − density, then a weighted sum (normalize: false by default).</summary>
-    DareLinear,
-    /// <summary>DARE with drop rate 1 − density, then sign election without trimming (normalize: false by default).</summary>
-    DareTies,
-}
-
 /// <summary>Where something was written in a recipe: the source, 1-based line and column (0 when unknown) and the key path.</summary>
 public sealed record RecipeLocation(string Source, int Line, int Column, string KeyPath)
 {
@@ -55,31 +40,43 @@ public sealed record RecipeSetting(IReadOnlyList<ParameterRule> Rules, TensorPar
     };
 }
 
-/// <summary>The <c>parameters:</c> block of a model or of the whole recipe. Null means "not given".</summary>
+/// <summary>
+/// The <c>parameters:</c> block of a model or of the whole recipe, by key as the methods and transforms declare them
+/// (<see cref="MergeMethods.AllParameters"/>). Null means "not given".
+/// </summary>
 public sealed class RecipeParameters
 {
-    public RecipeSetting? Weight { get; init; }
-    public RecipeSetting? Density { get; init; }
+    /// <summary>Values that may vary by tensor (a number, a gradient or filter rules), by key.</summary>
+    public IReadOnlyDictionary<string, RecipeSetting> Settings { get; init; } = new Dictionary<string, RecipeSetting>();
+
+    /// <summary>Single values by key: double, bool, long, or a choice's value (e.g. <see cref="DareRescale"/>).</summary>
+    public IReadOnlyDictionary<string, object> Values { get; init; } = new Dictionary<string, object>();
+
+    public RecipeSetting? Setting(string key) => Settings.TryGetValue(key, out var setting) ? setting : null;
+    public T? Value<T>(string key) where T : struct => Values.TryGetValue(key, out var value) ? (T)value : null;
+
+    public RecipeSetting? Weight => Setting("weight");
+    public RecipeSetting? Density => Setting("density");
 
     /// <summary>Dare extension: DARE drop rate p (instead of density = 1 − p).</summary>
-    public RecipeSetting? DropRate { get; init; }
+    public RecipeSetting? DropRate => Setting("drop_rate");
 
-    public bool? Normalize { get; init; }
-    public double? Lambda { get; init; }
+    public bool? Normalize => Value<bool>("normalize");
+    public double? Lambda => Value<double>("lambda");
 
     /// <summary>Accepted for mergekit compatibility and ignored (see README, "mergekit compatibility").</summary>
-    public bool? Int8Mask { get; init; }
+    public bool? Int8Mask => Value<bool>("int8_mask");
 
-    public DareRescale? Rescale { get; init; }
+    public DareRescale? Rescale => Value<DareRescale>("rescale");
 
     /// <summary>Dare extension: sum (default) or count.</summary>
-    public SignMethod? SignMethod { get; init; }
+    public SignMethod? SignMethod => Value<SignMethod>("sign_method");
 
     /// <summary>Dare extension (per model): this model's DARE seed.</summary>
-    public long? RandomSeed { get; init; }
+    public long? RandomSeed => Value<long>("random_seed");
 
     /// <summary>Dare extension (per model): this model's DARE mask stream (default: its index among the merged models).</summary>
-    public int? MaskStream { get; init; }
+    public int? MaskStream => Value<int>("mask_stream");
 
     /// <summary>Where each given key was written, by key name.</summary>
     public IReadOnlyDictionary<string, RecipeLocation> Locations { get; init; } = new Dictionary<string, RecipeLocation>();
@@ -98,6 +95,24 @@ public sealed class RecipeModelEntry
     public RecipeParameters Parameters { get; init; } = RecipeParameters.Empty;
 }
 
+/// <summary>One source of a slice: layers [LayerStart, LayerEnd) of a model (mergekit's <c>layer_range</c>).</summary>
+public sealed class RecipeSliceSource
+{
+    public required string Model { get; init; }
+    public required RecipeLocation Location { get; init; }
+    public required int LayerStart { get; init; }
+    public required int LayerEnd { get; init; }
+    public required RecipeLocation RangeLocation { get; init; }
+    public RecipeParameters Parameters { get; init; } = RecipeParameters.Empty;
+}
+
+/// <summary>One entry of <c>slices:</c>: output layers taken from (or merged across) its sources' layer ranges.</summary>
+public sealed class RecipeSlice
+{
+    public required IReadOnlyList<RecipeSliceSource> Sources { get; init; }
+    public required RecipeLocation Location { get; init; }
+}
+
 /// <summary>One YAML document of a recipe file: a single merge.</summary>
 public sealed class MergeRecipe
 {
@@ -107,7 +122,8 @@ public sealed class MergeRecipe
     /// <summary>Dare extension: the name later recipes of a batch use to refer to this one's output.</summary>
     public string? Name { get; init; }
 
-    public required RecipeMergeMethod Method { get; init; }
+    /// <summary>The merge_method as written, resolved in the registry (<see cref="MergeMethods.RecipeForms"/>).</summary>
+    public required RecipeForm Method { get; init; }
     public required RecipeLocation Location { get; init; }
     public required RecipeLocation MethodLocation { get; init; }
 
@@ -115,6 +131,9 @@ public sealed class MergeRecipe
     public RecipeLocation? BaseModelLocation { get; init; }
 
     public required IReadOnlyList<RecipeModelEntry> Models { get; init; }
+
+    /// <summary>The <c>slices:</c> given instead of <c>models:</c> (null when models are given).</summary>
+    public IReadOnlyList<RecipeSlice>? Slices { get; init; }
     public RecipeParameters Parameters { get; init; } = RecipeParameters.Empty;
 
     /// <summary>mergekit's compute dtype; Dare always computes in float32, so it only sets the output dtype when out_dtype is absent.</summary>

@@ -13,15 +13,14 @@ namespace Dare.Engine.Recipes;
 /// column. This checks the schema (keys, types, where each key may appear); <see cref="RecipePlanner"/> checks
 /// what needs the models or the method (ranges, paths, architectures).
 /// </summary>
-public static class RecipeParser
+public static partial class RecipeParser
 {
     internal static readonly string[] TopLevelKeys =
-        { "merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "random_seed", "name", "output" };
+        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "random_seed", "name", "output" };
 
     /// <summary>mergekit keys Dare knows but cannot honour: an error that says so, not an "unknown key".</summary>
     internal static readonly Dictionary<string, string> UnsupportedTopLevelKeys = new()
     {
-        ["slices"] = "layer slices (frankenmerges) are not supported; give whole models under 'models:'",
         ["modules"] = "multi-module merges are not supported; give whole models under 'models:'",
         ["tokenizer"] = "tokenizer merging is not supported; Dare copies the base model's tokenizer files (tokenizer_source: base)",
         ["chat_template"] = "chat templates are not written; the base model's chat_template.json/.jinja, if any, is copied",
@@ -30,36 +29,6 @@ public static class RecipeParser
     internal static readonly string[] ModelKeys = { "model", "parameters" };
     internal static readonly string[] OutputKeys = { "path", "max_shard_size", "delta_only" };
     internal static readonly string[] FilterEntryKeys = { "filter", "value", "match" };
-
-    internal static readonly string[] ParameterKeys =
-        { "weight", "density", "drop_rate", "normalize", "lambda", "int8_mask", "rescale", "sign_method", "random_seed", "mask_stream" };
-
-    private static readonly HashSet<string> MergeWideParameters = new() { "normalize", "lambda", "int8_mask", "sign_method" };
-    private static readonly HashSet<string> PerModelParameters = new() { "random_seed", "mask_stream" };
-
-    internal static readonly Dictionary<string, string> UnsupportedParameters = new()
-    {
-        ["t"] = "'t' is the slerp interpolation factor; slerp is not supported",
-        ["gamma"] = "'gamma' belongs to breadcrumbs, which is not supported",
-        ["epsilon"] = "'epsilon' belongs to della, which is not supported",
-        ["select_topk"] = "'select_topk' belongs to sce, which is not supported",
-        ["filter_wise"] = "'filter_wise' belongs to model_stock, which is not supported",
-        ["embed_slerp"] = "'embed_slerp' belongs to mergekit-moe, which is not supported",
-    };
-
-    internal static readonly Dictionary<string, RecipeMergeMethod> Methods = new()
-    {
-        ["linear"] = RecipeMergeMethod.Linear,
-        ["task_arithmetic"] = RecipeMergeMethod.TaskArithmetic,
-        ["ties"] = RecipeMergeMethod.Ties,
-        ["dare_linear"] = RecipeMergeMethod.DareLinear,
-        ["dare_ties"] = RecipeMergeMethod.DareTies,
-    };
-
-    internal static readonly string[] UnsupportedMethods =
-        { "slerp", "nuslerp", "multislerp", "passthrough", "model_stock", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "karcher", "arcee_fusion", "nearswap", "ram" };
-
-    public static string MethodName(RecipeMergeMethod method) => Methods.First(m => m.Value == method).Key;
 
     /// <summary>Reads a recipe file; relative paths in it resolve against the file's folder.</summary>
     public static RecipeBatch ParseFile(string path)
@@ -153,13 +122,13 @@ public static class RecipeParser
         var map = RequireMapping(root, path, context, "a recipe");
         var keys = ReadKeys(map, path, context, TopLevelKeys, UnsupportedTopLevelKeys);
 
-        var method = RecipeMergeMethod.Linear;
+        var method = MergeMethods.FindRecipeForm("linear")!;
         var methodLocation = documentLocation;
         if (!keys.TryGetValue("merge_method", out var methodEntry))
         {
             if (!context.Suggested.Contains(Join(path, "merge_method")))
             {
-                mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'merge_method:' (one of linear, task_arithmetic, ties, dare_linear, dare_ties)."));
+                mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, $"has no 'merge_method:' (one of {string.Join(", ", MethodNames)})."));
             }
         }
         else
@@ -170,9 +139,15 @@ public static class RecipeParser
 
         var models = new List<RecipeModelEntry>();
         var modelsPath = Join(path, "models");
-        if (!keys.TryGetValue("models", out var modelsEntry) || IsNull(modelsEntry.Value))
+        IReadOnlyList<RecipeSlice>? slices = null;
+        if (keys.TryGetValue("slices", out var slicesEntry))
         {
-            if (!context.Suggested.Contains(modelsPath)) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list."));
+            slices = mistakes.Try(() => ParseSlices(slicesEntry.Value, Join(path, "slices"), context), Array.Empty<RecipeSlice>());
+            if (keys.ContainsKey("models")) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(slicesEntry.Key, Join(path, "slices")), "and 'models:' are both given; a recipe takes one of them (as in mergekit)."));
+        }
+        else if (!keys.TryGetValue("models", out var modelsEntry) || IsNull(modelsEntry.Value))
+        {
+            if (!context.Suggested.Contains(modelsPath)) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list (or 'slices:')."));
         }
         else if (modelsEntry.Value is not YamlSequenceNode modelsNode || modelsNode.Children.Count == 0)
         {
@@ -223,6 +198,7 @@ public static class RecipeParser
             BaseModel = Text("base_model"),
             BaseModelLocation = LocationOf("base_model"),
             Models = models,
+            Slices = slices,
             Parameters = parameters,
             DType = dtype,
             OutDType = outDType,
@@ -234,15 +210,15 @@ public static class RecipeParser
         };
     }
 
-    private static RecipeMergeMethod ParseMethod(YamlNode node, RecipeLocation location, Context context)
+    private static RecipeForm ParseMethod(YamlNode node, RecipeLocation location, Context context)
     {
         var methodName = RequireString(node, location, context);
-        if (Methods.TryGetValue(methodName, out var method)) return method;
+        if (MergeMethods.FindRecipeForm(methodName) is { } method) return method;
         var why = UnsupportedMethods.Contains(methodName)
             ? $"mergekit's '{methodName}' is not supported by Dare."
-            : $"'{methodName}' is not a merge method.{Suggestion(methodName, Methods.Keys)}";
+            : $"'{methodName}' is not a merge method.{Suggestion(methodName, MethodNames)}";
         throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
-            $"{why} Dare merges with: {string.Join(", ", Methods.Keys)}.");
+            $"{why} Dare merges with: {string.Join(", ", MethodNames)}.");
     }
 
     private static SafetensorsDType? ParseDType(string? text, RecipeLocation? location, bool compute)
@@ -318,168 +294,6 @@ public static class RecipeParser
             deltaOnly = RequireBool(deltaEntry.Value, context.At(deltaEntry.Value, Join(path, "delta_only")), context);
         }
         return (outputPath, outputLocation, maxShard, deltaOnly);
-    }
-
-    private static RecipeParameters ParseParameters(YamlNode node, string path, Context context, bool perModel)
-    {
-        if (IsNull(node)) return RecipeParameters.Empty;
-        var map = RequireMapping(node, path, context, "a parameters block");
-        var keys = ReadKeys(map, path, context, ParameterKeys, UnsupportedParameters);
-        var locations = new Dictionary<string, RecipeLocation>();
-        foreach (var (key, entry) in keys)
-        {
-            var location = context.At(entry.Key, Join(path, key));
-            if (perModel && MergeWideParameters.Contains(key))
-            {
-                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' applies to the whole merge; put it under the top-level 'parameters:', not under a model."));
-                continue;
-            }
-            if (!perModel && PerModelParameters.Contains(key))
-            {
-                var where = key == "random_seed" ? "at the top level of the recipe (random_seed: 42) or under a model's parameters" : "under a model's parameters";
-                context.Diagnostics.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{key}' does not belong in the top-level 'parameters:'; put it {where}."));
-                continue;
-            }
-            if (!IsNull(entry.Value)) locations[key] = location;
-        }
-
-        RecipeSetting? Setting(string key) =>
-            locations.ContainsKey(key) ? context.Diagnostics.Try(() => ParseSetting(keys[key].Value, Join(path, key), context), null) : null;
-        YamlNode? Scalar(string key)
-        {
-            if (!locations.ContainsKey(key)) return null;
-            var value = keys[key].Value;
-            if (value is not YamlScalarNode)
-            {
-                throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, context.At(value, Join(path, key)),
-                    $"'{key}' must be a single value: Dare does not vary it by tensor.");
-            }
-            return value;
-        }
-        T? Value<T>(string key, Func<YamlNode, RecipeLocation, T> read) where T : struct =>
-            context.Diagnostics.Try<T?>(() => Scalar(key) is { } node ? read(node, context.At(node, Join(path, key))) : null, null);
-
-        return new RecipeParameters
-        {
-            Weight = Setting("weight"),
-            Density = Setting("density"),
-            DropRate = Setting("drop_rate"),
-            Normalize = Value("normalize", (n, at) => RequireBool(n, at, context)),
-            Lambda = Value("lambda", (n, at) => RequireNumber(n, at, context)),
-            Int8Mask = Value("int8_mask", (n, at) => RequireBool(n, at, context)),
-            Rescale = Value("rescale", (n, at) => ParseRescale(n, at, context)),
-            SignMethod = Value("sign_method", (n, at) => ParseSignMethod(n, at, context)),
-            RandomSeed = Value("random_seed", (n, at) => RequireInteger(n, at, context)),
-            MaskStream = Value("mask_stream", (n, at) => ParseStream(n, at, context)),
-            Locations = locations,
-        };
-    }
-
-    private static DareRescale ParseRescale(YamlNode node, RecipeLocation location, Context context)
-    {
-        var text = RequireString(node, location, context);
-        if (string.Equals(text, "l1", StringComparison.OrdinalIgnoreCase)) return DareRescale.L1;
-        if (TryBool(text, out var on)) return on ? DareRescale.InverseKeep : DareRescale.None;
-        throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
-            $"'{text}' is not supported: use true (× 1/(1 − p), the DARE paper's rescale), l1 (keep the L1 norm, as current mergekit does) or false.");
-    }
-
-    private static SignMethod ParseSignMethod(YamlNode node, RecipeLocation location, Context context) =>
-        RequireString(node, location, context) switch
-        {
-            "sum" => Merge.SignMethod.Sum,
-            "count" => Merge.SignMethod.Count,
-            var other => throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"'{other}' is not a sign method; use sum or count."),
-        };
-
-    private static int ParseStream(YamlNode node, RecipeLocation location, Context context)
-    {
-        var value = RequireInteger(node, location, context);
-        if (value is < 0 or > int.MaxValue)
-        {
-            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, $"must be an integer from 0 to {int.MaxValue}, not {value}.");
-        }
-        return (int)value;
-    }
-
-    /// <summary>A scalar, a numeric list (gradient), or a list of {filter, value[, match]} entries (or one such entry).</summary>
-    private static RecipeSetting ParseSetting(YamlNode node, string path, Context context)
-    {
-        var location = context.At(node, path);
-        switch (node)
-        {
-            case YamlScalarNode:
-                return new RecipeSetting(Array.Empty<ParameterRule>(), new ConstantParameter(RequireNumber(node, location, context)), location);
-            case YamlMappingNode single:
-                return RulesSetting(new[] { (YamlNode)single }, path, location, context, singleEntry: true);
-            case YamlSequenceNode { Children.Count: 0 }:
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, "is an empty list; give a number, a list of numbers (a gradient) or filter entries.");
-            case YamlSequenceNode list when list.Children.All(c => c is YamlScalarNode):
-                return new RecipeSetting(Array.Empty<ParameterRule>(), Gradient(list, path, context), location);
-            case YamlSequenceNode list when list.Children.All(c => c is YamlMappingNode):
-                return RulesSetting(list.Children, path, location, context, singleEntry: false);
-            default:
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location,
-                    "must be a number, a list of numbers (a gradient across layers) or a list of '- filter: <text>  value: <number>' entries, not a mix.");
-        }
-    }
-
-    private static TensorParameter Gradient(YamlSequenceNode list, string path, Context context)
-    {
-        var points = list.Children.Select((c, i) => RequireNumber(c, context.At(c, $"{path}[{i}]"), context)).ToList();
-        return points.Count == 1 ? new ConstantParameter(points[0]) : new GradientParameter(points);
-    }
-
-    private static RecipeSetting RulesSetting(IList<YamlNode> entries, string path, RecipeLocation location, Context context, bool singleEntry)
-    {
-        var rules = new List<ParameterRule>();
-        TensorParameter? fallback = null;
-        for (var i = 0; i < entries.Count; i++)
-        {
-            var entryPath = singleEntry ? path : $"{path}[{i}]";
-            var keys = ReadKeys((YamlMappingNode)entries[i], entryPath, context, FilterEntryKeys, new Dictionary<string, string>());
-            if (!keys.TryGetValue("value", out var valueEntry) || IsNull(valueEntry.Value))
-            {
-                throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(entries[i], entryPath), "has no 'value:'.");
-            }
-            var valuePath = Join(entryPath, "value");
-            var value = valueEntry.Value switch
-            {
-                YamlScalarNode scalar => new ConstantParameter(RequireNumber(scalar, context.At(scalar, valuePath), context)),
-                YamlSequenceNode { Children.Count: > 0 } list when list.Children.All(c => c is YamlScalarNode) => Gradient(list, valuePath, context),
-                var other => throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(other, valuePath),
-                    "must be a number or a list of numbers (a gradient); filter entries do not nest."),
-            };
-            var match = FilterMatch.Substring;
-            if (keys.TryGetValue("match", out var matchEntry) && !IsNull(matchEntry.Value))
-            {
-                var matchLocation = context.At(matchEntry.Value, Join(entryPath, "match"));
-                match = RequireString(matchEntry.Value, matchLocation, context) switch
-                {
-                    "substring" => FilterMatch.Substring,
-                    "wildcard" => FilterMatch.Wildcard,
-                    var other => throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, matchLocation, $"'{other}' is not a match kind; use substring (mergekit's, the default) or wildcard."),
-                };
-            }
-            string? filter = null;
-            if (keys.TryGetValue("filter", out var filterEntry) && !IsNull(filterEntry.Value))
-            {
-                filter = RequireString(filterEntry.Value, context.At(filterEntry.Value, Join(entryPath, "filter")), context);
-            }
-            if (fallback is not null)
-            {
-                context.Warnings.Add($"{context.At(entries[i], entryPath)}: this entry comes after the fallback entry (the one without a filter) and never applies.");
-                continue;
-            }
-            // mergekit treats filter "*" as matching every tensor, i.e. the fallback.
-            if (filter is null || (filter == "*" && match == FilterMatch.Substring))
-            {
-                fallback = value;
-                continue;
-            }
-            rules.Add(new ParameterRule(filter, value, match));
-        }
-        return new RecipeSetting(rules, fallback, location);
     }
 
     /// <summary>The mapping's entries by key; unknown keys fail with the nearest valid key, known-unsupported ones with why.</summary>

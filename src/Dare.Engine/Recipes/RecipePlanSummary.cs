@@ -39,7 +39,7 @@ public sealed class RecipePlanSummary
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var floats = vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList();
-        var layers = MergeExecutor.LayerCount(vector.Base);
+        var layers = TensorPosition.LayerCountOf(vector.Base);
         var positions = floats.Select(t => TensorPosition.Of(t.Name, layers)).ToList();
         var usage = new List<ParameterUsage>();
         void Count(string model, string parameter, TensorParameter value) =>
@@ -49,10 +49,16 @@ public sealed class RecipePlanSummary
             var name = models[i].Name;
             if (vector.Merge is { } merge)
             {
-                Count(name, "weight", merge.Weights[i]);
-                if (merge.KeepRatios is { } keep) Count(name, "keep ratio (density)", keep[i]);
+                foreach (var spec in merge.Method.Parameters.Where(p => p is { Kind: ParameterKind.Number, Scope: not ParameterScope.Merge }))
+                {
+                    if (merge.Method.ModelValue(merge, spec.Key, i) is { } value) Count(name, spec.Label, value);
+                }
             }
-            if (inputs[i].Dare is { } dare) Count(name, "drop rate", dare.DropRate);
+            if (inputs[i].Dare is { } dare) Count(name, DareDropParameters.DropRate.Label, dare.DropRate);
+        }
+        if (vector.Merge is { } merged)
+        {
+            foreach (var (key, value) in merged.Settings) Count("all models", merged.Method.Parameter(key).Label, value);
         }
 
         var written = export.DeltaOnly ? floats : vector.Base.Tensors.ToList();
@@ -72,7 +78,7 @@ public sealed class RecipePlanSummary
         {
             if (!t.DType.IsMergeable()) return t.ByteLength;
             var chunk = Math.Min(t.ElementCount, MergeExecutor.DefaultChunkElements);
-            var perModel = inputs.Sum(input => (input.FineTuned!.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
+            var perModel = inputs.Sum(input => (input.FineTuned?.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
             var output = export.OutputDType?.ElementSize() ?? t.DType.ElementSize();
             return chunk * (4 + perModel + 4 + output);
         }).DefaultIfEmpty(0).Max();

@@ -78,7 +78,7 @@ public sealed class BatchPlan
 /// that can be checked without reading tensor data is checked here: value ranges, model paths, architectures,
 /// shapes, output folders.
 /// </summary>
-public static class RecipePlanner
+public static partial class RecipePlanner
 {
     internal static readonly string[] ArchitectureKeys = { "hidden_size", "num_hidden_layers", "vocab_size" };
 
@@ -129,18 +129,21 @@ public static class RecipePlanner
         var batch = batchPlan.Batch;
         var recipe = batch.Recipes[index];
         var warnings = new List<string>();
-        var normalize = recipe.Parameters.Normalize ?? recipe.Method is RecipeMergeMethod.Linear or RecipeMergeMethod.Ties;
+        var form = recipe.Method;
+        var normalize = recipe.Parameters.Normalize ?? form.NormalizeByDefault;
         // Values and model paths are checked one by one and reported together; the checks after them need all of them right.
         var mistakes = new RecipeDiagnostics(batch.Source);
         CheckValues(recipe, normalize, warnings, mistakes);
 
-        if (recipe.BaseModel is null && recipe.Method != RecipeMergeMethod.Linear)
+        if (recipe.BaseModel is null && form.NeedsBase)
         {
             mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.MethodLocation,
-                $"{RecipeParser.MethodName(recipe.Method)} needs a 'base_model:': its task vectors are each model minus the base."));
+                $"{form.Name} needs a 'base_model:': its task vectors are each model minus the base."));
         }
         var baseReference = recipe.BaseModel is null ? null : mistakes.Try(() => Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!), null);
         var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: mistakes.Try(() => Resolve(batchPlan, index, m.Model, m.Location), null)!)).ToList();
+        var sliceReferences = (recipe.Slices ?? Array.Empty<RecipeSlice>()).Select(slice => slice.Sources
+            .Select(source => (Source: source, Reference: mistakes.Try(() => Resolve(batchPlan, index, source.Model, source.Location), null)!)).ToList()).ToList();
 
         var opened = new Dictionary<string, Checkpoint>(PathComparer);
         Checkpoint Open(ModelReference reference)
@@ -153,26 +156,36 @@ public static class RecipePlanner
             return checkpoint;
         }
 
-        foreach (var reference in modelReferences.Select(m => m.Reference).Prepend(baseReference).OfType<ModelReference>())
+        foreach (var reference in modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Prepend(baseReference).OfType<ModelReference>())
         {
             mistakes.Try(() => Open(reference));
         }
         mistakes.ThrowIfAny();
 
-        // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
-        var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
-        var @base = Open(baseReference ?? modelReferences[0].Reference);
-        // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
-        var inputs = recipe.Method == RecipeMergeMethod.Linear
-            ? modelReferences
-            : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
-        if (inputs.Count == 0)
+        string baseFullPath;
+        Checkpoint @base;
+        List<(RecipeModelEntry Entry, ModelReference Reference, Checkpoint Checkpoint)> models;
+        if (recipe.Slices is not null)
         {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
-                "lists only the base model; there is nothing to merge into it.");
+            (@base, baseFullPath, models) = StackSlices(recipe, form, baseReference, sliceReferences, Open);
         }
-        var models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
-        foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        else
+        {
+            // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
+            baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
+            @base = Open(baseReference ?? modelReferences[0].Reference);
+            // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
+            var inputs = !form.NeedsBase
+                ? modelReferences
+                : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+            if (inputs.Count == 0)
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
+                    "lists only the base model; there is nothing to merge into it.");
+            }
+            models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
+            foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        }
 
         var usesDefaultSeed = false;
         var vectors = new List<TaskVector>();
@@ -184,16 +197,17 @@ public static class RecipePlanner
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
             var vector = TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            if (resolved.Dare is { } dare) vector = vector.WithDare(dare);
+            if (resolved.Dare is { } dare && form.Method.TakesTransforms) vector = vector.WithDare(dare);
             vectors.Add(vector);
             weights.Add(resolved.Weight);
             keepRatios.Add(resolved.KeepRatio);
         }
 
-        var lambda = recipe.Method == RecipeMergeMethod.Linear ? 1.0 : recipe.Parameters.Lambda ?? 1.0;
-        var ties = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareTies;
-        if (recipe.Method == RecipeMergeMethod.Linear && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
-        if (recipe.Method == RecipeMergeMethod.Ties && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+        var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
+        var ties = form.Method == MergeMethod.Ties;
+        if (form.Method == MergeMethod.Linear && !form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
+        if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
+        if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
         {
             throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
@@ -201,16 +215,20 @@ public static class RecipePlanner
         }
 
         TaskVector merged;
-        var single = vectors.Count == 1 && !ties && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
-        if (single)
+        if (form.Method is PassthroughMethod)
+        {
+            // The model (or stack) is its own base; its scale comes per model or per slice.
+            merged = PassthroughMethod.Plan(@base, PassthroughScale(recipe, @base, models), recipe.Name);
+        }
+        else if (vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 })
         {
             // One model at weight 1 is its own task vector; merging it would compute the same values.
             merged = vectors[0];
         }
         else
         {
-            var options = new MergeOptions(ties ? MergeMethod.Ties : MergeMethod.Linear, weights, normalize, lambda,
-                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum);
+            var options = new MergeOptions(form.Method, weights, normalize, lambda,
+                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum) { Settings = MethodSettings(recipe) };
             merged = TaskVector.Combine(vectors, options, recipe.Name);
         }
 
@@ -227,7 +245,7 @@ public static class RecipePlanner
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
         };
-        var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)
+        var readsOutputsOf = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference)
             .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();
         return new MergePlan
         {
@@ -253,6 +271,8 @@ public static class RecipePlanner
 
         var globalWeight = global.Weight?.ToParameter(null);
         var weight = own.Weight is null ? globalWeight : own.Weight.ToParameter(globalWeight);
+        // A method without weights (nearswap) takes each model as it is.
+        if (!recipe.Method.Method.Parameters.Contains(CommonParameters.Weight)) weight = 1.0;
         if (weight is null)
         {
             throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, own.Weight?.Location ?? entry.Location,
@@ -264,9 +284,9 @@ public static class RecipePlanner
 
         // Ties: density is the magnitude keep ratio and drop_rate an extra DARE step before it. The dare methods:
         // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
-        var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        var dareMethod = recipe.Method is RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        TensorParameter keepRatio = recipe.Method == RecipeMergeMethod.Ties ? Setting(own.Density, global.Density, 1.0) : 1.0;
+        var dareMethod = recipe.Method.DensityIsDareKeep;
+        TensorParameter keepRatio = !dareMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
+            ? Setting(own.Density, global.Density, (double)TiesMethod.Density.Default!) : 1.0;
         var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
         var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
         var dropRate = ownDrop is null && globalDrop is null ? null : Setting(ownDrop, globalDrop, 0.0);
@@ -307,58 +327,13 @@ public static class RecipePlanner
 
     private static double Complement(double density) => 1.0 - density;
 
-    /// <summary>Range checks on every value as written, so the error points at the offending setting.</summary>
-    private static void CheckValues(MergeRecipe recipe, bool normalize, List<string> warnings, RecipeDiagnostics mistakes)
-    {
-        var method = RecipeParser.MethodName(recipe.Method);
-        var usesDensity = recipe.Method is RecipeMergeMethod.Ties or RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        var dareMethod = recipe.Method is RecipeMergeMethod.DareLinear or RecipeMergeMethod.DareTies;
-        var blocks = recipe.Models.Select(m => m.Parameters).Prepend(recipe.Parameters);
-        foreach (var parameters in blocks)
-        {
-            mistakes.Try(() => Check(parameters.Density, d => d > 0 && d <= 1, "density must satisfy 0 < density <= 1"));
-            mistakes.Try(() => Check(parameters.DropRate, p => p >= 0 && p < 1, "drop_rate must satisfy 0 <= drop_rate < 1"));
-            if (normalize) mistakes.Try(() => Check(parameters.Weight, w => w >= 0, "weights must not be negative when normalize is true (their sum could be zero or flip the sign); set normalize: false"));
-            if (dareMethod && parameters.Density is not null && parameters.DropRate is not null)
-            {
-                mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
-                    $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density."));
-            }
-            if (!usesDensity && parameters.Density is not null)
-            {
-                warnings.Add($"{parameters.Locations["density"]}: has no effect with merge_method {method} (mergekit ignores it too); for DARE use dare_linear, or drop_rate.");
-            }
-        }
-        if (recipe.Method == RecipeMergeMethod.Linear && recipe.Parameters.Lambda is not null)
-        {
-            warnings.Add($"{recipe.Parameters.Locations["lambda"]}: has no effect with merge_method linear (mergekit ignores it too); for base + λ·(weighted mean of task vectors) use task_arithmetic with normalize: true.");
-        }
-        if (recipe.Method is not (RecipeMergeMethod.Ties or RecipeMergeMethod.DareTies) && recipe.Parameters.SignMethod is not null)
-        {
-            warnings.Add($"{recipe.Parameters.Locations["sign_method"]}: has no effect with merge_method {method}; only ties and dare_ties elect signs.");
-        }
-    }
-
-    private static void Check(RecipeSetting? setting, Func<double, bool> valid, string rule)
-    {
-        if (setting is null) return;
-        var values = setting.Rules.SelectMany(r => r.Value.PossibleValues).Concat(setting.Fallback?.PossibleValues ?? Array.Empty<double>());
-        foreach (var value in values)
-        {
-            if (!valid(value))
-            {
-                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, setting.Location, $"{rule}; {value.ToString(System.Globalization.CultureInfo.InvariantCulture)} does not.");
-            }
-        }
-    }
-
     /// <summary>
     /// mergekit's linear with normalize: false is Σ wᵢ·θᵢ, which equals θ_base + Σ wᵢ·δᵢ only where the weights sum to 1;
     /// elsewhere it also scales the base, which no task-vector merge expresses. Accepted only where the two agree.
     /// </summary>
     private static void CheckUnnormalizedLinear(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
     {
-        var layers = MergeExecutor.LayerCount(@base);
+        var layers = TensorPosition.LayerCountOf(@base);
         foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
         {
             var position = TensorPosition.Of(tensor.Name, layers);

@@ -10,7 +10,7 @@ namespace Dare.Engine.Recipes;
 /// (with Dare's documented extensions: drop_rate, random_seed, mask_stream, match, output). Paths are absolute so the
 /// recipe replays from anywhere; <see cref="RecipePlanner"/> rebuilds the identical plan from it.
 /// </summary>
-public static class RecipeWriter
+public static partial class RecipeWriter
 {
     public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null, bool deltaOnly = false)
     {
@@ -20,27 +20,30 @@ public static class RecipeWriter
         var sharedSeed = dareInputs.Select(i => i.Dare!.Seed).Distinct().Count() == 1 ? dareInputs[0].Dare!.Seed : (long?)null;
         var sharedRescale = dareInputs.Select(i => i.Dare!.Rescale).Distinct().Count() == 1 ? dareInputs[0].Dare!.Rescale : (DareRescale?)null;
 
+        // A single vector is written as task_arithmetic of one model at weight 1.
+        var method = merge?.Method ?? MergeMethod.Linear;
+        var recipeName = merge is null ? "task_arithmetic" : method.RecipeName(merge);
+        var form = MergeMethods.FindRecipeForm(recipeName)!;
         var recipe = new Dictionary<string, object?>
         {
-            // mergekit's linear is the normalized weighted mean and has no λ; any other linear merge of task vectors
-            // (unnormalized, or λ ≠ 1) is mergekit's task_arithmetic, which has both settings.
-            ["merge_method"] = merge switch
-            {
-                { Method: MergeMethod.Ties } => "ties",
-                { Method: MergeMethod.Linear, Normalize: true, Lambda: 1.0 } => "linear",
-                _ => "task_arithmetic",
-            },
+            ["merge_method"] = recipeName,
             ["base_model"] = vector.Base.Path,
         };
         var models = new List<object>();
-        for (var i = 0; i < inputs.Count; i++)
+        if (method is PassthroughMethod)
+        {
+            recipe.Remove("base_model");
+            models.Add(new Dictionary<string, object?> { ["model"] = vector.Base.Path, ["parameters"] = PassthroughParameters(merge?.Setting(PassthroughMethod.Scale.Key), 0) });
+        }
+        for (var i = 0; i < inputs.Count && method is not PassthroughMethod; i++)
         {
             var input = inputs[i];
-            var parameters = new Dictionary<string, object?>
+            var parameters = new Dictionary<string, object?>();
+            foreach (var spec in method.Parameters.Where(p => p.Scope != ParameterScope.Merge))
             {
-                ["weight"] = merge is null ? 1.0 : Value(merge.Weights[i]),
-            };
-            if (merge?.KeepRatios is { } keep) parameters["density"] = Value(keep[i]);
+                var value = merge is null ? (spec.Key == "weight" ? 1.0 : null) : method.ModelValue(merge, spec.Key, i);
+                if (value is not null) parameters[spec.Key] = Value(value);
+            }
             if (input.Dare is { } dare)
             {
                 parameters["drop_rate"] = Value(dare.DropRate);
@@ -50,11 +53,23 @@ public static class RecipeWriter
             }
             models.Add(new Dictionary<string, object?> { ["model"] = input.FineTuned!.Path, ["parameters"] = parameters });
         }
-        recipe["models"] = models;
-        var global = new Dictionary<string, object?> { ["normalize"] = merge?.Normalize ?? false };
-        if ((string)recipe["merge_method"]! != "linear") global["lambda"] = merge?.Lambda ?? 1.0;
+        if (vector.Base.Slices is { } slices)
+        {
+            if (method is not PassthroughMethod) recipe["base_model"] = slices[0].Model.Path;
+            recipe["slices"] = SliceList(vector, slices, models, merge?.Setting(PassthroughMethod.Scale.Key));
+        }
+        else
+        {
+            recipe["models"] = models;
+        }
+        var global = new Dictionary<string, object?>();
+        if (method.Parameters.Contains(CommonParameters.Normalize)) global["normalize"] = merge?.Normalize ?? false;
+        if (form.HasLambda) global["lambda"] = merge?.Lambda ?? 1.0;
         if (sharedRescale is { } rescale) global["rescale"] = RescaleValue(rescale);
-        if (merge is { Method: MergeMethod.Ties }) global["sign_method"] = merge.SignMethod.ToString().ToLowerInvariant();
+        foreach (var spec in method.Parameters.Where(p => p.Scope == ParameterScope.Merge && p.Key is not ("normalize" or "lambda")))
+        {
+            if (merge is not null && method.MergeValue(merge, spec.Key) is { } value) global[spec.Key] = value is TensorParameter t ? Value(t) : value;
+        }
         recipe["parameters"] = global;
         if (sharedSeed is { } seed) recipe["random_seed"] = seed;
         // Without out_dtype (and dtype) each tensor keeps the base's dtype; mergekit would write dtype's type instead.

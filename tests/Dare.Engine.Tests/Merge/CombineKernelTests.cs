@@ -153,7 +153,7 @@ public sealed class CombineKernelTests
         var deltas = Enumerable.Range(0, 3).Select(_ => Enumerable.Range(0, count).Select(_ => (random.Next(2) == 0 ? -1 : 1) * random.Next(0, 9) / 8f).ToArray()).ToArray();
         var weights = new[] { 1.0, 0.8, 1.2 };
         var thresholds = new[] { BitConverter.SingleToUInt32Bits(0.5f), BitConverter.SingleToUInt32Bits(0.25f), 0u };
-        var ranges = MagnitudeSelection.Ranges(count);
+        var ranges = Partition.Ranges(count);
         var budgets = new long[]?[] { ranges.Select((_, r) => (long)(100 * r + 7)).ToArray(), ranges.Select(_ => 0L).ToArray(), null };
 
         // The trim written out: per range, keep |x| above the threshold and the first budget ties; zero the rest.

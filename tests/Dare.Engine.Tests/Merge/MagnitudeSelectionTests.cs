@@ -233,7 +233,7 @@ public sealed class MagnitudeSelectionTests
         {
             var budgets = selection.TieBudgets(p);
             Assert.NotNull(budgets);
-            var ranges = MagnitudeSelection.Ranges(pieces[p]);
+            var ranges = Partition.Ranges(pieces[p]);
             Assert.Equal(ranges.Length, budgets!.Length);
             for (var r = 0; r < ranges.Length; r++)
             {

@@ -35,7 +35,7 @@ public class RecipeParserTests
             """);
 
         var recipe = Assert.Single(batch.Recipes);
-        Assert.Equal(RecipeMergeMethod.DareTies, recipe.Method);
+        Assert.Equal("dare_ties", recipe.Method.Name);
         Assert.Equal("./llama2-7b", recipe.BaseModel);
         Assert.Equal(new[] { "./wizardmath", "./codellama" }, recipe.Models.Select(m => m.Model));
         Assert.Equal(new ConstantParameter(1.0), recipe.Models[0].Parameters.Weight!.Fallback);
@@ -115,7 +115,7 @@ public class RecipeParserTests
 
     [Theory]
     [InlineData("merge_method: slerp\nmodels: [a]", "merge_method", "line 1, column 15")]
-    [InlineData("merge_method: ties\nslices: []\nmodels: [a]", "slices", "line 2, column 1")]
+    [InlineData("merge_method: ties\nmodules: {}\nmodels: [a]", "modules", "line 2, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\ntokenizer: { source: union }", "tokenizer", "line 3, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\ntokenizer_source: union", "tokenizer_source", "line 3, column 19")]
     [InlineData("merge_method: ties\nmodels: [a]\nparameters:\n  gamma: 0.01", "parameters.gamma", "line 4, column 3")]

@@ -114,7 +114,7 @@ public class RecipeRoundTripTests : IClassFixture<RecipeModels>
     /// <summary>Everything that decides the computed values, resolved at every tensor of the base.</summary>
     private static string Describe(TaskVector vector)
     {
-        var layers = MergeExecutor.LayerCount(vector.Base);
+        var layers = TensorPosition.LayerCountOf(vector.Base);
         var positions = vector.Base.Tensors.Select(t => TensorPosition.Of(t.Name, layers)).ToList();
         string Values(TensorParameter p) => string.Join(",", positions.Select(x => p.Resolve(x).ToString("R", CultureInfo.InvariantCulture)));
         var lines = new List<string> { $"base {vector.Base.Path}" };

@@ -61,7 +61,7 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     public unsafe void AddSample(float* data, long first, long count)
     {
-        var ranges = Ranges(count);
+        var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
@@ -177,7 +177,7 @@ public sealed partial class MagnitudeSelection
     /// <summary>Counts one piece of the data against the bracket; every element must be added once, in any order.</summary>
     public unsafe void AddBracket(float* data, long count)
     {
-        var ranges = Ranges(count);
+        var ranges = Partition.Ranges(count);
         if (ranges.Any(r => r.End - r.Start > MaxSpan)) _rangeEntries = null;
         var recorded = _rangeEntries is null ? null : new (uint, uint)[ranges.Length][];
         Parallel.For(0, ranges.Length, r =>
@@ -217,7 +217,7 @@ public sealed partial class MagnitudeSelection
     }
 
     /// <summary>
-    /// After a bracket found the threshold: how many threshold ties each parallel range (see <see cref="Ranges"/>) of
+    /// After a bracket found the threshold: how many threshold ties each parallel range (see <see cref="Partition.Ranges"/>) of
     /// AddBracket call <paramref name="piece"/> keeps under the keep rule (the first <see cref="TiesToKeep"/> in
     /// element order): <see cref="long.MaxValue"/> where the range keeps all of its ties, as every range but one does;
     /// null when not recorded (then <see cref="DropExcessTies"/> applies the rule).

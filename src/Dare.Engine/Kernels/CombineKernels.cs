@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -86,34 +87,14 @@ internal static unsafe class CombineKernels
     /// </summary>
     public static void Linear(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target, long count)
     {
-        var ranges = MagnitudeSelection.Ranges(count);
-        Parallel.For(0, ranges.Length, r => LinearRange(inputs, weights, scale, target, ranges[r].Start, ranges[r].End));
+        VectorDriver.RunParallel(new LinearOperator(inputs, weights, scale, target), count);
     }
 
     /// <summary><see cref="Linear"/> over elements [start, end) on the calling thread.</summary>
     public static void LinearRange(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target, long start, long end)
     {
-        var j = start;
-        if (Fma.IsSupported && Vector256.IsHardwareAccelerated)
-        {
-            for (; j <= end - 8; j += 8)
-            {
-                var sum = Vector256.Load((float*)inputs[0] + j) * Vector256.Create(weights[0]);
-                for (var i = 1; i < inputs.Length; i++)
-                {
-                    sum = Fma.MultiplyAdd(Vector256.Load((float*)inputs[i] + j), Vector256.Create(weights[i]), sum);
-                }
-                if (scale is { } s) sum *= Vector256.Create(s);
-                target.Store(sum, j);
-            }
-        }
-        for (; j < end; j++)
-        {
-            var sum = ((float*)inputs[0])[j] * weights[0];
-            for (var i = 1; i < inputs.Length; i++) sum = MathF.FusedMultiplyAdd(((float*)inputs[i])[j], weights[i], sum);
-            if (scale is { } s) sum *= s;
-            target.Store(sum, j);
-        }
+        var op = new LinearOperator(inputs, weights, scale, target);
+        VectorDriver.Run(op, start, end);
     }
 
     /// <summary>
@@ -121,14 +102,14 @@ internal static unsafe class CombineKernels
     /// Σ wᵢtᵢ over the inputs whose sign agrees with γ, divided by Σ wᵢ over them when normalizing (0 where none
     /// agree), times λ. This applies the TIES trim as it reads: input i keeps |x| (as IEEE bits) above
     /// <paramref name="thresholds"/>[i] (see <see cref="MagnitudeSelection.KeepBits"/>) and, of those equal to it,
-    /// the first <paramref name="tieBudgets"/>[i][r] in range r (<see cref="MagnitudeSelection.Ranges"/>), or all of
+    /// the first <paramref name="tieBudgets"/>[i][r] in range r (<see cref="Partition.Ranges"/>), or all of
     /// them when that budget is long.MaxValue or the input has no budgets (excess ties already dropped); the others
     /// count as zero.
     /// </summary>
     public static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
         CombineTarget target, long count)
     {
-        var ranges = MagnitudeSelection.Ranges(count);
+        var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
@@ -255,5 +236,33 @@ internal static unsafe class CombineKernels
             target.Store(Vector256.Narrow(sumLow * scale, sumHigh * scale), j);
         }
         return j;
+    }
+}
+
+/// <summary>Σ wᵢ·δᵢ (a fused multiply-add per input after the first product), × scale when given, stored through the target.</summary>
+internal readonly unsafe struct LinearOperator(IntPtr[] inputs, float[] weights, float? scale, CombineTarget target) : IElementOperator
+{
+    public static int Lanes => 8;
+    public static bool IsVectorized => Fma.IsSupported;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Vector(long j)
+    {
+        var sum = Vector256.Load((float*)inputs[0] + j) * Vector256.Create(weights[0]);
+        for (var i = 1; i < inputs.Length; i++)
+        {
+            sum = Fma.MultiplyAdd(Vector256.Load((float*)inputs[i] + j), Vector256.Create(weights[i]), sum);
+        }
+        if (scale is { } s) sum *= Vector256.Create(s);
+        target.Store(sum, j);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long j)
+    {
+        var sum = ((float*)inputs[0])[j] * weights[0];
+        for (var i = 1; i < inputs.Length; i++) sum = MathF.FusedMultiplyAdd(((float*)inputs[i])[j], weights[i], sum);
+        if (scale is { } s) sum *= s;
+        target.Store(sum, j);
     }
 }

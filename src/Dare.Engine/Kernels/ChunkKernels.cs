@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
@@ -27,12 +28,7 @@ internal static unsafe class ChunkKernels
     /// <summary>destination[i] = (float)source[i] for bfloat16 source bits.</summary>
     public static void WidenBFloat16(ushort* source, float* destination, long count)
     {
-        var ranges = MagnitudeSelection.Ranges(count);
-        Parallel.For(0, ranges.Length, r =>
-        {
-            var (start, end) = ranges[r];
-            WidenSubtract(source + start, (float*)null, destination + start, end - start);
-        });
+        VectorDriver.RunParallel(new WidenSubtractOperator(source, null, destination), count);
     }
 
     /// <summary>
@@ -54,7 +50,7 @@ internal static unsafe class ChunkKernels
         float scale, MagnitudeSelection? sample)
     {
         if (sample is not null && count > MagnitudeSelection.MaxSpan) throw new ArgumentOutOfRangeException(nameof(count), "Too many elements to sample in one pass.");
-        var ranges = MagnitudeSelection.Ranges(count);
+        var ranges = Partition.Ranges(count);
         var dropped = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
         {
@@ -82,7 +78,7 @@ internal static unsafe class ChunkKernels
     /// </summary>
     public static long[] LinearFromBFloat16(ushort* baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count)
     {
-        var ranges = MagnitudeSelection.Ranges(count);
+        var ranges = Partition.Ranges(count);
         var dropped = new long[sources.Length];
         Parallel.For(0, ranges.Length, r =>
         {
@@ -124,47 +120,63 @@ internal static unsafe class ChunkKernels
     /// <summary>destination[i] = (float)source[i] − (float)subtrahend[i] for bfloat16 both, on the calling thread.</summary>
     private static void WidenSubtractBFloat16(ushort* source, ushort* subtrahend, float* destination, long count)
     {
-        long i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i <= count - 16; i += 16)
-            {
-                var (low, high) = Vector256.Widen(Vector256.Load(source + i));
-                var (baseLow, baseHigh) = Vector256.Widen(Vector256.Load(subtrahend + i));
-                (Vector256.ShiftLeft(low, 16).AsSingle() - Vector256.ShiftLeft(baseLow, 16).AsSingle()).Store(destination + i);
-                (Vector256.ShiftLeft(high, 16).AsSingle() - Vector256.ShiftLeft(baseHigh, 16).AsSingle()).Store(destination + i + 8);
-            }
-        }
-        for (; i < count; i++)
-        {
-            destination[i] = BitConverter.UInt32BitsToSingle((uint)source[i] << 16) - BitConverter.UInt32BitsToSingle((uint)subtrahend[i] << 16);
-        }
+        var op = new WidenSubtractBFloat16Operator(source, subtrahend, destination);
+        VectorDriver.Run(op, 0, count);
     }
 
     /// <summary>destination[i] = (float)source[i] − (subtrahend is null ? 0 : subtrahend[i]), on the calling thread.</summary>
     private static void WidenSubtract(ushort* source, float* subtrahend, float* destination, long count)
     {
-        long i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i <= count - 16; i += 16)
-            {
-                var (low, high) = Vector256.Widen(Vector256.Load(source + i));
-                var lowFloats = Vector256.ShiftLeft(low, 16).AsSingle();
-                var highFloats = Vector256.ShiftLeft(high, 16).AsSingle();
-                if (subtrahend is not null)
-                {
-                    lowFloats -= Vector256.Load(subtrahend + i);
-                    highFloats -= Vector256.Load(subtrahend + i + 8);
-                }
-                lowFloats.Store(destination + i);
-                highFloats.Store(destination + i + 8);
-            }
-        }
-        for (; i < count; i++)
-        {
-            var value = BitConverter.UInt32BitsToSingle((uint)source[i] << 16);
-            destination[i] = subtrahend is null ? value : value - subtrahend[i];
-        }
+        var op = new WidenSubtractOperator(source, subtrahend, destination);
+        VectorDriver.Run(op, 0, count);
     }
+}
+
+/// <summary>destination = (float)bfloat16 source − subtrahend (float32, or nothing when null): the bfloat16 bits shifted into a float's upper half.</summary>
+internal readonly unsafe struct WidenSubtractOperator(ushort* source, float* subtrahend, float* destination) : IElementOperator
+{
+    public static int Lanes => 16;
+    public static bool IsVectorized => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Vector(long i)
+    {
+        var (low, high) = Vector256.Widen(Vector256.Load(source + i));
+        var lowFloats = Vector256.ShiftLeft(low, 16).AsSingle();
+        var highFloats = Vector256.ShiftLeft(high, 16).AsSingle();
+        if (subtrahend is not null)
+        {
+            lowFloats -= Vector256.Load(subtrahend + i);
+            highFloats -= Vector256.Load(subtrahend + i + 8);
+        }
+        lowFloats.Store(destination + i);
+        highFloats.Store(destination + i + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long i)
+    {
+        var value = BitConverter.UInt32BitsToSingle((uint)source[i] << 16);
+        destination[i] = subtrahend is null ? value : value - subtrahend[i];
+    }
+}
+
+/// <summary>destination = (float)source − (float)subtrahend, both bfloat16.</summary>
+internal readonly unsafe struct WidenSubtractBFloat16Operator(ushort* source, ushort* subtrahend, float* destination) : IElementOperator
+{
+    public static int Lanes => 16;
+    public static bool IsVectorized => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Vector(long i)
+    {
+        var (low, high) = Vector256.Widen(Vector256.Load(source + i));
+        var (baseLow, baseHigh) = Vector256.Widen(Vector256.Load(subtrahend + i));
+        (Vector256.ShiftLeft(low, 16).AsSingle() - Vector256.ShiftLeft(baseLow, 16).AsSingle()).Store(destination + i);
+        (Vector256.ShiftLeft(high, 16).AsSingle() - Vector256.ShiftLeft(baseHigh, 16).AsSingle()).Store(destination + i + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long i) =>
+        destination[i] = BitConverter.UInt32BitsToSingle((uint)source[i] << 16) - BitConverter.UInt32BitsToSingle((uint)subtrahend[i] << 16);
 }

@@ -129,7 +129,7 @@ public sealed partial class MagnitudeSelection
     private unsafe void Trim(float* data, long count, ref long tiesLeft, bool zeroBelow)
     {
         var threshold = ThresholdBits;
-        var ranges = Ranges(count);
+        var ranges = Partition.Ranges(count);
         var ties = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
         {
@@ -257,7 +257,7 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     private static unsafe void Histogram(float* data, long count, long[] histogram, uint? fineBin)
     {
-        var ranges = Ranges(count);
+        var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var (rangeStart, rangeEnd) = ranges[r];
@@ -371,14 +371,5 @@ public sealed partial class MagnitudeSelection
             }
             t[0] += (uint)zeros;
         }
-    }
-
-    /// <summary>Splits [0, count) into one contiguous range per core (few enough that order-dependent work stays cheap).</summary>
-    internal static (long Start, long End)[] Ranges(long count)
-    {
-        var parts = (int)Math.Clamp(count / (1 << 16), 1, Environment.ProcessorCount);
-        var ranges = new (long, long)[parts];
-        for (var p = 0; p < parts; p++) ranges[p] = (count * p / parts, count * (p + 1) / parts);
-        return ranges;
     }
 }

@@ -14,6 +14,14 @@ public readonly record struct TensorPosition(string Name, int? LayerIndex, int L
         int? layer = match.Success ? int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
         return new TensorPosition(name, layer, layerCount);
     }
+
+    /// <summary>Layers in the model: config.json's num_hidden_layers, else the highest layer index in the tensor names + 1.</summary>
+    public static int LayerCountOf(Safetensors.Checkpoint model)
+    {
+        if (model.ConfigInt("num_hidden_layers") is { } configured and > 0) return (int)configured;
+        var highest = model.Tensors.Select(t => Of(t.Name, 0).LayerIndex ?? -1).DefaultIfEmpty(-1).Max();
+        return highest + 1;
+    }
 }
 
 /// <summary>A merge parameter whose value may depend on the tensor: a constant, filter rules, or a gradient across layers.</summary>

@@ -13,7 +13,7 @@ internal sealed class L1Accumulator
 
     public unsafe void Add(float* data, long count)
     {
-        var ranges = MagnitudeSelection.Ranges(count);
+        var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var local = new long[256];

@@ -15,43 +15,55 @@ public enum DareRescale
 
 public enum SignMethod { Sum, Count }
 
-public enum MergeMethod { Linear, Ties }
-
 /// <summary>DARE applied to one task vector. The mask is a pure function of (Seed, Stream, tensor name, element index).</summary>
 public sealed record DareOptions(TensorParameter DropRate, long Seed, int Stream, DareRescale Rescale = DareRescale.InverseKeep);
 
-/// <summary>How several task vectors are combined.</summary>
+/// <summary>How several task vectors are combined: the method (see <see cref="MergeMethods"/>) and its parameters.</summary>
 public sealed record MergeOptions(
     MergeMethod Method,
     IReadOnlyList<TensorParameter> Weights,
     bool Normalize,
     double Lambda = 1.0,
     IReadOnlyList<TensorParameter>? KeepRatios = null,
-    SignMethod SignMethod = SignMethod.Sum);
+    SignMethod SignMethod = SignMethod.Sum)
+{
+    /// <summary>Further merge-wide parameters a method declares, by recipe key (e.g. nearswap's t).</summary>
+    public IReadOnlyDictionary<string, TensorParameter> Settings { get; init; } = new Dictionary<string, TensorParameter>();
+
+    /// <summary>The merge-wide parameter <paramref name="key"/>, or null.</summary>
+    public TensorParameter? Setting(string key) => Settings.TryGetValue(key, out var value) ? value : null;
+}
 
 /// <summary>
-/// A lazy plan for a task vector (fine-tuned − base): either one fine-tuned model with an optional DARE step, or
-/// a merge of such vectors. Immutable; nothing is computed until a <see cref="MergeExecutor"/> runs it.
+/// A lazy plan for a task vector: either one input (δ against the base: a fine-tuned model, or a computed delta) with
+/// an optional DARE step (a transform), or a merge of such vectors by a method. Immutable; nothing is computed until
+/// a <see cref="MergeExecutor"/> runs it.
 /// </summary>
 public sealed class TaskVector
 {
-    private TaskVector(string name, Checkpoint @base, Checkpoint? fineTuned, DareOptions? dare, MergeOptions? merge,
-        IReadOnlyList<TaskVector> inputs, IReadOnlyList<string> missingTensors)
+    private TaskVector(string name, Checkpoint @base, ITaskInput? input, DareOptions? dare, MergeOptions? merge, IReadOnlyList<TaskVector> inputs)
     {
         Name = name;
         Base = @base;
-        FineTuned = fineTuned;
+        _input = input;
         Dare = dare;
         Merge = merge;
         Inputs = SummarisedList.Joined(inputs);
-        MissingTensors = SummarisedList.Joined(missingTensors);
     }
+
+    private readonly ITaskInput? _input;
+
+    /// <summary>Where a single vector's δ comes from (null for a merged vector).</summary>
+    internal ITaskInput Input => _input ?? throw new InvalidOperationException($"'{Name}' is a merge; its inputs have the deltas.");
+
+    /// <summary>The single vectors whose δs a merge combines, or this vector alone.</summary>
+    internal IReadOnlyList<TaskVector> Leaves => IsMerged ? Inputs : new[] { this };
 
     public string Name { get; }
     public Checkpoint Base { get; }
 
-    /// <summary>The fine-tuned model (null for a merged vector).</summary>
-    public Checkpoint? FineTuned { get; }
+    /// <summary>The fine-tuned model (null for a merged vector, or a computed input).</summary>
+    public Checkpoint? FineTuned => _input?.Model;
 
     public DareOptions? Dare { get; }
     public MergeOptions? Merge { get; }
@@ -60,14 +72,14 @@ public sealed class TaskVector
     public IReadOnlyList<TaskVector> Inputs { get; }
 
     /// <summary>Base tensors the fine-tuned model lacks; they contribute a zero delta.</summary>
-    public IReadOnlyList<string> MissingTensors { get; }
+    public IReadOnlyList<string> MissingTensors => _input?.MissingTensors ?? SummarisedList.Joined(Array.Empty<string>());
 
     public bool IsMerged => Merge is not null;
 
     /// <summary>The fine-tuned models this vector draws on.</summary>
-    public IReadOnlyList<Checkpoint> Sources => SummarisedList.Joined<Checkpoint>(IsMerged ? Inputs.Select(i => i.FineTuned!).ToList() : new[] { FineTuned! });
+    public IReadOnlyList<Checkpoint> Sources => SummarisedList.Joined<Checkpoint>(Leaves.Where(l => l.FineTuned is not null).Select(l => l.FineTuned!).ToList());
 
-    public string Source => string.Join(", ", Sources.Select(s => s.Name));
+    public string Source => string.Join(", ", Leaves.Select(l => l.Input.Name));
     public int TensorCount => Base.TensorCount;
     public long ParameterCount => Base.Tensors.Where(t => t.DType.IsMergeable()).Sum(t => t.ElementCount);
 
@@ -78,16 +90,11 @@ public sealed class TaskVector
         {
             if (!IsMerged)
             {
-                var steps = new List<string> { $"TaskVector({FineTuned!.Name} - {Base.Name})" };
+                var steps = new List<string> { $"TaskVector({Input.Name} - {Base.Name})" };
                 if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={d.Rescale})");
                 return SummarisedList.Joined(steps);
             }
-            var m = Merge!;
-            var detail = m.Method == MergeMethod.Ties
-                ? $"keep={string.Join("/", m.KeepRatios!.Select(k => k.ToString()))}, sign={m.SignMethod}, "
-                : "";
-            return SummarisedList.Joined(Inputs.SelectMany(i => i.Steps)
-                .Append($"Merge{m.Method}({detail}weights={string.Join("/", m.Weights)}, normalize={m.Normalize}, lambda={m.Lambda.ToString(CultureInfo.InvariantCulture)})"));
+            return SummarisedList.Joined(Inputs.SelectMany(i => i.Steps).Append(Merge!.Method.Step(Merge)));
         }
     }
 
@@ -122,8 +129,12 @@ public sealed class TaskVector
                 { FilePath = tuned.File, TensorName = baseTensor.Name };
             }
         }
-        return new TaskVector(name ?? fineTuned.Name, @base, fineTuned, null, null, Array.Empty<TaskVector>(), missing);
+        return new TaskVector(name ?? fineTuned.Name, @base, new FineTunedDelta(fineTuned, SummarisedList.Joined(missing)), null, null, Array.Empty<TaskVector>());
     }
+
+    /// <summary>A task vector whose δ comes from <paramref name="input"/> (e.g. a computed delta), against <paramref name="base"/>.</summary>
+    internal static TaskVector FromInput(Checkpoint @base, ITaskInput input, string? name = null) =>
+        new(name ?? input.Name, @base, input, null, null, Array.Empty<TaskVector>());
 
     /// <summary>A new vector with DARE added (this one is unchanged).</summary>
     public TaskVector WithDare(DareOptions dare)
@@ -139,7 +150,7 @@ public sealed class TaskVector
                 $"'{Name}' already has a DARE step (p={Dare.DropRate}); start again from the task vector without it.");
         }
         foreach (var rate in dare.DropRate.PossibleValues) DareMask.Threshold(rate);
-        return new TaskVector(Name, Base, FineTuned, dare, null, Inputs, MissingTensors);
+        return new TaskVector(Name, Base, _input, dare, null, Inputs);
     }
 
     /// <summary>A merged vector combining <paramref name="inputs"/> (all from the same base, none merged already).</summary>
@@ -167,28 +178,20 @@ public sealed class TaskVector
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
                 $"{merge.Weights.Count} weights were given for {inputs.Count} task vectors; give one weight per task vector.");
         }
-        if (merge.Method == MergeMethod.Ties)
-        {
-            if (merge.KeepRatios is null || merge.KeepRatios.Count != inputs.Count)
-            {
-                throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, "TIES needs one keep ratio (density) per task vector.");
-            }
-            var invalid = merge.KeepRatios.SelectMany(k => k.PossibleValues).Where(k => !(k > 0 && k <= 1)).ToList();
-            if (invalid.Count > 0)
-            {
-                throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"The keep ratio (density) must satisfy 0 < k <= 1, not {invalid[0]}.");
-            }
-        }
+        merge.Method.Validate(merge, inputs.Count);
+        foreach (var weight in merge.Weights) CommonParameters.Weight.Check(weight, "A weight");
         if (merge.Normalize && merge.Weights.SelectMany(w => w.PossibleValues).Any(w => w < 0))
         {
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
                 "Negative weights cannot be normalized (the sum of weights could be zero or flip the sign); use -Normalize:$false.");
         }
-        if (double.IsNaN(merge.Lambda) || double.IsInfinity(merge.Lambda))
+        CommonParameters.Lambda.Check(merge.Lambda, "Lambda");
+        if (merge.Normalize && merge.Weights.All(w => w is ConstantParameter) && merge.Weights.Sum(w => (double)(float)((ConstantParameter)w).Value) == 0)
         {
-            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"Lambda must be a finite number, not {merge.Lambda}.");
+            throw new DareException(DareErrorId.WeightSumZero, DareErrorKind.InvalidArgument,
+                "The weights sum to 0, so they cannot be normalized; give a non-zero weight or use -Normalize:$false (normalize: false).");
         }
-        var mergedName = name ?? $"{merge.Method.ToString().ToLowerInvariant()}({string.Join("+", inputs.Select(i => i.Name))})";
-        return new TaskVector(mergedName, @base, null, null, merge, inputs, Array.Empty<string>());
+        var mergedName = name ?? $"{merge.Method.Name}({string.Join("+", inputs.Select(i => i.Name))})";
+        return new TaskVector(mergedName, @base, null, null, merge, inputs);
     }
 }

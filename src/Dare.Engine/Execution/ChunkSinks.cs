@@ -1,0 +1,84 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// Receives a tensor's merged δ chunk by chunk: first says where the combine writes it, then takes the result. The
+/// base chunk is float32, or bfloat16 as stored when only the fused kernels needed it.
+/// </summary>
+internal interface IChunkSink
+{
+    /// <summary>Where the combine of this chunk writes (<paramref name="firstDelta"/> is the first input's δ, overwritable).</summary>
+    CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta);
+
+    /// <summary>The chunk of elements [first, first + count) has been combined into the target.</summary>
+    void Accept(long first, Tensor baseChunk, Tensor firstDelta);
+}
+
+/// <summary>Hands each merged δ chunk (float32, combined in place over the first input's δ) to a callback (first element, δ).</summary>
+internal sealed class DeltaSink(Action<long, Tensor> consume) : IChunkSink
+{
+    public unsafe CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta) => CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
+
+    public void Accept(long first, Tensor baseChunk, Tensor firstDelta) => consume(first, firstDelta);
+}
+
+/// <summary>
+/// Writes base + merged δ (or δ alone) in the output dtype. For bfloat16 and float32 the combine writes the output
+/// bytes itself, straight into the reused output buffer; other types are added and converted by torch. Each chunk's
+/// write overlaps the computation of the next, so the buffer is refilled only once the previous write is done.
+/// </summary>
+internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, ScalarType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
+{
+    private Tensor? _output;
+
+    /// <summary>Whether the combine writes the output bytes itself (bfloat16 and float32 output).</summary>
+    public bool WritesDirectly => outputDType is ScalarType.BFloat16 or ScalarType.Float32;
+
+    public unsafe CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta)
+    {
+        if (!WritesDirectly)
+        {
+            _output = null;
+            return CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
+        }
+        if (baseChunk.dtype == ScalarType.BFloat16) return TargetOverBFloat16Base((ushort*)TensorMemory.Pointer(baseChunk), firstDelta.shape[0]);
+        return new CombineTarget(deltaOnly ? null : TensorMemory.Floats(baseChunk), NextOutput(firstDelta.shape[0]), outputDType == ScalarType.BFloat16);
+    }
+
+    /// <summary>The target for a chunk whose base is still in bfloat16 (only when <see cref="WritesDirectly"/>).</summary>
+    public unsafe CombineTarget TargetOverBFloat16Base(ushort* baseBits, long count) =>
+        deltaOnly
+            ? new CombineTarget(null, NextOutput(count), outputDType == ScalarType.BFloat16)
+            : CombineTarget.OverBFloat16Base(baseBits, NextOutput(count), outputDType == ScalarType.BFloat16);
+
+    // The output buffer is reused: it is handed out only once the previous chunk's write is done.
+    private unsafe void* NextOutput(long count)
+    {
+        using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
+        _output = workspace.Output(outputDType, count);
+        return TensorMemory.Pointer(_output);
+    }
+
+    public void Accept(long first, Tensor baseChunk, Tensor firstDelta)
+    {
+        if (_output is null)
+        {
+            using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
+            using (PhaseProfile.Time(profile, Phase.ToOutput))
+            {
+                var result = deltaOnly ? firstDelta : baseChunk.dtype == ScalarType.Float32 ? baseChunk.add_(firstDelta) : baseChunk.to_type(ScalarType.Float32).add_(firstDelta);
+                _output = workspace.Output(outputDType, firstDelta.shape[0]).copy_(result);
+            }
+        }
+        Emit();
+    }
+
+    /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
+    public unsafe void Emit()
+    {
+        appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output!), _output!.NumberOfElements * _output.ElementSize);
+        _output = null;
+    }
+}

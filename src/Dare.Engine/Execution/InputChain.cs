@@ -1,0 +1,61 @@
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// One input's part in merging one tensor: where its δ comes from (<see cref="IInputTensor"/>) and the transform
+/// applied to it before the method combines (<see cref="DareDrop"/>). When the input is stored bfloat16 and the
+/// transform can be applied element by element, δ comes from one fused kernel pass.
+/// </summary>
+internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop)
+{
+    public IInputTensor? Tensor { get; } = tensor;
+    public DareDrop? Drop { get; } = drop;
+
+    /// <summary>Whether δ comes from <see cref="ChunkKernels.WidenSubtractMask(ushort*, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> in one pass.</summary>
+    public bool IsFused => Tensor?.StoredBFloat16 is not null && (Drop is null || Drop.FusesIntoRead);
+
+    /// <summary>Whether computing δ needs the base chunk in float32 (the fused kernels widen a bfloat16 base as they read it).</summary>
+    public bool NeedsFloat32Base => Tensor is { NeedsBase: true } && !IsFused;
+
+    public long Dropped => Drop?.Dropped ?? 0;
+
+    /// <summary>The factor the transform found for the whole tensor (the L1 rescale), applied after any trim.</summary>
+    public double Rescale => Drop?.Rescale ?? 1.0;
+
+    /// <summary>
+    /// δ for elements [first, first + count) with the transform applied, in workspace slot <paramref name="slot"/>.
+    /// <paramref name="sample"/>, when given, is a TIES selection whose sample the fused kernel takes as it goes.
+    /// </summary>
+    public unsafe Tensor Delta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count, bool firstPass, MagnitudeSelection? sample)
+    {
+        if (Tensor is null) return zeros(new[] { count }, ScalarType.Float32);
+        if (IsFused)
+        {
+            // One pass over the chunk: widen, subtract the base, apply the DARE mask (and sample for a TIES threshold) block by block.
+            var tunedBits = chunks.StageBFloat16(Tensor.StoredBFloat16!, first, count);
+            var delta = chunks.Workspace.Floats(slot, count);
+            long dropped;
+            using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused))
+            {
+                var (dare, key, threshold, scale) = Drop is { } d ? (true, d.Key, d.Threshold, d.Scale) : (false, 0UL, 0u, 1f);
+                dropped = baseChunk.dtype == ScalarType.BFloat16
+                    ? ChunkKernels.WidenSubtractMask(tunedBits, (ushort*)TensorMemory.Pointer(baseChunk), TensorMemory.Floats(delta), first, count, dare, key, threshold, scale, sample)
+                    : ChunkKernels.WidenSubtractMask(tunedBits, TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta), first, count, dare, key, threshold, scale, sample);
+            }
+            if (firstPass) Drop?.CountFused(dropped);
+            return delta;
+        }
+        var values = Tensor.ReadDelta(chunks, slot, baseChunk, first, count);
+        if (Drop is null) return values;
+        using (PhaseProfile.Time(chunks.Profile, Phase.Mask)) Drop.Apply(TensorMemory.Floats(values), first, count, firstPass);
+        return values;
+    }
+
+    /// <summary>This input as a source of the single-pass bfloat16 merge (only when <see cref="IsFused"/>).</summary>
+    public unsafe DeltaSource FusedSource(ushort* stored) =>
+        Drop is { } d ? new DeltaSource(stored, true, d.Key, d.Threshold, d.Scale) : new DeltaSource(stored, false, 0, 0, 1f);
+
+    /// <summary>Records what the single-pass merge dropped.</summary>
+    public void CountFused(long dropped) => Drop?.CountFused(dropped);
+}

@@ -1,0 +1,168 @@
+using Dare.Engine.Safetensors;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>What DARE dropped: per tensor, or summed over a run.</summary>
+internal sealed class DropCounts
+{
+    public long Dropped;
+    public long Elements;
+    public double TargetDropped;
+
+    public void Add(DropCounts other)
+    {
+        Dropped += other.Dropped;
+        Elements += other.Elements;
+        TargetDropped += other.TargetDropped;
+    }
+}
+
+/// <summary>
+/// Merges one tensor of a plan and hands the merged δ to a sink chunk by chunk, in element order: it opens each
+/// input's part with its transform (<see cref="InputChain"/>), lets the method run the passes it needs, then combines
+/// every chunk. A tensor that fits in one chunk is read once and kept for all passes. Chunks live in the workspace's
+/// reused buffers (base in slot 0, in float32 or still in bfloat16; input i's δ in slot i + 1): a sink must not keep
+/// them past its call. When the method offers a single-pass bfloat16 route and every input can take it, that runs instead.
+/// </summary>
+internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool singlePassRoutes, CancellationToken cancellation)
+{
+    private ChunkReader Chunks => chunks;
+    private CancellationToken Cancellation => cancellation;
+
+    public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, int layerCount, IChunkSink sink)
+    {
+        var position = TensorPosition.Of(baseInfo.Name, layerCount);
+        var leaves = vector.Leaves;
+        var n = baseInfo.ElementCount;
+        var chunk = Math.Max(1, Math.Min(n, chunkElements));
+        var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
+        var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n))).ToArray();
+        var method = vector.Merge?.Method ?? MergeMethod.Linear;
+        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]) });
+
+        if (singlePassRoutes && sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass
+            && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused))
+        {
+            StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount);
+            return Counts(inputs, leaves, n);
+        }
+
+        // A bfloat16 base that only the fused kernels read stays as stored (they widen it as they go).
+        var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base) && !merge.NeedsBaseValues;
+        var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount);
+        merge.RunPasses(passes);
+        // An L1 rescale needs the whole tensor's norms before the combine; if the method took no pass, one is taken here.
+        if (passes.Count == 0 && inputs.Any(c => c.Drop is { NeedsWholeTensorFirst: true })) passes.ForEachChunk((_, _) => { });
+
+        passes.ForEachChunk((first, baseChunk, deltas) =>
+        {
+            merge.PrepareChunk(first, deltas);
+            for (var i = 0; i < inputs.Length; i++)
+            {
+                var rescale = inputs[i].Rescale;
+                if (rescale != 1.0) { using (PhaseProfile.Time(chunks.Profile, Phase.Mask)) deltas[i].mul_(rescale); }
+            }
+            var target = sink.TargetFor(baseChunk, deltas[0]);
+            using (PhaseProfile.Time(chunks.Profile, Phase.Combine)) merge.Combine(deltas, target);
+            sink.Accept(first, baseChunk, deltas[0]);
+        });
+        return Counts(inputs, leaves, n);
+    }
+
+    private static DropCounts Counts(InputChain[] inputs, IReadOnlyList<TaskVector> leaves, long n)
+    {
+        var counts = new DropCounts();
+        foreach (var input in inputs)
+        {
+            counts.Dropped += input.Dropped;
+            if (input.Drop is { } drop)
+            {
+                counts.Elements += n;
+                counts.TargetDropped += drop.TargetDropped;
+            }
+        }
+        return counts;
+    }
+
+    /// <summary>
+    /// The single-pass route: base and inputs read as stored bfloat16, and the method's fused kernel takes them to output
+    /// bytes block by block, so no float32 chunk is ever written to memory.
+    /// </summary>
+    private unsafe void StreamBFloat16(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IBFloat16SinglePass singlePass, ExportSink export, long chunk, int chunkCount)
+    {
+        for (var c = 0; c < chunkCount; c++)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            var first = c * chunk;
+            var count = Math.Min(chunk, baseInfo.ElementCount - first);
+            if (c + 1 < chunkCount) Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, baseInfo.ElementCount - first - chunk));
+            using var scope = NewDisposeScope();
+            var baseBits = (ushort*)TensorMemory.Pointer(chunks.ReadBFloat16(0, baseInfo, first, count));
+            var sources = inputs.Select((input, i) => input.FusedSource((ushort*)TensorMemory.Pointer(chunks.ReadBFloat16(i + 1, input.Tensor!.StoredBFloat16!, first, count)))).ToArray();
+            var target = export.TargetOverBFloat16Base(baseBits, count);
+            long[] dropped;
+            using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) dropped = singlePass.MergeChunk(baseBits, sources, target, first, count);
+            for (var i = 0; i < inputs.Length; i++) inputs[i].CountFused(dropped[i]);
+            export.Emit();
+        }
+    }
+
+    /// <summary>
+    /// Starts the OS reading elements [first, first + count) of a tensor of the base and of every input, so that disk
+    /// reads of the next chunk overlap the computation of this one (see <see cref="TensorReader.Prefetch"/>).
+    /// </summary>
+    public static void Prefetch(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long first, long count)
+    {
+        reader.Prefetch(baseInfo, first, count);
+        if (!baseInfo.DType.IsMergeable()) return;
+        foreach (var leaf in vector.Leaves) leaf.Input.Open(baseInfo)?.Prefetch(reader, first, count);
+    }
+
+    /// <summary>The passes over one tensor's chunks: each reads (or, for a single chunk, reuses) the base and every input's δ.</summary>
+    private sealed class ChunkPasses(TensorMerger merger, TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, ITensorMerge merge,
+        bool baseStaysBFloat16, long chunk, int chunkCount) : IChunkPasses
+    {
+        private Tensor? _cachedBase;
+        private Tensor[]? _cachedDeltas;
+
+        /// <summary>Passes run so far (the first computes what the transforms count: drops, L1 norms).</summary>
+        public int Count { get; private set; }
+
+        public void ForEachChunk(Action<long, Tensor[]> body) => ForEachChunk((first, _, deltas) => body(first, deltas));
+
+        public void ForEachChunk(Action<long, Tensor, Tensor[]> body)
+        {
+            var chunks = merger.Chunks;
+            var n = baseInfo.ElementCount;
+            for (var c = 0; c < chunkCount; c++)
+            {
+                merger.Cancellation.ThrowIfCancellationRequested();
+                var first = c * chunk;
+                var count = Math.Min(chunk, n - first);
+                if (c + 1 < chunkCount) Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, n - first - chunk));
+                using var scope = chunkCount > 1 ? NewDisposeScope() : null;
+                Tensor baseChunk;
+                Tensor[] deltas;
+                if (_cachedDeltas is not null)
+                {
+                    baseChunk = _cachedBase!;
+                    deltas = _cachedDeltas;
+                }
+                else
+                {
+                    baseChunk = baseStaysBFloat16 ? chunks.ReadBFloat16(0, baseInfo, first, count) : chunks.ReadFloat32(0, baseInfo, first, count);
+                    var firstPass = Count == 0;
+                    deltas = inputs.Select((input, i) => input.Delta(chunks, i + 1, baseChunk, first, count, firstPass, firstPass ? merge.SampleWhileReading(i) : null)).ToArray();
+                    if (chunkCount == 1)
+                    {
+                        _cachedBase = baseChunk;
+                        _cachedDeltas = deltas;
+                    }
+                }
+                body(first, baseChunk, deltas);
+            }
+            Count++;
+        }
+    }
+}

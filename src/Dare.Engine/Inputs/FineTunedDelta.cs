@@ -1,0 +1,28 @@
+using Dare.Engine.Safetensors;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>δ = fine-tuned − base, read from a fine-tuned checkpoint.</summary>
+internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> missingTensors) : ITaskInput
+{
+    public string Name => model.Name;
+    public Checkpoint? Model => model;
+    public IReadOnlyList<string> MissingTensors => missingTensors;
+
+    public IInputTensor? Open(TensorInfo baseTensor) => model.Find(baseTensor.Name) is { } tuned ? new Part(tuned) : null;
+
+    private sealed class Part(TensorInfo tuned) : IInputTensor
+    {
+        public TensorInfo? StoredBFloat16 => tuned.DType == SafetensorsDType.BF16 ? tuned : null;
+        public bool NeedsBase => true;
+
+        public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count)
+        {
+            var values = chunks.ReadFloat32(slot, tuned, first, count);
+            using (PhaseProfile.Time(chunks.Profile, Phase.Delta)) return values.sub_(baseChunk);
+        }
+
+        public void Prefetch(TensorReader reader, long first, long count) => reader.Prefetch(tuned, first, count);
+    }
+}

@@ -1,0 +1,54 @@
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>What a method's per-tensor merge is given: the tensor, its inputs (after their transforms), the chunking.</summary>
+internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCount, long ChunkElements, IReadOnlyList<InputChain> Inputs, PhaseProfile? Profile)
+{
+    public string TensorName => Position.Name;
+
+    /// <summary>Elements per row (the last dimension; the whole tensor for a vector), for methods that work row by row.</summary>
+    public long RowLength { get; init; } = Math.Max(1, ElementCount);
+}
+
+/// <summary>Runs passes over a tensor's chunks for a method: each call sees every chunk's δs (one per input) in element order.</summary>
+internal interface IChunkPasses
+{
+    /// <summary>One pass: <paramref name="body"/>(first element, δ of each input) for every chunk.</summary>
+    void ForEachChunk(Action<long, Tensor[]> body);
+
+    /// <summary>One pass that also sees the base chunk (float32 when the merge says <see cref="ITensorMerge.NeedsBaseValues"/>).</summary>
+    void ForEachChunk(Action<long, Tensor, Tensor[]> body);
+}
+
+/// <summary>
+/// A method's merge of one tensor: any passes it needs over the chunks (e.g. TIES's magnitude thresholds), then per
+/// chunk the combine of the inputs' δs into the merged δ (λ applied), written through a <see cref="CombineTarget"/>.
+/// </summary>
+internal interface ITensorMerge
+{
+    /// <summary>A selection whose sample the fused δ kernel takes in the first pass for input <paramref name="input"/>, or null.</summary>
+    MagnitudeSelection? SampleWhileReading(int input);
+
+    /// <summary>The passes the method needs before the combine (none for linear).</summary>
+    void RunPasses(IChunkPasses passes);
+
+    /// <summary>Per-chunk work on the inputs' δs before any input rescale and the combine (TIES's trim).</summary>
+    void PrepareChunk(long first, Tensor[] deltas);
+
+    /// <summary>Combines the chunk's δs into the merged δ at <paramref name="target"/>.</summary>
+    void Combine(Tensor[] deltas, CombineTarget target);
+
+    /// <summary>Whether the method's passes read the base's values (arcee_fusion's softmax), so the base chunk must be float32.</summary>
+    bool NeedsBaseValues => false;
+
+    /// <summary>The whole merge of a chunk from bfloat16 inputs in one fused pass, if the method offers one.</summary>
+    IBFloat16SinglePass? SinglePass { get; }
+}
+
+/// <summary>A fused route: base and inputs read as stored bfloat16, δ, transform and combine block by block, output bytes written directly.</summary>
+internal unsafe interface IBFloat16SinglePass
+{
+    /// <summary>Merges elements [first, first + count) into <paramref name="target"/>; returns each input's drop count.</summary>
+    long[] MergeChunk(ushort* baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
+}

@@ -1,0 +1,140 @@
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// TIES for one tensor. The magnitude thresholds (see <see cref="MagnitudeSelection"/>) come from passes over the
+/// chunks: the first samples δ (inside the fused δ kernel when it can), which usually settles the threshold or brackets
+/// it for one more pass; the exact coarse and fine passes run only when the sample misled. The combine then trims as
+/// it reads (<see cref="CombineKernels.Ties"/>).
+/// </summary>
+internal sealed class TiesTensorMerge : ITensorMerge
+{
+    private readonly MergeOptions _options;
+    private readonly TensorMergeSetup _setup;
+    private readonly MagnitudeSelection[] _selections;
+    private readonly bool[] _sampleWhileReading;
+    private readonly double[] _weights;
+    private long[] _tiesLeft = Array.Empty<long>();
+    private double[]? _rescales;
+    private uint[]? _keepBits;
+    private long[]?[] _tieBudgets;
+
+    public TiesTensorMerge(MergeOptions options, TensorMergeSetup setup)
+    {
+        _options = options;
+        _setup = setup;
+        var n = setup.ElementCount;
+        var floatWeights = options.Weights.Select(w => (float)w.Resolve(setup.Position)).ToArray();
+        CommonParameters.WeightSum(floatWeights, setup.Position, options.Normalize);
+        _weights = floatWeights.Select(w => (double)w).ToArray();
+        _selections = options.KeepRatios!.Select(k => new MagnitudeSelection((long)Math.Ceiling(k.Resolve(setup.Position) * n - 1e-9), n)).ToArray();
+        _sampleWhileReading = _selections.Select((s, i) => s.NeedsPasses && setup.Inputs[i].IsFused && setup.ChunkElements <= MagnitudeSelection.MaxSpan).ToArray();
+        _tieBudgets = new long[]?[_selections.Length];
+    }
+
+    public IBFloat16SinglePass? SinglePass => null;
+
+    public MagnitudeSelection? SampleWhileReading(int input) => _sampleWhileReading[input] ? _selections[input] : null;
+
+    public void RunPasses(IChunkPasses passes)
+    {
+        var profile = _setup.Profile;
+        var steps = new SelectionStep[_selections.Length];
+        if (_selections.Any(s => s.NeedsPasses))
+        {
+            passes.ForEachChunk((first, deltas) =>
+            {
+                for (var i = 0; i < _selections.Length; i++)
+                {
+                    if (_selections[i].NeedsPasses && !_sampleWhileReading[i]) { using (PhaseProfile.Time(profile, Phase.Select)) AddSample(_selections[i], deltas[i], first); }
+                }
+            });
+            for (var i = 0; i < _selections.Length; i++)
+            {
+                if (!_selections[i].NeedsPasses) continue;
+                steps[i] = _selections[i].FinishSample();
+                if (steps[i] == SelectionStep.Done) PhaseProfile.CountSelection(profile, "sample");
+            }
+        }
+        SelectionPass(SelectionStep.Bracket, AddBracket, s =>
+        {
+            var next = s.FinishBracket();
+            PhaseProfile.CountSelection(profile, next == SelectionStep.Done ? "bracket" : "bracket missed");
+            return next;
+        });
+        SelectionPass(SelectionStep.CoarseAndFine, AddCoarse, s =>
+        {
+            s.FinishCoarse();
+            return SelectionStep.CoarseAndFine;
+        });
+        SelectionPass(SelectionStep.CoarseAndFine, AddFine, s =>
+        {
+            s.FinishFine();
+            PhaseProfile.CountSelection(profile, "exact passes");
+            return SelectionStep.Done;
+        });
+
+        // One pass over every chunk for the inputs at <paramref name="step"/>, then <paramref name="finish"/> gives each its next step.
+        void SelectionPass(SelectionStep step, Action<MagnitudeSelection, Tensor> add, Func<MagnitudeSelection, SelectionStep> finish)
+        {
+            if (!steps.Contains(step)) return;
+            passes.ForEachChunk((_, deltas) =>
+            {
+                for (var i = 0; i < _selections.Length; i++)
+                {
+                    if (steps[i] == step) { using (PhaseProfile.Time(profile, Phase.Select)) add(_selections[i], deltas[i]); }
+                }
+            });
+            using (PhaseProfile.Time(profile, Phase.Select))
+            {
+                for (var i = 0; i < _selections.Length; i++)
+                {
+                    if (steps[i] == step) steps[i] = finish(_selections[i]);
+                }
+            }
+        }
+    }
+
+    public void PrepareChunk(long first, Tensor[] deltas)
+    {
+        if (_rescales is null)
+        {
+            // After the passes: the L1 rescales are known, and each input's tie allowance starts.
+            _rescales = _setup.Inputs.Select(c => c.Rescale).ToArray();
+            _keepBits = _selections.Select((s, i) => _rescales[i] == 1.0 ? s.KeepBits : 0u).ToArray();
+            _tiesLeft = _selections.Select(s => s.TiesToKeep).ToArray();
+        }
+        _tieBudgets = new long[]?[_selections.Length];
+        for (var i = 0; i < _selections.Length; i++)
+        {
+            // The combine trims as it reads: it drops |x| below each input's threshold and keeps each parallel range's
+            // share of the ties, known from the bracket pass. Without those shares the excess ties are dropped here
+            // first. An L1 rescale would change the magnitudes, so such an input is trimmed in full first. TIES ignores
+            // zeros, so a trim that could only change the sign of a zero is skipped.
+            var selection = _selections[i];
+            if (selection.TrimKeepsEveryNonZero) continue;
+            if (_rescales[i] == 1.0 && selection.TieBudgets((int)(first / _setup.ChunkElements)) is { } budgets)
+            {
+                _tieBudgets[i] = budgets;
+                continue;
+            }
+            using (PhaseProfile.Time(_setup.Profile, Phase.Trim))
+            {
+                if (_rescales[i] != 1.0) Trim(selection, deltas[i], ref _tiesLeft[i]);
+                else DropExcessTies(selection, deltas[i], ref _tiesLeft[i]);
+            }
+        }
+    }
+
+    public unsafe void Combine(Tensor[] deltas, CombineTarget target) =>
+        CombineKernels.Ties(deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray(), _weights, _keepBits!, _tieBudgets,
+            _options.SignMethod == SignMethod.Count, _options.Normalize, _options.Lambda, target, deltas[0].shape[0]);
+
+    private static unsafe void AddSample(MagnitudeSelection selection, Tensor delta, long first) => selection.AddSample(TensorMemory.Floats(delta), first, delta.shape[0]);
+    private static unsafe void AddBracket(MagnitudeSelection selection, Tensor delta) => selection.AddBracket(TensorMemory.Floats(delta), delta.shape[0]);
+    private static unsafe void AddCoarse(MagnitudeSelection selection, Tensor delta) => selection.AddCoarse(TensorMemory.Floats(delta), delta.shape[0]);
+    private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
+    private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
+    private static unsafe void DropExcessTies(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.DropExcessTies(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
+}
