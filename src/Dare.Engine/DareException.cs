@@ -48,6 +48,10 @@ public enum DareErrorId
     TokenizerUnsupported,
     TextTooShort,
     LayerRangeInvalid,
+    PartitionPlanMismatch,
+    PartitionIncomplete,
+    PartitionCorrupt,
+    PartitionCompletionBusy,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>
