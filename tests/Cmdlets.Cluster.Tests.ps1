@@ -109,7 +109,10 @@ Describe 'Export-Safetensors -Partition and Complete-DareExport' {
         $out | Should -Not -Exist
         $result = Complete-DareExport -Path $out
         $result.Path | Should -Be $out
-        $result.Files | Should -Be @(Get-ChildItem $out -File | Sort-Object Name -CaseSensitive | ForEach-Object FullName)
+        # Ordinal order, as the engine lists them (culture order puts tokenizer_config.json before tokenizer.json).
+        $files = [string[]]@(Get-ChildItem $out -File | ForEach-Object FullName)
+        [Array]::Sort($files, [StringComparer]::Ordinal)
+        $result.Files | Should -Be $files
         Get-Tree $out | Should -Be (Get-Tree $SinglePlan)
         $staging | Should -Not -Exist
 
