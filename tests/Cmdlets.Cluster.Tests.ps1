@@ -109,10 +109,10 @@ Describe 'Export-Safetensors -Partition and Complete-DareExport' {
         $out | Should -Not -Exist
         $result = Complete-DareExport -Path $out
         $result.Path | Should -Be $out
-        # Ordinal order, as the engine lists them (culture order puts tokenizer_config.json before tokenizer.json).
-        $files = [string[]]@(Get-ChildItem $out -File | ForEach-Object FullName)
-        [Array]::Sort($files, [StringComparer]::Ordinal)
-        $result.Files | Should -Be $files
+        # Ordinal order, as the export lists its files (README.md, the model card, sorts before config.json; tokenizer.json before tokenizer_config.json).
+        [string[]] $onDisk = @(Get-ChildItem $out -File | ForEach-Object FullName)
+        [Array]::Sort($onDisk, [StringComparer]::Ordinal)
+        $result.Files | Should -Be $onDisk
         Get-Tree $out | Should -Be (Get-Tree $SinglePlan)
         $staging | Should -Not -Exist
 

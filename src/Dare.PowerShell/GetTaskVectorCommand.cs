@@ -45,6 +45,18 @@ public sealed class GetTaskVectorCommand : DareCmdlet
     [Parameter(Mandatory = true, ParameterSetName = LiteralSet)]
     public string[] LiteralFineTuned { get; set; } = Array.Empty<string>();
 
+    /// <summary>
+    /// The output vocabulary (mergekit's tokenizer_source): Base (default; the base's tokens, a model's rows for
+    /// tokens the base lacks are dropped), Union (the base's tokens plus every model's added tokens; the vectors are
+    /// made together at the end of the pipeline), or the path of the base or one of the fine-tuned models.
+    /// </summary>
+    [Parameter]
+    [ArgumentCompleter(typeof(TokenizerSourceCompleter))]
+    public string TokenizerSource { get; set; } = "Base";
+
+    private readonly List<Checkpoint> _collected = new();
+    private bool Collects => !string.Equals(TokenizerSource, "Base", StringComparison.OrdinalIgnoreCase);
+
     private bool BaseIsLiteral => ParameterSetName is LiteralBaseSet or LiteralSet;
     private bool FineTunedIsLiteral => ParameterSetName is LiteralFineTunedSet or LiteralSet;
 
@@ -57,16 +69,32 @@ public sealed class GetTaskVectorCommand : DareCmdlet
         {
             IReadOnlyList<Checkpoint> models = Array.Empty<Checkpoint>();
             RunForItem(() => models = CheckpointResolver.Resolve(SessionState, item, allowMany: true, literal: FineTunedIsLiteral), item);
-            foreach (var fineTuned in models) RunForItem(() => Emit(fineTuned), fineTuned);
+            foreach (var fineTuned in models)
+            {
+                if (Collects) _collected.Add(fineTuned);
+                else RunForItem(() => Emit(TaskVector.FromModels(_base, fineTuned)), fineTuned);
+            }
         }
     }
 
-    private void Emit(Checkpoint fineTuned)
+    /// <summary>A union (or another model's) vocabulary needs every model: the vectors are made together here.</summary>
+    protected override void EndProcessing()
     {
-        var vector = TaskVector.FromModels(_base, fineTuned);
+        if (!Collects || _collected.Count == 0) return;
+        Run(() =>
+        {
+            var choice = string.Equals(TokenizerSource, "Union", StringComparison.OrdinalIgnoreCase)
+                ? TokenizerChoice.Union
+                : new TokenizerChoice(TokenizerSourceKind.Model, SessionState.Path.GetUnresolvedProviderPathFromPSPath(TokenizerSource));
+            foreach (var vector in TaskVector.FromModels(_base, _collected, choice)) Emit(vector);
+        });
+    }
+
+    private void Emit(TaskVector vector)
+    {
         if (vector.MissingTensors.Count > 0)
         {
-            WriteWarning($"'{fineTuned.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
+            WriteWarning($"'{vector.FineTuned!.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
                 string.Join(", ", vector.MissingTensors.Take(10)) + (vector.MissingTensors.Count > 10 ? ", ..." : ""));
         }
         WriteObject(vector);
