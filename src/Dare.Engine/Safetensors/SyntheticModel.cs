@@ -133,7 +133,9 @@ public static class SyntheticModel
 /// <summary>
 /// The tokenizer.json of synthetic models: character-level BPE (no merges) over whitespace-split words, so any text
 /// of these characters tokenises and Measure-Perplexity can run on a synthetic model. Ids: &lt;unk&gt; 0, &lt;s&gt; 1,
-/// &lt;/s&gt; 2, then <see cref="Characters"/> in order, as many as the vocabulary holds.
+/// &lt;/s&gt; 2, then <see cref="Characters"/> in order, as many as the vocabulary holds, then &lt;extra_id&gt; for
+/// every further row. Every row has a token, so vocabulary alignment matches synthetic models row for row exactly as
+/// it matched them by index before they had a tokenizer (a fine-tune with more rows adds tokens of its own).
 /// </summary>
 public static class SyntheticTokenizer
 {
@@ -158,6 +160,8 @@ public static class SyntheticTokenizer
             added.Add(new JsonObject { ["id"] = i, ["content"] = SpecialTokens[i], ["special"] = true });
         }
         foreach (var c in Characters.Take(Math.Max(0, vocabSize - SpecialTokens.Length))) vocab[c.ToString()] = vocab.Count;
+        // Never produced from text (no merges build them): they give the rows past the characters a name.
+        while (vocab.Count < vocabSize) vocab[$"<extra_{vocab.Count}>"] = vocab.Count;
         return new JsonObject
         {
             ["version"] = "1.0",
