@@ -22,6 +22,7 @@
         'Invoke-DareDrop'
         'Invoke-DareMerge'
         'Invoke-DellaDrop'
+        'Measure-Perplexity'
         'Measure-TaskVector'
         'Merge-ArceeFusion'
         'Merge-Karcher'

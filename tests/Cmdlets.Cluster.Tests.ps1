@@ -109,7 +109,7 @@ Describe 'Export-Safetensors -Partition and Complete-DareExport' {
         $out | Should -Not -Exist
         $result = Complete-DareExport -Path $out
         $result.Path | Should -Be $out
-        # Ordinal order, as the export lists its files (README.md, the model card, sorts before config.json).
+        # Ordinal order, as the export lists its files (README.md, the model card, sorts before config.json; tokenizer.json before tokenizer_config.json).
         [string[]] $onDisk = @(Get-ChildItem $out -File | ForEach-Object FullName)
         [Array]::Sort($onDisk, [StringComparer]::Ordinal)
         $result.Files | Should -Be $onDisk

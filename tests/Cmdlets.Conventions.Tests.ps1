@@ -136,7 +136,9 @@ Describe 'Format views' {
     It 'shows an ExportResult as Path, Files, Tensors, Size, Elapsed and MB/s' {
         $table = Get-Table $views.ExportResult
         $table.Header | Should -Be @('Path', 'Files', 'Tensors', 'Size', 'Elapsed', 'MB/s')
-        $table.Row | Should -Match '\s+8\s+21\s+246 KB\s+\d+\.\d\d s\s+\d+$'
+        # model.safetensors, config, generation_config, tokenizer_config, special_tokens_map, tokenizer.json,
+        # README.md (model card), mergekit_config.yml, dare_recipe.yml
+        $table.Row | Should -Match '\s+9\s+21\s+246 KB\s+\d+\.\d\d s\s+\d+$'
     }
 
     It 'shows a TaskVectorTensorSummary as a table with the tensor''s range and zero fraction' {

@@ -212,6 +212,7 @@ Describe 'Special files' {
         Copy-Item -Recurse $base.Path $folder
         $secret = Join-Path $TestDrive 'secret.json'
         Set-Content $secret '{"secret": 1}'
+        Remove-Item (Join-Path $folder 'tokenizer.json') -ErrorAction Ignore # synthetic models have one; replaced by a link out
         New-Item -ItemType SymbolicLink -Path (Join-Path $folder 'tokenizer.json') -Target $secret | Out-Null
         New-Item -ItemType SymbolicLink -Path (Join-Path $folder 'vocab.json') -Target (Join-Path $folder 'special_tokens_map.json') | Out-Null
         $target = Join-Path $out 'linked'

@@ -28,6 +28,7 @@ Describe 'Export-Safetensors' {
         It 'returns an ExportResult with the path, the files and the totals' {
             $result | Should -BeOfType Dare.Engine.Merge.ExportResult
             $result.Path | Should -Be $merged
+            # Ordinal order, as the export lists its files (README.md before config.json, tokenizer.json before tokenizer_config.json).
             [string[]] $onDisk = @(Get-ChildItem $merged -File | ForEach-Object FullName)
             [Array]::Sort($onDisk, [StringComparer]::Ordinal)
             $result.Files | Should -Be $onDisk

@@ -30,7 +30,8 @@ BeforeAll {
 
 Describe 'Get-TaskVector' {
     It 'merges a fine-tune with two more vocabulary rows: base keeps the base rows, Union adds the rows (-TokenizerSource)' {
-        # Synthetic models have no tokenizer files, so rows are matched by index; the added rows belong to the fine-tune only.
+        # Synthetic tokenizers name every row (characters, then <extra_id>), so the base's 128 tokens match the fine-tune's
+        # first 128 rows; the two added rows are tokens of the fine-tune only.
         $wider = New-SyntheticCheckpoint (Join-Path $TestDrive 'vocab/wider') -HiddenSize 64 -Layers 2 -VocabSize 130 -DType float32 -Seed 5
         $byBase = Get-TaskVector -Base $base.Path -FineTuned $wider.Path
         $byBase.TensorCount | Should -Be $base.TensorCount

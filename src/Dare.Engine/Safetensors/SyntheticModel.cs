@@ -115,11 +115,60 @@ public static class SyntheticModel
             ["num_key_value_heads"] = shape.HeadCount,
             ["vocab_size"] = shape.VocabSize,
             ["rms_norm_eps"] = 1e-5,
+            ["rope_theta"] = 10000.0,
+            ["max_position_embeddings"] = 4096,
             ["torch_dtype"] = dtype.TorchDTypeName(),
         };
         File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(options));
         File.WriteAllText(Path.Combine(folder, "generation_config.json"), new JsonObject { ["bos_token_id"] = 1, ["eos_token_id"] = 2 }.ToJsonString(options));
         File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), new JsonObject { ["model_max_length"] = 4096, ["tokenizer_class"] = "LlamaTokenizer" }.ToJsonString(options));
         File.WriteAllText(Path.Combine(folder, "special_tokens_map.json"), new JsonObject { ["bos_token"] = "<s>", ["eos_token"] = "</s>" }.ToJsonString(options));
+        if (shape.VocabSize > SyntheticTokenizer.SpecialTokens.Length)
+        {
+            File.WriteAllText(Path.Combine(folder, "tokenizer.json"), SyntheticTokenizer.Json(shape.VocabSize).ToJsonString(options));
+        }
+    }
+}
+
+/// <summary>
+/// The tokenizer.json of synthetic models: character-level BPE (no merges) over whitespace-split words, so any text
+/// of these characters tokenises and Measure-Perplexity can run on a synthetic model. Ids: &lt;unk&gt; 0, &lt;s&gt; 1,
+/// &lt;/s&gt; 2, then <see cref="Characters"/> in order, as many as the vocabulary holds, then &lt;extra_id&gt; for
+/// every further row. Every row has a token, so vocabulary alignment matches synthetic models row for row exactly as
+/// it matched them by index before they had a tokenizer (a fine-tune with more rows adds tokens of its own).
+/// </summary>
+public static class SyntheticTokenizer
+{
+    public static readonly string[] SpecialTokens = { "<unk>", "<s>", "</s>" };
+
+    public const string Characters = "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+    /// <summary>The id of <paramref name="character"/> in a vocabulary of <paramref name="vocabSize"/>, or 0 (&lt;unk&gt;).</summary>
+    public static int Id(char character, int vocabSize)
+    {
+        var index = Characters.IndexOf(character);
+        return index >= 0 && index + SpecialTokens.Length < vocabSize ? index + SpecialTokens.Length : 0;
+    }
+
+    public static JsonObject Json(int vocabSize)
+    {
+        var vocab = new JsonObject();
+        var added = new JsonArray();
+        for (var i = 0; i < SpecialTokens.Length; i++)
+        {
+            vocab[SpecialTokens[i]] = i;
+            added.Add(new JsonObject { ["id"] = i, ["content"] = SpecialTokens[i], ["special"] = true });
+        }
+        foreach (var c in Characters.Take(Math.Max(0, vocabSize - SpecialTokens.Length))) vocab[c.ToString()] = vocab.Count;
+        // Never produced from text (no merges build them): they give the rows past the characters a name.
+        while (vocab.Count < vocabSize) vocab[$"<extra_{vocab.Count}>"] = vocab.Count;
+        return new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = added,
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "WhitespaceSplit" },
+            ["model"] = new JsonObject { ["type"] = "BPE", ["unk_token"] = "<unk>", ["vocab"] = vocab, ["merges"] = new JsonArray() },
+        };
     }
 }
