@@ -39,6 +39,8 @@ public enum DareErrorId
     NonFiniteValues,
     MergeStepMissing,
     SeveralInputsOneFolder,
+    AdapterInvalid,
+    AdapterUnsupported,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Dare.Engine.Adapters;
 using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Merge;
@@ -135,6 +136,17 @@ public sealed class TaskVector
     /// <summary>A task vector whose δ comes from <paramref name="input"/> (e.g. a computed delta), against <paramref name="base"/>.</summary>
     internal static TaskVector FromInput(Checkpoint @base, ITaskInput input, string? name = null) =>
         new(name ?? input.Name, @base, input, null, null, Array.Empty<TaskVector>());
+
+    /// <summary>
+    /// δ = s·B·A per module of a PEFT LoRA adapter (and stored − base for its full tensors), against <paramref name="base"/>.
+    /// Every module is matched to a base tensor and checked (shape, rank) now; nothing is read yet.
+    /// </summary>
+    public static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, string? name = null) =>
+        FromInput(@base, LoraDelta.Bind(@base, adapter), name);
+
+    /// <summary>The LoRA adapters this vector draws on.</summary>
+    public IReadOnlyList<LoraAdapter> LoraAdapters =>
+        Leaves.Select(l => l._input).OfType<LoraDelta>().Select(d => d.Adapter).ToList();
 
     /// <summary>A new vector with DARE added (this one is unchanged).</summary>
     public TaskVector WithDare(DareOptions dare)
