@@ -12,6 +12,7 @@
     CompatiblePSEditions = @('Core')
     FormatsToProcess     = @('Dare.Format.ps1xml')
     CmdletsToExport      = @(
+        'Export-LoraAdapter'
         'Export-Safetensors'
         'Get-DareEnvironment'
         'Get-TaskVector'

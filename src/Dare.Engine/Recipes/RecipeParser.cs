@@ -27,7 +27,7 @@ public static partial class RecipeParser
         ["chat_template"] = "chat templates are not written; the base model's chat_template.json/.jinja, if any, is copied",
     };
 
-    internal static readonly string[] ModelKeys = { "model", "parameters" };
+    internal static readonly string[] ModelKeys = { "model", "lora", "parameters" };
     internal static readonly string[] OutputKeys = { "path", "max_shard_size", "delta_only" };
     internal static readonly string[] FilterEntryKeys = { "filter", "value", "match" };
 
@@ -238,7 +238,7 @@ public static partial class RecipeParser
         // mergekit also accepts a bare string here; treat it as '- model: <string>'.
         if (node is YamlScalarNode && !IsNull(node))
         {
-            return new RecipeModelEntry { Model = RequireString(node, context.At(node, path), context), Location = context.At(node, path) };
+            return WithLora(new RecipeModelEntry { Model = RequireString(node, context.At(node, path), context), Location = context.At(node, path) });
         }
         var map = RequireMapping(node, path, context, "a model entry ('- model: <path>')");
         var keys = ReadKeys(map, path, context, ModelKeys, new Dictionary<string, string>());
@@ -249,12 +249,36 @@ public static partial class RecipeParser
             throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(node, path), "has no 'model:' path.");
         }
         var location = context.At(modelEntry.Value, Join(path, "model"));
-        return new RecipeModelEntry
+        var entry = new RecipeModelEntry
         {
             Model = RequireString(modelEntry.Value, location, context),
             Location = location,
             Parameters = keys.TryGetValue("parameters", out var p) ? ParseParameters(p.Value, Join(path, "parameters"), context, perModel: true) : RecipeParameters.Empty,
         };
+        if (!keys.TryGetValue("lora", out var loraEntry) || IsNull(loraEntry.Value)) return WithLora(entry);
+        var loraLocation = context.At(loraEntry.Value, Join(path, "lora"));
+        if (entry.Model.Contains('+'))
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, loraLocation, "gives an adapter, and so does the model's '+'; give it once.");
+        }
+        return new RecipeModelEntry
+        {
+            Model = entry.Model, Location = entry.Location, Parameters = entry.Parameters,
+            Lora = RequireString(loraEntry.Value, loraLocation, context), LoraLocation = loraLocation,
+        };
+    }
+
+    /// <summary>mergekit's model: &lt;model&gt;+&lt;adapter&gt; (one '+'; use lora: for a path that holds one).</summary>
+    private static RecipeModelEntry WithLora(RecipeModelEntry entry)
+    {
+        var parts = entry.Model.Split('+');
+        if (parts.Length == 1) return entry;
+        if (parts.Length > 2 || parts.Any(string.IsNullOrWhiteSpace))
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, entry.Location,
+                $"'{entry.Model}' is not '<model>+<adapter>' (one '+' between two paths); for a path that holds a '+', write model: and lora: separately.");
+        }
+        return new RecipeModelEntry { Model = parts[0], Location = entry.Location, Parameters = entry.Parameters, Lora = parts[1], LoraLocation = entry.Location };
     }
 
     private static (string?, RecipeLocation?, long?, bool) ParseOutput(YamlNode node, string path, Context context, string baseDirectory)

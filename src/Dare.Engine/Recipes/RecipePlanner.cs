@@ -1,3 +1,4 @@
+using Dare.Engine.Adapters;
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
@@ -166,7 +167,7 @@ public static partial class RecipePlanner
         // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
         var inputs = !form.NeedsBase
             ? modelReferences
-            : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+            : modelReferences.Where(m => m.Entry.Lora is not null || !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
         if (inputs.Count == 0)
         {
             throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
@@ -174,6 +175,7 @@ public static partial class RecipePlanner
         }
         var models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
         foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        var adapters = models.Select(m => m.Entry.Lora is null ? null : OpenAdapter(m.Entry, m.Reference, baseFullPath, batch.BaseDirectory)).ToList();
 
         var usesDefaultSeed = false;
         var vectors = new List<TaskVector>();
@@ -184,7 +186,9 @@ public static partial class RecipePlanner
             var (entry, reference, checkpoint) = models[i];
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
-            var vector = TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
+            var vector = adapters[i] is { } adapter
+                ? FromAdapter(@base, adapter, entry)
+                : TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
             if (resolved.Dare is { } dare) vector = vector.WithDare(dare);
             vectors.Add(vector);
             weights.Add(resolved.Weight);
@@ -237,7 +241,8 @@ public static partial class RecipePlanner
             Vector = merged,
             Export = export,
             Summary = RecipePlanSummary.For(merged, export, baseFullPath,
-                models.Select(m => (m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : m.Checkpoint.Name, m.Reference.FullPath)).ToList(),
+                models.Select((m, i) => adapters[i] is { } a ? (a.Name, a.Path)
+                    : (m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : m.Checkpoint.Name, m.Reference.FullPath)).ToList(),
                 readsOutputsOf.Select(r => batch.Recipes[r].DisplayName).ToList()),
             ReadsOutputsOf = readsOutputsOf,
             UsesDefaultSeed = usesDefaultSeed,
@@ -354,8 +359,50 @@ public static partial class RecipePlanner
         return new ModelReference(text, location, full, null);
     }
 
+    /// <summary>
+    /// The adapter of a model entry (model: base+adapter, or lora:). Its δ is against the model it adapts, so that model
+    /// must be the base: a LoRA on another fine-tune would be two deltas in one entry.
+    /// </summary>
+    private static LoraAdapter OpenAdapter(RecipeModelEntry entry, ModelReference model, string baseFullPath, string baseDirectory)
+    {
+        var location = entry.LoraLocation ?? entry.Location;
+        if (!PathComparer.Equals(model.FullPath, baseFullPath))
+        {
+            throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
+                $"the adapter '{entry.Lora}' is applied to '{model.Text}', which is not the base model; Dare merges an adapter as a task vector against the base it was trained on.");
+        }
+        var full = Path.GetFullPath(Path.Combine(baseDirectory, entry.Lora!));
+        try
+        {
+            return LoraAdapter.Open(full);
+        }
+        catch (DareException ex)
+        {
+            throw RecipeParser.Error(ex.ErrorId, ex.Kind, location, ex.ErrorId == DareErrorId.PathNotFound
+                ? $"the adapter '{entry.Lora}' resolves to '{full}', which does not exist (relative paths resolve against '{baseDirectory}')."
+                : ex.Message, ex);
+        }
+    }
+
+    private static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, RecipeModelEntry entry)
+    {
+        try
+        {
+            return TaskVector.FromAdapter(@base, adapter);
+        }
+        catch (DareException ex)
+        {
+            throw RecipeParser.Error(ex.ErrorId, ex.Kind, entry.LoraLocation ?? entry.Location, ex.Message, ex);
+        }
+    }
+
     private static Checkpoint OpenExisting(ModelReference reference, string baseDirectory)
     {
+        if (LoraAdapter.IsAdapter(reference.FullPath))
+        {
+            throw RecipeParser.Error(DareErrorId.AdapterInvalid, DareErrorKind.InvalidData, reference.Location,
+                $"'{reference.Text}' is a LoRA adapter, not a model; write it as model: <base>+{reference.Text} (or model: <base> with lora: {reference.Text}).");
+        }
         try
         {
             return Checkpoint.Open(reference.FullPath);

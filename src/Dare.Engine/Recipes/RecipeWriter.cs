@@ -46,7 +46,7 @@ public static class RecipeWriter
                 if (dare.Stream != i) parameters["mask_stream"] = dare.Stream;
                 if (sharedRescale is null) parameters["rescale"] = RescaleValue(dare.Rescale);
             }
-            models.Add(new Dictionary<string, object?> { ["model"] = input.FineTuned!.Path, ["parameters"] = parameters });
+            models.Add(ModelEntry(input, vector.Base, parameters));
         }
         recipe["models"] = models;
         var global = new Dictionary<string, object?>();
@@ -72,6 +72,19 @@ public static class RecipeWriter
 
         var header = $"# Written by Dare {typeof(RecipeWriter).Assembly.GetName().Version?.ToString(3)}. Replay with: Invoke-DareMerge -ConfigPath <this file> -OutputPath <folder>\n";
         return header + new SerializerBuilder().Build().Serialize(recipe);
+    }
+
+    /// <summary>
+    /// A fine-tuned model's path; an adapter as mergekit writes it, model: base+adapter (or, when a path holds a '+',
+    /// Dare's explicit model: base with lora: adapter).
+    /// </summary>
+    private static Dictionary<string, object?> ModelEntry(TaskVector input, Checkpoint @base, Dictionary<string, object?> parameters)
+    {
+        if (input.FineTuned is { } model) return new() { ["model"] = model.Path, ["parameters"] = parameters };
+        var adapter = input.LoraAdapters.Single();
+        return @base.Path.Contains('+') || adapter.Path.Contains('+')
+            ? new() { ["model"] = @base.Path, ["lora"] = adapter.Path, ["parameters"] = parameters }
+            : new() { ["model"] = $"{@base.Path}+{adapter.Path}", ["parameters"] = parameters };
     }
 
     private static object RescaleValue(DareRescale rescale) => rescale switch

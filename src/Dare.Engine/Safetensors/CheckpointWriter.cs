@@ -19,6 +19,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>Tensor bytes per shard; one model.safetensors when the total fits.</summary>
     public long MaxShardSize { get; init; } = DefaultMaxShardSize;
 
+    /// <summary>The file name of a single-shard output (an adapter is adapter_model.safetensors).</summary>
+    public string SingleFileName { get; init; } = Checkpoint.SingleFileName;
+
     /// <summary>Entries for __metadata__ (format: pt is always added).</summary>
     public IReadOnlyDictionary<string, string>? Metadata { get; init; }
 
@@ -106,7 +109,7 @@ public sealed class CheckpointWriter : IDisposable
         {
             throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidArgument, $"Tensor '{duplicate.Key}' is planned twice for '{destination}'.");
         }
-        var shards = PlanShards(tensors, options.MaxShardSize);
+        var shards = PlanShards(tensors, options.MaxShardSize, options.SingleFileName);
         var parent = Path.GetDirectoryName(destination)!;
         Directory.CreateDirectory(parent);
         var temporary = Path.Combine(parent, $".{Path.GetFileName(destination)}.dare-tmp-{Guid.NewGuid():N}");
@@ -128,7 +131,7 @@ public sealed class CheckpointWriter : IDisposable
         }
     }
 
-    private static List<Shard> PlanShards(IReadOnlyList<PlannedTensor> tensors, long maxShardSize)
+    private static List<Shard> PlanShards(IReadOnlyList<PlannedTensor> tensors, long maxShardSize, string singleFileName)
     {
         var groups = new List<List<PlannedTensor>> { new() };
         long size = 0;
@@ -144,7 +147,7 @@ public sealed class CheckpointWriter : IDisposable
         }
         if (groups.Count == 1)
         {
-            return new List<Shard> { new(Checkpoint.SingleFileName, groups[0]) };
+            return new List<Shard> { new(singleFileName, groups[0]) };
         }
         return groups.Select((g, i) => new Shard($"model-{i + 1:D5}-of-{groups.Count:D5}.safetensors", g)).ToList();
     }
