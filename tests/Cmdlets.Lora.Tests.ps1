@@ -46,7 +46,11 @@ BeforeAll {
         finally { $delta.Dispose() }
     }
 
-    function Get-Norm([double[]] $Values) { [Math]::Sqrt(($Values | ForEach-Object { $_ * $_ } | Measure-Object -Sum).Sum) }
+    function Get-Norm([double[]] $Values) {
+        $sum = 0.0
+        foreach ($v in $Values) { $sum += $v * $v }
+        [Math]::Sqrt($sum)
+    }
 
     $script:loraMath = New-TestAdapter (Join-Path $TestDrive 'adapters/lora-math') 1
     $script:loraCode = New-TestAdapter (Join-Path $TestDrive 'adapters/lora-code') 2

@@ -111,6 +111,7 @@ internal sealed class LoraDelta : ITaskInput
                 var rowFirst = first / columns;
                 var rowEnd = (first + count + columns - 1) / columns;
                 var rows = rowEnd - rowFirst;
+                using var threads = SmallMatrixThreads.For(rows * columns);
                 using var left = tensor(_left.AsSpan((int)(rowFirst * Rank), (int)(rows * Rank)).ToArray(), new[] { rows, (long)Rank }, ScalarType.Float64);
                 using var right = tensor(_right!, new[] { (long)Rank, columns }, ScalarType.Float64);
                 using var block = left.matmul(right);

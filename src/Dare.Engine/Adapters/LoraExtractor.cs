@@ -163,6 +163,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
     {
         var d = delta.contiguous();
         long rows = d.shape[0], columns = d.shape[1];
+        using var threads = SmallMatrixThreads.For(rows * columns);
         var smaller = Math.Min(rows, columns);
         var norm2 = d.square().sum(ScalarType.Float64).ToDouble();
         var cap = (int)Math.Min(options.Rank, smaller);

@@ -35,6 +35,7 @@ public sealed record MatrixRank(string Tensor, long[] Shape, int Rank99, double 
         {
             using var scope = NewDisposeScope();
             using var delta = executor.ComputeDelta(vector, info.Name);
+            using var threads = SmallMatrixThreads.For(info.ElementCount);
             var singular = linalg.svdvals(delta).to_type(ScalarType.Float64).data<double>().ToArray();
             result.Add(new MatrixRank(info.Name, info.Shape, Rank99Of(singular), singular.Length > 0 ? singular[0] : 0));
         }

@@ -81,6 +81,6 @@ public sealed class LoraRecipeTests : IDisposable
     {
         var error = Assert.Throws<DareException>(() => Plan("merge_method: task_arithmetic\nbase_model: ./base\nmodels:\n  - model: ./lora-math\n"));
         Assert.Equal(DareErrorId.AdapterInvalid, error.ErrorId);
-        Assert.Contains("base+adapter", error.Message);
+        Assert.Contains("model: <base>+./lora-math", error.Message);
     }
 }
