@@ -154,7 +154,10 @@ Describe 'Adapters in recipes and in Measure-TaskVector' {
         $yaml = "merge_method: task_arithmetic`nbase_model: $($base.Path)`nmodels:`n  - model: $($base.Path)+$($loraMath.Path)`n    parameters: { weight: 1.0 }`n"
         $out = Invoke-DareMerge -Yaml $yaml -OutputPath (Join-Path $TestDrive 'recipe-lora')
         $viaPipeline = Get-TaskVector $base.Path -Adapter $loraMath.Path | Export-Safetensors (Join-Path $TestDrive 'pipeline-lora')
-        (Read-TensorBytes $out.Path $q).Bytes | Should -Be (Read-TensorBytes $viaPipeline.Path $q).Bytes
+        [byte[]] $fromRecipe = (Read-TensorBytes $out.Path $q).Bytes
+        [byte[]] $fromPipeline = (Read-TensorBytes $viaPipeline.Path $q).Bytes
+        $fromRecipe.Length | Should -Be (4 * $hidden * $hidden)
+        [Linq.Enumerable]::SequenceEqual($fromRecipe, $fromPipeline) | Should -BeTrue
     }
 
     It 'reports an adapter''s rank, and tells its low-rank delta from a full fine-tune''s' {
