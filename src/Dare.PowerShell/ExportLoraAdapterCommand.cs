@@ -40,14 +40,12 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
     [ValidateRange(1, int.MaxValue)]
     public int MaxRank { get; set; }
 
-    /// <summary>Wildcard patterns of base tensor names to extract (default: every 2-D .weight tensor).</summary>
+    /// <summary>Wildcard patterns of base tensor names (not paths) to extract (default: every 2-D .weight tensor).</summary>
     [Parameter]
-    [SupportsWildcards]
     public string[] Include { get; set; } = Array.Empty<string>();
 
-    /// <summary>Wildcard patterns of base tensor names to leave out.</summary>
+    /// <summary>Wildcard patterns of base tensor names (not paths) to leave out.</summary>
     [Parameter]
-    [SupportsWildcards]
     public string[] Exclude { get; set; } = Array.Empty<string>();
 
     /// <summary>Input embeddings as full tensors under modules_to_save (Full, default), as embedding LoRAs (Lora), or left out (Skip).</summary>

@@ -49,6 +49,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             if (kind == LoraModuleKind.Full) continue;
             using var scope = NewDisposeScope();
             using var delta = executor.ComputeDelta(vector, info.Name);
+            CheckFinite(delta, info);
             var f = Factorize(kind == LoraModuleKind.Embedding ? delta.t() : delta, options, DTypeOf(info, options).ToScalarType());
             factors.Add(f with { Info = info, Kind = kind });
             observer?.Verbose($"{info.Name} {info.ShapeText}: rank {f.Rank}, relative error {f.RelativeError:0.######}");
@@ -92,6 +93,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
                 cancellation.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var delta = executor.ComputeDelta(vector, info.Name);
+                CheckFinite(delta, info);
                 var whole = reader.Read(info).to_type(ScalarType.Float32).add_(delta);
                 writer.WriteTensor(LoraAdapter.PeftPrefix + info.Name, whole.to_type(DTypeOf(info, options).ToScalarType()).contiguous());
             }
@@ -107,6 +109,17 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
         if (options.RetainedEnergy is { } e && !(e > 0 && e <= 1)) throw Invalid($"The retained energy must be in (0, 1], not {e.ToString(CultureInfo.InvariantCulture)}.");
         if (options.MinSingularValue is { } t && !(t >= 0 && double.IsFinite(t))) throw Invalid($"The singular-value threshold must be finite and not negative, not {t.ToString(CultureInfo.InvariantCulture)}.");
         if (options.RetainedEnergy is not null && options.MinSingularValue is not null) throw Invalid("Give the retained energy or the singular-value threshold, not both.");
+    }
+
+    // An SVD of NaN or ±Inf gives NaN factors (or fails inside LAPACK); refuse before anything is written.
+    private static void CheckFinite(Tensor delta, TensorInfo info)
+    {
+        using var finite = delta.isfinite().all();
+        if (!finite.ToBoolean())
+        {
+            throw new DareException(DareErrorId.NonFiniteValues, DareErrorKind.InvalidData,
+                $"The task vector's delta of '{info.Name}' holds NaN or infinite values; no adapter can be extracted from it.") { TensorName = info.Name, FilePath = info.File };
+        }
     }
 
     private static DareException Invalid(string message) => new(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, message);

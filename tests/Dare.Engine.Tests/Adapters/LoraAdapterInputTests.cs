@@ -76,6 +76,23 @@ public sealed class LoraAdapterInputTests : IDisposable
     }
 
     [Fact]
+    public void A_bfloat16_base_gets_base_plus_s_B_A_rounded_once_to_bfloat16()
+    {
+        const string name = "model.layers.0.self_attn.q_proj.weight";
+        var baseValues = Bf16Exact(_base[name]);
+        var bf16Base = _models.Write("bf16-base", new[] { TestTensor.Bf16(name, baseValues, QOut, Hidden) });
+        var (a, b) = (Random(2 * Hidden), Random(QOut * 2));
+        var folder = Write(_models, "lora-bf16", Config(2, 2.0), new[]
+        {
+            TestTensor.F32("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", a, 2, Hidden),
+            TestTensor.F32("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", b, QOut, 2),
+        });
+        var output = _models.Export(TaskVector.FromAdapter(bf16Base, LoraAdapter.Open(folder)), "bf16-out", dtype: null, chunkElements: 7);
+        var expected = Apply(baseValues, Product(b, a, QOut, 2, Hidden, 1.0)).Select(Bf16Bits.FromFloat).ToArray();
+        Assert.Equal(expected, TestModels.ReadRaw<ushort>(output.Find(name)!));
+    }
+
+    [Fact]
     public void Fan_in_fan_out_adds_the_transpose_of_s_B_A()
     {
         var (a, b) = (Random(3 * Hidden), Random(QOut * 3));
