@@ -216,7 +216,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
     /// </summary>
     private static (Tensor U, Tensor S, Tensor Vh) RandomizedSvd(Tensor d, int q, int powerIterations)
     {
-        var generator = new Generator(0x5EED);
+        using var generator = new Generator(0x5EED);
         var omega = randn(new[] { d.shape[1], (long)q }, ScalarType.Float32, generator: generator);
         var (basis, _) = linalg.qr(d.matmul(omega));
         for (var i = 0; i < powerIterations; i++)

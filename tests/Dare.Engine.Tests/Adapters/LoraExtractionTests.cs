@@ -162,7 +162,25 @@ public sealed class LoraExtractionTests : IDisposable
         Assert.Equal(5, result.Rank);
         Assert.Equal(3, (int)config["rank_pattern"]!.AsObject().Single().Value!);
         Assert.Equal(3, (int)config["alpha_pattern"]!.AsObject().Single().Value!);
-        Assert.Equal(new long[] { 3, In }, Saved(result.Path)["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].Shape);
+        var saved = Saved(result.Path);
+        Assert.Equal(new long[] { 3, In }, saved["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].Shape);
+
+        // Read back, rank_pattern and alpha_pattern give q_proj r = α = 3 (scale 1): δ = B·A of the saved factors.
+        var a = TestModels.ReadRaw<float>(saved["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]);
+        var b = TestModels.ReadRaw<float>(saved["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]);
+        using var readBack = new MergeExecutor().ComputeDelta(TaskVector.FromAdapter(_baseModel, LoraAdapter.Open(result.Path)), Q);
+        Assert.Equal(Product(b, a, Out, 3, In, 1.0).Select(d => (float)d), readBack.data<float>().ToArray());
+    }
+
+    [Fact]
+    public void Extraction_and_reading_an_adapter_leave_no_live_tensors()
+    {
+        var start = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        var result = Extract("leak-check", 3, o => new LoraExportOptions { Destination = o.Destination, Rank = 3, Embeddings = EmbeddingExport.Lora, FullSvdLimit = 4 });
+        var readBack = TaskVector.FromAdapter(_baseModel, LoraAdapter.Open(result.Path));
+        _models.Export(readBack, "leak-check-merged", chunkElements: 5);
+        TaskVectorStatistics.Measure(readBack, new MergeExecutor(), false, rankSamples: 2);
+        Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
     }
 
     [Fact]
