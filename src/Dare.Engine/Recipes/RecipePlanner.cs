@@ -1,4 +1,3 @@
-using Dare.Engine.Adapters;
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
@@ -359,50 +358,9 @@ public static partial class RecipePlanner
         return new ModelReference(text, location, full, null);
     }
 
-    /// <summary>
-    /// The adapter of a model entry (model: base+adapter, or lora:). Its δ is against the model it adapts, so that model
-    /// must be the base: a LoRA on another fine-tune would be two deltas in one entry.
-    /// </summary>
-    private static LoraAdapter OpenAdapter(RecipeModelEntry entry, ModelReference model, string baseFullPath, string baseDirectory)
-    {
-        var location = entry.LoraLocation ?? entry.Location;
-        if (!PathComparer.Equals(model.FullPath, baseFullPath))
-        {
-            throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
-                $"the adapter '{entry.Lora}' is applied to '{model.Text}', which is not the base model; Dare merges an adapter as a task vector against the base it was trained on.");
-        }
-        var full = Path.GetFullPath(Path.Combine(baseDirectory, entry.Lora!));
-        try
-        {
-            return LoraAdapter.Open(full);
-        }
-        catch (DareException ex)
-        {
-            throw RecipeParser.Error(ex.ErrorId, ex.Kind, location, ex.ErrorId == DareErrorId.PathNotFound
-                ? $"the adapter '{entry.Lora}' resolves to '{full}', which does not exist (relative paths resolve against '{baseDirectory}')."
-                : ex.Message, ex);
-        }
-    }
-
-    private static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, RecipeModelEntry entry)
-    {
-        try
-        {
-            return TaskVector.FromAdapter(@base, adapter);
-        }
-        catch (DareException ex)
-        {
-            throw RecipeParser.Error(ex.ErrorId, ex.Kind, entry.LoraLocation ?? entry.Location, ex.Message, ex);
-        }
-    }
-
     private static Checkpoint OpenExisting(ModelReference reference, string baseDirectory)
     {
-        if (LoraAdapter.IsAdapter(reference.FullPath))
-        {
-            throw RecipeParser.Error(DareErrorId.AdapterInvalid, DareErrorKind.InvalidData, reference.Location,
-                $"'{reference.Text}' is a LoRA adapter, not a model; write it as model: <base>+{reference.Text} (or model: <base> with lora: {reference.Text}).");
-        }
+        RefuseAdapterAsModel(reference);
         try
         {
             return Checkpoint.Open(reference.FullPath);
