@@ -64,6 +64,7 @@ public sealed class LoraAdapterConfig
         if (Flag(json, "use_dora", path)) throw Unsupported(path, "use_dora", "DoRA adapters (use_dora: true) scale each column by a learned magnitude, which Dare does not compute");
         if (Flag(json, "lora_bias", path)) throw Unsupported(path, "lora_bias", "LoRA biases (lora_bias: true) are not read");
         if (json["target_parameters"] is JsonArray { Count: > 0 }) throw Unsupported(path, "target_parameters", "adapters on parameters (target_parameters) are not read");
+        if (json["trainable_token_indices"] is { } tokens && tokens.GetValueKind() is not JsonValueKind.Null) throw Unsupported(path, "trainable_token_indices", "adapters that train single token rows are not read");
         if (json["layer_replication"] is JsonArray { Count: > 0 }) throw Unsupported(path, "layer_replication", "adapters that replicate layers are not read");
         var rank = Number(json, "r", path) ?? throw Invalid(path, "it has no 'r' (the LoRA rank)");
         if (rank < 1 || rank != Math.Floor(rank)) throw Invalid(path, $"'r' is {rank}; the rank must be a positive whole number");

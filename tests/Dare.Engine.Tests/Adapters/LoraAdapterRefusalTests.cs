@@ -35,6 +35,7 @@ public sealed class LoraAdapterRefusalTests : IDisposable
     [InlineData("use_dora", true)]
     [InlineData("lora_bias", true)]
     [InlineData("peft_type", "PREFIX_TUNING")]
+    [InlineData("trainable_token_indices", 3)]
     public void An_adapter_kind_Dare_does_not_compute_is_refused_naming_the_key(string key, object value)
     {
         var config = Config(2, 2);
