@@ -130,7 +130,7 @@ Describe 'Export-Safetensors' {
             $script:existing = Join-Path $out 'existing'
             Remove-Item $existing -Recurse -Force -ErrorAction Ignore
             New-Item -ItemType Directory $existing | Out-Null
-            Set-Content (Join-Path $existing 'keep.txt') 'an earlier model'
+            Set-Content (Join-Path $existing 'README.md') 'an earlier model'
         }
 
         It 'is refused without -Force with OutputExists (ResourceExists), and left untouched' {
@@ -139,20 +139,20 @@ Describe 'Export-Safetensors' {
             try { New-Plan | Export-Safetensors $existing -ErrorAction Stop } catch { $failure = $_ }
             $failure.CategoryInfo.Category | Should -Be 'ResourceExists'
             $failure.Exception.Message | Should -BeLike "*$existing*-Force*"
-            (Get-ChildItem $existing -Force).Name | Should -Be 'keep.txt'
-            Get-Content (Join-Path $existing 'keep.txt') | Should -Be 'an earlier model'
+            (Get-ChildItem $existing -Force).Name | Should -Be 'README.md'
+            Get-Content (Join-Path $existing 'README.md') | Should -Be 'an earlier model'
             Get-DareTempFolders $out | Should -BeNullOrEmpty
         }
 
         It 'is replaced with -Force' {
             New-Plan | Export-Safetensors $existing -Force | Out-Null
-            Join-Path $existing 'keep.txt' | Should -Not -Exist
+            Join-Path $existing 'README.md' | Should -Not -Exist
             Join-Path $existing 'model.safetensors' | Should -Exist
             Get-DareTempFolders $out | Should -BeNullOrEmpty
         }
 
         It 'is an empty folder that can be written without -Force' {
-            Remove-Item (Join-Path $existing 'keep.txt')
+            Remove-Item (Join-Path $existing 'README.md')
             New-Plan | Export-Safetensors $existing | Out-Null
             Join-Path $existing 'model.safetensors' | Should -Exist
         }

@@ -137,11 +137,14 @@ Describe 'Invoke-DareDrop' {
         $plain = Get-DeltaValues $tv $upProj
         $dropped = Get-DeltaValues ($tv | Invoke-DareDrop 0.5 -Seed 9) $upProj
         $kept = 0
+        $wrong = [Collections.Generic.List[string]]::new()
         for ($i = 0; $i -lt $plain.Length; $i++) {
             if ($dropped[$i] -eq 0) { continue }
             $kept++
-            $dropped[$i] | Should -Be ([float] (2 * $plain[$i]))
+            # One Should for the whole tensor: a Should per element made this test take 14 s.
+            if ($dropped[$i] -ne [float] (2 * $plain[$i])) { $wrong.Add("[$i] $($dropped[$i]) vs 2 * $($plain[$i])") }
         }
+        $wrong | Select-Object -First 5 | Should -BeNullOrEmpty
         $kept / $plain.Length | Should -BeGreaterThan 0.45
     }
 

@@ -382,13 +382,13 @@ Describe 'Invoke-DareMerge errors' {
         Set-Content -LiteralPath $recipe -Value "merge_method: linear`n$Head    parameters: { weight: 1 }`n"
         $output = Join-Path $Errors 'existing'
         New-Item -ItemType Directory $output | Out-Null
-        Set-Content (Join-Path $output 'keep.txt') 'not a model'
+        Set-Content (Join-Path $output 'README.md') 'an earlier model'
         { Invoke-DareMerge $recipe -OutputPath $output } | Should -Throw -ErrorId 'OutputExists,Dare.PowerShell.InvokeDareMergeCommand'
-        Get-Content (Join-Path $output 'keep.txt') | Should -Be 'not a model'
+        Get-Content (Join-Path $output 'README.md') | Should -Be 'an earlier model'
 
         $result = Invoke-DareMerge $recipe -OutputPath $output -Force
         Test-Path (Join-Path $result.Path 'model.safetensors') | Should -BeTrue
-        Test-Path (Join-Path $output 'keep.txt') | Should -BeFalse
+        Test-Path (Join-Path $output 'README.md') | Should -BeFalse
     }
 
     It 'reports recipe mistakes in hashtables with the same ErrorIds' {

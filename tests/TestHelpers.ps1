@@ -146,9 +146,9 @@ function Get-FolderHashes([string] $Folder) {
     $hashes
 }
 
-# Hidden temporary folders the atomic writer leaves behind if it fails to clean up.
+# Hidden temporary folders (.dare-XXXXXXXX) and their owner records the atomic writer leaves behind if it fails to clean up.
 function Get-DareTempFolders([string] $Parent) {
-    @(Get-ChildItem -LiteralPath $Parent -Force -Directory | Where-Object Name -like '.*.dare-*')
+    @(Get-ChildItem -LiteralPath $Parent -Force | Where-Object Name -like '.dare-*')
 }
 
 # Runs $Script in a new runspace of this process (with the module imported) and returns its output, errors and

@@ -34,6 +34,10 @@ public enum DareErrorId
     BaseModelMismatch,
     TaskVectorInvalid,
     WeightSumZero,
+    OutputNotReplaceable,
+    OutputWriteFailed,
+    OutputReplaceFailed,
+    OutputInUse,
     NotRegularFile,
     InputChanged,
     NonFiniteValues,
@@ -55,6 +59,7 @@ public enum DareErrorKind
     NotInstalled,
     OperationStopped,
     NotImplemented,
+    ResourceBusy,
 }
 
 /// <summary>An engine failure with a stable id, a kind, and a message naming the file and tensor involved.</summary>

@@ -103,6 +103,7 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
             Embeddings = Embeddings,
             OutputDType = dtype,
             Force = Force,
+            CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath,
             BaseModelNameOrPath = BaseModelName,
             RecipeYaml = RecipeWriter.ToYaml(vector, dtype),
         };

@@ -32,7 +32,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     [Parameter]
     public SwitchParameter DeltaOnly { get; set; }
 
-    /// <summary>Replace an existing non-empty output folder (only once the new model is complete).</summary>
+    /// <summary>Replace an existing output folder that holds only a model export (only once the new model is complete).</summary>
     [Parameter]
     public SwitchParameter Force { get; set; }
 
@@ -56,10 +56,13 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         var targets = Targets(destination);
         var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
         var shardSize = ByteSize.Parse(MaxShardSize);
+        // Refused before any work: a destination whose replacement could lose what Dare did not write.
+        var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
+        foreach (var (vector, folder) in targets) OutputFolder.Check(folder, Force, OutputFolder.InputPathsOf(vector), currentLocation);
         foreach (var (vector, folder) in targets)
         {
             Cancellation.ThrowIfCancellationRequested();
-            Export(vector, folder, dtype, shardSize);
+            Export(vector, folder, dtype, shardSize, currentLocation);
         }
     });
 
@@ -101,7 +104,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         return name;
     }
 
-    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize)
+    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation)
     {
         var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
             .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
@@ -116,6 +119,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             MaxShardSize = shardSize,
             DeltaOnly = DeltaOnly,
             Force = Force,
+            CurrentLocation = currentLocation,
             AllowNonFinite = AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
         };

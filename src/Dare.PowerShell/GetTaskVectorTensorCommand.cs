@@ -39,7 +39,7 @@ public sealed class GetTaskVectorTensorCommand : DareCmdlet
         {
             RunForItem(() =>
             {
-                var delta = new MergeExecutor().ComputeDelta(InputObject, name);
+                var delta = new MergeExecutor(null, Cancellation).ComputeDelta(InputObject, name);
                 if (AsTensor)
                 {
                     WriteObject(delta);

@@ -30,6 +30,7 @@ public sealed class ImportSafetensorsCommand : DareCmdlet
             {
                 foreach (var resolved in PathResolver.ResolveExisting(SessionState, path, literal))
                 {
+                    Cancellation.ThrowIfCancellationRequested();
                     WriteVerbose($"Reading headers of '{resolved}'.");
                     WriteObject(Checkpoint.Open(resolved));
                 }

@@ -149,7 +149,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
 
         _batchSize = batch.Recipes.Count;
         _observer = new CmdletObserver(this);
-        var runner = new RecipeRunner(_observer, Cancellation);
+        var runner = new RecipeRunner(_observer, Cancellation) { CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath };
         foreach (var result in runner.Run(plan, Confirm))
         {
             _observer.Complete();

@@ -37,8 +37,12 @@ public sealed class NewSyntheticCheckpointCommand : OutputFolderCmdlet
             ? new LlamaShape((int)(b.ConfigInt("hidden_size") ?? HiddenSize), (int)(b.ConfigInt("num_hidden_layers") ?? Layers),
                 (int)(b.ConfigInt("vocab_size") ?? VocabSize), (int?)b.ConfigInt("intermediate_size"))
             : new LlamaShape(HiddenSize, Layers, VocabSize, IntermediateSize > 0 ? IntermediateSize : null);
+        var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
+        var inputs = baseModel is null ? Array.Empty<string>() : OutputFolder.InputPathsOf(new[] { baseModel });
+        OutputFolder.Check(destination, Force, inputs, currentLocation);
         if (!ShouldProcess(destination, $"Write a synthetic {shape.ParameterCount:N0}-parameter Llama-shaped model")) return;
-        var result = SyntheticModel.Write(destination, shape, Seed, baseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force);
+        var result = SyntheticModel.Write(destination, shape, Seed, baseModel, DeltaScale, SafetensorsDTypes.ParseOutputDType(DType), ByteSize.Parse(MaxShardSize), Force,
+            new SyntheticWriteOptions { CurrentLocation = currentLocation, Cancellation = Cancellation, Warning = WriteWarning });
         WriteObject(Checkpoint.Open(result.Path));
     });
 }

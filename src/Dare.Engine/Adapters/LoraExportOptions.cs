@@ -40,6 +40,9 @@ public sealed class LoraExportOptions
 
     public bool Force { get; init; }
 
+    /// <summary>The caller's current folder, which the output must not be or hold.</summary>
+    public string? CurrentLocation { get; init; }
+
     /// <summary>adapter_config.json's base_model_name_or_path (default: the base's path).</summary>
     public string? BaseModelNameOrPath { get; init; }
 

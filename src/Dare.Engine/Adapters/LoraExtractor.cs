@@ -35,7 +35,8 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
         var clock = Stopwatch.StartNew();
         Check(options);
         var destination = Path.GetFullPath(options.Destination).TrimEnd(Path.DirectorySeparatorChar);
-        CheckpointWriter.CheckDestination(destination, options.Force);
+        var inputs = OutputFolder.InputPathsOf(vector);
+        OutputFolder.Check(destination, options.Force, inputs, options.CurrentLocation);
         var (targets, skipped) = Targets(vector.Base, options);
         var executor = new MergeExecutor(observer, cancellation);
 
@@ -75,6 +76,9 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             SingleFileName = LoraAdapter.WeightsFileName,
             MaxShardSize = long.MaxValue,
             Force = options.Force,
+            ProtectedPaths = inputs,
+            CurrentLocation = options.CurrentLocation,
+            Warning = observer is null ? null : observer.Warning,
             ExtraFiles = extra,
             Metadata = new Dictionary<string, string> { ["dare_version"] = typeof(LoraExtractor).Assembly.GetName().Version?.ToString(3) ?? "0", ["dare_content"] = "lora" },
         };

@@ -19,6 +19,12 @@ public sealed class ExportOptions
 
     public bool Force { get; init; }
 
+    /// <summary>Input models (folders or single files) the output must not replace, besides the vector's own (e.g. a recipe batch's inputs).</summary>
+    public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
+
+    /// <summary>The caller's current location, which is never replaced.</summary>
+    public string? CurrentLocation { get; init; }
+
     /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
     public bool AllowNonFinite { get; init; }
 
@@ -80,6 +86,8 @@ public sealed class MergeExecutor
             MaxShardSize = options.MaxShardSize,
             Metadata = metadata,
             Force = options.Force,
+            ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector)).ToList(),
+            CurrentLocation = options.CurrentLocation,
             CopySideFilesFrom = vector.Base.Directory,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },

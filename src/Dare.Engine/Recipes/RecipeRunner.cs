@@ -1,4 +1,5 @@
 using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Recipes;
 
@@ -14,6 +15,9 @@ public sealed class RecipeRunner
         _cancellation = cancellation;
     }
 
+    /// <summary>The caller's current location, which no recipe's output may replace.</summary>
+    public string? CurrentLocation { get; init; }
+
     /// <summary>
     /// Exports each recipe that <paramref name="confirm"/> accepts (it sees the plan first; a what-if answers false)
     /// and yields its result as soon as it is written. A recipe that reads the output of one that was not written
@@ -21,6 +25,13 @@ public sealed class RecipeRunner
     /// </summary>
     public IEnumerable<ExportResult> Run(BatchPlan batch, Func<MergePlan, bool> confirm)
     {
+        // Before any recipe runs: no output may replace an input model of its recipe, an earlier output it reads,
+        // the current location, or anything a model export does not hold (outputs kept by -SkipExisting are not written).
+        foreach (var plan in batch.Plans.Where(p => !p.AlreadyWritten))
+        {
+            var inputs = OutputFolder.InputPathsOf(plan.Vector).Concat(plan.ReadsOutputsOf.Select(r => batch.Outputs[r]));
+            OutputFolder.Check(plan.Export.Destination, plan.Export.Force, inputs, CurrentLocation);
+        }
         var written = new HashSet<int>();
         for (var i = 0; i < batch.Plans.Count; i++)
         {

@@ -25,8 +25,14 @@ public sealed class CheckpointWriteOptions
     /// <summary>Entries for __metadata__ (format: pt is always added).</summary>
     public IReadOnlyDictionary<string, string>? Metadata { get; init; }
 
-    /// <summary>Replace an existing non-empty destination (only after the new output is complete).</summary>
+    /// <summary>Replace an existing non-empty destination that holds only a model export (only after the new output is complete).</summary>
     public bool Force { get; init; }
+
+    /// <summary>The input models: folders the destination must not be, hold or lie inside, and single-file models it must not hold.</summary>
+    public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
+
+    /// <summary>The caller's current location, which is never replaced.</summary>
+    public string? CurrentLocation { get; init; }
 
     /// <summary>Folder to copy config.json, generation_config.json and tokenizer files from.</summary>
     public string? CopySideFilesFrom { get; init; }
@@ -46,7 +52,10 @@ public sealed class CheckpointWriteOptions
     /// <summary>When set, every float chunk appended is scanned for NaN/Inf and reported there (per tensor).</summary>
     public NonFiniteGuard? NonFinite { get; init; }
 
-    /// <summary>Receives warnings (e.g. a side file skipped); called on the thread that calls <see cref="CheckpointWriter.Commit"/>.</summary>
+    /// <summary>
+    /// Receives warnings (a side file skipped, leftover temporary folders reclaimed, an old model that could not be
+    /// removed); called on the thread that calls <see cref="CheckpointWriter.Create"/> or <see cref="CheckpointWriter.Commit"/>.
+    /// </summary>
     public Action<string>? Warning { get; init; }
 }
 
@@ -57,8 +66,9 @@ public sealed record CheckpointWriteResult(string Path, IReadOnlyList<string> Fi
 /// Streams tensors into a Hugging Face model folder. Headers are written first (shapes are known up front), then
 /// tensor data in plan order as it is produced; nothing is buffered beyond the current write and one staging buffer
 /// (see <see cref="OutputFile"/>: on Linux the shards bypass the page cache). Output goes to a
-/// temporary folder beside the destination and is moved into place only by <see cref="Commit"/>; disposing an
-/// uncommitted writer (failure, cancellation) deletes the temporary folder and leaves the destination untouched.
+/// temporary folder <c>.dare-XXXXXXXX</c> beside the destination (with an owner record, see <see cref="TempFolderOwner"/>)
+/// and is moved into place only by <see cref="Commit"/> (see <see cref="OutputFolder"/>); disposing an uncommitted
+/// writer (failure, cancellation) deletes the temporary folder and leaves the destination untouched.
 /// </summary>
 public sealed class CheckpointWriter : IDisposable
 {
@@ -70,6 +80,8 @@ public sealed class CheckpointWriter : IDisposable
     };
 
     private readonly string _destination;
+    private readonly string _target;
+    private readonly bool _fillInPlace;
     private readonly string _temporary;
     private readonly CheckpointWriteOptions _options;
     private readonly List<Shard> _shards;
@@ -82,9 +94,11 @@ public sealed class CheckpointWriter : IDisposable
 
     private sealed record Shard(string FileName, List<PlannedTensor> Tensors);
 
-    private CheckpointWriter(string destination, string temporary, List<Shard> shards, CheckpointWriteOptions options)
+    private CheckpointWriter(string destination, (string Target, string TempParent, bool FillInPlace) location, string temporary, List<Shard> shards, CheckpointWriteOptions options)
     {
         _destination = destination;
+        _target = location.Target;
+        _fillInPlace = location.FillInPlace;
         _temporary = temporary;
         _shards = shards;
         _options = options;
@@ -98,8 +112,8 @@ public sealed class CheckpointWriter : IDisposable
     /// <summary>Checks the destination, plans shards, and creates the temporary folder. Nothing is written at the destination.</summary>
     public static CheckpointWriter Create(string destination, IReadOnlyList<PlannedTensor> tensors, CheckpointWriteOptions options)
     {
-        destination = Path.GetFullPath(destination).TrimEnd(Path.DirectorySeparatorChar);
-        CheckDestination(destination, options.Force);
+        destination = Path.TrimEndingDirectorySeparator(Path.GetFullPath(destination));
+        OutputFolder.Check(destination, options.Force, options.ProtectedPaths, options.CurrentLocation);
         if (options.MaxShardSize < 1)
         {
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"The shard size must be positive, not {options.MaxShardSize}.");
@@ -110,26 +124,23 @@ public sealed class CheckpointWriter : IDisposable
             throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidArgument, $"Tensor '{duplicate.Key}' is planned twice for '{destination}'.");
         }
         var shards = PlanShards(tensors, options.MaxShardSize, options.SingleFileName);
-        var parent = Path.GetDirectoryName(destination)!;
-        Directory.CreateDirectory(parent);
-        var temporary = Path.Combine(parent, $".{Path.GetFileName(destination)}.dare-tmp-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(temporary);
-        return new CheckpointWriter(destination, temporary, shards, options);
+        var location = OutputFolder.Locate(destination);
+        var temporary = "";
+        OutputFolder.Io(DareErrorId.OutputWriteFailed, "create a temporary folder in", location.TempParent, () =>
+        {
+            Directory.CreateDirectory(location.TempParent);
+            OutputFolder.ReclaimOrphans(location.TempParent, options.Warning);
+            var owner = TempFolderOwner.ForThisProcess(Path.GetFileName(location.Target), TempFolderRole.Temporary);
+            temporary = owner.CreateFolderIn(location.TempParent);
+        });
+        return new CheckpointWriter(destination, location, temporary, shards, options);
     }
 
-    /// <summary>Throws OutputExists if the destination is a file, or a non-empty folder and <paramref name="force"/> is not set.</summary>
-    public static void CheckDestination(string destination, bool force)
-    {
-        if (File.Exists(destination))
-        {
-            throw new DareException(DareErrorId.OutputExists, DareErrorKind.ResourceExists, $"'{destination}' is an existing file; the output must be a folder.") { FilePath = destination };
-        }
-        if (!force && Directory.Exists(destination) && Directory.EnumerateFileSystemEntries(destination).Any())
-        {
-            throw new DareException(DareErrorId.OutputExists, DareErrorKind.ResourceExists,
-                $"'{destination}' already exists and is not empty. Use -Force to replace it (it is replaced only once the new model is complete).") { FilePath = destination };
-        }
-    }
+    /// <summary>
+    /// Throws OutputExists if the destination is a file, or a non-empty folder and <paramref name="force"/> is not set;
+    /// OutputNotReplaceable if it may not be replaced at all (see <see cref="OutputFolder.Check"/>).
+    /// </summary>
+    public static void CheckDestination(string destination, bool force) => OutputFolder.Check(destination, force);
 
     private static List<Shard> PlanShards(IReadOnlyList<PlannedTensor> tensors, long maxShardSize, string singleFileName)
     {
@@ -196,7 +207,14 @@ public sealed class CheckpointWriter : IDisposable
         while (length > 0)
         {
             var size = (int)Math.Min(length, 1 << 30);
-            _file!.Write(new ReadOnlySpan<byte>(data, size));
+            try
+            {
+                _file!.Write(new ReadOnlySpan<byte>(data, size));
+            }
+            catch (IOException ex)
+            {
+                throw OutputFolder.Failure(DareErrorId.OutputWriteFailed, $"write tensor '{CurrentTensor.Name}' to", _file!.Path, ex.Message, ex);
+            }
             data += size;
             length -= size;
             _tensorBytesLeft -= size;
@@ -237,8 +255,9 @@ public sealed class CheckpointWriter : IDisposable
 
     private void StartShard(Shard shard)
     {
-        _file = OutputFile.Create(Path.Combine(_temporary, shard.FileName), _options.DirectWrites);
-        WritesDirect = _file.IsDirect;
+        var path = Path.Combine(_temporary, shard.FileName);
+        OutputFolder.Io(DareErrorId.OutputWriteFailed, "create", path, () => _file = OutputFile.Create(path, _options.DirectWrites));
+        WritesDirect = _file!.IsDirect;
         var header = BuildHeader(shard.Tensors, _options.Metadata);
         Span<byte> length = stackalloc byte[8];
         System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
@@ -249,7 +268,7 @@ public sealed class CheckpointWriter : IDisposable
     private void FinishShard()
     {
         if (_file is null) return;
-        _file.Complete();
+        OutputFolder.Io(DareErrorId.OutputWriteFailed, "complete", _file.Path, _file.Complete);
         _file.Dispose();
         _file = null;
     }
@@ -300,13 +319,17 @@ public sealed class CheckpointWriter : IDisposable
             throw new InvalidOperationException($"Cannot commit '{_destination}': not every planned tensor ({planned}) was written.");
         }
         FinishShard();
-        if (_shards.Count > 1) WriteIndex();
-        CopySideFiles();
+        if (_shards.Count > 1) OutputFolder.Io(DareErrorId.OutputWriteFailed, "write the index in", _temporary, WriteIndex);
+        OutputFolder.Io(DareErrorId.OutputWriteFailed, "copy side files into", _temporary, CopySideFiles);
         foreach (var (name, content) in _options.ExtraFiles ?? new Dictionary<string, string>())
         {
-            File.WriteAllText(Path.Combine(_temporary, name), content, new UTF8Encoding(false));
+            var path = Path.Combine(_temporary, name);
+            OutputFolder.Io(DareErrorId.OutputWriteFailed, "write", path, () => File.WriteAllText(path, content, new UTF8Encoding(false)));
         }
-        MoveIntoPlace();
+        // Every file and the folder reach the device before the rename makes them the destination.
+        OutputFolder.Io(DareErrorId.OutputWriteFailed, "flush", _temporary, () => OutputFolder.FsyncTree(_temporary));
+        CheckStillReplaceable();
+        OutputFolder.Place(_temporary, _target, _fillInPlace, _options.Warning);
         _committed = true;
         var files = Directory.GetFiles(_destination).OrderBy(f => f, StringComparer.Ordinal).ToList();
         return new CheckpointWriteResult(_destination, files, _shards.Sum(s => s.Tensors.Count), _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)));
@@ -372,36 +395,33 @@ public sealed class CheckpointWriter : IDisposable
         return true;
     }
 
-    private void MoveIntoPlace()
+    /// <summary>The destination may have changed while the model was written (another export, a user's file).</summary>
+    private void CheckStillReplaceable()
     {
-        if (!Directory.Exists(_destination))
-        {
-            Directory.Move(_temporary, _destination);
-            return;
-        }
-        CheckDestination(_destination, _options.Force);
-        var previous = Path.Combine(Path.GetDirectoryName(_destination)!, $".{Path.GetFileName(_destination)}.dare-old-{Guid.NewGuid():N}");
-        Directory.Move(_destination, previous);
         try
         {
-            Directory.Move(_temporary, _destination);
+            OutputFolder.Check(_destination, _options.Force, _options.ProtectedPaths, _options.CurrentLocation);
         }
-        catch
+        catch (DareException ex) when (ex.ErrorId == DareErrorId.OutputExists && Directory.Exists(_destination))
         {
-            Directory.Move(previous, _destination);
-            throw;
+            throw OutputFolder.Failure(DareErrorId.OutputInUse, "move the new model into", _destination,
+                "another process wrote there while this export ran (two exports to one folder?)", ex);
         }
-        Directory.Delete(previous, recursive: true);
     }
 
     public void Dispose()
     {
         _file?.Dispose();
         _file = null;
-        if (!_committed && Directory.Exists(_temporary))
+        if (_committed || _temporary.Length == 0) return;
+        try
         {
-            try { Directory.Delete(_temporary, recursive: true); }
-            catch (IOException) { /* best effort: a leftover .dare-tmp folder is hidden and harmless */ }
+            if (Directory.Exists(_temporary)) Directory.Delete(_temporary, recursive: true);
+            TempFolderOwner.RemoveFor(_temporary);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // The owner record stays with what is left, so the next export into this folder reclaims it.
         }
     }
 }

@@ -35,6 +35,14 @@ public sealed record LlamaShape(int HiddenSize = 256, int Layers = 2, int VocabS
     public long ParameterCount => Tensors().Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b));
 }
 
+/// <summary>How <see cref="SyntheticModel.Write"/> is called from a session: where it runs, its cancellation, its warnings.</summary>
+public sealed class SyntheticWriteOptions
+{
+    public string? CurrentLocation { get; init; }
+    public CancellationToken Cancellation { get; init; }
+    public Action<string>? Warning { get; init; }
+}
+
 /// <summary>
 /// Writes small Llama-shaped checkpoints with random weights: a base, and fine-tunes that add a seeded random
 /// delta to it. For demos, tests and benchmarks (nothing can be downloaded here).
@@ -43,7 +51,8 @@ public static class SyntheticModel
 {
     /// <param name="baseModel">When given, the new model is that base plus a random delta of scale <paramref name="deltaScale"/>.</param>
     public static CheckpointWriteResult Write(string destination, LlamaShape shape, long seed, Checkpoint? baseModel = null,
-        double deltaScale = 0.002, SafetensorsDType dtype = SafetensorsDType.BF16, long maxShardSize = CheckpointWriteOptions.DefaultMaxShardSize, bool force = false)
+        double deltaScale = 0.002, SafetensorsDType dtype = SafetensorsDType.BF16, long maxShardSize = CheckpointWriteOptions.DefaultMaxShardSize, bool force = false,
+        SyntheticWriteOptions? session = null)
     {
         TorchRuntime.EnsureInitialized();
         var tensors = shape.Tensors().ToList();
@@ -57,6 +66,9 @@ public static class SyntheticModel
             {
                 MaxShardSize = maxShardSize,
                 Force = force,
+                ProtectedPaths = baseModel is null ? Array.Empty<string>() : OutputFolder.InputPathsOf(new[] { baseModel }),
+                CurrentLocation = session?.CurrentLocation,
+                Warning = session?.Warning,
                 CopySideFilesFrom = side,
                 Metadata = new Dictionary<string, string> { ["dare_synthetic_seed"] = seed.ToString(System.Globalization.CultureInfo.InvariantCulture) },
             });
@@ -64,6 +76,7 @@ public static class SyntheticModel
             var index = 0;
             foreach (var (name, dims) in tensors)
             {
+                session?.Cancellation.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var generator = new Generator((ulong)(seed * 1_000_003 + index++));
                 Tensor values;

@@ -16,7 +16,7 @@ public sealed class BackgroundAppenderTests : IDisposable
     public void Dispose() => _models.Dispose();
 
     private string[] LeftoversBeside(string destination) =>
-        Directory.GetFileSystemEntries(Path.GetDirectoryName(destination)!, $".{Path.GetFileName(destination)}.dare-tmp-*");
+        Directory.GetFileSystemEntries(Path.GetDirectoryName(destination)!, ".dare-*");
 
     private static unsafe void AppendAsync(BackgroundAppender appender, byte[] bytes)
     {

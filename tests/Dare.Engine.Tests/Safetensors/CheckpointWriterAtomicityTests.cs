@@ -16,21 +16,20 @@ public sealed class CheckpointWriterAtomicityTests : IDisposable
 
     private static readonly IReadOnlyList<RawTensor> NewModel = SmallModel(2);
 
-    /// <summary>A destination holding an older model (written by the independent writer) and an unrelated file.</summary>
+    /// <summary>A destination holding an older model export (written by the independent writer) with files the new one lacks.</summary>
     private string ExistingModel()
     {
         var destination = _temp.CreateFolder("out");
         RawSafetensors.WriteFile(Path.Combine(destination, "model.safetensors"), new[] { new RawTensor("old", "F32", new long[] { 2 }, RawData.F32(1, 2)) });
-        File.WriteAllText(Path.Combine(destination, "old-only.txt"), "from the previous model");
-        Directory.CreateDirectory(Path.Combine(destination, "nested"));
-        File.WriteAllText(Path.Combine(destination, "nested", "file.txt"), "nested");
+        File.WriteAllText(Path.Combine(destination, "README.md"), "from the previous model");
+        File.WriteAllText(Path.Combine(destination, "tokenizer.json"), "{}");
         return destination;
     }
 
     private static void AssertHoldsNewModel(string destination)
     {
-        Assert.False(File.Exists(Path.Combine(destination, "old-only.txt")));
-        Assert.False(Directory.Exists(Path.Combine(destination, "nested")));
+        Assert.False(File.Exists(Path.Combine(destination, "README.md")));
+        Assert.False(File.Exists(Path.Combine(destination, "tokenizer.json")));
         var checkpoint = Checkpoint.Open(destination);
         using var reader = new TensorReader();
         Assert.Equal(NewModel.Select(t => t.Name), checkpoint.Tensors.Select(t => t.Name));
@@ -107,9 +106,12 @@ public sealed class CheckpointWriterAtomicityTests : IDisposable
         WriteAll(writer, NewModel);
 
         Assert.False(Directory.Exists(destination));
-        // The data is staged in one hidden temporary folder beside the destination.
-        var staging = Assert.Single(LeftoversBeside(destination));
-        Assert.StartsWith(".out.dare-tmp-", Path.GetFileName(staging));
+        // The data is staged in one hidden temporary folder beside the destination, with its owner record beside it.
+        var staging = LeftoversBeside(destination);
+        Assert.Equal(2, staging.Length);
+        Assert.Matches("^\\.dare-[0-9a-f]{8}$", Path.GetFileName(staging[0]));
+        Assert.Equal(staging[0] + ".owner", staging[1]);
+        Assert.True(Directory.Exists(staging[0]));
 
         writer.Commit();
 
@@ -158,7 +160,7 @@ public sealed class CheckpointWriterAtomicityTests : IDisposable
             using var writer = CheckpointWriter.Create(destination, Plan(NewModel), new CheckpointWriteOptions { MaxShardSize = 300 });
             WriteOne(writer, NewModel[0]);
             WriteOne(writer, NewModel[1], chunk: 16, stopAfterBytes: 48); // part of a tensor
-            Assert.Single(LeftoversBeside(destination)); // the staging folder exists while writing
+            Assert.Equal(2, LeftoversBeside(destination).Length); // the staging folder and its owner record exist while writing
             throw new InvalidDataException("simulated failure while producing a tensor");
         };
         var failure = Assert.Throws<InvalidDataException>(writeThenFail);

@@ -36,11 +36,11 @@ public static class WriterHelper
         return writer.Commit();
     }
 
-    /// <summary>Entries beside <paramref name="destination"/> that look like the writer's temporary or backup folders.</summary>
+    /// <summary>Entries beside <paramref name="destination"/> that look like the writer's temporary folders (".dare-*") or their owner records.</summary>
     public static string[] LeftoversBeside(string destination) =>
         Directory.GetFileSystemEntries(Path.GetDirectoryName(Path.GetFullPath(destination))!)
-            .Where(p => Path.GetFileName(p).Contains(".dare-tmp-", StringComparison.Ordinal) || Path.GetFileName(p).Contains(".dare-old-", StringComparison.Ordinal))
-            .ToArray();
+            .Where(p => Path.GetFileName(p).StartsWith(".dare-", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal).ToArray();
 
     /// <summary>Every file under a folder with its bytes, for before/after comparisons.</summary>
     public static SortedDictionary<string, byte[]> Snapshot(string folder) =>
