@@ -143,6 +143,19 @@ Describe 'Export-LoraAdapter' {
         (Get-ChildItem $target).Name | Should -Be @('keep.txt')
     }
 
+    It 'replaces an earlier adapter with -Force, and never an adapter the export reads' {
+        $target = Join-Path $TestDrive 'replaced-lora'
+        $first = Get-TaskVector $base.Path $math.Path | Export-LoraAdapter $target -Rank 2 -DType float32
+        $second = Get-TaskVector $base.Path $math.Path | Export-LoraAdapter $target -Rank 3 -DType float32 -Force
+        (Get-Content -Raw (Join-Path $second.Path 'adapter_config.json') | ConvertFrom-Json).r | Should -Be 3
+        $copy = Join-Path $TestDrive 'adapters-copy/lora-math'
+        New-Item -ItemType Directory -Force (Split-Path $copy) | Out-Null
+        Copy-Item -LiteralPath $loraMath.Path -Destination $copy -Recurse
+        { Get-TaskVector $base.Path -Adapter $copy | Export-LoraAdapter $copy -Rank 2 -Force -ErrorAction Stop } | Should -Throw -ErrorId 'OutputNotReplaceable,*'
+        { Get-TaskVector $base.Path -Adapter $copy | Export-Safetensors $copy -Force -ErrorAction Stop } | Should -Throw -ErrorId 'OutputNotReplaceable,*'
+        (Get-ChildItem -LiteralPath $copy).Name | Sort-Object | Should -Be @('adapter_config.json', 'adapter_model.safetensors')
+    }
+
     It 'refuses -Rank together with -RetainedEnergy' {
         { Get-TaskVector $base.Path $math.Path | Export-LoraAdapter (Join-Path $TestDrive 'both') -Rank 2 -RetainedEnergy 0.9 -ErrorAction Stop } |
             Should -Throw -ErrorId 'InvalidParameter,*'
