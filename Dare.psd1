@@ -21,8 +21,10 @@
         'Invoke-DareDrop'
         'Invoke-DareMerge'
         'Measure-TaskVector'
+        'Merge-ArceeFusion'
         'Merge-Linear'
         'Merge-Nearswap'
+        'Merge-Ram'
         'Merge-Ties'
         'New-SyntheticCheckpoint'
     )

@@ -55,6 +55,9 @@ Describe 'Defaults and help agree with the declarations' {
     It '<Cmdlet> -<Parameter> help states the declared range' -ForEach @(
         @{ Cmdlet = 'Merge-Ties'; Parameter = 'KeepRatio' }
         @{ Cmdlet = 'Merge-Nearswap'; Parameter = 'Threshold' }
+        @{ Cmdlet = 'Merge-Ram'; Parameter = 'Epsilon' }
+        @{ Cmdlet = 'Merge-Ram'; Parameter = 'Amplification' }
+        @{ Cmdlet = 'Merge-Ram'; Parameter = 'OverlapCap' }
     ) {
         $spec = Get-Declaration $Cmdlet $Parameter
         $spec.Range | Should -Not -BeNullOrEmpty
@@ -97,5 +100,49 @@ Describe 'Merge-Nearswap' {
     It 'records the step and refuses more than one task vector' {
         (Get-TaskVector $base $tune | Merge-Nearswap 0.01).Steps[-1] | Should -Be 'MergeNearswap(t=0.01)'
         { Get-TaskVector $base $tune, $tune | Merge-Nearswap 0.01 } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.MergeNearswapCommand'
+    }
+}
+
+Describe 'Merge-Ram' {
+    BeforeAll {
+        $script:tune2 = New-SyntheticCheckpoint (Join-Path $TestDrive 'f32/b') -BaseModel $base -Seed 32 -DeltaScale 0.004 -DType float32
+    }
+
+    It 'keeps a change only one fine-tune makes and averages shared ones, recomputed here' {
+        $output = Join-Path $TestDrive 'ram'
+        $null = Get-TaskVector $base $tune, $tune2 | Merge-Ram -Epsilon 0.002 | Export-Safetensors $output -DType float32
+        $name = 'model.layers.1.mlp.up_proj.weight'
+        $b = Read-TestTensor $base.Path $name; $t1 = Read-TestTensor $tune.Path $name; $t2 = Read-TestTensor $tune2.Path $name
+        $actual = Read-TestTensor $output $name
+        $unique = 0
+        for ($i = 0; $i -lt $b.Length; $i++) {
+            $d = @([float]($t1[$i] - $b[$i]), [float]($t2[$i] - $b[$i])) | Where-Object { [Math]::Abs($_) -gt 0.002 }
+            $merged = if (@($d).Count -eq 0) { 0 } elseif (@($d).Count -eq 1) { $unique++; $d } else { ($d[0] + $d[1]) / 2 }
+            [Math]::Abs($actual[$i] - ($b[$i] + $merged)) | Should -BeLessOrEqual 1e-6
+        }
+        $unique | Should -BeGreaterThan 0
+    }
+
+    It 'names ram or ramplus_tl in the step, and validates -Epsilon by the declaration' {
+        (Get-TaskVector $base $tune, $tune2 | Merge-Ram).Steps[-1] | Should -Be 'MergeRam(epsilon=1E-05)'
+        (Get-TaskVector $base $tune, $tune2 | Merge-Ram -TensorLocal -Amplification 0.3).Steps[-1] | Should -Be 'MergeRamPlusTL(epsilon=1E-05, r=0.3, alpha=0.2)'
+        $err = { Get-TaskVector $base $tune | Merge-Ram -Epsilon -1 } | Should -Throw -ErrorId 'ParameterArgumentValidationError,Dare.PowerShell.MergeRamCommand' -PassThru
+        $err.Exception.Message | Should -Match 'Epsilon must satisfy Epsilon >= 0'
+    }
+}
+
+Describe 'Merge-ArceeFusion' {
+    It 'takes each entry from the fine-tune or the base, and refuses more than one task vector' {
+        $output = Join-Path $TestDrive 'fusion'
+        $null = Get-TaskVector $base $tune | Merge-ArceeFusion | Export-Safetensors $output -DType float32
+        $name = 'model.layers.0.self_attn.q_proj.weight'
+        $b = Read-TestTensor $base.Path $name; $t = Read-TestTensor $tune.Path $name; $actual = Read-TestTensor $output $name
+        $taken = 0
+        for ($i = 0; $i -lt $b.Length; $i++) {
+            if ($actual[$i] -eq $t[$i] -and $t[$i] -ne $b[$i]) { $taken++ } else { $actual[$i] | Should -Be $b[$i] }
+        }
+        $taken | Should -BeGreaterThan 0
+        $taken | Should -BeLessThan ($b.Length / 2)
+        { Get-TaskVector $base $tune, $tune | Merge-ArceeFusion } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.MergeArceeFusionCommand'
     }
 }

@@ -331,8 +331,8 @@ Describe 'Invoke-DareMerge errors' {
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { wieght: 1 }`n" }
         @{ Case = 'slerp'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 1, column 15 \(merge_method\): mergekit's 'slerp' is not supported"
             Yaml = "merge_method: slerp`nbase_model: ../models/base`nmodels: [../models/math]`n" }
-        @{ Case = 'slices'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(slices\)"
-            Yaml = "merge_method: ties`nslices: []`nmodels: [../models/math]`n" }
+        @{ Case = 'modules'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(modules\)"
+            Yaml = "merge_method: ties`nmodules: {}`nmodels: [../models/math]`n" }
         @{ Case = 'tokenizer_source union'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "\(tokenizer_source\)"
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels: [../models/math]`ntokenizer_source: union`n" }
         @{ Case = 'density out of range'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = '\(models\[0\]\.parameters\.density\): density must satisfy 0 < density <= 1; 1.5 does not'

@@ -39,7 +39,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
         var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
-        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile));
+        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]) });
 
         if (singlePassRoutes && sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass
             && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused))
@@ -49,7 +49,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         }
 
         // A bfloat16 base that only the fused kernels read stays as stored (they widen it as they go).
-        var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base);
+        var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base) && !merge.NeedsBaseValues;
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount);
         merge.RunPasses(passes);
         // An L1 rescale needs the whole tensor's norms before the combine; if the method took no pass, one is taken here.

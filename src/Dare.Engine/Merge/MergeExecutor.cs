@@ -89,6 +89,7 @@ public sealed class MergeExecutor
             ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector)).ToList(),
             CurrentLocation = options.CurrentLocation,
             CopySideFilesFrom = vector.Base.Directory,
+            ConfigChanges = vector.Base.ConfigChanges,
             ConfigDType = options.OutputDType,
             ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
             NonFinite = nonFinite,

@@ -6,6 +6,9 @@ namespace Dare.Engine.Merge;
 internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCount, long ChunkElements, IReadOnlyList<InputChain> Inputs, PhaseProfile? Profile)
 {
     public string TensorName => Position.Name;
+
+    /// <summary>Elements per row (the last dimension; the whole tensor for a vector), for methods that work row by row.</summary>
+    public long RowLength { get; init; } = Math.Max(1, ElementCount);
 }
 
 /// <summary>Runs passes over a tensor's chunks for a method: each call sees every chunk's δs (one per input) in element order.</summary>
@@ -13,6 +16,9 @@ internal interface IChunkPasses
 {
     /// <summary>One pass: <paramref name="body"/>(first element, δ of each input) for every chunk.</summary>
     void ForEachChunk(Action<long, Tensor[]> body);
+
+    /// <summary>One pass that also sees the base chunk (float32 when the merge says <see cref="ITensorMerge.NeedsBaseValues"/>).</summary>
+    void ForEachChunk(Action<long, Tensor, Tensor[]> body);
 }
 
 /// <summary>
@@ -32,6 +38,9 @@ internal interface ITensorMerge
 
     /// <summary>Combines the chunk's δs into the merged δ at <paramref name="target"/>.</summary>
     void Combine(Tensor[] deltas, CombineTarget target);
+
+    /// <summary>Whether the method's passes read the base's values (arcee_fusion's softmax), so the base chunk must be float32.</summary>
+    bool NeedsBaseValues => false;
 
     /// <summary>The whole merge of a chunk from bfloat16 inputs in one fused pass, if the method offers one.</summary>
     IBFloat16SinglePass? SinglePass { get; }

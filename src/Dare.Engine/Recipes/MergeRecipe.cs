@@ -99,6 +99,24 @@ public sealed class RecipeModelEntry
     public RecipeLocation? LoraLocation { get; init; }
 }
 
+/// <summary>One source of a slice: layers [LayerStart, LayerEnd) of a model (mergekit's <c>layer_range</c>).</summary>
+public sealed class RecipeSliceSource
+{
+    public required string Model { get; init; }
+    public required RecipeLocation Location { get; init; }
+    public required int LayerStart { get; init; }
+    public required int LayerEnd { get; init; }
+    public required RecipeLocation RangeLocation { get; init; }
+    public RecipeParameters Parameters { get; init; } = RecipeParameters.Empty;
+}
+
+/// <summary>One entry of <c>slices:</c>: output layers taken from (or merged across) its sources' layer ranges.</summary>
+public sealed class RecipeSlice
+{
+    public required IReadOnlyList<RecipeSliceSource> Sources { get; init; }
+    public required RecipeLocation Location { get; init; }
+}
+
 /// <summary>One YAML document of a recipe file: a single merge.</summary>
 public sealed class MergeRecipe
 {
@@ -117,6 +135,9 @@ public sealed class MergeRecipe
     public RecipeLocation? BaseModelLocation { get; init; }
 
     public required IReadOnlyList<RecipeModelEntry> Models { get; init; }
+
+    /// <summary>The <c>slices:</c> given instead of <c>models:</c> (null when models are given).</summary>
+    public IReadOnlyList<RecipeSlice>? Slices { get; init; }
     public RecipeParameters Parameters { get; init; } = RecipeParameters.Empty;
 
     /// <summary>mergekit's compute dtype; Dare always computes in float32, so it only sets the output dtype when out_dtype is absent.</summary>

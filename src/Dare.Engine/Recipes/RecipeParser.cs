@@ -16,12 +16,11 @@ namespace Dare.Engine.Recipes;
 public static partial class RecipeParser
 {
     internal static readonly string[] TopLevelKeys =
-        { "merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "random_seed", "name", "output" };
+        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "random_seed", "name", "output" };
 
     /// <summary>mergekit keys Dare knows but cannot honour: an error that says so, not an "unknown key".</summary>
     internal static readonly Dictionary<string, string> UnsupportedTopLevelKeys = new()
     {
-        ["slices"] = "layer slices (frankenmerges) are not supported; give whole models under 'models:'",
         ["modules"] = "multi-module merges are not supported; give whole models under 'models:'",
         ["tokenizer"] = "tokenizer merging is not supported; Dare copies the base model's tokenizer files (tokenizer_source: base)",
         ["chat_template"] = "chat templates are not written; the base model's chat_template.json/.jinja, if any, is copied",
@@ -140,9 +139,15 @@ public static partial class RecipeParser
 
         var models = new List<RecipeModelEntry>();
         var modelsPath = Join(path, "models");
-        if (!keys.TryGetValue("models", out var modelsEntry) || IsNull(modelsEntry.Value))
+        IReadOnlyList<RecipeSlice>? slices = null;
+        if (keys.TryGetValue("slices", out var slicesEntry))
         {
-            if (!context.Suggested.Contains(modelsPath)) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list."));
+            slices = mistakes.Try(() => ParseSlices(slicesEntry.Value, Join(path, "slices"), context), Array.Empty<RecipeSlice>());
+            if (keys.ContainsKey("models")) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(slicesEntry.Key, Join(path, "slices")), "and 'models:' are both given; a recipe takes one of them (as in mergekit)."));
+        }
+        else if (!keys.TryGetValue("models", out var modelsEntry) || IsNull(modelsEntry.Value))
+        {
+            if (!context.Suggested.Contains(modelsPath)) mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, documentLocation, "has no 'models:' list (or 'slices:')."));
         }
         else if (modelsEntry.Value is not YamlSequenceNode modelsNode || modelsNode.Children.Count == 0)
         {
@@ -193,6 +198,7 @@ public static partial class RecipeParser
             BaseModel = Text("base_model"),
             BaseModelLocation = LocationOf("base_model"),
             Models = models,
+            Slices = slices,
             Parameters = parameters,
             DType = dtype,
             OutDType = outDType,

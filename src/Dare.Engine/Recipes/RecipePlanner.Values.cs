@@ -14,7 +14,8 @@ public static partial class RecipePlanner
     {
         var form = recipe.Method;
         var method = form.Name;
-        var blocks = recipe.Models.Select(m => m.Parameters).Prepend(recipe.Parameters);
+        var blocks = recipe.Models.Select(m => m.Parameters)
+            .Concat((recipe.Slices ?? Array.Empty<RecipeSlice>()).SelectMany(s => s.Sources).Select(source => source.Parameters)).Prepend(recipe.Parameters);
         foreach (var parameters in blocks)
         {
             foreach (var (key, setting) in parameters.Settings)

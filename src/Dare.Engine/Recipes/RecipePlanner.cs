@@ -142,6 +142,8 @@ public static partial class RecipePlanner
         }
         var baseReference = recipe.BaseModel is null ? null : mistakes.Try(() => Resolve(batchPlan, index, recipe.BaseModel, recipe.BaseModelLocation!), null);
         var modelReferences = recipe.Models.Select(m => (Entry: m, Reference: mistakes.Try(() => Resolve(batchPlan, index, m.Model, m.Location), null)!)).ToList();
+        var sliceReferences = (recipe.Slices ?? Array.Empty<RecipeSlice>()).Select(slice => slice.Sources
+            .Select(source => (Source: source, Reference: mistakes.Try(() => Resolve(batchPlan, index, source.Model, source.Location), null)!)).ToList()).ToList();
 
         var opened = new Dictionary<string, Checkpoint>(PathComparer);
         Checkpoint Open(ModelReference reference)
@@ -154,26 +156,36 @@ public static partial class RecipePlanner
             return checkpoint;
         }
 
-        foreach (var reference in modelReferences.Select(m => m.Reference).Prepend(baseReference).OfType<ModelReference>())
+        foreach (var reference in modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Prepend(baseReference).OfType<ModelReference>())
         {
             mistakes.Try(() => Open(reference));
         }
         mistakes.ThrowIfAny();
 
-        // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
-        var baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
-        var @base = Open(baseReference ?? modelReferences[0].Reference);
-        // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
-        var inputs = !form.NeedsBase
-            ? modelReferences
-            : modelReferences.Where(m => m.Entry.Lora is not null || !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
-        if (inputs.Count == 0)
+        string baseFullPath;
+        Checkpoint @base;
+        List<(RecipeModelEntry Entry, ModelReference Reference, Checkpoint Checkpoint)> models;
+        if (recipe.Slices is not null)
         {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
-                "lists only the base model; there is nothing to merge into it.");
+            (@base, baseFullPath, models) = StackSlices(recipe, form, baseReference, sliceReferences, Open);
         }
-        var models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
-        foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        else
+        {
+            // mergekit's linear needs no base: the weighted mean is the same whichever model the task vectors start from.
+            baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
+            @base = Open(baseReference ?? modelReferences[0].Reference);
+            // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
+            var inputs = !form.NeedsBase
+                ? modelReferences
+                : modelReferences.Where(m => m.Entry.Lora is not null || !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+            if (inputs.Count == 0)
+            {
+                throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
+                    "lists only the base model; there is nothing to merge into it.");
+            }
+            models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
+            foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
+        }
         var adapters = models.Select(m => m.Entry.Lora is null ? null : OpenAdapter(m.Entry, m.Reference, baseFullPath, batch.BaseDirectory)).ToList();
 
         var usesDefaultSeed = false;
@@ -188,7 +200,7 @@ public static partial class RecipePlanner
             var vector = adapters[i] is { } adapter
                 ? FromAdapter(@base, adapter, entry)
                 : TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            if (resolved.Dare is { } dare) vector = vector.WithDare(dare);
+            if (resolved.Dare is { } dare && form.Method.TakesTransforms) vector = vector.WithDare(dare);
             vectors.Add(vector);
             weights.Add(resolved.Weight);
             keepRatios.Add(resolved.KeepRatio);
@@ -196,7 +208,7 @@ public static partial class RecipePlanner
 
         var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
         var ties = form.Method == MergeMethod.Ties;
-        if (!form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
+        if (form.Method == MergeMethod.Linear && !form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
         if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
         if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
@@ -206,8 +218,12 @@ public static partial class RecipePlanner
         }
 
         TaskVector merged;
-        var single = vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 };
-        if (single)
+        if (form.Method is PassthroughMethod)
+        {
+            // The model (or stack) is its own base; its scale comes per model or per slice.
+            merged = PassthroughMethod.Plan(@base, PassthroughScale(recipe, @base, models), recipe.Name);
+        }
+        else if (vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 })
         {
             // One model at weight 1 is its own task vector; merging it would compute the same values.
             merged = vectors[0];
@@ -232,7 +248,7 @@ public static partial class RecipePlanner
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
         };
-        var readsOutputsOf = modelReferences.Select(m => m.Reference).Append(baseReference)
+        var readsOutputsOf = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference)
             .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();
         return new MergePlan
         {

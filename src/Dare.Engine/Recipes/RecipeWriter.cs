@@ -10,7 +10,7 @@ namespace Dare.Engine.Recipes;
 /// (with Dare's documented extensions: drop_rate, random_seed, mask_stream, match, output). Paths are absolute so the
 /// recipe replays from anywhere; <see cref="RecipePlanner"/> rebuilds the identical plan from it.
 /// </summary>
-public static class RecipeWriter
+public static partial class RecipeWriter
 {
     public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null, bool deltaOnly = false)
     {
@@ -30,7 +30,12 @@ public static class RecipeWriter
             ["base_model"] = vector.Base.Path,
         };
         var models = new List<object>();
-        for (var i = 0; i < inputs.Count; i++)
+        if (method is PassthroughMethod)
+        {
+            recipe.Remove("base_model");
+            models.Add(new Dictionary<string, object?> { ["model"] = vector.Base.Path, ["parameters"] = PassthroughParameters(merge?.Setting(PassthroughMethod.Scale.Key), 0) });
+        }
+        for (var i = 0; i < inputs.Count && method is not PassthroughMethod; i++)
         {
             var input = inputs[i];
             var parameters = new Dictionary<string, object?>();
@@ -48,7 +53,15 @@ public static class RecipeWriter
             }
             models.Add(ModelEntry(input, vector.Base, parameters));
         }
-        recipe["models"] = models;
+        if (vector.Base.Slices is { } slices)
+        {
+            if (method is not PassthroughMethod) recipe["base_model"] = slices[0].Model.Path;
+            recipe["slices"] = SliceList(vector, slices, models, merge?.Setting(PassthroughMethod.Scale.Key));
+        }
+        else
+        {
+            recipe["models"] = models;
+        }
         var global = new Dictionary<string, object?>();
         if (method.Parameters.Contains(CommonParameters.Normalize)) global["normalize"] = merge?.Normalize ?? false;
         if (form.HasLambda) global["lambda"] = merge?.Lambda ?? 1.0;

@@ -18,7 +18,7 @@ public enum CheckpointLayout
 /// A model checkpoint opened lazily: every header is parsed and validated, no tensor data is read.
 /// Either one .safetensors file or a Hugging Face model folder (single file or index + shards).
 /// </summary>
-public sealed class Checkpoint
+public sealed partial class Checkpoint
 {
     public const string IndexFileName = "model.safetensors.index.json";
     public const string SingleFileName = "model.safetensors";
@@ -42,10 +42,11 @@ public sealed class Checkpoint
     public string Path { get; }
 
     /// <summary>A short name: the folder name, or the file name without extension.</summary>
-    public string Name => Layout == CheckpointLayout.File ? System.IO.Path.GetFileNameWithoutExtension(Path) : System.IO.Path.GetFileName(Path.TrimEnd('/', '\\'));
+    public string Name => Slices is { } slices ? string.Join("+", slices.Select(s => s.ToString()))
+        : Layout == CheckpointLayout.File ? System.IO.Path.GetFileNameWithoutExtension(Path) : System.IO.Path.GetFileName(Path.TrimEnd('/', '\\'));
 
     /// <summary>The folder holding config.json and tokenizer files (the file's folder for a bare file).</summary>
-    public string Directory => Layout == CheckpointLayout.File ? System.IO.Path.GetDirectoryName(Path)! : Path;
+    public string Directory => StackDirectory ?? (Layout == CheckpointLayout.File ? System.IO.Path.GetDirectoryName(Path)! : Path);
 
     public CheckpointLayout Layout { get; }
     public IReadOnlyList<string> Files { get; }

@@ -40,6 +40,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>When set, config.json's torch_dtype is rewritten to this type.</summary>
     public SafetensorsDType? ConfigDType { get; init; }
 
+    /// <summary>config.json keys written with these values instead of the copied file's (a stack's num_hidden_layers).</summary>
+    public IReadOnlyDictionary<string, JsonNode?>? ConfigChanges { get; init; }
+
     /// <summary>Extra text files to place in the output (e.g. dare_recipe.yml).</summary>
     public IReadOnlyDictionary<string, string>? ExtraFiles { get; init; }
 
@@ -358,12 +361,25 @@ public sealed class CheckpointWriter : IDisposable
             var from = Path.Combine(source, name);
             if (!SideFileIsCopyable(source, from)) continue;
             var to = Path.Combine(_temporary, name);
-            if (name == "config.json" && _options.ConfigDType is { } dtype && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
+            if (name == "config.json" && (_options.ConfigDType is not null || _options.ConfigChanges is { Count: > 0 }) && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
             {
-                var wanted = dtype.TorchDTypeName();
-                if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
+                var changed = false;
+                if (_options.ConfigDType is { } dtype)
                 {
-                    config["torch_dtype"] = wanted;
+                    var wanted = dtype.TorchDTypeName();
+                    if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
+                    {
+                        config["torch_dtype"] = wanted;
+                        changed = true;
+                    }
+                }
+                foreach (var (key, value) in _options.ConfigChanges ?? new Dictionary<string, JsonNode?>())
+                {
+                    config[key] = value?.DeepClone();
+                    changed = true;
+                }
+                if (changed)
+                {
                     File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
                     continue;
                 }

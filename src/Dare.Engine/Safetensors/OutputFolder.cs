@@ -17,7 +17,8 @@ public static partial class OutputFolder
 
     /// <summary>What an output must not replace of these checkpoints: a model's folder, or a single-file model's file.</summary>
     public static IReadOnlyList<string> InputPathsOf(IEnumerable<Checkpoint> checkpoints) =>
-        checkpoints.Select(c => c.Path).Distinct(StringComparer.Ordinal).ToList();
+        // A stack of slices (Checkpoint.Stack) reads its sources' folders; its own Path only describes it.
+        checkpoints.SelectMany(c => c.Slices is { } slices ? slices.Select(s => s.Model.Path) : new[] { c.Path }).Distinct(StringComparer.Ordinal).ToList();
 
     /// <summary>What an output must not replace of a task vector's inputs: the base, the fine-tuned models and the LoRA adapters' folders.</summary>
     public static IReadOnlyList<string> InputPathsOf(Merge.TaskVector vector) =>

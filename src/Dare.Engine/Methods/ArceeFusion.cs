@@ -1,0 +1,170 @@
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// Arcee Fusion (mergekit's arcee_fusion): keeps the model's change only where it matters. Per row r (the last
+/// dimension), KLᵣ = Σ p·log(p/q) with p = softmax(θ_model row) + 1e-8, q = softmax(θ_base row) + 1e-8; each entry's
+/// importance is |δ|·KLᵣ; entries whose importance reaches median + 1.5·IQR of the tensor's importances take the
+/// model's value, the rest keep the base's. Quantiles are mergekit's: the sorted value at ⌊q·(n − 1)⌋, over every
+/// entry up to 10⁶ entries and over 10⁶ sampled entries beyond (mergekit samples at random each run; Dare's sample is
+/// fixed per tensor name, so runs repeat). Streams in four passes: row softmax sums, row KL, importances, combine.
+/// </summary>
+internal sealed class ArceeFusionMethod : MergeMethod
+{
+    internal const int SampleLimit = 1_000_000;
+
+    public override string Name => "arcee_fusion";
+    public override string DisplayName => "ArceeFusion";
+    public override bool TakesTransforms => false;
+    public override IReadOnlyList<ParameterSpec> Parameters { get; } = Array.Empty<ParameterSpec>();
+
+    public override IReadOnlyList<RecipeForm> RecipeForms { get; } = new[]
+    {
+        new RecipeForm("arcee_fusion", "The model's changes where their KL-weighted importance is an outlier") { HasLambda = false },
+    };
+
+    internal override void Validate(MergeOptions options, int inputCount)
+    {
+        if (inputCount != 1)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"arcee_fusion merges exactly one model into the base, not {inputCount}.");
+        }
+    }
+
+    internal override string Step(MergeOptions options) => "MergeArceeFusion()";
+
+    internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup)
+    {
+        var info = setup.Inputs.Count > 0 ? setup.Position.Name : "";
+        return new ArceeFusionMerge(setup.ElementCount, setup.RowLength, info);
+    }
+}
+
+/// <summary>One tensor's Arcee Fusion: per-row softmax statistics and KL, the importance threshold, then the masked δ.</summary>
+internal sealed class ArceeFusionMerge(long count, long rowLength, string tensorName) : ITensorMerge
+{
+    private const double Epsilon = 1e-8;
+    private readonly long _rows = count == 0 ? 0 : count / rowLength;
+    private double[] _kl = Array.Empty<double>();
+    private float _threshold = float.PositiveInfinity;
+    private long _first;
+
+    public bool NeedsBaseValues => true;
+    public MagnitudeSelection? SampleWhileReading(int input) => null;
+    public IBFloat16SinglePass? SinglePass => null;
+    public void PrepareChunk(long first, Tensor[] deltas) => _first = first;
+
+    /// <summary>Rows overlapping the chunk [first, first + n), each with the chunk's element range of it.</summary>
+    private IEnumerable<(long Row, long Start, long End)> RowSegments(long first, long n)
+    {
+        for (var row = first / rowLength; row * rowLength < first + n; row++)
+        {
+            yield return (row, Math.Max(row * rowLength, first) - first, Math.Min((row + 1) * rowLength, first + n) - first);
+        }
+    }
+
+    public unsafe void RunPasses(IChunkPasses passes)
+    {
+        // Pass 1: per row, running max and Σ exp(x − max) of base and model (a row may span chunks).
+        var maxA = Enumerable.Repeat(double.NegativeInfinity, (int)_rows).ToArray();
+        var maxB = (double[])maxA.Clone();
+        var sumA = new double[_rows];
+        var sumB = new double[_rows];
+        passes.ForEachChunk((first, baseChunk, deltas) =>
+        {
+            float* a = TensorMemory.Floats(baseChunk), d = TensorMemory.Floats(deltas[0]);
+            Parallel.ForEach(RowSegments(first, deltas[0].shape[0]), segment =>
+            {
+                for (var j = segment.Start; j < segment.End; j++)
+                {
+                    Accumulate(ref maxA[segment.Row], ref sumA[segment.Row], a[j]);
+                    Accumulate(ref maxB[segment.Row], ref sumB[segment.Row], a[j] + d[j]);
+                }
+            });
+        });
+        var logA = maxA.Select((m, r) => m + Math.Log(sumA[r])).ToArray();
+        var logB = maxB.Select((m, r) => m + Math.Log(sumB[r])).ToArray();
+
+        // Pass 2: KL per row.
+        _kl = new double[_rows];
+        passes.ForEachChunk((first, baseChunk, deltas) =>
+        {
+            float* a = TensorMemory.Floats(baseChunk), d = TensorMemory.Floats(deltas[0]);
+            Parallel.ForEach(RowSegments(first, deltas[0].shape[0]), segment =>
+            {
+                var sum = 0.0;
+                for (var j = segment.Start; j < segment.End; j++)
+                {
+                    var p = Math.Exp(a[j] + d[j] - logB[segment.Row]) + Epsilon;
+                    var q = Math.Exp(a[j] - logA[segment.Row]) + Epsilon;
+                    sum += p * Math.Log(p / q);
+                }
+                lock (_kl) _kl[segment.Row] += sum;
+            });
+        });
+
+        // Pass 3: the importances (all, or a fixed sample), then mergekit's threshold median + 1.5·IQR.
+        var positions = count <= ArceeFusionMethod.SampleLimit ? null : SamplePositions(count, ArceeFusionMethod.SampleLimit, tensorName);
+        var values = new float[positions?.Length ?? count];
+        var next = 0;
+        passes.ForEachChunk((first, deltas) =>
+        {
+            float* d = TensorMemory.Floats(deltas[0]);
+            var n = deltas[0].shape[0];
+            if (positions is null)
+            {
+                for (var j = 0L; j < n; j++) values[first + j] = Importance(d[j], first + j);
+                return;
+            }
+            for (; next < positions.Length && positions[next] < first + n; next++) values[next] = Importance(d[positions[next] - first], positions[next]);
+        });
+        Array.Sort(values);
+        float Quantile(float q) => values.Length == 0 ? 0 : values[(long)(q * (values.Length - 1))];
+        _threshold = Quantile(0.5f) + 1.5f * (Quantile(0.75f) - Quantile(0.25f));
+    }
+
+    private static void Accumulate(ref double max, ref double sum, double x)
+    {
+        if (x <= max)
+        {
+            sum += Math.Exp(x - max);
+            return;
+        }
+        sum = sum * Math.Exp(max - x) + 1;
+        max = x;
+    }
+
+    private float Importance(float delta, long element) => Math.Abs(delta) * (float)_kl[element / rowLength];
+
+    /// <summary>
+    /// <paramref name="m"/> distinct positions of [0, n), sorted, drawn by Floyd's algorithm from a generator seeded by
+    /// the tensor's name (FNV-1a), so the same tensor always gets the same sample.
+    /// </summary>
+    internal static long[] SamplePositions(long n, int m, string name)
+    {
+        var hash = 14695981039346656037UL;
+        foreach (var c in name) hash = (hash ^ c) * 1099511628211UL;
+        var random = new Random(unchecked((int)(hash ^ (hash >> 32))));
+        var chosen = new HashSet<long>(m);
+        for (var j = n - m; j < n; j++)
+        {
+            var t = random.NextInt64(j + 1);
+            chosen.Add(chosen.Contains(t) ? j : t);
+        }
+        var sorted = chosen.ToArray();
+        Array.Sort(sorted);
+        return sorted;
+    }
+
+    public unsafe void Combine(Tensor[] deltas, CombineTarget target)
+    {
+        float* d = TensorMemory.Floats(deltas[0]);
+        var first = _first;
+        var threshold = _threshold;
+        Partition.Run(deltas[0].shape[0], (_, start, end) =>
+        {
+            for (var j = start; j < end; j++) target.Store(Importance(d[j], first + j) >= threshold ? d[j] : 0f, j);
+        });
+    }
+}
