@@ -12,19 +12,23 @@
     CompatiblePSEditions = @('Core')
     FormatsToProcess     = @('Dare.Format.ps1xml')
     CmdletsToExport      = @(
+        'Complete-DareExport'
         'Export-LoraAdapter'
         'Export-Safetensors'
         'Get-DareEnvironment'
         'Get-TaskVector'
         'Get-TaskVectorTensor'
         'Import-Safetensors'
+        'Invoke-BreadcrumbsDrop'
         'Invoke-DareDrop'
         'Invoke-DareMerge'
+        'Invoke-DellaDrop'
         'Measure-TaskVector'
         'Merge-ArceeFusion'
         'Merge-Linear'
         'Merge-Nearswap'
         'Merge-Ram'
+        'Merge-Sce'
         'Merge-Ties'
         'New-SyntheticCheckpoint'
     )

@@ -11,7 +11,7 @@ BeforeAll {
     . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
     Import-DareTestModule
     # Cmdlets that write model folders (Invoke-DareMerge, when it is added, writes one too).
-    $script:writers = @('Export-LoraAdapter', 'Export-Safetensors', 'New-SyntheticCheckpoint', 'Invoke-DareMerge')
+    $script:writers = @('Export-LoraAdapter', 'Export-Safetensors', 'New-SyntheticCheckpoint', 'Invoke-DareMerge', 'Complete-DareExport')
 
     # The completions PowerShell offers at the end of $Line.
     function Get-Completion([string] $Line) {
@@ -80,7 +80,8 @@ Describe 'Tab completion' {
     }
 
     It 'completes the enum parameters -Rescale and -SignMethod' {
-        Get-Completion 'Invoke-DareDrop -Rescale ' | Should -Be @('InverseKeep', 'L1', 'None')
+        Get-Completion 'Invoke-DareDrop -Rescale ' | Should -Be @('InverseKeep', 'L1', 'None', 'Q')
+        Get-Completion 'Invoke-DellaDrop -Rescale ' | Should -Be @('InverseKeep', 'L1', 'None', 'Q')
         Get-Completion 'Merge-Ties -SignMethod ' | Sort-Object | Should -Be @('Count', 'Sum')
     }
 }

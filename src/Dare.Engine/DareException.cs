@@ -44,6 +44,10 @@ public enum DareErrorId
     MergeStepMissing,
     SeveralInputsOneFolder,
     LayerRangeInvalid,
+    PartitionPlanMismatch,
+    PartitionIncomplete,
+    PartitionCorrupt,
+    PartitionCompletionBusy,
     AdapterInvalid,
     AdapterUnsupported,
 }

@@ -1,6 +1,7 @@
 using System.Management.Automation;
 using Dare.Engine;
 using Dare.Engine.Merge;
+using Dare.Engine.Partitions;
 using Dare.Engine.Recipes;
 using Dare.Engine.Safetensors;
 
@@ -44,6 +45,13 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     [Parameter]
     public SwitchParameter AllowNonFinite { get; set; }
 
+    /// <summary>
+    /// Write only partition i of N ("i/N", i from 0 to N-1): whole shards of the same shard plan, into a staging folder
+    /// beside the output; the last partition to finish (or Complete-DareExport) verifies them all and publishes the model.
+    /// </summary>
+    [Parameter]
+    public string? Partition { get; set; }
+
     private readonly List<TaskVector> _inputs = new();
 
     // Every input is known before anything is written: several vectors piped into one folder would overwrite each other.
@@ -56,13 +64,19 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         var targets = Targets(destination);
         var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
         var shardSize = ByteSize.Parse(MaxShardSize);
+        var partition = Partition is null ? (ExportPartition?)null : ExportPartition.Parse(Partition);
+        if (partition is not null && targets.Count > 1)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+                $"-Partition writes a part of one output, but {targets.Count} task vectors were piped in (-FolderPerInput); export them one at a time.") { FilePath = destination };
+        }
         // Refused before any work: a destination whose replacement could lose what Dare did not write.
         var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
         foreach (var (vector, folder) in targets) OutputFolder.Check(folder, Force, OutputFolder.InputPathsOf(vector), currentLocation);
         foreach (var (vector, folder) in targets)
         {
             Cancellation.ThrowIfCancellationRequested();
-            Export(vector, folder, dtype, shardSize, currentLocation);
+            Export(vector, folder, dtype, shardSize, currentLocation, partition);
         }
     });
 
@@ -104,12 +118,12 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         return name;
     }
 
-    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation)
+    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation, ExportPartition? partition)
     {
         var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
             .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
         var shards = Math.Max(1, (int)Math.Ceiling(bytes / (double)shardSize));
-        var what = $"Write {(DeltaOnly ? "the delta of" : "the merged model")} '{vector.Name}' ({vector.TensorCount} tensors, ~{ByteSize.Format(bytes)}, ~{shards} shard(s))";
+        var what = $"Write {(partition is { } p ? $"partition {p} of " : "")}{(DeltaOnly ? "the delta of" : "the merged model")} '{vector.Name}' ({vector.TensorCount} tensors, ~{ByteSize.Format(bytes)}, ~{shards} shard(s))";
         if (!ShouldProcess(destination, what)) return;
 
         var options = new ExportOptions
@@ -122,6 +136,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             CurrentLocation = currentLocation,
             AllowNonFinite = AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
+            Partition = partition,
         };
         var observer = new CmdletObserver(this);
         ExportResult result;
@@ -133,7 +148,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         {
             if (!Cancellation.IsCancellationRequested) observer.Complete();
         }
-        WriteVerbose($"Wrote '{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
+        WriteVerbose($"Wrote {(result.Partition is { } part ? $"partition {part}: " : "")}'{result.Path}': {result.TensorCount} tensors, {ByteSize.Format(result.BytesWritten)} in {result.Elapsed.TotalSeconds:0.0} s ({result.MegabytesPerSecond:0} MB/s read).");
         WriteObject(result);
     }
 }

@@ -30,9 +30,15 @@ public sealed class InvokeDareDropCommand : DareCmdlet
     [Parameter]
     public long Seed { get; set; }
 
-    /// <summary>InverseKeep (×1/(1−p), default), L1 (keep the L1 norm), or None.</summary>
+    /// <summary>InverseKeep (×1/(1−p), default), L1 (keep the L1 norm), Q (DAREx-q: ×1/q, with -RescaleQ), or None.</summary>
     [Parameter]
     public DareRescale Rescale { get; set; } = DareRescale.InverseKeep;
+
+    /// <summary>DAREx-q's q with -Rescale Q: survivors × 1/q instead of 1/(1−p).</summary>
+    [Parameter]
+    [ValidateDeclared(ValidateDeclaredAttribute.Dare, "rescale_q")]
+    [ArgumentCompleter(typeof(DeclaredValueCompleter))]
+    public double RescaleQ { get; set; }
 
     /// <summary>
     /// Drop rates for tensors whose names match wildcard patterns, e.g. @{ '*embed_tokens*' = 0.5 }. First match wins:
@@ -44,6 +50,7 @@ public sealed class InvokeDareDropCommand : DareCmdlet
     protected override void BeginProcessing() => Run(() =>
     {
         DareDropParameters.DropRate.Check(DropRate, nameof(DropRate));
+        DareDropParameters.CheckRescale(Rescale, RescaleQ);
         _dropRate = DropRateParameter();
         if (MyInvocation.BoundParameters.ContainsKey(nameof(Seed)))
         {
@@ -63,7 +70,7 @@ public sealed class InvokeDareDropCommand : DareCmdlet
             // Each vector that passes gets the next stream, so vectors merged together never share a mask.
             RunForItem(() =>
             {
-                WriteObject(vector.WithDare(new DareOptions(_dropRate!, _seed!.Value, _stream, Rescale)));
+                WriteObject(vector.WithDare(new DareOptions(_dropRate!, _seed!.Value, _stream, Rescale) { Q = RescaleQ }));
                 _stream++;
             }, vector);
         }

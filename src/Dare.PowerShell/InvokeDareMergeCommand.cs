@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Dare.Engine;
 using Dare.Engine.Merge;
+using Dare.Engine.Partitions;
 using Dare.Engine.Recipes;
 using Dare.Engine.Safetensors;
 
@@ -79,6 +80,16 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     [Parameter]
     public SwitchParameter SkipExisting { get; set; }
 
+    /// <summary>
+    /// Write only partition i of N ("i/N", i from 0 to N-1) of the recipe's output (a batch of one recipe); the last partition
+    /// to finish, or Complete-DareExport, publishes it. A recipe without random_seed uses seed 0 here, so all partitions agree.
+    /// </summary>
+    [Parameter]
+    public string? Partition { get; set; }
+
+    /// <summary>Seed of DARE steps without random_seed under -Partition: fixed, since every partition must draw the same masks.</summary>
+    public const long PartitionDefaultSeed = 0;
+
     // Lines piped into -Yaml, read as one text in EndProcessing.
     private readonly StringBuilder _yaml = new();
     private int _yamlLines;
@@ -133,6 +144,12 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     private void Merge(RecipeBatch batch)
     {
         foreach (var warning in batch.Warnings) WriteWarning(warning);
+        var partition = Partition is null ? (ExportPartition?)null : ExportPartition.Parse(Partition);
+        if (partition is not null && batch.Recipes.Count != 1)
+        {
+            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+                $"-Partition splits one recipe's output, but the batch holds {batch.Recipes.Count} recipes; run the others first, then the last one with -Partition.");
+        }
         var options = new RecipePlanOptions
         {
             OutputPath = OutputLiteralPath is not null ? PathResolver.ResolveOutput(SessionState, OutputLiteralPath, literal: true)
@@ -142,7 +159,8 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
             Force = Force,
             AllowNonFinite = AllowNonFinite,
             SkipExisting = SkipExisting,
-            DefaultSeed = RandomNumberGenerator.GetInt32(int.MaxValue),
+            DefaultSeed = partition is null ? RandomNumberGenerator.GetInt32(int.MaxValue) : PartitionDefaultSeed,
+            Partition = partition,
         };
         var plan = RecipePlanner.Plan(batch, options);
         foreach (var warning in plan.Plans.SelectMany(p => p.Warnings)) WriteWarning(warning);

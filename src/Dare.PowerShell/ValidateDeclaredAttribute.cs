@@ -14,7 +14,13 @@ public sealed class ValidateDeclaredAttribute(string method, string key) : Valid
     /// <summary>"dare" for the DARE transform's parameters.</summary>
     public const string Dare = "dare";
 
-    /// <summary>The method's mergekit name, or <see cref="Dare"/>.</summary>
+    /// <summary>"della" for the DELLA transform's parameters (density, epsilon).</summary>
+    public const string Della = "della";
+
+    /// <summary>"breadcrumbs" for the breadcrumbs transform's parameters (density, gamma).</summary>
+    public const string Breadcrumbs = "breadcrumbs";
+
+    /// <summary>The method's mergekit name, <see cref="Dare"/> or <see cref="Della"/>.</summary>
     public string Method { get; } = method;
 
     /// <summary>The parameter's recipe key.</summary>
@@ -23,6 +29,8 @@ public sealed class ValidateDeclaredAttribute(string method, string key) : Valid
     /// <summary>The declaration: a method's parameter, or the DARE transform's for <see cref="Dare"/>.</summary>
     public static ParameterSpec Spec(string method, string key) => method == Dare
         ? MergeMethods.TransformParameters.First(p => p.Key == key)
+        : method == Della ? new[] { DellaDropParameters.Density }.Concat(DellaDropParameters.All).First(p => p.Key == key)
+        : method == Breadcrumbs ? new[] { BreadcrumbsParameters.Density }.Concat(BreadcrumbsParameters.All).First(p => p.Key == key)
         : (MergeMethods.Find(method) ?? throw new ArgumentException($"No merge method '{method}'.", nameof(method))).Parameter(key);
 
     protected override void ValidateElement(object element)

@@ -7,21 +7,36 @@ namespace Dare.Engine.Merge;
 /// applied to it before the method combines (<see cref="DareDrop"/>). When the input is stored bfloat16 and the
 /// transform can be applied element by element, δ comes from one fused kernel pass.
 /// </summary>
-internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop)
+internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop? della = null, BreadcrumbsPrune? breadcrumbs = null)
 {
     public IInputTensor? Tensor { get; } = tensor;
     public DareDrop? Drop { get; } = drop;
 
+    /// <summary>DELLA's MagPrune, applied to whole rows of δ after it is read (it ranks within rows, so it never fuses).</summary>
+    public DellaDrop? Della { get; } = della;
+
+    /// <summary>Breadcrumbs' pruning: its thresholds come from counting passes over raw δ; applied once they are known.</summary>
+    public BreadcrumbsPrune? Breadcrumbs { get; } = breadcrumbs;
+
     /// <summary>Whether δ comes from <see cref="ChunkKernels.WidenSubtractMask(ushort*, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> in one pass.</summary>
-    public bool IsFused => Tensor?.StoredBFloat16 is not null && (Drop is null || Drop.FusesIntoRead);
+    public bool IsFused => Tensor?.StoredBFloat16 is not null && Della is null && Breadcrumbs is null && (Drop is null || Drop.FusesIntoRead);
+
+    /// <summary>Whether the combine needs a whole pass over the tensor first (for an L1 rescale's norms).</summary>
+    public bool NeedsWholeTensorFirst => Drop is { NeedsWholeTensorFirst: true } || Della is { NeedsWholeTensorFirst: true };
 
     /// <summary>Whether computing δ needs the base chunk in float32 (the fused kernels widen a bfloat16 base as they read it).</summary>
     public bool NeedsFloat32Base => Tensor is { NeedsBase: true } && !IsFused;
 
-    public long Dropped => Drop?.Dropped ?? 0;
+    public long Dropped => Drop?.Dropped ?? Della?.Dropped ?? Breadcrumbs?.Dropped ?? 0;
+
+    /// <summary>Expected number of dropped entries, 0 without a drop step.</summary>
+    public double TargetDropped => Drop?.TargetDropped ?? Della?.TargetDropped ?? Breadcrumbs?.TargetDropped ?? 0;
+
+    /// <summary>Whether a drop step (DARE, DELLA or breadcrumbs) applies.</summary>
+    public bool HasDropStep => Drop is not null || Della is not null || Breadcrumbs is not null;
 
     /// <summary>The factor the transform found for the whole tensor (the L1 rescale), applied after any trim.</summary>
-    public double Rescale => Drop?.Rescale ?? 1.0;
+    public double Rescale => Drop?.Rescale ?? Della?.Rescale ?? 1.0;
 
     /// <summary>
     /// δ for elements [first, first + count) with the transform applied, in workspace slot <paramref name="slot"/>.
@@ -47,8 +62,13 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop)
             return delta;
         }
         var values = Tensor.ReadDelta(chunks, slot, baseChunk, first, count);
-        if (Drop is null) return values;
-        using (PhaseProfile.Time(chunks.Profile, Phase.Mask)) Drop.Apply(TensorMemory.Floats(values), first, count, firstPass);
+        if (Drop is null && Della is null && Breadcrumbs is not { Ready: true }) return values;
+        using (PhaseProfile.Time(chunks.Profile, Phase.Mask))
+        {
+            Drop?.Apply(TensorMemory.Floats(values), first, count, firstPass);
+            Della?.Apply(TensorMemory.Floats(values), first, count, firstPass);
+            if (Breadcrumbs is { Ready: true } breadcrumbs) breadcrumbs.Apply(TensorMemory.Floats(values), first, count);
+        }
         return values;
     }
 

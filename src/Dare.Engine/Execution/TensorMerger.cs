@@ -36,8 +36,12 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var leaves = vector.Leaves;
         var n = baseInfo.ElementCount;
         var chunk = Math.Max(1, Math.Min(n, chunkElements));
+        // DELLA ranks within rows (the last dimension), so its chunks hold whole rows; a row longer than a chunk is one chunk.
+        var rowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]);
+        if (leaves.Any(l => l.Della is not null)) chunk = Math.Max(1, chunk / rowLength) * rowLength;
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
-        var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n))).ToArray();
+        var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
+            BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
         var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]) });
 
@@ -51,9 +55,10 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         // A bfloat16 base that only the fused kernels read stays as stored (they widen it as they go).
         var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base) && !merge.NeedsBaseValues;
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount);
+        CountTransformThresholds(inputs, passes);
         merge.RunPasses(passes);
         // An L1 rescale needs the whole tensor's norms before the combine; if the method took no pass, one is taken here.
-        if (passes.Count == 0 && inputs.Any(c => c.Drop is { NeedsWholeTensorFirst: true })) passes.ForEachChunk((_, _) => { });
+        if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
 
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
@@ -70,16 +75,39 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         return Counts(inputs, leaves, n);
     }
 
+    /// <summary>
+    /// Transforms whose thresholds depend on the whole tensor (breadcrumbs) count them in two passes over raw δ (the
+    /// exact coarse and fine histograms) before the method's passes; from then on every pass sees δ pruned.
+    /// </summary>
+    private unsafe void CountTransformThresholds(InputChain[] inputs, ChunkPasses passes)
+    {
+        foreach (var input in inputs)
+        {
+            if (input.Breadcrumbs is { NeedsPasses: false, Ready: false } ready) ready.SkipPasses();
+        }
+        var counting = Enumerable.Range(0, inputs.Length).Where(i => inputs[i].Breadcrumbs is { NeedsPasses: true }).ToArray();
+        if (counting.Length == 0) return;
+        using (PhaseProfile.Time(chunks.Profile, Phase.Select))
+        {
+            passes.ForEachChunk((_, deltas) => { foreach (var i in counting) inputs[i].Breadcrumbs!.AddCoarse(TensorMemory.Floats(deltas[i]), deltas[i].shape[0]); });
+            foreach (var i in counting) inputs[i].Breadcrumbs!.FinishCoarse();
+            passes.ForEachChunk((_, deltas) => { foreach (var i in counting) inputs[i].Breadcrumbs!.AddFine(TensorMemory.Floats(deltas[i]), deltas[i].shape[0]); });
+            foreach (var i in counting) inputs[i].Breadcrumbs!.FinishFine();
+        }
+        // A single chunk is kept from the first pass, raw: prune it now, once.
+        passes.PruneCached(counting);
+    }
+
     private static DropCounts Counts(InputChain[] inputs, IReadOnlyList<TaskVector> leaves, long n)
     {
         var counts = new DropCounts();
         foreach (var input in inputs)
         {
             counts.Dropped += input.Dropped;
-            if (input.Drop is { } drop)
+            if (input.HasDropStep)
             {
                 counts.Elements += n;
-                counts.TargetDropped += drop.TargetDropped;
+                counts.TargetDropped += input.TargetDropped;
             }
         }
         return counts;
@@ -125,6 +153,13 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     {
         private Tensor? _cachedBase;
         private Tensor[]? _cachedDeltas;
+
+        /// <summary>Applies the now-known breadcrumbs pruning of inputs <paramref name="indexes"/> to the cached single chunk, if any.</summary>
+        public unsafe void PruneCached(int[] indexes)
+        {
+            if (_cachedDeltas is null) return;
+            foreach (var i in indexes) inputs[i].Breadcrumbs!.Apply(TensorMemory.Floats(_cachedDeltas[i]), 0, _cachedDeltas[i].shape[0]);
+        }
 
         /// <summary>Passes run so far (the first computes what the transforms count: drops, L1 norms).</summary>
         public int Count { get; private set; }

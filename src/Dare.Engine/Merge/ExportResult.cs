@@ -14,6 +14,15 @@ public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int 
     /// </summary>
     public string LiteralPath => Path;
 
+    /// <summary>For a partitioned export, the partition this process wrote ("i/N"); null for a whole export.</summary>
+    public string? Partition { get; init; }
+
+    /// <summary>
+    /// Whether <see cref="Path"/> is the published model folder: always for a whole export; for a partition only when it
+    /// was the last to finish and published the whole (otherwise Path is its sealed part in the staging folder).
+    /// </summary>
+    public bool Published { get; init; } = true;
+
     /// <summary>The folder written: what the result means where a path is expected.</summary>
     public override string ToString() => Path;
 }

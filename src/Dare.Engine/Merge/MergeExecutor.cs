@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Dare.Engine.Partitions;
 using Dare.Engine.Safetensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -30,6 +31,9 @@ public sealed class ExportOptions
 
     /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
     public string? RecipeYaml { get; init; }
+
+    /// <summary>Write only this partition's shards into the staging folder beside the destination (publishing when it is the last); null: the whole export.</summary>
+    public ExportPartition? Partition { get; init; }
 }
 
 /// <summary>
@@ -96,14 +100,69 @@ public sealed class MergeExecutor
             Warning = _observer is null ? null : _observer.Warning,
         };
 
+        if (options.Partition is { } partition) return ExportOnePartition(vector, tensors, plan, writeOptions, options, partition, nonFinite, clock);
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
+        var (bytesRead, background) = WriteTensors(vector, tensors, writer, plan, options, nonFinite, "Merging");
+        CheckpointWriteResult written;
+        using (PhaseProfile.Time(_profile, Phase.Commit)) written = writer.Commit();
+        ReportProfile(clock, background);
+        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
+    }
+
+    /// <summary>
+    /// One partition of the export: the same plan, shard plan and bytes as <see cref="Export"/>, but only this partition's
+    /// shards are computed, written to its staging folder and sealed; the last partition to seal publishes the whole.
+    /// </summary>
+    private ExportResult ExportOnePartition(TaskVector vector, IReadOnlyList<TensorInfo> tensors, IReadOnlyList<PlannedTensor> plan,
+        CheckpointWriteOptions writeOptions, ExportOptions options, ExportPartition partition, NonFiniteGuard nonFinite, Stopwatch clock)
+    {
+        OutputFolder.Check(options.Destination, options.Force, writeOptions.ProtectedPaths, writeOptions.CurrentLocation);
+        var partitionPlan = PartitionPlan.For(options.Destination, plan, writeOptions);
+        var staging = PartitionStaging.Join(options.Destination, partitionPlan, partition);
+        var shards = staging.ShardsOf(partition.Index);
+        var mine = shards.SelectMany(s => s.Tensors).Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
+        var folder = staging.BeginPartition(partition);
+        long bytesRead;
+        TimeSpan background;
+        using (var writer = CheckpointWriter.ForShards(folder, shards, partitionPlan.WriteOptions(writeOptions)))
+        {
+            (bytesRead, background) = WriteTensors(vector, tensors.Where(t => mine.Contains(t.Name)).ToList(), writer, plan, options, nonFinite, $"Merging partition {partition}");
+            using (PhaseProfile.Time(_profile, Phase.Commit)) writer.FinishShards();
+        }
+        staging.Seal(partition, folder);
+        var bytes = shards.Sum(s => s.TensorBytes);
+        _observer?.Verbose($"Partition {partition} of '{options.Destination}': {shards.Count} of {partitionPlan.Shards.Count} shard(s), {ByteSize.Format(bytes)}, sealed in '{staging.PartFolder(partition.Index)}'.");
+        CheckpointWriteResult? published;
+        using (PhaseProfile.Time(_profile, Phase.Commit)) published = staging.TryComplete(writeOptions);
+        ReportProfile(clock, background);
+        if (published is not null)
+        {
+            _observer?.Verbose($"Partition {partition} was the last to finish: verified all {partition.Count} partitions and published '{published.Path}'.");
+            return new ExportResult(published.Path, published.Files, published.TensorCount, published.TensorBytes, bytesRead, clock.Elapsed) { Partition = partition.ToString(), Published = true };
+        }
+        var files = shards.Select(s => Path.Combine(staging.PartFolder(partition.Index), s.FileName)).ToList();
+        return new ExportResult(staging.PartFolder(partition.Index), files, mine.Count, bytes, bytesRead, clock.Elapsed) { Partition = partition.ToString(), Published = false };
+    }
+
+    private void ReportProfile(Stopwatch clock, TimeSpan background)
+    {
+        if (_profile is null) return;
+        foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
+        _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
+    }
+
+    /// <summary>Computes <paramref name="tensors"/> in order and writes them through <paramref name="writer"/>; returns the bytes read and the background write time.</summary>
+    private (long BytesRead, TimeSpan Background) WriteTensors(TaskVector vector, IReadOnlyList<TensorInfo> tensors, CheckpointWriter writer, IReadOnlyList<PlannedTensor> plan, ExportOptions options,
+        NonFiniteGuard nonFinite, string activity)
+    {
         using var reader = new TensorReader(nonFinite);
         using var workspace = new ChunkWorkspace();
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
-        var bytesRead = ForEachTensor(vector, tensors, reader, "Merging", (info, layerCount) =>
+        var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layerCount) =>
         {
             appender.BeginTensor(info.Name);
             if (!info.DType.IsMergeable())
@@ -120,15 +179,7 @@ public sealed class MergeExecutor
         });
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
         _cancellation.ThrowIfCancellationRequested();
-        CheckpointWriteResult written;
-        using (PhaseProfile.Time(_profile, Phase.Commit)) written = writer.Commit();
-        if (_profile is not null)
-        {
-            foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
-            _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
-                "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", appender.BackgroundTime.TotalSeconds));
-        }
-        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
+        return (bytesRead, appender.BackgroundTime);
     }
 
     /// <summary>The task vector's float32 δ for one tensor, in the tensor's shape. The caller owns (disposes) it.</summary>

@@ -18,6 +18,8 @@ internal sealed class LinearMethod : MergeMethod
         new RecipeForm("linear", "Weighted average of the models") { NormalizeByDefault = true, NeedsBase = false, HasLambda = false },
         new RecipeForm("task_arithmetic", "base + λ·Σ wᵢ·δᵢ"),
         new RecipeForm("dare_linear", "DARE with drop rate 1 − density, then a weighted sum") { DensityIsDareKeep = true },
+        new RecipeForm("della_linear", "DELLA: MagPrune by magnitude rank per row, rescale, then a weighted sum") { DensityIsDellaKeep = true },
+        new RecipeForm("breadcrumbs", "Model Breadcrumbs: drop the γ largest and the smallest magnitudes to keep density, then a weighted sum") { DensityIsBreadcrumbsKeep = true },
     };
 
     internal override string RecipeName(MergeOptions options) => options is { Normalize: true, Lambda: 1.0 } ? "linear" : "task_arithmetic";

@@ -27,6 +27,10 @@ internal sealed class TiesMethod : MergeMethod
     {
         new RecipeForm("ties", "Magnitude trim to density, sign election, disjoint mean") { NormalizeByDefault = true },
         new RecipeForm("dare_ties", "DARE with drop rate 1 − density, then sign election without trimming") { DensityIsDareKeep = true },
+        new RecipeForm("della", "DELLA: MagPrune keeps each entry with a probability by its magnitude rank in its row, rescales, then sign election without trimming")
+        { NormalizeByDefault = true, DensityIsDellaKeep = true },
+        new RecipeForm("breadcrumbs_ties", "Model Breadcrumbs: drop the γ largest and the smallest magnitudes to keep density, then sign election without trimming")
+        { DensityIsBreadcrumbsKeep = true },
     };
 
     internal override void Validate(MergeOptions options, int inputCount)

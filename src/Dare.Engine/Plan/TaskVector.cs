@@ -12,12 +12,18 @@ public enum DareRescale
     L1,
     /// <summary>Drop only.</summary>
     None,
+    /// <summary>DAREx-q (Deng et al., ICLR 2025): survivors × 1/q with a chosen q instead of 1 − p.</summary>
+    Q,
 }
 
 public enum SignMethod { Sum, Count }
 
 /// <summary>DARE applied to one task vector. The mask is a pure function of (Seed, Stream, tensor name, element index).</summary>
-public sealed record DareOptions(TensorParameter DropRate, long Seed, int Stream, DareRescale Rescale = DareRescale.InverseKeep);
+public sealed record DareOptions(TensorParameter DropRate, long Seed, int Stream, DareRescale Rescale = DareRescale.InverseKeep)
+{
+    /// <summary>DAREx-q's q when <see cref="Rescale"/> is <see cref="DareRescale.Q"/>.</summary>
+    public double Q { get; init; }
+}
 
 /// <summary>How several task vectors are combined: the method (see <see cref="MergeMethods"/>) and its parameters.</summary>
 public sealed record MergeOptions(
@@ -42,12 +48,14 @@ public sealed record MergeOptions(
 /// </summary>
 public sealed class TaskVector
 {
-    private TaskVector(string name, Checkpoint @base, ITaskInput? input, DareOptions? dare, MergeOptions? merge, IReadOnlyList<TaskVector> inputs)
+    private TaskVector(string name, Checkpoint @base, ITaskInput? input, DareOptions? dare, MergeOptions? merge, IReadOnlyList<TaskVector> inputs, DellaOptions? della = null, BreadcrumbsOptions? breadcrumbs = null)
     {
         Name = name;
         Base = @base;
         _input = input;
         Dare = dare;
+        Della = della;
+        Breadcrumbs = breadcrumbs;
         Merge = merge;
         Inputs = SummarisedList.Joined(inputs);
     }
@@ -67,6 +75,12 @@ public sealed class TaskVector
     public Checkpoint? FineTuned => _input?.Model;
 
     public DareOptions? Dare { get; }
+
+    /// <summary>The DELLA step (MagPrune), if any; a vector has at most one drop step (DARE or DELLA).</summary>
+    public DellaOptions? Della { get; }
+
+    /// <summary>The breadcrumbs step (drop outliers and the smallest magnitudes), if any.</summary>
+    public BreadcrumbsOptions? Breadcrumbs { get; }
     public MergeOptions? Merge { get; }
 
     /// <summary>The task vectors a merged vector combines (empty for a single model).</summary>
@@ -92,7 +106,9 @@ public sealed class TaskVector
             if (!IsMerged)
             {
                 var steps = new List<string> { $"TaskVector({Input.Name} - {Base.Name})" };
-                if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={d.Rescale})");
+                if (Dare is { } d) steps.Add($"DareDrop(p={d.DropRate}, seed={d.Seed}, stream={d.Stream}, rescale={DareDropParameters.RescaleText(d.Rescale, d.Q)})");
+                if (Della is { } della) steps.Add(della.Step);
+                if (Breadcrumbs is { } breadcrumbs) steps.Add(breadcrumbs.Step);
                 return SummarisedList.Joined(steps);
             }
             return SummarisedList.Joined(Inputs.SelectMany(i => i.Steps).Append(Merge!.Method.Step(Merge)));
@@ -151,18 +167,41 @@ public sealed class TaskVector
     /// <summary>A new vector with DARE added (this one is unchanged).</summary>
     public TaskVector WithDare(DareOptions dare)
     {
+        CheckNoDropStep("DARE");
+        foreach (var rate in dare.DropRate.PossibleValues) DareMask.Threshold(rate);
+        DareDropParameters.CheckRescale(dare.Rescale, dare.Q);
+        return new TaskVector(Name, Base, _input, dare, null, Inputs);
+    }
+
+    /// <summary>A new vector with DELLA's MagPrune added (this one is unchanged).</summary>
+    public TaskVector WithDella(DellaOptions della)
+    {
+        CheckNoDropStep("DELLA");
+        della.Check();
+        return new TaskVector(Name, Base, _input, null, null, Inputs, della);
+    }
+
+    /// <summary>A new vector with Model Breadcrumbs' pruning added (this one is unchanged).</summary>
+    public TaskVector WithBreadcrumbs(BreadcrumbsOptions breadcrumbs)
+    {
+        CheckNoDropStep("breadcrumbs");
+        breadcrumbs.Check();
+        return new TaskVector(Name, Base, _input, null, null, Inputs, null, breadcrumbs);
+    }
+
+    private void CheckNoDropStep(string step)
+    {
         if (IsMerged)
         {
             throw new DareException(DareErrorId.TaskVectorInvalid, DareErrorKind.InvalidArgument,
-                $"'{Name}' is already merged; apply DARE to each task vector before merging them.");
+                $"'{Name}' is already merged; apply {step} to each task vector before merging them.");
         }
-        if (Dare is not null)
+        if (Dare is not null || Della is not null || Breadcrumbs is not null)
         {
+            var existing = Dare is not null ? $"a DARE step (p={Dare.DropRate})" : Della is not null ? $"a DELLA step (density={Della.Density})" : $"a breadcrumbs step (density={Breadcrumbs!.Density})";
             throw new DareException(DareErrorId.TaskVectorInvalid, DareErrorKind.InvalidArgument,
-                $"'{Name}' already has a DARE step (p={Dare.DropRate}); start again from the task vector without it.");
+                $"'{Name}' already has {existing}; start again from the task vector without it.");
         }
-        foreach (var rate in dare.DropRate.PossibleValues) DareMask.Threshold(rate);
-        return new TaskVector(Name, Base, _input, dare, null, Inputs);
     }
 
     /// <summary>A merged vector combining <paramref name="inputs"/> (all from the same base, none merged already).</summary>

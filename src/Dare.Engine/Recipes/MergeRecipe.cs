@@ -69,6 +69,9 @@ public sealed class RecipeParameters
 
     public DareRescale? Rescale => Value<DareRescale>("rescale");
 
+    /// <summary>Dare extension: DAREx-q's q with rescale: q.</summary>
+    public double? RescaleQ => Value<double>("rescale_q");
+
     /// <summary>Dare extension: sum (default) or count.</summary>
     public SignMethod? SignMethod => Value<SignMethod>("sign_method");
 

@@ -70,9 +70,10 @@ public static partial class RecipeParser
     {
         var text = RequireString(node, location, context);
         if (string.Equals(text, "l1", StringComparison.OrdinalIgnoreCase)) return DareRescale.L1;
+        if (string.Equals(text, "q", StringComparison.OrdinalIgnoreCase)) return DareRescale.Q;
         if (TryBool(text, out var on)) return on ? DareRescale.InverseKeep : DareRescale.None;
         throw Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, location,
-            $"'{text}' is not supported: use true (× 1/(1 − p), the DARE paper's rescale), l1 (keep the L1 norm, as current mergekit does) or false.");
+            $"'{text}' is not supported: use true (× 1/(1 − p), the DARE paper's rescale), l1 (keep the L1 norm, as current mergekit does), q (DAREx-q: × 1/q, with rescale_q) or false.");
     }
 
     private static SignMethod ParseSignMethod(YamlNode node, RecipeLocation location, Context context) =>

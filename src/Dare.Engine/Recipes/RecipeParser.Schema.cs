@@ -13,7 +13,7 @@ public static partial class RecipeParser
         "Accepted for mergekit compatibility and ignored.");
 
     // The classic keys in the order messages list them; keys of further methods follow by name.
-    private static readonly string[] KeyOrder = { "weight", "density", "drop_rate", "normalize", "lambda", "int8_mask", "rescale", "sign_method", "random_seed", "mask_stream" };
+    private static readonly string[] KeyOrder = { "weight", "density", "drop_rate", "normalize", "lambda", "int8_mask", "rescale", "rescale_q", "sign_method", "random_seed", "mask_stream" };
 
     /// <summary>Every parameter a recipe may give: those the methods and transforms declare (<see cref="MergeMethods"/>), and int8_mask.</summary>
     internal static IReadOnlyList<ParameterSpec> ParameterSpecs { get; } = MergeMethods.AllParameters.Append(Int8Mask)

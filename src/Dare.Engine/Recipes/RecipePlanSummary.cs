@@ -55,6 +55,16 @@ public sealed class RecipePlanSummary
                 }
             }
             if (inputs[i].Dare is { } dare) Count(name, DareDropParameters.DropRate.Label, dare.DropRate);
+            if (inputs[i].Della is { } della)
+            {
+                Count(name, "DELLA density", della.Density);
+                Count(name, "DELLA epsilon", della.Epsilon);
+            }
+            if (inputs[i].Breadcrumbs is { } breadcrumbs)
+            {
+                Count(name, "breadcrumbs density", breadcrumbs.Density);
+                Count(name, "breadcrumbs gamma", breadcrumbs.Gamma);
+            }
         }
         if (vector.Merge is { } merged)
         {

@@ -18,6 +18,15 @@ public static partial class RecipePlanner
             .Concat((recipe.Slices ?? Array.Empty<RecipeSlice>()).SelectMany(s => s.Sources).Select(source => source.Parameters)).Prepend(recipe.Parameters);
         foreach (var parameters in blocks)
         {
+            if (!ReferenceEquals(parameters, recipe.Parameters))
+            {
+                // A key another method takes per model (DELLA's epsilon) may still be merge-wide under this one (ram's).
+                foreach (var key in parameters.Locations.Keys.Where(k => SpecFor(form, k) is { Scope: ParameterScope.Merge }))
+                {
+                    mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.Locations[key],
+                        $"'{key}' applies to the whole merge with {method}; put it under the top-level 'parameters:', not under a model."));
+                }
+            }
             foreach (var (key, setting) in parameters.Settings)
             {
                 if (SpecFor(form, key) is { } spec) mistakes.Try(() => Check(setting, spec));
@@ -38,7 +47,12 @@ public static partial class RecipePlanner
                 mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
                     $"give density or drop_rate, not both: with {method}, drop_rate = 1 − density."));
             }
-            foreach (var key in parameters.Locations.Keys.Where(k => k != "int8_mask" && !form.Accepts(k)))
+            if (form.PrunesEachInput && parameters.DropRate is not null)
+            {
+                mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.DropRate.Location,
+                    $"{method} prunes with {(form.DensityIsDellaKeep ? "DELLA's MagPrune (density, epsilon)" : "Model Breadcrumbs (density, gamma)")}; drop_rate (DARE) does not combine with it."));
+            }
+            foreach (var key in parameters.Locations.Keys.Where(k => k != "int8_mask" && !form.Accepts(k) && !(k == "drop_rate" && form.PrunesEachInput)))
             {
                 warnings.Add($"{parameters.Locations[key]}: " + key switch
                 {
@@ -54,6 +68,9 @@ public static partial class RecipePlanner
     /// <summary>The declaration of <paramref name="key"/> under this recipe name (density is DARE's keep fraction under the dare_* names).</summary>
     private static ParameterSpec? SpecFor(RecipeForm form, string key) =>
         form.DensityIsDareKeep && key == "density" ? DareDropParameters.KeepFraction
+        : form.DensityIsDellaKeep && key == "density" ? DellaDropParameters.Density
+        : form.DensityIsDellaKeep && key == "epsilon" ? DellaDropParameters.Epsilon
+        : form.DensityIsBreadcrumbsKeep && key == "density" ? BreadcrumbsParameters.Density
         : form.Method.Parameters.FirstOrDefault(p => p.Key == key) ?? MergeMethods.AllParameters.FirstOrDefault(p => p.Key == key);
 
     private static void Check(RecipeSetting setting, ParameterSpec spec)
@@ -106,5 +123,27 @@ public static partial class RecipePlanner
                 $"{recipe.Method.Name} needs '{spec.Key}' under the top-level 'parameters:' ({spec.Description})"));
         }
         return settings;
+    }
+
+    /// <summary>
+    /// The model's drop step (DARE, DELLA or breadcrumbs) added to its task vector; an out-of-range combination
+    /// (density ± epsilon outside (0, 1), rescale: q without its q) is reported where the value is written.
+    /// </summary>
+    private static TaskVector WithDropStep(TaskVector vector, ResolvedModel resolved, RecipeForm form, MergeRecipe recipe, RecipeModelEntry entry)
+    {
+        // A method that takes no transforms (passthrough) gets no DARE step.
+        var dareStep = form.Method.TakesTransforms ? resolved.Dare : null;
+        if (dareStep is null && resolved.Della is null && resolved.Breadcrumbs is null) return vector;
+        try
+        {
+            return dareStep is { } dare ? vector.WithDare(dare)
+                : resolved.Della is { } della ? vector.WithDella(della) : vector.WithBreadcrumbs(resolved.Breadcrumbs!);
+        }
+        catch (DareException ex) when (ex.ErrorId == DareErrorId.InvalidParameter)
+        {
+            var where = new[] { entry.Parameters, recipe.Parameters }
+                .SelectMany(p => new[] { "epsilon", "density", "rescale_q", "rescale", "drop_rate" }.Where(p.Has).Select(k => p.Locations[k])).FirstOrDefault();
+            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, where ?? entry.Location, ex.Message);
+        }
     }
 }

@@ -25,6 +25,9 @@ public sealed class RecipePlanOptions
     public bool AllowNonFinite { get; init; }
     /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
     public bool SkipExisting { get; init; }
+
+    /// <summary>Write only this partition of the last (or only) recipe's output (see <see cref="Partitions.ExportPartition"/>).</summary>
+    public Partitions.ExportPartition? Partition { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -200,7 +203,7 @@ public static partial class RecipePlanner
             var vector = adapters[i] is { } adapter
                 ? FromAdapter(@base, adapter, entry)
                 : TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            if (resolved.Dare is { } dare && form.Method.TakesTransforms) vector = vector.WithDare(dare);
+            vector = WithDropStep(vector, resolved, form, recipe, entry);
             vectors.Add(vector);
             weights.Add(resolved.Weight);
             keepRatios.Add(resolved.KeepRatio);
@@ -210,7 +213,7 @@ public static partial class RecipePlanner
         var ties = form.Method == MergeMethod.Ties;
         if (form.Method == MergeMethod.Linear && !form.NeedsBase && !normalize) CheckUnnormalizedLinear(recipe, @base, weights);
         if (normalize && form.Accepts("normalize")) CheckWeightSums(recipe, @base, weights);
-        if (ties && !form.DensityIsDareKeep && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
+        if (ties && !form.DensityIsDareKeep && !form.PrunesEachInput && !models.Any(m => m.Entry.Parameters.DropRate is not null) && recipe.Parameters.DropRate is null &&
             (recipe.Parameters.Rescale ?? DareRescale.None) != DareRescale.None)
         {
             throw RecipeParser.Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, recipe.Parameters.Locations["rescale"],
@@ -247,6 +250,7 @@ public static partial class RecipePlanner
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+            Partition = isLast ? batchPlan.Options.Partition : null,
         };
         var readsOutputsOf = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference)
             .Where(r => r?.ProducedBy is not null).Select(r => r!.ProducedBy!.Value).Distinct().Order().ToList();
@@ -265,7 +269,11 @@ public static partial class RecipePlanner
         };
     }
 
-    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed);
+    private sealed record ResolvedModel(TensorParameter Weight, TensorParameter KeepRatio, DareOptions? Dare, bool UsesDefaultSeed)
+    {
+        public DellaOptions? Della { get; init; }
+        public BreadcrumbsOptions? Breadcrumbs { get; init; }
+    }
 
     /// <summary>One model's weight, keep ratio and DARE step: its own setting, else the global one, else the method default.</summary>
     private static ResolvedModel ResolveModelParameters(MergeRecipe recipe, RecipeModelEntry entry, int position, long defaultSeed, List<string> warnings)
@@ -289,7 +297,9 @@ public static partial class RecipePlanner
         // Ties: density is the magnitude keep ratio and drop_rate an extra DARE step before it. The dare methods:
         // density is DARE's keep fraction (drop rate = 1 − density) and drop_rate says the same directly.
         var dareMethod = recipe.Method.DensityIsDareKeep;
-        TensorParameter keepRatio = !dareMethod && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
+        var dellaMethod = recipe.Method.DensityIsDellaKeep;
+        var breadcrumbsMethod = recipe.Method.DensityIsBreadcrumbsKeep;
+        TensorParameter keepRatio = !dareMethod && !recipe.Method.PrunesEachInput && recipe.Method.Method.Parameters.Contains(TiesMethod.Density)
             ? Setting(own.Density, global.Density, (double)TiesMethod.Density.Default!) : 1.0;
         var ownDrop = own.DropRate ?? (dareMethod ? own.Density?.Map(Complement) : null);
         var globalDrop = global.DropRate ?? (dareMethod ? global.Density?.Map(Complement) : null);
@@ -297,21 +307,47 @@ public static partial class RecipePlanner
         if (dropRate is ConstantParameter { Value: 0 }) dropRate = null;
 
         DareOptions? dare = null;
+        DellaOptions? della = null;
+        BreadcrumbsOptions? breadcrumbs = null;
         var usesDefaultSeed = false;
-        if (dropRate is not null)
+        var rescale = own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep;
+        // q belongs to rescale: q; a q without it is refused when the step is added (TaskVector.WithDare, WithDella).
+        var q = own.RescaleQ ?? global.RescaleQ ?? 0;
+        if (dellaMethod)
+        {
+            // della, della_linear: density and epsilon are MagPrune's; density 1 keeps everything (mergekit returns δ as it is).
+            var density = Setting(own.Density, global.Density, (double)DellaDropParameters.Density.Default!);
+            if (density is not ConstantParameter { Value: >= 1 })
+            {
+                var seed = own.RandomSeed ?? recipe.RandomSeed;
+                usesDefaultSeed = seed is null;
+                della = new DellaOptions(density, Setting(own.Setting("epsilon"), global.Setting("epsilon"), (double)DellaDropParameters.Epsilon.Default!),
+                    seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
+            }
+        }
+        else if (breadcrumbsMethod)
+        {
+            // breadcrumbs, breadcrumbs_ties: density and gamma are the kept band's; density 1 keeps everything (mergekit returns δ as it is).
+            var density = Setting(own.Density, global.Density, (double)BreadcrumbsParameters.Density.Default!);
+            if (density is not ConstantParameter { Value: >= 1 })
+            {
+                breadcrumbs = new BreadcrumbsOptions(density, Setting(own.Setting("gamma"), global.Setting("gamma"), (double)BreadcrumbsParameters.Gamma.Default!));
+            }
+        }
+        else if (dropRate is not null)
         {
             var seed = own.RandomSeed ?? recipe.RandomSeed;
             usesDefaultSeed = seed is null;
-            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, own.Rescale ?? global.Rescale ?? DareRescale.InverseKeep);
+            dare = new DareOptions(dropRate, seed ?? defaultSeed, own.MaskStream ?? position, rescale) { Q = q };
         }
-        else
+        if (dare is null && della is null && !breadcrumbsMethod)
         {
-            foreach (var key in new[] { "rescale", "random_seed", "mask_stream" }.Where(own.Has))
+            foreach (var key in new[] { "rescale", "rescale_q", "random_seed", "mask_stream" }.Where(own.Has))
             {
-                warnings.Add($"{own.Locations[key]}: has no effect: this model has no DARE step (no drop_rate{(dareMethod ? " and density 1" : "")}).");
+                warnings.Add($"{own.Locations[key]}: has no effect: this model has no {(dellaMethod ? "DELLA step (density 1)" : $"DARE step (no drop_rate{(dareMethod ? " and density 1" : "")})")}.");
             }
         }
-        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed);
+        return new ResolvedModel(weight, keepRatio, dare, usesDefaultSeed) { Della = della, Breadcrumbs = breadcrumbs };
     }
 
     /// <summary>A model's setting; tensors its filters miss take the global setting, then the method default.</summary>

@@ -16,13 +16,22 @@ public static partial class RecipeWriter
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var merge = vector.Merge;
-        var dareInputs = inputs.Where(i => i.Dare is not null).ToList();
-        var sharedSeed = dareInputs.Select(i => i.Dare!.Seed).Distinct().Count() == 1 ? dareInputs[0].Dare!.Seed : (long?)null;
-        var sharedRescale = dareInputs.Select(i => i.Dare!.Rescale).Distinct().Count() == 1 ? dareInputs[0].Dare!.Rescale : (DareRescale?)null;
+        var drops = inputs.Select(DropStep.Of).ToList();
+        var dropInputs = drops.OfType<DropStep>().ToList();
+        var sharedSeed = dropInputs.Select(d => d.Seed).Distinct().Count() == 1 ? dropInputs[0].Seed : (long?)null;
+        var sharedRescale = dropInputs.Select(d => (d.Rescale, d.Q)).Distinct().Count() == 1 ? (dropInputs[0].Rescale, dropInputs[0].Q) : ((DareRescale, double)?)null;
 
-        // A single vector is written as task_arithmetic of one model at weight 1.
+        // A single vector is written as task_arithmetic of one model at weight 1; DELLA steps make the merge della or della_linear.
         var method = merge?.Method ?? MergeMethod.Linear;
-        var recipeName = merge is null ? "task_arithmetic" : method.RecipeName(merge);
+        var della = inputs.Any(i => i.Della is not null);
+        var breadcrumbs = inputs.Any(i => i.Breadcrumbs is not null);
+        if (della && breadcrumbs || (della || breadcrumbs) && inputs.Any(i => i.Dare is not null))
+        {
+            throw new DareException(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented,
+                "A recipe cannot express one merge of inputs pruned by different steps (DARE, DELLA, breadcrumbs); prune every input the same way.");
+        }
+        var recipeName = della ? PruneRecipeName("della", method, merge) : breadcrumbs ? PruneRecipeName("breadcrumbs", method, merge)
+            : merge is null ? "task_arithmetic" : method.RecipeName(merge);
         var form = MergeMethods.FindRecipeForm(recipeName)!;
         var recipe = new Dictionary<string, object?>
         {
@@ -44,12 +53,16 @@ public static partial class RecipeWriter
                 var value = merge is null ? (spec.Key == "weight" ? 1.0 : null) : method.ModelValue(merge, spec.Key, i);
                 if (value is not null) parameters[spec.Key] = Value(value);
             }
-            if (input.Dare is { } dare)
+            if (input.Dare is { } dare) parameters["drop_rate"] = Value(dare.DropRate);
+            if (della) parameters["density"] = input.Della is { } d ? Value(d.Density) : 1.0;
+            if (input.Della is { } dellaStep) parameters["epsilon"] = Value(dellaStep.Epsilon);
+            if (breadcrumbs) parameters["density"] = input.Breadcrumbs is { } crumbs ? Value(crumbs.Density) : 1.0;
+            if (input.Breadcrumbs is { } breadcrumbsStep) parameters["gamma"] = Value(breadcrumbsStep.Gamma);
+            if (drops[i] is { } drop)
             {
-                parameters["drop_rate"] = Value(dare.DropRate);
-                if (sharedSeed is null) parameters["random_seed"] = dare.Seed;
-                if (dare.Stream != i) parameters["mask_stream"] = dare.Stream;
-                if (sharedRescale is null) parameters["rescale"] = RescaleValue(dare.Rescale);
+                if (sharedSeed is null) parameters["random_seed"] = drop.Seed;
+                if (drop.Stream != i) parameters["mask_stream"] = drop.Stream;
+                if (sharedRescale is null) WriteRescale(parameters, drop.Rescale, drop.Q);
             }
             models.Add(ModelEntry(input, vector.Base, parameters));
         }
@@ -65,7 +78,7 @@ public static partial class RecipeWriter
         var global = new Dictionary<string, object?>();
         if (method.Parameters.Contains(CommonParameters.Normalize)) global["normalize"] = merge?.Normalize ?? false;
         if (form.HasLambda) global["lambda"] = merge?.Lambda ?? 1.0;
-        if (sharedRescale is { } rescale) global["rescale"] = RescaleValue(rescale);
+        if (sharedRescale is { } rescale) WriteRescale(global, rescale.Item1, rescale.Item2);
         foreach (var spec in method.Parameters.Where(p => p.Scope == ParameterScope.Merge && p.Key is not ("normalize" or "lambda")))
         {
             if (merge is not null && method.MergeValue(merge, spec.Key) is { } value) global[spec.Key] = value is TensorParameter t ? Value(t) : value;
@@ -100,12 +113,39 @@ public static partial class RecipeWriter
             : new() { ["model"] = $"{@base.Path}+{adapter.Path}", ["parameters"] = parameters };
     }
 
-    private static object RescaleValue(DareRescale rescale) => rescale switch
+    /// <summary>A model's drop step (DARE or DELLA) as the recipe records it: seed, stream and rescale.</summary>
+    private sealed record DropStep(long Seed, int Stream, DareRescale Rescale, double Q)
     {
-        DareRescale.InverseKeep => true,
-        DareRescale.L1 => "l1",
-        _ => false,
-    };
+        public static DropStep? Of(TaskVector input) =>
+            input.Dare is { } dare ? new DropStep(dare.Seed, dare.Stream, dare.Rescale, dare.Q)
+            : input.Della is { } della ? new DropStep(della.Seed, della.Stream, della.Rescale, della.Q) : null;
+    }
+
+    /// <summary>
+    /// della / breadcrumbs_ties for sign election without trim, della_linear / breadcrumbs for a weighted sum; anything
+    /// else has no recipe spelling.
+    /// </summary>
+    private static string PruneRecipeName(string family, MergeMethod method, MergeOptions? merge)
+    {
+        var (ties, linear) = family == "della" ? ("della", "della_linear") : ("breadcrumbs_ties", "breadcrumbs");
+        if (merge is null || method == MergeMethod.Linear) return linear;
+        if (method == MergeMethod.Ties && merge.KeepRatios!.All(k => k is ConstantParameter { Value: 1.0 })) return ties;
+        throw new DareException(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented,
+            $"A recipe cannot express {family} steps merged by {method.Name}{(method == MergeMethod.Ties ? " with a keep ratio below 1" : "")}: " +
+            $"recipes spell them as {ties} (sign election, keep ratio 1) or {linear}. Merge with Merge-Ties -KeepRatio 1 or Merge-Linear.");
+    }
+
+    private static void WriteRescale(Dictionary<string, object?> parameters, DareRescale rescale, double q)
+    {
+        parameters["rescale"] = rescale switch
+        {
+            DareRescale.InverseKeep => true,
+            DareRescale.L1 => "l1",
+            DareRescale.Q => "q",
+            _ => false,
+        };
+        if (rescale == DareRescale.Q) parameters["rescale_q"] = q;
+    }
 
     /// <summary>A constant as a number, rules as a list of {filter, value} (match: wildcard when so), a gradient as a list of numbers.</summary>
     private static object Value(TensorParameter parameter) => parameter switch

@@ -87,17 +87,17 @@ public sealed class CheckpointWriter : IDisposable
     private readonly bool _fillInPlace;
     private readonly string _temporary;
     private readonly CheckpointWriteOptions _options;
-    private readonly List<Shard> _shards;
+    private readonly IReadOnlyList<PlannedShard> _shards;
     private int _shardIndex = -1;
     private int _tensorIndex = -1;
     private long _tensorBytesLeft;
     private long _nonFiniteInTensor;
     private OutputFile? _file;
     private bool _committed;
+    // The shard files were written by partitions (see Partitions/) and are moved into the temporary folder before Commit.
+    private bool _shardsStaged;
 
-    private sealed record Shard(string FileName, List<PlannedTensor> Tensors);
-
-    private CheckpointWriter(string destination, (string Target, string TempParent, bool FillInPlace) location, string temporary, List<Shard> shards, CheckpointWriteOptions options)
+    private CheckpointWriter(string destination, (string Target, string TempParent, bool FillInPlace) location, string temporary, IReadOnlyList<PlannedShard> shards, CheckpointWriteOptions options)
     {
         _destination = destination;
         _target = location.Target;
@@ -126,7 +126,7 @@ public sealed class CheckpointWriter : IDisposable
         {
             throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidArgument, $"Tensor '{duplicate.Key}' is planned twice for '{destination}'.");
         }
-        var shards = PlanShards(tensors, options.MaxShardSize, options.SingleFileName);
+        var shards = ShardPlan.Of(tensors, options.MaxShardSize, options.SingleFileName);
         var location = OutputFolder.Locate(destination);
         var temporary = "";
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "create a temporary folder in", location.TempParent, () =>
@@ -144,27 +144,6 @@ public sealed class CheckpointWriter : IDisposable
     /// OutputNotReplaceable if it may not be replaced at all (see <see cref="OutputFolder.Check"/>).
     /// </summary>
     public static void CheckDestination(string destination, bool force) => OutputFolder.Check(destination, force);
-
-    private static List<Shard> PlanShards(IReadOnlyList<PlannedTensor> tensors, long maxShardSize, string singleFileName)
-    {
-        var groups = new List<List<PlannedTensor>> { new() };
-        long size = 0;
-        foreach (var tensor in tensors)
-        {
-            if (groups[^1].Count > 0 && size + tensor.ByteLength > maxShardSize)
-            {
-                groups.Add(new List<PlannedTensor>());
-                size = 0;
-            }
-            groups[^1].Add(tensor);
-            size += tensor.ByteLength;
-        }
-        if (groups.Count == 1)
-        {
-            return new List<Shard> { new(singleFileName, groups[0]) };
-        }
-        return groups.Select((g, i) => new Shard($"model-{i + 1:D5}-of-{groups.Count:D5}.safetensors", g)).ToList();
-    }
 
     /// <summary>Declares that the next bytes belong to <paramref name="name"/>, which must be the next planned tensor.</summary>
     public void BeginTensor(string name)
@@ -256,7 +235,7 @@ public sealed class CheckpointWriter : IDisposable
         Append(tensor);
     }
 
-    private void StartShard(Shard shard)
+    private void StartShard(PlannedShard shard)
     {
         var path = Path.Combine(_temporary, shard.FileName);
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "create", path, () => _file = OutputFile.Create(path, _options.DirectWrites));
@@ -316,12 +295,7 @@ public sealed class CheckpointWriter : IDisposable
     /// <summary>Completes the output: flushes, writes the index and side files, then moves the folder into place.</summary>
     public CheckpointWriteResult Commit()
     {
-        if (_tensorBytesLeft != 0 || _shardIndex != _shards.Count - 1 || _tensorIndex != _shards[^1].Tensors.Count - 1)
-        {
-            var planned = _shards.Sum(s => s.Tensors.Count);
-            throw new InvalidOperationException($"Cannot commit '{_destination}': not every planned tensor ({planned}) was written.");
-        }
-        FinishShard();
+        if (!_shardsStaged) FinishWriting();
         if (_shards.Count > 1) OutputFolder.Io(DareErrorId.OutputWriteFailed, "write the index in", _temporary, WriteIndex);
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "copy side files into", _temporary, CopySideFiles);
         foreach (var (name, content) in _options.ExtraFiles ?? new Dictionary<string, string>())
@@ -337,6 +311,44 @@ public sealed class CheckpointWriter : IDisposable
         var files = Directory.GetFiles(_destination).OrderBy(f => f, StringComparer.Ordinal).ToList();
         return new CheckpointWriteResult(_destination, files, _shards.Sum(s => s.Tensors.Count), _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)));
     }
+
+    private void FinishWriting()
+    {
+        if (_tensorBytesLeft != 0 || _shardIndex != _shards.Count - 1 || (_shards.Count > 0 && _tensorIndex != _shards[^1].Tensors.Count - 1))
+        {
+            var planned = _shards.Sum(s => s.Tensors.Count);
+            throw new InvalidOperationException($"Cannot commit '{_destination}': not every planned tensor ({planned}) was written.");
+        }
+        FinishShard();
+    }
+
+    /// <summary>
+    /// A writer of some shards only (one partition's), into the existing folder <paramref name="folder"/>: no index, side
+    /// files or move; <see cref="FinishShards"/> ends it. Disposing it unfinished deletes the folder.
+    /// </summary>
+    internal static CheckpointWriter ForShards(string folder, IReadOnlyList<PlannedShard> shards, CheckpointWriteOptions options) =>
+        new(folder, (folder, Path.GetDirectoryName(folder)!, false), folder, shards, options);
+
+    /// <summary>Flushes and closes the last shard of a <see cref="ForShards"/> writer once every tensor is written; the folder stays.</summary>
+    internal void FinishShards()
+    {
+        FinishWriting();
+        _committed = true;
+    }
+
+    /// <summary>
+    /// A writer whose shard files already exist (written by partitions): the caller moves them into
+    /// <see cref="TemporaryFolder"/>, then <see cref="Commit"/> writes the index and side files and publishes as usual.
+    /// </summary>
+    internal static CheckpointWriter ForStagedShards(string destination, IReadOnlyList<PlannedTensor> tensors, CheckpointWriteOptions options)
+    {
+        var writer = Create(destination, tensors, options);
+        writer._shardsStaged = true;
+        return writer;
+    }
+
+    /// <summary>The folder the output is assembled in before it is moved into place.</summary>
+    internal string TemporaryFolder => _temporary;
 
     private void WriteIndex()
     {

@@ -15,7 +15,12 @@ internal sealed unsafe class DareDrop
         var rate = options.DropRate.Resolve(position);
         Key = DareMask.Key(options.Seed, options.Stream, position.Name);
         Threshold = DareMask.Threshold(rate);
-        Scale = options.Rescale == DareRescale.InverseKeep ? (float)(1.0 / (1.0 - rate)) : 1f;
+        Scale = options.Rescale switch
+        {
+            DareRescale.InverseKeep => (float)(1.0 / (1.0 - rate)),
+            DareRescale.Q => (float)(1.0 / options.Q),
+            _ => 1f,
+        };
         if (options.Rescale == DareRescale.L1)
         {
             _before = new L1Accumulator();

@@ -118,7 +118,7 @@ public class RecipeParserTests
     [InlineData("merge_method: ties\nmodules: {}\nmodels: [a]", "modules", "line 2, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\ntokenizer: { source: union }", "tokenizer", "line 3, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\ntokenizer_source: union", "tokenizer_source", "line 3, column 19")]
-    [InlineData("merge_method: ties\nmodels: [a]\nparameters:\n  gamma: 0.01", "parameters.gamma", "line 4, column 3")]
+    [InlineData("merge_method: ties\nmodels: [a]\nparameters:\n  embed_slerp: true", "parameters.embed_slerp", "line 4, column 3")]
     [InlineData("merge_method: ties\nmodels: [a]\ndtype: float64", "dtype", "line 3, column 8")]
     [InlineData("merge_method: ties\nmodels: [a]\nparameters: { rescale: l2 }", "parameters.rescale", "line 3, column 24")]
     [InlineData("merge_method: ties\nmodels: [a]\nparameters: { normalize: [true, false] }", "parameters.normalize", "line 3, column 26")]

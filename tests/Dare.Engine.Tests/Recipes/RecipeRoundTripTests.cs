@@ -24,6 +24,9 @@ public class RecipeRoundTripTests : IClassFixture<RecipeModels>
         "linear, normalized with lambda",
         "gradient and wildcard weights",
         "mixed DARE and plain inputs",
+        "DARE with the DAREx-q rescale",
+        "DELLA then sign election (della), per-model epsilon",
+        "DELLA then a weighted sum (della_linear), l1 and q rescales",
     };
 
     private TaskVector Build(string name)
@@ -49,6 +52,14 @@ public class RecipeRoundTripTests : IClassFixture<RecipeModels>
                 new MergeOptions(MergeMethod.Linear, new TensorParameter[] { new GradientParameter(new[] { 0.0, 1.0 }), rules }, false)),
             "mixed DARE and plain inputs" => TaskVector.Combine(new[] { math.WithDare(new DareOptions(0.53, 7, 0)), code },
                 new MergeOptions(MergeMethod.Ties, new TensorParameter[] { 1, 1 }, true, 1.0, new TensorParameter[] { 0.2, 0.4 })),
+            "DARE with the DAREx-q rescale" => TaskVector.Combine(new[] { math.WithDare(new DareOptions(0.95, 7, 0, DareRescale.Q) { Q = 0.2 }), code.WithDare(new DareOptions(0.9, 7, 1)) },
+                new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1, 1 }, false)),
+            "DELLA then sign election (della), per-model epsilon" => TaskVector.Combine(
+                new[] { math.WithDella(new DellaOptions(0.4, 0.1, 42, 0)), code.WithDella(new DellaOptions(new GradientParameter(new[] { 0.3, 0.6 }), 0.2, 42, 1)) },
+                new MergeOptions(MergeMethod.Ties, new TensorParameter[] { 1, 0.5 }, true, 1.0, new TensorParameter[] { 1.0, 1.0 })),
+            "DELLA then a weighted sum (della_linear), l1 and q rescales" => TaskVector.Combine(
+                new[] { math.WithDella(new DellaOptions(0.5, 0.15, 3, 0, DareRescale.L1)), chat.WithDella(new DellaOptions(0.2, 0.1, 4, 1, DareRescale.Q) { Q = 0.3 }), code },
+                new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1, 1, 0.5 }, false, 0.8)),
             _ => throw new ArgumentException(name),
         };
     }
@@ -122,7 +133,8 @@ public class RecipeRoundTripTests : IClassFixture<RecipeModels>
         for (var i = 0; i < inputs.Count; i++)
         {
             lines.Add($"input {i}: {inputs[i].FineTuned!.Path}");
-            if (inputs[i].Dare is { } d) lines.Add($"  dare seed={d.Seed} stream={d.Stream} rescale={d.Rescale} p={Values(d.DropRate)}");
+            if (inputs[i].Dare is { } d) lines.Add($"  dare seed={d.Seed} stream={d.Stream} rescale={d.Rescale} q={d.Q:R} p={Values(d.DropRate)}");
+            if (inputs[i].Della is { } e) lines.Add($"  della seed={e.Seed} stream={e.Stream} rescale={e.Rescale} q={e.Q:R} density={Values(e.Density)} epsilon={Values(e.Epsilon)}");
             if (vector.Merge is { } m)
             {
                 lines.Add($"  weight={Values(m.Weights[i])}");

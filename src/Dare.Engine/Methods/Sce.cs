@@ -1,0 +1,196 @@
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// SCE (mergekit's sce; Wan et al. 2024, FuseChat): Select the select_topk fraction of positions (of those where the task
+/// vectors are not all equal) with the highest variance across the task vectors, Calculate each vector's weight as its
+/// mean δ² over the tensor (normalised to sum 1; uniform when that sum is below 1e-6), Erase the entries whose sign
+/// disagrees with the sign of Σ δᵢ, and take the weighted mean of the rest: Σ wᵢ·δᵢ / max(Σ wᵢ, 1e-6) over the agreeing.
+/// No weights, normalize or λ (as in mergekit).
+/// </summary>
+internal sealed class SceMethod : MergeMethod
+{
+    public static ParameterSpec SelectTopK { get; } = new("select_topk", ParameterKind.Number, ParameterScope.Merge,
+        "Fraction of the positions where the task vectors differ that are kept: those of highest variance across them; 1 keeps all.")
+    { CmdletName = "SelectTopK", VariesByTensor = true, Range = new NumberRange(0, true, 1, true), Default = 1.0 };
+
+    public override string Name => "sce";
+    public override string DisplayName => "Sce";
+    public override IReadOnlyList<ParameterSpec> Parameters { get; } = new[] { SelectTopK };
+
+    public override IReadOnlyList<RecipeForm> RecipeForms { get; } = new[]
+    {
+        new RecipeForm("sce", "Keep the highest-variance positions, weight each model by its mean δ², erase minority signs") { HasLambda = false },
+    };
+
+    internal override void Validate(MergeOptions options, int inputCount) =>
+        SelectTopK.Check(options.Setting(SelectTopK.Key) ?? throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, "sce needs select_topk (-SelectTopK)."), "SelectTopK");
+
+    internal override string Step(MergeOptions options) => $"MergeSce(select_topk={options.Setting(SelectTopK.Key)})";
+
+    internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) =>
+        new SceTensorMerge(options!.Setting(SelectTopK.Key)!.Resolve(setup.Position), setup);
+}
+
+/// <summary>
+/// SCE for one tensor, in passes over the chunks: (1) count the positions of non-zero variance, (2, 3) the exact
+/// threshold of the top-k variances (<see cref="MagnitudeSelection"/>'s coarse and fine histograms over the variances
+/// as float32), (4) each input's Σ δ² over the kept positions; then the combine. Equal variances at the threshold are
+/// kept in element order, so every pass and every chunking selects the same positions.
+/// </summary>
+internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup setup) : ITensorMerge
+{
+    private const float WeightFloor = 1e-6f;
+    private MagnitudeSelection? _selection;
+    private bool _keepNone;
+    private long _tiesLeft;
+    private double[] _weights = Array.Empty<double>();
+    private float[]? _variances;
+
+    public MagnitudeSelection? SampleWhileReading(int input) => null;
+    public IBFloat16SinglePass? SinglePass => null;
+
+    public void RunPasses(IChunkPasses passes)
+    {
+        var n = setup.ElementCount;
+        if (selectTopK <= 0) _keepNone = true;
+        else if (selectTopK < 1)
+        {
+            long nonZero = 0;
+            passes.ForEachChunk((_, deltas) =>
+            {
+                // The buffer is as long as the largest chunk; only this chunk's part counts.
+                var count = (int)deltas[0].shape[0];
+                nonZero += count - CountZeros(Variances(deltas), count);
+            });
+            // mergekit: k = int(count_nonzero(var) · select_topk); k = 0 keeps nothing.
+            var k = (long)Math.Floor(nonZero * selectTopK);
+            if (k == 0) _keepNone = true;
+            else
+            {
+                _selection = new MagnitudeSelection(k, n);
+                if (_selection.NeedsPasses)
+                {
+                    passes.ForEachChunk((_, deltas) => { fixed (float* v = Variances(deltas)) _selection.AddCoarse(v, deltas[0].shape[0]); });
+                    _selection.FinishCoarse();
+                    passes.ForEachChunk((_, deltas) => { fixed (float* v = Variances(deltas)) _selection.AddFine(v, deltas[0].shape[0]); });
+                    _selection.FinishFine();
+                }
+            }
+        }
+
+        // Each input's weight: the mean of its masked δ² over the tensor, normalised to sum 1.
+        var squares = new double[setup.Inputs.Count];
+        passes.ForEachChunk((first, deltas) =>
+        {
+            var keep = Mask(first, deltas);
+            for (var m = 0; m < deltas.Length; m++)
+            {
+                var d = TensorMemory.Floats(deltas[m]);
+                for (var j = 0; j < keep.Length; j++)
+                {
+                    if (keep[j]) squares[m] += (double)d[j] * d[j];
+                }
+            }
+        });
+        var means = squares.Select(s => n == 0 ? 0 : s / n).ToArray();
+        var total = means.Sum();
+        _weights = Math.Abs(total) < 1e-6 ? means.Select(_ => 1.0 / means.Length).ToArray() : means.Select(w => w / total).ToArray();
+    }
+
+    private static int CountZeros(float[] values, int count)
+    {
+        var zeros = 0;
+        for (var j = 0; j < count; j++)
+        {
+            if (values[j] == 0f) zeros++;
+        }
+        return zeros;
+    }
+
+    /// <summary>The kept positions of elements [first, first + count): the selection applied in element order.</summary>
+    private bool[] Mask(long first, Tensor[] deltas)
+    {
+        var count = deltas[0].shape[0];
+        var keep = new bool[count];
+        if (_keepNone) return keep;
+        if (_selection is null || !_selection.NeedsPasses)
+        {
+            Array.Fill(keep, _selection is not { KeepNone: true });
+            return keep;
+        }
+        if (first == 0) _tiesLeft = _selection.TiesToKeep;
+        var threshold = _selection.ThresholdBits;
+        var variances = Variances(deltas);
+        for (var j = 0; j < count; j++)
+        {
+            var bits = BitConverter.SingleToUInt32Bits(variances[j]);
+            keep[j] = bits > threshold || (bits == threshold && _tiesLeft-- > 0);
+        }
+        return keep;
+    }
+
+    /// <summary>The population variance across the inputs of each element of the chunk, in float32 (reused buffer).</summary>
+    private float[] Variances(Tensor[] deltas)
+    {
+        var count = (int)deltas[0].shape[0];
+        _variances ??= new float[setup.ChunkElements];
+        var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        var m = inputs.Length;
+        for (var j = 0; j < count; j++)
+        {
+            double sum = 0;
+            for (var i = 0; i < m; i++) sum += ((float*)inputs[i])[j];
+            var mean = sum / m;
+            double squares = 0;
+            for (var i = 0; i < m; i++)
+            {
+                var d = ((float*)inputs[i])[j] - mean;
+                squares += d * d;
+            }
+            _variances[j] = (float)(squares / m);
+        }
+        return _variances;
+    }
+
+    public void PrepareChunk(long first, Tensor[] deltas)
+    {
+        // The combine sees only the kept positions (the erase and the weights then ignore the others).
+        var keep = Mask(first, deltas);
+        foreach (var delta in deltas)
+        {
+            var d = TensorMemory.Floats(delta);
+            for (var j = 0; j < keep.Length; j++)
+            {
+                if (!keep[j]) d[j] = 0f;
+            }
+        }
+    }
+
+    public void Combine(Tensor[] deltas, CombineTarget target)
+    {
+        var count = deltas[0].shape[0];
+        var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        var weights = _weights;
+        Partition.Run(count, (_, start, end) =>
+        {
+            for (var j = start; j < end; j++)
+            {
+                double sum = 0;
+                for (var i = 0; i < inputs.Length; i++) sum += ((float*)inputs[i])[j];
+                var sign = sum >= 0 ? 1 : -1;
+                double merged = 0, weight = 0;
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    var d = ((float*)inputs[i])[j];
+                    // sign(δ) == majority: zeros never agree (mergekit compares sign() with ±1).
+                    if (Math.Sign(d) != sign) continue;
+                    merged += weights[i] * d;
+                    weight += weights[i];
+                }
+                target.Store((float)(merged / Math.Max(weight, WeightFloor)), j);
+            }
+        });
+    }
+}
