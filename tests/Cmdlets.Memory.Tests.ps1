@@ -18,6 +18,8 @@ BeforeAll {
         Get-TaskVector $base $tunes | Invoke-DareDrop 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5 | Export-Safetensors $output -Force | Out-Null
         Get-TaskVector $base $tunes | Invoke-DareDrop 0.5 -Seed 1 -Rescale L1 | Merge-Linear -Weight 2, 1 | Measure-TaskVector -PerTensor | Out-Null
         Get-TaskVector $base $tunes | Merge-Ties -KeepRatio 0.3 | Get-TaskVectorTensor model.embed_tokens.weight, model.norm.weight | Out-Null
+        Get-TaskVector $base $tunes[0] | Merge-Slerp 0.5 | Export-Safetensors $output -Force | Out-Null
+        Get-TaskVector $base $tunes | Merge-ModelStock -FilterWise | Measure-TaskVector -PerTensor | Out-Null
         $tensor = Get-TaskVector $base $tunes[0] | Get-TaskVectorTensor model.layers.0.mlp.up_proj.weight -AsTensor
         $tensor.Dispose()
         Get-TaskVector $base $tunes[0] | Get-TaskVectorTensor no.such.tensor -ErrorAction SilentlyContinue

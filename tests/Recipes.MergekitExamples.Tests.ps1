@@ -91,13 +91,19 @@ Describe 'mergekit example recipes' {
         $fromA | Should -BeGreaterThan $fromB
     }
 
-    It 'gradient-slerp.yml: slices of two sources plan as a slerp of two stacks (runs where slerp is registered)' {
-        if ([Dare.Engine.Merge.MergeMethods]::FindRecipeForm('slerp')) {
-            $result = Invoke-Example 'gradient-slerp'
-            (Get-Config $result.Path).num_hidden_layers | Should -Be 40
-        }
-        else {
-            { Invoke-Example 'gradient-slerp' } | Should -Throw -ErrorId 'RecipeUnsupported,*' -ExpectedMessage "*mergekit's 'slerp' is not supported*"
+    It 'gradient-slerp.yml: slerp of two 40-layer stacks, t from filtered gradients: t = 0 keeps orca, t = 1 takes Platypus' {
+        $result = Invoke-Example 'gradient-slerp'
+        (Get-Config $result.Path).num_hidden_layers | Should -Be 40
+        $orca = Join-Path $Folder 'models/orca_mini_v3_13b'; $platypus = Join-Path $Folder 'models/Platypus2-13B'
+        # Layer 0 sits at the gradients' start (self_attn 0, mlp 1), layer 39 at their end (self_attn 1, mlp 0).
+        foreach ($case in @(
+                @{ Tensor = 'model.layers.0.self_attn.q_proj.weight'; From = $orca }
+                @{ Tensor = 'model.layers.0.mlp.up_proj.weight'; From = $platypus }
+                @{ Tensor = 'model.layers.39.self_attn.o_proj.weight'; From = $platypus }
+                @{ Tensor = 'model.layers.39.mlp.down_proj.weight'; From = $orca })) {
+            $expected = [float[]] @((Read-TestTensor $case.From $case.Tensor) | ForEach-Object { [float][Half]$_ })
+            $actual = Read-TestTensor $result.Path $case.Tensor
+            ($actual -join ',') | Should -BeExactly ($expected -join ',') -Because $case.Tensor
         }
     }
 }

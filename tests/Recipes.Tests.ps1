@@ -329,8 +329,6 @@ Describe 'Invoke-DareMerge errors' {
     It 'stops with <ErrorId> (<Case>) before writing anything' -ForEach @(
         @{ Case = 'unknown key'; ErrorId = 'RecipeUnknownKey'; Category = 'InvalidData'; Message = "recipe.yml, line 5, column 19 \(models\[0\]\.parameters\.wieght\).*Did you mean 'weight'\?"
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { wieght: 1 }`n" }
-        @{ Case = 'slerp'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 1, column 15 \(merge_method\): mergekit's 'slerp' is not supported"
-            Yaml = "merge_method: slerp`nbase_model: ../models/base`nmodels: [../models/math]`n" }
         @{ Case = 'modules'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(modules\)"
             Yaml = "merge_method: ties`nmodules: {}`nmodels: [../models/math]`n" }
         @{ Case = 'tokenizer_source union'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "\(tokenizer_source\)"

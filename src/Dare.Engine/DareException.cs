@@ -43,6 +43,7 @@ public enum DareErrorId
     NonFiniteValues,
     MergeStepMissing,
     SeveralInputsOneFolder,
+    SphericalMeanUndefined,
     LayerRangeInvalid,
     PartitionPlanMismatch,
     PartitionIncomplete,

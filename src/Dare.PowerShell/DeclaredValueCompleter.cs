@@ -26,7 +26,7 @@ public sealed class DeclaredValueCompleter : IArgumentCompleter
         var range = spec.Range is { } r ? $" ({r.Rule(spec.CmdletName ?? spec.Key)})" : "";
         var candidates = new List<(double Value, string Why)>();
         if (spec.CmdletDefault is double cmdlet) candidates.Add((cmdlet, "this cmdlet's default"));
-        if (spec.Default is double recipe) candidates.Add((recipe, $"mergekit's default for {spec.Key}"));
+        if (spec.Default is double or long) candidates.Add((Convert.ToDouble(spec.Default, CultureInfo.InvariantCulture), $"mergekit's default for {spec.Key}"));
         if (spec.Range is { MinInclusive: true } low && double.IsFinite(low.Min)) candidates.Add((low.Min, "the smallest allowed"));
         if (spec.Range is { MaxInclusive: true } high && double.IsFinite(high.Max)) candidates.Add((high.Max, "the largest allowed"));
         foreach (var group in candidates.GroupBy(c => c.Value))

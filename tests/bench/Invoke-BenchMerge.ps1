@@ -11,7 +11,7 @@ itself (VmHWM and CPU time from /proc/self, the export's own elapsed time, and t
 so the parent has a fallback when /usr/bin/time is missing.
 #>
 param(
-    [Parameter(Mandatory)] [ValidateSet('startup', 'dare-linear', 'ties', 'dare-ties', 'della')] [string] $Method,
+    [Parameter(Mandatory)] [ValidateSet('startup', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock')] [string] $Method,
     [Parameter(Mandatory)] [string] $Data,
     [Parameter(Mandatory)] [string] $Output,
     [Parameter(Mandatory)] [string] $Module
@@ -34,6 +34,8 @@ else {
         'ties' { $vectors | Merge-Ties -KeepRatio 0.2 }
         'dare-ties' { $vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5 }
         'della' { $vectors | Invoke-DellaDrop -Density 0.3 -Epsilon 0.1 -Seed 42 | Merge-Ties -KeepRatio 1 }
+        'slerp' { $vectors | Select-Object -First 1 | Merge-Slerp -T 0.5 }
+        'model-stock' { $vectors | Merge-ModelStock }
     }
     $profiling = $env:DARE_PROFILE -in '1', 'true'
     if ($profiling) {

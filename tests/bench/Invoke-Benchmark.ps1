@@ -5,7 +5,7 @@ Speed and memory benchmark of Dare's merges against the copy floor (run by hand:
 
 .DESCRIPTION
 For each size it generates (once; cached under tests/bench/data/<size>/) a Llama-shaped bfloat16 base, sharded,
-and three fine-tunes of it, then measures DARE-linear, TIES, DARE-TIES and DELLA (della: MagPrune, then TIES sign election), each as a separate pwsh process
+and three fine-tunes of it, then measures DARE-linear, TIES, DARE-TIES, DELLA (della: MagPrune, then TIES sign election), SLERP (base and ft1 only) and Model Stock, each as a separate pwsh process
 (start-up, module import and libtorch initialisation included) that exports bfloat16 to tests/bench/runs/.
 It reports wall time, CPU time (user + sys), peak RSS and throughput (input bytes / wall time) next to the copy
 floor (cat of all inputs to /dev/null + cp of one model, warm page cache), checks the targets, prints a
@@ -24,8 +24,8 @@ Keep the merged models in tests/bench/runs/<size>-<method> (normally each is del
 param(
     # small, large or both; also as one comma-separated string (pwsh -File passes arrays that way).
     [string[]] $Size = @('small', 'large'),
-    # dare-linear, ties, dare-ties, della (any subset, comma-separated allowed).
-    [string[]] $Method = @('dare-linear', 'ties', 'dare-ties', 'della'),
+    # dare-linear, ties, dare-ties, della, slerp, model-stock (any subset, comma-separated allowed).
+    [string[]] $Method = @('dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock'),
     # Measure each method this many times and report the median (peak RSS: the maximum over the runs).
     [ValidateRange(1, 20)] [int] $Repeat = 3,
     # Before each measurement wait (up to -QuietTimeout seconds) until other processes use less than this share of
@@ -49,13 +49,13 @@ function Split-Choice([string[]] $Values, [string[]] $Allowed, [string] $Name) {
     return @($Allowed | Where-Object { $_ -in $chosen })
 }
 $Size = Split-Choice $Size @('small', 'large') 'Size'
-$Method = Split-Choice $Method @('dare-linear', 'ties', 'dare-ties', 'della') 'Method'
+$Method = Split-Choice $Method @('dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock') 'Method'
 $module = Join-Path $root 'out/Dare/Dare.psd1'
 $dataRoot = Join-Path $PSScriptRoot 'data'
 $runsRoot = Join-Path $PSScriptRoot 'runs'
 if (-not (Test-Path $module)) { throw "The module is not built: $module is missing. Run ./build.ps1 Build (or ./build.ps1 Bench)." }
 if (-not $OutFile) {
-    $complete = @($Size | Select-Object -Unique).Count -eq 2 -and @($Method | Select-Object -Unique).Count -eq 4
+    $complete = @($Size | Select-Object -Unique).Count -eq 2 -and @($Method | Select-Object -Unique).Count -eq 6
     $OutFile = if ($complete) { Join-Path $PSScriptRoot 'results.md' } else { Join-Path $runsRoot 'results-partial.md' }
 }
 
@@ -64,13 +64,16 @@ $Sizes = [ordered]@{
     small = [ordered]@{ HiddenSize = 1024; Layers = 8; VocabSize = 32000; BaseShardSize = '128MB' }
     large = [ordered]@{ HiddenSize = 2048; Layers = 16; VocabSize = 32000; BaseShardSize = '1GB' }
 }
-# della ranks every row (a sort per row) and reads δ unfused, so its target is looser.
-$Targets = @{ 'dare-linear' = 5.0; 'ties' = 8.0; 'dare-ties' = 8.0; 'della' = 12.0 }
+# della ranks every row (a sort per row) and reads δ unfused, so its target is looser; slerp and model-stock take one
+# extra pass over each tensor (norms and dot products) before writing it.
+$Targets = @{ 'dare-linear' = 5.0; 'ties' = 8.0; 'dare-ties' = 8.0; 'della' = 12.0; 'slerp' = 8.0; 'model-stock' = 8.0 }
 $Pipelines = [ordered]@{
     'dare-linear' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear'
     'ties' = 'Merge-Ties -KeepRatio 0.2'
     'dare-ties' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5'
     'della' = 'Invoke-DellaDrop -Density 0.3 -Epsilon 0.1 -Seed 42 | Merge-Ties -KeepRatio 1'
+    'slerp' = 'Select-Object -First 1 | Merge-Slerp -T 0.5'
+    'model-stock' = 'Merge-ModelStock'
 }
 $RssLimitBytes = 1.5e9
 $RssGrowthLimit = 1.2

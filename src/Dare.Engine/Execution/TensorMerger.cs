@@ -43,7 +43,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
             BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
-        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]) });
+        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile)
+            { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]), Shape = baseInfo.Shape });
 
         if (singlePassRoutes && sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass
             && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused))
@@ -69,7 +70,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 if (rescale != 1.0) { using (PhaseProfile.Time(chunks.Profile, Phase.Mask)) deltas[i].mul_(rescale); }
             }
             var target = sink.TargetFor(baseChunk, deltas[0]);
-            using (PhaseProfile.Time(chunks.Profile, Phase.Combine)) merge.Combine(deltas, target);
+            using (PhaseProfile.Time(chunks.Profile, Phase.Combine)) merge.Combine(first, baseChunk, deltas, target);
             sink.Accept(first, baseChunk, deltas[0]);
         });
         return Counts(inputs, leaves, n);

@@ -9,6 +9,10 @@ internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCou
 
     /// <summary>Elements per row (the last dimension; the whole tensor for a vector), for methods that work row by row.</summary>
     public long RowLength { get; init; } = Math.Max(1, ElementCount);
+
+    /// <summary>The tensor's shape (row-wise methods take rows of its last dimension); [ElementCount] when not given.</summary>
+    public IReadOnlyList<long> Shape { get => _shape ?? new[] { ElementCount }; init => _shape = value; }
+    private readonly IReadOnlyList<long>? _shape;
 }
 
 /// <summary>Runs passes over a tensor's chunks for a method: each call sees every chunk's δs (one per input) in element order.</summary>
@@ -39,8 +43,15 @@ internal interface ITensorMerge
     /// <summary>Combines the chunk's δs into the merged δ at <paramref name="target"/>.</summary>
     void Combine(Tensor[] deltas, CombineTarget target);
 
-    /// <summary>Whether the method's passes read the base's values (arcee_fusion's softmax), so the base chunk must be float32.</summary>
+    /// <summary>
+    /// Whether the method reads the base's values, not only the δs (arcee_fusion's softmax in its passes; the spherical
+    /// methods interpolate whole weights): the base chunk is then float32 in the passes and in
+    /// <see cref="Combine(long, Tensor, Tensor[], CombineTarget)"/>.
+    /// </summary>
     bool NeedsBaseValues => false;
+
+    /// <summary>The combine of the chunk at element <paramref name="first"/>, with the base chunk; by default <see cref="Combine(Tensor[], CombineTarget)"/>.</summary>
+    void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target) => Combine(deltas, target);
 
     /// <summary>The whole merge of a chunk from bfloat16 inputs in one fused pass, if the method offers one.</summary>
     IBFloat16SinglePass? SinglePass { get; }

@@ -26,6 +26,15 @@ public sealed record RecipeForm(string Name, string Summary)
     /// <summary>Whether the form gives each input its own pruning step (DELLA or breadcrumbs), so DARE's drop_rate has no place.</summary>
     public bool PrunesEachInput => DensityIsDellaKeep || DensityIsBreadcrumbsKeep;
 
+    /// <summary>
+    /// Whether base_model is optional and changes what is merged (nuslerp, multislerp): with one, the other models'
+    /// task vectors; without one, the models' whole weights (the first model anchors the δs).
+    /// </summary>
+    public bool BaseIsOptional { get; init; }
+
+    /// <summary>Whether a base_model that the models do not list joins them as one more model (mergekit's karcher).</summary>
+    public bool BaseJoinsModels { get; init; }
+
     /// <summary>Whether λ applies (mergekit's linear has none).</summary>
     public bool HasLambda { get; init; } = true;
 
@@ -95,7 +104,12 @@ public abstract class MergeMethod
         "normalize" => options.Normalize,
         "lambda" => options.Lambda,
         "sign_method" => options.SignMethod.ToString().ToLowerInvariant(),
-        _ => options.Setting(key),
+        _ => Parameters.FirstOrDefault(p => p.Key == key) switch
+        {
+            { Kind: ParameterKind.Boolean } spec => options.Flag(spec),
+            { Kind: ParameterKind.Integer } when options.Setting(key) is { } value => (long)value.PossibleValues.First(),
+            _ => options.Setting(key),
+        },
     };
 
     public override string ToString() => Name;

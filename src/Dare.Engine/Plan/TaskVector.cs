@@ -39,6 +39,15 @@ public sealed record MergeOptions(
 
     /// <summary>The merge-wide parameter <paramref name="key"/>, or null.</summary>
     public TensorParameter? Setting(string key) => Settings.TryGetValue(key, out var value) ? value : null;
+
+    /// <summary>A boolean setting (stored as 1 or 0), else its declared default.</summary>
+    public bool Flag(ParameterSpec spec) => Setting(spec.Key) is { } value ? value.PossibleValues.First() != 0 : spec.Default is true;
+
+    /// <summary>
+    /// Whether a spherical method reads the inputs' whole weights (base + δᵢ) rather than their task vectors: mergekit's
+    /// nuslerp and multislerp without a base_model. The base then only anchors the δs.
+    /// </summary>
+    public bool WholeWeights { get; init; }
 }
 
 /// <summary>

@@ -33,7 +33,7 @@ public static partial class RecipePlanner
             }
             foreach (var (key, value) in parameters.Values)
             {
-                if (value is double number && SpecFor(form, key)?.Problem(number) is { } problem)
+                if (value is double or long && SpecFor(form, key)?.Problem(Convert.ToDouble(value, System.Globalization.CultureInfo.InvariantCulture)) is { } problem)
                 {
                     mistakes.Add(RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, parameters.Locations[key], problem + "."));
                 }
@@ -113,6 +113,12 @@ public static partial class RecipePlanner
     private static IReadOnlyDictionary<string, TensorParameter> MethodSettings(MergeRecipe recipe)
     {
         var settings = new Dictionary<string, TensorParameter>();
+        foreach (var spec in recipe.Method.Method.Parameters.Where(p => p is { Scope: ParameterScope.Merge, Kind: ParameterKind.Boolean or ParameterKind.Integer } && p.Key != "normalize"))
+        {
+            // Flags and counts are single values, kept as 1/0 or the count (the method reads them with Flag or Resolve).
+            object? given = recipe.Parameters.Values.GetValueOrDefault(spec.Key) ?? spec.Default;
+            if (given is not null) settings[spec.Key] = new ConstantParameter(given is bool on ? (on ? 1 : 0) : Convert.ToDouble(given, System.Globalization.CultureInfo.InvariantCulture));
+        }
         foreach (var spec in recipe.Method.Method.Parameters.Where(p => p is { Scope: ParameterScope.Merge, Kind: ParameterKind.Number } && p.Key != "lambda"))
         {
             TensorParameter? value = spec.VariesByTensor

@@ -178,9 +178,16 @@ public static partial class RecipePlanner
             baseFullPath = baseReference?.FullPath ?? modelReferences[0].Reference.FullPath;
             @base = Open(baseReference ?? modelReferences[0].Reference);
             // The base listed among the models has no task vector (mergekit skips it), except in linear, where its weight counts.
-            var inputs = !form.NeedsBase
+            // nuslerp and multislerp: with a base, task vectors of the others; without, whole weights anchored at the first model.
+            var taskVectors = form.NeedsBase || (form.BaseIsOptional && baseReference is not null);
+            var inputs = !taskVectors
                 ? modelReferences
                 : modelReferences.Where(m => m.Entry.Lora is not null || !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+            // karcher: mergekit adds a base_model the models do not list as one more model.
+            if (form.BaseJoinsModels && baseReference is not null && !modelReferences.Any(m => PathComparer.Equals(m.Reference.FullPath, baseFullPath)))
+            {
+                inputs = inputs.Append((Entry: new RecipeModelEntry { Model = recipe.BaseModel!, Location = recipe.BaseModelLocation! }, Reference: baseReference)).ToList();
+            }
             if (inputs.Count == 0)
             {
                 throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, recipe.Models[0].Location,
@@ -234,7 +241,8 @@ public static partial class RecipePlanner
         else
         {
             var options = new MergeOptions(form.Method, weights, normalize, lambda,
-                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum) { Settings = MethodSettings(recipe) };
+                ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum)
+            { Settings = MethodSettings(recipe), WholeWeights = form.BaseJoinsModels || (form.BaseIsOptional && baseReference is null) };
             merged = TaskVector.Combine(vectors, options, recipe.Name);
         }
 

@@ -33,11 +33,9 @@ public static partial class RecipeWriter
         var recipeName = della ? PruneRecipeName("della", method, merge) : breadcrumbs ? PruneRecipeName("breadcrumbs", method, merge)
             : merge is null ? "task_arithmetic" : method.RecipeName(merge);
         var form = MergeMethods.FindRecipeForm(recipeName)!;
-        var recipe = new Dictionary<string, object?>
-        {
-            ["merge_method"] = recipeName,
-            ["base_model"] = vector.Base.Path,
-        };
+        var recipe = new Dictionary<string, object?> { ["merge_method"] = recipeName };
+        // Whole-weight nuslerp/multislerp have no base_model: the first model anchors the δs, as the planner takes it.
+        if (!(form.BaseIsOptional && merge is { WholeWeights: true })) recipe["base_model"] = vector.Base.Path;
         var models = new List<object>();
         if (method is PassthroughMethod)
         {

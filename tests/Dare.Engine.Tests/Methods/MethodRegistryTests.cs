@@ -17,13 +17,15 @@ public sealed class MethodRegistryTests : IDisposable
     {
         var names = MergeMethods.All.SelectMany(m => m.RecipeForms).Select(f => f.Name).ToList();
         Assert.Equal(names.Count, names.Distinct().Count());
-        Assert.Equal(new[] { "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "arcee_fusion", "nearswap", "passthrough", "ram", "ramplus_tl", "sce" }, MergeMethods.RecipeForms.Select(f => f.Name));
+        Assert.Equal(new[] { "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "arcee_fusion", "karcher", "model_stock", "multislerp", "nearswap", "nuslerp", "passthrough", "ram", "ramplus_tl", "sce", "slerp" }, MergeMethods.RecipeForms.Select(f => f.Name));
         foreach (var name in names)
         {
             var recipe = RecipeParser.ParseText($"merge_method: {name}\nbase_model: b\nmodels: [a]\n", "/tmp").Recipes[0];
             Assert.Same(MergeMethods.FindRecipeForm(name), recipe.Method);
         }
         Assert.DoesNotContain("nearswap", RecipeParser.UnsupportedMethods);
+        // Every method mergekit 0.1.4 registers (and ram, added after it) is a recipe name now.
+        Assert.Empty(RecipeParser.UnsupportedMethods);
     }
 
     [Fact]

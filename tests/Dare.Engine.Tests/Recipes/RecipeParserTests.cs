@@ -114,7 +114,6 @@ public class RecipeParserTests
     }
 
     [Theory]
-    [InlineData("merge_method: slerp\nmodels: [a]", "merge_method", "line 1, column 15")]
     [InlineData("merge_method: ties\nmodules: {}\nmodels: [a]", "modules", "line 2, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\ntokenizer: { source: union }", "tokenizer", "line 3, column 1")]
     [InlineData("merge_method: ties\nmodels: [a]\ntokenizer_source: union", "tokenizer_source", "line 3, column 19")]

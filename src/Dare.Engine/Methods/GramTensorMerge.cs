@@ -1,0 +1,165 @@
+using System.Runtime.Intrinsics;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>What a vector of a spherical method is, per element: the base b, input i's δ, or input i's whole weight b + δ.</summary>
+internal enum VectorKind { Base, Delta, Model }
+
+/// <summary>One vector a method measures (norms and dot products) and combines.</summary>
+internal readonly record struct VectorSource(VectorKind Kind, int Input = 0)
+{
+    public static VectorSource Base => new(VectorKind.Base);
+    public static VectorSource Delta(int input) => new(VectorKind.Delta, input);
+    public static VectorSource Model(int input) => new(VectorKind.Model, input);
+
+    /// <summary>Task vectors with a base (δᵢ), else whole weights (b + δᵢ): mergekit's "base_model given or not".</summary>
+    public static VectorSource[] Inputs(int count, bool wholeWeights) =>
+        Enumerable.Range(0, count).Select(i => wholeWeights ? Model(i) : Delta(i)).ToArray();
+}
+
+/// <summary>Which elements form one vector: the whole tensor, each row of the last dimension, or each column along the first.</summary>
+internal enum VectorLayout { Whole, LastDimension, FirstDimension }
+
+/// <summary>
+/// The merge of methods that interpolate whole tensors (or rows) on a sphere: SLERP, NuSLERP, Multi-SLERP, Karcher,
+/// Model Stock. Each needs only the vectors' Gram matrix (norms and dot products), which one extra pass over the
+/// chunks accumulates in double; the method turns it into one coefficient per vector (per row), and the combine then
+/// writes Σ cₖ·vₖ chunk by chunk. Memory is the Gram matrix and coefficients per row, never the tensor.
+/// </summary>
+internal abstract class GramTensorMerge : ITensorMerge
+{
+    private readonly TensorMergeSetup _setup;
+    private readonly VectorSource[] _vectors;
+    private readonly long _rows;
+    private readonly long _rowLength;
+    private readonly VectorLayout _layout;
+    private double[] _gram = Array.Empty<double>();
+    private float[] _baseCoefficient = Array.Empty<float>();
+    private float[] _deltaCoefficients = Array.Empty<float>();
+
+    protected GramTensorMerge(TensorMergeSetup setup, VectorSource[] vectors, VectorLayout layout)
+    {
+        _setup = setup;
+        _vectors = vectors;
+        var n = setup.ElementCount;
+        var shape = setup.Shape.Count == 0 ? new[] { n } : setup.Shape;
+        // A 1-D tensor is one vector in every layout (mergekit's row of a bias, its transpose a no-op).
+        _layout = shape.Count < 2 ? VectorLayout.Whole : layout;
+        (_rows, _rowLength) = _layout switch
+        {
+            VectorLayout.LastDimension => (n / Math.Max(1, shape[^1]), shape[^1]),
+            VectorLayout.FirstDimension => (n / Math.Max(1, shape[0]), shape[0]),
+            _ => (1L, n),
+        };
+    }
+
+    protected TensorMergeSetup Setup => _setup;
+
+    /// <summary>The coefficient of each vector for one row, from its Gram matrix (gram[k, l] = vₖ·vₗ).</summary>
+    protected abstract double[] Coefficients(double[,] gram);
+
+    public bool NeedsBaseValues => true;
+    public MagnitudeSelection? SampleWhileReading(int input) => null;
+    public void PrepareChunk(long first, Tensor[] deltas) { }
+    public IBFloat16SinglePass? SinglePass => null;
+    public void Combine(Tensor[] deltas, CombineTarget target) => throw new InvalidOperationException("A spherical merge combines with the base chunk.");
+
+    private int Pairs => _vectors.Length * (_vectors.Length + 1) / 2;
+
+    /// <summary>The row of element <paramref name="index"/> of the tensor.</summary>
+    private long RowOf(long index) => _layout switch
+    {
+        VectorLayout.LastDimension => index / _rowLength,
+        VectorLayout.FirstDimension => index % _rows,
+        _ => 0,
+    };
+
+    public void RunPasses(IChunkPasses passes)
+    {
+        var pairs = Pairs;
+        _gram = new double[_rows * pairs];
+        passes.ForEachChunk((first, baseChunk, deltas) =>
+        {
+            using (PhaseProfile.Time(_setup.Profile, Phase.Select)) Accumulate(first, baseChunk, deltas);
+        });
+        var inputs = _setup.Inputs.Count;
+        _baseCoefficient = new float[_rows];
+        _deltaCoefficients = new float[_rows * inputs];
+        var gram = new double[_vectors.Length, _vectors.Length];
+        for (long row = 0; row < _rows; row++)
+        {
+            var p = row * pairs;
+            for (var k = 0; k < _vectors.Length; k++)
+            {
+                for (var l = k; l < _vectors.Length; l++) gram[k, l] = gram[l, k] = _gram[p++];
+            }
+            var c = Coefficients(gram);
+            // Σ cₖ·vₖ as a·b + Σ dᵢ·δᵢ, less b where the vectors are whole weights (the target adds b back).
+            double onBase = _vectors.Any(v => v.Kind != VectorKind.Delta) ? -1 : 0;
+            var onDelta = new double[inputs];
+            for (var k = 0; k < _vectors.Length; k++)
+            {
+                if (_vectors[k].Kind != VectorKind.Delta) onBase += c[k];
+                if (_vectors[k].Kind != VectorKind.Base) onDelta[_vectors[k].Input] += c[k];
+            }
+            _baseCoefficient[row] = (float)onBase;
+            for (var i = 0; i < inputs; i++) _deltaCoefficients[row * inputs + i] = (float)onDelta[i];
+        }
+        _gram = Array.Empty<double>();
+    }
+
+    private unsafe void Accumulate(long first, Tensor baseChunk, Tensor[] deltas)
+    {
+        var vectors = new GramKernels.Vectors(TensorMemory.Floats(baseChunk),
+            _vectors.Select(v => v.Kind == VectorKind.Base ? IntPtr.Zero : (IntPtr)TensorMemory.Floats(deltas[v.Input])).ToArray(),
+            _vectors.Select(v => v.Kind != VectorKind.Delta).ToArray());
+        GramKernels.Accumulate(vectors, first, baseChunk.shape[0], _layout != VectorLayout.FirstDimension, _rowLength, _rows, _gram);
+    }
+
+    public unsafe void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target)
+    {
+        var count = baseChunk.shape[0];
+        var basePointer = TensorMemory.Floats(baseChunk);
+        var deltaPointers = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        Partition.Run(count, (_, start, end) =>
+        {
+            if (_layout == VectorLayout.FirstDimension)
+            {
+                for (var j = start; j < end; j++) Store(RowOf(first + j), j, j + 1);
+                return;
+            }
+            // Runs of one row share their coefficients.
+            for (var j = start; j < end;)
+            {
+                var row = RowOf(first + j);
+                var runEnd = _layout == VectorLayout.Whole ? end : Math.Min(end, (row + 1) * _rowLength - first);
+                Store(row, j, runEnd);
+                j = runEnd;
+            }
+        });
+
+        // a·b + Σ dᵢ·δᵢ for elements [start, end) of one row, 8 at a time, then the tail.
+        void Store(long row, long start, long end)
+        {
+            var inputs = deltaPointers.Length;
+            var a = _baseCoefficient[row];
+            var j = start;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                for (; j <= end - 8; j += 8)
+                {
+                    var merged = a * Vector256.Load(basePointer + j);
+                    for (var i = 0; i < inputs; i++) merged += _deltaCoefficients[row * inputs + i] * Vector256.Load((float*)deltaPointers[i] + j);
+                    target.Store(merged, j);
+                }
+            }
+            for (; j < end; j++)
+            {
+                var merged = a * basePointer[j];
+                for (var i = 0; i < inputs; i++) merged += _deltaCoefficients[row * inputs + i] * ((float*)deltaPointers[i])[j];
+                target.Store(merged, j);
+            }
+        }
+    }
+}
