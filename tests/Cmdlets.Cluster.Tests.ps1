@@ -109,7 +109,10 @@ Describe 'Export-Safetensors -Partition and Complete-DareExport' {
         $out | Should -Not -Exist
         $result = Complete-DareExport -Path $out
         $result.Path | Should -Be $out
-        $result.Files | Should -Be @(Get-ChildItem $out -File | Sort-Object Name -CaseSensitive | ForEach-Object FullName)
+        # Ordinal order, as the export lists its files (README.md, the model card, sorts before config.json).
+        [string[]] $onDisk = @(Get-ChildItem $out -File | ForEach-Object FullName)
+        [Array]::Sort($onDisk, [StringComparer]::Ordinal)
+        $result.Files | Should -Be $onDisk
         Get-Tree $out | Should -Be (Get-Tree $SinglePlan)
         $staging | Should -Not -Exist
 

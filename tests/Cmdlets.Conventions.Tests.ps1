@@ -136,7 +136,7 @@ Describe 'Format views' {
     It 'shows an ExportResult as Path, Files, Tensors, Size, Elapsed and MB/s' {
         $table = Get-Table $views.ExportResult
         $table.Header | Should -Be @('Path', 'Files', 'Tensors', 'Size', 'Elapsed', 'MB/s')
-        $table.Row | Should -Match '\s+6\s+21\s+246 KB\s+\d+\.\d\d s\s+\d+$'
+        $table.Row | Should -Match '\s+8\s+21\s+246 KB\s+\d+\.\d\d s\s+\d+$'
     }
 
     It 'shows a TaskVectorTensorSummary as a table with the tensor''s range and zero fraction' {

@@ -28,7 +28,9 @@ Describe 'Export-Safetensors' {
         It 'returns an ExportResult with the path, the files and the totals' {
             $result | Should -BeOfType Dare.Engine.Merge.ExportResult
             $result.Path | Should -Be $merged
-            $result.Files | Should -Be @(Get-ChildItem $merged -File | Sort-Object Name -CaseSensitive | ForEach-Object FullName)
+            [string[]] $onDisk = @(Get-ChildItem $merged -File | ForEach-Object FullName)
+            [Array]::Sort($onDisk, [StringComparer]::Ordinal)
+            $result.Files | Should -Be $onDisk
             $result.TensorCount | Should -Be 21
             $result.BytesWritten | Should -Be (Import-Safetensors $merged).SizeBytes
             $result.BytesRead | Should -BeGreaterThan $result.BytesWritten
@@ -53,7 +55,9 @@ Describe 'Export-Safetensors' {
             $recipe | Should -Match 'random_seed: 42'
             $recipe | Should -Match ([regex]::Escape("base_model: $($base.Path)"))
             $metadata = (Read-SafetensorsHeader (Join-Path $merged 'model.safetensors')).Metadata
-            $metadata.dare_recipe | Should -BeExactly $recipe
+            # The header names the models instead of giving their local paths, and identifies them by size and header hash.
+            $metadata.dare_recipe | Should -BeExactly $recipe.Replace($base.Path, 'base').Replace($math.Path, 'math').Replace($code.Path, 'code')
+            (ConvertFrom-Json $metadata.dare_inputs).name | Should -Be @('base', 'math', 'code')
             $metadata.dare_content | Should -Be 'model'
             $metadata.format | Should -Be 'pt'
         }
@@ -130,7 +134,7 @@ Describe 'Export-Safetensors' {
             $script:existing = Join-Path $out 'existing'
             Remove-Item $existing -Recurse -Force -ErrorAction Ignore
             New-Item -ItemType Directory $existing | Out-Null
-            Set-Content (Join-Path $existing 'README.md') 'an earlier model'
+            Set-Content (Join-Path $existing 'USE_POLICY.md') 'an earlier model'
         }
 
         It 'is refused without -Force with OutputExists (ResourceExists), and left untouched' {
@@ -139,20 +143,20 @@ Describe 'Export-Safetensors' {
             try { New-Plan | Export-Safetensors $existing -ErrorAction Stop } catch { $failure = $_ }
             $failure.CategoryInfo.Category | Should -Be 'ResourceExists'
             $failure.Exception.Message | Should -BeLike "*$existing*-Force*"
-            (Get-ChildItem $existing -Force).Name | Should -Be 'README.md'
-            Get-Content (Join-Path $existing 'README.md') | Should -Be 'an earlier model'
+            (Get-ChildItem $existing -Force).Name | Should -Be 'USE_POLICY.md'
+            Get-Content (Join-Path $existing 'USE_POLICY.md') | Should -Be 'an earlier model'
             Get-DareTempFolders $out | Should -BeNullOrEmpty
         }
 
         It 'is replaced with -Force' {
             New-Plan | Export-Safetensors $existing -Force | Out-Null
-            Join-Path $existing 'README.md' | Should -Not -Exist
+            Join-Path $existing 'USE_POLICY.md' | Should -Not -Exist
             Join-Path $existing 'model.safetensors' | Should -Exist
             Get-DareTempFolders $out | Should -BeNullOrEmpty
         }
 
         It 'is an empty folder that can be written without -Force' {
-            Remove-Item (Join-Path $existing 'README.md')
+            Remove-Item (Join-Path $existing 'USE_POLICY.md')
             New-Plan | Export-Safetensors $existing | Out-Null
             Join-Path $existing 'model.safetensors' | Should -Exist
         }
@@ -215,20 +219,10 @@ Describe 'Export-Safetensors' {
             $parent = Join-Path $out 'cancel'
             New-Item -ItemType Directory $parent | Out-Null
             $output = Join-Path $parent 'merged'
-            $ps = [powershell]::Create()
-            try {
-                $null = $ps.AddScript("Import-Module '$(Join-Path $PSScriptRoot '../out/Dare/Dare.psd1')'").AddStatement().AddScript($slowExport.ToString())
-                $null = $ps.AddArgument($bigBase.Path).AddArgument($bigTune.Path).AddArgument($output)
-                $handle = $ps.BeginInvoke()
-                # Wait until the writer has created its temporary folder, so the stop lands inside the export.
-                $deadline = [DateTime]::UtcNow.AddSeconds(60)
-                while (-not (Get-DareTempFolders $parent) -and -not $handle.IsCompleted -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 5 }
-                Start-Sleep -Milliseconds 50
-                $handle.IsCompleted | Should -BeFalse -Because 'the export must still be running when it is stopped'
-                $ps.Stop()
-                $ps.InvocationStateInfo.State | Should -Be 'Stopped'
-            }
-            finally { $ps.Dispose() }
+            $script = "& { $($slowExport.ToString()) } '$($bigBase.Path)' '$($bigTune.Path)' '$output'"
+            $run = Invoke-StoppedInChild $script $parent
+            $run.Completed | Should -BeFalse -Because 'the export must still be running when it is stopped'
+            $run.State | Should -Be 'Stopped'
             $output | Should -Not -Exist
             Get-DareTempFolders $parent | Should -BeNullOrEmpty
         }

@@ -96,6 +96,57 @@ Describe 'Get-TaskVector -Adapter' {
     }
 }
 
+Describe 'Adapters with another vocabulary (-TokenizerSource, tokenizer_source)' {
+    BeforeAll {
+        # Synthetic models have no tokenizer files: rows match by index, and the union adds the wider model's two rows.
+        $script:wider = New-SyntheticCheckpoint (Join-Path $TestDrive 'vocab/wider') -HiddenSize 64 -Layers 2 -VocabSize 130 -DType float32 -Seed 5
+        # An adapter that replaces the whole embedding (modules_to_save): its rows follow the base tokenizer.
+        $script:embeddingAdapter = Join-Path $TestDrive 'adapters-embed/embed'
+        New-Item -ItemType Directory -Force -Path $embeddingAdapter | Out-Null
+        $rows = [float[]]::new(128 * $hidden)
+        $bytes = [byte[]]::new(4 * $rows.Length); [Buffer]::BlockCopy($rows, 0, $bytes, 0, $bytes.Length)
+        Write-TestSafetensors -File (Join-Path $embeddingAdapter 'adapter_model.safetensors') -Tensors ([ordered]@{
+            'base_model.model.model.embed_tokens.weight' = @{ DType = 'F32'; Shape = @(128, $hidden); Bytes = $bytes }
+        })
+        @{ peft_type = 'LORA'; r = 2; lora_alpha = 4; target_modules = @('q_proj'); base_model_name_or_path = 'base' } |
+            ConvertTo-Json | Set-Content -LiteralPath (Join-Path $embeddingAdapter 'adapter_config.json')
+    }
+
+    It 'gives an adapter the union''s re-rowed base beside a wider fine-tune, its delta still s·B·A' {
+        $vectors = @(Get-TaskVector -Base $base.Path -FineTuned $wider.Path, $loraMath.Path -TokenizerSource Union)
+        $vectors.Count | Should -Be 2
+        $vectors[1].LoraAdapters.Count | Should -Be 1
+        ($vectors[1].Base.Tensors | Where-Object Name -eq 'model.embed_tokens.weight').Shape | Should -Be @(130, 64)
+        $expected = Get-LoraDelta $loraMath
+        $actual = Get-DeltaValues $vectors[1] $q
+        $worst = 0.0
+        for ($i = 0; $i -lt $expected.Length; $i++) { $worst = [Math]::Max($worst, [Math]::Abs($expected[$i] - $actual[$i])) }
+        $worst | Should -BeLessThan 1e-6
+        Get-DeltaValues $vectors[1] 'model.embed_tokens.weight' | Where-Object { $_ -ne 0 } | Should -BeNullOrEmpty
+    }
+
+    It 'merges base+adapter in a union recipe, and mergekit_config.yml spells the adapter as mergekit does' {
+        $yaml = "merge_method: task_arithmetic`nbase_model: $($base.Path)`ntokenizer_source: union`nparameters: { weight: 1.0 }`nmodels:`n  - model: $($wider.Path)`n  - model: $($base.Path)+$($loraMath.Path)`n"
+        $out = Invoke-DareMerge -Yaml $yaml -OutputPath (Join-Path $TestDrive 'recipe-union-lora')
+        (Read-TensorBytes $out.Path 'model.embed_tokens.weight').Bytes.Length | Should -Be (4 * 130 * $hidden)
+        $config = Get-Content -Raw (Join-Path $out.Path 'mergekit_config.yml')
+        $config | Should -Match ([regex]::Escape("$($base.Path)+$($loraMath.Path)"))
+        $config | Should -Match 'tokenizer_source: union'
+    }
+
+    It 'refuses an adapter that changes a re-rowed vocabulary tensor with AdapterUnsupported, from the cmdlet and a recipe' {
+        $err = $null
+        Get-TaskVector -Base $base.Path -FineTuned $wider.Path, $embeddingAdapter -TokenizerSource Union -ErrorVariable err -ErrorAction SilentlyContinue | Out-Null
+        $err.Count | Should -Be 1
+        $err[0].FullyQualifiedErrorId | Should -BeLike 'AdapterUnsupported,*'
+        $err[0].Exception.Message | Should -Match "changes 'model\.embed_tokens\.weight'.*re-orders"
+        $yaml = "merge_method: task_arithmetic`nbase_model: $($base.Path)`ntokenizer_source: union`nparameters: { weight: 1.0 }`nmodels:`n  - model: $($wider.Path)`n  - model: $($base.Path)+$embeddingAdapter`n"
+        $out = Join-Path $TestDrive 'recipe-union-embed'
+        { Invoke-DareMerge -Yaml $yaml -OutputPath $out -ErrorAction Stop } | Should -Throw -ErrorId 'AdapterUnsupported,*'
+        Test-Path $out | Should -BeFalse
+    }
+}
+
 Describe 'Export-LoraAdapter' {
     It 'extracts a fine-tune at full rank under PEFT''s names, and the adapter reads back as the same delta' {
         $result = Get-TaskVector $base.Path $math.Path | Export-LoraAdapter (Join-Path $TestDrive 'math-lora') -Rank 64 -DType float32

@@ -174,20 +174,11 @@ Describe 'New-SyntheticCheckpoint and Ctrl+C' {
     It 'stops within seconds when the pipeline is stopped, leaving no output and no temporary folder' {
         $parent = Join-Path $work 'synthetic-stop'
         New-Item -ItemType Directory $parent | Out-Null
-        $manifest = Join-Path $RepoRoot 'out/Dare/Dare.psd1'
-        $ps = [powershell]::Create()
-        try {
-            # About 1.5 GB if it ran to the end.
-            $null = $ps.AddScript("Import-Module '$manifest'; New-SyntheticCheckpoint '$parent/big' -HiddenSize 1024 -Layers 24 -VocabSize 32000 -DType float32")
-            $handle = $ps.BeginInvoke()
-            $deadline = [DateTime]::UtcNow.AddSeconds(60)
-            while (-not (Get-ChildItem -LiteralPath $parent -Force -Directory -Filter '.dare-*') -and -not $handle.IsCompleted -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 20 }
-                $clock = [Diagnostics.Stopwatch]::StartNew()
-            $ps.Stop()
-            $clock.Elapsed.TotalSeconds | Should -BeLessThan 5
-            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
-        }
-        finally { $ps.Dispose() }
+        # About 1.5 GB if it ran to the end.
+        $run = Invoke-StoppedInChild "New-SyntheticCheckpoint '$parent/big' -HiddenSize 1024 -Layers 24 -VocabSize 32000 -DType float32" $parent
+        $run.Completed | Should -BeFalse
+        $run.StopSeconds | Should -BeLessThan 5
+        $run.State | Should -Be 'Stopped'
         Join-Path $parent 'big' | Should -Not -Exist
         Get-DareTempFolders $parent | Should -BeNullOrEmpty
     }
@@ -224,7 +215,8 @@ Describe 'Mount points and a full disk' -Skip:(-not $CanMount) {
     It 'turns a full disk while copying side files into OutputWriteFailed naming the path, and leaves nothing' {
         $source = Join-Path $work 'big-tokenizer'
         Copy-Item -Recurse $base.Path $source
-        [IO.File]::WriteAllBytes((Join-Path $source 'tokenizer.json'), [byte[]]::new(2MB))
+        # Valid JSON (tokenizers are read to align vocabularies), 2 MB: larger than the 1 MB disk.
+        [IO.File]::WriteAllText((Join-Path $source 'tokenizer.json'), '{"padding": "' + (' ' * 2MB) + '"}')
         $small = Join-Path $work 'small-disk'
         New-TmpfsMount $small '1m'
 

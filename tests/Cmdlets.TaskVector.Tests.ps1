@@ -29,6 +29,22 @@ BeforeAll {
 }
 
 Describe 'Get-TaskVector' {
+    It 'merges a fine-tune with two more vocabulary rows: base keeps the base rows, Union adds the rows (-TokenizerSource)' {
+        # Synthetic models have no tokenizer files, so rows are matched by index; the added rows belong to the fine-tune only.
+        $wider = New-SyntheticCheckpoint (Join-Path $TestDrive 'vocab/wider') -HiddenSize 64 -Layers 2 -VocabSize 130 -DType float32 -Seed 5
+        $byBase = Get-TaskVector -Base $base.Path -FineTuned $wider.Path
+        $byBase.TensorCount | Should -Be $base.TensorCount
+        $union = @(Get-TaskVector -Base $base.Path -FineTuned $wider.Path -TokenizerSource Union)
+        $union.Count | Should -Be 1
+        $written = $union | Export-Safetensors -Path (Join-Path $TestDrive 'vocab/union') -DType float32 | Import-Safetensors
+        ($written.Tensors | Where-Object Name -eq 'model.embed_tokens.weight').Shape | Should -Be @(130, 64)
+        (Get-Content -Raw (Join-Path $written.Path 'config.json') | ConvertFrom-Json).vocab_size | Should -Be 130
+        $embedding = Read-TestTensor $written.Path 'model.embed_tokens.weight'
+        $source = Read-TestTensor $wider.Path 'model.embed_tokens.weight'
+        # Row 129 exists only in the fine-tune: the output takes its row (mergekit's single-owner rule).
+        $embedding[(129 * 64)..(130 * 64 - 1)] | Should -Be $source[(129 * 64)..(130 * 64 - 1)]
+    }
+
     It 'returns one lazy task vector per fine-tune, named after it, from parameters' {
         $vectors = Get-TaskVector -Base $base.Path -FineTuned $math.Path, $code.Path
         $vectors.Count | Should -Be 2

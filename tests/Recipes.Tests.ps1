@@ -15,7 +15,7 @@ BeforeAll {
     foreach ($name in 'math', 'code', 'chat') {
         $null = New-SyntheticCheckpoint (Join-Path $Models $name) -BaseModel $baseCheckpoint -Seed ($seed++) -DType float32
     }
-    $null = New-SyntheticCheckpoint (Join-Path $Work 'wide') -HiddenSize 64 -Layers 2 -VocabSize 256 -DType float32
+    $null = New-SyntheticCheckpoint (Join-Path $Work 'wide') -HiddenSize 64 -Layers 3 -VocabSize 256 -DType float32
     Copy-Item (Join-Path $PSScriptRoot '../examples/*.yml') $Models
 
     # name -> float[] for every tensor of a one-file model (F32 or BF16), and name -> dtype.
@@ -95,12 +95,12 @@ Describe 'Invoke-DareMerge with the example recipes' {
 
     It 'dare-ties.yml: the filter, the gradient, the skipped base entry and sign election give the merge it describes' {
         $merged = Read-Model (Invoke-DareMerge (Join-Path $Models 'dare-ties.yml') -OutputPath (Join-Path $Out 'dare-ties')).Path
-        # (tensor, code's drop rate from the filter, chat's weight from the gradient [0.2, 0.6] over 2 layers)
+        # (tensor, code's drop rate from the filter, chat's weight from the gradient [0.2, 0.6] over 2 layers; t = 0 outside them)
         $cases = @(
             @('model.embed_tokens.weight', 0.5, 0.2),
             @('model.layers.0.self_attn.q_proj.weight', 0.9, 0.2),
             @('model.layers.1.self_attn.v_proj.weight', 0.9, 0.6),
-            @('lm_head.weight', 0.9, 0.6))
+            @('lm_head.weight', 0.9, 0.2))
         foreach ($case in $cases) {
             $tensor, $codeDrop, $chatWeight = $case
             # Streams count the merged models only: the listed base adds no task vector.
@@ -187,7 +187,7 @@ models:
         Test-SameValues $merged.Tensors[$tensor] $Base.Tensors[$tensor] | Should -BeFalse
     }
 
-    It 'a gradient [0, 1] over 2 layers gives weight 0 on layer 0 (and the embeddings) and 1 on layer 1 (and lm_head)' {
+    It 'a gradient [0, 1] over 2 layers gives weight 0 on layer 0 and every tensor outside the layers (mergekit 0.1.4), 1 on layer 1' {
         $merged = Invoke-Recipe -Name 'gradient' -Yaml @'
 merge_method: task_arithmetic
 base_model: ./base
@@ -195,10 +195,25 @@ models:
   - model: ./math
     parameters: { weight: [0, 1] }
 '@
-        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.0.*' }) + 'model.embed_tokens.weight') {
+        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.0.*' }) + 'model.embed_tokens.weight' + 'model.norm.weight' + 'lm_head.weight') {
             Test-SameValues $merged.Tensors[$tensor] $Base.Tensors[$tensor] | Should -BeTrue -Because $tensor
         }
-        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.1.*' }) + 'lm_head.weight') {
+        foreach ($tensor in @($Base.Tensors.Keys | Where-Object { $_ -like 'model.layers.1.*' })) {
+            Test-SameValues $merged.Tensors[$tensor] $Tuned.math.Tensors[$tensor] | Should -BeTrue -Because $tensor
+        }
+    }
+
+    It 'gradient_outside_layers: legacy puts the final norm and lm_head at t = 1 and the embeddings at t = 0 (mergekit before #534)' {
+        $merged = Invoke-Recipe -Name 'gradient-legacy' -Yaml @'
+merge_method: task_arithmetic
+base_model: ./base
+gradient_outside_layers: legacy
+models:
+  - model: ./math
+    parameters: { weight: [0, 1] }
+'@
+        Test-SameValues $merged.Tensors['model.embed_tokens.weight'] $Base.Tensors['model.embed_tokens.weight'] | Should -BeTrue
+        foreach ($tensor in 'model.norm.weight', 'lm_head.weight') {
             Test-SameValues $merged.Tensors[$tensor] $Tuned.math.Tensors[$tensor] | Should -BeTrue -Because $tensor
         }
     }
@@ -290,7 +305,8 @@ Describe 'Invoke-DareMerge -WhatIf' {
         $plan = $messages -join "`n"
         $plan | Should -Match "model: $([regex]::Escape((Join-Path $Models 'code')))"
         $plan | Should -Match 'code drop rate: 0\.5 x 1, 0\.9 x 20 tensor\(s\)'
-        $plan | Should -Match 'chat weight: 0\.2 x 10, 0\.6 x 11 tensor\(s\)'
+        # Gradient [0.2, 0.6] over 2 layers: layer 0 and every tensor outside the layers (embeddings, norm, lm_head) at t = 0.
+        $plan | Should -Match 'chat weight: 0\.2 x 12, 0\.6 x 9 tensor\(s\)'
         $plan | Should -Match 'output: 21 tensors, ~[\d.]+ KB in 1 shard\(s\); estimated peak working memory ~[\d.]+ KB'
         Get-FolderEntries $Work | Should -Be $before
     }
@@ -331,8 +347,8 @@ Describe 'Invoke-DareMerge errors' {
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { wieght: 1 }`n" }
         @{ Case = 'modules'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "line 2, column 1 \(modules\)"
             Yaml = "merge_method: ties`nmodules: {}`nmodels: [../models/math]`n" }
-        @{ Case = 'tokenizer_source union'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = "\(tokenizer_source\)"
-            Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels: [../models/math]`ntokenizer_source: union`n" }
+        @{ Case = 'tokenizer_source naming no model of the recipe'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = "\(tokenizer_source\).*neither the base_model nor one of the models"
+            Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels: [../models/math]`ntokenizer_source: ../models/code`n" }
         @{ Case = 'density out of range'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = '\(models\[0\]\.parameters\.density\): density must satisfy 0 < density <= 1; 1.5 does not'
             Yaml = "merge_method: dare_ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { weight: 1, density: 1.5 }`n" }
         @{ Case = 'drop_rate out of range'; ErrorId = 'RecipeInvalid'; Category = 'InvalidData'; Message = 'drop_rate must satisfy 0 <= drop_rate < 1'
@@ -341,7 +357,7 @@ Describe 'Invoke-DareMerge errors' {
             Yaml = "merge_method: ties`nbase_model: ../models/base`nmodels:`n  - model: ../models/math`n    parameters: { weight: -1 }`n" }
         @{ Case = 'missing model'; ErrorId = 'PathNotFound'; Category = 'ObjectNotFound'; Message = "line 4, column 12 \(models\[0\]\.model\): '\.\./models/nowhere' resolves to"
             Yaml = "merge_method: linear`nbase_model: ../models/base`nmodels:`n  - model: ../models/nowhere`n    parameters: { weight: 1 }`n" }
-        @{ Case = 'other architecture'; ErrorId = 'ArchitectureMismatch'; Category = 'InvalidData'; Message = "'\.\./wide' has vocab_size 256 in its config\.json but the base '\.\./models/base' has 128"
+        @{ Case = 'other architecture'; ErrorId = 'ArchitectureMismatch'; Category = 'InvalidData'; Message = "'\.\./wide' has num_hidden_layers 3 in its config\.json but the base '\.\./models/base' has 2"
             Yaml = "merge_method: linear`nbase_model: ../models/base`nmodels:`n  - model: ../wide`n    parameters: { weight: 1 }`n" }
         @{ Case = 'unnormalized linear'; ErrorId = 'RecipeUnsupported'; Category = 'NotImplemented'; Message = 'use task_arithmetic'
             Yaml = "merge_method: linear`nbase_model: ../models/base`nparameters: { normalize: false }`nmodels:`n  - model: ../models/math`n    parameters: { weight: 2 }`n" }
@@ -380,13 +396,13 @@ Describe 'Invoke-DareMerge errors' {
         Set-Content -LiteralPath $recipe -Value "merge_method: linear`n$Head    parameters: { weight: 1 }`n"
         $output = Join-Path $Errors 'existing'
         New-Item -ItemType Directory $output | Out-Null
-        Set-Content (Join-Path $output 'README.md') 'an earlier model'
+        Set-Content (Join-Path $output 'USE_POLICY.md') 'an earlier model'
         { Invoke-DareMerge $recipe -OutputPath $output } | Should -Throw -ErrorId 'OutputExists,Dare.PowerShell.InvokeDareMergeCommand'
-        Get-Content (Join-Path $output 'README.md') | Should -Be 'an earlier model'
+        Get-Content (Join-Path $output 'USE_POLICY.md') | Should -Be 'an earlier model'
 
         $result = Invoke-DareMerge $recipe -OutputPath $output -Force
         Test-Path (Join-Path $result.Path 'model.safetensors') | Should -BeTrue
-        Test-Path (Join-Path $output 'README.md') | Should -BeFalse
+        Test-Path (Join-Path $output 'USE_POLICY.md') | Should -BeFalse
     }
 
     It 'reports recipe mistakes in hashtables with the same ErrorIds' {

@@ -151,6 +151,33 @@ function Get-DareTempFolders([string] $Parent) {
     @(Get-ChildItem -LiteralPath $Parent -Force | Where-Object Name -like '.dare-*')
 }
 
+# Runs $Script (with the module imported) in a runspace of a child pwsh, waits until a Dare temporary folder appears in
+# $WatchFolder, stops the pipeline as Ctrl+C does and returns { Completed (before the stop), State, StopSeconds }.
+# A child process, because PowerShell has been seen to crash the whole process (InvalidRunspaceStateException on a
+# thread-pool thread) when a runspace is disposed right after its pipeline was stopped; the Pester host must survive.
+function Invoke-StoppedInChild([string] $Script, [string] $WatchFolder) {
+    $manifest = Join-Path $script:RepoRoot 'out/Dare/Dare.psd1'
+    $child = @"
+`$ps = [powershell]::Create()
+`$null = `$ps.AddScript(@'
+Import-Module '$manifest'
+$Script
+'@)
+`$handle = `$ps.BeginInvoke()
+`$deadline = [DateTime]::UtcNow.AddSeconds(60)
+while (-not (Get-ChildItem -LiteralPath '$WatchFolder' -Force | Where-Object Name -like '.dare-*') -and -not `$handle.IsCompleted -and [DateTime]::UtcNow -lt `$deadline) { Start-Sleep -Milliseconds 5 }
+Start-Sleep -Milliseconds 50
+`$completed = `$handle.IsCompleted
+`$clock = [Diagnostics.Stopwatch]::StartNew()
+`$ps.Stop()
+[pscustomobject]@{ Completed = `$completed; State = "`$(`$ps.InvocationStateInfo.State)"; StopSeconds = `$clock.Elapsed.TotalSeconds } | ConvertTo-Json -Compress
+"@
+    $lines = Invoke-InChildPwsh $child
+    $json = $lines | Where-Object { $_ -is [string] -and $_.StartsWith('{') } | Select-Object -Last 1
+    if (-not $json) { throw "The child pwsh printed no result: $($lines -join "`n")" }
+    $json | ConvertFrom-Json
+}
+
 # Runs $Script in a new runspace of this process (with the module imported) and returns its output, errors and
 # progress records. Arguments are passed to the script block's param().
 function Invoke-InRunspace([scriptblock] $Script, [object[]] $ArgumentList = @()) {

@@ -43,6 +43,8 @@ public enum DareErrorId
     NonFiniteValues,
     MergeStepMissing,
     SeveralInputsOneFolder,
+    TokenizerInvalid,
+    VocabularyMismatch,
     SphericalMeanUndefined,
     LayerRangeInvalid,
     PartitionPlanMismatch,

@@ -40,6 +40,11 @@ internal static class CheckpointResolver
                 throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
                     $"Cannot use a {value?.GetType().Name ?? "null"} as a model; give a path, a folder, a Checkpoint from Import-Safetensors or the result of Export-Safetensors.");
         }
+        // org/name or org/name@revision that is not a local path: the Hugging Face cache's snapshot (offline).
+        if (HubCache.LooksLikeId(path) && !session.InvokeProvider.Item.Exists(path, force: true, literalPath: true))
+        {
+            return new[] { Checkpoint.Open(HubCache.Resolve(path)) };
+        }
         var resolved = PathResolver.ResolveExisting(session, path, literal);
         if (resolved.Count != 1 && !allowMany)
         {

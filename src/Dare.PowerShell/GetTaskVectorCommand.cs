@@ -71,6 +71,19 @@ public sealed class GetTaskVectorCommand : DareCmdlet
     public string[] LiteralAdapter { get; set; } = Array.Empty<string>();
 
     private bool BaseIsLiteral => ParameterSetName is LiteralBaseSet or LiteralSet or LiteralBaseAdapterSet or LiteralBaseLiteralAdapterSet;
+    /// <summary>
+    /// The output vocabulary (mergekit's tokenizer_source): Base (default; the base's tokens, a model's rows for
+    /// tokens the base lacks are dropped), Union (the base's tokens plus every model's added tokens; the vectors are
+    /// made together at the end of the pipeline), or the path of the base or one of the fine-tuned models.
+    /// </summary>
+    [Parameter]
+    [ArgumentCompleter(typeof(TokenizerSourceCompleter))]
+    public string TokenizerSource { get; set; } = "Base";
+
+    /// <summary>Models and adapters kept, in order, until every model is known (a vocabulary other than the base's).</summary>
+    private readonly List<object> _collected = new();
+    private bool Collects => !string.Equals(TokenizerSource, "Base", StringComparison.OrdinalIgnoreCase);
+
     private bool FineTunedIsLiteral => ParameterSetName is LiteralFineTunedSet or LiteralSet;
     private bool IsAdapterSet => ParameterSetName is AdapterSet or LiteralAdapterSet or LiteralBaseAdapterSet or LiteralBaseLiteralAdapterSet;
     private bool AdapterIsLiteral => ParameterSetName is LiteralAdapterSet or LiteralBaseLiteralAdapterSet;
@@ -86,7 +99,15 @@ public sealed class GetTaskVectorCommand : DareCmdlet
             {
                 IReadOnlyList<string> folders = Array.Empty<string>();
                 RunForItem(() => folders = CheckpointResolver.ResolvePaths(SessionState, item, AdapterIsLiteral), item);
-                foreach (var folder in folders) RunForItem(() => WriteObject(TaskVector.FromAdapter(_base, LoraAdapter.Open(folder))), folder);
+                foreach (var folder in folders)
+                {
+                    RunForItem(() =>
+                    {
+                        var adapter = LoraAdapter.Open(folder);
+                        if (Collects) _collected.Add(adapter);
+                        else WriteObject(TaskVector.FromAdapter(_base, adapter));
+                    }, folder);
+                }
             }
             return;
         }
@@ -96,21 +117,42 @@ public sealed class GetTaskVectorCommand : DareCmdlet
             RunForItem(() => sources = CheckpointResolver.ResolveModelsOrAdapters(SessionState, item, FineTunedIsLiteral), item);
             foreach (var source in sources)
             {
-                RunForItem(() =>
+                if (Collects) _collected.Add(source);
+                else RunForItem(() =>
                 {
                     if (source is LoraAdapter adapter) WriteObject(TaskVector.FromAdapter(_base, adapter));
-                    else Emit((Checkpoint)source);
+                    else Emit(TaskVector.FromModels(_base, (Checkpoint)source));
                 }, source);
             }
         }
     }
 
-    private void Emit(Checkpoint fineTuned)
+    /// <summary>A union (or another model's) vocabulary needs every model: the vectors are made together here.</summary>
+    protected override void EndProcessing()
     {
-        var vector = TaskVector.FromModels(_base, fineTuned);
+        if (!Collects || _collected.Count == 0) return;
+        Run(() =>
+        {
+            var choice = string.Equals(TokenizerSource, "Union", StringComparison.OrdinalIgnoreCase)
+                ? TokenizerChoice.Union
+                : new TokenizerChoice(TokenizerSourceKind.Model, SessionState.Path.GetUnresolvedProviderPathFromPSPath(TokenizerSource));
+            // Adapters are against the base, re-rowed like the models' (only the base takes part when there are no models).
+            var models = _collected.OfType<Checkpoint>().ToList();
+            var vectors = TaskVector.FromModels(_base, models.Count > 0 ? models : new[] { _base }, choice);
+            var next = 0;
+            foreach (var source in _collected)
+            {
+                if (source is LoraAdapter adapter) RunForItem(() => WriteObject(TaskVector.FromAdapter(_base, adapter, vectors[0])), adapter.Path);
+                else Emit(vectors[next++]);
+            }
+        });
+    }
+
+    private void Emit(TaskVector vector)
+    {
         if (vector.MissingTensors.Count > 0)
         {
-            WriteWarning($"'{fineTuned.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
+            WriteWarning($"'{vector.FineTuned!.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
                 string.Join(", ", vector.MissingTensors.Take(10)) + (vector.MissingTensors.Count > 10 ? ", ..." : ""));
         }
         WriteObject(vector);

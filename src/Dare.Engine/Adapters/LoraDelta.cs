@@ -26,6 +26,9 @@ internal sealed class LoraDelta : ITaskInput
     public Checkpoint? Model => null;
     public IReadOnlyList<string> MissingTensors => Array.Empty<string>();
 
+    /// <summary>The base tensors the adapter changes.</summary>
+    public IReadOnlyCollection<string> BaseTensors => _byBaseTensor.Keys;
+
     public IInputTensor? Open(TensorInfo baseTensor)
     {
         if (!_byBaseTensor.TryGetValue(baseTensor.Name, out var module)) return null;

@@ -30,9 +30,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     private ChunkReader Chunks => chunks;
     private CancellationToken Cancellation => cancellation;
 
-    public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, int layerCount, IChunkSink sink)
+    public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
-        var position = TensorPosition.Of(baseInfo.Name, layerCount);
+        var position = layout.Position(baseInfo.Name);
         var leaves = vector.Leaves;
         var n = baseInfo.ElementCount;
         var chunk = Math.Max(1, Math.Min(n, chunkElements));

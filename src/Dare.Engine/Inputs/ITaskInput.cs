@@ -20,6 +20,9 @@ internal interface ITaskInput
     /// <summary>Base tensors the input has nothing for; they contribute a zero delta.</summary>
     IReadOnlyList<string> MissingTensors { get; }
 
+    /// <summary>Warnings about how the input was read (e.g. a fine-tune that unties the base's tied head).</summary>
+    IReadOnlyList<string> Notes => Array.Empty<string>();
+
     /// <summary>This input's part of one base tensor, or null when it has none (a zero delta).</summary>
     IInputTensor? Open(TensorInfo baseTensor);
 }

@@ -29,8 +29,11 @@ public sealed class ExportOptions
     /// <summary>Write NaN/Inf (in the inputs, or produced by the merge or the output dtype) with a warning per tensor instead of failing.</summary>
     public bool AllowNonFinite { get; init; }
 
-    /// <summary>The recipe that reproduces this output; stored in __metadata__ and as dare_recipe.yml.</summary>
+    /// <summary>The recipe that reproduces this output; stored as dare_recipe.yml, and in __metadata__ with model paths replaced by names.</summary>
     public string? RecipeYaml { get; init; }
+
+    /// <summary>Model references as the user wrote them, by full path (for mergekit_config.yml and the model card); else paths and names.</summary>
+    public IReadOnlyDictionary<string, string>? ModelReferences { get; init; }
 
     /// <summary>Write only this partition's shards into the staging folder beside the destination (publishing when it is the last); null: the whole export.</summary>
     public ExportPartition? Partition { get; init; }
@@ -82,7 +85,9 @@ public sealed class MergeExecutor
             ["dare_content"] = options.DeltaOnly ? "delta" : "model",
         };
         // The header must stay far below readers' limits (ours is 100 MB); a large recipe lives in dare_recipe.yml only.
-        if (options.RecipeYaml is { } recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
+        // No absolute local paths in the header: models by name, with sizes and header hashes that identify them.
+        if (options.RecipeYaml is not null) metadata["dare_inputs"] = InputFingerprints(vector);
+        if (options.RecipeYaml is { } givenRecipe && WithoutPaths(givenRecipe, vector) is var recipe) metadata["dare_recipe"] = recipe.Length <= MaxRecipeInHeader ? recipe
             : $"# {recipe.Length} characters, too long for the header: see {RecipeFileName} (SHA-256 {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(recipe))).ToLowerInvariant()})";
         var nonFinite = new NonFiniteGuard(options.AllowNonFinite, _observer is null ? null : _observer.Warning);
         var writeOptions = new CheckpointWriteOptions
@@ -95,7 +100,8 @@ public sealed class MergeExecutor
             CopySideFilesFrom = vector.Base.Directory,
             ConfigChanges = vector.Base.ConfigChanges,
             ConfigDType = options.OutputDType,
-            ExtraFiles = options.RecipeYaml is null ? null : new Dictionary<string, string> { [RecipeFileName] = options.RecipeYaml },
+            ConfigUpdates = vector.Base.Vocabulary is { } vocabulary ? new Dictionary<string, long> { ["vocab_size"] = vocabulary.VocabSize } : null,
+            ExtraFiles = ExtraFiles(vector, options),
             NonFinite = nonFinite,
             Warning = _observer is null ? null : _observer.Warning,
         };
@@ -162,7 +168,7 @@ public sealed class MergeExecutor
         using var appender = new BackgroundAppender(writer);
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
-        var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layerCount) =>
+        var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
             appender.BeginTensor(info.Name);
             if (!info.DType.IsMergeable())
@@ -173,7 +179,7 @@ public sealed class MergeExecutor
             }
             else
             {
-                merger.Merge(vector, info, layerCount, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile));
+                merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile));
             }
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         });
@@ -199,7 +205,7 @@ public sealed class MergeExecutor
         using (NewDisposeScope())
         {
             new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation)
-                .Merge(vector, info, TensorPosition.LayerCountOf(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
+                .Merge(vector, info, ModelLayout.Of(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
         }
         return result.view(info.Shape);
     }
@@ -216,9 +222,9 @@ public sealed class MergeExecutor
         using var reader = new TensorReader();
         using var workspace = new ChunkWorkspace();
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
-        ForEachTensor(vector, tensors, reader, activity, (info, layerCount) =>
+        ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
-            var drops = merger.Merge(vector, info, layerCount, new DeltaSink((first, delta) => consume(info, first, delta)));
+            var drops = merger.Merge(vector, info, layout, new DeltaSink((first, delta) => consume(info, first, delta)));
             counts.Add(drops);
             tensorDone?.Invoke(info, drops);
         }, countInputs: false);
@@ -230,10 +236,10 @@ public sealed class MergeExecutor
     /// per tensor around <paramref name="process"/>(tensor, layer count). Returns the bytes read (base and inputs, or
     /// the base's alone when <paramref name="countInputs"/> is false, as progress counts them).
     /// </summary>
-    private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, int> process, bool countInputs = true)
+    private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, ModelLayout> process, bool countInputs = true)
     {
         var clock = Stopwatch.StartNew();
-        var layerCount = TensorPosition.LayerCountOf(vector.Base);
+        var layout = ModelLayout.Of(vector.Base);
         var perByte = countInputs ? 1 + vector.Leaves.Count : 1;
         var totalBytes = tensors.Sum(t => t.ByteLength) * perByte;
         long bytesDone = 0;
@@ -243,17 +249,66 @@ public sealed class MergeExecutor
             var info = tensors[i];
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, info.Name));
             if (i + 1 < tensors.Count) TensorMerger.Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
-            using (NewDisposeScope()) process(info, layerCount);
+            using (NewDisposeScope()) process(info, layout);
             bytesDone += info.ByteLength * perByte;
         }
         if (countInputs) _observer?.Progress(new MergeProgress(activity, tensors.Count, tensors.Count, bytesDone, totalBytes, clock.Elapsed, null));
         return bytesDone;
     }
 
+    /// <summary>The recipe with mergekit_config.yml and the model card beside it, and an output vocabulary's tokenizer files.</summary>
+    private static Dictionary<string, string>? ExtraFiles(TaskVector vector, ExportOptions options)
+    {
+        var files = new Dictionary<string, string>(vector.Base.Vocabulary?.Files ?? new Dictionary<string, string>(), StringComparer.Ordinal);
+        if (options.RecipeYaml is { } recipe)
+        {
+            files[RecipeFileName] = recipe;
+            if (!options.DeltaOnly)
+            {
+                var config = Recipes.ModelCardWriter.MergekitConfig(vector, options.ModelReferences, options.OutputDType);
+                files[Recipes.ModelCardWriter.MergekitConfigFileName] = config;
+                files[Recipes.ModelCardWriter.ModelCardFileName] = Recipes.ModelCardWriter.ModelCard(vector, config, options.ModelReferences);
+            }
+        }
+        return files.Count == 0 ? null : files;
+    }
+
+    /// <summary>The recipe with each model's absolute path replaced by its folder name.</summary>
+    private static string WithoutPaths(string recipe, TaskVector vector)
+    {
+        foreach (var model in vector.Sources.Prepend(vector.Base).OrderByDescending(m => m.Path.Length)) recipe = recipe.Replace(model.Path, model.Name, StringComparison.Ordinal);
+        return recipe;
+    }
+
+    /// <summary>JSON list of the inputs: role, name, total bytes and the SHA-256 of their safetensors headers, so a replay can tell the same inputs.</summary>
+    private static string InputFingerprints(TaskVector vector)
+    {
+        var list = new System.Text.Json.Nodes.JsonArray();
+        foreach (var (role, model) in vector.Sources.Select(s => ("model", s)).Prepend(("base", vector.Base)))
+        {
+            using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            long bytes = 0;
+            foreach (var file in model.Files)
+            {
+                using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read);
+                bytes += stream.Length;
+                var prefix = new byte[8];
+                stream.ReadExactly(prefix);
+                var header = new byte[(int)Math.Min(BitConverter.ToInt64(prefix), stream.Length - 8)];
+                stream.ReadExactly(header);
+                hash.AppendData(prefix);
+                hash.AppendData(header);
+            }
+            list.Add(new System.Text.Json.Nodes.JsonObject { ["role"] = role, ["name"] = model.Name, ["bytes"] = bytes, ["header_sha256"] = Convert.ToHexString(hash.GetHashAndReset()).ToLowerInvariant() });
+        }
+        return list.ToJsonString();
+    }
+
     private void WarnAboutMissingTensors(TaskVector vector)
     {
         foreach (var input in vector.Leaves)
         {
+            foreach (var note in input.Input.Notes) _observer?.Warning(note);
             if (input.MissingTensors.Count == 0) continue;
             var names = string.Join(", ", input.MissingTensors.Take(10)) + (input.MissingTensors.Count > 10 ? $", ... ({input.MissingTensors.Count} in all)" : "");
             _observer?.Warning($"'{input.Input.Model?.Path ?? input.Input.Name}' lacks {input.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: {names}");

@@ -8,8 +8,8 @@ namespace Dare.Engine.Partitions;
 /// <summary>
 /// What every partition of one export must agree on, and what the completion needs to publish it without the input
 /// models: the tensors (names, dtypes, shapes) in order, the shard limit and the shard plan it gives, the shards'
-/// header metadata (which holds the recipe), the extra files (the recipe), where the side files come from and the
-/// config dtype. Its <see cref="Fingerprint"/> is the SHA-256 of its canonical JSON; the staging folder keeps it in
+/// header metadata (which holds the recipe), the extra files (recipe, model card, mergekit_config.yml, a merged vocabulary's tokenizer files), where the side files come from and the
+/// config dtype, changes and updates (a stack's layer count, an output vocabulary's size). Its <see cref="Fingerprint"/> is the SHA-256 of its canonical JSON; the staging folder keeps it in
 /// plan.json beside the partition count.
 /// </summary>
 public sealed class PartitionPlan
@@ -29,6 +29,9 @@ public sealed class PartitionPlan
 
     /// <summary>config.json keys the output gets instead of the base's (a stack's num_hidden_layers); values as JSON text, null for JSON null.</summary>
     public IReadOnlyDictionary<string, string?> ConfigChanges { get; init; } = new Dictionary<string, string?>();
+
+    /// <summary>Integer config.json fields set after the changes (an output vocabulary's vocab_size).</summary>
+    public IReadOnlyDictionary<string, long> ConfigUpdates { get; init; } = new Dictionary<string, long>();
 
     /// <summary>What the output must not replace (the input models); kept beside the plan for the completion, not part of the fingerprint.</summary>
     public IReadOnlyList<string> ProtectedPaths { get; init; } = Array.Empty<string>();
@@ -50,6 +53,7 @@ public sealed class PartitionPlan
         SideFilesFrom = options.CopySideFilesFrom,
         ConfigDType = options.ConfigDType,
         ConfigChanges = (options.ConfigChanges ?? new Dictionary<string, JsonNode?>()).ToDictionary(c => c.Key, c => c.Value?.ToJsonString()),
+        ConfigUpdates = options.ConfigUpdates ?? new Dictionary<string, long>(),
         ProtectedPaths = options.ProtectedPaths,
     };
 
@@ -64,6 +68,7 @@ public sealed class PartitionPlan
         CopySideFilesFrom = SideFilesFrom,
         ConfigDType = ConfigDType,
         ConfigChanges = ConfigChanges.Count == 0 ? null : ConfigChanges.ToDictionary(c => c.Key, c => c.Value is null ? null : JsonNode.Parse(c.Value)),
+        ConfigUpdates = ConfigUpdates.Count == 0 ? null : ConfigUpdates,
         ExtraFiles = ExtraFiles,
         DirectWrites = caller.DirectWrites,
         NonFinite = caller.NonFinite,
@@ -119,6 +124,15 @@ public sealed class PartitionPlan
             json.WriteStartArray();
             json.WriteStringValue(key);
             json.WriteStringValue(value);
+            json.WriteEndArray();
+        }
+        json.WriteEndArray();
+        json.WriteStartArray("config_updates");
+        foreach (var (key, value) in ConfigUpdates)
+        {
+            json.WriteStartArray();
+            json.WriteStringValue(key);
+            json.WriteNumberValue(value);
             json.WriteEndArray();
         }
         json.WriteEndArray();
@@ -189,6 +203,8 @@ public sealed class PartitionPlan
                 ConfigDType = configDType,
                 ConfigChanges = body.GetProperty("config_changes").EnumerateArray().Select(c => c.EnumerateArray().ToList())
                     .ToDictionary(c => c[0].GetString()!, c => c[1].GetString()),
+                ConfigUpdates = body.GetProperty("config_updates").EnumerateArray().Select(c => c.EnumerateArray().ToList())
+                    .ToDictionary(c => c[0].GetString()!, c => c[1].GetInt64()),
                 ProtectedPaths = root.GetProperty("protected_paths").EnumerateArray().Select(p => p.GetString()!).ToList(),
             };
             return (plan, root.GetProperty("partitions").GetInt32(), root.GetProperty("fingerprint").GetString()!);

@@ -85,6 +85,9 @@ public sealed class TaskVector
 
     public DareOptions? Dare { get; }
 
+    /// <summary>The output vocabulary the vector was made for (tokenizer_source).</summary>
+    public TokenizerChoice Tokenizer { get; private init; } = TokenizerChoice.Base;
+
     /// <summary>The DELLA step (MagPrune), if any; a vector has at most one drop step (DARE or DELLA).</summary>
     public DellaOptions? Della { get; }
 
@@ -127,35 +130,81 @@ public sealed class TaskVector
     public override string ToString() => Name;
 
     /// <summary>
-    /// δ = fine-tuned − base. Checks every shared tensor up front: a shape mismatch, or a dtype mismatch involving a
-    /// non-float tensor, is an error naming the tensor; tensors missing from the fine-tuned model are recorded.
+    /// δ = fine-tuned − base, with the output vocabulary the base's (tokenizer_source: base). Checks every shared
+    /// tensor up front: a shape mismatch outside the vocabulary tensors (embedding, head), or a dtype mismatch
+    /// involving a non-float tensor, is an error naming the tensor; tensors missing from the fine-tuned model are
+    /// recorded. Vocabulary rows follow the tokenizers; a tied model's head is its embedding.
     /// </summary>
-    public static TaskVector FromModels(Checkpoint @base, Checkpoint fineTuned, string? name = null)
+    public static TaskVector FromModels(Checkpoint @base, Checkpoint fineTuned, string? name = null) =>
+        FromModels(@base, new[] { fineTuned }, TokenizerChoice.Base, new[] { name })[0];
+
+    /// <summary>
+    /// One task vector per model, all against the same output vocabulary (<paramref name="tokenizer"/>): with a union
+    /// or a model's tokenizer their base is the base re-rowed to that vocabulary (see <see cref="VocabularyAlignment"/>).
+    /// </summary>
+    public static IReadOnlyList<TaskVector> FromModels(Checkpoint @base, IReadOnlyList<Checkpoint> models, TokenizerChoice tokenizer, IReadOnlyList<string?>? names = null)
     {
-        var missing = new List<string>();
-        foreach (var baseTensor in @base.Tensors)
+        var alignment = VocabularyAlignment.Plan(@base, models, tokenizer);
+        var vocabularyTensors = new HashSet<string>(alignment.Tensors, StringComparer.Ordinal);
+        var missing = new List<IReadOnlyList<string>>();
+        var notes = new List<IReadOnlyList<string>>();
+        foreach (var fineTuned in models)
         {
-            var tuned = fineTuned.Find(baseTensor.Name);
-            if (tuned is null)
+            var absent = new List<string>();
+            var warnings = new List<string>();
+            foreach (var baseTensor in @base.Tensors)
             {
-                missing.Add(baseTensor.Name);
-                continue;
+                var tuned = fineTuned.Find(baseTensor.Name);
+                if (tuned is null)
+                {
+                    if (alignment.Architecture.TiedSource(fineTuned, baseTensor.Name) is null) absent.Add(baseTensor.Name);
+                    continue;
+                }
+                if (!tuned.Shape.SequenceEqual(baseTensor.Shape) && !vocabularyTensors.Contains(baseTensor.Name))
+                {
+                    throw new DareException(DareErrorId.TensorShapeMismatch, DareErrorKind.InvalidData,
+                        $"Tensor '{baseTensor.Name}' has shape {baseTensor.ShapeText} in the base '{@base.Path}' but {tuned.ShapeText} in '{fineTuned.Path}'.")
+                    { FilePath = tuned.File, TensorName = baseTensor.Name };
+                }
+                var bothFloat = baseTensor.DType.IsMergeable() && tuned.DType.IsMergeable();
+                if (!bothFloat && tuned.DType != baseTensor.DType)
+                {
+                    throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidData,
+                        $"Tensor '{baseTensor.Name}' is {baseTensor.DType} {baseTensor.ShapeText} in the base '{@base.Path}' but {tuned.DType} {tuned.ShapeText} in '{fineTuned.Path}'.")
+                    { FilePath = tuned.File, TensorName = baseTensor.Name };
+                }
             }
-            if (!tuned.Shape.SequenceEqual(baseTensor.Shape))
+            foreach (var head in alignment.Architecture.Heads.Where(h => @base.Find(h) is null && fineTuned.Find(h) is not null && alignment.Architecture.TiedSource(@base, h) is not null))
             {
-                throw new DareException(DareErrorId.TensorShapeMismatch, DareErrorKind.InvalidData,
-                    $"Tensor '{baseTensor.Name}' has shape {baseTensor.ShapeText} in the base '{@base.Path}' but {tuned.ShapeText} in '{fineTuned.Path}'.")
-                { FilePath = tuned.File, TensorName = baseTensor.Name };
+                warnings.Add($"'{fineTuned.Path}' has its own '{head}', but the base '{@base.Path}' ties its head to its embedding; the output stays tied as the base is, so the changes in that head are not merged.");
             }
-            var bothFloat = baseTensor.DType.IsMergeable() && tuned.DType.IsMergeable();
-            if (!bothFloat && tuned.DType != baseTensor.DType)
-            {
-                throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidData,
-                    $"Tensor '{baseTensor.Name}' is {baseTensor.DType} {baseTensor.ShapeText} in the base '{@base.Path}' but {tuned.DType} {tuned.ShapeText} in '{fineTuned.Path}'.")
-                { FilePath = tuned.File, TensorName = baseTensor.Name };
-            }
+            missing.Add(SummarisedList.Joined(absent));
+            notes.Add(warnings);
         }
-        return new TaskVector(name ?? fineTuned.Name, @base, new FineTunedDelta(fineTuned, SummarisedList.Joined(missing)), null, null, Array.Empty<TaskVector>());
+        Checkpoint outputBase;
+        ITaskInput[] inputs;
+        if (alignment.IsIdentity && alignment.Tensors.Count > 0 || alignment.Tensors.Count == 0)
+        {
+            outputBase = @base;
+            inputs = models.Select((m, i) => (ITaskInput)new FineTunedDelta(m, missing[i], TiedAliases(@base, m, alignment.Architecture), null, notes[i])).ToArray();
+        }
+        else
+        {
+            (outputBase, var aligned) = VocabularyMerge.Build(alignment, missing, notes);
+            inputs = aligned;
+        }
+        return models.Select((m, i) => new TaskVector(names?[i] ?? m.Name, outputBase, inputs[i], null, null, Array.Empty<TaskVector>()) { Tokenizer = tokenizer }).ToList();
+    }
+
+    /// <summary>Base tensors a tied model reads from its embedding (its head).</summary>
+    private static Dictionary<string, TensorInfo> TiedAliases(Checkpoint @base, Checkpoint model, ModelArchitecture architecture)
+    {
+        var aliases = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
+        foreach (var info in @base.Tensors)
+        {
+            if (model.Find(info.Name) is null && architecture.TiedSource(model, info.Name) is { } tied && tied.Shape.SequenceEqual(info.Shape)) aliases[info.Name] = tied;
+        }
+        return aliases;
     }
 
     /// <summary>A task vector whose δ comes from <paramref name="input"/> (e.g. a computed delta), against <paramref name="base"/>.</summary>
@@ -169,6 +218,24 @@ public sealed class TaskVector
     public static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, string? name = null) =>
         FromInput(@base, LoraDelta.Bind(@base, adapter), name);
 
+    /// <summary>
+    /// An adapter's vector beside <paramref name="sibling"/> (a model's vector of the same merge): against its base, which is
+    /// <paramref name="base"/> re-rowed when the merge has another vocabulary. An adapter that changes a re-rowed tensor is
+    /// refused, since its rows follow the base tokenizer's order.
+    /// </summary>
+    public static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, TaskVector sibling)
+    {
+        var delta = LoraDelta.Bind(@base, adapter);
+        var outputBase = sibling.Base;
+        foreach (var name in delta.BaseTensors.Where(n => !ReferenceEquals(outputBase.Find(n), @base.Find(n))))
+        {
+            throw new DareException(DareErrorId.AdapterUnsupported, DareErrorKind.NotImplemented,
+                $"The adapter '{adapter.Path}' changes '{name}', whose rows this merge re-orders to another vocabulary (tokenizer); Dare cannot re-row an adapter's vocabulary tensors. Merge with the base's tokenizer, or apply the adapter to its base and merge that model.")
+                { FilePath = adapter.WeightsFile, TensorName = name };
+        }
+        return new TaskVector(adapter.Name, outputBase, delta, null, null, Array.Empty<TaskVector>()) { Tokenizer = sibling.Tokenizer };
+    }
+
     /// <summary>The LoRA adapters this vector draws on.</summary>
     public IReadOnlyList<LoraAdapter> LoraAdapters =>
         Leaves.Select(l => l._input).OfType<LoraDelta>().Select(d => d.Adapter).ToList();
@@ -179,7 +246,7 @@ public sealed class TaskVector
         CheckNoDropStep("DARE");
         foreach (var rate in dare.DropRate.PossibleValues) DareMask.Threshold(rate);
         DareDropParameters.CheckRescale(dare.Rescale, dare.Q);
-        return new TaskVector(Name, Base, _input, dare, null, Inputs);
+        return new TaskVector(Name, Base, _input, dare, null, Inputs) { Tokenizer = Tokenizer };
     }
 
     /// <summary>A new vector with DELLA's MagPrune added (this one is unchanged).</summary>
@@ -187,7 +254,7 @@ public sealed class TaskVector
     {
         CheckNoDropStep("DELLA");
         della.Check();
-        return new TaskVector(Name, Base, _input, null, null, Inputs, della);
+        return new TaskVector(Name, Base, _input, null, null, Inputs, della) { Tokenizer = Tokenizer };
     }
 
     /// <summary>A new vector with Model Breadcrumbs' pruning added (this one is unchanged).</summary>
@@ -195,7 +262,7 @@ public sealed class TaskVector
     {
         CheckNoDropStep("breadcrumbs");
         breadcrumbs.Check();
-        return new TaskVector(Name, Base, _input, null, null, Inputs, null, breadcrumbs);
+        return new TaskVector(Name, Base, _input, null, null, Inputs, null, breadcrumbs) { Tokenizer = Tokenizer };
     }
 
     private void CheckNoDropStep(string step)
@@ -233,6 +300,13 @@ public sealed class TaskVector
             throw new DareException(DareErrorId.BaseModelMismatch, DareErrorKind.InvalidArgument,
                 $"Task vectors from different base models cannot be merged: '{inputs[0].Name}' is based on '{@base.Path}', '{other.Name}' on '{other.Base.Path}'.");
         }
+        // Vectors made with different output vocabularies (separate union or model tokenizers) have differently re-rowed bases.
+        var reRowed = inputs.FirstOrDefault(i => !ReferenceEquals(i.Base, @base) && i.Base.Tensors.Zip(@base.Tensors).Any(p => !p.First.Shape.SequenceEqual(p.Second.Shape) || p.First.Assembly is not null || p.Second.Assembly is not null));
+        if (reRowed is not null)
+        {
+            throw new DareException(DareErrorId.VocabularyMismatch, DareErrorKind.InvalidArgument,
+                $"'{inputs[0].Name}' and '{reRowed.Name}' were made for different output vocabularies; make the task vectors of a union (or another model's) tokenizer in one Get-TaskVector call.");
+        }
         if (merge.Weights.Count != inputs.Count)
         {
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
@@ -252,6 +326,6 @@ public sealed class TaskVector
                 "The weights sum to 0, so they cannot be normalized; give a non-zero weight or use -Normalize:$false (normalize: false).");
         }
         var mergedName = name ?? $"{merge.Method.Name}({string.Join("+", inputs.Select(i => i.Name))})";
-        return new TaskVector(mergedName, @base, null, null, merge, inputs);
+        return new TaskVector(mergedName, @base, null, null, merge, inputs) { Tokenizer = inputs[0].Tokenizer };
     }
 }

@@ -5,23 +5,30 @@ namespace Dare.Engine.Merge;
 /// <summary>Where a tensor sits in the model, for parameters that vary by tensor name or layer.</summary>
 public readonly record struct TensorPosition(string Name, int? LayerIndex, int LayerCount)
 {
-    private static readonly Regex LayerPattern = new(@"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.", RegexOptions.Compiled);
+    /// <summary>Whether the tensor is an input embedding (before the layers; only the pre-#534 gradient rule asks).</summary>
+    public bool IsEmbedding { get; init; }
 
-    /// <summary>Finds the layer index in names like model.layers.12.mlp.up_proj.weight.</summary>
-    public static TensorPosition Of(string name, int layerCount)
+    /// <summary>Where a tensor sits by the common naming schemes (the table's generic row), e.g. model.layers.12.mlp.up_proj.weight.</summary>
+    public static TensorPosition Of(string name, int layerCount) => ModelArchitecture.Generic.Position(name, layerCount);
+
+    /// <summary>Layers in the model: by its architecture's config key (num_hidden_layers, n_layer, …), else the highest layer index + 1.</summary>
+    public static int LayerCountOf(Safetensors.Checkpoint model) => ModelLayout.Of(model).LayerCount;
+
+    internal static bool LooksLikeEmbedding(string name) =>
+        name.Contains("embed_tokens", StringComparison.Ordinal) || name.Contains("wte", StringComparison.Ordinal) || name.Contains("embed_in", StringComparison.Ordinal)
+        || name.Contains("word_embeddings", StringComparison.Ordinal);
+}
+
+/// <summary>A model's architecture (from its config.json) with its layer count: positions of tensor names for per-tensor parameters.</summary>
+public sealed record ModelLayout(ModelArchitecture Architecture, int LayerCount)
+{
+    public static ModelLayout Of(Safetensors.Checkpoint model)
     {
-        var match = LayerPattern.Match(name);
-        int? layer = match.Success ? int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
-        return new TensorPosition(name, layer, layerCount);
+        var architecture = ModelArchitecture.Of(model.Config);
+        return new ModelLayout(architecture, architecture.LayerCount(model));
     }
 
-    /// <summary>Layers in the model: config.json's num_hidden_layers, else the highest layer index in the tensor names + 1.</summary>
-    public static int LayerCountOf(Safetensors.Checkpoint model)
-    {
-        if (model.ConfigInt("num_hidden_layers") is { } configured and > 0) return (int)configured;
-        var highest = model.Tensors.Select(t => Of(t.Name, 0).LayerIndex ?? -1).DefaultIfEmpty(-1).Max();
-        return highest + 1;
-    }
+    public TensorPosition Position(string name) => Architecture.Position(name, LayerCount);
 }
 
 /// <summary>A merge parameter whose value may depend on the tensor: a constant, filter rules, or a gradient across layers.</summary>
@@ -75,14 +82,26 @@ public sealed record RuleParameter(IReadOnlyList<ParameterRule> Rules, TensorPar
     public override string ToString() => string.Join(", ", Rules.Select(r => $"{r.Filter ?? "*"}={r.Value}")) + $", default={Default}";
 }
 
+/// <summary>Where a gradient puts tensors outside the decoder layers (embeddings, final norm, head).</summary>
+public enum GradientOutsideLayers
+{
+    /// <summary>t = 0 for every tensor outside the layers (mergekit since its #534, 2025-03; the default).</summary>
+    Zero,
+    /// <summary>Before mergekit's #534: t = 0 for the input embeddings, t = 1 for the tensors after the layers.</summary>
+    EmbeddingsFirstOthersLast,
+}
+
 /// <summary>
 /// A list of values spread evenly across the layers and interpolated linearly, as mergekit's gradients are: layer i
 /// of n sits at t = i/(n − 1) (t = 1 when there is a single layer), and the value there is
 /// (1 − f)·v[k] + f·v[k+1] with k = ⌊t·(m − 1)⌋, f = t·(m − 1) − k for m values. Tensors outside the layers take
-/// t = 0 if they come before them (embeddings) and t = 1 otherwise (final norm, lm_head).
+/// t = 0 (mergekit 0.1.4), or with <see cref="GradientOutsideLayers.EmbeddingsFirstOthersLast"/> t = 0 for the
+/// embeddings and t = 1 for the rest (the earlier rule).
 /// </summary>
 public sealed record GradientParameter(IReadOnlyList<double> Points) : TensorParameter
 {
+    public GradientOutsideLayers OutsideLayers { get; init; }
+
     public override double Resolve(TensorPosition position)
     {
         if (Points.Count == 1) return Points[0];
@@ -93,7 +112,7 @@ public sealed record GradientParameter(IReadOnlyList<double> Points) : TensorPar
         }
         else
         {
-            t = position.Name.Contains("embed", StringComparison.Ordinal) ? 0 : 1;
+            t = OutsideLayers == GradientOutsideLayers.Zero || position.IsEmbedding ? 0 : 1;
         }
         var scaled = t * (Points.Count - 1);
         var low = (int)scaled;

@@ -34,7 +34,7 @@ public sealed record RecipeSetting(IReadOnlyList<ParameterRule> Rules, TensorPar
     internal static TensorParameter MapParameter(TensorParameter parameter, Func<double, double> map) => parameter switch
     {
         ConstantParameter c => new ConstantParameter(map(c.Value)),
-        GradientParameter g => new GradientParameter(g.Points.Select(map).ToList()),
+        GradientParameter g => g with { Points = g.Points.Select(map).ToList() },
         RuleParameter r => new RuleParameter(r.Rules.Select(rule => rule with { Value = MapParameter(rule.Value, map) }).ToList(), MapParameter(r.Default, map)),
         _ => throw new ArgumentOutOfRangeException(nameof(parameter), parameter.GetType().Name),
     };
@@ -159,6 +159,12 @@ public sealed class MergeRecipe
 
     /// <summary>Dare extension: <c>output.delta_only</c>, write λ·merged δ instead of base + λ·merged δ.</summary>
     public bool DeltaOnly { get; init; }
+
+    /// <summary>tokenizer_source or tokenizer: as written (null: the base's vocabulary).</summary>
+    public RecipeTokenizer? Tokenizer { get; init; }
+
+    /// <summary>Dare extension gradient_outside_layers: where gradients put tensors outside the layers (default: t = 0, as mergekit 0.1.4).</summary>
+    public GradientOutsideLayers GradientOutsideLayers { get; init; }
 
     /// <summary>The dtype floating-point tensors are written in: out_dtype, else dtype, else each base tensor's own.</summary>
     public SafetensorsDType? OutputDType => OutDType ?? DType;

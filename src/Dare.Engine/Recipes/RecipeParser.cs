@@ -16,13 +16,12 @@ namespace Dare.Engine.Recipes;
 public static partial class RecipeParser
 {
     internal static readonly string[] TopLevelKeys =
-        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "random_seed", "name", "output" };
+        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "gradient_outside_layers", "random_seed", "name", "output" };
 
     /// <summary>mergekit keys Dare knows but cannot honour: an error that says so, not an "unknown key".</summary>
     internal static readonly Dictionary<string, string> UnsupportedTopLevelKeys = new()
     {
         ["modules"] = "multi-module merges are not supported; give whole models under 'models:'",
-        ["tokenizer"] = "tokenizer merging is not supported; Dare copies the base model's tokenizer files (tokenizer_source: base)",
         ["chat_template"] = "chat templates are not written; the base model's chat_template.json/.jinja, if any, is copied",
     };
 
@@ -164,12 +163,23 @@ public static partial class RecipeParser
             : null;
         RecipeLocation? LocationOf(string key) => keys.TryGetValue(key, out var entry) ? context.At(entry.Value, Join(path, key)) : null;
 
-        var tokenizerSource = Text("tokenizer_source");
-        if (tokenizerSource is not null && tokenizerSource != "base")
+        RecipeTokenizer? tokenizer = null;
+        if (keys.TryGetValue("tokenizer_source", out var sourceEntry) && !IsNull(sourceEntry.Value))
         {
-            mistakes.Add(Error(DareErrorId.RecipeUnsupported, DareErrorKind.NotImplemented, LocationOf("tokenizer_source")!,
-                $"'{tokenizerSource}' is not supported: Dare copies the base model's tokenizer files unchanged, which is tokenizer_source: base."));
+            tokenizer = mistakes.Try(() => ParseTokenizerSource(sourceEntry.Value, Join(path, "tokenizer_source"), context), null);
         }
+        if (keys.TryGetValue("tokenizer", out var tokenizerEntry) && !IsNull(tokenizerEntry.Value))
+        {
+            if (tokenizer is not null)
+            {
+                mistakes.Add(Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(tokenizerEntry.Value, Join(path, "tokenizer")),
+                    "and tokenizer_source are both given; use one (tokenizer: { source: ... } holds the same choice)."));
+            }
+            else tokenizer = mistakes.Try(() => ParseTokenizerSection(tokenizerEntry.Value, Join(path, "tokenizer"), context), null);
+        }
+        var gradientRule = keys.TryGetValue("gradient_outside_layers", out var ruleEntry) && !IsNull(ruleEntry.Value)
+            ? mistakes.Try(() => ParseGradientOutsideLayers(ruleEntry.Value, Join(path, "gradient_outside_layers"), context), GradientOutsideLayers.Zero)
+            : GradientOutsideLayers.Zero;
 
         var name = Text("name");
         var parameters = keys.TryGetValue("parameters", out var globalEntry)
@@ -207,6 +217,8 @@ public static partial class RecipeParser
             OutputPathLocation = outputLocation,
             MaxShardSize = maxShard,
             DeltaOnly = deltaOnly,
+            Tokenizer = tokenizer,
+            GradientOutsideLayers = gradientRule,
         };
     }
 

@@ -39,8 +39,8 @@ public sealed class RecipePlanSummary
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var floats = vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList();
-        var layers = TensorPosition.LayerCountOf(vector.Base);
-        var positions = floats.Select(t => TensorPosition.Of(t.Name, layers)).ToList();
+        var layout = ModelLayout.Of(vector.Base);
+        var positions = floats.Select(t => layout.Position(t.Name)).ToList();
         var usage = new List<ParameterUsage>();
         void Count(string model, string parameter, TensorParameter value) =>
             usage.AddRange(positions.GroupBy(value.Resolve).OrderBy(g => g.Key).Select(g => new ParameterUsage(model, parameter, g.Key, g.Count())));

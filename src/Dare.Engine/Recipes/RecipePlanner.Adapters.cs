@@ -32,11 +32,12 @@ public static partial class RecipePlanner
         }
     }
 
-    private static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, RecipeModelEntry entry)
+    /// <summary>The adapter's vector against the merge's output base (<paramref name="aligned"/>'s: the base, maybe re-rowed to another vocabulary).</summary>
+    private static TaskVector FromAdapter(Checkpoint @base, TaskVector aligned, LoraAdapter adapter, RecipeModelEntry entry)
     {
         try
         {
-            return TaskVector.FromAdapter(@base, adapter);
+            return TaskVector.FromAdapter(@base, adapter, aligned);
         }
         catch (DareException ex)
         {

@@ -85,10 +85,10 @@ public static partial class RecipePlanner
     /// <summary>normalize divides by Σ wᵢ at each tensor: a tensor where the weights sum to 0 stops the plan, naming the tensor (the executor would stop there too).</summary>
     private static void CheckWeightSums(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
     {
-        var layers = TensorPosition.LayerCountOf(@base);
+        var layout = ModelLayout.Of(@base);
         foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
         {
-            var position = TensorPosition.Of(tensor.Name, layers);
+            var position = layout.Position(tensor.Name);
             // As the merge computes it: each weight in float32, summed in double.
             if (weights.Sum(w => (double)(float)w.Resolve(position)) != 0) continue;
             throw RecipeParser.Error(DareErrorId.WeightSumZero, DareErrorKind.InvalidData, recipe.Parameters.Weight?.Location ?? recipe.MethodLocation,

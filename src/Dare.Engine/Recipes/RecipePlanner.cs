@@ -83,7 +83,8 @@ public sealed class BatchPlan
 /// </summary>
 public static partial class RecipePlanner
 {
-    internal static readonly string[] ArchitectureKeys = { "hidden_size", "num_hidden_layers", "vocab_size" };
+    // vocab_size may differ: embedding rows follow the tokenizers (tokenizer_source).
+    internal static readonly string[] ArchitectureKeys = { "hidden_size", "num_hidden_layers" };
 
     private static readonly StringComparer PathComparer = OperatingSystem.IsWindows() ? StringComparer.OrdinalIgnoreCase : StringComparer.Ordinal;
 
@@ -200,6 +201,9 @@ public static partial class RecipePlanner
 
         var usesDefaultSeed = false;
         var vectors = new List<TaskVector>();
+        var tokenizer = TokenizerChoiceOf(recipe, batchPlan, index, opened);
+        var aligned = TaskVector.FromModels(@base, models.Select(m => m.Checkpoint).ToList(), tokenizer,
+            models.Select(m => m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null).ToList());
         var weights = new List<TensorParameter>();
         var keepRatios = new List<TensorParameter>();
         for (var i = 0; i < models.Count; i++)
@@ -207,13 +211,12 @@ public static partial class RecipePlanner
             var (entry, reference, checkpoint) = models[i];
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
-            var vector = adapters[i] is { } adapter
-                ? FromAdapter(@base, adapter, entry)
-                : TaskVector.FromModels(@base, checkpoint, reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : null);
-            vector = WithDropStep(vector, resolved, form, recipe, entry);
+            // An adapter entry's model is the base: its δ is the adapter's; a full model's is its vocabulary-aligned vector.
+            var vector = adapters[i] is { } adapter ? FromAdapter(@base, aligned[i], adapter, entry) : aligned[i];
+            vector = WithDropStep(vector, WithGradientRule(resolved, recipe.GradientOutsideLayers), form, recipe, entry);
             vectors.Add(vector);
-            weights.Add(resolved.Weight);
-            keepRatios.Add(resolved.KeepRatio);
+            weights.Add(WithGradientRule(resolved.Weight, recipe.GradientOutsideLayers));
+            keepRatios.Add(WithGradientRule(resolved.KeepRatio, recipe.GradientOutsideLayers));
         }
 
         var lambda = form.HasLambda ? recipe.Parameters.Lambda ?? 1.0 : 1.0;
@@ -231,7 +234,7 @@ public static partial class RecipePlanner
         if (form.Method is PassthroughMethod)
         {
             // The model (or stack) is its own base; its scale comes per model or per slice.
-            merged = PassthroughMethod.Plan(@base, PassthroughScale(recipe, @base, models), recipe.Name);
+            merged = PassthroughMethod.Plan(@base, PassthroughScale(recipe, @base, models) is { } scale ? WithGradientRule(scale, recipe.GradientOutsideLayers) : null, recipe.Name);
         }
         else if (vectors.Count == 1 && form.Method == MergeMethod.Linear && lambda == 1.0 && weights[0] is ConstantParameter { Value: 1.0 })
         {
@@ -242,7 +245,10 @@ public static partial class RecipePlanner
         {
             var options = new MergeOptions(form.Method, weights, normalize, lambda,
                 ties ? keepRatios : null, recipe.Parameters.SignMethod ?? SignMethod.Sum)
-            { Settings = MethodSettings(recipe), WholeWeights = form.BaseJoinsModels || (form.BaseIsOptional && baseReference is null) };
+            {
+                Settings = MethodSettings(recipe).ToDictionary(e => e.Key, e => WithGradientRule(e.Value, recipe.GradientOutsideLayers)),
+                WholeWeights = form.BaseJoinsModels || (form.BaseIsOptional && baseReference is null),
+            };
             merged = TaskVector.Combine(vectors, options, recipe.Name);
         }
 
@@ -258,6 +264,8 @@ public static partial class RecipePlanner
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+            ModelReferences = modelReferences.Select(m => m.Reference).Append(baseReference).OfType<ModelReference>()
+                .Where(r => opened.ContainsKey(r.FullPath)).GroupBy(r => opened[r.FullPath].Path).ToDictionary(g => g.Key, g => g.First().Text),
             Partition = isLast ? batchPlan.Options.Partition : null,
         };
         var readsOutputsOf = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference)
@@ -381,10 +389,10 @@ public static partial class RecipePlanner
     /// </summary>
     private static void CheckUnnormalizedLinear(MergeRecipe recipe, Checkpoint @base, IReadOnlyList<TensorParameter> weights)
     {
-        var layers = TensorPosition.LayerCountOf(@base);
+        var layout = ModelLayout.Of(@base);
         foreach (var tensor in @base.Tensors.Where(t => t.DType.IsMergeable()))
         {
-            var position = TensorPosition.Of(tensor.Name, layers);
+            var position = layout.Position(tensor.Name);
             var sum = weights.Sum(w => w.Resolve(position));
             if (Math.Abs(sum - 1) > 1e-9)
             {
@@ -395,68 +403,19 @@ public static partial class RecipePlanner
         }
     }
 
-    private static ModelReference Resolve(BatchPlan batchPlan, int index, string text, RecipeLocation location)
+    /// <summary>Every gradient inside <paramref name="parameter"/> with the recipe's rule for tensors outside the layers.</summary>
+    private static TensorParameter WithGradientRule(TensorParameter parameter, GradientOutsideLayers rule) => parameter switch
     {
-        var recipes = batchPlan.Batch.Recipes;
-        var named = recipes.Select((r, i) => (r, i)).FirstOrDefault(x => x.r.Name == text);
-        if (named.r is not null)
-        {
-            if (named.i < index) return new ModelReference(text, location, batchPlan.Outputs[named.i], named.i);
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, named.i == index
-                ? $"'{text}' is this recipe's own name; a recipe cannot merge its own output."
-                : $"'{text}' is written by a later recipe; recipes in a batch run in order, so only earlier outputs can be used.");
-        }
-        var full = Path.GetFullPath(Path.Combine(batchPlan.Batch.BaseDirectory, text)).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
-        for (var i = 0; i < recipes.Count; i++)
-        {
-            if (!PathComparer.Equals(batchPlan.Outputs[i], full)) continue;
-            if (i < index) return new ModelReference(text, location, full, i);
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, location, i == index
-                ? $"'{full}' is also this recipe's output folder; write the merge somewhere else."
-                : $"'{full}' is written by the later recipe '{recipes[i].DisplayName}'; recipes in a batch run in order.");
-        }
-        return new ModelReference(text, location, full, null);
-    }
+        GradientParameter g => g with { OutsideLayers = rule },
+        RuleParameter r => new RuleParameter(r.Rules.Select(x => x with { Value = WithGradientRule(x.Value, rule) }).ToList(), WithGradientRule(r.Default, rule)),
+        _ => parameter,
+    };
 
-    private static Checkpoint OpenExisting(ModelReference reference, string baseDirectory)
+    /// <summary>A model's drop step (DARE, DELLA or breadcrumbs) with its gradients following the recipe's rule outside layers.</summary>
+    private static ResolvedModel WithGradientRule(ResolvedModel model, GradientOutsideLayers rule) => model with
     {
-        RefuseAdapterAsModel(reference);
-        try
-        {
-            return Checkpoint.Open(reference.FullPath);
-        }
-        catch (DareException ex)
-        {
-            var hint = ex.ErrorId == DareErrorId.PathNotFound
-                ? $"'{reference.Text}' resolves to '{reference.FullPath}', which does not exist. Dare reads local model folders only (download Hugging Face models first); relative paths resolve against '{baseDirectory}'."
-                : ex.Message;
-            throw RecipeParser.Error(ex.ErrorId, ex.Kind, reference.Location, hint, ex);
-        }
-    }
-
-    /// <summary>An earlier recipe's output: the written model, or before it exists its base (same tensors and config.json).</summary>
-    private static Checkpoint OpenProduced(BatchPlan batchPlan, int producer, ModelReference reference, bool standIn)
-    {
-        var plan = batchPlan.Plans[producer];
-        if (plan.Export.DeltaOnly)
-        {
-            throw RecipeParser.Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, reference.Location,
-                $"'{plan.Recipe.DisplayName}' writes a delta (output.delta_only), not a model, so it cannot be merged as one.");
-        }
-        return standIn ? plan.Vector.Base : OpenExisting(reference, batchPlan.Batch.BaseDirectory);
-    }
-
-    private static void CheckArchitecture(Checkpoint @base, ModelReference baseReference, Checkpoint model, ModelReference modelReference)
-    {
-        foreach (var key in ArchitectureKeys)
-        {
-            var expected = @base.ConfigInt(key);
-            var actual = model.ConfigInt(key);
-            if (expected is not null && actual is not null && expected != actual)
-            {
-                throw RecipeParser.Error(DareErrorId.ArchitectureMismatch, DareErrorKind.InvalidData, modelReference.Location,
-                    $"'{modelReference.Text}' has {key} {actual} in its config.json but the base '{baseReference.Text}' has {expected}; merged models must share the base's architecture ({string.Join(", ", ArchitectureKeys)}).");
-            }
-        }
-    }
+        Dare = model.Dare is { } dare ? dare with { DropRate = WithGradientRule(dare.DropRate, rule) } : null,
+        Della = model.Della is { } della ? della with { Density = WithGradientRule(della.Density, rule), Epsilon = WithGradientRule(della.Epsilon, rule) } : null,
+        Breadcrumbs = model.Breadcrumbs is { } crumbs ? crumbs with { Density = WithGradientRule(crumbs.Density, rule), Gamma = WithGradientRule(crumbs.Gamma, rule) } : null,
+    };
 }

@@ -83,6 +83,8 @@ public static partial class RecipeWriter
         }
         recipe["parameters"] = global;
         if (sharedSeed is { } seed) recipe["random_seed"] = seed;
+        if (Tokenizer(vector.Tokenizer) is { } tokenizer) recipe[tokenizer.Key] = tokenizer.Value;
+        if (AllParameters(vector).Any(p => p is GradientParameter { OutsideLayers: GradientOutsideLayers.EmbeddingsFirstOthersLast })) recipe["gradient_outside_layers"] = "legacy";
         // Without out_dtype (and dtype) each tensor keeps the base's dtype; mergekit would write dtype's type instead.
         if (outputDType is { } dtype)
         {
@@ -111,6 +113,45 @@ public static partial class RecipeWriter
             : new() { ["model"] = $"{@base.Path}+{adapter.Path}", ["parameters"] = parameters };
     }
 
+    /// <summary>tokenizer_source: union | a path, or the tokenizer: section when it has padding or token overrides; null for the base's vocabulary.</summary>
+    private static (string Key, object Value)? Tokenizer(TokenizerChoice choice)
+    {
+        if (choice.IsPlainBase) return null;
+        var source = choice.Kind == TokenizerSourceKind.Model ? choice.Model! : choice.Kind.ToString().ToLowerInvariant();
+        if (choice.PadToMultipleOf is null && choice.Tokens.Count == 0) return ("tokenizer_source", source);
+        var section = new Dictionary<string, object?> { ["source"] = source };
+        if (choice.PadToMultipleOf is { } pad) section["pad_to_multiple_of"] = pad;
+        if (choice.Tokens.Count > 0)
+        {
+            section["tokens"] = choice.Tokens.ToDictionary(e => e.Key, e => (object)new Dictionary<string, object?>
+            {
+                ["source"] = e.Value.Source switch
+                {
+                    { Zero: true } => new Dictionary<string, object?> { ["kind"] = "zero" },
+                    { Token: null, TokenId: null } s => s.Model,
+                    var s => s.TokenId is { } id
+                        ? new Dictionary<string, object?> { ["kind"] = "model_token", ["model"] = s.Model, ["token_id"] = id }
+                        : new Dictionary<string, object?> { ["kind"] = "model_token", ["model"] = s.Model, ["token"] = s.Token },
+                },
+                ["force"] = e.Value.Force,
+            }, StringComparer.Ordinal);
+        }
+        return ("tokenizer", section);
+    }
+
+    /// <summary>Every per-tensor parameter of the plan (weights, keep ratios, drop steps' values, method settings), rules opened up.</summary>
+    private static IEnumerable<TensorParameter> AllParameters(TaskVector vector)
+    {
+        var merge = vector.Merge;
+        var top = (merge?.Weights ?? Array.Empty<TensorParameter>()).Concat(merge?.KeepRatios ?? Array.Empty<TensorParameter>())
+            .Concat(merge?.Settings.Values ?? Enumerable.Empty<TensorParameter>())
+            .Concat(vector.Leaves.Where(l => l.Dare is not null).Select(l => l.Dare!.DropRate))
+            .Concat(vector.Leaves.Where(l => l.Della is not null).SelectMany(l => new[] { l.Della!.Density, l.Della.Epsilon }))
+            .Concat(vector.Leaves.Where(l => l.Breadcrumbs is not null).SelectMany(l => new[] { l.Breadcrumbs!.Density, l.Breadcrumbs.Gamma }));
+        return top.SelectMany(Open);
+        static IEnumerable<TensorParameter> Open(TensorParameter p) => p is RuleParameter r ? r.Rules.SelectMany(x => Open(x.Value)).Concat(Open(r.Default)).Prepend(p) : new[] { p };
+    }
+
     /// <summary>A model's drop step (DARE or DELLA) as the recipe records it: seed, stream and rescale.</summary>
     private sealed record DropStep(long Seed, int Stream, DareRescale Rescale, double Q)
     {
@@ -123,7 +164,7 @@ public static partial class RecipeWriter
     /// della / breadcrumbs_ties for sign election without trim, della_linear / breadcrumbs for a weighted sum; anything
     /// else has no recipe spelling.
     /// </summary>
-    private static string PruneRecipeName(string family, MergeMethod method, MergeOptions? merge)
+    internal static string PruneRecipeName(string family, MergeMethod method, MergeOptions? merge)
     {
         var (ties, linear) = family == "della" ? ("della", "della_linear") : ("breadcrumbs_ties", "breadcrumbs");
         if (merge is null || method == MergeMethod.Linear) return linear;

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Dare.Engine.Merge;
 
 namespace Dare.Engine.Safetensors;
 
@@ -70,6 +71,24 @@ public sealed partial class Checkpoint
     /// <summary>e.g. "BF16 (291), F32 (2)".</summary>
     public string DTypeSummary => string.Join(", ", Tensors.GroupBy(t => t.DType).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} ({g.Count()})"));
 
+    /// <summary>Tokenizer files and config.json changes for an output whose vocabulary is not the base folder's (null: the base's).</summary>
+    public VocabularyOutput? Vocabulary { get; private init; }
+
+    /// <summary>
+    /// This checkpoint with some tensors replaced by re-rowed ones (the base extended to a merged vocabulary); path,
+    /// folder, metadata and config stay the same, so its side files are still copied from the base folder; a stack
+    /// stays a stack (its slices, sources and config changes).
+    /// </summary>
+    internal Checkpoint WithReplacedTensors(IReadOnlyDictionary<string, TensorInfo> replaced, VocabularyOutput? vocabulary) =>
+        new(Path, Layout, Files, Tensors.Select(t => replaced.GetValueOrDefault(t.Name) ?? t).ToList(), Metadata, _config)
+        {
+            Vocabulary = vocabulary,
+            Slices = Slices,
+            ConfigChanges = ConfigChanges,
+            TensorSources = TensorSources,
+            StackDirectory = StackDirectory,
+        };
+
     public TensorInfo? Find(string name) => _byName.GetValueOrDefault(name);
     public bool Contains(string name) => _byName.ContainsKey(name);
 
@@ -102,6 +121,11 @@ public sealed partial class Checkpoint
         var candidates = File.Exists(single)
             ? new[] { single }
             : System.IO.Directory.GetFiles(full, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).ToArray();
+        if (candidates.Length == 0 && PickleFiles(full) is { Length: > 0 } pickles)
+        {
+            throw new DareException(DareErrorId.NoSafetensorsFound, DareErrorKind.ObjectNotFound,
+                $"The folder '{full}' holds only pickle weights ({string.Join(", ", pickles.Take(3))}); Dare never unpickles (loading a pickle can run arbitrary code). Convert the model to safetensors first, for example with transformers: AutoModel.from_pretrained(...).save_pretrained(folder, safe_serialization=True).") { FilePath = full };
+        }
         if (candidates.Length == 0)
         {
             throw new DareException(DareErrorId.NoSafetensorsFound, DareErrorKind.ObjectNotFound,
@@ -115,6 +139,11 @@ public sealed partial class Checkpoint
         var only = SafetensorsFile.Open(candidates[0]);
         return new Checkpoint(full, CheckpointLayout.Folder, candidates, only.Tensors.ToList(), only.Metadata, config);
     }
+
+    /// <summary>PyTorch pickle weight files in a folder (pytorch_model*.bin, *.pt, *.pth, *.ckpt).</summary>
+    private static string[] PickleFiles(string folder) =>
+        new[] { "*.bin", "*.pt", "*.pth", "*.ckpt" }.SelectMany(p => System.IO.Directory.GetFiles(folder, p)).Select(System.IO.Path.GetFileName).OfType<string>()
+            .Where(f => !f.Equals("training_args.bin", StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
 
     private static Checkpoint OpenSharded(string folder, string indexPath, JsonObject? config)
     {

@@ -46,6 +46,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>Extra text files to place in the output (e.g. dare_recipe.yml).</summary>
     public IReadOnlyDictionary<string, string>? ExtraFiles { get; init; }
 
+    /// <summary>Integer fields of config.json to set in the copy (vocab_size of a merged vocabulary).</summary>
+    public IReadOnlyDictionary<string, long>? ConfigUpdates { get; init; }
+
     /// <summary>
     /// Write shards around the page cache (O_DIRECT) where the platform and file system allow it; buffered otherwise.
     /// On by default unless the environment variable DARE_DIRECT_WRITES is 0.
@@ -73,13 +76,14 @@ public sealed record CheckpointWriteResult(string Path, IReadOnlyList<string> Fi
 /// and is moved into place only by <see cref="Commit"/> (see <see cref="OutputFolder"/>); disposing an uncommitted
 /// writer (failure, cancellation) deletes the temporary folder and leaves the destination untouched.
 /// </summary>
-public sealed class CheckpointWriter : IDisposable
+public sealed partial class CheckpointWriter : IDisposable
 {
     /// <summary>Side files copied from the source model folder.</summary>
     public static readonly string[] SideFiles =
     {
         "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
         "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+        "LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md",
     };
 
     private readonly string _destination;
@@ -349,79 +353,6 @@ public sealed class CheckpointWriter : IDisposable
 
     /// <summary>The folder the output is assembled in before it is moved into place.</summary>
     internal string TemporaryFolder => _temporary;
-
-    private void WriteIndex()
-    {
-        var weightMap = new JsonObject();
-        foreach (var shard in _shards)
-        {
-            foreach (var tensor in shard.Tensors) weightMap[tensor.Name] = shard.FileName;
-        }
-        var index = new JsonObject
-        {
-            ["metadata"] = new JsonObject { ["total_size"] = _shards.Sum(s => s.Tensors.Sum(t => t.ByteLength)) },
-            ["weight_map"] = weightMap,
-        };
-        File.WriteAllText(Path.Combine(_temporary, Checkpoint.IndexFileName), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-    }
-
-    private void CopySideFiles()
-    {
-        if (_options.CopySideFilesFrom is not { } source) return;
-        foreach (var name in SideFiles)
-        {
-            var from = Path.Combine(source, name);
-            if (!SideFileIsCopyable(source, from)) continue;
-            var to = Path.Combine(_temporary, name);
-            if (name == "config.json" && (_options.ConfigDType is not null || _options.ConfigChanges is { Count: > 0 }) && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
-            {
-                var changed = false;
-                if (_options.ConfigDType is { } dtype)
-                {
-                    var wanted = dtype.TorchDTypeName();
-                    if (!(config["torch_dtype"] is JsonValue current && current.TryGetValue<string>(out var currentName) && currentName == wanted))
-                    {
-                        config["torch_dtype"] = wanted;
-                        changed = true;
-                    }
-                }
-                foreach (var (key, value) in _options.ConfigChanges ?? new Dictionary<string, JsonNode?>())
-                {
-                    config[key] = value?.DeepClone();
-                    changed = true;
-                }
-                if (changed)
-                {
-                    File.WriteAllText(to, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-                    continue;
-                }
-            }
-            File.Copy(from, to);
-        }
-    }
-
-    /// <summary>
-    /// Only regular files that resolve (through any symlinks) inside the model folder are copied: a FIFO would block
-    /// the copy, and a tokenizer.json linking to some other file must not carry that file into the output.
-    /// </summary>
-    private bool SideFileIsCopyable(string folder, string path)
-    {
-        var kind = FileIdentity.Stat(path).Kind;
-        if (kind == FileKind.Missing) return false;
-        if (kind != FileKind.Regular)
-        {
-            _options.Warning?.Invoke($"Skipped the side file '{path}': it is a {RegularFile.Describe(kind)}, not a regular file.");
-            return false;
-        }
-        var target = RegularFile.RealPath(path);
-        var root = RegularFile.RealPath(folder).TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar;
-        if (!target.StartsWith(root, OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal))
-        {
-            _options.Warning?.Invoke($"Skipped the side file '{path}': it links to '{target}', outside the model folder '{folder}'.");
-            return false;
-        }
-        return true;
-    }
 
     /// <summary>The destination may have changed while the model was written (another export, a user's file).</summary>
     private void CheckStillReplaceable()

@@ -27,6 +27,9 @@ public sealed class TensorInfo
 
     /// <summary>The identity <see cref="File"/> had when its header was read; data is read only from that same file.</summary>
     public FileIdentity? FileIdentity { get; init; }
+    /// <summary>For a tensor gathered from rows of others (a base extended to a merged vocabulary): where its rows come from.</summary>
+    internal RowAssembly? Assembly { get; init; }
+
     public long ElementCount => ByteLength / DType.ElementSize();
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 

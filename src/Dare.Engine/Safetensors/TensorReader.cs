@@ -26,6 +26,11 @@ public sealed partial class TensorReader : IDisposable
     {
         var elementSize = info.DType.ElementSize();
         CheckRange(info, firstElement, count);
+        if (info.Assembly is { } assembly)
+        {
+            assembly.Read(this, firstElement, count, destination);
+            return;
+        }
         var handle = Handle(info);
         var offset = info.DataOffset + firstElement * elementSize;
         var remaining = count * elementSize;
@@ -136,7 +141,7 @@ public sealed partial class TensorReader : IDisposable
     /// </summary>
     public unsafe bool Prefetch(TensorInfo info, long firstElement, long count)
     {
-        if (!OperatingSystem.IsLinux() || count <= 0) return false;
+        if (!OperatingSystem.IsLinux() || count <= 0 || info.Assembly is not null) return false;
         try
         {
             CheckRange(info, firstElement, count);

@@ -49,10 +49,14 @@ public sealed class TensorParameterTests
         Assert.Equal(1.0, At("model.layers.2.w"));
         Assert.Equal(0.5, At("model.layers.3.w"));
         Assert.Equal(0.0, At("model.layers.4.w"));
-        // Outside the layers: embeddings take the first point, everything else the last.
+        // Outside the layers every tensor takes the first point (mergekit 0.1.4, t = 0); the pre-#534 rule on request puts the head and final norm last.
         Assert.Equal(0.0, At("model.embed_tokens.weight"));
         Assert.Equal(0.2, new GradientParameter(new[] { 0.2, 0.8 }).Resolve(TensorPosition.Of("model.embed_tokens.weight", 5)), 12);
-        Assert.Equal(0.8, new GradientParameter(new[] { 0.2, 0.8 }).Resolve(TensorPosition.Of("lm_head.weight", 5)), 12);
+        Assert.Equal(0.2, new GradientParameter(new[] { 0.2, 0.8 }).Resolve(TensorPosition.Of("lm_head.weight", 5)), 12);
+        var legacy = new GradientParameter(new[] { 0.2, 0.8 }) { OutsideLayers = GradientOutsideLayers.EmbeddingsFirstOthersLast };
+        Assert.Equal(0.2, legacy.Resolve(TensorPosition.Of("model.embed_tokens.weight", 5)), 12);
+        Assert.Equal(0.8, legacy.Resolve(TensorPosition.Of("lm_head.weight", 5)), 12);
+        Assert.Equal(0.8, legacy.Resolve(TensorPosition.Of("model.norm.weight", 5)), 12);
         Assert.Equal(0.4, new GradientParameter(new[] { 0.4 }).Resolve(TensorPosition.Of("model.layers.3.w", 5)));
     }
 
@@ -67,7 +71,7 @@ public sealed class TensorParameterTests
         var baseCheckpoint = models.Write("base", names.Select(n => TestTensor.F32(n, @base[n])));
         var vectors = tuned.Select((t, i) => TaskVector.FromModels(baseCheckpoint, models.Write($"t{i}", names.Select(n => TestTensor.F32(n, t[n]))))).ToList();
 
-        // Weights: model 0 follows a gradient 1 -> 3 over the 2 layers; model 1 has 0.5 on lm_head and 1 elsewhere.
+        // Weights: model 0 follows a gradient 1 -> 3 over the 2 layers (t = 0 outside them); model 1 has 0.5 on lm_head and 1 elsewhere.
         // Model 1 is DAREd only on layer 1 (p = 0.5; 0 elsewhere leaves it untouched).
         var weight0 = new GradientParameter(new[] { 1.0, 3.0 });
         var weight1 = new RuleParameter(new[] { new ParameterRule("lm_head", 0.5) }, 1.0);
@@ -82,7 +86,7 @@ public sealed class TensorParameterTests
             ["model.embed_tokens.weight"] = (1, 1),
             ["model.layers.0.w"] = (1, 1),
             ["model.layers.1.w"] = (3, 1),
-            ["lm_head.weight"] = (3, 0.5),
+            ["lm_head.weight"] = (1, 0.5),
         };
         foreach (var name in names)
         {

@@ -115,8 +115,6 @@ public class RecipeParserTests
 
     [Theory]
     [InlineData("merge_method: ties\nmodules: {}\nmodels: [a]", "modules", "line 2, column 1")]
-    [InlineData("merge_method: ties\nmodels: [a]\ntokenizer: { source: union }", "tokenizer", "line 3, column 1")]
-    [InlineData("merge_method: ties\nmodels: [a]\ntokenizer_source: union", "tokenizer_source", "line 3, column 19")]
     [InlineData("merge_method: ties\nmodels: [a]\nparameters:\n  embed_slerp: true", "parameters.embed_slerp", "line 4, column 3")]
     [InlineData("merge_method: ties\nmodels: [a]\ndtype: float64", "dtype", "line 3, column 8")]
     [InlineData("merge_method: ties\nmodels: [a]\nparameters: { rescale: l2 }", "parameters.rescale", "line 3, column 24")]

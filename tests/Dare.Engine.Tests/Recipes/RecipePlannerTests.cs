@@ -146,10 +146,10 @@ public class RecipePlannerTests : IClassFixture<RecipeModels>
         Assert.Contains("line 4, column 12 (models[0].model)", missing.Message);
 
         var other = Path.Combine(_models.Directory, $"wide-{Guid.NewGuid():N}");
-        Dare.Engine.Safetensors.SyntheticModel.Write(other, new(HiddenSize: 64, Layers: 2, VocabSize: 256), 3, dtype: Dare.Engine.Safetensors.SafetensorsDType.F32);
+        Dare.Engine.Safetensors.SyntheticModel.Write(other, new(HiddenSize: 64, Layers: 3, VocabSize: 256), 3, dtype: Dare.Engine.Safetensors.SafetensorsDType.F32);
         var mismatch = PlanError($"merge_method: linear\nbase_model: ./base\nmodels:\n  - model: {other}\n    parameters: {{ weight: 1 }}\n");
         Assert.Equal(DareErrorId.ArchitectureMismatch, mismatch.ErrorId);
-        Assert.Contains("vocab_size 256", mismatch.Message);
+        Assert.Contains("num_hidden_layers 3", mismatch.Message);
 
         var exists = PlanError("merge_method: linear\nbase_model: ./base\nmodels:\n  - model: ./math\n    parameters: { weight: 1 }\n", output: "code");
         Assert.Equal(DareErrorId.OutputExists, exists.ErrorId);
@@ -193,15 +193,15 @@ public class RecipePlannerTests : IClassFixture<RecipeModels>
     }
 
     [Theory]
-    // mergekit: layer i of n at t = i/(n-1), t = 1 for a single layer; embeddings at t = 0, final norm and lm_head at t = 1.
+    // mergekit 0.1.4: layer i of n at t = i/(n-1), t = 1 for a single layer; every tensor outside the layers at t = 0 (since its #534).
     [InlineData("model.layers.0.mlp.up_proj.weight", 2, 0.0)]
     [InlineData("model.layers.1.mlp.up_proj.weight", 2, 1.0)]
     [InlineData("model.layers.0.mlp.up_proj.weight", 1, 1.0)]
     [InlineData("model.layers.1.mlp.up_proj.weight", 5, 0.25)]
     [InlineData("model.layers.3.mlp.up_proj.weight", 5, 0.75)]
     [InlineData("model.embed_tokens.weight", 5, 0.0)]
-    [InlineData("model.norm.weight", 5, 1.0)]
-    [InlineData("lm_head.weight", 5, 1.0)]
+    [InlineData("model.norm.weight", 5, 0.0)]
+    [InlineData("lm_head.weight", 5, 0.0)]
     public void Gradients_interpolate_across_layers_as_mergekit_does(string tensor, int layers, double expected)
     {
         var gradient = new GradientParameter(new[] { 0.0, 1.0 });
