@@ -13,6 +13,7 @@
     FormatsToProcess     = @('Dare.Format.ps1xml')
     CmdletsToExport      = @(
         'Complete-DareExport'
+        'Export-LoraAdapter'
         'Export-Safetensors'
         'Get-DareEnvironment'
         'Get-TaskVector'

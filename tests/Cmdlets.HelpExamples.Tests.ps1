@@ -26,6 +26,10 @@ BeforeAll {
         $null = New-SyntheticCheckpoint (Join-Path $Fixture $name) -BaseModel $base -Seed ($seed++)
     }
     $null = New-SyntheticCheckpoint -LiteralPath (Join-Path $Fixture 'runs/[v2] wizardmath') -BaseModel $base -Seed ($seed++)
+    # LoRA adapters of the base, extracted from two of the fine-tunes.
+    foreach ($pair in @(@('lora-math', 'wizardmath'), @('lora-code', 'codellama'))) {
+        $null = Get-TaskVector $base (Join-Path $Fixture $pair[1]) | Export-LoraAdapter (Join-Path $Fixture $pair[0]) -Rank 4
+    }
     $other = New-SyntheticCheckpoint (Join-Path $Fixture 'base') @size -Seed 2
     foreach ($name in 'math', 'code', 'chat', 'a', 'b') { $null = New-SyntheticCheckpoint (Join-Path $Fixture $name) -BaseModel $other -Seed ($seed++) }
     Copy-Item (Join-Path $PSScriptRoot '../examples/batch.yml') (Join-Path $Fixture 'batch.yml')

@@ -77,11 +77,12 @@ Describe 'Get-TaskVector literal twins' {
 
     It 'keeps each parameter and its twin in different parameter sets' {
         $command = Get-Command Get-TaskVector
-        foreach ($pair in @('Base', 'LiteralBase'), @('FineTuned', 'LiteralFineTuned')) {
+        foreach ($pair in @('Base', 'LiteralBase'), @('FineTuned', 'LiteralFineTuned'), @('Adapter', 'LiteralAdapter')) {
             $shared = $command.Parameters[$pair[0]].ParameterSets.Keys | Where-Object { $_ -in $command.Parameters[$pair[1]].ParameterSets.Keys }
             $shared | Should -BeNullOrEmpty
         }
-        $command.ParameterSets.Count | Should -Be 4
+        # Each of the two base forms with each of the four input forms (fine-tunes or adapters, by pattern or literally).
+        $command.ParameterSets.Count | Should -Be 8
     }
 
     It 'refuses a literal path on another provider with NotFileSystemPath: <Arguments.Keys>' -ForEach @(

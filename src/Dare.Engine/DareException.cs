@@ -55,6 +55,8 @@ public enum DareErrorId
     PartitionIncomplete,
     PartitionCorrupt,
     PartitionCompletionBusy,
+    AdapterInvalid,
+    AdapterUnsupported,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

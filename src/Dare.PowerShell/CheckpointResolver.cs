@@ -1,5 +1,6 @@
 using System.Management.Automation;
 using Dare.Engine;
+using Dare.Engine.Adapters;
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
@@ -51,6 +52,39 @@ internal static class CheckpointResolver
                 $"'{path}' matches {resolved.Count} items; this parameter takes exactly one model.") { FilePath = path };
         }
         return resolved.Select(Checkpoint.Open).ToList();
+    }
+
+    /// <summary>
+    /// Like <see cref="Resolve"/>, but a folder holding adapter_config.json (or a file in one) becomes a <see cref="LoraAdapter"/>
+    /// rather than a checkpoint, so that an adapter is never read as a model of its own.
+    /// </summary>
+    public static IReadOnlyList<object> ResolveModelsOrAdapters(SessionState session, object? input, bool literal)
+    {
+        var value = input is PSObject ps ? ps.BaseObject : input;
+        if (value is Checkpoint or ExportResult) return Resolve(session, input, allowMany: true, literal);
+        return ResolvePaths(session, input, literal).Select(path => LoraAdapter.IsAdapter(path) ? (object)LoraAdapter.Open(path) : Checkpoint.Open(path)).ToList();
+    }
+
+    /// <summary>The file-system paths an input names: a path (wildcards unless literal), a FileSystemInfo, an export's result, or an object with PSPath.</summary>
+    public static IReadOnlyList<string> ResolvePaths(SessionState session, object? input, bool literal)
+    {
+        var value = input is PSObject ps ? ps.BaseObject : input;
+        switch (value)
+        {
+            case string text:
+                return PathResolver.ResolveExisting(session, text, literal);
+            case FileSystemInfo info:
+                return new[] { info.FullName };
+            case ExportResult exported:
+                return new[] { exported.Path };
+            case LoraExportResult adapter:
+                return new[] { adapter.Path };
+            case Checkpoint checkpoint:
+                return new[] { checkpoint.Path };
+        }
+        if (LiteralPathOf(input) is { } named) return PathResolver.ResolveExisting(session, named, literal: true);
+        throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
+            $"Cannot use a {value?.GetType().Name ?? "null"} as a model or adapter; give a path, a folder, or the result of Export-Safetensors or Export-LoraAdapter.");
     }
 
     private static string? LiteralPathOf(object? input)

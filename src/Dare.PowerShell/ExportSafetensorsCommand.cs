@@ -72,7 +72,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         }
         // Refused before any work: a destination whose replacement could lose what Dare did not write.
         var currentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath;
-        foreach (var (vector, folder) in targets) OutputFolder.Check(folder, Force, OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base)), currentLocation);
+        foreach (var (vector, folder) in targets) OutputFolder.Check(folder, Force, OutputFolder.InputPathsOf(vector), currentLocation);
         foreach (var (vector, folder) in targets)
         {
             Cancellation.ThrowIfCancellationRequested();

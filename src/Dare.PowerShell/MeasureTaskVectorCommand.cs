@@ -3,7 +3,7 @@ using Dare.Engine.Merge;
 
 namespace Dare.PowerShell;
 
-/// <summary>Measure-TaskVector: size, natural sparsity, |δ| statistics and the realised DARE drop fraction.</summary>
+/// <summary>Measure-TaskVector: size, natural sparsity, |δ| statistics, the realised DARE drop fraction, an adapter's rank and the effective rank of sampled matrices.</summary>
 [Cmdlet(VerbsDiagnostic.Measure, "TaskVector", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVectorStatistics))]
 public sealed class MeasureTaskVectorCommand : DareCmdlet
@@ -16,6 +16,14 @@ public sealed class MeasureTaskVectorCommand : DareCmdlet
     [Parameter]
     public SwitchParameter PerTensor { get; set; }
 
+    /// <summary>
+    /// How many matrices to sample for the effective rank (Rank99: the singular values holding 99% of ‖δ‖²_F), spread
+    /// over the model; each costs one SVD. 0 skips it.
+    /// </summary>
+    [Parameter]
+    [ValidateRange(0, 1000)]
+    public int RankSamples { get; set; } = 3;
+
     protected override void ProcessRecord()
     {
         foreach (var vector in InputObject)
@@ -26,7 +34,7 @@ public sealed class MeasureTaskVectorCommand : DareCmdlet
                 TaskVectorStatistics statistics;
                 try
                 {
-                    statistics = TaskVectorStatistics.Measure(vector, new MergeExecutor(observer, Cancellation), PerTensor);
+                    statistics = TaskVectorStatistics.Measure(vector, new MergeExecutor(observer, Cancellation), PerTensor, RankSamples);
                 }
                 finally
                 {

@@ -19,22 +19,8 @@ internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> mis
     public IInputTensor? Open(TensorInfo baseTensor)
     {
         if (aligned is not null && aligned.TryGetValue(baseTensor.Name, out var rows)) return new RowsPart(rows);
-        if (aliases is not null && aliases.TryGetValue(baseTensor.Name, out var alias)) return new Part(alias);
-        return model.Find(baseTensor.Name) is { } tuned ? new Part(tuned) : null;
-    }
-
-    private sealed class Part(TensorInfo tuned) : IInputTensor
-    {
-        public TensorInfo? StoredBFloat16 => tuned.DType == SafetensorsDType.BF16 ? tuned : null;
-        public bool NeedsBase => true;
-
-        public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count)
-        {
-            var values = chunks.ReadFloat32(slot, tuned, first, count);
-            using (PhaseProfile.Time(chunks.Profile, Phase.Delta)) return values.sub_(baseChunk);
-        }
-
-        public void Prefetch(TensorReader reader, long first, long count) => reader.Prefetch(tuned, first, count);
+        if (aliases is not null && aliases.TryGetValue(baseTensor.Name, out var alias)) return new StoredMinusBase(alias);
+        return model.Find(baseTensor.Name) is { } tuned ? new StoredMinusBase(tuned) : null;
     }
 
     /// <summary>δ of a re-rowed vocabulary tensor: (own row − base row) where the model has the row's token, a given δ for padding rows, else 0.</summary>
@@ -82,6 +68,21 @@ internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> mis
 
         public void Prefetch(TensorReader reader, long first, long count) { }
     }
+}
+
+/// <summary>δ = a stored tensor − the base tensor of the same shape (a fine-tuned model's, or an adapter's full replacement).</summary>
+internal sealed class StoredMinusBase(TensorInfo stored) : IInputTensor
+{
+    public TensorInfo? StoredBFloat16 => stored.DType == SafetensorsDType.BF16 ? stored : null;
+    public bool NeedsBase => true;
+
+    public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count)
+    {
+        var values = chunks.ReadFloat32(slot, stored, first, count);
+        using (PhaseProfile.Time(chunks.Profile, Phase.Delta)) return values.sub_(baseChunk);
+    }
+
+    public void Prefetch(TensorReader reader, long first, long count) => reader.Prefetch(stored, first, count);
 }
 
 /// <summary>A model's vocabulary tensor re-rowed to the output vocabulary: output row r is its row Own[r] (−1: no δ there), padding rows take a given δ.</summary>

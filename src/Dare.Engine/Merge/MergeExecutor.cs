@@ -95,7 +95,7 @@ public sealed class MergeExecutor
             MaxShardSize = options.MaxShardSize,
             Metadata = metadata,
             Force = options.Force,
-            ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector.Sources.Prepend(vector.Base))).ToList(),
+            ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector)).ToList(),
             CurrentLocation = options.CurrentLocation,
             CopySideFilesFrom = vector.Base.Directory,
             ConfigChanges = vector.Base.ConfigChanges,

@@ -19,6 +19,21 @@ public sealed record TaskVectorStatistics(
     /// <summary>Per-tensor figures (filled for the whole-model record when asked for).</summary>
     public IReadOnlyList<TaskVectorStatistics> Tensors { get; init; } = Array.Empty<TaskVectorStatistics>();
 
+    /// <summary>The largest LoRA rank r of the adapters the vector draws on (null when it draws on none).</summary>
+    public int? AdapterRank { get; init; }
+
+    /// <summary>The effective rank of a few sampled matrices of δ (see <see cref="MatrixRank"/>); empty when none was sampled.</summary>
+    public IReadOnlyList<MatrixRank> SampledRanks { get; init; } = Array.Empty<MatrixRank>();
+
+    /// <summary>The median over the sampled non-zero matrices of Rank99 / min(rows, columns); null when none was sampled.</summary>
+    public double? EffectiveRankFraction { get; init; }
+
+    /// <summary>Whether δ is low-rank like a LoRA's: the sampled matrices hold 99% of their energy in at most <see cref="LowRankFraction"/> of their possible rank.</summary>
+    public bool? LooksLowRank => EffectiveRankFraction is { } f ? f <= LowRankFraction : null;
+
+    /// <summary>Rank99 / min(rows, columns) at or below which a δ counts as low-rank (a rank-64 LoRA of a 4096-wide layer is 0.016; full fine-tunes are far above).</summary>
+    public const double LowRankFraction = 0.1;
+
     /// <summary>Entries with |δ| below this fraction of the tensor's max |δ| count as naturally sparse.</summary>
     public const double SparsityFraction = 0.01;
 
@@ -26,7 +41,7 @@ public sealed record TaskVectorStatistics(
     /// Computes the statistics by streaming the vector through the executor. Natural sparsity is relative to each
     /// tensor's own max |δ|, which a tensor larger than one chunk only knows after a first pass.
     /// </summary>
-    public static TaskVectorStatistics Measure(TaskVector vector, MergeExecutor executor, bool perTensor)
+    public static TaskVectorStatistics Measure(TaskVector vector, MergeExecutor executor, bool perTensor, int rankSamples = 0)
     {
         var accumulators = new Dictionary<string, Accumulator>(StringComparer.Ordinal);
         var counts = executor.StreamDeltas(vector, (info, _, delta) =>
@@ -73,9 +88,18 @@ public sealed record TaskVectorStatistics(
             SumSquares = accumulators.Values.Sum(a => a.SumSquares),
             Sparse = accumulators.Values.Sum(a => a.Sparse),
         };
+        var ranks = MatrixRank.Sample(vector, executor, rankSamples);
+        var nonZero = ranks.Where(r => r.Rank99 > 0).Select(r => r.Fraction).Order().ToList();
         return total.ToStatistics(vector.Name,
             usesDare ? counts.TargetDropped / counts.Elements : null,
-            usesDare ? (double)counts.Dropped / counts.Elements : null) with { Tensor = null, Tensors = perTensorResults };
+            usesDare ? (double)counts.Dropped / counts.Elements : null) with
+        {
+            Tensor = null,
+            Tensors = perTensorResults,
+            AdapterRank = vector.LoraAdapters.Count > 0 ? vector.LoraAdapters.Max(a => a.Rank) : null,
+            SampledRanks = ranks,
+            EffectiveRankFraction = nonZero.Count > 0 ? nonZero[nonZero.Count / 2] : null,
+        };
     }
 
     private static Accumulator Accum(Dictionary<string, Accumulator> accumulators, TensorInfo info)

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Dare.Engine.Adapters;
 using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Merge;
@@ -209,6 +210,35 @@ public sealed class TaskVector
     /// <summary>A task vector whose δ comes from <paramref name="input"/> (e.g. a computed delta), against <paramref name="base"/>.</summary>
     internal static TaskVector FromInput(Checkpoint @base, ITaskInput input, string? name = null) =>
         new(name ?? input.Name, @base, input, null, null, Array.Empty<TaskVector>());
+
+    /// <summary>
+    /// δ = s·B·A per module of a PEFT LoRA adapter (and stored − base for its full tensors), against <paramref name="base"/>.
+    /// Every module is matched to a base tensor and checked (shape, rank) now; nothing is read yet.
+    /// </summary>
+    public static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, string? name = null) =>
+        FromInput(@base, LoraDelta.Bind(@base, adapter), name);
+
+    /// <summary>
+    /// An adapter's vector beside <paramref name="sibling"/> (a model's vector of the same merge): against its base, which is
+    /// <paramref name="base"/> re-rowed when the merge has another vocabulary. An adapter that changes a re-rowed tensor is
+    /// refused, since its rows follow the base tokenizer's order.
+    /// </summary>
+    public static TaskVector FromAdapter(Checkpoint @base, LoraAdapter adapter, TaskVector sibling)
+    {
+        var delta = LoraDelta.Bind(@base, adapter);
+        var outputBase = sibling.Base;
+        foreach (var name in delta.BaseTensors.Where(n => !ReferenceEquals(outputBase.Find(n), @base.Find(n))))
+        {
+            throw new DareException(DareErrorId.AdapterUnsupported, DareErrorKind.NotImplemented,
+                $"The adapter '{adapter.Path}' changes '{name}', whose rows this merge re-orders to another vocabulary (tokenizer); Dare cannot re-row an adapter's vocabulary tensors. Merge with the base's tokenizer, or apply the adapter to its base and merge that model.")
+                { FilePath = adapter.WeightsFile, TensorName = name };
+        }
+        return new TaskVector(adapter.Name, outputBase, delta, null, null, Array.Empty<TaskVector>()) { Tokenizer = sibling.Tokenizer };
+    }
+
+    /// <summary>The LoRA adapters this vector draws on.</summary>
+    public IReadOnlyList<LoraAdapter> LoraAdapters =>
+        Leaves.Select(l => l._input).OfType<LoraDelta>().Select(d => d.Adapter).ToList();
 
     /// <summary>A new vector with DARE added (this one is unchanged).</summary>
     public TaskVector WithDare(DareOptions dare)

@@ -96,6 +96,10 @@ public sealed class RecipeModelEntry
     public required string Model { get; init; }
     public required RecipeLocation Location { get; init; }
     public RecipeParameters Parameters { get; init; } = RecipeParameters.Empty;
+
+    /// <summary>A PEFT LoRA adapter applied to <see cref="Model"/> (mergekit's model: base+adapter, or Dare's lora: key).</summary>
+    public string? Lora { get; init; }
+    public RecipeLocation? LoraLocation { get; init; }
 }
 
 /// <summary>One source of a slice: layers [LayerStart, LayerEnd) of a model (mergekit's <c>layer_range</c>).</summary>

@@ -51,7 +51,10 @@ public static class ModelCardWriter
             }
             else if (name.StartsWith("dare_", StringComparison.Ordinal)) parameters["density"] = Value(MergeRecipeMaps.Complement(leaves[i].Dare!.DropRate));
             else if (merge?.KeepRatios is { } keep && method == MergeMethod.Ties) parameters["density"] = Value(keep[i]);
-            models.Add(new Dictionary<string, object?> { ["model"] = leaves[i].FineTuned is { } model ? Name(model) : leaves[i].Name, ["parameters"] = parameters });
+            // An adapter as mergekit spells it: base+adapter.
+            var entry = leaves[i].FineTuned is { } model ? Name(model)
+                : leaves[i].LoraAdapters is [var adapter] ? $"{Name(vector.Base)}+{adapter.Path}" : leaves[i].Name;
+            models.Add(new Dictionary<string, object?> { ["model"] = entry, ["parameters"] = parameters });
         }
         config["models"] = models;
         var global = new Dictionary<string, object?>();

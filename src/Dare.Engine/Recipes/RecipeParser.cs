@@ -25,7 +25,7 @@ public static partial class RecipeParser
         ["chat_template"] = "chat templates are not written; the base model's chat_template.json/.jinja, if any, is copied",
     };
 
-    internal static readonly string[] ModelKeys = { "model", "parameters" };
+    internal static readonly string[] ModelKeys = { "model", "lora", "parameters" };
     internal static readonly string[] OutputKeys = { "path", "max_shard_size", "delta_only" };
     internal static readonly string[] FilterEntryKeys = { "filter", "value", "match" };
 
@@ -256,7 +256,7 @@ public static partial class RecipeParser
         // mergekit also accepts a bare string here; treat it as '- model: <string>'.
         if (node is YamlScalarNode && !IsNull(node))
         {
-            return new RecipeModelEntry { Model = RequireString(node, context.At(node, path), context), Location = context.At(node, path) };
+            return WithLora(new RecipeModelEntry { Model = RequireString(node, context.At(node, path), context), Location = context.At(node, path) });
         }
         var map = RequireMapping(node, path, context, "a model entry ('- model: <path>')");
         var keys = ReadKeys(map, path, context, ModelKeys, new Dictionary<string, string>());
@@ -267,11 +267,22 @@ public static partial class RecipeParser
             throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, context.At(node, path), "has no 'model:' path.");
         }
         var location = context.At(modelEntry.Value, Join(path, "model"));
-        return new RecipeModelEntry
+        var entry = new RecipeModelEntry
         {
             Model = RequireString(modelEntry.Value, location, context),
             Location = location,
             Parameters = keys.TryGetValue("parameters", out var p) ? ParseParameters(p.Value, Join(path, "parameters"), context, perModel: true) : RecipeParameters.Empty,
+        };
+        if (!keys.TryGetValue("lora", out var loraEntry) || IsNull(loraEntry.Value)) return WithLora(entry);
+        var loraLocation = context.At(loraEntry.Value, Join(path, "lora"));
+        if (entry.Model.Contains('+'))
+        {
+            throw Error(DareErrorId.RecipeInvalid, DareErrorKind.InvalidData, loraLocation, "gives an adapter, and so does the model's '+'; give it once.");
+        }
+        return new RecipeModelEntry
+        {
+            Model = entry.Model, Location = entry.Location, Parameters = entry.Parameters,
+            Lora = RequireString(loraEntry.Value, loraLocation, context), LoraLocation = loraLocation,
         };
     }
 

@@ -88,7 +88,8 @@ public sealed class RecipePlanSummary
         {
             if (!t.DType.IsMergeable()) return t.ByteLength;
             var chunk = Math.Min(t.ElementCount, MergeExecutor.DefaultChunkElements);
-            var perModel = inputs.Sum(input => (input.FineTuned?.Find(t.Name)?.DType.ElementSize() ?? 0) + 4L);
+            // An adapter's δ is computed in float32 (and a float64 row block about the chunk's size).
+            var perModel = inputs.Sum(input => (input.FineTuned is { } model ? model.Find(t.Name)?.DType.ElementSize() ?? 0 : 8) + 4L);
             var output = export.OutputDType?.ElementSize() ?? t.DType.ElementSize();
             return chunk * (4 + perModel + 4 + output);
         }).DefaultIfEmpty(0).Max();

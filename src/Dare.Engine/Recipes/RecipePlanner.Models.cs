@@ -43,6 +43,7 @@ public static partial class RecipePlanner
 
     private static Checkpoint OpenExisting(ModelReference reference, string baseDirectory)
     {
+        RefuseAdapterAsModel(reference);
         try
         {
             return Checkpoint.Open(reference.FullPath);

@@ -183,7 +183,7 @@ public static partial class RecipePlanner
             var taskVectors = form.NeedsBase || (form.BaseIsOptional && baseReference is not null);
             var inputs = !taskVectors
                 ? modelReferences
-                : modelReferences.Where(m => !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
+                : modelReferences.Where(m => m.Entry.Lora is not null || !PathComparer.Equals(m.Reference.FullPath, baseFullPath)).ToList();
             // karcher: mergekit adds a base_model the models do not list as one more model.
             if (form.BaseJoinsModels && baseReference is not null && !modelReferences.Any(m => PathComparer.Equals(m.Reference.FullPath, baseFullPath)))
             {
@@ -197,6 +197,7 @@ public static partial class RecipePlanner
             models = inputs.Select(i => (i.Entry, i.Reference, Checkpoint: Open(i.Reference))).ToList();
             foreach (var model in models) CheckArchitecture(@base, baseReference ?? modelReferences[0].Reference, model.Checkpoint, model.Reference);
         }
+        var adapters = models.Select(m => m.Entry.Lora is null ? null : OpenAdapter(m.Entry, m.Reference, baseFullPath, batch.BaseDirectory)).ToList();
 
         var usesDefaultSeed = false;
         var vectors = new List<TaskVector>();
@@ -210,7 +211,9 @@ public static partial class RecipePlanner
             var (entry, reference, checkpoint) = models[i];
             var resolved = ResolveModelParameters(recipe, entry, i, batchPlan.Options.DefaultSeed, warnings);
             usesDefaultSeed |= resolved.UsesDefaultSeed;
-            var vector = WithDropStep(aligned[i], WithGradientRule(resolved, recipe.GradientOutsideLayers), form, recipe, entry);
+            // An adapter entry's model is the base: its δ is the adapter's; a full model's is its vocabulary-aligned vector.
+            var vector = adapters[i] is { } adapter ? FromAdapter(@base, aligned[i], adapter, entry) : aligned[i];
+            vector = WithDropStep(vector, WithGradientRule(resolved, recipe.GradientOutsideLayers), form, recipe, entry);
             vectors.Add(vector);
             weights.Add(WithGradientRule(resolved.Weight, recipe.GradientOutsideLayers));
             keepRatios.Add(WithGradientRule(resolved.KeepRatio, recipe.GradientOutsideLayers));
@@ -273,7 +276,8 @@ public static partial class RecipePlanner
             Vector = merged,
             Export = export,
             Summary = RecipePlanSummary.For(merged, export, baseFullPath,
-                models.Select(m => (m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : m.Checkpoint.Name, m.Reference.FullPath)).ToList(),
+                models.Select((m, i) => adapters[i] is { } a ? (a.Name, a.Path)
+                    : (m.Reference.ProducedBy is { } p ? batch.Recipes[p].DisplayName : m.Checkpoint.Name, m.Reference.FullPath)).ToList(),
                 readsOutputsOf.Select(r => batch.Recipes[r].DisplayName).ToList()),
             ReadsOutputsOf = readsOutputsOf,
             UsesDefaultSeed = usesDefaultSeed,

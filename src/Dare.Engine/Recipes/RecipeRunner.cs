@@ -29,7 +29,7 @@ public sealed class RecipeRunner
         // the current location, or anything a model export does not hold (outputs kept by -SkipExisting are not written).
         foreach (var plan in batch.Plans.Where(p => !p.AlreadyWritten))
         {
-            var inputs = OutputFolder.InputPathsOf(plan.Vector.Sources.Prepend(plan.Vector.Base)).Concat(plan.ReadsOutputsOf.Select(r => batch.Outputs[r]));
+            var inputs = OutputFolder.InputPathsOf(plan.Vector).Concat(plan.ReadsOutputsOf.Select(r => batch.Outputs[r]));
             OutputFolder.Check(plan.Export.Destination, plan.Export.Force, inputs, CurrentLocation);
         }
         var written = new HashSet<int>();

@@ -62,7 +62,7 @@ public static partial class RecipeWriter
                 if (drop.Stream != i) parameters["mask_stream"] = drop.Stream;
                 if (sharedRescale is null) WriteRescale(parameters, drop.Rescale, drop.Q);
             }
-            models.Add(new Dictionary<string, object?> { ["model"] = input.FineTuned!.Path, ["parameters"] = parameters });
+            models.Add(ModelEntry(input, vector.Base, parameters));
         }
         if (vector.Base.Slices is { } slices)
         {
@@ -98,6 +98,19 @@ public static partial class RecipeWriter
 
         var header = $"# Written by Dare {typeof(RecipeWriter).Assembly.GetName().Version?.ToString(3)}. Replay with: Invoke-DareMerge -ConfigPath <this file> -OutputPath <folder>\n";
         return header + new SerializerBuilder().Build().Serialize(recipe);
+    }
+
+    /// <summary>
+    /// A fine-tuned model's path; an adapter as mergekit writes it, model: base+adapter (or, when a path holds a '+',
+    /// Dare's explicit model: base with lora: adapter).
+    /// </summary>
+    private static Dictionary<string, object?> ModelEntry(TaskVector input, Checkpoint @base, Dictionary<string, object?> parameters)
+    {
+        if (input.FineTuned is { } model) return new() { ["model"] = model.Path, ["parameters"] = parameters };
+        var adapter = input.LoraAdapters.Single();
+        return @base.Path.Contains('+') || adapter.Path.Contains('+')
+            ? new() { ["model"] = @base.Path, ["lora"] = adapter.Path, ["parameters"] = parameters }
+            : new() { ["model"] = $"{@base.Path}+{adapter.Path}", ["parameters"] = parameters };
     }
 
     /// <summary>tokenizer_source: union | a path, or the tokenizer: section when it has padding or token overrides; null for the base's vocabulary.</summary>

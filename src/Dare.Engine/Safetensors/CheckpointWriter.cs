@@ -19,6 +19,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>Tensor bytes per shard; one model.safetensors when the total fits.</summary>
     public long MaxShardSize { get; init; } = DefaultMaxShardSize;
 
+    /// <summary>The file name of a single-shard output (an adapter is adapter_model.safetensors).</summary>
+    public string SingleFileName { get; init; } = Checkpoint.SingleFileName;
+
     /// <summary>Entries for __metadata__ (format: pt is always added).</summary>
     public IReadOnlyDictionary<string, string>? Metadata { get; init; }
 
@@ -127,7 +130,7 @@ public sealed partial class CheckpointWriter : IDisposable
         {
             throw new DareException(DareErrorId.SafetensorsDuplicateTensor, DareErrorKind.InvalidArgument, $"Tensor '{duplicate.Key}' is planned twice for '{destination}'.");
         }
-        var shards = ShardPlan.Of(tensors, options.MaxShardSize);
+        var shards = ShardPlan.Of(tensors, options.MaxShardSize, options.SingleFileName);
         var location = OutputFolder.Locate(destination);
         var temporary = "";
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "create a temporary folder in", location.TempParent, () =>

@@ -12,13 +12,17 @@ public static partial class OutputFolder
     /// <summary>Names a model export may hold besides *.safetensors and the side files: what -Force may replace.</summary>
     public static readonly IReadOnlyList<string> ExportFileNames = new[]
     {
-        Checkpoint.IndexFileName, "dare_recipe.yml", "README.md", "mergekit_config.yml", "LICENSE",
+        Checkpoint.IndexFileName, "dare_recipe.yml", "README.md", "mergekit_config.yml", "LICENSE", Adapters.LoraAdapterConfig.FileName,
     }.Concat(CheckpointWriter.SideFiles).ToArray();
 
     /// <summary>What an output must not replace of these checkpoints: a model's folder, or a single-file model's file.</summary>
     public static IReadOnlyList<string> InputPathsOf(IEnumerable<Checkpoint> checkpoints) =>
         // A stack of slices (Checkpoint.Stack) reads its sources' folders; its own Path only describes it.
         checkpoints.SelectMany(c => c.Slices is { } slices ? slices.Select(s => s.Model.Path) : new[] { c.Path }).Distinct(StringComparer.Ordinal).ToList();
+
+    /// <summary>What an output must not replace of a task vector's inputs: the base, the fine-tuned models and the LoRA adapters' folders.</summary>
+    public static IReadOnlyList<string> InputPathsOf(Merge.TaskVector vector) =>
+        InputPathsOf(vector.Sources.Prepend(vector.Base)).Concat(vector.LoraAdapters.Select(a => a.Path)).Distinct(StringComparer.Ordinal).ToList();
 
     /// <summary>
     /// Throws unless <paramref name="destination"/> may be written: OutputExists for a file, or a non-empty folder without
@@ -66,7 +70,7 @@ public static partial class OutputFolder
         if (foreign is not null)
         {
             throw NotReplaceable(destination, $"it holds '{foreign}', which is not part of a model export. -Force replaces only a folder holding nothing but " +
-                "*.safetensors, the index, config, tokenizer and chat-template files, dare_recipe.yml, README.md, mergekit_config.yml and LICENSE; move it away or choose another folder");
+                "*.safetensors, the index, config, tokenizer and chat-template files, dare_recipe.yml, README.md, mergekit_config.yml, LICENSE and adapter_config.json; move it away or choose another folder");
         }
     }
 

@@ -17,7 +17,7 @@ public sealed record PlannedShard(string FileName, IReadOnlyList<PlannedTensor> 
 /// </summary>
 public static class ShardPlan
 {
-    public static IReadOnlyList<PlannedShard> Of(IReadOnlyList<PlannedTensor> tensors, long maxShardSize)
+    public static IReadOnlyList<PlannedShard> Of(IReadOnlyList<PlannedTensor> tensors, long maxShardSize, string singleFileName = Checkpoint.SingleFileName)
     {
         var groups = new List<List<PlannedTensor>> { new() };
         long size = 0;
@@ -31,7 +31,7 @@ public static class ShardPlan
             groups[^1].Add(tensor);
             size += tensor.ByteLength;
         }
-        if (groups.Count == 1) return new[] { new PlannedShard(Checkpoint.SingleFileName, groups[0]) };
+        if (groups.Count == 1) return new[] { new PlannedShard(singleFileName, groups[0]) };
         return groups.Select((g, i) => new PlannedShard($"model-{i + 1:D5}-of-{groups.Count:D5}.safetensors", g)).ToList();
     }
 }
