@@ -1,6 +1,5 @@
 using System.Collections;
 using System.Management.Automation;
-using System.Security.Cryptography;
 using Dare.Engine;
 using Dare.Engine.Merge;
 
@@ -12,10 +11,8 @@ namespace Dare.PowerShell;
 /// </summary>
 [Cmdlet(VerbsLifecycle.Invoke, "DareDrop", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVector))]
-public sealed class InvokeDareDropCommand : DareCmdlet
+public sealed class InvokeDareDropCommand : SeededDropCmdlet
 {
-    private int _stream;
-    private long? _seed;
     private TensorParameter? _dropRate;
 
     /// <summary>Task vectors from Get-TaskVector (not yet merged, without a DARE step).</summary>
@@ -52,29 +49,11 @@ public sealed class InvokeDareDropCommand : DareCmdlet
         DareDropParameters.DropRate.Check(DropRate, nameof(DropRate));
         DareDropParameters.CheckRescale(Rescale, RescaleQ);
         _dropRate = DropRateParameter();
-        if (MyInvocation.BoundParameters.ContainsKey(nameof(Seed)))
-        {
-            _seed = Seed;
-        }
-        else
-        {
-            _seed = RandomNumberGenerator.GetInt32(int.MaxValue);
-            WriteVerbose($"No -Seed given; using seed {_seed} (recorded in the task vector and the exported recipe).");
-        }
+        ResolveSeed(Seed);
     });
 
-    protected override void ProcessRecord()
-    {
-        foreach (var vector in InputObject)
-        {
-            // Each vector that passes gets the next stream, so vectors merged together never share a mask.
-            RunForItem(() =>
-            {
-                WriteObject(vector.WithDare(new DareOptions(_dropRate!, _seed!.Value, _stream, Rescale) { Q = RescaleQ }));
-                _stream++;
-            }, vector);
-        }
-    }
+    protected override void ProcessRecord() =>
+        WriteEach(InputObject, (vector, seed, stream) => vector.WithDare(new DareOptions(_dropRate!, seed, stream, Rescale) { Q = RescaleQ }));
 
     private TensorParameter DropRateParameter()
     {

@@ -1,5 +1,4 @@
 using System.Management.Automation;
-using System.Security.Cryptography;
 using Dare.Engine.Merge;
 
 namespace Dare.PowerShell;
@@ -11,11 +10,8 @@ namespace Dare.PowerShell;
 /// </summary>
 [Cmdlet(VerbsLifecycle.Invoke, "DellaDrop", HelpUri = DareHelp.Uri + "#the-pipeline")]
 [OutputType(typeof(TaskVector))]
-public sealed class InvokeDellaDropCommand : DareCmdlet
+public sealed class InvokeDellaDropCommand : SeededDropCmdlet
 {
-    private int _stream;
-    private long? _seed;
-
     /// <summary>Task vectors from Get-TaskVector (not yet merged, without a drop step).</summary>
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
     public TaskVector[] InputObject { get; set; } = Array.Empty<TaskVector>();
@@ -49,26 +45,9 @@ public sealed class InvokeDellaDropCommand : DareCmdlet
     protected override void BeginProcessing() => Run(() =>
     {
         new DellaOptions(Density, Epsilon, 0, 0, Rescale) { Q = RescaleQ }.Check();
-        if (MyInvocation.BoundParameters.ContainsKey(nameof(Seed)))
-        {
-            _seed = Seed;
-        }
-        else
-        {
-            _seed = RandomNumberGenerator.GetInt32(int.MaxValue);
-            WriteVerbose($"No -Seed given; using seed {_seed} (recorded in the task vector and the exported recipe).");
-        }
+        ResolveSeed(Seed);
     });
 
-    protected override void ProcessRecord()
-    {
-        foreach (var vector in InputObject)
-        {
-            RunForItem(() =>
-            {
-                WriteObject(vector.WithDella(new DellaOptions(Density, Epsilon, _seed!.Value, _stream, Rescale) { Q = RescaleQ }));
-                _stream++;
-            }, vector);
-        }
-    }
+    protected override void ProcessRecord() =>
+        WriteEach(InputObject, (vector, seed, stream) => vector.WithDella(new DellaOptions(Density, Epsilon, seed, stream, Rescale) { Q = RescaleQ }));
 }
