@@ -402,7 +402,7 @@ if ($Size -contains 'small') {
 if ($Size -contains 'medium') {
     # Small merges should feel instant: whole processes, start-up included, at 438M parameters per model.
     $lines.Add('')
-    $lines.Add('Whole processes at the medium size (438M parameters per model), target under 2 s: ' + (@('dare-linear', 'dare-ties') | Where-Object { $_ -in $Method } | ForEach-Object {
+    $lines.Add('Whole processes at the medium size (438M parameters per model), target under 2 s: ' + ((@('dare-linear', 'dare-ties') | Where-Object { $_ -in $Method } | ForEach-Object {
                     $r = $results | Where-Object Size -eq 'medium' | Where-Object Method -eq $_
                     '{0} {1}' -f $_, (Format-Verdict $r.Wall 2.0 ' s' -Strict)
                 }) -join ', ') + '.')
