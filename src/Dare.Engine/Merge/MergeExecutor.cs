@@ -250,6 +250,7 @@ public sealed class MergeExecutor
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, info.Name));
             if (i + 1 < tensors.Count) TensorMerger.Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
             using (NewDisposeScope()) process(info, layout);
+            reader.Release(info.Name);
             bytesDone += info.ByteLength * perByte;
         }
         if (countInputs) _observer?.Progress(new MergeProgress(activity, tensors.Count, tensors.Count, bytesDone, totalBytes, clock.Elapsed, null));
