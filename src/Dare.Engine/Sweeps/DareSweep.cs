@@ -152,7 +152,8 @@ public sealed class DareSweep : IDisposable
 
     /// <summary>
     /// Ends the sweep: marks the best result, moves its model to KeepBest (checked again, then placed atomically) and draws
-    /// the chart. Returns the best result, or null when no variant succeeded (then KeepBest is SweepNoSuccessfulVariant).
+    /// the chart, then removes the working folder. Returns the best result, or null when no variant succeeded (then
+    /// KeepBest is SweepNoSuccessfulVariant).
     /// </summary>
     public SweepResult? Finish()
     {
@@ -171,6 +172,7 @@ public sealed class DareSweep : IDisposable
             _bestFolder = null;
             best.KeptPath = Path.GetFullPath(keep);
         }
+        Dispose();
         return best;
     }
 
