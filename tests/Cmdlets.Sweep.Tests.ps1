@@ -114,6 +114,22 @@ Describe 'Invoke-DareSweep' {
     }
 }
 
+Describe 'Sweep and layer views' {
+    It 'shows a SweepResult as Variant, Score, Realised, Merge, Evaluation, Best and Error, the best starred' {
+        $results = @(Invoke-DareSweep $base $math -DropRate 0.5, 0.9 -Method dare_linear -Seed 5 -Evaluator $squaredChange)
+        $lines = @(($results | Out-String -Width 250) -split "`r?`n" | Where-Object { $_.Trim() })
+        $lines[0] -split '\s+' | Where-Object { $_ } | Should -Be @('Variant', 'Score', 'Realised', 'Merge', 'Evaluation', 'Best', 'Error')
+        $lines[2] | Should -Match '^dare_linear p=0\.5\s+\d\S*\s+\d+\.\d%\s+\d+\.\d s\s+\d+\.\d s\s+\*\s*$'
+    }
+
+    It 'shows LayerStatistics as TaskVector, Part, Params, MeanAbs, Sparsity, TargetDrop, Realised and SignConflicts' {
+        $layers = Get-TaskVector $base $math, $code | Invoke-DareDrop 0.9 -Seed 3 | Measure-TaskVector -PerLayer
+        $lines = @(($layers | Out-String -Width 250) -split "`r?`n" | Where-Object { $_.Trim() })
+        $lines[0] -split '\s+' | Where-Object { $_ } | Should -Be @('TaskVector', 'Part', 'Params', 'MeanAbs', 'Sparsity', 'TargetDrop', 'Realised', 'SignConflicts')
+        $lines[2] | Should -Match '^math\s+embeddings\s+\S+\s+\d\.\d\de-\d\s+\d+\.\d%\s+90\.0%\s+\d+\.\d%\s+\d+\.\d%$'
+    }
+}
+
 Describe 'Measure-TaskVector -PerLayer' {
     It 'gives one record per part and vector whose sizes and mean |delta| add up to the whole vector''s' {
         $vectors = Get-TaskVector $base $math, $code | Invoke-DareDrop 0.9 -Seed 3

@@ -11,19 +11,39 @@ namespace Dare.PowerShell;
 /// each into its own temporary folder, scores it with an evaluator (a script block, or Measure-Perplexity on -TextPath),
 /// emits one result per variant, keeps the best (-KeepBest), removes the rest and draws score against drop rate.
 /// </summary>
-[Cmdlet(VerbsLifecycle.Invoke, "DareSweep", SupportsShouldProcess = true, HelpUri = DareHelp.Uri + "#sweeps")]
+[Cmdlet(VerbsLifecycle.Invoke, "DareSweep", SupportsShouldProcess = true, DefaultParameterSetName = PathSet, HelpUri = DareHelp.Uri + "#sweeps-and-charts")]
 [OutputType(typeof(SweepResult))]
 public sealed class InvokeDareSweepCommand : DareCmdlet
 {
+    private const string PathSet = "Path";
+    private const string LiteralBaseSet = "LiteralBase";
+    private const string LiteralFineTunedSet = "LiteralFineTuned";
+    private const string LiteralSet = "LiteralPath";
+
     /// <summary>The base model: a folder, a .safetensors file, or a Checkpoint from Import-Safetensors.</summary>
-    [Parameter(Mandatory = true, Position = 0)]
+    [Parameter(Mandatory = true, Position = 0, ParameterSetName = PathSet)]
+    [Parameter(Mandatory = true, Position = 0, ParameterSetName = LiteralFineTunedSet)]
     [SupportsWildcards]
     public object Base { get; set; } = null!;
 
+    /// <summary>The base model's path, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralBaseSet)]
+    [Parameter(Mandatory = true, ParameterSetName = LiteralSet)]
+    public string LiteralBase { get; set; } = null!;
+
     /// <summary>The fine-tuned models of the base to merge (paths, wildcards allowed, folders from Get-ChildItem, Checkpoints).</summary>
-    [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true)]
+    [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true, ParameterSetName = PathSet)]
+    [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true, ParameterSetName = LiteralBaseSet)]
     [SupportsWildcards]
     public object[] FineTuned { get; set; } = Array.Empty<object>();
+
+    /// <summary>The fine-tuned models' paths, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralFineTunedSet)]
+    [Parameter(Mandatory = true, ParameterSetName = LiteralSet)]
+    public string[] LiteralFineTuned { get; set; } = Array.Empty<string>();
+
+    private bool BaseIsLiteral => ParameterSetName is LiteralBaseSet or LiteralSet;
+    private bool FineTunedIsLiteral => ParameterSetName is LiteralFineTunedSet or LiteralSet;
 
     /// <summary>The DARE drop rates to try, each 0 &lt;= p &lt; 1, e.g. 0.8,0.85,0.9,0.95.</summary>
     [Parameter(Mandatory = true)]
@@ -99,12 +119,15 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
             }
             _text = matches[0];
         }
-        _base = CheckpointResolver.Resolve(SessionState, Base, allowMany: false)[0];
+        _base = CheckpointResolver.Resolve(SessionState, BaseIsLiteral ? LiteralBase : Base, allowMany: false, literal: BaseIsLiteral)[0];
     });
 
     protected override void ProcessRecord()
     {
-        foreach (var item in FineTuned) RunForItem(() => _models.AddRange(CheckpointResolver.Resolve(SessionState, item, allowMany: true)), item);
+        foreach (var item in FineTunedIsLiteral ? LiteralFineTuned : FineTuned)
+        {
+            RunForItem(() => _models.AddRange(CheckpointResolver.Resolve(SessionState, item, allowMany: true, literal: FineTunedIsLiteral)), item);
+        }
     }
 
     protected override void EndProcessing() => Run(() =>

@@ -12,6 +12,9 @@ public sealed record ChartSeries(string Label, IReadOnlyList<double> X, IReadOnl
 /// <summary>A line chart with markers, written as PNG or SVG by the file's extension (ScottPlot, drawn with SkiaSharp).</summary>
 public sealed record LineChart(string Title, string XLabel, string YLabel, IReadOnlyList<ChartSeries> Series)
 {
+    /// <summary>Ticks on the x axis only at whole numbers (layers).</summary>
+    public bool IntegerX { get; init; }
+
     /// <summary>The right-hand axis's label, shown when a series uses it.</summary>
     public string? RightLabel { get; init; }
 
@@ -69,6 +72,7 @@ public sealed record LineChart(string Title, string XLabel, string YLabel, IRead
                 line.LineWidth = 2;
                 if (series.RightAxis) line.Axes.YAxis = plot.Axes.Right;
             }
+            if (IntegerX) plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { IntegerTicksOnly = true };
             if (Series.Any(s => s.RightAxis) && RightLabel is not null) plot.Axes.Right.Label.Text = RightLabel;
             if (Series.Count > 1) plot.ShowLegend(Alignment.UpperLeft);
             var full = Path.GetFullPath(path);

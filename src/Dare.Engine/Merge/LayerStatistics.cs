@@ -124,6 +124,6 @@ public sealed record LayerStatistics(string TaskVector, int? Layer, string Part,
         {
             series.Add(new ChartSeries("sign conflicts (overlapping entries)", first.Select(X).ToList(), first.Select(r => r.SignConflictRate ?? double.NaN).ToList()));
         }
-        new LineChart("Task vector by layer (−1: embeddings; last: head and norms)", "layer", "fraction", series) { RightLabel = "mean |δ|" }.Save(path);
+        new LineChart("Task vector by layer (−1: embeddings; last: head and norms)", "layer", "fraction", series) { RightLabel = "mean |δ|", IntegerX = true }.Save(path);
     }
 }

@@ -119,6 +119,42 @@ public sealed class DareSweepTests : IDisposable
     }
 
     [Fact]
+    public void A_variant_whose_merge_fails_is_reported_and_the_best_so_far_is_kept()
+    {
+        var tunedFiles = Directory.GetFiles(_models.PathOf("tuned"), "*.safetensors");
+        var sweep = new DareSweep(Options(0.5, 0.7) with { KeepBest = _models.PathOf("best") });
+        // After the first variant is scored the fine-tuned model's weights vanish: the second merge cannot read them.
+        var results = sweep.Run(_ => true, folder => { var score = SquaredChange(folder); foreach (var f in tunedFiles) File.Delete(f); return score; }).ToList();
+        var best = sweep.Finish();
+
+        Assert.True(results[0].Succeeded);
+        Assert.False(results[1].Succeeded);
+        Assert.Null(results[1].Score);
+        Assert.NotNull(results[1].ErrorId);
+        Assert.Contains("model.safetensors", results[1].Error);
+        Assert.Same(results[0], best);
+        Assert.Equal(Expected(0.5).Score, SquaredChange(_models.PathOf("best")), Expected(0.5).Score * 1e-5);
+        Assert.Empty(DareTemporaries(_models.Root));
+    }
+
+    [Fact]
+    public void KeepBest_replaces_an_earlier_export_only_with_force()
+    {
+        var keep = _models.PathOf("best");
+        using (var first = new DareSweep(Options(0.9) with { KeepBest = keep }))
+        {
+            _ = first.Run(_ => true, SquaredChange).ToList();
+            first.Finish();
+        }
+        Assert.Equal(DareErrorId.OutputExists, Assert.Throws<DareException>(() => new DareSweep(Options(0.5) with { KeepBest = keep })).ErrorId);
+        using var second = new DareSweep(Options(0.5) with { KeepBest = keep, Force = true });
+        _ = second.Run(_ => true, SquaredChange).ToList();
+        second.Finish();
+        Assert.Equal(Expected(0.5).Score, SquaredChange(keep), Expected(0.5).Score * 1e-5);
+        Assert.Empty(DareTemporaries(_models.Root));
+    }
+
+    [Fact]
     public void No_successful_variant_keeps_nothing_and_says_so()
     {
         var sweep = new DareSweep(Options(0.5) with { KeepBest = _models.PathOf("best") });
