@@ -23,6 +23,7 @@
         'Invoke-DareDrop'
         'Invoke-DareMerge'
         'Invoke-DellaDrop'
+        'Invoke-DareSweep'
         'Measure-Perplexity'
         'Measure-TaskVector'
         'Merge-ArceeFusion'

@@ -57,6 +57,10 @@ public enum DareErrorId
     PartitionCompletionBusy,
     AdapterInvalid,
     AdapterUnsupported,
+    ChartPathInvalid,
+    ChartWriteFailed,
+    SweepEvaluatorFailed,
+    SweepNoSuccessfulVariant,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -108,11 +108,15 @@ public sealed class MergeExecutor
 
         if (options.Partition is { } partition) return ExportOnePartition(vector, tensors, plan, writeOptions, options, partition, nonFinite, clock);
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
-        var (bytesRead, background) = WriteTensors(vector, tensors, writer, plan, options, nonFinite, "Merging");
+        var drops = new DropCounts();
+        var (bytesRead, background) = WriteTensors(vector, tensors, writer, plan, options, nonFinite, "Merging", drops);
         CheckpointWriteResult written;
         using (PhaseProfile.Time(_profile, Phase.Commit)) written = writer.Commit();
         ReportProfile(clock, background);
-        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
+        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed)
+        {
+            RealisedDropRate = drops.Elements > 0 ? (double)drops.Dropped / drops.Elements : null,
+        };
     }
 
     /// <summary>
@@ -132,7 +136,7 @@ public sealed class MergeExecutor
         TimeSpan background;
         using (var writer = CheckpointWriter.ForShards(folder, shards, partitionPlan.WriteOptions(writeOptions)))
         {
-            (bytesRead, background) = WriteTensors(vector, tensors.Where(t => mine.Contains(t.Name)).ToList(), writer, plan, options, nonFinite, $"Merging partition {partition}");
+            (bytesRead, background) = WriteTensors(vector, tensors.Where(t => mine.Contains(t.Name)).ToList(), writer, plan, options, nonFinite, $"Merging partition {partition}", new DropCounts());
             using (PhaseProfile.Time(_profile, Phase.Commit)) writer.FinishShards();
         }
         staging.Seal(partition, folder);
@@ -158,9 +162,9 @@ public sealed class MergeExecutor
             "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
     }
 
-    /// <summary>Computes <paramref name="tensors"/> in order and writes them through <paramref name="writer"/>; returns the bytes read and the background write time.</summary>
+    /// <summary>Computes <paramref name="tensors"/> in order and writes them through <paramref name="writer"/>, adding DARE's drop counts to <paramref name="drops"/>; returns the bytes read and the background write time.</summary>
     private (long BytesRead, TimeSpan Background) WriteTensors(TaskVector vector, IReadOnlyList<TensorInfo> tensors, CheckpointWriter writer, IReadOnlyList<PlannedTensor> plan, ExportOptions options,
-        NonFiniteGuard nonFinite, string activity)
+        NonFiniteGuard nonFinite, string activity, DropCounts drops)
     {
         using var reader = new TensorReader(nonFinite);
         using var workspace = new ChunkWorkspace();
@@ -179,7 +183,7 @@ public sealed class MergeExecutor
             }
             else
             {
-                merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile));
+                drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile)));
             }
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         });
