@@ -6,10 +6,10 @@ public static partial class RecipePlanner
 {
     /// <summary>
     /// The DARE guidance's warnings for a planned recipe (<see cref="MergeMistakes.OfPlan"/>), each at the place in the
-    /// recipe that causes it: the model's (or the global) key, else the model entry, else merge_method.
+    /// recipe that causes it: the model's (or the global) key, else the model entry, else merge_method; a global key's warning once.
     /// </summary>
     private static IReadOnlyList<string> Guidance(MergeRecipe recipe, IReadOnlyList<RecipeModelEntry> entries, TaskVector merged) =>
-        MergeMistakes.OfPlan(merged).Select(w => $"{LocationOf(recipe, entries, w)}: {w.Message}").ToList();
+        MergeMistakes.OfPlan(merged).Select(w => $"{LocationOf(recipe, entries, w)}: {w.Message}").Distinct().ToList();
 
     private static RecipeLocation LocationOf(MergeRecipe recipe, IReadOnlyList<RecipeModelEntry> entries, GuidanceWarning warning)
     {
