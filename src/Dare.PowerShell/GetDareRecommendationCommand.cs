@@ -17,6 +17,8 @@ public sealed class GetDareRecommendationCommand : DareCmdlet
     private const string TaskVectorSet = "TaskVector";
     private const string ModelSet = "Model";
     private const string AdapterSet = "Adapter";
+    private const string LiteralModelSet = "LiteralModel";
+    private const string LiteralAdapterSet = "LiteralAdapter";
 
     private readonly List<TaskVector> _vectors = new();
 
@@ -30,15 +32,28 @@ public sealed class GetDareRecommendationCommand : DareCmdlet
     [SupportsWildcards]
     public object Base { get; set; } = null!;
 
+    /// <summary>The base model's path, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralModelSet)]
+    [Parameter(Mandatory = true, ParameterSetName = LiteralAdapterSet)]
+    public string LiteralBase { get; set; } = null!;
+
     /// <summary>Fine-tuned models of the base (as Get-TaskVector takes them; adapter folders are read as adapters).</summary>
     [Parameter(Mandatory = true, Position = 1, ParameterSetName = ModelSet)]
     [SupportsWildcards]
     public object[] FineTuned { get; set; } = Array.Empty<object>();
 
+    /// <summary>Fine-tuned models' paths, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralModelSet)]
+    public string[] LiteralFineTuned { get; set; } = Array.Empty<string>();
+
     /// <summary>PEFT LoRA adapter folders trained on the base.</summary>
     [Parameter(Mandatory = true, ParameterSetName = AdapterSet)]
     [SupportsWildcards]
     public object[] Adapter { get; set; } = Array.Empty<object>();
+
+    /// <summary>Adapter folders' paths, used exactly as typed.</summary>
+    [Parameter(Mandatory = true, ParameterSetName = LiteralAdapterSet)]
+    public string[] LiteralAdapter { get; set; } = Array.Empty<string>();
 
     /// <summary>Fine-tuning steps, when known; without it both of the guidance's step ranges are shown.</summary>
     [Parameter]
@@ -58,20 +73,21 @@ public sealed class GetDareRecommendationCommand : DareCmdlet
     protected override void BeginProcessing()
     {
         if (ParameterSetName == TaskVectorSet) return;
+        var literal = ParameterSetName is LiteralModelSet or LiteralAdapterSet;
         Run(() =>
         {
-            var @base = CheckpointResolver.Resolve(SessionState, Base, allowMany: false)[0];
-            if (ParameterSetName == AdapterSet)
+            var @base = CheckpointResolver.Resolve(SessionState, literal ? LiteralBase : Base, allowMany: false, literal)[0];
+            if (ParameterSetName is AdapterSet or LiteralAdapterSet)
             {
-                foreach (var item in Adapter)
+                foreach (var item in literal ? LiteralAdapter : Adapter)
                 {
-                    foreach (var folder in CheckpointResolver.ResolvePaths(SessionState, item, literal: false)) _vectors.Add(TaskVector.FromAdapter(@base, LoraAdapter.Open(folder)));
+                    foreach (var folder in CheckpointResolver.ResolvePaths(SessionState, item, literal)) _vectors.Add(TaskVector.FromAdapter(@base, LoraAdapter.Open(folder)));
                 }
                 return;
             }
-            foreach (var item in FineTuned)
+            foreach (var item in literal ? LiteralFineTuned : FineTuned)
             {
-                foreach (var source in CheckpointResolver.ResolveModelsOrAdapters(SessionState, item, literal: false))
+                foreach (var source in CheckpointResolver.ResolveModelsOrAdapters(SessionState, item, literal))
                 {
                     _vectors.Add(source is LoraAdapter adapter ? TaskVector.FromAdapter(@base, adapter) : TaskVector.FromModels(@base, (Checkpoint)source));
                 }
