@@ -4,7 +4,7 @@ BeforeAll {
     Import-DareTestModule
 
     $script:models = Join-Path $TestDrive 'models'
-    $script:base = New-SyntheticCheckpoint (Join-Path $models 'base') -HiddenSize 32 -Layers 2 -VocabSize 64 -DType float32
+    $script:base = New-SyntheticCheckpoint (Join-Path $models 'base') -HiddenSize 16 -Layers 2 -VocabSize 32 -DType float32
     $script:math = New-SyntheticCheckpoint (Join-Path $models 'math') -BaseModel $base -Seed 11 -DType float32
     $script:code = New-SyntheticCheckpoint (Join-Path $models 'code') -BaseModel $base -Seed 12 -DType float32
     $script:lower = @{ '*embed_tokens*' = 0.5; 'lm_head*' = 0.5 }
