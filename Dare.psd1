@@ -16,6 +16,7 @@
         'Export-LoraAdapter'
         'Export-Safetensors'
         'Get-DareEnvironment'
+        'Get-DareRecommendation'
         'Get-TaskVector'
         'Get-TaskVectorTensor'
         'Import-Safetensors'

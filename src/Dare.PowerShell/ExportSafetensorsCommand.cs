@@ -76,6 +76,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         foreach (var (vector, folder) in targets)
         {
             Cancellation.ThrowIfCancellationRequested();
+            if (MergeMistakes.OfExport(vector) is { } single) WriteGuidance(new[] { single.Message });
             Export(vector, folder, dtype, shardSize, currentLocation, partition);
         }
     });

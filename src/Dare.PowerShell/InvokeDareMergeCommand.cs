@@ -164,6 +164,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
         };
         var plan = RecipePlanner.Plan(batch, options);
         foreach (var warning in plan.Plans.SelectMany(p => p.Warnings)) WriteWarning(warning);
+        WriteGuidance(plan.Plans.SelectMany(p => p.Guidance));
 
         _batchSize = batch.Recipes.Count;
         _observer = new CmdletObserver(this);

@@ -47,6 +47,9 @@ public sealed class MergePlan
     /// <summary>Settings that have no effect with this method (mergekit ignores them too).</summary>
     public IReadOnlyList<string> Warnings { get; init; } = Array.Empty<string>();
 
+    /// <summary>The DARE guidance's warnings (<see cref="MergeMistakes"/>) with locations, apart so that they can be silenced.</summary>
+    public IReadOnlyList<string> Guidance { get; init; } = Array.Empty<string>();
+
     /// <summary>With <see cref="RecipePlanOptions.SkipExisting"/>: the output folder already holds this recipe's export, so it is not run.</summary>
     public bool AlreadyWritten { get; internal set; }
 
@@ -282,6 +285,7 @@ public static partial class RecipePlanner
             ReadsOutputsOf = readsOutputsOf,
             UsesDefaultSeed = usesDefaultSeed,
             Warnings = warnings,
+            Guidance = Guidance(recipe, models.Select(m => m.Entry).ToList(), merged),
         };
     }
 
