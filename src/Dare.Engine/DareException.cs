@@ -57,6 +57,7 @@ public enum DareErrorId
     PartitionCompletionBusy,
     AdapterInvalid,
     AdapterUnsupported,
+    DeviceUnavailable,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

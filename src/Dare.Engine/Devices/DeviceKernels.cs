@@ -1,0 +1,162 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// The merge's element-wise math as TorchSharp tensor operations on any device, reproducing the SIMD kernels bit for
+/// bit: the DARE mask from the same counter hash (<see cref="DareMask"/>) in int64 arithmetic that never overflows,
+/// TIES's exact magnitude selection as the same two 64K-bin histograms (<see cref="MagnitudeSelection"/>), and the
+/// combines with the same IEEE operations in the same order (<see cref="CombineKernels"/>).
+/// </summary>
+internal static class DeviceKernels
+{
+    private const long Low32 = 0xFFFFFFFFL;
+
+    /// <summary>
+    /// Which elements [first, first + count) of a tensor DARE drops (a bool tensor on <paramref name="device"/>):
+    /// hash(index) &lt; threshold, hash as in <see cref="DareMask.Hash"/>. uint32 values live in int64 lanes, masked
+    /// to 32 bits after each step.
+    /// </summary>
+    public static Tensor DropMask(ulong key, uint threshold, long first, long count, Device device)
+    {
+        var parts = new List<Tensor>();
+        for (var position = 0L; position < count;)
+        {
+            // Split at 2^32-element block boundaries, where the per-block keys change (as DareMask.Apply does).
+            var index = first + position;
+            var length = Math.Min(count - position, (((index >> 32) + 1) << 32) - index);
+            var (k0, k1) = DareMask.BlockKeys(key, index >> 32);
+            var counter = arange(index & Low32, (index & Low32) + length, 1L, ScalarType.Int64, device);
+            var h = Mix(And(MulLow32(counter, 0x9E3779B1u) + (long)k0, Low32));
+            h = Mix(h.bitwise_xor(Scalar(k1, device)));
+            parts.Add(h.lt((long)threshold));
+            position += length;
+        }
+        return parts.Count == 1 ? parts[0] : cat(parts, 0);
+    }
+
+    /// <summary>δ × scale with dropped elements zeroed (the order of <see cref="DareMask.Apply"/>: multiply, then select).</summary>
+    public static Tensor ApplyDrop(Tensor delta, Tensor dropped, float scale) =>
+        (scale == 1f ? delta : delta.mul(scale)).masked_fill(dropped, 0f);
+
+    // x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35; x ^= x >> 16 (uint32, as DareMask.Mix).
+    private static Tensor Mix(Tensor x)
+    {
+        x = x.bitwise_xor(ShiftRight(x, 16));
+        x = MulLow32(x, 0x85EBCA6Bu);
+        x = x.bitwise_xor(ShiftRight(x, 13));
+        x = MulLow32(x, 0xC2B2AE35u);
+        return x.bitwise_xor(ShiftRight(x, 16));
+    }
+
+    /// <summary>(x · c) mod 2^32 for x in [0, 2^32): split c in 16-bit halves so no int64 product exceeds 2^49 (no signed overflow on any device).</summary>
+    private static Tensor MulLow32(Tensor x, uint c)
+    {
+        var low = x * (long)(c & 0xFFFF);
+        var high = And(x * (long)(c >> 16), 0xFFFF) * 65536L;
+        return And(low + high, Low32);
+    }
+
+    // Non-negative values only, so the arithmetic shift is the logical one.
+    private static Tensor ShiftRight(Tensor x, int bits) => x.bitwise_right_shift(Scalar(bits, x.device));
+
+    private static Tensor And(Tensor x, long mask) => x.bitwise_and(Scalar(mask, x.device));
+
+    private static Tensor Scalar(long value, Device device) => tensor(value, ScalarType.Int64, device);
+
+    /// <summary>
+    /// |x|'s float32 IEEE bit pattern (monotonic in |x|) as int64, the quantity TIES ranks by. TorchSharp cannot view a
+    /// tensor as another dtype, so the bits are rebuilt exactly in float64 from frexp (|x| = m·2^e, m in [0.5, 1)): a
+    /// normal number has exponent field e + 126 and mantissa bits (2m − 1)·2^23; a subnormal (or zero) is |x| / 2^-149.
+    /// NaN becomes the canonical quiet NaN's bits (the CPU kernels keep its payload; NaN inputs are refused unless allowed).
+    /// </summary>
+    public static Tensor MagnitudeBits(Tensor delta)
+    {
+        var magnitude = delta.abs().to_type(ScalarType.Float64);
+        var (mantissa, exponent) = magnitude.frexp();
+        var power = exponent.to_type(ScalarType.Float64);
+        var normal = power.add(126.0).mul(8388608.0).add(mantissa.mul(16777216.0).sub(8388608.0));
+        var subnormal = magnitude.mul(Math.Pow(2, 149));
+        var bits = where(power.gt(-126.0).logical_and(magnitude.ne(0.0)), normal, subnormal);
+        bits = bits.masked_fill(magnitude.isinf(), 0x7F800000).masked_fill(magnitude.isnan(), 0x7FC00000);
+        return bits.to_type(ScalarType.Int64);
+    }
+
+    /// <summary>Counts of the upper 16 bits of |x| (the coarse histogram of <see cref="MagnitudeSelection"/>), int64[65536].</summary>
+    public static Tensor CoarseHistogram(Tensor magnitudeBits) => ShiftRight(magnitudeBits, 16).bincount(null, 1 << 16);
+
+    /// <summary>Counts of the lower 16 bits of |x| among elements whose upper 16 bits are <paramref name="bin"/> (the fine histogram), int64[65536].</summary>
+    public static Tensor FineHistogram(Tensor magnitudeBits, uint bin)
+    {
+        var inBin = ShiftRight(magnitudeBits, 16).eq((long)bin);
+        // Elements outside the bin go to an extra last bin, dropped after counting.
+        var low = And(magnitudeBits, 0xFFFF).masked_fill(inBin.logical_not(), 1L << 16);
+        return low.bincount(null, (1 << 16) + 1).narrow(0, 0, 1 << 16);
+    }
+
+    /// <summary>
+    /// Scanning a 64K-bin histogram from its top bin: the bin where the count reaches <paramref name="rank"/> and the
+    /// count above it (as <see cref="MagnitudeSelection"/> does on its own histograms).
+    /// </summary>
+    public static (int Bin, long Above) FindFromTop(long[] histogram, long rank)
+    {
+        long above = 0;
+        for (var b = histogram.Length - 1; b >= 0; b--)
+        {
+            if (above + histogram[b] >= rank) return (b, above);
+            above += histogram[b];
+        }
+        throw new InvalidOperationException("The histogram holds fewer elements than the rank asked for.");
+    }
+
+    /// <summary>
+    /// TIES's trim: keeps |x| above <paramref name="thresholdBits"/>, and of those equal to it the first
+    /// <paramref name="tiesLeft"/> in element order (the count carries from chunk to chunk); the rest become 0.
+    /// </summary>
+    public static Tensor Trim(Tensor delta, uint thresholdBits, ref long tiesLeft)
+    {
+        var bits = MagnitudeBits(delta);
+        var keep = bits.gt((long)thresholdBits);
+        var ties = bits.eq((long)thresholdBits);
+        if (tiesLeft > 0)
+        {
+            var rank = ties.to_type(ScalarType.Int64).cumsum(0);
+            keep = keep.logical_or(ties.logical_and(rank.le(tiesLeft)));
+            tiesLeft = Math.Max(0, tiesLeft - ties.sum().item<long>());
+        }
+        return delta.masked_fill(keep.logical_not(), 0f);
+    }
+
+    /// <summary>Σ wᵢ·δᵢ, then × scale: mul(w₀), then add(δᵢ, alpha: wᵢ) per input (the fused multiply-add of <see cref="LinearOperator"/>).</summary>
+    public static Tensor Linear(Tensor[] deltas, float[] weights, float? scale)
+    {
+        var sum = deltas[0].mul(weights[0]);
+        for (var i = 1; i < deltas.Length; i++) sum.add_(deltas[i], weights[i]);
+        return scale is { } s ? sum.mul_(s) : sum;
+    }
+
+    /// <summary>
+    /// TIES's sign election and disjoint mean over trimmed δs, in float64 with the scalar kernel's operations in its
+    /// order (<see cref="CombineKernels.Ties"/>): election Σ wᵢ·xᵢ (or Σ sign xᵢ), ties to +; Σ wᵢ·xᵢ over agreeing
+    /// inputs, over Σ wᵢ when normalizing (0 where none agree); × λ; rounded to float32.
+    /// </summary>
+    public static Tensor Ties(Tensor[] kept, double[] weights, bool bySignCount, bool normalize, double lambda)
+    {
+        var values = kept.Select(k => k.to_type(ScalarType.Float64)).ToArray();
+        var election = zeros_like(values[0]);
+        for (var i = 0; i < values.Length; i++) election = election.add(bySignCount ? values[i].sign() : values[i].mul(weights[i]));
+        var positive = election.ge(0.0);
+        var sum = zeros_like(values[0]);
+        var weight = zeros_like(values[0]);
+        var zero = zeros_like(values[0]);
+        for (var i = 0; i < values.Length; i++)
+        {
+            var agree = where(positive, values[i].gt(0.0), values[i].lt(0.0));
+            sum = sum.add(where(agree, values[i].mul(weights[i]), zero));
+            weight = weight.add(where(agree, full_like(values[0], weights[i]), zero));
+        }
+        var merged = normalize ? where(weight.eq(0.0), zero, sum.div(weight)) : sum;
+        return merged.mul(lambda).to_type(ScalarType.Float32);
+    }
+}
