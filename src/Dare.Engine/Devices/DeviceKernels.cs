@@ -20,6 +20,8 @@ internal static class DeviceKernels
     /// </summary>
     public static Tensor DropMask(ulong key, uint threshold, long first, long count, Device device)
     {
+        // The int64 temporaries are 8 bytes an element: freed here, not at the end of the chunk.
+        using var scope = NewDisposeScope();
         var parts = new List<Tensor>();
         for (var position = 0L; position < count;)
         {
@@ -33,7 +35,7 @@ internal static class DeviceKernels
             parts.Add(h.lt((long)threshold));
             position += length;
         }
-        return parts.Count == 1 ? parts[0] : cat(parts, 0);
+        return (parts.Count == 1 ? parts[0] : cat(parts, 0)).MoveToOuterDisposeScope();
     }
 
     /// <summary>δ × scale with dropped elements zeroed (the order of <see cref="DareMask.Apply"/>: multiply, then select).</summary>
@@ -73,6 +75,7 @@ internal static class DeviceKernels
     /// </summary>
     public static Tensor MagnitudeBits(Tensor delta)
     {
+        using var scope = NewDisposeScope();
         var magnitude = delta.abs().to_type(ScalarType.Float64);
         var (mantissa, exponent) = magnitude.frexp();
         var power = exponent.to_type(ScalarType.Float64);
@@ -80,19 +83,24 @@ internal static class DeviceKernels
         var subnormal = magnitude.mul(Math.Pow(2, 149));
         var bits = where(power.gt(-126.0).logical_and(magnitude.ne(0.0)), normal, subnormal);
         bits = bits.masked_fill(magnitude.isinf(), 0x7F800000).masked_fill(magnitude.isnan(), 0x7FC00000);
-        return bits.to_type(ScalarType.Int64);
+        return bits.to_type(ScalarType.Int64).MoveToOuterDisposeScope();
     }
 
     /// <summary>Counts of the upper 16 bits of |x| (the coarse histogram of <see cref="MagnitudeSelection"/>), int64[65536].</summary>
-    public static Tensor CoarseHistogram(Tensor magnitudeBits) => ShiftRight(magnitudeBits, 16).bincount(null, 1 << 16);
+    public static Tensor CoarseHistogram(Tensor magnitudeBits)
+    {
+        using var scope = NewDisposeScope();
+        return ShiftRight(magnitudeBits, 16).bincount(null, 1 << 16).MoveToOuterDisposeScope();
+    }
 
     /// <summary>Counts of the lower 16 bits of |x| among elements whose upper 16 bits are <paramref name="bin"/> (the fine histogram), int64[65536].</summary>
     public static Tensor FineHistogram(Tensor magnitudeBits, uint bin)
     {
+        using var scope = NewDisposeScope();
         var inBin = ShiftRight(magnitudeBits, 16).eq((long)bin);
         // Elements outside the bin go to an extra last bin, dropped after counting.
         var low = And(magnitudeBits, 0xFFFF).masked_fill(inBin.logical_not(), 1L << 16);
-        return low.bincount(null, (1 << 16) + 1).narrow(0, 0, 1 << 16);
+        return low.bincount(null, (1 << 16) + 1).narrow(0, 0, 1 << 16).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -116,6 +124,7 @@ internal static class DeviceKernels
     /// </summary>
     public static Tensor Trim(Tensor delta, uint thresholdBits, ref long tiesLeft)
     {
+        using var scope = NewDisposeScope();
         var bits = MagnitudeBits(delta);
         var keep = bits.gt((long)thresholdBits);
         var ties = bits.eq((long)thresholdBits);
@@ -125,7 +134,7 @@ internal static class DeviceKernels
             keep = keep.logical_or(ties.logical_and(rank.le(tiesLeft)));
             tiesLeft = Math.Max(0, tiesLeft - ties.sum().item<long>());
         }
-        return delta.masked_fill(keep.logical_not(), 0f);
+        return delta.masked_fill(keep.logical_not(), 0f).MoveToOuterDisposeScope();
     }
 
     /// <summary>Σ wᵢ·δᵢ, then × scale: mul(w₀), then add(δᵢ, alpha: wᵢ) per input (the fused multiply-add of <see cref="LinearOperator"/>).</summary>
@@ -143,6 +152,7 @@ internal static class DeviceKernels
     /// </summary>
     public static Tensor Ties(Tensor[] kept, double[] weights, bool bySignCount, bool normalize, double lambda)
     {
+        using var scope = NewDisposeScope();
         var values = kept.Select(k => k.to_type(ScalarType.Float64)).ToArray();
         var election = zeros_like(values[0]);
         for (var i = 0; i < values.Length; i++) election = election.add(bySignCount ? values[i].sign() : values[i].mul(weights[i]));
@@ -157,6 +167,6 @@ internal static class DeviceKernels
             weight = weight.add(where(agree, full_like(values[0], weights[i]), zero));
         }
         var merged = normalize ? where(weight.eq(0.0), zero, sum.div(weight)) : sum;
-        return merged.mul(lambda).to_type(ScalarType.Float32);
+        return merged.mul(lambda).to_type(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 }

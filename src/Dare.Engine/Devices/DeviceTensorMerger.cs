@@ -161,6 +161,8 @@ internal sealed class DeviceTensorMerger : IDisposable
             for (var i = 0; i < inputs.Length; i++)
             {
                 var input = inputs[i];
+                // Intermediates (widened input, unmasked δ, the mask) are freed per input, not at the end of the chunk.
+                using var inputScope = NewDisposeScope();
                 var delta = host.Inputs[i] switch
                 {
                     null => zeros(new[] { count }, ScalarType.Float32, device),
@@ -180,7 +182,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                         _dropped[i] = total.DetachFromDisposeScope();
                     }
                 }
-                deltas[i] = delta;
+                deltas[i] = delta.MoveToOuterDisposeScope();
             }
             return (baseChunk, deltas);
         }

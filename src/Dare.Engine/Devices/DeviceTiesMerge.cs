@@ -66,7 +66,8 @@ internal sealed class DeviceTiesMerge : IDeviceMerge
             {
                 foreach (var i in selecting)
                 {
-                    var counts = histogram(DeviceKernels.MagnitudeBits(deltas[i]), i);
+                    using var bits = DeviceKernels.MagnitudeBits(deltas[i]);
+                    using var counts = histogram(bits, i);
                     var total = totals[i] is { } before ? before.add(counts) : counts.clone();
                     totals[i]?.Dispose();
                     totals[i] = total.DetachFromDisposeScope();

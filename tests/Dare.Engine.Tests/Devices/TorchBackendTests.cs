@@ -100,6 +100,19 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     }
 
     [Theory]
+    [InlineData("dare_ties", 1L << 24)]
+    [InlineData("dare_ties", 3001)]
+    [InlineData("linear", 4099)]
+    public void Leaves_no_live_tensor_behind(string method, long chunkElements)
+    {
+        var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
+        TorchRuntime.EnsureInitialized();
+        var start = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        Export(plan, "leak", ComputeDevice.Parse(DeviceName), SafetensorsDType.BF16, false, chunkElements);
+        Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+    }
+
+    [Theory]
     [InlineData(0L, 100_003L, 0.9)]
     [InlineData((1L << 32) - 40_000, 90_000L, 0.3)]
     [InlineData(7L << 32, 5_000L, 0.0)]
