@@ -28,10 +28,10 @@ internal sealed class DropCounts
 internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool singlePassRoutes, CancellationToken cancellation)
 {
     private ChunkReader Chunks => chunks;
+    private CancellationToken Cancellation => cancellation;
 
     /// <summary>The tensor backend an export runs on, or null for the SIMD kernels (the default).</summary>
     public DeviceTensorMerger? Device { get; init; }
-    private CancellationToken Cancellation => cancellation;
 
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
