@@ -16,11 +16,11 @@ internal static class DeviceKernels
     /// <summary>
     /// Which elements [first, first + count) of a tensor DARE drops (a bool tensor on <paramref name="device"/>):
     /// hash(index) &lt; threshold, hash as in <see cref="DareMask.Hash"/>. uint32 values live in int64 lanes, masked
-    /// to 32 bits after each step.
+    /// to 32 bits after each step; the steps work in place on one int64 buffer (plus one temporary), because each
+    /// int64 tensor of a 16M-element chunk is 128 MB.
     /// </summary>
     public static Tensor DropMask(ulong key, uint threshold, long first, long count, Device device)
     {
-        // The int64 temporaries are 8 bytes an element: freed here, not at the end of the chunk.
         using var scope = NewDisposeScope();
         var parts = new List<Tensor>();
         for (var position = 0L; position < count;)
@@ -29,41 +29,53 @@ internal static class DeviceKernels
             var index = first + position;
             var length = Math.Min(count - position, (((index >> 32) + 1) << 32) - index);
             var (k0, k1) = DareMask.BlockKeys(key, index >> 32);
-            var counter = arange(index & Low32, (index & Low32) + length, 1L, ScalarType.Int64, device);
-            var h = Mix(And(MulLow32(counter, 0x9E3779B1u) + (long)k0, Low32));
-            h = Mix(h.bitwise_xor(Scalar(k1, device)));
+            using var h = arange(index & Low32, (index & Low32) + length, 1L, ScalarType.Int64, device);
+            MulLow32(h, 0x9E3779B1u);
+            And(h.add_((long)k0), Low32);
+            Mix(h);
+            using (var k1Tensor = Scalar(k1, device)) h.bitwise_xor_(k1Tensor);
+            Mix(h);
             parts.Add(h.lt((long)threshold));
             position += length;
         }
         return (parts.Count == 1 ? parts[0] : cat(parts, 0)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>δ × scale with dropped elements zeroed (the order of <see cref="DareMask.Apply"/>: multiply, then select).</summary>
+    /// <summary>δ × scale with dropped elements zeroed (the order of <see cref="DareMask.Apply"/>: multiply, then select); a new tensor.</summary>
     public static Tensor ApplyDrop(Tensor delta, Tensor dropped, float scale) =>
-        (scale == 1f ? delta : delta.mul(scale)).masked_fill(dropped, 0f);
+        scale == 1f ? delta.masked_fill(dropped, 0f) : delta.mul(scale).masked_fill_(dropped, 0f);
 
-    // x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35; x ^= x >> 16 (uint32, as DareMask.Mix).
-    private static Tensor Mix(Tensor x)
+    // In place: x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35; x ^= x >> 16 (uint32, as DareMask.Mix).
+    private static void Mix(Tensor x)
     {
-        x = x.bitwise_xor(ShiftRight(x, 16));
-        x = MulLow32(x, 0x85EBCA6Bu);
-        x = x.bitwise_xor(ShiftRight(x, 13));
-        x = MulLow32(x, 0xC2B2AE35u);
-        return x.bitwise_xor(ShiftRight(x, 16));
-    }
-
-    /// <summary>(x · c) mod 2^32 for x in [0, 2^32): split c in 16-bit halves so no int64 product exceeds 2^49 (no signed overflow on any device).</summary>
-    private static Tensor MulLow32(Tensor x, uint c)
-    {
-        var low = x * (long)(c & 0xFFFF);
-        var high = And(x * (long)(c >> 16), 0xFFFF) * 65536L;
-        return And(low + high, Low32);
+        XorShift(x, 16);
+        MulLow32(x, 0x85EBCA6Bu);
+        XorShift(x, 13);
+        MulLow32(x, 0xC2B2AE35u);
+        XorShift(x, 16);
     }
 
     // Non-negative values only, so the arithmetic shift is the logical one.
-    private static Tensor ShiftRight(Tensor x, int bits) => x.bitwise_right_shift(Scalar(bits, x.device));
+    private static void XorShift(Tensor x, int bits)
+    {
+        using var amount = Scalar(bits, x.device);
+        using var shifted = x.bitwise_right_shift(amount);
+        x.bitwise_xor_(shifted);
+    }
 
-    private static Tensor And(Tensor x, long mask) => x.bitwise_and(Scalar(mask, x.device));
+    /// <summary>x = (x · c) mod 2^32 in place, for x in [0, 2^32): c in 16-bit halves, so no int64 product exceeds 2^49 (no signed overflow on any device).</summary>
+    private static void MulLow32(Tensor x, uint c)
+    {
+        using var high = x.mul((long)(c >> 16));
+        And(high, 0xFFFF).mul_(65536L);
+        And(x.mul_((long)(c & 0xFFFF)).add_(high), Low32);
+    }
+
+    private static Tensor And(Tensor x, long mask)
+    {
+        using var value = Scalar(mask, x.device);
+        return x.bitwise_and_(value);
+    }
 
     private static Tensor Scalar(long value, Device device) => tensor(value, ScalarType.Int64, device);
 
@@ -78,28 +90,30 @@ internal static class DeviceKernels
         using var scope = NewDisposeScope();
         var magnitude = delta.abs().to_type(ScalarType.Float64);
         var (mantissa, exponent) = magnitude.frexp();
-        var power = exponent.to_type(ScalarType.Float64);
-        var normal = power.add(126.0).mul(8388608.0).add(mantissa.mul(16777216.0).sub(8388608.0));
-        var subnormal = magnitude.mul(Math.Pow(2, 149));
-        var bits = where(power.gt(-126.0).logical_and(magnitude.ne(0.0)), normal, subnormal);
-        bits = bits.masked_fill(magnitude.isinf(), 0x7F800000).masked_fill(magnitude.isnan(), 0x7FC00000);
-        return bits.to_type(ScalarType.Int64).MoveToOuterDisposeScope();
+        var isNormal = exponent.gt(-126).logical_and_(magnitude.ne(0.0));
+        var isInfinite = magnitude.isinf();
+        var isNaN = magnitude.isnan();
+        var bits = exponent.to_type(ScalarType.Float64).add_(126.0).mul_(8388608.0).add_(mantissa.mul_(16777216.0).sub_(8388608.0));
+        mantissa.Dispose();
+        exponent.Dispose();
+        bits = bits.where(isNormal, magnitude.mul_(Math.Pow(2, 149)));
+        return bits.masked_fill_(isInfinite, 0x7F800000).masked_fill_(isNaN, 0x7FC00000).to_type(ScalarType.Int64).MoveToOuterDisposeScope();
     }
 
     /// <summary>Counts of the upper 16 bits of |x| (the coarse histogram of <see cref="MagnitudeSelection"/>), int64[65536].</summary>
     public static Tensor CoarseHistogram(Tensor magnitudeBits)
     {
         using var scope = NewDisposeScope();
-        return ShiftRight(magnitudeBits, 16).bincount(null, 1 << 16).MoveToOuterDisposeScope();
+        return magnitudeBits.div(65536L, rounding_mode: RoundingMode.floor).bincount(null, 1 << 16).MoveToOuterDisposeScope();
     }
 
     /// <summary>Counts of the lower 16 bits of |x| among elements whose upper 16 bits are <paramref name="bin"/> (the fine histogram), int64[65536].</summary>
     public static Tensor FineHistogram(Tensor magnitudeBits, uint bin)
     {
         using var scope = NewDisposeScope();
-        var inBin = ShiftRight(magnitudeBits, 16).eq((long)bin);
+        var inBin = magnitudeBits.ge((long)bin << 16).logical_and_(magnitudeBits.lt(((long)bin + 1) << 16));
         // Elements outside the bin go to an extra last bin, dropped after counting.
-        var low = And(magnitudeBits, 0xFFFF).masked_fill(inBin.logical_not(), 1L << 16);
+        var low = magnitudeBits.remainder(65536L).masked_fill_(inBin.logical_not(), 1L << 16);
         return low.bincount(null, (1 << 16) + 1).narrow(0, 0, 1 << 16).MoveToOuterDisposeScope();
     }
 
@@ -155,18 +169,29 @@ internal static class DeviceKernels
         using var scope = NewDisposeScope();
         var values = kept.Select(k => k.to_type(ScalarType.Float64)).ToArray();
         var election = zeros_like(values[0]);
-        for (var i = 0; i < values.Length; i++) election = election.add(bySignCount ? values[i].sign() : values[i].mul(weights[i]));
-        var positive = election.ge(0.0);
-        var sum = zeros_like(values[0]);
-        var weight = zeros_like(values[0]);
-        var zero = zeros_like(values[0]);
         for (var i = 0; i < values.Length; i++)
         {
-            var agree = where(positive, values[i].gt(0.0), values[i].lt(0.0));
-            sum = sum.add(where(agree, values[i].mul(weights[i]), zero));
-            weight = weight.add(where(agree, full_like(values[0], weights[i]), zero));
+            using var term = bySignCount ? values[i].sign() : values[i].mul(weights[i]);
+            election.add_(term);
         }
-        var merged = normalize ? where(weight.eq(0.0), zero, sum.div(weight)) : sum;
-        return merged.mul(lambda).to_type(ScalarType.Float32).MoveToOuterDisposeScope();
+        var positive = election.ge(0.0);
+        election.Dispose();
+        var sum = zeros_like(values[0]);
+        var weight = zeros_like(values[0]);
+        for (var i = 0; i < values.Length; i++)
+        {
+            // Disagreeing inputs add +0.0 (as the vector kernel's masked terms), which leaves the sums unchanged.
+            using var agree = where(positive, values[i].gt(0.0), values[i].lt(0.0));
+            using var disagree = agree.logical_not();
+            using (var term = values[i].mul(weights[i]).masked_fill_(disagree, 0.0)) sum.add_(term);
+            using (var share = full_like(sum, weights[i]).masked_fill_(disagree, 0.0)) weight.add_(share);
+            values[i].Dispose();
+        }
+        if (normalize)
+        {
+            using var none = weight.eq(0.0);
+            sum.div_(weight).masked_fill_(none, 0.0);
+        }
+        return sum.mul_(lambda).to_type(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 }
