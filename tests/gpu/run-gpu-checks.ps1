@@ -32,6 +32,8 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $root = Resolve-Path (Join-Path $PSScriptRoot '../..')
+# dotnet pwsh and the build find the repository's tool manifest and props from here.
+Set-Location $root
 $outDir = Join-Path $PSScriptRoot 'out'
 New-Item -ItemType Directory -Force $outDir | Out-Null
 $summary = [Collections.Generic.List[string]]::new()

@@ -26,6 +26,14 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     private static readonly string DeviceName = Environment.GetEnvironmentVariable("DARE_TEST_DEVICE") is { Length: > 0 } d ? d : "torch-cpu";
     private readonly TestModels _models = new();
 
+    /// <summary>The device under test, checked (and, for CUDA, initialised) as an export checks it.</summary>
+    private static TorchSharp.torch.Device TestDevice()
+    {
+        var device = ComputeDevice.Parse(DeviceName);
+        device.EnsureAvailable();
+        return device.TorchDevice;
+    }
+
     public void Dispose() => _models.Dispose();
 
     /// <summary>A base and three fine-tunes; coarse values (multiples of 1/64) give TIES many ties at its threshold.</summary>
@@ -121,7 +129,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         var key = DareMask.Key(1234, 2, "model.layers.3.mlp.down_proj.weight");
         var threshold = DareMask.Threshold(rate);
         using var scope = NewDisposeScope();
-        var mask = DeviceKernels.DropMask(key, threshold, first, count, ComputeDevice.Parse(DeviceName).TorchDevice).cpu().data<bool>().ToArray();
+        var mask = DeviceKernels.DropMask(key, threshold, first, count, TestDevice()).cpu().data<bool>().ToArray();
         var mismatches = Enumerable.Range(0, (int)count).Count(j => mask[j] != (DareMask.Hash(key, first + j) < threshold));
         Assert.Equal(0, mismatches);
         // Not vacuous: the drop fraction is the rate.
@@ -135,7 +143,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         var values = new[] { 0f, -0f, float.Epsilon, -float.Epsilon, 1.1754942E-38f, -1.17549435E-38f, float.MaxValue, -float.MinValue, float.PositiveInfinity, float.NegativeInfinity, 1f, -0.5f }
             .Concat(Enumerable.Range(0, 20_000).Select(_ => BitConverter.Int32BitsToSingle(random.Next()) * (random.Next(2) == 0 ? 1 : -1)).Where(v => !float.IsNaN(v))).ToArray();
         using var scope = NewDisposeScope();
-        var bits = DeviceKernels.MagnitudeBits(tensor(values).to(ComputeDevice.Parse(DeviceName).TorchDevice)).cpu().data<long>().ToArray();
+        var bits = DeviceKernels.MagnitudeBits(tensor(values).to(TestDevice())).cpu().data<long>().ToArray();
         for (var i = 0; i < values.Length; i++) Assert.Equal(BitConverter.SingleToUInt32Bits(values[i]) & 0x7FFFFFFF, (uint)bits[i]);
     }
 
