@@ -58,8 +58,10 @@ $summary.Add(($environment | Out-String).Trim())
 
 Step "Backend-equality tests on $Device"
 $tests = Join-Path $root 'tests/Dare.Engine.Tests/Dare.Engine.Tests.csproj'
-& dotnet build $tests -c Release -p:DareCuda=true -nologo -v quiet
-if ($LASTEXITCODE) { throw 'Building the engine tests against TorchSharp-cuda-linux failed.' }
+# (-Device torch-cpu -SkipBuild -BenchHiddenSize 64 -BenchLayers 2 is a dry run of this script on a CPU machine.)
+$cudaBuild = "-p:DareCuda=$(if ($Device -like 'cuda*') { 'true' } else { 'false' })"
+& dotnet build $tests -c Release $cudaBuild -nologo -v quiet
+if ($LASTEXITCODE) { throw "Building the engine tests ($cudaBuild) failed." }
 . (Join-Path $root 'build/NativeCompat.ps1')
 $rid = "linux-$([Runtime.InteropServices.RuntimeInformation]::OSArchitecture.ToString().ToLowerInvariant())"
 Install-TorchSharpNativeCompat -Directory (Join-Path $root "tests/Dare.Engine.Tests/bin/Release/net10.0/runtimes/$rid/native") -Quiet
