@@ -61,6 +61,7 @@ public enum DareErrorId
     ChartWriteFailed,
     SweepEvaluatorFailed,
     SweepNoSuccessfulVariant,
+    DeviceUnavailable,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

@@ -37,6 +37,9 @@ public sealed class ExportOptions
 
     /// <summary>Write only this partition's shards into the staging folder beside the destination (publishing when it is the last); null: the whole export.</summary>
     public ExportPartition? Partition { get; init; }
+
+    /// <summary>Where the merge math runs: null or cpu for the SIMD kernels, else the TorchSharp backend on that device (see <see cref="ComputeDevice"/>).</summary>
+    public ComputeDevice? Device { get; init; }
 }
 
 /// <summary>
@@ -76,6 +79,8 @@ public sealed class MergeExecutor
     public ExportResult Export(TaskVector vector, ExportOptions options)
     {
         var clock = Stopwatch.StartNew();
+        // A device TorchSharp cannot use is refused before anything is read or written.
+        options.Device?.EnsureAvailable();
         WarnAboutMissingTensors(vector);
         var tensors = options.DeltaOnly ? vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList() : vector.Base.Tensors.ToList();
         var plan = tensors.Select(t => new PlannedTensor(t.Name, OutputDTypeOf(t, options), t.Shape)).ToList();
@@ -170,7 +175,9 @@ public sealed class MergeExecutor
         using var workspace = new ChunkWorkspace();
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
-        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
+        using var device = options.Device is { UsesTorchBackend: true } backend
+            ? new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose) : null;
+        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device };
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {

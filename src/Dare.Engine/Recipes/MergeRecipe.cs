@@ -166,6 +166,9 @@ public sealed class MergeRecipe
     /// <summary>Dare extension gradient_outside_layers: where gradients put tensors outside the layers (default: t = 0, as mergekit 0.1.4).</summary>
     public GradientOutsideLayers GradientOutsideLayers { get; init; }
 
+    /// <summary>Dare extension <c>device:</c>: where the merge math runs (null: cpu, the SIMD kernels); mergekit_config.yml leaves it out.</summary>
+    public ComputeDevice? Device { get; init; }
+
     /// <summary>The dtype floating-point tensors are written in: out_dtype, else dtype, else each base tensor's own.</summary>
     public SafetensorsDType? OutputDType => OutDType ?? DType;
 

@@ -28,6 +28,9 @@ public sealed class RecipePlanOptions
 
     /// <summary>Write only this partition of the last (or only) recipe's output (see <see cref="Partitions.ExportPartition"/>).</summary>
     public Partitions.ExportPartition? Partition { get; init; }
+
+    /// <summary>Where every recipe of the batch merges (-Device); overrides each recipe's device:.</summary>
+    public ComputeDevice? Device { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -258,15 +261,17 @@ public static partial class RecipePlanner
         var isLast = index == batch.Recipes.Count - 1;
         var outputDType = (isLast ? batchPlan.Options.OutputDType : null) ?? recipe.OutputDType;
         var shardSize = (isLast ? batchPlan.Options.MaxShardSize : null) ?? recipe.MaxShardSize ?? CheckpointWriteOptions.DefaultMaxShardSize;
+        var device = batchPlan.Options.Device ?? recipe.Device;
         var export = new ExportOptions
         {
+            Device = device,
             Destination = batchPlan.Outputs[index],
             OutputDType = outputDType,
             MaxShardSize = shardSize,
             DeltaOnly = recipe.DeltaOnly,
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
-            RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+            RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly, device),
             ModelReferences = modelReferences.Select(m => m.Reference).Append(baseReference).OfType<ModelReference>()
                 .Where(r => opened.ContainsKey(r.FullPath)).GroupBy(r => opened[r.FullPath].Path).ToDictionary(g => g.Key, g => g.First().Text),
             Partition = isLast ? batchPlan.Options.Partition : null,
