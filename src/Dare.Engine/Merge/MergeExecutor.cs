@@ -52,6 +52,12 @@ public sealed class ExportOptions
 public sealed class MergeExecutor
 {
     public const long DefaultChunkElements = 16L << 20;
+
+    /// <summary>
+    /// How many tensors ahead the reads are started: with one, a cold run waited for the disk whenever a tensor was
+    /// computed faster than the next one's first chunk arrived; two keep the disk busy at ~2 chunks per input in flight.
+    /// </summary>
+    private const int TensorsAhead = 2;
     public const string RecipeFileName = "dare_recipe.yml";
 
     /// <summary>Longest recipe stored whole in the safetensors __metadata__; longer ones are stored as a note with their SHA-256.</summary>
@@ -243,7 +249,7 @@ public sealed class MergeExecutor
     }
 
     /// <summary>
-    /// The one tensor loop: progress, cancellation, read-ahead of the next tensor's first chunk, and a dispose scope
+    /// The one tensor loop: progress, cancellation, read-ahead of the next tensors' first chunks, and a dispose scope
     /// per tensor around <paramref name="process"/>(tensor, layer count). Returns the bytes read (base and inputs, or
     /// the base's alone when <paramref name="countInputs"/> is false, as progress counts them).
     /// </summary>
@@ -259,7 +265,11 @@ public sealed class MergeExecutor
             _cancellation.ThrowIfCancellationRequested();
             var info = tensors[i];
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, info.Name));
-            if (i + 1 < tensors.Count) TensorMerger.Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
+            // The first chunk of the tensors TensorsAhead ahead (at the start, of all of them up to there).
+            for (var next = i == 0 ? 1 : i + TensorsAhead; next <= i + TensorsAhead && next < tensors.Count; next++)
+            {
+                TensorMerger.Prefetch(reader, vector, tensors[next], 0, Math.Min(tensors[next].ElementCount, ChunkElements));
+            }
             using (NewDisposeScope()) process(info, layout);
             reader.Release(info.Name);
             bytesDone += info.ByteLength * perByte;

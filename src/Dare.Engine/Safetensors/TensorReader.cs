@@ -134,12 +134,12 @@ public sealed partial class TensorReader : IDisposable
 
     /// <summary>
     /// Asks the OS to start reading elements [firstElement, firstElement + count) into the page cache in the
-    /// background (posix_fadvise WILLNEED on Linux), so that a later <see cref="ReadElements"/> finds them there: the
-    /// disk reads of the next chunk overlap the computation of this one. A range whose last byte is already cached
-    /// is left alone, since the advice itself costs time proportional to the range. Advisory only: returns whether
-    /// the range is now cached or being read, and never throws (a real problem with the file surfaces in the read).
+    /// background (posix_fadvise WILLNEED on Linux, given on the <see cref="ReadAhead"/> thread), so that a later
+    /// <see cref="ReadElements"/> finds them there: the disk reads of the next chunks overlap the computation of this
+    /// one. Advisory only: returns whether the advice was queued, and never throws (a real problem with the file
+    /// surfaces in the read).
     /// </summary>
-    public unsafe bool Prefetch(TensorInfo info, long firstElement, long count)
+    public bool Prefetch(TensorInfo info, long firstElement, long count)
     {
         if (!OperatingSystem.IsLinux() || count <= 0 || info.Assembly is not null) return false;
         try
@@ -147,13 +147,7 @@ public sealed partial class TensorReader : IDisposable
             CheckRange(info, firstElement, count);
             var elementSize = info.DType.ElementSize();
             var descriptor = (int)Handle(info).DangerousGetHandle();
-            var offset = info.DataOffset + firstElement * elementSize;
-            var length = count * elementSize;
-            byte probe;
-            var vector = new IoVector { Base = &probe, Length = 1 };
-            if (preadv2(descriptor, &vector, 1, offset + length - 1, NoWait) == 1) return true;
-            if (posix_fadvise(descriptor, offset, length, WillNeed) != 0) return false;
-            if (ReleaseReads) _broughtIn.Add((info, offset, length));
+            (_readAhead ??= new ReadAhead()).Fetch(descriptor, info.Name, info.DataOffset + firstElement * elementSize, count * elementSize);
             return true;
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or DareException or ArgumentOutOfRangeException)
@@ -170,49 +164,12 @@ public sealed partial class TensorReader : IDisposable
     /// what is about to be read, and (on VMs whose host reclaims freed guest memory) no fresh pages to fault in;
     /// reading cold inputs this way took 14–16 s for 30 GB here instead of 34–36 s. DARE_RELEASE_READS=0 turns it off.
     /// </summary>
-    public void Release(string tensorName)
-    {
-        if (_broughtIn.Count == 0) return;
-        _broughtIn.RemoveAll(range =>
-        {
-            if (!string.Equals(range.Info.Name, tensorName, StringComparison.Ordinal)) return false;
-            DropFromCache(range);
-            return true;
-        });
-    }
+    public void Release(string tensorName) => _readAhead?.Release(tensorName);
 
-    private void DropFromCache((TensorInfo Info, long Offset, long Length) range)
-    {
-        try
-        {
-            if (_handles.TryGetValue(range.Info.File, out var open)) posix_fadvise((int)open.Handle.DangerousGetHandle(), range.Offset, range.Length, DontNeed);
-        }
-        catch (Exception ex) when (ex is IOException or ObjectDisposedException)
-        {
-            // Advisory only.
-        }
-    }
+    /// <summary>Waits until the page-cache advice given so far has been carried out (for tests).</summary>
+    internal void WaitForReadAhead() => _readAhead?.Drain();
 
-    /// <summary>Whether <see cref="Release"/> drops what reads brought into the page cache (DARE_RELEASE_READS=0: no).</summary>
-    private static readonly bool ReleaseReads = Environment.GetEnvironmentVariable("DARE_RELEASE_READS") is not "0";
-
-    private readonly List<(TensorInfo Info, long Offset, long Length)> _broughtIn = new();
-
-    private const int WillNeed = 3; // POSIX_FADV_WILLNEED
-    private const int DontNeed = 4; // POSIX_FADV_DONTNEED
-    private const int NoWait = 0x8; // RWF_NOWAIT: read only what is in the page cache
-
-    private unsafe struct IoVector
-    {
-        public byte* Base;
-        public nuint Length;
-    }
-
-    [LibraryImport("libc")]
-    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
-
-    [LibraryImport("libc")]
-    private static unsafe partial nint preadv2(int descriptor, IoVector* vectors, int count, long offset, int flags);
+    private ReadAhead? _readAhead;
 
     /// <summary>
     /// The open handle of the tensor's file. The first use opens it only if the path is still a regular file with the
@@ -238,8 +195,9 @@ public sealed partial class TensorReader : IDisposable
 
     public void Dispose()
     {
-        foreach (var range in _broughtIn) DropFromCache(range);
-        _broughtIn.Clear();
+        // First: the read-ahead thread uses the descriptors closed below.
+        _readAhead?.Dispose();
+        _readAhead = null;
         foreach (var open in _handles.Values) open.Handle.Dispose();
         _handles.Clear();
     }

@@ -38,6 +38,7 @@ public sealed partial class ReadCacheReleaseTests : IDisposable
         using var reader = new TensorReader();
 
         Assert.True(reader.Prefetch(info, 0, info.ElementCount));
+        reader.WaitForReadAhead();
         var bytes = new byte[info.ByteLength];
         unsafe
         {
@@ -47,8 +48,10 @@ public sealed partial class ReadCacheReleaseTests : IDisposable
         Assert.Equal(1f, BitConverter.ToSingle(bytes, 4));
 
         reader.Release("another tensor");
+        reader.WaitForReadAhead();
         Assert.True(IsCached(path, middle));
         reader.Release("w");
+        reader.WaitForReadAhead();
         Assert.False(IsCached(path, middle));
     }
 
