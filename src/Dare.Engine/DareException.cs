@@ -57,6 +57,7 @@ public enum DareErrorId
     PartitionCompletionBusy,
     AdapterInvalid,
     AdapterUnsupported,
+    ReplayInputChanged,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

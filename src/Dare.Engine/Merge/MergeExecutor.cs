@@ -262,7 +262,8 @@ public sealed class MergeExecutor
         var files = new Dictionary<string, string>(vector.Base.Vocabulary?.Files ?? new Dictionary<string, string>(), StringComparer.Ordinal);
         if (options.RecipeYaml is { } recipe)
         {
-            files[RecipeFileName] = recipe;
+            // The recipe file also records the inputs' files, which a replay checks first (the header keeps no paths).
+            files[RecipeFileName] = recipe + Recipes.InputFingerprints.Section(vector);
             if (!options.DeltaOnly)
             {
                 var config = Recipes.ModelCardWriter.MergekitConfig(vector, options.ModelReferences, options.OutputDType);

@@ -177,7 +177,7 @@ internal static class VocabularyMerge
         return narrow.bytes.ToArray();
     }
 
-    /// <summary>The output's tokenizer files when its vocabulary is not the base's: the union's tokenizer.json, or the chosen model's files.</summary>
+    /// <summary>The output's tokenizer files when its vocabulary is not the base's: the union's (UnionTokenizerFiles), or the chosen model's files.</summary>
     private static VocabularyOutput? OutputFiles(VocabularyAlignment a)
     {
         var files = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -191,21 +191,8 @@ internal static class VocabularyMerge
                     if (RegularFile.Check(path, "tokenizer file").Kind == FileKind.Regular) files[file] = File.ReadAllText(path);
                 }
                 break;
-            case TokenizerSourceKind.Union when a.Vocabularies[0].TokenizerJson is { } baseJson:
-                var merged = (JsonObject)baseJson.DeepClone();
-                var added = merged["added_tokens"] as JsonArray ?? new JsonArray();
-                merged["added_tokens"] = added;
-                for (var r = 0; r < a.OutTokens.Length; r++)
-                {
-                    var token = a.OutTokens[r];
-                    if (token is null || a.Vocabularies[0].Ids.ContainsKey(token)) continue;
-                    var owner2 = Enumerable.Range(1, a.Participants.Length - 1).First(p => a.Vocabularies[p].Ids.ContainsKey(token));
-                    var entry = a.Vocabularies[owner2].AddedTokens.TryGetValue(token, out var e) ? (JsonObject)e.DeepClone()
-                        : new JsonObject { ["content"] = token, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = false };
-                    entry["id"] = r;
-                    added.Add(entry);
-                }
-                files["tokenizer.json"] = merged.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+            case TokenizerSourceKind.Union:
+                UnionTokenizerFiles.Write(a, files);
                 break;
         }
         var baseRows = a.Participants[0].Find(a.Tensors[0])!.Shape[0];
