@@ -8,7 +8,8 @@ namespace Dare.Engine.Merge;
 /// The tokenizer files of a <c>tokenizer_source: union</c> output: each file the base has, with the union's new tokens
 /// at their output ids — tokenizer.json's added_tokens, added_tokens.json, tokenizer_config.json's added_tokens_decoder
 /// (and its additional_special_tokens), special_tokens_map.json's additional_special_tokens. A new token keeps the
-/// flags (special, lstrip, …) its first owning model gives it. Files the base lacks are not invented.
+/// flags (special, lstrip, …) its first owning model gives it. Files the base lacks are not invented, except
+/// added_tokens.json where nothing else would record the new tokens.
 /// </summary>
 internal static class UnionTokenizerFiles
 {
@@ -39,7 +40,11 @@ internal static class UnionTokenizerFiles
         }
         if (added.Count == 0) return;
         var folder = a.Participants[0].Directory;
-        if (Read(folder, "added_tokens.json") is { } addedTokens)
+        // A base with neither tokenizer.json nor tokenizer_config.json (SentencePiece's tokenizer.model alone) would keep
+        // no record of the new tokens: it gets an added_tokens.json, which Hugging Face loads beside tokenizer.model.
+        var addedTokens = Read(folder, "added_tokens.json")
+            ?? (baseVocabulary.TokenizerJson is null && Read(folder, "tokenizer_config.json") is null ? new JsonObject() : null);
+        if (addedTokens is not null)
         {
             foreach (var entry in added) addedTokens[Content(entry)] = Id(entry);
             files["added_tokens.json"] = addedTokens.ToJsonString(Indented);

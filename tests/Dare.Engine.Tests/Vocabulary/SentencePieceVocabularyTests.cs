@@ -97,6 +97,11 @@ public sealed class SentencePieceVocabularyTests : IDisposable
             var actual = Row(merged, r);
             for (var c = 0; c < Hidden; c++) Assert.Equal(expected[c], actual[c], 5);
         }
+        // The base keeps its tokenizer.model; the union's new token is recorded where Hugging Face looks beside it.
+        Assert.Equal(File.ReadAllBytes(Path.Combine(@base.Directory, "tokenizer.model")), File.ReadAllBytes(Path.Combine(output.Directory, "tokenizer.model")));
+        var addedTokens = Path.Combine(output.Directory, "added_tokens.json");
+        if (union) Assert.True(JsonNode.DeepEquals(new JsonObject { ["[PAD]"] = Rows }, JsonNode.Parse(File.ReadAllText(addedTokens))));
+        else Assert.False(File.Exists(addedTokens));
     }
 
     [Fact]
