@@ -98,6 +98,7 @@ public sealed class MergeExecutor
             ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector)).ToList(),
             CurrentLocation = options.CurrentLocation,
             CopySideFilesFrom = vector.Base.Directory,
+            TokenizerFilesFrom = vector.Base.Vocabulary?.TokenizerFilesFrom,
             ConfigChanges = vector.Base.ConfigChanges,
             ConfigDType = options.OutputDType,
             ConfigUpdates = vector.Base.Vocabulary is { } vocabulary ? new Dictionary<string, long> { ["vocab_size"] = vocabulary.VocabSize } : null,

@@ -105,6 +105,27 @@ public sealed class SentencePieceVocabularyTests : IDisposable
     }
 
     [Fact]
+    public void A_SentencePiece_models_vocabulary_chosen_as_tokenizer_source_brings_its_own_tokenizer_files()
+    {
+        var (@base, tuned, _) = Models();
+        // The base also has a tokenizer.json (the same ids): none of the base's tokenizer files may stay beside the model's vocabulary.
+        var vocab = new JsonObject();
+        for (var i = 0; i < Rows; i++) vocab[BasePieces[i]] = i;
+        File.WriteAllText(Path.Combine(@base.Directory, "tokenizer.json"), new JsonObject { ["added_tokens"] = new JsonArray(), ["model"] = new JsonObject { ["type"] = "BPE", ["vocab"] = vocab } }.ToJsonString());
+        var choice = new TokenizerChoice(TokenizerSourceKind.Model, tuned.Path);
+        var output = _models.Export(TaskVector.FromModels(Checkpoint.Open(@base.Directory), new[] { tuned }, choice).Single(), "tuned-vocab");
+
+        Assert.Equal(File.ReadAllBytes(Path.Combine(tuned.Directory, "tokenizer.model")), File.ReadAllBytes(Path.Combine(output.Directory, "tokenizer.model")));
+        Assert.Equal(File.ReadAllText(Path.Combine(tuned.Directory, "added_tokens.json")), File.ReadAllText(Path.Combine(output.Directory, "added_tokens.json")));
+        Assert.False(File.Exists(Path.Combine(output.Directory, "tokenizer.json")), "the base's tokenizer.json does not describe the tuned model's vocabulary");
+        // Every row is the tuned model's own: base + (tuned − base) row by row of the tuned vocabulary.
+        var expected = TestModels.ReadFloats(tuned, Embed);
+        var actual = TestModels.ReadFloats(output, Embed);
+        Assert.Equal(expected.Length, actual.Length);
+        for (var i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i], 5);
+    }
+
+    [Fact]
     public void A_cut_off_tokenizer_model_is_TokenizerInvalid_naming_the_file()
     {
         var (@base, _, _) = Models();
