@@ -6,25 +6,26 @@ One measured benchmark step, run by Invoke-Benchmark.ps1 in its own pwsh process
 .DESCRIPTION
 Imports the module and runs one merge method over a benchmark data set (base + three fine-tunes), exporting
 bfloat16 to -Output with -Force. Method 'startup' only imports the module and initialises libtorch, to show
-the fixed cost every run pays. At the end prints one line "DARE-BENCH <json>" with what the process can see of
+the fixed cost every run pays; 'bare' does nothing (the cost of pwsh itself, which 'startup' is compared with). At the end prints one line "DARE-BENCH <json>" with what the process can see of
 itself (VmHWM and CPU time from /proc/self, the export's own elapsed time, and the DARE_PROFILE phase lines),
 so the parent has a fallback when /usr/bin/time is missing.
 #>
 param(
-    [Parameter(Mandatory)] [ValidateSet('startup', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock')] [string] $Method,
+    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock')] [string] $Method,
     [Parameter(Mandatory)] [string] $Data,
     [Parameter(Mandatory)] [string] $Output,
     [Parameter(Mandatory)] [string] $Module
 )
 
 $ErrorActionPreference = 'Stop'
-Import-Module $Module
+if ($Method -ne 'bare') { Import-Module $Module }
 $base = Join-Path $Data 'base'
 $tunes = 'ft1', 'ft2', 'ft3' | ForEach-Object { Join-Path $Data $_ }
 
 $result = $null
 $profileLines = @()
-if ($Method -eq 'startup') {
+if ($Method -eq 'bare') { }
+elseif ($Method -eq 'startup') {
     $null = Get-DareEnvironment
 }
 else {

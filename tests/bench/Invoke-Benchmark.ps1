@@ -236,7 +236,7 @@ function Measure-Step([string] $Name, [string] $Step) {
     }
     Remove-Item $timeFile -ErrorAction Ignore
     $hash = $null
-    if ($Step -ne 'startup') {
+    if ($Step -notin 'startup', 'bare') {
         $shards = @(Get-ChildItem $output -Filter '*.safetensors' | Sort-Object Name)
         if ($shards.Count -eq 0) { throw "Benchmark step $Name/$Step wrote no safetensors to $output." }
         # Fingerprint of the tensor data (outside the timing), so optimisations can be checked for bit-identical
@@ -290,8 +290,11 @@ function Format-Verdict([double] $Value, [double] $Limit, [string] $Unit, [switc
 New-Item -ItemType Directory -Force $dataRoot, $runsRoot | Out-Null
 if ($Profile) { $env:DARE_PROFILE = '1' }
 try {
-    $startup = @(foreach ($i in 1..3) { Measure-Step 'small' 'startup' })
-    Write-Host ('Start-up: {0:0.00} s wall (median of 3)' -f (Get-Median $startup.Wall))
+    # Interleaved with a bare pwsh start, so the module's own cost is a difference measured in the same minute.
+    $bare = [Collections.Generic.List[object]]::new(); $startup = [Collections.Generic.List[object]]::new()
+    foreach ($i in 1..5) { $bare.Add((Measure-Step 'small' 'bare')); $startup.Add((Measure-Step 'small' 'startup')) }
+    $overBare = (Get-Median $startup.Wall) - (Get-Median $bare.Wall)
+    Write-Host ('Start-up: {0:0.00} s wall, {1:0.00} s over a bare pwsh start (median of 5 each)' -f (Get-Median $startup.Wall), $overBare)
     $floors = [ordered]@{}
     $results = [Collections.Generic.List[object]]::new()
     foreach ($name in $Size) {
@@ -337,7 +340,8 @@ $lines.Add('')
 $lines.Add('## Machine')
 $lines.Add('')
 foreach ($entry in (Get-MachineDescription).GetEnumerator()) { $lines.Add("- $($entry.Key): $($entry.Value)") }
-$lines.Add(('- Process start-up (pwsh + Import-Module + libtorch init, median of 3): {0:0.00} s wall, {1:0.00} s CPU, {2:0} MB peak RSS' -f (Get-Median $startup.Wall), (Get-Median $startup.Cpu), (($startup.PeakRssBytes | Measure-Object -Maximum).Maximum / 1e6)))
+$lines.Add(('- Process start-up (pwsh + Import-Module + libtorch init, median of 5): {0:0.00} s wall, {1:0.00} s CPU, {2:0} MB peak RSS; a bare pwsh start: {3:0.00} s wall, {4:0.00} s CPU' -f (Get-Median $startup.Wall), (Get-Median $startup.Cpu), (($startup.PeakRssBytes | Measure-Object -Maximum).Maximum / 1e6), (Get-Median $bare.Wall), (Get-Median $bare.Cpu)))
+$lines.Add(('- Module import and engine start-up over a bare pwsh start: {0}' -f (Format-Verdict $overBare 0.3 ' s')))
 if ($Profile) { $lines.Add('- Profiling was on (DARE_PROFILE=1) for these runs.') }
 $lines.Add('')
 $lines.Add('## Data sets and copy floor')

@@ -20,7 +20,8 @@ public sealed record ModelArchitecture(
     string[] Heads)
 {
     private Regex? _layers;
-    private Regex Layers => _layers ??= new Regex(LayerPattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+    // Interpreted: a few thousand tensor names do not repay the ~10 ms of compiling the pattern at start-up.
+    private Regex Layers => _layers ??= new Regex(LayerPattern, RegexOptions.CultureInvariant);
 
     /// <summary>True for the fallback used when config.json names no family in the table.</summary>
     public bool IsGeneric => Name == Generic.Name;

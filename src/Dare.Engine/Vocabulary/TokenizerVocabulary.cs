@@ -46,6 +46,26 @@ public sealed class TokenizerVocabulary
     /// <summary>The row of <paramref name="token"/> in a model with <paramref name="rows"/> rows, or -1.</summary>
     public int RowOf(string token, long rows) => Ids.TryGetValue(token, out var id) && id < rows ? id : -1;
 
+    /// <summary>Every file a vocabulary may be read from; two folders whose files are equal have equal vocabularies.</summary>
+    internal static readonly string[] FileNames = { "tokenizer.json", "added_tokens.json", "tokenizer_config.json", "tokenizer.model" };
+
+    /// <summary>
+    /// True when both folders hold the same tokenizer files with the same bytes (or both lack them): their vocabularies
+    /// are equal without parsing. Anything but regular files answers false, so the full read reports it.
+    /// </summary>
+    public static bool SameFiles(string folder, string other)
+    {
+        foreach (var name in FileNames)
+        {
+            var (kind, identity) = FileIdentity.Stat(Path.Combine(folder, name));
+            var (otherKind, otherIdentity) = FileIdentity.Stat(Path.Combine(other, name));
+            if (kind == FileKind.Missing && otherKind == FileKind.Missing) continue;
+            if (kind != FileKind.Regular || otherKind != FileKind.Regular || identity.Size != otherIdentity.Size) return false;
+            if (!File.ReadAllBytes(Path.Combine(folder, name)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(other, name)))) return false;
+        }
+        return true;
+    }
+
     /// <summary>Reads the tokenizer files of <paramref name="folder"/>; with none, tokens are "row 0" … "row rows−1".</summary>
     public static TokenizerVocabulary Read(string folder, long rows)
     {

@@ -70,6 +70,11 @@ internal sealed class VocabularyAlignment
                 rows[p] = own.Shape[0];
             }
         }
+        // The common case (fine-tunes that kept the base's tokenizer) needs no token maps: skip parsing them.
+        if (choice.IsPlainBase && rows.All(r => r == rows[0]) && models.All(m => TokenizerVocabulary.SameFiles(@base.Directory, m.Directory)))
+        {
+            return Identity(participants, architecture, tensors, rows[0], choice);
+        }
         var vocabularies = participants.Select((m, p) => TokenizerVocabulary.Read(m.Directory, rows[p])).ToArray();
         var outTokens = OutputTokens(choice, participants, vocabularies, rows, out var outRows);
         var source = new int[participants.Length][];
@@ -112,6 +117,14 @@ internal sealed class VocabularyAlignment
             OutTokens = outTokens, Source = source, Forced = forced, Defaults = defaults, Choice = choice, IsIdentity = identity,
         };
     }
+
+    /// <summary>The plan when every participant's rows are the base's (same tokenizer files, same row count).</summary>
+    private static VocabularyAlignment Identity(Checkpoint[] participants, ModelArchitecture architecture, IReadOnlyList<string> tensors, long rows, TokenizerChoice choice) => new()
+    {
+        Participants = participants, Vocabularies = Array.Empty<TokenizerVocabulary>(), Architecture = architecture, Tensors = tensors, OutRows = rows,
+        OutTokens = Array.Empty<string?>(), Source = Array.Empty<int[]>(), Forced = Array.Empty<bool>(), Defaults = Array.Empty<RowDefault?>(),
+        Choice = choice, IsIdentity = true,
+    };
 
     /// <summary>Output row → token (null for padding rows), and the number of output rows.</summary>
     private static string?[] OutputTokens(TokenizerChoice choice, Checkpoint[] participants, TokenizerVocabulary[] vocabularies, long[] rows, out long outRows)
