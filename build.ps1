@@ -29,8 +29,8 @@ param(
 
     # Bench only: which checkpoint sizes to measure; 'cold' is the beyond-RAM set from a dropped page cache (~31 GB
     # of inputs, root only; tests/bench/Invoke-ColdBenchmark.ps1), measured only when named.
-    [ValidateSet('small', 'large', 'cold')]
-    [string[]] $BenchSize = @('small', 'large')
+    [ValidateSet('small', 'medium', 'large', 'cold')]
+    [string[]] $BenchSize = @('small', 'medium', 'large')
 )
 
 Set-StrictMode -Version Latest

@@ -27,6 +27,20 @@ Describe 'The Dare module' {
         (Get-Module Dare).ModuleBase | Should -Be $ModuleFolder
     }
 
+    It 'starts loading libtorch in the background on import, before any command needs it' {
+        # A fresh process: this one has long loaded libtorch. No Dare command runs in the child.
+        $lines = Invoke-InChildPwsh @"
+Import-Module '$ModuleFolder/Dare.psd1'
+`$deadline = [DateTime]::UtcNow.AddSeconds(20)
+do {
+    `$loaded = @([Diagnostics.Process]::GetCurrentProcess().Modules | Where-Object ModuleName -like 'libtorch_cpu*').Count -gt 0
+    if (-not `$loaded) { Start-Sleep -Milliseconds 50 }
+} until (`$loaded -or [DateTime]::UtcNow -gt `$deadline)
+"libtorch loaded: `$loaded"
+"@
+        $lines | Should -Contain 'libtorch loaded: True'
+    }
+
     It 'has a manifest that Test-ModuleManifest accepts, with the package metadata the Gallery shows' {
         $info = Test-ModuleManifest (Join-Path $ModuleFolder 'Dare.psd1') -ErrorAction Stop
         $info.PowerShellVersion | Should -Be ([version] '7.4')

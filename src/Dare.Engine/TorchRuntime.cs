@@ -10,6 +10,17 @@ public static class TorchRuntime
 
     private static readonly Lazy<Exception?> Initialization = new(TryInitialize, LazyThreadSafetyMode.ExecutionAndPublication);
 
+    /// <summary>
+    /// Starts loading libtorch on a background thread (the module loader calls this on Import-Module): loading its ~400 MB of shared
+    /// libraries takes ~0.2 s, which then overlaps the reading of headers and plans instead of delaying the first
+    /// merge. Whoever needs torch first waits for the same load; a failure is reported by <see cref="EnsureInitialized"/>.
+    /// </summary>
+    public static void StartInitializing()
+    {
+        if (Initialization.IsValueCreated) return;
+        new Thread(() => _ = Initialization.Value) { IsBackground = true, Name = "Dare libtorch load" }.Start();
+    }
+
     /// <summary>Loads libtorch once; throws <see cref="DareException"/> with the real cause when it cannot.</summary>
     public static void EnsureInitialized()
     {

@@ -22,8 +22,8 @@ Keep the merged models in tests/bench/runs/<size>-<method> (normally each is del
 #>
 [CmdletBinding()]
 param(
-    # small, large or both; also as one comma-separated string (pwsh -File passes arrays that way).
-    [string[]] $Size = @('small', 'large'),
+    # small, medium, large (any subset); also as one comma-separated string (pwsh -File passes arrays that way).
+    [string[]] $Size = @('small', 'medium', 'large'),
     # dare-linear, ties, dare-ties, della, slerp, model-stock (any subset, comma-separated allowed).
     [string[]] $Method = @('dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock'),
     # Measure each method this many times and report the median (peak RSS: the maximum over the runs).
@@ -48,20 +48,22 @@ function Split-Choice([string[]] $Values, [string[]] $Allowed, [string] $Name) {
     # In the canonical order, each once.
     return @($Allowed | Where-Object { $_ -in $chosen })
 }
-$Size = Split-Choice $Size @('small', 'large') 'Size'
+$Size = Split-Choice $Size @('small', 'medium', 'large') 'Size'
 $Method = Split-Choice $Method @('dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock') 'Method'
 $module = Join-Path $root 'out/Dare/Dare.psd1'
 $dataRoot = Join-Path $PSScriptRoot 'data'
 $runsRoot = Join-Path $PSScriptRoot 'runs'
 if (-not (Test-Path $module)) { throw "The module is not built: $module is missing. Run ./build.ps1 Build (or ./build.ps1 Bench)." }
 if (-not $OutFile) {
-    $complete = @($Size | Select-Object -Unique).Count -eq 2 -and @($Method | Select-Object -Unique).Count -eq 6
+    $complete = @($Size | Select-Object -Unique).Count -eq 3 -and @($Method | Select-Object -Unique).Count -eq 6
     $OutFile = if ($complete) { Join-Path $PSScriptRoot 'results.md' } else { Join-Path $runsRoot 'results-partial.md' }
 }
 
 # Llama-shaped sets: base sharded, three fine-tunes (base + seeded N(0, 0.002²) delta), all bfloat16.
 $Sizes = [ordered]@{
     small = [ordered]@{ HiddenSize = 1024; Layers = 8; VocabSize = 32000; BaseShardSize = '128MB' }
+    # 438M parameters per model: the size at which the issue tracker's whole-process targets are stated.
+    medium = [ordered]@{ HiddenSize = 1536; Layers = 12; VocabSize = 32000; BaseShardSize = '512MB' }
     large = [ordered]@{ HiddenSize = 2048; Layers = 16; VocabSize = 32000; BaseShardSize = '1GB' }
 }
 # della ranks every row (a sort per row) and reads δ unfused, so its target is looser; slerp and model-stock take one
@@ -396,6 +398,14 @@ if ($Size -contains 'small') {
                     $r = $results | Where-Object Size -eq 'small' | Where-Object Method -eq $_
                     '{0} {1:0.0}× (limit {2}×)' -f $_, ($r.Wall / $floors['small'].Seconds), $Targets[$_]
                 }) -join ', ') + '. Start-up is a large share of a small run.')
+}
+if ($Size -contains 'medium') {
+    # Small merges should feel instant: whole processes, start-up included, at 438M parameters per model.
+    $lines.Add('')
+    $lines.Add('Whole processes at the medium size (438M parameters per model), target under 2 s: ' + ((@('dare-linear', 'dare-ties') | Where-Object { $_ -in $Method } | ForEach-Object {
+                    $r = $results | Where-Object Size -eq 'medium' | Where-Object Method -eq $_
+                    '{0} {1}' -f $_, (Format-Verdict $r.Wall 2.0 ' s' -Strict)
+                }) -join ', ') + '.')
 }
 if ($Profile) {
     $lines.Add('')
