@@ -39,7 +39,9 @@ param(
     [int] $Seed = 1,
     [long] $DareSeed = 42,
     # Drop rates of the DARE-TIES merges of A and B.
-    [double[]] $MergeDropRate = @(0.5, 0.9)
+    [double[]] $MergeDropRate = @(0.5, 0.9),
+    # When given (.png or .svg): sweeps DARE on A alone (Invoke-DareSweep) and draws A's ascend NLL by drop rate.
+    [string] $ChartPath
 )
 
 $ErrorActionPreference = 'Stop'
@@ -214,4 +216,11 @@ foreach ($entry in $variants.GetEnumerator()) {
         AscendRetained    = [math]::Round($retained.ascend, 3)
         DescendRetained   = [math]::Round($retained.descend, 3)
     }
+}
+
+if ($ChartPath) {
+    # A's held-out negative log-likelihood (log-perplexity) by drop rate: DARE on one fine-tune, through the sweep.
+    $nllOnAscend = { param($ModelPath) & $measure $ModelPath 'ascend' }.GetNewClosure()
+    $null = Invoke-DareSweep $base (Join-Output 'ascend') -DropRate 0.5, 0.7, 0.8, 0.9, 0.95, 0.99 -Method dare_linear -Seed $DareSeed `
+        -Evaluator $nllOnAscend -ChartPath $ChartPath
 }

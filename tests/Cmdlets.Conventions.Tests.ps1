@@ -11,7 +11,7 @@ BeforeAll {
     . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
     Import-DareTestModule
     # Cmdlets that write model folders (Invoke-DareMerge, when it is added, writes one too).
-    $script:writers = @('Export-LoraAdapter', 'Export-Safetensors', 'New-SyntheticCheckpoint', 'Invoke-DareMerge', 'Complete-DareExport')
+    $script:writers = @('Export-LoraAdapter', 'Export-Safetensors', 'New-SyntheticCheckpoint', 'Invoke-DareMerge', 'Complete-DareExport', 'Invoke-DareSweep')
 
     # The completions PowerShell offers at the end of $Line.
     function Get-Completion([string] $Line) {

@@ -58,6 +58,11 @@ public enum DareErrorId
     AdapterInvalid,
     AdapterUnsupported,
     ReplayInputChanged,
+    ChartPathInvalid,
+    ChartWriteFailed,
+    SweepEvaluatorFailed,
+    SweepNoSuccessfulVariant,
+    DeviceUnavailable,
 }
 
 /// <summary>Broad kind of failure; the PowerShell layer maps it to an ErrorCategory.</summary>

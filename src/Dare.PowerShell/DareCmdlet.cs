@@ -23,6 +23,30 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
 
     protected override void StopProcessing() => _cancellation.Cancel();
 
+    /// <summary>The preference variable that silences the DARE guidance's warnings ('SilentlyContinue', 'Ignore' or $false).</summary>
+    public const string GuidancePreferenceVariable = "DareGuidancePreference";
+
+    private readonly HashSet<string> _guidanceWritten = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Writes the DARE guidance's warnings (each message once per command) unless $DareGuidancePreference silences them;
+    /// -WarningAction applies as to any warning.
+    /// </summary>
+    protected void WriteGuidance(IEnumerable<string> messages)
+    {
+        var preference = SessionState.PSVariable.GetValue(GuidancePreferenceVariable);
+        if (preference is PSObject wrapped) preference = wrapped.BaseObject;
+        var silenced = preference switch
+        {
+            bool enabled => !enabled,
+            ActionPreference action => action is ActionPreference.SilentlyContinue or ActionPreference.Ignore,
+            string text => text.Equals(nameof(ActionPreference.SilentlyContinue), StringComparison.OrdinalIgnoreCase) || text.Equals(nameof(ActionPreference.Ignore), StringComparison.OrdinalIgnoreCase),
+            _ => false,
+        };
+        if (silenced) return;
+        foreach (var message in messages.Where(_guidanceWritten.Add)) WriteWarning(message);
+    }
+
     public void Dispose()
     {
         foreach (var registration in _signalRegistrations ?? new()) registration.Dispose();

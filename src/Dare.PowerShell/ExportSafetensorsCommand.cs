@@ -52,6 +52,15 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     [Parameter]
     public string? Partition { get; set; }
 
+    /// <summary>
+    /// Where the merge math runs: cpu (the default: the SIMD kernels), cuda or cuda:N (the TorchSharp tensor backend on
+    /// that GPU; needs a module built with ./build.ps1 Build -Cuda), or torch-cpu (the tensor backend on the CPU, to test
+    /// and measure it). The merged bytes are the same on every device.
+    /// </summary>
+    [Parameter]
+    [ValidatePattern(@"^(?i)(cpu|torch-cpu|cuda(:\d+)?)$")]
+    public string? Device { get; set; }
+
     private readonly List<TaskVector> _inputs = new();
 
     // Every input is known before anything is written: several vectors piped into one folder would overwrite each other.
@@ -65,6 +74,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         var dtype = DType is null ? (SafetensorsDType?)null : SafetensorsDTypes.ParseOutputDType(DType);
         var shardSize = ByteSize.Parse(MaxShardSize);
         var partition = Partition is null ? (ExportPartition?)null : ExportPartition.Parse(Partition);
+        var device = Device is null ? null : ComputeDevice.Parse(Device);
         if (partition is not null && targets.Count > 1)
         {
             throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument,
@@ -76,7 +86,8 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         foreach (var (vector, folder) in targets)
         {
             Cancellation.ThrowIfCancellationRequested();
-            Export(vector, folder, dtype, shardSize, currentLocation, partition);
+            if (MergeMistakes.OfExport(vector) is { } single) WriteGuidance(new[] { single.Message });
+            Export(vector, folder, dtype, shardSize, currentLocation, partition, device);
         }
     });
 
@@ -118,7 +129,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
         return name;
     }
 
-    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation, ExportPartition? partition)
+    private void Export(TaskVector vector, string destination, SafetensorsDType? dtype, long shardSize, string currentLocation, ExportPartition? partition, ComputeDevice? device)
     {
         var bytes = vector.Base.Tensors.Where(t => !DeltaOnly || t.DType.IsMergeable())
             .Sum(t => t.DType.IsMergeable() && dtype is { } d ? t.ElementCount * d.ElementSize() : t.ByteLength);
@@ -135,8 +146,9 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
             Force = Force,
             CurrentLocation = currentLocation,
             AllowNonFinite = AllowNonFinite,
-            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly),
+            RecipeYaml = RecipeWriter.ToYaml(vector, dtype, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, DeltaOnly, device),
             Partition = partition,
+            Device = device,
         };
         var observer = new CmdletObserver(this);
         ExportResult result;

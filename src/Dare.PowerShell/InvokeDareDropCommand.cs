@@ -53,7 +53,12 @@ public sealed class InvokeDareDropCommand : SeededDropCmdlet
     });
 
     protected override void ProcessRecord() =>
-        WriteEach(InputObject, (vector, seed, stream) => vector.WithDare(new DareOptions(_dropRate!, seed, stream, Rescale) { Q = RescaleQ }));
+        WriteEach(InputObject, (vector, seed, stream) =>
+        {
+            var dropped = vector.WithDare(new DareOptions(_dropRate!, seed, stream, Rescale) { Q = RescaleQ });
+            WriteGuidance(MergeMistakes.OfDropStep(dropped).Select(w => w.Message));
+            return dropped;
+        });
 
     private TensorParameter DropRateParameter()
     {

@@ -94,6 +94,15 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     [Parameter]
     public string? Partition { get; set; }
 
+    /// <summary>
+    /// Where the merge math runs: cpu (the default: the SIMD kernels), cuda or cuda:N (the TorchSharp tensor backend on
+    /// that GPU; needs a module built with ./build.ps1 Build -Cuda), or torch-cpu (the tensor backend on the CPU, to test
+    /// and measure it). The merged bytes are the same on every device.
+    /// </summary>
+    [Parameter]
+    [ValidatePattern(@"^(?i)(cpu|torch-cpu|cuda(:\d+)?)$")]
+    public string? Device { get; set; }
+
     /// <summary>Seed of DARE steps without random_seed under -Partition: fixed, since every partition must draw the same masks.</summary>
     public const long PartitionDefaultSeed = 0;
 
@@ -169,9 +178,11 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
             AllowChangedInputs = AllowChangedInputs,
             DefaultSeed = partition is null ? RandomNumberGenerator.GetInt32(int.MaxValue) : PartitionDefaultSeed,
             Partition = partition,
+            Device = Device is null ? null : ComputeDevice.Parse(Device),
         };
         var plan = RecipePlanner.Plan(batch, options);
         foreach (var warning in plan.Plans.SelectMany(p => p.Warnings)) WriteWarning(warning);
+        WriteGuidance(plan.Plans.SelectMany(p => p.Guidance));
 
         _batchSize = batch.Recipes.Count;
         _observer = new CmdletObserver(this);

@@ -27,6 +27,7 @@ public sealed class MergeArceeFusionCommand : DareCmdlet
     {
         var options = new MergeOptions(MergeMethods.Find("arcee_fusion")!, _inputs.Select(_ => (TensorParameter)1.0).ToList(), Normalize: false);
         var merged = TaskVector.Combine(_inputs, options, Name);
+        WriteGuidance(MergeMistakes.OfMerge(_inputs).Select(w => w.Message));
         WriteVerbose($"Merged {_inputs.Count} task vector(s): {merged.Steps[^1]}");
         WriteObject(merged);
     });

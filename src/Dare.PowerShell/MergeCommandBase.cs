@@ -39,6 +39,7 @@ public abstract class MergeCommandBase : DareCmdlet
         }
         var weights = (Weight ?? Enumerable.Repeat(1.0, _inputs.Count).ToArray()).Select(w => (TensorParameter)w).ToList();
         var merged = TaskVector.Combine(_inputs, Options(weights, _inputs.Count), Name);
+        WriteGuidance(MergeMistakes.OfMerge(_inputs).Select(w => w.Message));
         WriteVerbose($"Merged {_inputs.Count} task vector(s): {merged.Steps[^1]}");
         WriteObject(merged);
     });

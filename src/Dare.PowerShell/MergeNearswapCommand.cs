@@ -38,6 +38,7 @@ public sealed class MergeNearswapCommand : DareCmdlet
             Settings = new Dictionary<string, TensorParameter> { ["t"] = Threshold },
         };
         var merged = TaskVector.Combine(_inputs, options, Name);
+        WriteGuidance(MergeMistakes.OfMerge(_inputs).Select(w => w.Message));
         WriteVerbose($"Merged {_inputs.Count} task vector(s): {merged.Steps[^1]}");
         WriteObject(merged);
     });

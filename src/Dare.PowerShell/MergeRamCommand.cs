@@ -63,6 +63,7 @@ public sealed class MergeRamCommand : DareCmdlet
             Settings = settings,
         };
         var merged = TaskVector.Combine(_inputs, options, Name);
+        WriteGuidance(MergeMistakes.OfMerge(_inputs).Select(w => w.Message));
         WriteVerbose($"Merged {_inputs.Count} task vector(s): {merged.Steps[^1]}");
         WriteObject(merged);
     });

@@ -37,6 +37,7 @@ public sealed class MergeSceCommand : DareCmdlet
             Settings = new Dictionary<string, TensorParameter> { ["select_topk"] = SelectTopK },
         };
         var merged = TaskVector.Combine(_inputs, options, Name);
+        WriteGuidance(MergeMistakes.OfMerge(_inputs).Select(w => w.Message));
         WriteVerbose($"Merged {_inputs.Count} task vector(s): {merged.Steps[^1]}");
         WriteObject(merged);
     });

@@ -44,6 +44,7 @@ public abstract class SphericalMergeCommand : DareCmdlet
         var weights = (Weights ?? Enumerable.Repeat(1.0, _inputs.Count).ToArray()).Select(w => (TensorParameter)w).ToList();
         var options = new MergeOptions(MergeMethods.Find(Method)!, weights, Normalize: false) { Settings = Settings(), WholeWeights = InterpolatesWholeWeights };
         var merged = TaskVector.Combine(_inputs, options, Name);
+        WriteGuidance(MergeMistakes.OfMerge(_inputs).Select(w => w.Message));
         WriteVerbose($"Merged {_inputs.Count} task vector(s): {merged.Steps[^1]}");
         WriteObject(merged);
     });

@@ -11,7 +11,7 @@ itself (VmHWM and CPU time from /proc/self, the export's own elapsed time, and t
 so the parent has a fallback when /usr/bin/time is missing.
 #>
 param(
-    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock')] [string] $Method,
+    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock', 'dare-linear-torch', 'dare-ties-torch')] [string] $Method,
     [Parameter(Mandatory)] [string] $Data,
     [Parameter(Mandatory)] [string] $Output,
     [Parameter(Mandatory)] [string] $Module
@@ -30,7 +30,9 @@ elseif ($Method -eq 'startup') {
 }
 else {
     $vectors = Get-TaskVector -Base $base -FineTuned $tunes
-    $merged = switch ($Method) {
+    # The *-torch rows run the same merge on the TorchSharp tensor backend on the CPU device (-Device torch-cpu).
+    $device = if ($Method -like '*-torch') { 'torch-cpu' } else { 'cpu' }
+    $merged = switch ($Method -replace '-torch$') {
         'dare-linear' { $vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear }
         'ties' { $vectors | Merge-Ties -KeepRatio 0.2 }
         'dare-ties' { $vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5 }
@@ -41,12 +43,12 @@ else {
     $profiling = $env:DARE_PROFILE -in '1', 'true'
     if ($profiling) {
         # The executor reports its phase profile through the Verbose stream; keep only those records.
-        $records = $merged | Export-Safetensors -Path $Output -DType bfloat16 -Force -Verbose 4>&1
+        $records = $merged | Export-Safetensors -Path $Output -DType bfloat16 -Force -Device $device -Verbose 4>&1
         $result = $records | Where-Object { $_ -is [Dare.Engine.Merge.ExportResult] }
         $profileLines = @($records | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] -and $_.Message -like 'profile:*' } | ForEach-Object Message)
     }
     else {
-        $result = $merged | Export-Safetensors -Path $Output -DType bfloat16 -Force
+        $result = $merged | Export-Safetensors -Path $Output -DType bfloat16 -Force -Device $device
     }
 }
 

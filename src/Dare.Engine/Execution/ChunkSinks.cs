@@ -75,6 +75,17 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
         Emit();
     }
 
+    /// <summary>The tensor backend's output of a chunk on its device: base + merged δ (or δ alone) converted to the output dtype there.</summary>
+    public Tensor OnDevice(Tensor merged, Tensor baseChunk) => (deltaOnly ? merged : merged.add(baseChunk)).to_type(outputDType);
+
+    /// <summary>Copies a chunk computed by <see cref="OnDevice"/> into the output buffer (waiting for the device) and starts its write.</summary>
+    public void EmitFromDevice(Tensor result)
+    {
+        using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
+        using (PhaseProfile.Time(profile, Phase.ToOutput)) _output = workspace.Output(outputDType, result.shape[0]).copy_(result);
+        Emit();
+    }
+
     /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
     public unsafe void Emit()
     {

@@ -19,13 +19,16 @@ internal sealed class ChunkWorkspace : IDisposable
     private Tensor? _staging;
     private Tensor? _output;
 
+    /// <summary>Whether buffers are allocated in page-locked memory (for asynchronous copies to a CUDA device).</summary>
+    public bool Pinned { get; init; }
+
     /// <summary>A float32 view of <paramref name="count"/> elements of slot <paramref name="slot"/> (contents undefined).</summary>
     public Tensor Floats(int slot, long count) => SlotView(_floats, slot, ScalarType.Float32, count);
 
     /// <summary>A bfloat16 view of <paramref name="count"/> elements of raw slot <paramref name="slot"/> (base 0, input i at i + 1) for data kept as stored.</summary>
     public Tensor Raw(int slot, long count) => SlotView(_raw, slot, ScalarType.BFloat16, count);
 
-    private static Tensor SlotView(List<Tensor?> slots, int slot, ScalarType type, long count)
+    private Tensor SlotView(List<Tensor?> slots, int slot, ScalarType type, long count)
     {
         while (slots.Count <= slot) slots.Add(null);
         var buffer = slots[slot];
@@ -48,15 +51,21 @@ internal sealed class ChunkWorkspace : IDisposable
         return View(ref _output, type, count);
     }
 
-    private static Tensor View(ref Tensor? buffer, ScalarType type, long count)
+    private Tensor View(ref Tensor? buffer, ScalarType type, long count)
     {
         if (buffer is null || buffer.shape[0] < count)
         {
             buffer?.Dispose();
             buffer = null;
-            buffer = empty(new[] { Math.Max(count, 1) }, type).DetachFromDisposeScope();
+            buffer = Pinned ? PinnedEmpty(type, Math.Max(count, 1)) : empty(new[] { Math.Max(count, 1) }, type).DetachFromDisposeScope();
         }
         return buffer.narrow(0, 0, count);
+    }
+
+    private static Tensor PinnedEmpty(ScalarType type, long count)
+    {
+        using var pageable = empty(new[] { count }, type);
+        return pageable.pin_memory().DetachFromDisposeScope();
     }
 
     public void Dispose()

@@ -30,6 +30,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     private ChunkReader Chunks => chunks;
     private CancellationToken Cancellation => cancellation;
 
+    /// <summary>The tensor backend an export runs on, or null for the SIMD kernels (the default).</summary>
+    public DeviceTensorMerger? Device { get; init; }
+
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
         var position = layout.Position(baseInfo.Name);
@@ -43,8 +46,18 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
             BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
-        var merge = method.CreateTensorMerge(vector.Merge, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile)
-            { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]), Shape = baseInfo.Shape });
+        var setup = new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]), Shape = baseInfo.Shape };
+        if (Device is { } device && sink is ExportSink deviceSink)
+        {
+            var deviceMerge = method.CreateDeviceMerge(vector.Merge, setup);
+            if (DeviceTensorMerger.Unsupported(method, deviceMerge, inputs) is { } reason) device.NoteFallback(baseInfo.Name, reason);
+            else
+            {
+                device.Merge(vector, baseInfo, inputs, deviceMerge!, deviceSink, chunk, chunkCount);
+                return Counts(inputs, leaves, n);
+            }
+        }
+        var merge = method.CreateTensorMerge(vector.Merge, setup);
 
         if (singlePassRoutes && sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass
             && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused))

@@ -98,7 +98,8 @@ public static class DareMask
         return dropped;
     }
 
-    private static (uint, uint) BlockKeys(ulong key, long block)
+    /// <summary>The two 32-bit keys of one 2^32-element block (the device backend derives its masks from the same keys).</summary>
+    internal static (uint, uint) BlockKeys(ulong key, long block)
     {
         var k = block == 0 ? key : SplitMix(key ^ (ulong)block);
         return ((uint)k, (uint)(k >> 32));

@@ -23,6 +23,9 @@ public sealed record ExportResult(string Path, IReadOnlyList<string> Files, int 
     /// </summary>
     public bool Published { get; init; } = true;
 
+    /// <summary>The fraction of δ entries DARE dropped over every input and tensor (null when no input has a DARE step; whole exports only).</summary>
+    public double? RealisedDropRate { get; init; }
+
     /// <summary>The folder written: what the result means where a path is expected.</summary>
     public override string ToString() => Path;
 }

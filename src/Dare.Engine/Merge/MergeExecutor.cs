@@ -37,6 +37,9 @@ public sealed class ExportOptions
 
     /// <summary>Write only this partition's shards into the staging folder beside the destination (publishing when it is the last); null: the whole export.</summary>
     public ExportPartition? Partition { get; init; }
+
+    /// <summary>Where the merge math runs: null or cpu for the SIMD kernels, else the TorchSharp backend on that device (see <see cref="ComputeDevice"/>).</summary>
+    public ComputeDevice? Device { get; init; }
 }
 
 /// <summary>
@@ -76,6 +79,8 @@ public sealed class MergeExecutor
     public ExportResult Export(TaskVector vector, ExportOptions options)
     {
         var clock = Stopwatch.StartNew();
+        // A device TorchSharp cannot use is refused before anything is read or written.
+        options.Device?.EnsureAvailable();
         WarnAboutMissingTensors(vector);
         var tensors = options.DeltaOnly ? vector.Base.Tensors.Where(t => t.DType.IsMergeable()).ToList() : vector.Base.Tensors.ToList();
         var plan = tensors.Select(t => new PlannedTensor(t.Name, OutputDTypeOf(t, options), t.Shape)).ToList();
@@ -109,11 +114,15 @@ public sealed class MergeExecutor
 
         if (options.Partition is { } partition) return ExportOnePartition(vector, tensors, plan, writeOptions, options, partition, nonFinite, clock);
         using var writer = CheckpointWriter.Create(options.Destination, plan, writeOptions);
-        var (bytesRead, background) = WriteTensors(vector, tensors, writer, plan, options, nonFinite, "Merging");
+        var drops = new DropCounts();
+        var (bytesRead, background) = WriteTensors(vector, tensors, writer, plan, options, nonFinite, "Merging", drops);
         CheckpointWriteResult written;
         using (PhaseProfile.Time(_profile, Phase.Commit)) written = writer.Commit();
         ReportProfile(clock, background);
-        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed);
+        return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed)
+        {
+            RealisedDropRate = drops.Elements > 0 ? (double)drops.Dropped / drops.Elements : null,
+        };
     }
 
     /// <summary>
@@ -133,7 +142,7 @@ public sealed class MergeExecutor
         TimeSpan background;
         using (var writer = CheckpointWriter.ForShards(folder, shards, partitionPlan.WriteOptions(writeOptions)))
         {
-            (bytesRead, background) = WriteTensors(vector, tensors.Where(t => mine.Contains(t.Name)).ToList(), writer, plan, options, nonFinite, $"Merging partition {partition}");
+            (bytesRead, background) = WriteTensors(vector, tensors.Where(t => mine.Contains(t.Name)).ToList(), writer, plan, options, nonFinite, $"Merging partition {partition}", new DropCounts());
             using (PhaseProfile.Time(_profile, Phase.Commit)) writer.FinishShards();
         }
         staging.Seal(partition, folder);
@@ -159,15 +168,17 @@ public sealed class MergeExecutor
             "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
     }
 
-    /// <summary>Computes <paramref name="tensors"/> in order and writes them through <paramref name="writer"/>; returns the bytes read and the background write time.</summary>
+    /// <summary>Computes <paramref name="tensors"/> in order and writes them through <paramref name="writer"/>, adding DARE's drop counts to <paramref name="drops"/>; returns the bytes read and the background write time.</summary>
     private (long BytesRead, TimeSpan Background) WriteTensors(TaskVector vector, IReadOnlyList<TensorInfo> tensors, CheckpointWriter writer, IReadOnlyList<PlannedTensor> plan, ExportOptions options,
-        NonFiniteGuard nonFinite, string activity)
+        NonFiniteGuard nonFinite, string activity, DropCounts drops)
     {
         using var reader = new TensorReader(nonFinite);
         using var workspace = new ChunkWorkspace();
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
-        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation);
+        using var device = options.Device is { UsesTorchBackend: true } backend
+            ? new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose) : null;
+        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device };
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
@@ -180,7 +191,7 @@ public sealed class MergeExecutor
             }
             else
             {
-                merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile));
+                drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile)));
             }
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         });
@@ -251,6 +262,7 @@ public sealed class MergeExecutor
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, info.Name));
             if (i + 1 < tensors.Count) TensorMerger.Prefetch(reader, vector, tensors[i + 1], 0, Math.Min(tensors[i + 1].ElementCount, ChunkElements));
             using (NewDisposeScope()) process(info, layout);
+            reader.Release(info.Name);
             bytesDone += info.ByteLength * perByte;
         }
         if (countInputs) _observer?.Progress(new MergeProgress(activity, tensors.Count, tensors.Count, bytesDone, totalBytes, clock.Elapsed, null));

@@ -33,6 +33,22 @@ internal sealed class LinearMethod : MergeMethod
         return new TensorMerge(weights, scale == 1.0 ? null : (float)scale);
     }
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup)
+    {
+        if (options is null) return new DeviceMerge(new[] { 1f }, null);
+        var weights = options.Weights.Select(w => (float)w.Resolve(setup.Position)).ToArray();
+        var total = CommonParameters.WeightSum(weights, setup.Position, options.Normalize);
+        var scale = options.Normalize ? options.Lambda / total : options.Lambda;
+        return new DeviceMerge(weights, scale == 1.0 ? null : (float)scale);
+    }
+
+    /// <summary>The same combine on the tensor backend (<see cref="DeviceKernels.Linear"/>).</summary>
+    private sealed class DeviceMerge(float[] weights, float? scale) : IDeviceMerge
+    {
+        public void RunPasses(IDeviceChunkPasses passes) { }
+        public Tensor Combine(long first, Tensor[] deltas) => DeviceKernels.Linear(deltas, weights, scale);
+    }
+
     /// <summary>The combine for one tensor: weights and the scale (λ, over Σ wᵢ when normalizing; null for 1).</summary>
     private sealed class TensorMerge(float[] weights, float? scale) : ITensorMerge, IBFloat16SinglePass
     {

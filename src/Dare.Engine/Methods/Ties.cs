@@ -50,4 +50,6 @@ internal sealed class TiesMethod : MergeMethod
         $"keep={string.Join("/", options.KeepRatios!.Select(k => k.ToString()))}, sign={options.SignMethod}, ";
 
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) => new TiesTensorMerge(options!, setup);
+
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => new DeviceTiesMerge(options!, setup);
 }

@@ -28,10 +28,13 @@ internal sealed class TiesTensorMerge : ITensorMerge
         var floatWeights = options.Weights.Select(w => (float)w.Resolve(setup.Position)).ToArray();
         CommonParameters.WeightSum(floatWeights, setup.Position, options.Normalize);
         _weights = floatWeights.Select(w => (double)w).ToArray();
-        _selections = options.KeepRatios!.Select(k => new MagnitudeSelection((long)Math.Ceiling(k.Resolve(setup.Position) * n - 1e-9), n)).ToArray();
+        _selections = options.KeepRatios!.Select(k => new MagnitudeSelection(KeepCount(k.Resolve(setup.Position), n), n)).ToArray();
         _sampleWhileReading = _selections.Select((s, i) => s.NeedsPasses && setup.Inputs[i].IsFused && setup.ChunkElements <= MagnitudeSelection.MaxSpan).ToArray();
         _tieBudgets = new long[]?[_selections.Length];
     }
+
+    /// <summary>How many of <paramref name="n"/> elements TIES keeps at density <paramref name="keepRatio"/> (the device backend keeps the same).</summary>
+    internal static long KeepCount(double keepRatio, long n) => (long)Math.Ceiling(keepRatio * n - 1e-9);
 
     public IBFloat16SinglePass? SinglePass => null;
 

@@ -169,6 +169,9 @@ public sealed class MergeRecipe
     /// <summary>dare_inputs: the inputs' files as a written dare_recipe.yml recorded them; a replay checks them first.</summary>
     public IReadOnlyList<RecordedInput>? RecordedInputs { get; init; }
 
+    /// <summary>Dare extension <c>device:</c>: where the merge math runs (null: cpu, the SIMD kernels); mergekit_config.yml leaves it out.</summary>
+    public ComputeDevice? Device { get; init; }
+
     /// <summary>The dtype floating-point tensors are written in: out_dtype, else dtype, else each base tensor's own.</summary>
     public SafetensorsDType? OutputDType => OutDType ?? DType;
 

@@ -16,7 +16,7 @@ namespace Dare.Engine.Recipes;
 public static partial class RecipeParser
 {
     internal static readonly string[] TopLevelKeys =
-        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "gradient_outside_layers", "random_seed", "name", "output", InputFingerprints.Key };
+        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "gradient_outside_layers", "random_seed", "name", "output", "device", InputFingerprints.Key };
 
     /// <summary>mergekit keys Dare knows but cannot honour: an error that says so, not an "unknown key".</summary>
     internal static readonly Dictionary<string, string> UnsupportedTopLevelKeys = new()
@@ -197,6 +197,7 @@ public static partial class RecipeParser
             : (null, null, null, false);
         var dtype = mistakes.Try(() => ParseDType(Text("dtype"), LocationOf("dtype"), compute: true), null);
         var outDType = mistakes.Try(() => ParseDType(Text("out_dtype"), LocationOf("out_dtype"), compute: false), null);
+        var device = mistakes.Try(() => ParseDevice(Text("device"), LocationOf("device")), null);
 
         return new MergeRecipe
         {
@@ -219,6 +220,7 @@ public static partial class RecipeParser
             DeltaOnly = deltaOnly,
             Tokenizer = tokenizer,
             GradientOutsideLayers = gradientRule,
+            Device = device,
             RecordedInputs = keys.TryGetValue(InputFingerprints.Key, out var inputsEntry) && !IsNull(inputsEntry.Value)
                 ? mistakes.Try(() => ParseRecordedInputs(inputsEntry.Value, Join(path, InputFingerprints.Key), context), null) : null,
         };

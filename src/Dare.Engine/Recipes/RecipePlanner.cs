@@ -31,6 +31,9 @@ public sealed class RecipePlanOptions
 
     /// <summary>Write only this partition of the last (or only) recipe's output (see <see cref="Partitions.ExportPartition"/>).</summary>
     public Partitions.ExportPartition? Partition { get; init; }
+
+    /// <summary>Where every recipe of the batch merges (-Device); overrides each recipe's device:.</summary>
+    public ComputeDevice? Device { get; init; }
 }
 
 /// <summary>One recipe turned into a task-vector plan and export options, checked and ready to run.</summary>
@@ -49,6 +52,9 @@ public sealed class MergePlan
 
     /// <summary>Settings that have no effect with this method (mergekit ignores them too).</summary>
     public IReadOnlyList<string> Warnings { get; init; } = Array.Empty<string>();
+
+    /// <summary>The DARE guidance's warnings (<see cref="MergeMistakes"/>) with locations, apart so that they can be silenced.</summary>
+    public IReadOnlyList<string> Guidance { get; init; } = Array.Empty<string>();
 
     /// <summary>With <see cref="RecipePlanOptions.SkipExisting"/>: the output folder already holds this recipe's export, so it is not run.</summary>
     public bool AlreadyWritten { get; internal set; }
@@ -259,15 +265,17 @@ public static partial class RecipePlanner
         var isLast = index == batch.Recipes.Count - 1;
         var outputDType = (isLast ? batchPlan.Options.OutputDType : null) ?? recipe.OutputDType;
         var shardSize = (isLast ? batchPlan.Options.MaxShardSize : null) ?? recipe.MaxShardSize ?? CheckpointWriteOptions.DefaultMaxShardSize;
+        var device = batchPlan.Options.Device ?? recipe.Device;
         var export = new ExportOptions
         {
+            Device = device,
             Destination = batchPlan.Outputs[index],
             OutputDType = outputDType,
             MaxShardSize = shardSize,
             DeltaOnly = recipe.DeltaOnly,
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
-            RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly),
+            RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly, device),
             ModelReferences = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference).OfType<ModelReference>()
                 .Where(r => opened.ContainsKey(r.FullPath)).GroupBy(r => opened[r.FullPath].Path).ToDictionary(g => g.Key, g => g.First().Text),
             Partition = isLast ? batchPlan.Options.Partition : null,
@@ -286,6 +294,7 @@ public static partial class RecipePlanner
             ReadsOutputsOf = readsOutputsOf,
             UsesDefaultSeed = usesDefaultSeed,
             Warnings = warnings,
+            Guidance = Guidance(recipe, models.Select(m => m.Entry).ToList(), merged),
         };
     }
 

@@ -12,7 +12,7 @@ namespace Dare.Engine.Recipes;
 /// </summary>
 public static partial class RecipeWriter
 {
-    public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null, bool deltaOnly = false)
+    public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null, bool deltaOnly = false, ComputeDevice? device = null)
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var merge = vector.Merge;
@@ -95,6 +95,8 @@ public static partial class RecipeWriter
         if (maxShardSize is { } shard) output["max_shard_size"] = shard;
         if (deltaOnly) output["delta_only"] = true;
         if (output.Count > 0) recipe["output"] = output;
+        // Only a device other than the default is written; the merged bytes are the same on every device.
+        if (device is { UsesTorchBackend: true }) recipe["device"] = device.Name;
 
         var header = $"# Written by Dare {typeof(RecipeWriter).Assembly.GetName().Version?.ToString(3)}. Replay with: Invoke-DareMerge -ConfigPath <this file> -OutputPath <folder>\n";
         return header + new SerializerBuilder().Build().Serialize(recipe);

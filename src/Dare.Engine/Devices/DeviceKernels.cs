@@ -1,0 +1,197 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>
+/// The merge's element-wise math as TorchSharp tensor operations on any device, reproducing the SIMD kernels bit for
+/// bit: the DARE mask from the same counter hash (<see cref="DareMask"/>) in int64 arithmetic that never overflows,
+/// TIES's exact magnitude selection as the same two 64K-bin histograms (<see cref="MagnitudeSelection"/>), and the
+/// combines with the same IEEE operations in the same order (<see cref="CombineKernels"/>).
+/// </summary>
+internal static class DeviceKernels
+{
+    private const long Low32 = 0xFFFFFFFFL;
+
+    /// <summary>
+    /// Which elements [first, first + count) of a tensor DARE drops (a bool tensor on <paramref name="device"/>):
+    /// hash(index) &lt; threshold, hash as in <see cref="DareMask.Hash"/>. uint32 values live in int64 lanes, masked
+    /// to 32 bits after each step; the steps work in place on one int64 buffer (plus one temporary), because each
+    /// int64 tensor of a 16M-element chunk is 128 MB.
+    /// </summary>
+    public static Tensor DropMask(ulong key, uint threshold, long first, long count, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var parts = new List<Tensor>();
+        for (var position = 0L; position < count;)
+        {
+            // Split at 2^32-element block boundaries, where the per-block keys change (as DareMask.Apply does).
+            var index = first + position;
+            var length = Math.Min(count - position, (((index >> 32) + 1) << 32) - index);
+            var (k0, k1) = DareMask.BlockKeys(key, index >> 32);
+            using var h = arange(index & Low32, (index & Low32) + length, 1L, ScalarType.Int64, device);
+            MulLow32(h, 0x9E3779B1u);
+            And(h.add_((long)k0), Low32);
+            Mix(h);
+            using (var k1Tensor = Scalar(k1, device)) h.bitwise_xor_(k1Tensor);
+            Mix(h);
+            parts.Add(h.lt((long)threshold));
+            position += length;
+        }
+        return (parts.Count == 1 ? parts[0] : cat(parts, 0)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>δ × scale with dropped elements zeroed (the order of <see cref="DareMask.Apply"/>: multiply, then select); a new tensor.</summary>
+    public static Tensor ApplyDrop(Tensor delta, Tensor dropped, float scale) =>
+        scale == 1f ? delta.masked_fill(dropped, 0f) : delta.mul(scale).masked_fill_(dropped, 0f);
+
+    // In place: x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35; x ^= x >> 16 (uint32, as DareMask.Mix).
+    private static void Mix(Tensor x)
+    {
+        XorShift(x, 16);
+        MulLow32(x, 0x85EBCA6Bu);
+        XorShift(x, 13);
+        MulLow32(x, 0xC2B2AE35u);
+        XorShift(x, 16);
+    }
+
+    // Non-negative values only, so the arithmetic shift is the logical one.
+    private static void XorShift(Tensor x, int bits)
+    {
+        using var amount = Scalar(bits, x.device);
+        using var shifted = x.bitwise_right_shift(amount);
+        x.bitwise_xor_(shifted);
+    }
+
+    /// <summary>x = (x · c) mod 2^32 in place, for x in [0, 2^32): c in 16-bit halves, so no int64 product exceeds 2^49 (no signed overflow on any device).</summary>
+    private static void MulLow32(Tensor x, uint c)
+    {
+        using var high = x.mul((long)(c >> 16));
+        And(high, 0xFFFF).mul_(65536L);
+        And(x.mul_((long)(c & 0xFFFF)).add_(high), Low32);
+    }
+
+    private static Tensor And(Tensor x, long mask)
+    {
+        using var value = Scalar(mask, x.device);
+        return x.bitwise_and_(value);
+    }
+
+    private static Tensor Scalar(long value, Device device) => tensor(value, ScalarType.Int64, device);
+
+    /// <summary>
+    /// |x|'s float32 IEEE bit pattern (monotonic in |x|) as int64, the quantity TIES ranks by. TorchSharp cannot view a
+    /// tensor as another dtype, so the bits are rebuilt exactly in float64 from frexp (|x| = m·2^e, m in [0.5, 1)): a
+    /// normal number has exponent field e + 126 and mantissa bits (2m − 1)·2^23; a subnormal (or zero) is |x| / 2^-149.
+    /// NaN becomes the canonical quiet NaN's bits (the CPU kernels keep its payload; NaN inputs are refused unless allowed).
+    /// </summary>
+    public static Tensor MagnitudeBits(Tensor delta)
+    {
+        using var scope = NewDisposeScope();
+        var magnitude = delta.abs().to_type(ScalarType.Float64);
+        var (mantissa, exponent) = magnitude.frexp();
+        var isNormal = exponent.gt(-126).logical_and_(magnitude.ne(0.0));
+        var isInfinite = magnitude.isinf();
+        var isNaN = magnitude.isnan();
+        var bits = exponent.to_type(ScalarType.Float64).add_(126.0).mul_(8388608.0).add_(mantissa.mul_(16777216.0).sub_(8388608.0));
+        mantissa.Dispose();
+        exponent.Dispose();
+        bits = bits.where(isNormal, magnitude.mul_(Math.Pow(2, 149)));
+        return bits.masked_fill_(isInfinite, 0x7F800000).masked_fill_(isNaN, 0x7FC00000).to_type(ScalarType.Int64).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Counts of the upper 16 bits of |x| (the coarse histogram of <see cref="MagnitudeSelection"/>), int64[65536].</summary>
+    public static Tensor CoarseHistogram(Tensor magnitudeBits)
+    {
+        using var scope = NewDisposeScope();
+        return magnitudeBits.div(65536L, rounding_mode: RoundingMode.floor).bincount(null, 1 << 16).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Counts of the lower 16 bits of |x| among elements whose upper 16 bits are <paramref name="bin"/> (the fine histogram), int64[65536].</summary>
+    public static Tensor FineHistogram(Tensor magnitudeBits, uint bin)
+    {
+        using var scope = NewDisposeScope();
+        var inBin = magnitudeBits.ge((long)bin << 16).logical_and_(magnitudeBits.lt(((long)bin + 1) << 16));
+        // Elements outside the bin go to an extra last bin, dropped after counting.
+        var low = magnitudeBits.remainder(65536L).masked_fill_(inBin.logical_not(), 1L << 16);
+        return low.bincount(null, (1 << 16) + 1).narrow(0, 0, 1 << 16).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Scanning a 64K-bin histogram from its top bin: the bin where the count reaches <paramref name="rank"/> and the
+    /// count above it (as <see cref="MagnitudeSelection"/> does on its own histograms).
+    /// </summary>
+    public static (int Bin, long Above) FindFromTop(long[] histogram, long rank)
+    {
+        long above = 0;
+        for (var b = histogram.Length - 1; b >= 0; b--)
+        {
+            if (above + histogram[b] >= rank) return (b, above);
+            above += histogram[b];
+        }
+        throw new InvalidOperationException("The histogram holds fewer elements than the rank asked for.");
+    }
+
+    /// <summary>
+    /// TIES's trim: keeps |x| above <paramref name="thresholdBits"/>, and of those equal to it the first
+    /// <paramref name="tiesLeft"/> in element order (the count carries from chunk to chunk); the rest become 0.
+    /// </summary>
+    public static Tensor Trim(Tensor delta, uint thresholdBits, ref long tiesLeft)
+    {
+        using var scope = NewDisposeScope();
+        var bits = MagnitudeBits(delta);
+        var keep = bits.gt((long)thresholdBits);
+        var ties = bits.eq((long)thresholdBits);
+        if (tiesLeft > 0)
+        {
+            var rank = ties.to_type(ScalarType.Int64).cumsum(0);
+            keep = keep.logical_or(ties.logical_and(rank.le(tiesLeft)));
+            tiesLeft = Math.Max(0, tiesLeft - ties.sum().item<long>());
+        }
+        return delta.masked_fill(keep.logical_not(), 0f).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Σ wᵢ·δᵢ, then × scale: mul(w₀), then add(δᵢ, alpha: wᵢ) per input (the fused multiply-add of <see cref="LinearOperator"/>).</summary>
+    public static Tensor Linear(Tensor[] deltas, float[] weights, float? scale)
+    {
+        var sum = deltas[0].mul(weights[0]);
+        for (var i = 1; i < deltas.Length; i++) sum.add_(deltas[i], weights[i]);
+        return scale is { } s ? sum.mul_(s) : sum;
+    }
+
+    /// <summary>
+    /// TIES's sign election and disjoint mean over trimmed δs, in float64 with the scalar kernel's operations in its
+    /// order (<see cref="CombineKernels.Ties"/>): election Σ wᵢ·xᵢ (or Σ sign xᵢ), ties to +; Σ wᵢ·xᵢ over agreeing
+    /// inputs, over Σ wᵢ when normalizing (0 where none agree); × λ; rounded to float32.
+    /// </summary>
+    public static Tensor Ties(Tensor[] kept, double[] weights, bool bySignCount, bool normalize, double lambda)
+    {
+        using var scope = NewDisposeScope();
+        var values = kept.Select(k => k.to_type(ScalarType.Float64)).ToArray();
+        var election = zeros_like(values[0]);
+        for (var i = 0; i < values.Length; i++)
+        {
+            using var term = bySignCount ? values[i].sign() : values[i].mul(weights[i]);
+            election.add_(term);
+        }
+        var positive = election.ge(0.0);
+        election.Dispose();
+        var sum = zeros_like(values[0]);
+        var weight = zeros_like(values[0]);
+        for (var i = 0; i < values.Length; i++)
+        {
+            // Disagreeing inputs add +0.0 (as the vector kernel's masked terms), which leaves the sums unchanged.
+            using var agree = where(positive, values[i].gt(0.0), values[i].lt(0.0));
+            using var disagree = agree.logical_not();
+            using (var term = values[i].mul(weights[i]).masked_fill_(disagree, 0.0)) sum.add_(term);
+            using (var share = full_like(sum, weights[i]).masked_fill_(disagree, 0.0)) weight.add_(share);
+            values[i].Dispose();
+        }
+        if (normalize)
+        {
+            using var none = weight.eq(0.0);
+            sum.div_(weight).masked_fill_(none, 0.0);
+        }
+        return sum.mul_(lambda).to_type(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+}

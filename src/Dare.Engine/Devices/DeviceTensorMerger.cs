@@ -1,0 +1,201 @@
+using Dare.Engine.Safetensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Merge;
+
+/// <summary>A method's merge of one tensor on the tensor backend: passes over device chunks, then per chunk the merged δ (λ applied) on the device.</summary>
+internal interface IDeviceMerge
+{
+    /// <summary>The passes the method needs before the combine (TIES's selection histograms; none for linear).</summary>
+    void RunPasses(IDeviceChunkPasses passes);
+
+    /// <summary>The merged δ of the chunk at element <paramref name="first"/>, float32 on the device.</summary>
+    Tensor Combine(long first, Tensor[] deltas);
+}
+
+/// <summary>Passes over a tensor's chunks on the device: each call sees every chunk's δs (one per input, transform applied) in element order.</summary>
+internal interface IDeviceChunkPasses
+{
+    void ForEachChunk(Action<long, Tensor[]> body);
+}
+
+/// <summary>
+/// The TorchSharp tensor backend of an export (<see cref="ComputeDevice.UsesTorchBackend"/>): for each chunk the host
+/// reads the stored base and inputs (bfloat16 kept as stored) into one of two buffer sets, alternately, uploads them,
+/// and the device computes δ = tuned − base, the DARE mask, the method's passes and combine, base + δ and the output
+/// conversion; only output bytes come back. The host reads chunk i + 1 while the device works on chunk i (device work is
+/// queued asynchronously on CUDA; on the CPU device it is plain sequential), and with CUDA the buffers are pinned so
+/// the uploads are asynchronous copies. Covers the methods that offer <see cref="MergeMethod.CreateDeviceMerge"/>
+/// with element-wise transforms; <see cref="TensorMerger"/> keeps the SIMD kernels for the rest.
+/// </summary>
+internal sealed class DeviceTensorMerger : IDisposable
+{
+    private readonly ComputeDevice _device;
+    private readonly ChunkReader[] _buffers;
+    private readonly CancellationToken _cancellation;
+    private readonly HashSet<string> _notes = new(StringComparer.Ordinal);
+
+    public DeviceTensorMerger(ComputeDevice device, TensorReader reader, PhaseProfile? profile, CancellationToken cancellation, Action<string>? verbose)
+    {
+        _device = device;
+        _cancellation = cancellation;
+        Verbose = verbose;
+        _buffers = new[] { 0, 1 }.Select(_ => new ChunkReader(reader, new ChunkWorkspace { Pinned = device.IsCuda }, profile)).ToArray();
+    }
+
+    public ComputeDevice Device => _device;
+
+    private Action<string>? Verbose { get; }
+
+    /// <summary>Why this tensor's merge cannot run on the backend, or null when it can.</summary>
+    public static string? Unsupported(MergeMethod method, IDeviceMerge? merge, IReadOnlyList<InputChain> inputs)
+    {
+        if (merge is null) return $"the method {method.Name} has no device combine";
+        if (inputs.Any(i => i.Della is not null)) return "DELLA's row-wise drop runs only in the CPU kernels";
+        if (inputs.Any(i => i.Breadcrumbs is not null)) return "breadcrumbs' pruning runs only in the CPU kernels";
+        if (inputs.Any(i => i.Drop is { FusesIntoRead: false })) return "DARE's L1 rescale runs only in the CPU kernels";
+        return null;
+    }
+
+    /// <summary>Says once per reason that tensors fall back to the CPU kernels.</summary>
+    public void NoteFallback(string tensor, string reason)
+    {
+        if (_notes.Add(reason)) Verbose?.Invoke($"Device {_device}: {reason}, so '{tensor}' (and any other tensor for the same reason) is merged by the CPU kernels.");
+    }
+
+    /// <summary>Merges one tensor on the device into <paramref name="sink"/>; drop counts go to the inputs' transforms.</summary>
+    public void Merge(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IDeviceMerge merge, ExportSink sink, long chunk, int chunkCount)
+    {
+        var passes = new ChunkPasses(this, vector, baseInfo, inputs, chunk, chunkCount);
+        merge.RunPasses(passes);
+        Tensor? result = null;
+        passes.Run((first, baseChunk, deltas) => result = sink.OnDevice(merge.Combine(first, deltas), baseChunk), _ => sink.EmitFromDevice(result!));
+        passes.RecordDrops();
+    }
+
+    public void Dispose()
+    {
+        foreach (var buffer in _buffers) buffer.Workspace.Dispose();
+    }
+
+    /// <summary>One chunk as read on the host: the base (bfloat16 as stored, or float32) and per input its stored bfloat16 or its float32 δ.</summary>
+    private sealed class HostChunk(Tensor baseChunk, Tensor?[] inputs) : IDisposable
+    {
+        public Tensor Base { get; } = baseChunk;
+        public Tensor?[] Inputs { get; } = inputs;
+
+        public void Dispose()
+        {
+            Base.Dispose();
+            foreach (var input in Inputs) input?.Dispose();
+        }
+    }
+
+    private sealed class ChunkPasses(DeviceTensorMerger owner, TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, long chunk, int chunkCount) : IDeviceChunkPasses
+    {
+        private readonly Tensor?[] _dropped = new Tensor?[inputs.Length];
+        private Tensor? _cachedBase;
+        private Tensor[]? _cachedDeltas;
+        private int _count;
+
+        // The base is uploaded as stored when every input's δ is computed on the device from a stored bfloat16 tensor.
+        private readonly bool _baseAsStored = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(i => i.Tensor is null || i.Tensor.StoredBFloat16 is not null);
+
+        public void ForEachChunk(Action<long, Tensor[]> body) => Run((first, _, deltas) => body(first, deltas), null);
+
+        /// <summary>One pass: <paramref name="compute"/> queues the device work of a chunk, the next chunk is read, then <paramref name="complete"/> waits for its result.</summary>
+        public void Run(Action<long, Tensor, Tensor[]> compute, Action<long>? complete)
+        {
+            if (_cachedDeltas is not null)
+            {
+                compute(0, _cachedBase!, _cachedDeltas);
+                complete?.Invoke(0);
+                _count++;
+                return;
+            }
+            var n = baseInfo.ElementCount;
+            var next = Read(0, Math.Min(chunk, n));
+            for (var c = 0; c < chunkCount; c++)
+            {
+                owner._cancellation.ThrowIfCancellationRequested();
+                var first = c * chunk;
+                var count = Math.Min(chunk, n - first);
+                using var host = next!;
+                using var scope = chunkCount > 1 ? NewDisposeScope() : null;
+                var (baseChunk, deltas) = Upload(host, first, count, firstPass: _count == 0);
+                compute(first, baseChunk, deltas);
+                // Read the next chunk into the other buffer set while the device works on this one.
+                next = c + 1 < chunkCount ? Read(first + chunk, Math.Min(chunk, n - first - chunk)) : null;
+                complete?.Invoke(first);
+                if (chunkCount == 1)
+                {
+                    _cachedBase = baseChunk;
+                    _cachedDeltas = deltas;
+                }
+            }
+            _count++;
+        }
+
+        /// <summary>The host side of elements [first, first + count), in buffer set (chunk index mod 2); detached from scopes, disposed by the loop.</summary>
+        private HostChunk Read(long first, long count)
+        {
+            var chunks = owner._buffers[(int)(first / chunk % 2)];
+            if (first + chunk < baseInfo.ElementCount) TensorMerger.Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, baseInfo.ElementCount - first - chunk));
+            var baseChunk = _baseAsStored ? chunks.ReadBFloat16(0, baseInfo, first, count) : chunks.ReadFloat32(0, baseInfo, first, count);
+            var values = inputs.Select((input, i) => input.Tensor switch
+            {
+                null => null,
+                { StoredBFloat16: { } stored } => chunks.ReadBFloat16(i + 1, stored, first, count),
+                var tensor => tensor.ReadDelta(chunks, i + 1, baseChunk, first, count),
+            }).ToArray();
+            return new HostChunk(baseChunk.DetachFromDisposeScope(), values.Select(v => v?.DetachFromDisposeScope()).ToArray());
+        }
+
+        /// <summary>The base chunk (float32) and every input's δ with its DARE drop applied, on the device.</summary>
+        private (Tensor Base, Tensor[] Deltas) Upload(HostChunk host, long first, long count, bool firstPass)
+        {
+            var device = owner._device.TorchDevice;
+            var baseChunk = host.Base.to(device, non_blocking: true).to_type(ScalarType.Float32);
+            var deltas = new Tensor[inputs.Length];
+            for (var i = 0; i < inputs.Length; i++)
+            {
+                var input = inputs[i];
+                // Intermediates (widened input, unmasked δ, the mask) are freed per input, not at the end of the chunk.
+                using var inputScope = NewDisposeScope();
+                var delta = host.Inputs[i] switch
+                {
+                    null => zeros(new[] { count }, ScalarType.Float32, device),
+                    { dtype: ScalarType.BFloat16 } stored => stored.to(device, non_blocking: true).to_type(ScalarType.Float32).sub(baseChunk),
+                    var values => values.to(device, non_blocking: true),
+                };
+                if (input.Drop is { } drop)
+                {
+                    var mask = DeviceKernels.DropMask(drop.Key, drop.Threshold, first, count, device);
+                    delta = DeviceKernels.ApplyDrop(delta, mask, drop.Scale);
+                    if (firstPass)
+                    {
+                        // Counted on the device and read once per tensor, so no chunk waits for it.
+                        var sum = mask.sum(ScalarType.Int64);
+                        var total = _dropped[i] is { } before ? before.add(sum) : sum;
+                        _dropped[i]?.Dispose();
+                        _dropped[i] = total.DetachFromDisposeScope();
+                    }
+                }
+                deltas[i] = delta.MoveToOuterDisposeScope();
+            }
+            return (baseChunk, deltas);
+        }
+
+        /// <summary>Hands the drop counts of the first pass to the inputs' transforms.</summary>
+        public void RecordDrops()
+        {
+            for (var i = 0; i < inputs.Length; i++)
+            {
+                if (_dropped[i] is not { } dropped) continue;
+                inputs[i].CountFused(dropped.item<long>());
+                dropped.Dispose();
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+# -Device on Export-Safetensors and Invoke-DareMerge, device: in recipes: the TorchSharp tensor backend (torch-cpu
+# here; tests/gpu runs cuda on a GPU machine) writes the tensors the SIMD kernels write; cuda without CUDA is refused.
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
+    Import-DareTestModule
+
+    $models = Join-Path $TestDrive 'models'
+    $script:base = New-SyntheticCheckpoint (Join-Path $models 'base') -HiddenSize 64 -Layers 2 -VocabSize 128
+    $script:math = New-SyntheticCheckpoint (Join-Path $models 'math') -BaseModel $base -Seed 2
+    $script:code = New-SyntheticCheckpoint (Join-Path $models 'code') -BaseModel $base -Seed 3
+    $script:out = Join-Path $TestDrive 'out'
+    New-Item -ItemType Directory $out | Out-Null
+
+    # The tensor bytes of a one-file model (everything after the header: the header's recipe names the device).
+    function Get-TensorData([string] $Folder) {
+        $file = Join-Path $Folder 'model.safetensors'
+        $header = Read-SafetensorsHeader $file
+        $bytes = [IO.File]::ReadAllBytes($file)
+        $data = [byte[]]::new($bytes.Length - $header.DataStart)
+        [Array]::Copy($bytes, $header.DataStart, $data, 0, $data.Length)
+        [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($data))
+    }
+
+    function New-Plan {
+        Get-TaskVector -Base $base -FineTuned $math, $code | Invoke-DareDrop -DropRate 0.7 -Seed 42 | Merge-Ties -KeepRatio 0.4
+    }
+
+    $script:recipe = @"
+merge_method: dare_ties
+base_model: $($base.Path)
+models:
+  - model: $($math.Path)
+    parameters: { weight: 1.0, density: 0.3 }
+  - model: $($code.Path)
+    parameters: { weight: 0.6, density: 0.5 }
+parameters: { normalize: true }
+random_seed: 7
+"@
+}
+
+Describe 'Export-Safetensors -Device' {
+    It 'writes the same tensors with -Device torch-cpu as with the default SIMD kernels, and records the device in the recipe only' {
+        New-Plan | Export-Safetensors (Join-Path $out 'kernels') | Out-Null
+        New-Plan | Export-Safetensors (Join-Path $out 'torch') -Device torch-cpu | Out-Null
+
+        Get-TensorData (Join-Path $out 'torch') | Should -Be (Get-TensorData (Join-Path $out 'kernels'))
+        Get-Content -Raw (Join-Path $out 'torch/dare_recipe.yml') | Should -Match '(?m)^device: torch-cpu$'
+        Get-Content -Raw (Join-Path $out 'kernels/dare_recipe.yml') | Should -Not -Match 'device:'
+        Get-Content -Raw (Join-Path $out 'torch/mergekit_config.yml') | Should -Not -Match 'device'
+    }
+
+    It 'says in a verbose note that a method without a device combine falls back to the CPU kernels, with the same bytes' {
+        $plan = { Get-TaskVector -Base $base -FineTuned $math | Merge-Nearswap -Threshold 0.05 }
+        & $plan | Export-Safetensors (Join-Path $out 'nearswap-kernels') | Out-Null
+        $verbose = & $plan | Export-Safetensors (Join-Path $out 'nearswap-torch') -Device torch-cpu -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
+
+        @($verbose | Where-Object Message -Match 'Device torch-cpu: the method nearswap has no device combine.*CPU kernels').Count | Should -Be 1
+        Get-TensorData (Join-Path $out 'nearswap-torch') | Should -Be (Get-TensorData (Join-Path $out 'nearswap-kernels'))
+    }
+
+    It 'refuses -Device cuda here with DeviceUnavailable naming the device and what TorchSharp reports, writing nothing' {
+        $target = Join-Path $out 'cuda'
+        { New-Plan | Export-Safetensors $target -Device cuda -ErrorAction Stop } | Should -Throw -ErrorId 'DeviceUnavailable,Dare.PowerShell.ExportSafetensorsCommand' -ExpectedMessage "*'cuda:0'*torch.cuda.is_available() is false*"
+        $target | Should -Not -Exist
+    }
+
+    It 'rejects a device name it does not know at parameter binding' {
+        { New-Plan | Export-Safetensors (Join-Path $out 'gpu') -Device gpu } | Should -Throw -ErrorId 'ParameterArgumentValidationError,Dare.PowerShell.ExportSafetensorsCommand'
+    }
+}
+
+Describe 'Invoke-DareMerge -Device and device:' {
+    It 'merges a recipe with device: torch-cpu into the tensors of the same recipe without it' {
+        Invoke-DareMerge -Yaml $recipe -OutputPath (Join-Path $out 'recipe-kernels') | Out-Null
+        Invoke-DareMerge -Yaml "$recipe`ndevice: torch-cpu" -OutputPath (Join-Path $out 'recipe-torch') | Out-Null
+
+        Get-TensorData (Join-Path $out 'recipe-torch') | Should -Be (Get-TensorData (Join-Path $out 'recipe-kernels'))
+        Get-Content -Raw (Join-Path $out 'recipe-torch/dare_recipe.yml') | Should -Match '(?m)^device: torch-cpu$'
+    }
+
+    It 'lets -Device override the recipe''s device:' {
+        Invoke-DareMerge -Yaml "$recipe`ndevice: cuda" -OutputPath (Join-Path $out 'recipe-override') -Device cpu | Out-Null
+        Get-TensorData (Join-Path $out 'recipe-override') | Should -Be (Get-TensorData (Join-Path $out 'recipe-kernels'))
+        Get-Content -Raw (Join-Path $out 'recipe-override/dare_recipe.yml') | Should -Not -Match 'device:'
+    }
+
+    It 'refuses device: cuda here with DeviceUnavailable, and an unknown device: with RecipeInvalid at its line' {
+        { Invoke-DareMerge -Yaml "$recipe`ndevice: cuda:1" -OutputPath (Join-Path $out 'recipe-cuda') -ErrorAction Stop } |
+            Should -Throw -ErrorId 'DeviceUnavailable,Dare.PowerShell.InvokeDareMergeCommand' -ExpectedMessage "*'cuda:1'*"
+        Join-Path $out 'recipe-cuda' | Should -Not -Exist
+        { Invoke-DareMerge -Yaml "$recipe`ndevice: tpu" -OutputPath (Join-Path $out 'recipe-tpu') -ErrorAction Stop } |
+            Should -Throw -ErrorId 'RecipeInvalid,Dare.PowerShell.InvokeDareMergeCommand' -ExpectedMessage "*line 10, column 9 (device)*'tpu' is not a device*"
+    }
+}

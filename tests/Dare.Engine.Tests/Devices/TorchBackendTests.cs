@@ -1,0 +1,175 @@
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+using Dare.Engine.Tests.Merge;
+using Xunit;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace Dare.Engine.Tests.Devices;
+
+/// <summary>
+/// The TorchSharp tensor backend (-Device torch-cpu here; cuda on a GPU machine, see tests/gpu) against the SIMD
+/// kernels: the same DARE masks, the same TIES selection and output within one bfloat16 ulp, with the count of
+/// differing elements reported (and required to be zero: the backend repeats the kernels' IEEE operations).
+/// DARE_TEST_DEVICE=cuda runs the same comparisons on a GPU.
+/// </summary>
+public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly (string Name, long[] Shape)[] Shapes =
+    {
+        ("model.embed_tokens.weight", new long[] { 61, 33 }),
+        ("model.layers.0.mlp.up_proj.weight", new long[] { 97, 131 }),
+        ("model.layers.1.self_attn.q_proj.weight", new long[] { 20_011 }),
+        ("model.norm.weight", new long[] { 3 }),
+    };
+
+    private static readonly string DeviceName = Environment.GetEnvironmentVariable("DARE_TEST_DEVICE") is { Length: > 0 } d ? d : "torch-cpu";
+    private readonly TestModels _models = new();
+
+    /// <summary>The device under test, checked (and, for CUDA, initialised) as an export checks it.</summary>
+    private static TorchSharp.torch.Device TestDevice()
+    {
+        var device = ComputeDevice.Parse(DeviceName);
+        device.EnsureAvailable();
+        return device.TorchDevice;
+    }
+
+    public void Dispose() => _models.Dispose();
+
+    /// <summary>A base and three fine-tunes; coarse values (multiples of 1/64) give TIES many ties at its threshold.</summary>
+    private List<TaskVector> Vectors(SafetensorsDType dtype, bool coarse)
+    {
+        var random = new Random(dtype == SafetensorsDType.BF16 ? 5 : 6);
+        TestTensor Tensor(string name, float[] values, long[] shape) => dtype == SafetensorsDType.BF16 ? TestTensor.Bf16(name, values, shape) : TestTensor.F32(name, values, shape);
+        var baseValues = Shapes.ToDictionary(s => s.Name, s => TestModels.RandomFloats(random, (int)s.Shape.Aggregate(1L, (a, b) => a * b)));
+        var baseModel = _models.Write($"base-{dtype}-{coarse}", Shapes.Select(s => Tensor(s.Name, baseValues[s.Name], s.Shape)));
+        return Enumerable.Range(0, 3).Select(m => TaskVector.FromModels(baseModel, _models.Write($"tuned{m}-{dtype}-{coarse}", Shapes.Select(s => Tensor(s.Name,
+            coarse ? baseValues[s.Name].Select(v => v + random.Next(-4, 5) / 64f).ToArray() : TestModels.Perturb(random, baseValues[s.Name], 0.02 * (m + 1)), s.Shape))))).ToList();
+    }
+
+    private static TaskVector Plan(string method, List<TaskVector> vectors)
+    {
+        TensorParameter[] P(params double[] values) => values.Select(v => (TensorParameter)v).ToArray();
+        List<TaskVector> Dared(double rate) => vectors.Select((v, i) => v.WithDare(new DareOptions(rate, 42, i))).ToList();
+        return method switch
+        {
+            "linear" => TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Linear, P(0.5, 0.3, 0.2), true, 1.0)),
+            "task_arithmetic" => TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Linear, P(1, 0.7, 1.3), false, 0.8)),
+            "ties" => TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 0.9, P(0.3, 0.2, 0.45))),
+            "ties_count" => TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Ties, P(1, 1, 1), false, 1.0, P(0.5, 1.0, 0.1), SignMethod.Count)),
+            "dare_linear" => TaskVector.Combine(Dared(0.7), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
+            "dare_ties" => TaskVector.Combine(Dared(0.5), new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 1.0, P(0.4, 0.4, 0.4))),
+            _ => throw new ArgumentOutOfRangeException(nameof(method)),
+        };
+    }
+
+    private Checkpoint Export(TaskVector plan, string name, ComputeDevice? device, SafetensorsDType output, bool deltaOnly, long chunkElements)
+    {
+        new MergeExecutor(chunkElements: chunkElements).Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = output, DeltaOnly = deltaOnly, Device = device });
+        return Checkpoint.Open(_models.PathOf(name));
+    }
+
+    [Theory]
+    [InlineData("linear", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("task_arithmetic", SafetensorsDType.BF16, SafetensorsDType.F32, false, 5000, false)]
+    [InlineData("task_arithmetic", SafetensorsDType.F32, SafetensorsDType.BF16, true, 1L << 24, false)]
+    [InlineData("dare_linear", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 4099, false)]
+    [InlineData("dare_linear", SafetensorsDType.F32, SafetensorsDType.F16, false, 1L << 24, false)]
+    [InlineData("ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
+    [InlineData("ties", SafetensorsDType.BF16, SafetensorsDType.F32, true, 3001, true)]
+    [InlineData("ties_count", SafetensorsDType.F32, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("dare_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 7777, false)]
+    [InlineData("dare_ties", SafetensorsDType.BF16, SafetensorsDType.F32, false, 1L << 24, true)]
+    public void Writes_what_the_SIMD_kernels_write(string method, SafetensorsDType inputs, SafetensorsDType outputType, bool deltaOnly, long chunkElements, bool coarse)
+    {
+        var plan = Plan(method, Vectors(inputs, coarse));
+        var kernels = Export(plan, "kernels", null, outputType, deltaOnly, chunkElements);
+        var backend = Export(plan, "backend", ComputeDevice.Parse(DeviceName), outputType, deltaOnly, chunkElements);
+
+        long compared = 0, differing = 0;
+        foreach (var (name, _) in Shapes)
+        {
+            var expected = TestModels.ReadRaw<byte>(kernels.Find(name)!);
+            var actual = TestModels.ReadRaw<byte>(backend.Find(name)!);
+            Assert.Equal(expected.Length, actual.Length);
+            var size = outputType.ElementSize();
+            for (var j = 0; j < expected.Length; j += size)
+            {
+                var (a, b) = size == 2 ? ((long)BitConverter.ToUInt16(expected, j), (long)BitConverter.ToUInt16(actual, j)) : (BitConverter.ToUInt32(expected, j), BitConverter.ToUInt32(actual, j));
+                compared++;
+                if (a == b) continue;
+                differing++;
+                Assert.True(size == 2 && Math.Abs(a - b) == 1, $"{name}[{j / size}]: kernels 0x{a:X} vs backend 0x{b:X}, more than one ulp apart");
+            }
+        }
+        output.WriteLine($"{method} on {DeviceName}: {differing} of {compared} elements differ (each by one ulp at most)");
+        Assert.Equal(0, differing);
+        Assert.True(compared > 20_000);
+    }
+
+    [Theory]
+    [InlineData("dare_ties", 1L << 24)]
+    [InlineData("dare_ties", 3001)]
+    [InlineData("linear", 4099)]
+    public void Leaves_no_live_tensor_behind(string method, long chunkElements)
+    {
+        var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
+        TorchRuntime.EnsureInitialized();
+        var start = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        Export(plan, "leak", ComputeDevice.Parse(DeviceName), SafetensorsDType.BF16, false, chunkElements);
+        Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+    }
+
+    [Theory]
+    [InlineData(0L, 100_003L, 0.9)]
+    [InlineData((1L << 32) - 40_000, 90_000L, 0.3)]
+    [InlineData(7L << 32, 5_000L, 0.0)]
+    public void Drop_masks_are_the_counter_hash_bit_for_bit(long first, long count, double rate)
+    {
+        var key = DareMask.Key(1234, 2, "model.layers.3.mlp.down_proj.weight");
+        var threshold = DareMask.Threshold(rate);
+        using var scope = NewDisposeScope();
+        var mask = DeviceKernels.DropMask(key, threshold, first, count, TestDevice()).cpu().data<bool>().ToArray();
+        var mismatches = Enumerable.Range(0, (int)count).Count(j => mask[j] != (DareMask.Hash(key, first + j) < threshold));
+        Assert.Equal(0, mismatches);
+        // Not vacuous: the drop fraction is the rate.
+        Assert.InRange(mask.Count(m => m) / (double)count, rate - 0.01, rate + 0.01);
+    }
+
+    [Fact]
+    public void Magnitude_bits_are_the_float32_bit_patterns_of_the_magnitudes()
+    {
+        var random = new Random(3);
+        var values = new[] { 0f, -0f, float.Epsilon, -float.Epsilon, 1.1754942E-38f, -1.17549435E-38f, float.MaxValue, -float.MinValue, float.PositiveInfinity, float.NegativeInfinity, 1f, -0.5f }
+            .Concat(Enumerable.Range(0, 20_000).Select(_ => BitConverter.Int32BitsToSingle(random.Next()) * (random.Next(2) == 0 ? 1 : -1)).Where(v => !float.IsNaN(v))).ToArray();
+        using var scope = NewDisposeScope();
+        var bits = DeviceKernels.MagnitudeBits(tensor(values).to(TestDevice())).cpu().data<long>().ToArray();
+        for (var i = 0; i < values.Length; i++) Assert.Equal(BitConverter.SingleToUInt32Bits(values[i]) & 0x7FFFFFFF, (uint)bits[i]);
+    }
+
+    [Fact]
+    public void An_unknown_device_name_is_refused_with_the_spellings()
+    {
+        var ex = Assert.Throws<DareException>(() => ComputeDevice.Parse("gpu"));
+        Assert.Equal(DareErrorId.InvalidParameter, ex.ErrorId);
+        Assert.Contains("cuda", ex.Message);
+        Assert.Equal("cuda:3", ComputeDevice.Parse("CUDA:3").Name);
+        Assert.Equal("cuda:0", ComputeDevice.Parse("cuda").Name);
+        Assert.False(ComputeDevice.Parse("cpu").UsesTorchBackend);
+        Assert.True(ComputeDevice.Parse("torch-cpu").UsesTorchBackend);
+    }
+
+    [Fact]
+    public void A_CUDA_device_TorchSharp_does_not_offer_is_DeviceUnavailable_before_anything_is_written()
+    {
+        // Here (TorchSharp-cpu) any cuda device is unavailable; on a GPU machine, an index beyond its devices is.
+        var cuda = TorchSharp.torch.cuda.is_available();
+        var asked = cuda ? "cuda:999" : "cuda:1";
+        var plan = Plan("linear", Vectors(SafetensorsDType.BF16, false));
+        var ex = Assert.Throws<DareException>(() => Export(plan, "cuda-out", ComputeDevice.Parse(asked), SafetensorsDType.BF16, false, 1L << 24));
+        Assert.Equal(DareErrorId.DeviceUnavailable, ex.ErrorId);
+        Assert.Contains($"'{asked}'", ex.Message);
+        Assert.Contains(cuda ? "CUDA device(s)" : "torch.cuda.is_available() is false", ex.Message);
+        Assert.False(Directory.Exists(_models.PathOf("cuda-out")));
+    }
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env pwsh
+<#
+.SYNOPSIS
+The GPU checks of the tensor backend (-Device cuda), for a Linux machine with an NVIDIA GPU; about 3-5 minutes.
+
+.DESCRIPTION
+Nothing here has been run on a GPU yet: the project's machines have none, and their NuGet copy lacks
+TorchSharp-cuda-linux. On a CUDA machine with the .NET SDK and network access to nuget.org (or a feed with
+TorchSharp-cuda-linux 0.107.0 and its libtorch-cuda packages):
+
+  1. builds the module against TorchSharp-cuda-linux (./build.ps1 Build -Cuda) and reports what TorchSharp sees;
+  2. runs the backend-equality tests (tests/Dare.Engine.Tests, TorchBackendTests) with DARE_TEST_DEVICE=cuda: every
+     covered method's output against the SIMD kernels (bit-identical, with the count of differing elements), the DARE
+     masks and magnitude bits computed on the GPU, and DeviceUnavailable for a device index beyond the GPUs;
+  3. a short bench: a synthetic bf16 base + 3 fine-tunes (-BenchHiddenSize, default 2048 with 16 layers, ~0.9B
+     parameters each), DARE-linear and DARE-TIES exported with -Device cpu and -Device cuda, wall times as a ratio
+     and the tensor-data SHA-256 of both (they must be equal).
+
+Writes its log and a summary to tests/gpu/out/. Exit code 0 when everything passed.
+
+.EXAMPLE
+dotnet tool restore && dotnet pwsh tests/gpu/run-gpu-checks.ps1
+#>
+[CmdletBinding()]
+param(
+    [string] $Device = 'cuda',
+    [int] $BenchHiddenSize = 2048,
+    [int] $BenchLayers = 16,
+    [switch] $SkipBuild
+)
+
+Set-StrictMode -Version Latest
+$ErrorActionPreference = 'Stop'
+$root = Resolve-Path (Join-Path $PSScriptRoot '../..')
+# dotnet pwsh and the build find the repository's tool manifest and props from here.
+Set-Location $root
+$outDir = Join-Path $PSScriptRoot 'out'
+New-Item -ItemType Directory -Force $outDir | Out-Null
+$summary = [Collections.Generic.List[string]]::new()
+$clock = [Diagnostics.Stopwatch]::StartNew()
+function Step([string] $Text) { Write-Host "== [$('{0:0}' -f $clock.Elapsed.TotalSeconds) s] $Text" -ForegroundColor Cyan }
+
+Step 'nvidia-smi'
+try { & nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | Tee-Object -Variable gpu | Out-Host; $summary.Add("GPU: $gpu") }
+catch { $summary.Add('nvidia-smi: not found') }
+
+if (-not $SkipBuild) {
+    Step 'Build -Cuda'
+    & dotnet pwsh (Join-Path $root 'build.ps1') Build -Cuda
+    if ($LASTEXITCODE) { throw 'Build -Cuda failed; see the message above.' }
+}
+$module = Join-Path $root 'out/Dare/Dare.psd1'
+
+Step 'What TorchSharp reports'
+$environment = & dotnet pwsh -NoProfile -c "Import-Module '$module'; Get-DareEnvironment | Format-List | Out-String -Width 200"
+$environment | Out-Host
+$summary.Add(($environment | Out-String).Trim())
+
+Step "Backend-equality tests on $Device"
+$tests = Join-Path $root 'tests/Dare.Engine.Tests/Dare.Engine.Tests.csproj'
+# (-Device torch-cpu -SkipBuild -BenchHiddenSize 64 -BenchLayers 2 is a dry run of this script on a CPU machine.)
+$cudaBuild = "-p:DareCuda=$(if ($Device -like 'cuda*') { 'true' } else { 'false' })"
+& dotnet build $tests -c Release $cudaBuild -nologo -v quiet
+if ($LASTEXITCODE) { throw "Building the engine tests ($cudaBuild) failed." }
+. (Join-Path $root 'build/NativeCompat.ps1')
+$rid = "linux-$([Runtime.InteropServices.RuntimeInformation]::OSArchitecture.ToString().ToLowerInvariant())"
+Install-TorchSharpNativeCompat -Directory (Join-Path $root "tests/Dare.Engine.Tests/bin/Release/net10.0/runtimes/$rid/native") -Quiet
+$env:DARE_TEST_DEVICE = $Device
+$testLog = Join-Path $outDir 'backend-tests.log'
+& dotnet test $tests -c Release --no-build -nologo --filter 'FullyQualifiedName~TorchBackendTests' --logger 'console;verbosity=detailed' 2>&1 | Tee-Object $testLog | Out-Host
+$testsFailed = $LASTEXITCODE -ne 0
+Remove-Item Env:DARE_TEST_DEVICE
+$summary.Add("Backend-equality tests on ${Device}: $(if ($testsFailed) { 'FAILED' } else { 'passed' }) (log: $testLog)")
+$summary.AddRange([string[]] @(Get-Content $testLog | Where-Object { $_ -match 'elements differ' } | ForEach-Object Trim))
+
+Step "Short bench: cpu against $Device"
+$bench = & dotnet pwsh -NoProfile -c @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$module'
+`$data = Join-Path '$outDir' 'bench-data'
+if (-not (Test-Path (Join-Path `$data 'ft3'))) {
+    `$base = New-SyntheticCheckpoint (Join-Path `$data 'base') -HiddenSize $BenchHiddenSize -Layers $BenchLayers -VocabSize 32000 -Force
+    1..3 | ForEach-Object { `$null = New-SyntheticCheckpoint (Join-Path `$data "ft`$_") -BaseModel `$base -Seed `$_ -Force }
+}
+function Get-DataHash([string] `$folder) {
+    `$sha = [Security.Cryptography.IncrementalHash]::CreateHash('SHA256')
+    foreach (`$shard in Get-ChildItem `$folder -Filter '*.safetensors' | Sort-Object Name) {
+        `$bytes = [IO.File]::ReadAllBytes(`$shard.FullName)
+        `$start = 8 + [BitConverter]::ToInt64(`$bytes, 0)
+        `$sha.AppendData(`$bytes, [int] `$start, `$bytes.Length - [int] `$start)
+    }
+    [Convert]::ToHexString(`$sha.GetHashAndReset()).Substring(0, 16)
+}
+foreach (`$method in 'dare-linear', 'dare-ties') {
+    foreach (`$device in 'cpu', '$Device') {
+        `$vectors = Get-TaskVector -Base (Join-Path `$data 'base') -FineTuned (1..3 | ForEach-Object { Join-Path `$data "ft`$_" }) | Invoke-DareDrop -DropRate 0.9 -Seed 42
+        `$merged = if (`$method -eq 'dare-linear') { `$vectors | Merge-Linear } else { `$vectors | Merge-Ties -KeepRatio 0.5 }
+        `$target = Join-Path '$outDir' "bench-`$method-`$(`$device -replace ':', '')"
+        `$result = `$merged | Export-Safetensors `$target -DType bfloat16 -Device `$device -Force
+        '{0,-12} {1,-8} export {2,7:0.00} s  data sha256 {3}' -f `$method, `$device, `$result.Elapsed.TotalSeconds, (Get-DataHash `$target)
+        Remove-Item -Recurse -Force `$target
+    }
+}
+"@
+$bench | Out-Host
+$summary.AddRange([string[]] @($bench))
+if ($LASTEXITCODE) { $summary.Add('Bench: FAILED'); $testsFailed = $true }
+else {
+    foreach ($method in 'dare-linear', 'dare-ties') {
+        $rows = @($bench | Where-Object { $_ -like "$method *" })
+        $hashes = @($rows | ForEach-Object { ($_ -split 'sha256 ')[-1] } | Select-Object -Unique)
+        $seconds = @($rows | ForEach-Object { [double](($_ -split '\s+')[3]) })
+        if ($hashes.Count -ne 1) { $summary.Add("Bench ${method}: the cpu and $Device outputs DIFFER"); $testsFailed = $true }
+        elseif ($seconds.Count -eq 2) { $summary.Add(('Bench {0}: {1} / cpu = {2:0.00}× export time, identical data' -f $method, $Device, ($seconds[1] / $seconds[0]))) }
+    }
+}
+
+$summary.Add(('Total: {0:0} s' -f $clock.Elapsed.TotalSeconds))
+$summary | Set-Content (Join-Path $outDir 'summary.txt')
+Write-Host ''
+$summary | Out-Host
+exit ([int] $testsFailed)
