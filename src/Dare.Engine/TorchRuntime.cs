@@ -11,7 +11,7 @@ public static class TorchRuntime
     private static readonly Lazy<Exception?> Initialization = new(TryInitialize, LazyThreadSafetyMode.ExecutionAndPublication);
 
     /// <summary>
-    /// Starts loading libtorch on a background thread (the module loader calls this on Import-Module): loading its ~400 MB of shared
+    /// Starts loading libtorch on a background thread (Import-Module calls this): loading its ~400 MB of shared
     /// libraries takes ~0.2 s, which then overlaps the reading of headers and plans instead of delaying the first
     /// merge. Whoever needs torch first waits for the same load; a failure is reported by <see cref="EnsureInitialized"/>.
     /// </summary>

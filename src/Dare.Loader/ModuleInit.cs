@@ -37,24 +37,6 @@ public sealed class ModuleInit : IModuleAssemblyInitializer
             var moduleDirectory = Path.GetDirectoryName(typeof(ModuleInit).Assembly.Location)!;
             _context = new DareLoadContext(Path.Combine(moduleDirectory, DependencyFolder));
             AssemblyLoadContext.Default.Resolving += ResolveBridged;
-            StartEngine(_context);
-        }
-    }
-
-    /// <summary>
-    /// Starts loading libtorch in the background now, the first thing the import does, so that its ~0.2 s overlaps the
-    /// rest of the import and the first command's planning (the engine's TorchRuntime.StartInitializing; by name,
-    /// since this assembly does not reference the engine). Best effort: a failure surfaces on first use of torch.
-    /// </summary>
-    private static void StartEngine(DareLoadContext context)
-    {
-        try
-        {
-            context.LoadFromDependencies(new AssemblyName("Dare.Engine"))?.GetType("Dare.Engine.TorchRuntime")?.GetMethod("StartInitializing")?.Invoke(null, null);
-        }
-        catch (Exception)
-        {
-            // Nothing to do: the engine reports a missing or broken libtorch with its own error when a command needs it.
         }
     }
 
