@@ -418,3 +418,35 @@ Describe 'Invoke-DareMerge errors' {
         "$($warnings[0])" | Should -Match 'density.*has no effect with merge_method linear'
     }
 }
+
+Describe 'Invoke-DareMerge replaying a recipe whose inputs changed' {
+    BeforeAll {
+        $script:Changed = Join-Path $Work 'changed'
+        $base = New-SyntheticCheckpoint (Join-Path $Changed 'base') -HiddenSize 32 -Layers 1 -VocabSize 64 -DType float32
+        $null = New-SyntheticCheckpoint (Join-Path $Changed 'tuned') -BaseModel $base -Seed 3 -DType float32
+        $script:Merged = (Get-TaskVector (Join-Path $Changed 'base') (Join-Path $Changed 'tuned') | Invoke-DareDrop -DropRate 0.5 -Seed 1 |
+            Export-Safetensors -Path (Join-Path $Changed 'merged')).Path
+        # The same model written again in two shards: its files, sizes and headers differ from those recorded.
+        $null = New-SyntheticCheckpoint (Join-Path $Changed 'tuned') -BaseModel $base -Seed 3 -DType float32 -MaxShardSize 20KB -Force
+    }
+
+    It 'stops with ReplayInputChanged naming the model and the file, and writes nothing' {
+        $output = Join-Path $Changed 'replay'
+        $err = { Invoke-DareMerge (Join-Path $Merged 'dare_recipe.yml') -OutputPath $output } | Should -Throw -ErrorId 'ReplayInputChanged,Dare.PowerShell.InvokeDareMergeCommand' -PassThru
+        $err.CategoryInfo.Category | Should -Be 'InvalidData'
+        $err.Exception.Message | Should -Match ([regex]::Escape("$(Join-Path $Changed 'tuned' 'model.safetensors')' is missing"))
+        Test-Path $output | Should -BeFalse
+    }
+
+    It 'replays anyway with -AllowChangedInputs, warning about the file, to the same tensor values' {
+        $result = Invoke-DareMerge (Join-Path $Merged 'dare_recipe.yml') -OutputPath (Join-Path $Changed 'anyway') -AllowChangedInputs -WarningVariable warnings -WarningAction SilentlyContinue
+        "$warnings" | Should -Match 'changed input.*model\.safetensors'
+        # The tensor bytes after each header (the header records the new inputs' fingerprint).
+        function Get-TensorData([string] $File) {
+            $bytes = [IO.File]::ReadAllBytes($File)
+            $start = 8 + [BitConverter]::ToInt64($bytes, 0)
+            [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($bytes[$start..($bytes.Length - 1)]))
+        }
+        Get-TensorData (Join-Path $result.Path 'model.safetensors') | Should -Be (Get-TensorData (Join-Path $Merged 'model.safetensors'))
+    }
+}

@@ -57,6 +57,7 @@ public enum DareErrorId
     PartitionCompletionBusy,
     AdapterInvalid,
     AdapterUnsupported,
+    ReplayInputChanged,
     ChartPathInvalid,
     ChartWriteFailed,
     SweepEvaluatorFailed,

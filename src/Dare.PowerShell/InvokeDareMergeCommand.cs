@@ -81,6 +81,13 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     public SwitchParameter SkipExisting { get; set; }
 
     /// <summary>
+    /// Replay a recipe (a dare_recipe.yml) even where its recorded inputs (dare_inputs: file sizes and header hashes)
+    /// differ from the files now: a warning per difference instead of ReplayInputChanged.
+    /// </summary>
+    [Parameter]
+    public SwitchParameter AllowChangedInputs { get; set; }
+
+    /// <summary>
     /// Write only partition i of N ("i/N", i from 0 to N-1) of the recipe's output (a batch of one recipe); the last partition
     /// to finish, or Complete-DareExport, publishes it. A recipe without random_seed uses seed 0 here, so all partitions agree.
     /// </summary>
@@ -168,6 +175,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
             Force = Force,
             AllowNonFinite = AllowNonFinite,
             SkipExisting = SkipExisting,
+            AllowChangedInputs = AllowChangedInputs,
             DefaultSeed = partition is null ? RandomNumberGenerator.GetInt32(int.MaxValue) : PartitionDefaultSeed,
             Partition = partition,
             Device = Device is null ? null : ComputeDevice.Parse(Device),

@@ -70,7 +70,8 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             .Concat(full.Select(t => new LoraModuleExport(ModuleOf(t.Name), t.Name, LoraModuleKind.Full, 0, t.Shape, 0))).ToList();
         var rank = factors.Select(f => f.Rank).DefaultIfEmpty(0).Max();
         var extra = new Dictionary<string, string> { [LoraAdapterConfig.FileName] = ConfigJson(vector, options, modules, rank) };
-        if (options.RecipeYaml is { } recipe) extra[RecipeFileName] = recipe + Figures(options, modules);
+        // As a merge's recipe: it replays the task vector, after checking its inputs' files (dare_inputs).
+        if (options.RecipeYaml is { } recipe) extra[RecipeFileName] = recipe + Recipes.InputFingerprints.Section(vector) + Figures(options, modules);
         var writeOptions = new CheckpointWriteOptions
         {
             SingleFileName = LoraAdapter.WeightsFileName,

@@ -109,6 +109,7 @@ public sealed class MergeExecutor
             ProtectedPaths = options.ProtectedPaths.Concat(OutputFolder.InputPathsOf(vector)).ToList(),
             CurrentLocation = options.CurrentLocation,
             CopySideFilesFrom = vector.Base.Directory,
+            TokenizerFilesFrom = vector.Base.Vocabulary?.TokenizerFilesFrom,
             ConfigChanges = vector.Base.ConfigChanges,
             ConfigDType = options.OutputDType,
             ConfigUpdates = vector.Base.Vocabulary is { } vocabulary ? new Dictionary<string, long> { ["vocab_size"] = vocabulary.VocabSize } : null,
@@ -284,7 +285,8 @@ public sealed class MergeExecutor
         var files = new Dictionary<string, string>(vector.Base.Vocabulary?.Files ?? new Dictionary<string, string>(), StringComparer.Ordinal);
         if (options.RecipeYaml is { } recipe)
         {
-            files[RecipeFileName] = recipe;
+            // The recipe file also records the inputs' files, which a replay checks first (the header keeps no paths).
+            files[RecipeFileName] = recipe + Recipes.InputFingerprints.Section(vector);
             if (!options.DeltaOnly)
             {
                 var config = Recipes.ModelCardWriter.MergekitConfig(vector, options.ModelReferences, options.OutputDType);

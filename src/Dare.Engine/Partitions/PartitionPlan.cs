@@ -25,6 +25,7 @@ public sealed class PartitionPlan
     public IReadOnlyDictionary<string, string> Metadata { get; init; } = new Dictionary<string, string>();
     public IReadOnlyDictionary<string, string> ExtraFiles { get; init; } = new Dictionary<string, string>();
     public string? SideFilesFrom { get; init; }
+    public string? TokenizerFilesFrom { get; init; }
     public SafetensorsDType? ConfigDType { get; init; }
 
     /// <summary>config.json keys the output gets instead of the base's (a stack's num_hidden_layers); values as JSON text, null for JSON null.</summary>
@@ -51,6 +52,7 @@ public sealed class PartitionPlan
         Metadata = options.Metadata ?? new Dictionary<string, string>(),
         ExtraFiles = options.ExtraFiles ?? new Dictionary<string, string>(),
         SideFilesFrom = options.CopySideFilesFrom,
+        TokenizerFilesFrom = options.TokenizerFilesFrom,
         ConfigDType = options.ConfigDType,
         ConfigChanges = (options.ConfigChanges ?? new Dictionary<string, JsonNode?>()).ToDictionary(c => c.Key, c => c.Value?.ToJsonString()),
         ConfigUpdates = options.ConfigUpdates ?? new Dictionary<string, long>(),
@@ -66,6 +68,7 @@ public sealed class PartitionPlan
         ProtectedPaths = ProtectedPaths,
         CurrentLocation = caller.CurrentLocation,
         CopySideFilesFrom = SideFilesFrom,
+        TokenizerFilesFrom = TokenizerFilesFrom,
         ConfigDType = ConfigDType,
         ConfigChanges = ConfigChanges.Count == 0 ? null : ConfigChanges.ToDictionary(c => c.Key, c => c.Value is null ? null : JsonNode.Parse(c.Value)),
         ConfigUpdates = ConfigUpdates.Count == 0 ? null : ConfigUpdates,
@@ -117,6 +120,7 @@ public sealed class PartitionPlan
         WriteMap(json, "metadata", Metadata);
         WriteMap(json, "extra_files", ExtraFiles);
         json.WriteString("side_files_from", SideFilesFrom);
+        json.WriteString("tokenizer_files_from", TokenizerFilesFrom);
         json.WriteString("config_dtype", ConfigDType?.ToString());
         json.WriteStartArray("config_changes");
         foreach (var (key, value) in ConfigChanges)
@@ -200,6 +204,7 @@ public sealed class PartitionPlan
                 Metadata = ReadMap(body.GetProperty("metadata")),
                 ExtraFiles = ReadMap(body.GetProperty("extra_files")),
                 SideFilesFrom = body.GetProperty("side_files_from").GetString(),
+                TokenizerFilesFrom = body.GetProperty("tokenizer_files_from").GetString(),
                 ConfigDType = configDType,
                 ConfigChanges = body.GetProperty("config_changes").EnumerateArray().Select(c => c.EnumerateArray().ToList())
                     .ToDictionary(c => c[0].GetString()!, c => c[1].GetString()),

@@ -166,6 +166,9 @@ public sealed class MergeRecipe
     /// <summary>Dare extension gradient_outside_layers: where gradients put tensors outside the layers (default: t = 0, as mergekit 0.1.4).</summary>
     public GradientOutsideLayers GradientOutsideLayers { get; init; }
 
+    /// <summary>dare_inputs: the inputs' files as a written dare_recipe.yml recorded them; a replay checks them first.</summary>
+    public IReadOnlyList<RecordedInput>? RecordedInputs { get; init; }
+
     /// <summary>Dare extension <c>device:</c>: where the merge math runs (null: cpu, the SIMD kernels); mergekit_config.yml leaves it out.</summary>
     public ComputeDevice? Device { get; init; }
 

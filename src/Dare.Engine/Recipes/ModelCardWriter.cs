@@ -56,12 +56,24 @@ public static class ModelCardWriter
                 : leaves[i].LoraAdapters is [var adapter] ? $"{Name(vector.Base)}+{adapter.Path}" : leaves[i].Name;
             models.Add(new Dictionary<string, object?> { ["model"] = entry, ["parameters"] = parameters });
         }
-        config["models"] = models;
+        if (method is PassthroughMethod) PassthroughInMergekitTerms(vector, config, Name);
+        else if (vector.Base.Slices is { } slices)
+        {
+            // A slice merge as the user wrote it: slices of sources with their layer ranges, the first slice's model as base.
+            config["base_model"] = Name(slices[0].Model);
+            config["slices"] = RecipeWriter.SliceList(vector, slices, models, null, Name);
+        }
+        else config["models"] = models;
         var global = new Dictionary<string, object?>();
         if (merge is not null && method.Parameters.Contains(CommonParameters.Normalize)) global["normalize"] = merge.Normalize;
         if (merge is not null && name != "linear") global["lambda"] = merge.Lambda;
         // mergekit's rescale: true matches the L1 norm; Dare's 1/(1 − p) rescale has no mergekit spelling (see dare_recipe.yml).
         if (allDare && leaves.All(l => l.Dare!.Rescale == DareRescale.L1)) global["rescale"] = true;
+        // The method's own global settings (slerp's t, ram's epsilon, ...) under mergekit's keys; sign_method is Dare's.
+        foreach (var spec in method.Parameters.Where(p => p.Scope == ParameterScope.Merge && p.Key is not ("normalize" or "lambda" or "sign_method")))
+        {
+            if (merge is not null && method.MergeValue(merge, spec.Key) is { } value) global[spec.Key] = value is TensorParameter t ? Value(t) : value;
+        }
         if (global.Count > 0) config["parameters"] = global;
         if (outputDType is { } dtype) config["dtype"] = dtype.TorchDTypeName();
         if (!vector.Tokenizer.IsPlainBase)
@@ -76,19 +88,38 @@ public static class ModelCardWriter
         return header + new SerializerBuilder().Build().Serialize(config);
     }
 
+    /// <summary>passthrough has no base_model: one model (or slices of sources with their layer ranges), each with its scale if given.</summary>
+    private static void PassthroughInMergekitTerms(TaskVector vector, Dictionary<string, object?> config, Func<Checkpoint, string> name)
+    {
+        config.Remove("base_model");
+        var scale = vector.Merge?.Setting(PassthroughMethod.Scale.Key);
+        if (vector.Base.Slices is { } slices)
+        {
+            config["slices"] = RecipeWriter.SliceList(vector, slices, new List<object>(), scale, name);
+            return;
+        }
+        var model = new Dictionary<string, object?> { ["model"] = name(vector.Base) };
+        if (RecipeWriter.PassthroughParameters(scale, 0) is { Count: > 0 } parameters) model["parameters"] = parameters;
+        config["models"] = new List<object> { model };
+    }
+
     /// <summary>README.md: front matter (base_model: the base and the merged models, tags, base_model_relation: merge) and the configuration.</summary>
     public static string ModelCard(TaskVector vector, string mergekitConfig, IReadOnlyDictionary<string, string>? references = null)
     {
         string Name(Checkpoint model) => references is not null && references.TryGetValue(model.Path, out var written) ? written : model.Name;
+        // A stack of slices (a frankenmerge, or one position of a slice merge) is named by its source models.
+        static IEnumerable<Checkpoint> Expand(Checkpoint c) => c.Slices is { } slices ? slices.Select(s => s.Model) : new[] { c };
+        var baseName = Name(Expand(vector.Base).First());
         var leaves = vector.IsMerged ? vector.Inputs : new[] { vector };
-        var models = leaves.Where(l => l.FineTuned is not null).Select(l => Name(l.FineTuned!)).ToList();
+        var models = Expand(vector.Base).Skip(1).Concat(leaves.Where(l => l.FineTuned is not null).SelectMany(l => Expand(l.FineTuned!)))
+            .Select(Name).Distinct().ToList();
         var card = new StringBuilder();
         card.Append("---\nbase_model:\n");
-        foreach (var model in models.Prepend(Name(vector.Base)).Distinct()) card.Append("- ").Append(Quoted(model)).Append('\n');
+        foreach (var model in models.Prepend(baseName).Distinct()) card.Append("- ").Append(Quoted(model)).Append('\n');
         card.Append("base_model_relation: merge\nlibrary_name: transformers\ntags:\n- merge\n- mergekit\n- dare\n---\n");
         // The title names the inputs, not the output folder, so the same merge written to two folders is byte-identical.
-        card.Append($"# Merge of {string.Join(", ", models)} onto {Name(vector.Base)}\n\nThis model is a merge of pre-trained language models made with Dare (DARE, TIES and linear task-vector merging with mergekit-compatible recipes).\n\n");
-        card.Append($"## Merge details\n\nBase model: {Name(vector.Base)}\n\nModels merged:\n\n");
+        card.Append($"# Merge of {string.Join(", ", models)} onto {baseName}\n\nThis model is a merge of pre-trained language models made with Dare (DARE, TIES and linear task-vector merging with mergekit-compatible recipes).\n\n");
+        card.Append($"## Merge details\n\nBase model: {baseName}\n\nModels merged:\n\n");
         foreach (var model in models) card.Append("- ").Append(model).Append('\n');
         card.Append("\n## Configuration\n\nThe merge in mergekit's terms (mergekit_config.yml):\n\n```yaml\n").Append(mergekitConfig.TrimEnd()).Append("\n```\n\n");
         card.Append("dare_recipe.yml beside it reproduces the merge bit for bit with `Invoke-DareMerge -ConfigPath dare_recipe.yml -OutputPath <folder>`.\n");

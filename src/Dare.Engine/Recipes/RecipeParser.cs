@@ -16,7 +16,7 @@ namespace Dare.Engine.Recipes;
 public static partial class RecipeParser
 {
     internal static readonly string[] TopLevelKeys =
-        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "gradient_outside_layers", "random_seed", "name", "output", "device" };
+        { "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "gradient_outside_layers", "random_seed", "name", "output", "device", InputFingerprints.Key };
 
     /// <summary>mergekit keys Dare knows but cannot honour: an error that says so, not an "unknown key".</summary>
     internal static readonly Dictionary<string, string> UnsupportedTopLevelKeys = new()
@@ -221,6 +221,8 @@ public static partial class RecipeParser
             Tokenizer = tokenizer,
             GradientOutsideLayers = gradientRule,
             Device = device,
+            RecordedInputs = keys.TryGetValue(InputFingerprints.Key, out var inputsEntry) && !IsNull(inputsEntry.Value)
+                ? mistakes.Try(() => ParseRecordedInputs(inputsEntry.Value, Join(path, InputFingerprints.Key), context), null) : null,
         };
     }
 

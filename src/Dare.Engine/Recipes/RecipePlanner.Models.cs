@@ -83,6 +83,27 @@ public static partial class RecipePlanner
         }
     }
 
+    /// <summary>
+    /// A replay (a recipe with dare_inputs) stops before any model is opened when an input's files differ from those it
+    /// recorded, since it would not reproduce the recorded merge; with <paramref name="allowChanged"/> each difference is a warning.
+    /// </summary>
+    private static void CheckRecordedInputs(MergeRecipe recipe, string baseDirectory, bool allowChanged, List<string> warnings)
+    {
+        if (recipe.RecordedInputs is not { } recorded) return;
+        var differences = InputFingerprints.Differences(recorded, baseDirectory);
+        if (differences.Count == 0) return;
+        if (allowChanged)
+        {
+            warnings.AddRange(differences.Select(d => $"'{recipe.DisplayName}' replays with a changed input '{d.Input.Model}': {d.Difference} (-AllowChangedInputs)."));
+            return;
+        }
+        var first = differences[0];
+        var more = differences.Count > 1 ? $" ({differences.Count - 1} more: {string.Join("; ", differences.Skip(1).Take(3).Select(d => d.Difference))}{(differences.Count > 4 ? "; ..." : "")})" : "";
+        throw RecipeParser.Error(DareErrorId.ReplayInputChanged, DareErrorKind.InvalidData, first.Input.Location,
+            $"the input '{first.Input.Model}' changed since this recipe was written: {first.Difference}{more}. The replay would not reproduce the recorded merge, so nothing was written. " +
+            "Restore the recorded files, or replay anyway with Invoke-DareMerge -AllowChangedInputs (or delete the recipe's dare_inputs section).");
+    }
+
     /// <summary>The output vocabulary the recipe asks for, with model references resolved to the opened checkpoints' paths.</summary>
     private static TokenizerChoice TokenizerChoiceOf(MergeRecipe recipe, BatchPlan batchPlan, int index, Dictionary<string, Checkpoint> opened)
     {

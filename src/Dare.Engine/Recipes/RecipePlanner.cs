@@ -26,6 +26,9 @@ public sealed class RecipePlanOptions
     /// <summary>Keep output folders that already hold this recipe's completed export (resumes an interrupted batch).</summary>
     public bool SkipExisting { get; init; }
 
+    /// <summary>Replay a recipe whose recorded inputs (dare_inputs) differ from the files now, with a warning per difference.</summary>
+    public bool AllowChangedInputs { get; init; }
+
     /// <summary>Write only this partition of the last (or only) recipe's output (see <see cref="Partitions.ExportPartition"/>).</summary>
     public Partitions.ExportPartition? Partition { get; init; }
 
@@ -144,6 +147,7 @@ public static partial class RecipePlanner
         // Values and model paths are checked one by one and reported together; the checks after them need all of them right.
         var mistakes = new RecipeDiagnostics(batch.Source);
         CheckValues(recipe, normalize, warnings, mistakes);
+        CheckRecordedInputs(recipe, batch.BaseDirectory, batchPlan.Options.AllowChangedInputs, warnings);
 
         if (recipe.BaseModel is null && form.NeedsBase)
         {
@@ -272,7 +276,7 @@ public static partial class RecipePlanner
             Force = batchPlan.Options.Force,
             AllowNonFinite = batchPlan.Options.AllowNonFinite,
             RecipeYaml = RecipeWriter.ToYaml(merged, outputDType, shardSize == CheckpointWriteOptions.DefaultMaxShardSize ? null : shardSize, recipe.DeltaOnly, device),
-            ModelReferences = modelReferences.Select(m => m.Reference).Append(baseReference).OfType<ModelReference>()
+            ModelReferences = modelReferences.Select(m => m.Reference).Concat(sliceReferences.SelectMany(s => s.Select(x => x.Reference))).Append(baseReference).OfType<ModelReference>()
                 .Where(r => opened.ContainsKey(r.FullPath)).GroupBy(r => opened[r.FullPath].Path).ToDictionary(g => g.Key, g => g.First().Text),
             Partition = isLast ? batchPlan.Options.Partition : null,
         };

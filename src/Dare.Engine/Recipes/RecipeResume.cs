@@ -30,15 +30,32 @@ internal static class RecipeResume
         {
             // Until now the plan read stand-ins for earlier outputs; the recipe it writes names the real ones.
             var actual = plan.ReadsOutputsOf.Count == 0 ? plan : RecipePlanner.PlanRecipe(batchPlan, index, standIns: false);
-            if (Canonical(File.ReadAllText(recipeFile), plan.UsesDefaultSeed) == Canonical(actual.Export.RecipeYaml ?? "", plan.UsesDefaultSeed)) return true;
-            why = $"its {MergeExecutor.RecipeFileName} describes a different merge";
+            var changed = Canonical(File.ReadAllText(recipeFile), plan.UsesDefaultSeed) == Canonical(actual.Export.RecipeYaml ?? "", plan.UsesDefaultSeed)
+                ? InputFingerprints.Differences(RecipeParser.ParseFile(recipeFile).Recipes[0].RecordedInputs ?? Array.Empty<RecordedInput>(), destination) : null;
+            if (changed is { Count: 0 }) return true;
+            why = changed is null ? $"its {MergeExecutor.RecipeFileName} describes a different merge"
+                : $"it was made from inputs that have changed since ({changed[0].Difference})";
         }
         if (force) return false;
         throw RecipeParser.Error(DareErrorId.OutputExists, DareErrorKind.ResourceExists, plan.Recipe.OutputPathLocation ?? plan.Recipe.Location,
             $"-SkipExisting keeps only outputs of this very recipe, but '{destination}' holds another model: {why}. Use -Force to replace it, or remove it.");
     }
 
-    /// <summary>The recipe without comments (they name the Dare version), and without seeds when the run draws its own.</summary>
-    private static string Canonical(string yaml, bool ignoreSeeds) => string.Join('\n', yaml.ReplaceLineEndings("\n").Split('\n')
-        .Where(line => !line.TrimStart().StartsWith('#') && !(ignoreSeeds && line.TrimStart().StartsWith("random_seed:", StringComparison.Ordinal))));
+    /// <summary>
+    /// The recipe without comments (they name the Dare version), without the recorded inputs (checked on their own), and
+    /// without seeds when the run draws its own.
+    /// </summary>
+    private static string Canonical(string yaml, bool ignoreSeeds)
+    {
+        var kept = new List<string>();
+        var inInputs = false;
+        foreach (var line in yaml.ReplaceLineEndings("\n").Split('\n'))
+        {
+            // dare_inputs is the last top-level key; its entries are indented or start with '-'.
+            inInputs = line.StartsWith(InputFingerprints.Key + ":", StringComparison.Ordinal) || inInputs && (line.StartsWith('-') || line.StartsWith(' '));
+            if (inInputs || line.TrimStart().StartsWith('#') || ignoreSeeds && line.TrimStart().StartsWith("random_seed:", StringComparison.Ordinal)) continue;
+            kept.Add(line);
+        }
+        return string.Join('\n', kept);
+    }
 }

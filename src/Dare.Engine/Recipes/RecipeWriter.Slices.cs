@@ -10,8 +10,10 @@ public static partial class RecipeWriter
     /// not an input, then the inputs'), that stack's source model and layer_range for s. Per-source parameters go in the
     /// first slice, where the planner reads them; passthrough writes each slice's own scale.
     /// </summary>
-    private static List<object> SliceList(TaskVector vector, IReadOnlyList<CheckpointSlice> slices, List<object> models, TensorParameter? scale)
+    /// <remarks><paramref name="name"/> spells each source model (its path here; the user's reference in mergekit_config.yml).</remarks>
+    internal static List<object> SliceList(TaskVector vector, IReadOnlyList<CheckpointSlice> slices, List<object> models, TensorParameter? scale, Func<Checkpoint, string>? name = null)
     {
+        name ??= model => model.Path;
         var passthrough = vector.Merge?.Method is PassthroughMethod;
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
         var stacks = new List<(Checkpoint Stack, object? Parameters)>();
@@ -29,7 +31,7 @@ public static partial class RecipeWriter
             ["sources"] = stacks.Select(stack =>
             {
                 var part = stack.Stack.Slices![s];
-                var source = new Dictionary<string, object?> { ["model"] = part.Model.Path, ["layer_range"] = new[] { part.Start, part.End } };
+                var source = new Dictionary<string, object?> { ["model"] = name(part.Model), ["layer_range"] = new[] { part.Start, part.End } };
                 var parameters = passthrough ? PassthroughParameters(scale, s) : s == 0 ? stack.Parameters : null;
                 if (parameters is Dictionary<string, object?> { Count: > 0 }) source["parameters"] = parameters;
                 return (object)source;
@@ -38,7 +40,7 @@ public static partial class RecipeWriter
     }
 
     /// <summary>passthrough's scale for slice <paramref name="slice"/> (or the one model), or nothing when none is given.</summary>
-    private static Dictionary<string, object?> PassthroughParameters(TensorParameter? scale, int slice)
+    internal static Dictionary<string, object?> PassthroughParameters(TensorParameter? scale, int slice)
     {
         var value = scale is SliceParameter perSlice ? perSlice.PerSlice[slice] : scale;
         return value is null ? new Dictionary<string, object?>() : new Dictionary<string, object?> { [PassthroughMethod.Scale.Key] = Value(value) };

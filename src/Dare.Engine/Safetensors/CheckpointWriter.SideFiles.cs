@@ -26,8 +26,9 @@ public sealed partial class CheckpointWriter
         if (_options.CopySideFilesFrom is not { } source) return;
         foreach (var name in SideFiles)
         {
-            var from = Path.Combine(source, name);
-            if (!SideFileIsCopyable(source, from)) continue;
+            var folder = _options.TokenizerFilesFrom is { } tokenizer && TokenizerFiles.Contains(name) ? tokenizer : source;
+            var from = Path.Combine(folder, name);
+            if (!SideFileIsCopyable(folder, from)) continue;
             var to = Path.Combine(_temporary, name);
             if (name == "config.json" && (_options.ConfigDType is not null || _options.ConfigChanges is { Count: > 0 } || _options.ConfigUpdates is { Count: > 0 }) && JsonNode.Parse(File.ReadAllText(from)) is JsonObject config)
             {

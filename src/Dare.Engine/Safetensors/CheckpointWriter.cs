@@ -37,6 +37,9 @@ public sealed class CheckpointWriteOptions
     /// <summary>Folder to copy config.json, generation_config.json and tokenizer files from.</summary>
     public string? CopySideFilesFrom { get; init; }
 
+    /// <summary>Folder to copy the tokenizer files (<see cref="TokenizerFiles"/>) from instead of <see cref="CopySideFilesFrom"/> (a model's vocabulary).</summary>
+    public string? TokenizerFilesFrom { get; init; }
+
     /// <summary>When set, config.json's torch_dtype is rewritten to this type.</summary>
     public SafetensorsDType? ConfigDType { get; init; }
 
@@ -85,6 +88,10 @@ public sealed partial class CheckpointWriter : IDisposable
         "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
         "LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md",
     };
+
+    /// <summary>The side files that make up a tokenizer: taken together from one folder.</summary>
+    public static readonly string[] TokenizerFiles =
+        { "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json" };
 
     private readonly string _destination;
     private readonly string _target;

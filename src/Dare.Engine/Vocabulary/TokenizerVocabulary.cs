@@ -6,8 +6,9 @@ namespace Dare.Engine.Merge;
 
 /// <summary>
 /// A model's tokens and their ids (= embedding rows), read from its tokenizer files: tokenizer.json (the model's
-/// vocab, an object for BPE/WordPiece or a list of [piece, score] for Unigram, and its added_tokens),
-/// added_tokens.json and tokenizer_config.json's added_tokens_decoder. A folder without any of them has no token
+/// vocab, an object for BPE/WordPiece or a list of [piece, score] for Unigram, and its added_tokens) or, without it,
+/// SentencePiece's tokenizer.model (<see cref="SentencePieceModel"/>), then added_tokens.json and
+/// tokenizer_config.json's added_tokens_decoder. A folder without any of them has no token
 /// names: its rows are matched by index (<see cref="ByIndex"/>).
 /// </summary>
 public sealed class TokenizerVocabulary
@@ -96,6 +97,12 @@ public sealed class TokenizerVocabulary
                     added[token] = entry;
                 }
             }
+        }
+        else if (RegularFile.Check(Path.Combine(folder, SentencePieceModel.FileName), "tokenizer file").Kind == FileKind.Regular)
+        {
+            // A SentencePiece-only model (Llama 1/2 and Mistral uploads without tokenizer.json): its pieces in id order.
+            var pieces = SentencePieceModel.ReadPieces(Path.Combine(folder, SentencePieceModel.FileName));
+            for (var i = 0; i < pieces.Count; i++) ids.TryAdd(pieces[i], i);
         }
         if (ReadJson(Path.Combine(folder, "added_tokens.json")) is JsonObject addedJson)
         {

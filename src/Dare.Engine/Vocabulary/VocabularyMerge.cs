@@ -6,7 +6,11 @@ using static TorchSharp.torch;
 namespace Dare.Engine.Merge;
 
 /// <summary>Files and config.json changes an output with its own vocabulary needs (a merged tokenizer.json, vocab_size).</summary>
-public sealed record VocabularyOutput(IReadOnlyDictionary<string, string> Files, long VocabSize);
+public sealed record VocabularyOutput(IReadOnlyDictionary<string, string> Files, long VocabSize)
+{
+    /// <summary>tokenizer_source: &lt;model&gt;: the folder whose tokenizer files (tokenizer.model included) replace the base's.</summary>
+    public string? TokenizerFilesFrom { get; init; }
+}
 
 /// <summary>
 /// Turns a <see cref="VocabularyAlignment"/> into what the executor merges: the base with its vocabulary tensors
@@ -177,39 +181,23 @@ internal static class VocabularyMerge
         return narrow.bytes.ToArray();
     }
 
-    /// <summary>The output's tokenizer files when its vocabulary is not the base's: the union's tokenizer.json, or the chosen model's files.</summary>
+    /// <summary>The output's tokenizer files when its vocabulary is not the base's: the union's (UnionTokenizerFiles), or the chosen model's files.</summary>
     private static VocabularyOutput? OutputFiles(VocabularyAlignment a)
     {
         var files = new Dictionary<string, string>(StringComparer.Ordinal);
+        string? tokenizerFolder = null;
         switch (a.Choice.Kind)
         {
             case TokenizerSourceKind.Model:
-                var owner = a.Participants.First(m => string.Equals(m.Path, Path.GetFullPath(a.Choice.Model!), StringComparison.Ordinal));
-                foreach (var file in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt" })
-                {
-                    var path = Path.Combine(owner.Directory, file);
-                    if (RegularFile.Check(path, "tokenizer file").Kind == FileKind.Regular) files[file] = File.ReadAllText(path);
-                }
+                // The writer copies that model's tokenizer files instead of the base's (binary tokenizer.model included, none of the base's left).
+                tokenizerFolder = a.Participants.First(m => string.Equals(m.Path, Path.GetFullPath(a.Choice.Model!), StringComparison.Ordinal)).Directory;
                 break;
-            case TokenizerSourceKind.Union when a.Vocabularies[0].TokenizerJson is { } baseJson:
-                var merged = (JsonObject)baseJson.DeepClone();
-                var added = merged["added_tokens"] as JsonArray ?? new JsonArray();
-                merged["added_tokens"] = added;
-                for (var r = 0; r < a.OutTokens.Length; r++)
-                {
-                    var token = a.OutTokens[r];
-                    if (token is null || a.Vocabularies[0].Ids.ContainsKey(token)) continue;
-                    var owner2 = Enumerable.Range(1, a.Participants.Length - 1).First(p => a.Vocabularies[p].Ids.ContainsKey(token));
-                    var entry = a.Vocabularies[owner2].AddedTokens.TryGetValue(token, out var e) ? (JsonObject)e.DeepClone()
-                        : new JsonObject { ["content"] = token, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = false };
-                    entry["id"] = r;
-                    added.Add(entry);
-                }
-                files["tokenizer.json"] = merged.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+            case TokenizerSourceKind.Union:
+                UnionTokenizerFiles.Write(a, files);
                 break;
         }
         var baseRows = a.Participants[0].Find(a.Tensors[0])!.Shape[0];
-        if (files.Count == 0 && a.OutRows == baseRows) return null;
-        return new VocabularyOutput(files, a.OutRows);
+        if (files.Count == 0 && tokenizerFolder is null && a.OutRows == baseRows) return null;
+        return new VocabularyOutput(files, a.OutRows) { TokenizerFilesFrom = tokenizerFolder };
     }
 }

@@ -227,8 +227,11 @@ public class RecipeLimitsTests : IClassFixture<RecipeModels>
 
         new MergeExecutor().Export(_models.Vector(_models.Math), new ExportOptions { Destination = destination, RecipeYaml = recipe });
 
-        var onDisk = File.ReadAllBytes(Path.Combine(destination, MergeExecutor.RecipeFileName));
-        Assert.Equal(recipe, Encoding.UTF8.GetString(onDisk));
+        // The file is the recipe followed by the record of its inputs (dare_inputs), which the hash does not cover.
+        var file = File.ReadAllText(Path.Combine(destination, MergeExecutor.RecipeFileName));
+        Assert.StartsWith(recipe, file);
+        Assert.Contains(InputFingerprints.Key + ":", file[recipe.Length..]);
+        var onDisk = Encoding.UTF8.GetBytes(file[..recipe.Length]);
         var header = ReadHeaderMetadata(Path.Combine(destination, "model.safetensors"));
         var note = header["dare_recipe"];
         Assert.True(note.Length < 1024, $"the header keeps {note.Length} characters of recipe");
