@@ -70,7 +70,7 @@ $Sizes = [ordered]@{
 }
 # della ranks every row (a sort per row) and reads δ unfused, so its target is looser; slerp and model-stock take one
 # extra pass over each tensor (norms and dot products) before writing it.
-$Targets = @{ 'dare-linear' = 5.0; 'ties' = 8.0; 'dare-ties' = 8.0; 'della' = 12.0; 'slerp' = 8.0; 'model-stock' = 8.0 }
+$Targets = @{ 'dare-linear' = 2.0; 'ties' = 3.5; 'dare-ties' = 3.5; 'della' = 12.0; 'slerp' = 8.0; 'model-stock' = 8.0 }
 $Pipelines = [ordered]@{
     'dare-linear' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear'
     'ties' = 'Merge-Ties -KeepRatio 0.2'
