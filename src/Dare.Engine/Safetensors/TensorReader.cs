@@ -34,10 +34,15 @@ public sealed partial class TensorReader : IDisposable
         var handle = Handle(info);
         var offset = info.DataOffset + firstElement * elementSize;
         var remaining = count * elementSize;
-        var start = destination;
+        // Scanned for NaN/Inf piece by piece, each right after it lands, while it is still in the core's cache: a
+        // separate pass over a whole chunk read it back from memory (Read took 1.28–1.37 s instead of 1.14–1.17 s in a
+        // large DARE-linear, 7.5 GB of inputs; without any scan, 0.9 s).
+        var scan = _nonFinite is not null && FiniteCheck.Applies(info.DType) && !_nonFiniteReported.Contains((info.File, info.Name));
+        var found = false;
+        var scanned = destination;
         while (remaining > 0)
         {
-            var size = (int)Math.Min(remaining, MaxReadBytes);
+            var size = (int)Math.Min(remaining, scan ? ScanPieceBytes : MaxReadBytes);
             int read;
             try
             {
@@ -56,24 +61,25 @@ public sealed partial class TensorReader : IDisposable
             destination += read;
             offset += read;
             remaining -= read;
+            if (scan && !found)
+            {
+                // Whole elements only: a short read may end inside one.
+                var end = destination - (destination - scanned) % elementSize;
+                found = FiniteCheck.AnyNonFinite(scanned, end - scanned, info.DType);
+                scanned = end;
+            }
         }
-        if (_nonFinite is not null) CheckFinite(info, start, count * elementSize, handle);
-    }
-
-    /// <summary>
-    /// Scans the chunk just read; on a find, counts the whole tensor in its file (once) and reports it to the guard,
-    /// which throws or queues a warning. A tensor already reported is not scanned again.
-    /// </summary>
-    private unsafe void CheckFinite(TensorInfo info, byte* data, long bytes, SafeFileHandle handle)
-    {
-        if (!FiniteCheck.Applies(info.DType) || _nonFiniteReported.Contains((info.File, info.Name))) return;
-        if (FiniteCheck.AnyNonFinite(data, bytes, info.DType))
+        if (found)
         {
+            // A tensor is counted (in its file, once) and reported when first found: the guard throws or queues a warning.
             _nonFiniteReported.Add((info.File, info.Name));
             _nonFinite!.ReportInput(info, CountNonFinite(info, handle));
         }
-        _nonFinite!.FlushWarnings();
+        _nonFinite?.FlushWarnings();
     }
+
+    /// <summary>Read size while scanning: small enough to stay in the core's caches between the read and the scan.</summary>
+    private const int ScanPieceBytes = 1 << 20;
 
     /// <summary>Counts NaN/Inf over the whole tensor (only once one was found: a failure or warning path).</summary>
     private static unsafe long CountNonFinite(TensorInfo info, SafeFileHandle handle)

@@ -128,6 +128,27 @@ public sealed class DataCheckTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData(5)] // in the first piece of the read
+    [InlineData(700_000)] // in the third (reads are scanned 1 MB at a time)
+    [InlineData(1_000_000 - 1)] // the last element of the last, shorter piece
+    public unsafe void A_NaN_is_found_in_any_piece_of_a_read_of_several_megabytes(int at)
+    {
+        var values = new float[1_000_000];
+        values[at] = float.NaN;
+        var path = WriteModel($"nan-{at}.safetensors", values);
+        var info = SafetensorsFile.Open(path).Tensors[0];
+        using var reader = new TensorReader(new NonFiniteGuard(allow: false, warn: null));
+        var buffer = new float[values.Length];
+        fixed (float* destination = buffer)
+        {
+            var address = (IntPtr)destination;
+            var failure = Assert.Throws<DareException>(() => reader.ReadElements(info, 0, values.Length, (byte*)address));
+            Assert.Equal(DareErrorId.NonFiniteValues, failure.ErrorId);
+            Assert.Contains(" 1 NaN/Inf", failure.Message);
+        }
+    }
+
     [Fact]
     public unsafe void An_allowing_guard_warns_once_per_tensor_and_the_values_come_through()
     {
