@@ -61,7 +61,7 @@ public static class MergeMistakes
                 warnings.Add(new GuidanceWarning(GuidanceWarningId.EmbeddingDropRate,
                     $"DARE drops {string.Join(", ", vocabulary.Select(v => $"'{v.Name}' at {F(v.Rate)}"))}, as much as the transformer layers (lowest {F(lowestLayer)}). " +
                     "Embeddings and the output head should get a lower rate (their rows are per token; a rare token's few changed entries are easily all dropped): " +
-                    "-DropRateOverride @{ '*embed_tokens*' = 0.5; '*lm_head*' = 0.5 }, or a drop_rate filter in a recipe.", inputs));
+                    $"-DropRateOverride @{{ '*embed_tokens*' = {F(Suggested(lowestLayer))}; '*lm_head*' = {F(Suggested(lowestLayer))} }}, or a drop_rate filter in a recipe.", inputs));
             }
         }
         var parameters = vector.ParameterCount;
@@ -111,6 +111,9 @@ public static class MergeMistakes
         if (OfExport(merged) is { } single) warnings.Add(single);
         return warnings;
     }
+
+    /// <summary>The embeddings' rate to suggest for layers dropped at <paramref name="layerRate"/>: Get-DareRecommendation's convention.</summary>
+    private static double Suggested(double layerRate) => Math.Round(Math.Max(0, layerRate - DareAdvisor.EmbeddingShift), 2);
 
     private static (long Seed, int Stream)? MaskOf(TaskVector vector) =>
         vector.Dare is { } dare ? (dare.Seed, dare.Stream) : vector.Della is { } della ? (della.Seed, della.Stream) : null;

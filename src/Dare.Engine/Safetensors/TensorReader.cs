@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -9,7 +8,7 @@ namespace Dare.Engine.Safetensors;
 /// Reads tensor data on demand with positioned reads straight into tensor memory (no whole-file reads, no
 /// intermediate copies). Keeps one handle per file open; not thread-safe per instance, use one per thread.
 /// </summary>
-public sealed partial class TensorReader : IDisposable
+public sealed class TensorReader : IDisposable
 {
     /// <summary>Largest single read; keeps spans well inside int range for tensors above 2^31 bytes.</summary>
     private const int MaxReadBytes = 1 << 30;
@@ -167,8 +166,8 @@ public sealed partial class TensorReader : IDisposable
     /// <paramref name="tensorName"/> (of the base or any input), once the executor is done with that tensor. Ranges
     /// that were cached before are left alone, so models that were in memory stay there. Reading a model larger than
     /// memory then recycles a few tensors' worth of page-cache memory instead of filling all of it: no eviction of
-    /// what is about to be read, and (on VMs whose host reclaims freed guest memory) no fresh pages to fault in;
-    /// reading cold inputs this way took 14–16 s for 30 GB here instead of 34–36 s. DARE_RELEASE_READS=0 turns it off.
+    /// what is about to be read, and (on VMs whose host reclaims freed guest memory) no fresh pages to fault in: a
+    /// cold DARE-linear of 31 GB of inputs took 40 s with it and 67 s without. DARE_RELEASE_READS=0 turns it off.
     /// </summary>
     public void Release(string tensorName) => _readAhead?.Release(tensorName);
 

@@ -45,6 +45,10 @@ public sealed class MergeMistakesTests : IClassFixture<RecipeModels>
         Assert.Equal(GuidanceWarningId.EmbeddingDropRate, warning.Id);
         Assert.Contains("'model.embed_tokens.weight' at 0.9", warning.Message);
         Assert.Contains("'lm_head.weight' at 0.9", warning.Message);
+        // The rate it suggests is the layers' less the recommendation's embedding shift (0.3), not a fixed value.
+        Assert.Contains("'*embed_tokens*' = 0.6; '*lm_head*' = 0.6", warning.Message);
+        var atHalf = Assert.Single(MergeMistakes.OfDropStep(_models.Vector(_models.Math).WithDare(new DareOptions(0.5, 1, 0)))).Message;
+        Assert.Contains("'*embed_tokens*' = 0.2;", atHalf);
         // Lower on the embedding only: the head still warns, alone.
         var headOnly = _models.Vector(_models.Math).WithDare(new DareOptions(new RuleParameter(new[] { new ParameterRule("*embed_tokens*", 0.5, FilterMatch.Wildcard) }, 0.9), 1, 0));
         var message = Assert.Single(MergeMistakes.OfDropStep(headOnly)).Message;
