@@ -87,19 +87,9 @@ $Untargeted = @('dare-linear-torch', 'dare-ties-torch')
 $RssLimitBytes = 1.5e9
 $RssGrowthLimit = 1.2
 
-function Get-PwshCommand {
-    $process = [Environment]::ProcessPath
-    if ([IO.Path]::GetFileNameWithoutExtension($process) -eq 'dotnet') { return @($process, (Join-Path $PSHOME 'pwsh.dll')) }
-    return @($process)
-}
+. (Join-Path $PSScriptRoot 'BenchCommon.ps1')
 $Pwsh = Get-PwshCommand
 $GnuTime = if ((Test-Path /usr/bin/time) -and ((& /usr/bin/time -v true 2>&1) -match 'Maximum resident set size')) { '/usr/bin/time' } else { $null }
-
-function Get-SetFiles([string] $SetDirectory) {
-    foreach ($model in 'base', 'ft1', 'ft2', 'ft3') {
-        Get-ChildItem (Join-Path $SetDirectory $model) -Filter '*.safetensors' | Sort-Object Name | ForEach-Object FullName
-    }
-}
 
 # Generates the set unless its completion marker matches the wanted shape; a half-written set has no marker.
 function Initialize-DataSet([string] $Name) {
@@ -159,17 +149,6 @@ function Wait-Quiet {
     }
 }
 
-function Get-Median([double[]] $Values) {
-    $sorted = @($Values | Sort-Object)
-    if ($sorted.Count % 2) { return $sorted[[int][math]::Floor($sorted.Count / 2)] }
-    return ($sorted[$sorted.Count / 2 - 1] + $sorted[$sorted.Count / 2]) / 2
-}
-
-function Invoke-Shell([string] $Script, [string[]] $Arguments) {
-    & /bin/sh -c $Script sh @Arguments
-    if ($LASTEXITCODE) { throw "sh -c '$Script' failed (exit code $LASTEXITCODE)." }
-}
-
 # Copy floor samples: every input read once (cat to /dev/null) plus one model's safetensors copied (cp), warm
 # page cache. Taken before and after a size's merges: on a VM the cost of cp's page-cache writes swings widely.
 function Measure-CopyFloor([string] $Name, [int] $Iterations = 5) {
@@ -209,18 +188,6 @@ function Join-CopyFloor([object[]] $Samples) {
         ReadSeconds = Get-Median $read; CopySeconds = Get-Median $cp; FsyncSeconds = Get-Median $sync
         Seconds = Get-Median $sums; Min = ($sums | Measure-Object -Minimum).Minimum; Max = ($sums | Measure-Object -Maximum).Maximum
         CopyMin = ($cp | Measure-Object -Minimum).Minimum; CopyMax = ($cp | Measure-Object -Maximum).Maximum; Count = $sums.Count
-    }
-}
-
-function Read-GnuTime([string] $Path) {
-    $text = Get-Content -Raw $Path
-    $field = { param($label) if ($text -match "$([regex]::Escape($label)):\s*(\S+)") { $Matches[1] } else { throw "'$label' missing in /usr/bin/time output: $text" } }
-    $elapsed = 0.0
-    foreach ($part in (& $field 'Elapsed (wall clock) time (h:mm:ss or m:ss)').Split(':')) { $elapsed = $elapsed * 60 + [double]$part }
-    [pscustomobject]@{
-        Wall = $elapsed
-        Cpu = [double](& $field 'User time (seconds)') + [double](& $field 'System time (seconds)')
-        PeakRssBytes = [long](& $field 'Maximum resident set size (kbytes)') * 1024
     }
 }
 

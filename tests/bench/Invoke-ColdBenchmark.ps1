@@ -42,33 +42,14 @@ $directory = Join-Path $PSScriptRoot 'data/cold'
 $runs = Join-Path $PSScriptRoot 'runs'
 New-Item -ItemType Directory -Force $runs | Out-Null
 if (-not $OutFile) { $OutFile = Join-Path $runs 'cold-results.md' }
-$pwsh = @([Environment]::ProcessPath) + @(if ([IO.Path]::GetFileNameWithoutExtension([Environment]::ProcessPath) -eq 'dotnet') { Join-Path $PSHOME 'pwsh.dll' })
-$pipelines = [ordered]@{
-    'dare-linear' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear'
-    'ties' = 'Merge-Ties -KeepRatio 0.2'
-    'dare-ties' = 'Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5'
-}
+. (Join-Path $PSScriptRoot 'BenchCommon.ps1')
+$pwsh = Get-PwshCommand
 $targets = @{ 'dare-linear' = 1.15; 'ties' = 1.3; 'dare-ties' = 1.3 }
 $rssLimit = 1e9
 
-function Get-SetFiles {
-    foreach ($model in 'base', 'ft1', 'ft2', 'ft3') { Get-ChildItem (Join-Path $directory $model) -Filter '*.safetensors' | Sort-Object Name | ForEach-Object FullName }
-}
-
-function Invoke-Sh([string] $Script, [string[]] $Arguments = @()) {
-    & /bin/sh -c $Script sh @Arguments
-    if ($LASTEXITCODE) { throw "sh -c '$Script' failed (exit code $LASTEXITCODE)." }
-}
-
 function Clear-PageCache {
-    Invoke-Sh 'sync'
+    Invoke-Shell 'sync'
     [IO.File]::WriteAllText($dropCaches, '3')
-}
-
-function Get-Median([double[]] $Values) {
-    $sorted = @($Values | Sort-Object)
-    if ($sorted.Count % 2) { return $sorted[[int][math]::Floor($sorted.Count / 2)] }
-    return ($sorted[$sorted.Count / 2 - 1] + $sorted[$sorted.Count / 2]) / 2
 }
 
 # The data set, unless its marker says it is complete with this shape.
@@ -90,7 +71,7 @@ foreach (`$i in 1..3) { `$null = New-SyntheticCheckpoint "./ft`$i" -BaseModel `$
     if ($LASTEXITCODE) { throw "Generating the cold data set failed (exit code $LASTEXITCODE)." }
     [ordered]@{ spec = $spec; seconds = [math]::Round($clock.Elapsed.TotalSeconds) } | ConvertTo-Json | Set-Content $marker
 }
-$files = @(Get-SetFiles)
+$files = @(Get-SetFiles $directory)
 $inputBytes = ($files | ForEach-Object { (Get-Item $_).Length } | Measure-Object -Sum).Sum
 $modelBytes = (Get-ChildItem (Join-Path $directory 'ft1') -Filter '*.safetensors' | Measure-Object Length -Sum).Sum
 $memoryBytes = [long](((Get-Content /proc/meminfo -TotalCount 1) -split '\s+')[1]) * 1024
@@ -102,11 +83,11 @@ function Measure-ColdFloor {
     Clear-PageCache
     $clock = [Diagnostics.Stopwatch]::StartNew()
     # dd with iflag=nocache drops what it read as it goes: on this VM the fastest way to read cold files (see README).
-    Invoke-Sh 'for f in "$@"; do dd if="$f" of=/dev/null bs=32M iflag=nocache status=none || exit 1; done' $files
+    Invoke-Shell 'for f in "$@"; do dd if="$f" of=/dev/null bs=32M iflag=nocache status=none || exit 1; done' $files
     $read = $clock.Elapsed.TotalSeconds
     $clock.Restart()
     # Around the page cache, as Export-Safetensors writes (O_DIRECT), then fsync.
-    Invoke-Sh 'dd if=/dev/zero of="$1" bs=64M count="$2" oflag=direct conv=fsync status=none' @($copy, [string][math]::Ceiling($modelBytes / 64MB))
+    Invoke-Shell 'dd if=/dev/zero of="$1" bs=64M count="$2" oflag=direct conv=fsync status=none' @($copy, [string][math]::Ceiling($modelBytes / 64MB))
     $write = $clock.Elapsed.TotalSeconds
     Remove-Item $copy
     [pscustomobject]@{ Read = $read; Write = $write; Seconds = $read + $write }
@@ -121,15 +102,9 @@ function Measure-ColdMerge([string] $Name) {
         '-Method', $Name, '-Data', $directory, '-Output', $output, '-Module', $Module)
     $lines = & /usr/bin/time -v -o $timeFile $pwsh[0] @arguments 2>&1
     if ($LASTEXITCODE) { throw "Merge $Name failed (exit code $LASTEXITCODE):`n$($lines -join "`n")" }
-    $text = Get-Content -Raw $timeFile
+    $measured = Read-GnuTime $timeFile
     Remove-Item $timeFile, $output -Recurse -Force
-    $wall = 0.0
-    foreach ($part in ([regex]::Match($text, 'Elapsed \(wall clock\) time \(h:mm:ss or m:ss\):\s*(\S+)').Groups[1].Value).Split(':')) { $wall = $wall * 60 + [double]$part }
-    $field = { param($label) [double][regex]::Match($text, "$([regex]::Escape($label)):\s*(\S+)").Groups[1].Value }
-    [pscustomobject]@{
-        Method = $Name; Wall = $wall; Cpu = (& $field 'User time (seconds)') + (& $field 'System time (seconds)')
-        PeakRss = (& $field 'Maximum resident set size (kbytes)') * 1024
-    }
+    [pscustomobject]@{ Method = $Name; Wall = $measured.Wall; Cpu = $measured.Cpu; PeakRss = $measured.PeakRssBytes }
 }
 
 $floors = @(); $merges = @()
