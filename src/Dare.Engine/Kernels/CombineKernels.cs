@@ -114,31 +114,63 @@ internal static unsafe class CombineKernels
         {
             var (start, end) = ranges[r];
             var budgets = tieBudgets.Select(b => b?[r] ?? long.MaxValue).ToArray();
-            var j = bySignCount ? start : TiesBySum(inputs, weights, thresholds, budgets, normalize, lambda, target, start, end);
-            var kept = new float[inputs.Length];
-            for (; j < end; j++)
-            {
-                double election = 0;
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    kept[i] = Kept(((float*)inputs[i])[j], thresholds[i], ref budgets[i]);
-                    election += bySignCount ? Math.Sign(kept[i]) : weights[i] * kept[i];
-                }
-                var positive = election >= 0;
-                double sum = 0, weight = 0;
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    var x = kept[i];
-                    if (positive ? x > 0 : x < 0)
-                    {
-                        sum += weights[i] * x;
-                        weight += weights[i];
-                    }
-                }
-                var merged = normalize ? (weight != 0 ? sum / weight : 0) : sum;
-                target.Store((float)(merged * lambda), j);
-            }
+            var election = new TiesElection(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]);
+            if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(election), start, end);
+            else if (inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(election), start, end);
+            else TiesBySum(election, start, end);
         });
+    }
+
+    /// <summary>The sign-by-sum TIES combine of elements [start, end), with the vector scratch allocated once for the range.</summary>
+    private static void TiesBySum(TiesElection election, long start, long end)
+    {
+        var count = election.Inputs.Length;
+        var low = stackalloc Vector256<double>[count];
+        var high = stackalloc Vector256<double>[count];
+        VectorDriver.Run(new TiesBySumOperator(election, low, high), start, end);
+    }
+}
+
+/// <summary>
+/// One range's TIES combine (see <see cref="CombineKernels.Ties"/>): the inputs, their weights, trim thresholds and
+/// the range's tie budgets (consumed in element order, so shared by every copy of the operator), and the scalar
+/// body that the TIES operators share.
+/// </summary>
+internal readonly unsafe struct TiesElection(IntPtr[] inputs, double[] weights, uint[] thresholds, long[] tieBudgets, bool normalize, double lambda,
+    CombineTarget target, float[] kept)
+{
+    public IntPtr[] Inputs { get; } = inputs;
+    public double[] Weights { get; } = weights;
+    public uint[] Thresholds { get; } = thresholds;
+    public long[] TieBudgets { get; } = tieBudgets;
+    public bool Normalize { get; } = normalize;
+    public double Lambda { get; } = lambda;
+    public CombineTarget Target { get; } = target;
+
+    /// <summary>Element j, electing the sign by Σ wᵢtᵢ or, with <paramref name="bySignCount"/>, by #positive − #negative.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long j, bool bySignCount)
+    {
+        var (inputs, weights, thresholds, tieBudgets) = (Inputs, Weights, Thresholds, TieBudgets);
+        double election = 0;
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            kept[i] = Kept(((float*)inputs[i])[j], thresholds[i], ref tieBudgets[i]);
+            election += bySignCount ? Math.Sign(kept[i]) : weights[i] * kept[i];
+        }
+        var positive = election >= 0;
+        double sum = 0, weight = 0;
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            var x = kept[i];
+            if (positive ? x > 0 : x < 0)
+            {
+                sum += weights[i] * x;
+                weight += weights[i];
+            }
+        }
+        var merged = Normalize ? (weight != 0 ? sum / weight : 0) : sum;
+        Target.Store((float)(merged * Lambda), j);
     }
 
     /// <summary>x if kept by the trim (above the threshold, or equal while the range's tie budget lasts), else 0.</summary>
@@ -150,8 +182,107 @@ internal static unsafe class CombineKernels
         tieBudget--;
         return x;
     }
+}
+
+/// <summary>TIES with the sign elected by #positive − #negative: scalar only (the vector body elects by sum).</summary>
+internal readonly struct TiesBySignCountOperator(TiesElection election) : IElementOperator
+{
+    public static int Lanes => 1;
+    public static bool IsVectorized => false;
+
+    public void Vector(long j) => Scalar(j);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long j) => election.Scalar(j, bySignCount: true);
+}
+
+/// <summary>TIES with the sign elected by Σ wᵢtᵢ, scalar only: for more inputs than <see cref="TiesBySumOperator"/> keeps in registers.</summary>
+internal readonly struct TiesBySumScalarOperator(TiesElection election) : IElementOperator
+{
+    public static int Lanes => 1;
+    public static bool IsVectorized => false;
+
+    public void Vector(long j) => Scalar(j);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long j) => election.Scalar(j, bySignCount: false);
+}
+
+/// <summary>
+/// TIES with the sign elected by Σ wᵢtᵢ, eight elements at a time in double precision. Each lane does exactly the
+/// scalar body's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves the sums unchanged:
+/// they start at +0.0 and so are never −0.0), and the tie budgets are consumed in lane order, as the scalar body
+/// consumes them in element order. <paramref name="low"/> and <paramref name="high"/> are the caller's scratch, one
+/// vector per input each, for the inputs' trimmed values widened to double.
+/// </summary>
+internal readonly unsafe struct TiesBySumOperator(TiesElection election, Vector256<double>* low, Vector256<double>* high) : IElementOperator
+{
+    /// <summary>The most inputs the vector body takes.</summary>
+    public const int MaxInputs = 16;
 
     private static readonly Vector256<uint> LaneBits = Vector256.Create(1u, 2u, 4u, 8u, 16u, 32u, 64u, 128u);
+
+    public static int Lanes => 8;
+    public static bool IsVectorized => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Vector(long j)
+    {
+        var inputs = election.Inputs;
+        var weights = election.Weights;
+        var thresholds = election.Thresholds;
+        var tieBudgets = election.TieBudgets;
+        var count = inputs.Length;
+        var zero = Vector256<double>.Zero;
+        Vector256<double> electionLow = zero, electionHigh = zero;
+        for (var i = 0; i < count; i++)
+        {
+            var x = Vector256.Load((float*)inputs[i] + j);
+            var magnitude = x.AsUInt32() & Vector256.Create(0x7FFFFFFFu);
+            var threshold = Vector256.Create(thresholds[i]);
+            // Only the one range where an input's tie budget runs out needs the bookkeeping; elsewhere all ties
+            // are kept (no budget) or none are (budget 0), which a plain compare decides.
+            var budget = tieBudgets[i];
+            Vector256<uint> kept;
+            if (budget == long.MaxValue) kept = Vector256.GreaterThanOrEqual(magnitude, threshold);
+            else
+            {
+                kept = Vector256.GreaterThan(magnitude, threshold);
+                if (budget > 0)
+                {
+                    var ties = Vector256.Equals(magnitude, threshold).ExtractMostSignificantBits();
+                    if (ties != 0) kept |= KeptTies(ties, ref tieBudgets[i]);
+                }
+            }
+            (low[i], high[i]) = Vector256.Widen(x & kept.AsSingle());
+            var w = Vector256.Create(weights[i]);
+            electionLow += w * low[i];
+            electionHigh += w * high[i];
+        }
+        var positiveLow = Vector256.GreaterThanOrEqual(electionLow, zero);
+        var positiveHigh = Vector256.GreaterThanOrEqual(electionHigh, zero);
+        Vector256<double> sumLow = zero, sumHigh = zero, weightLow = zero, weightHigh = zero;
+        for (var i = 0; i < count; i++)
+        {
+            var w = Vector256.Create(weights[i]);
+            var agreeLow = Vector256.ConditionalSelect(positiveLow, Vector256.GreaterThan(low[i], zero), Vector256.LessThan(low[i], zero));
+            var agreeHigh = Vector256.ConditionalSelect(positiveHigh, Vector256.GreaterThan(high[i], zero), Vector256.LessThan(high[i], zero));
+            sumLow += (w * low[i]) & agreeLow;
+            sumHigh += (w * high[i]) & agreeHigh;
+            weightLow += w & agreeLow;
+            weightHigh += w & agreeHigh;
+        }
+        if (election.Normalize)
+        {
+            sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
+            sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
+        }
+        var scale = Vector256.Create(election.Lambda);
+        election.Target.Store(Vector256.Narrow(sumLow * scale, sumHigh * scale), j);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long j) => election.Scalar(j, bySignCount: false);
 
     /// <summary>The lanes of <paramref name="ties"/> (a lane bit mask) that the tie budget still keeps, in lane order, as a vector mask.</summary>
     private static Vector256<uint> KeptTies(uint ties, ref long tieBudget)
@@ -172,70 +303,6 @@ internal static unsafe class CombineKernels
             ties = kept;
         }
         return ~Vector256.Equals(Vector256.Create(ties) & LaneBits, Vector256<uint>.Zero);
-    }
-
-    /// <summary>
-    /// The sign-by-sum TIES combine of <see cref="Ties"/>, eight elements at a time in double precision. Each lane
-    /// does exactly the scalar loop's IEEE operations in the same order (a disagreeing input adds +0.0, which leaves
-    /// the sums unchanged: they start at +0.0 and so are never −0.0). Returns where the scalar loop takes over.
-    /// </summary>
-    internal static long TiesBySum(IntPtr[] inputs, double[] weights, uint[] thresholds, long[] tieBudgets, bool normalize, double lambda, CombineTarget target, long start, long end)
-    {
-        if (!Vector256.IsHardwareAccelerated || inputs.Length > 16) return start;
-        var count = inputs.Length;
-        var low = stackalloc Vector256<double>[count];
-        var high = stackalloc Vector256<double>[count];
-        var zero = Vector256<double>.Zero;
-        var scale = Vector256.Create(lambda);
-        var j = start;
-        for (; j <= end - 8; j += 8)
-        {
-            Vector256<double> electionLow = zero, electionHigh = zero;
-            for (var i = 0; i < count; i++)
-            {
-                var x = Vector256.Load((float*)inputs[i] + j);
-                var magnitude = x.AsUInt32() & Vector256.Create(0x7FFFFFFFu);
-                var threshold = Vector256.Create(thresholds[i]);
-                // Only the one range where an input's tie budget runs out needs the bookkeeping; elsewhere all ties
-                // are kept (no budget) or none are (budget 0), which a plain compare decides.
-                var budget = tieBudgets[i];
-                Vector256<uint> kept;
-                if (budget == long.MaxValue) kept = Vector256.GreaterThanOrEqual(magnitude, threshold);
-                else
-                {
-                    kept = Vector256.GreaterThan(magnitude, threshold);
-                    if (budget > 0)
-                    {
-                        var ties = Vector256.Equals(magnitude, threshold).ExtractMostSignificantBits();
-                        if (ties != 0) kept |= KeptTies(ties, ref tieBudgets[i]);
-                    }
-                }
-                (low[i], high[i]) = Vector256.Widen(x & kept.AsSingle());
-                var w = Vector256.Create(weights[i]);
-                electionLow += w * low[i];
-                electionHigh += w * high[i];
-            }
-            var positiveLow = Vector256.GreaterThanOrEqual(electionLow, zero);
-            var positiveHigh = Vector256.GreaterThanOrEqual(electionHigh, zero);
-            Vector256<double> sumLow = zero, sumHigh = zero, weightLow = zero, weightHigh = zero;
-            for (var i = 0; i < count; i++)
-            {
-                var w = Vector256.Create(weights[i]);
-                var agreeLow = Vector256.ConditionalSelect(positiveLow, Vector256.GreaterThan(low[i], zero), Vector256.LessThan(low[i], zero));
-                var agreeHigh = Vector256.ConditionalSelect(positiveHigh, Vector256.GreaterThan(high[i], zero), Vector256.LessThan(high[i], zero));
-                sumLow += (w * low[i]) & agreeLow;
-                sumHigh += (w * high[i]) & agreeHigh;
-                weightLow += w & agreeLow;
-                weightHigh += w & agreeHigh;
-            }
-            if (normalize)
-            {
-                sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
-                sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
-            }
-            target.Store(Vector256.Narrow(sumLow * scale, sumHigh * scale), j);
-        }
-        return j;
     }
 }
 

@@ -68,34 +68,38 @@ public static class DareMask
     private static unsafe long ApplyBlock(float* data, long first, long count, ulong key, uint threshold, float scale)
     {
         var (k0, k1) = BlockKeys(key, first >> 32);
-        var low = (uint)first;
-        long dropped = 0;
-        long i = 0;
-        if (Vector256.IsHardwareAccelerated && count >= 8)
+        return VectorDriver.Run(new DropOperator(data, (uint)first, k0, k1, threshold, scale), 0, count).Dropped;
+    }
+
+    /// <summary>
+    /// Within one 2^32-element block: zeroes the elements whose hash is below the threshold, scales the others and
+    /// counts the zeroed ones. Element i's counter is the low 32 bits of its tensor index, <paramref name="low"/> + i.
+    /// </summary>
+    private unsafe struct DropOperator(float* data, uint low, uint k0, uint k1, uint threshold, float scale) : IElementOperator
+    {
+        public long Dropped { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
         {
-            var lanes = Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
-            var golden = Vector256.Create(0x9E3779B1u);
-            var vk0 = Vector256.Create(k0);
-            var vk1 = Vector256.Create(k1);
-            var limit = Vector256.Create(threshold);
-            var vscale = Vector256.Create(scale);
-            for (; i <= count - 8; i += 8)
-            {
-                var counter = Vector256.Create(low + (uint)i) + lanes;
-                var h = MixVector(MixVector(counter * golden + vk0) ^ vk1);
-                var drop = Vector256.LessThan(h, limit);
-                var values = Vector256.Load(data + i) * vscale;
-                Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(data + i);
-                dropped += BitOperations.PopCount(drop.ExtractMostSignificantBits());
-            }
+            var counter = Vector256.Create(low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
+            var h = MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + Vector256.Create(k0)) ^ Vector256.Create(k1));
+            var drop = Vector256.LessThan(h, Vector256.Create(threshold));
+            var values = Vector256.Load(data + i) * Vector256.Create(scale);
+            Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(data + i);
+            Dropped += BitOperations.PopCount(drop.ExtractMostSignificantBits());
         }
-        for (; i < count; i++)
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
         {
             var h = Mix(Mix((low + (uint)i) * 0x9E3779B1u + k0) ^ k1);
-            if (h < threshold) { data[i] = 0f; dropped++; }
+            if (h < threshold) { data[i] = 0f; Dropped++; }
             else data[i] *= scale;
         }
-        return dropped;
     }
 
     /// <summary>The two 32-bit keys of one 2^32-element block (the device backend derives its masks from the same keys).</summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Dare.Engine.Merge;
@@ -105,33 +106,60 @@ internal static unsafe class GramKernels
     private static void Segment(Vectors vectors, long start, long end, double[] values, int offset)
     {
         var n = vectors.Count;
-        var pairs = vectors.Pairs;
-        var j = start;
-        if (Vector256.IsHardwareAccelerated && end - start >= 8)
+        var accumulators = stackalloc Vector256<double>[vectors.Pairs];
+        var low = stackalloc Vector256<double>[n];
+        var high = stackalloc Vector256<double>[n];
+        new Span<Vector256<double>>(accumulators, vectors.Pairs).Clear();
+        var sums = VectorDriver.Run(new PairSums(vectors, accumulators, low, high, values, offset), start, end);
+        sums.FoldLanes();
+    }
+
+    /// <summary>
+    /// Adds Σ vₖ[j]·vₗ[j] (k ≤ l) to values[offset..]. The vector body sums eight elements a step into per-lane
+    /// accumulators (the caller's scratch, as are <paramref name="low"/> and <paramref name="high"/>), which are folded
+    /// into the values once, before the first tail element is added (or after the run when there is no tail); the tail
+    /// adds element by element. So the sums depend on where the tail starts, which the driver fixes for a given range,
+    /// and the blocks are aligned to the tensor's element index: the result is the same on every run.
+    /// </summary>
+    private struct PairSums(Vectors vectors, Vector256<double>* accumulators, Vector256<double>* low, Vector256<double>* high, double[] values, int offset)
+        : IElementOperator
+    {
+        private bool _lanesUsed;
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long j)
         {
-            Span<Vector256<double>> accumulators = stackalloc Vector256<double>[pairs];
-            Span<Vector256<double>> low = stackalloc Vector256<double>[n];
-            Span<Vector256<double>> high = stackalloc Vector256<double>[n];
-            accumulators.Clear();
-            for (; j <= end - 8; j += 8)
-            {
-                for (var k = 0; k < n; k++) (low[k], high[k]) = Vector256.Widen(vectors.Value(k, j, vector: true));
-                var p = 0;
-                for (var k = 0; k < n; k++)
-                {
-                    for (var l = k; l < n; l++) accumulators[p++] += low[k] * low[l] + high[k] * high[l];
-                }
-            }
-            for (var p = 0; p < pairs; p++) values[offset + p] += Vector256.Sum(accumulators[p]);
-        }
-        for (; j < end; j++)
-        {
-            var p = offset;
+            var n = vectors.Count;
+            for (var k = 0; k < n; k++) (low[k], high[k]) = Vector256.Widen(vectors.Value(k, j, vector: true));
+            var p = 0;
             for (var k = 0; k < n; k++)
             {
-                var vk = (double)vectors.Value(k, j);
-                for (var l = k; l < n; l++) values[p++] += vk * vectors.Value(l, j);
+                for (var l = k; l < n; l++) accumulators[p++] += low[k] * low[l] + high[k] * high[l];
             }
+            _lanesUsed = true;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long j)
+        {
+            FoldLanes();
+            var p = offset;
+            for (var k = 0; k < vectors.Count; k++)
+            {
+                var vk = (double)vectors.Value(k, j);
+                for (var l = k; l < vectors.Count; l++) values[p++] += vk * vectors.Value(l, j);
+            }
+        }
+
+        /// <summary>Adds the lanes' sums to the values, once, if the vector body ran.</summary>
+        public void FoldLanes()
+        {
+            if (!_lanesUsed) return;
+            _lanesUsed = false;
+            for (var p = 0; p < vectors.Pairs; p++) values[offset + p] += Vector256.Sum(accumulators[p]);
         }
     }
 }

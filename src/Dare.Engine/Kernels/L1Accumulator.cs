@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Dare.Engine.Merge;
 
 /// <summary>
@@ -13,30 +15,47 @@ internal sealed class L1Accumulator
 
     public unsafe void Add(float* data, long count)
     {
-        var ranges = Partition.Ranges(count);
-        Parallel.For(0, ranges.Length, r =>
+        Partition.Run(count, (_, start, end) => AddRange((uint*)data, start, end));
+    }
+
+    private unsafe void AddRange(uint* bits, long start, long end)
+    {
+        var local = stackalloc long[256];
+        new Span<long>(local, 256).Clear();
+        var nonFinite = VectorDriver.Run(new ExponentSums(bits, local), start, end).NonFinite;
+        lock (_lock)
         {
-            var local = new long[256];
-            var nonFinite = 0.0;
-            var (start, end) = ranges[r];
-            var bits = (uint*)data;
-            for (var i = start; i < end; i++)
+            for (var e = 0; e < 256; e++) _significandSums[e] += local[e];
+            _nonFinite += nonFinite;
+        }
+    }
+
+    /// <summary>
+    /// Adds each finite element's 24-bit significand to its exponent's sum, and |x| of the others (∞, NaN) to
+    /// <see cref="NonFinite"/> in element order. Scalar only: 256 counters indexed per element are a scatter, which
+    /// AVX2 does not have.
+    /// </summary>
+    private unsafe struct ExponentSums(uint* bits, long* sums) : IElementOperator
+    {
+        public double NonFinite { get; private set; }
+
+        public static int Lanes => 1;
+        public static bool IsVectorized => false;
+
+        public void Vector(long i) => Scalar(i);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            var b = bits[i];
+            var exponent = (b >> 23) & 0xFF;
+            if (exponent == 0xFF)
             {
-                var b = bits[i];
-                var exponent = (b >> 23) & 0xFF;
-                if (exponent == 0xFF)
-                {
-                    nonFinite += Math.Abs(data[i]);
-                    continue;
-                }
-                local[exponent] += (b & 0x7FFFFF) | (exponent == 0 ? 0u : 0x800000u);
+                NonFinite += Math.Abs(BitConverter.UInt32BitsToSingle(b));
+                return;
             }
-            lock (_lock)
-            {
-                for (var e = 0; e < 256; e++) _significandSums[e] += local[e];
-                _nonFinite += nonFinite;
-            }
-        });
+            sums[exponent] += (b & 0x7FFFFF) | (exponent == 0 ? 0u : 0x800000u);
+        }
     }
 
     /// <summary>The sum, each exponent's exact integer total scaled and added from the smallest exponent up.</summary>

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Dare.Engine.Merge;
@@ -80,25 +81,34 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     internal static unsafe long CountSample(uint[] table, uint* bits, long first, long count)
     {
-        long i = 0, nonZero = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            var magnitude = Vector256.Create(MagnitudeMask);
-            for (; i <= count - 8; i += 8)
-            {
-                var zero = Vector256.Equals(Vector256.Load(bits + i) & magnitude, Vector256<uint>.Zero);
-                nonZero += 8 - BitOperations.PopCount(zero.ExtractMostSignificantBits());
-            }
-        }
-        for (; i < count; i++)
-        {
-            if ((bits[i] & MagnitudeMask) != 0) nonZero++;
-        }
+        var nonZero = VectorDriver.Run(new NonZeroCounter(bits), 0, count).NonZero;
         for (var j = (SampleStride - first % SampleStride) % SampleStride; j < count; j += SampleStride)
         {
             table[(bits[j] & MagnitudeMask) >> 16]++;
         }
         return nonZero;
+    }
+
+    /// <summary>Counts the elements whose magnitude is not zero.</summary>
+    private unsafe struct NonZeroCounter(uint* bits) : IElementOperator
+    {
+        public long NonZero { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var zero = Vector256.Equals(Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask), Vector256<uint>.Zero);
+            NonZero += 8 - BitOperations.PopCount(zero.ExtractMostSignificantBits());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            if ((bits[i] & MagnitudeMask) != 0) NonZero++;
+        }
     }
 
     internal void AddSampleCounts(uint[] table, long nonZero)
@@ -266,41 +276,53 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     private static unsafe (long Above, long Zeros) CountBracket(uint[] table, uint* bits, long count, uint low, uint high)
     {
-        long i = 0, above = 0, zeros = 0;
         fixed (uint* t = table)
         {
-            if (Vector256.IsHardwareAccelerated)
+            var counter = VectorDriver.Run(new BracketCounter(bits, t, low, high), 0, count);
+            return (counter.Above, counter.Zeros);
+        }
+    }
+
+    /// <summary>
+    /// Counts magnitudes at or above <paramref name="high"/> into <see cref="Above"/> and histograms those in
+    /// [low, high) by their offset from <paramref name="low"/>. When low is 0 the vector body counts zeros into
+    /// <see cref="Zeros"/> at once instead of one increment of t[0] each; the tail counts them in the table.
+    /// </summary>
+    private unsafe struct BracketCounter(uint* bits, uint* t, uint low, uint high) : IElementOperator
+    {
+        public long Above { get; private set; }
+        public long Zeros { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
+            var isAbove = Vector256.GreaterThanOrEqual(m, Vector256.Create(high));
+            Above += BitOperations.PopCount(isAbove.ExtractMostSignificantBits());
+            var inside = (Vector256.GreaterThanOrEqual(m, Vector256.Create(low)) & ~isAbove).ExtractMostSignificantBits();
+            if (inside == 0) return;
+            if (low == 0)
             {
-                var magnitude = Vector256.Create(MagnitudeMask);
-                var lowVector = Vector256.Create(low);
-                var highVector = Vector256.Create(high);
-                for (; i <= count - 8; i += 8)
-                {
-                    var m = Vector256.Load(bits + i) & magnitude;
-                    var isAbove = Vector256.GreaterThanOrEqual(m, highVector);
-                    above += BitOperations.PopCount(isAbove.ExtractMostSignificantBits());
-                    var inside = (Vector256.GreaterThanOrEqual(m, lowVector) & ~isAbove).ExtractMostSignificantBits();
-                    if (inside == 0) continue;
-                    if (low == 0)
-                    {
-                        var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
-                        zeros += BitOperations.PopCount(zero);
-                        inside &= ~zero;
-                    }
-                    for (; inside != 0; inside &= inside - 1)
-                    {
-                        t[(bits[i + BitOperations.TrailingZeroCount(inside)] & MagnitudeMask) - low]++;
-                    }
-                }
+                var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
+                Zeros += BitOperations.PopCount(zero);
+                inside &= ~zero;
             }
-            for (; i < count; i++)
+            for (; inside != 0; inside &= inside - 1)
             {
-                var m = bits[i] & MagnitudeMask;
-                if (m >= high) above++;
-                else if (m >= low) t[m - low]++;
+                t[(bits[i + BitOperations.TrailingZeroCount(inside)] & MagnitudeMask) - low]++;
             }
         }
-        return (above, zeros);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            var m = bits[i] & MagnitudeMask;
+            if (m >= high) Above++;
+            else if (m >= low) t[m - low]++;
+        }
     }
 
     /// <summary>Finds the threshold inside the bracket; <see cref="SelectionStep.CoarseAndFine"/> when the sample misled and it lies outside.</summary>

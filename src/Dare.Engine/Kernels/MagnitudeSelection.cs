@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Dare.Engine.Merge;
@@ -129,40 +130,15 @@ public sealed partial class MagnitudeSelection
     private unsafe void Trim(float* data, long count, ref long tiesLeft, bool zeroBelow)
     {
         var threshold = ThresholdBits;
+        var uints = (uint*)data;
         var ranges = Partition.Ranges(count);
         var ties = new long[ranges.Length];
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
-            var uints = (uint*)data;
-            long equal = 0;
-            var i = start;
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var limit = Vector256.Create(threshold);
-                var magnitude = Vector256.Create(MagnitudeMask);
-                for (; i <= end - 8; i += 8)
-                {
-                    var bits = Vector256.Load(uints + i);
-                    var m = bits & magnitude;
-                    if (zeroBelow)
-                    {
-                        var below = Vector256.LessThan(m, limit);
-                        if (below != Vector256<uint>.Zero) Vector256.ConditionalSelect(below, Vector256<uint>.Zero, bits).Store(uints + i);
-                    }
-                    equal += BitOperations.PopCount(Vector256.Equals(m, limit).ExtractMostSignificantBits());
-                }
-            }
-            for (; i < end; i++)
-            {
-                var m = uints[i] & MagnitudeMask;
-                if (m < threshold)
-                {
-                    if (zeroBelow) data[i] = 0f;
-                }
-                else if (m == threshold) equal++;
-            }
-            ties[r] = equal;
+            ties[r] = zeroBelow
+                ? VectorDriver.Run(new BelowThresholdZeroer(uints, threshold), start, end).Ties
+                : VectorDriver.Run(new ThresholdTieCounter(uints, threshold), start, end).Ties;
         });
         for (var r = 0; r < ranges.Length; r++)
         {
@@ -172,52 +148,93 @@ public sealed partial class MagnitudeSelection
                 continue;
             }
             var (start, end) = ranges[r];
-            KeepFirstTies((uint*)data, start, end, threshold, ref tiesLeft);
+            tiesLeft = VectorDriver.Run(new FirstTiesKeeper(uints, threshold, tiesLeft), start, end).TiesLeft;
+        }
+    }
+
+    /// <summary>Zeroes the elements whose magnitude is below the threshold and counts those equal to it (the ties).</summary>
+    private unsafe struct BelowThresholdZeroer(uint* bits, uint threshold) : IElementOperator
+    {
+        public long Ties { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var element = Vector256.Load(bits + i);
+            var m = element & Vector256.Create(MagnitudeMask);
+            var limit = Vector256.Create(threshold);
+            var below = Vector256.LessThan(m, limit);
+            if (below != Vector256<uint>.Zero) Vector256.ConditionalSelect(below, Vector256<uint>.Zero, element).Store(bits + i);
+            Ties += BitOperations.PopCount(Vector256.Equals(m, limit).ExtractMostSignificantBits());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            var m = bits[i] & MagnitudeMask;
+            if (m < threshold) bits[i] = 0;
+            else if (m == threshold) Ties++;
+        }
+    }
+
+    /// <summary>Counts the elements whose magnitude equals the threshold (the ties).</summary>
+    private unsafe struct ThresholdTieCounter(uint* bits, uint threshold) : IElementOperator
+    {
+        public long Ties { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
+            Ties += BitOperations.PopCount(Vector256.Equals(m, Vector256.Create(threshold)).ExtractMostSignificantBits());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            if ((bits[i] & MagnitudeMask) == threshold) Ties++;
         }
     }
 
     /// <summary>
-    /// In element order over [start, end): keeps the first <paramref name="tiesLeft"/> elements whose magnitude equals
-    /// the threshold and zeroes the later ones. Whole 8-element blocks are skipped or zeroed at once; only the block
-    /// where the count runs out is walked element by element.
+    /// In element order: keeps the first <paramref name="tiesLeft"/> elements whose magnitude equals the threshold and
+    /// zeroes the later ones. Whole vectors are skipped or zeroed at once; only the one where the count runs out is
+    /// walked element by element.
     /// </summary>
-    private static unsafe void KeepFirstTies(uint* uints, long start, long end, uint threshold, ref long tiesLeft)
+    private unsafe struct FirstTiesKeeper(uint* bits, uint threshold, long tiesLeft) : IElementOperator
     {
-        var i = start;
-        if (Vector256.IsHardwareAccelerated)
+        public long TiesLeft { get; private set; } = tiesLeft;
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
         {
-            var limit = Vector256.Create(threshold);
-            var magnitude = Vector256.Create(MagnitudeMask);
-            for (; i <= end - 8; i += 8)
+            var element = Vector256.Load(bits + i);
+            var equal = Vector256.Equals(element & Vector256.Create(MagnitudeMask), Vector256.Create(threshold));
+            var ties = BitOperations.PopCount(equal.ExtractMostSignificantBits());
+            if (ties == 0) return;
+            if (ties <= TiesLeft) TiesLeft -= ties;
+            else if (TiesLeft == 0) Vector256.ConditionalSelect(equal, Vector256<uint>.Zero, element).Store(bits + i);
+            else
             {
-                var bits = Vector256.Load(uints + i);
-                var equal = Vector256.Equals(bits & magnitude, limit);
-                var ties = BitOperations.PopCount(equal.ExtractMostSignificantBits());
-                if (ties == 0) continue;
-                if (ties <= tiesLeft)
-                {
-                    tiesLeft -= ties;
-                }
-                else if (tiesLeft == 0)
-                {
-                    Vector256.ConditionalSelect(equal, Vector256<uint>.Zero, bits).Store(uints + i);
-                }
-                else
-                {
-                    KeepFirstTiesScalar(uints, i, i + 8, threshold, ref tiesLeft);
-                }
+                for (var k = 0; k < 8; k++) Scalar(i + k);
             }
         }
-        KeepFirstTiesScalar(uints, i, end, threshold, ref tiesLeft);
-    }
 
-    private static unsafe void KeepFirstTiesScalar(uint* uints, long start, long end, uint threshold, ref long tiesLeft)
-    {
-        for (var i = start; i < end; i++)
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
         {
-            if ((uints[i] & MagnitudeMask) != threshold) continue;
-            if (tiesLeft > 0) tiesLeft--;
-            else uints[i] = 0;
+            if ((bits[i] & MagnitudeMask) != threshold) return;
+            if (TiesLeft > 0) TiesLeft--;
+            else bits[i] = 0;
         }
     }
 
@@ -292,84 +309,106 @@ public sealed partial class MagnitudeSelection
     }
 
     /// <summary>
-    /// Counts |x| by its upper 16 bits. Zeros (most of a DARE-dropped tensor) are counted eight at a time with a
-    /// vector compare; only non-zero lanes touch the tables, lane i into table i mod 4 when interleaving, so runs of
-    /// equal magnitudes do not serialise on one counter.
+    /// Counts |x| by its upper 16 bits, zeros apart (added to bin 0 at the end). Lane i of a vector goes to table
+    /// i mod 4 when interleaving, so runs of equal magnitudes do not serialise on one counter.
     /// </summary>
     private static unsafe void CountCoarse(uint[] tables, uint* uints, long count, bool interleave)
     {
-        long i = 0, zeros = 0;
         // Table offsets of lanes 1, 2 and 3 (mod 4); all 0 without interleaving.
         var (t1, t2, t3) = interleave ? (1u << 16, 2u << 16, 3u << 16) : (0u, 0u, 0u);
         fixed (uint* t = tables)
         {
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var magnitude = Vector256.Create(MagnitudeMask);
-                for (; i <= count - 8; i += 8)
-                {
-                    var m = Vector256.Load(uints + i) & magnitude;
-                    var nonZero = ~Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
-                    if (nonZero == 0xFF)
-                    {
-                        var u = uints + i;
-                        t[(u[0] & MagnitudeMask) >> 16]++;
-                        t[t1 | (u[1] & MagnitudeMask) >> 16]++;
-                        t[t2 | (u[2] & MagnitudeMask) >> 16]++;
-                        t[t3 | (u[3] & MagnitudeMask) >> 16]++;
-                        t[(u[4] & MagnitudeMask) >> 16]++;
-                        t[t1 | (u[5] & MagnitudeMask) >> 16]++;
-                        t[t2 | (u[6] & MagnitudeMask) >> 16]++;
-                        t[t3 | (u[7] & MagnitudeMask) >> 16]++;
-                        continue;
-                    }
-                    zeros += 8 - BitOperations.PopCount(nonZero);
-                    for (; nonZero != 0; nonZero &= nonZero - 1)
-                    {
-                        var lane = BitOperations.TrailingZeroCount(nonZero);
-                        t[(lane & 3) switch { 0 => 0, 1 => t1, 2 => t2, _ => t3 } | (uints[i + lane] & MagnitudeMask) >> 16]++;
-                    }
-                }
-            }
-            for (; i < count; i++) t[(uints[i] & MagnitudeMask) >> 16]++;
+            var zeros = VectorDriver.Run(new CoarseBinCounter(uints, t, t1, t2, t3), 0, count).Zeros;
             t[0] += (uint)zeros;
         }
     }
 
-    /// <summary>Counts, by their lower 16 bits, the |x| whose upper 16 bits are <paramref name="bin"/>: a vector compare skips the rest.</summary>
+    /// <summary>
+    /// Counts magnitudes by their upper 16 bits. Zeros (most of a DARE-dropped tensor) are counted eight at a time with
+    /// a vector compare, into <see cref="Zeros"/>; only non-zero lanes touch the tables, lane i at table offset
+    /// (0, t1, t2, t3)[i mod 4]. The tail counts every element into table 0.
+    /// </summary>
+    private unsafe struct CoarseBinCounter(uint* bits, uint* t, uint t1, uint t2, uint t3) : IElementOperator
+    {
+        public long Zeros { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
+            var nonZero = ~Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
+            if (nonZero == 0xFF)
+            {
+                var u = bits + i;
+                t[(u[0] & MagnitudeMask) >> 16]++;
+                t[t1 | (u[1] & MagnitudeMask) >> 16]++;
+                t[t2 | (u[2] & MagnitudeMask) >> 16]++;
+                t[t3 | (u[3] & MagnitudeMask) >> 16]++;
+                t[(u[4] & MagnitudeMask) >> 16]++;
+                t[t1 | (u[5] & MagnitudeMask) >> 16]++;
+                t[t2 | (u[6] & MagnitudeMask) >> 16]++;
+                t[t3 | (u[7] & MagnitudeMask) >> 16]++;
+                return;
+            }
+            Zeros += 8 - BitOperations.PopCount(nonZero);
+            for (; nonZero != 0; nonZero &= nonZero - 1)
+            {
+                var lane = BitOperations.TrailingZeroCount(nonZero);
+                t[(lane & 3) switch { 0 => 0, 1 => t1, 2 => t2, _ => t3 } | (bits[i + lane] & MagnitudeMask) >> 16]++;
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i) => t[(bits[i] & MagnitudeMask) >> 16]++;
+    }
+
+    /// <summary>Counts, by their lower 16 bits, the |x| whose upper 16 bits are <paramref name="bin"/>.</summary>
     private static unsafe void CountFine(uint[] tables, uint* uints, long count, uint bin)
     {
-        long i = 0, zeros = 0;
         fixed (uint* t = tables)
         {
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var magnitude = Vector256.Create(MagnitudeMask);
-                var wanted = Vector256.Create(bin);
-                for (; i <= count - 8; i += 8)
-                {
-                    var m = Vector256.Load(uints + i) & magnitude;
-                    var inBin = Vector256.Equals(Vector256.ShiftRightLogical(m, 16), wanted).ExtractMostSignificantBits();
-                    if (inBin == 0) continue;
-                    if (bin == 0)
-                    {
-                        // Zeros fall in bin 0; counted at once rather than one increment of t[0] each.
-                        var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
-                        zeros += BitOperations.PopCount(zero);
-                        inBin &= ~zero;
-                    }
-                    for (; inBin != 0; inBin &= inBin - 1)
-                    {
-                        t[uints[i + BitOperations.TrailingZeroCount(inBin)] & 0xFFFF]++;
-                    }
-                }
-            }
-            for (; i < count; i++)
-            {
-                var m = uints[i] & MagnitudeMask;
-                if (m >> 16 == bin) t[m & 0xFFFF]++;
-            }
+            var zeros = VectorDriver.Run(new FineBinCounter(uints, t, bin), 0, count).Zeros;
             t[0] += (uint)zeros;
+        }
+    }
+
+    /// <summary>
+    /// Counts, by their lower 16 bits, the magnitudes in coarse bin <paramref name="bin"/>: a vector compare skips the
+    /// rest. In bin 0 the vector body counts zeros into <see cref="Zeros"/> at once rather than one increment of t[0] each.
+    /// </summary>
+    private unsafe struct FineBinCounter(uint* bits, uint* t, uint bin) : IElementOperator
+    {
+        public long Zeros { get; private set; }
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
+            var inBin = Vector256.Equals(Vector256.ShiftRightLogical(m, 16), Vector256.Create(bin)).ExtractMostSignificantBits();
+            if (inBin == 0) return;
+            if (bin == 0)
+            {
+                var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
+                Zeros += BitOperations.PopCount(zero);
+                inBin &= ~zero;
+            }
+            for (; inBin != 0; inBin &= inBin - 1)
+            {
+                t[bits[i + BitOperations.TrailingZeroCount(inBin)] & 0xFFFF]++;
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            var m = bits[i] & MagnitudeMask;
+            if (m >> 16 == bin) t[m & 0xFFFF]++;
         }
     }
 }
