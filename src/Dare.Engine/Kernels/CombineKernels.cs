@@ -222,6 +222,8 @@ internal readonly unsafe struct TiesBySumOperator(TiesElection election, Vector2
 
     private static readonly Vector256<uint> LaneBits = Vector256.Create(1u, 2u, 4u, 8u, 16u, 32u, 64u, 128u);
 
+    private readonly Vector256<double> _lambda = Vector256.Create(election.Lambda);
+
     public static int Lanes => 8;
     public static bool IsVectorized => true;
 
@@ -277,8 +279,7 @@ internal readonly unsafe struct TiesBySumOperator(TiesElection election, Vector2
             sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
             sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
         }
-        var scale = Vector256.Create(election.Lambda);
-        election.Target.Store(Vector256.Narrow(sumLow * scale, sumHigh * scale), j);
+        election.Target.Store(Vector256.Narrow(sumLow * _lambda, sumHigh * _lambda), j);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -73,10 +73,24 @@ public static class DareMask
 
     /// <summary>
     /// Within one 2^32-element block: zeroes the elements whose hash is below the threshold, scales the others and
-    /// counts the zeroed ones. Element i's counter is the low 32 bits of its tensor index, <paramref name="low"/> + i.
+    /// counts the zeroed ones. Element i's counter is the low 32 bits of its tensor index, low + i. The broadcast
+    /// keys are fields so that the loop does not broadcast them again at every step.
     /// </summary>
-    private unsafe struct DropOperator(float* data, uint low, uint k0, uint k1, uint threshold, float scale) : IElementOperator
+    private unsafe struct DropOperator : IElementOperator
     {
+        private readonly float* _data;
+        private readonly uint _low, _k0, _k1, _threshold;
+        private readonly float _scale;
+        private readonly Vector256<uint> _k0Vector, _k1Vector, _thresholdVector;
+        private readonly Vector256<float> _scaleVector;
+
+        public DropOperator(float* data, uint low, uint k0, uint k1, uint threshold, float scale)
+        {
+            _data = data;
+            (_low, _k0, _k1, _threshold, _scale) = (low, k0, k1, threshold, scale);
+            (_k0Vector, _k1Vector, _thresholdVector, _scaleVector) = (Vector256.Create(k0), Vector256.Create(k1), Vector256.Create(threshold), Vector256.Create(scale));
+        }
+
         public long Dropped { get; private set; }
 
         public static int Lanes => 8;
@@ -85,20 +99,20 @@ public static class DareMask
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long i)
         {
-            var counter = Vector256.Create(low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
-            var h = MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + Vector256.Create(k0)) ^ Vector256.Create(k1));
-            var drop = Vector256.LessThan(h, Vector256.Create(threshold));
-            var values = Vector256.Load(data + i) * Vector256.Create(scale);
-            Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(data + i);
+            var counter = Vector256.Create(_low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
+            var h = MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + _k0Vector) ^ _k1Vector);
+            var drop = Vector256.LessThan(h, _thresholdVector);
+            var values = Vector256.Load(_data + i) * _scaleVector;
+            Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(_data + i);
             Dropped += BitOperations.PopCount(drop.ExtractMostSignificantBits());
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Scalar(long i)
         {
-            var h = Mix(Mix((low + (uint)i) * 0x9E3779B1u + k0) ^ k1);
-            if (h < threshold) { data[i] = 0f; Dropped++; }
-            else data[i] *= scale;
+            var h = Mix(Mix((_low + (uint)i) * 0x9E3779B1u + _k0) ^ _k1);
+            if (h < _threshold) { _data[i] = 0f; Dropped++; }
+            else _data[i] *= _scale;
         }
     }
 

@@ -132,12 +132,16 @@ internal static unsafe class GramKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long j)
         {
+            // Locals, so the pair loop keeps the pointers in registers (the operator itself lives on the stack).
             var n = vectors.Count;
-            for (var k = 0; k < n; k++) (low[k], high[k]) = Vector256.Widen(vectors.Value(k, j, vector: true));
+            var lowLanes = low;
+            var highLanes = high;
+            var sums = accumulators;
+            for (var k = 0; k < n; k++) (lowLanes[k], highLanes[k]) = Vector256.Widen(vectors.Value(k, j, vector: true));
             var p = 0;
             for (var k = 0; k < n; k++)
             {
-                for (var l = k; l < n; l++) accumulators[p++] += low[k] * low[l] + high[k] * high[l];
+                for (var l = k; l < n; l++) sums[p++] += lowLanes[k] * lowLanes[l] + highLanes[k] * highLanes[l];
             }
             _lanesUsed = true;
         }
@@ -155,6 +159,7 @@ internal static unsafe class GramKernels
         }
 
         /// <summary>Adds the lanes' sums to the values, once, if the vector body ran.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] // a call would take the operator's address and keep its fields out of registers
         public void FoldLanes()
         {
             if (!_lanesUsed) return;

@@ -290,6 +290,9 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     private unsafe struct BracketCounter(uint* bits, uint* t, uint low, uint high) : IElementOperator
     {
+        // Broadcast once: a loop with inner branches does not get the broadcasts hoisted out of it.
+        private readonly Vector256<uint> _lowVector = Vector256.Create(low), _highVector = Vector256.Create(high);
+
         public long Above { get; private set; }
         public long Zeros { get; private set; }
 
@@ -300,9 +303,9 @@ public sealed partial class MagnitudeSelection
         public void Vector(long i)
         {
             var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
-            var isAbove = Vector256.GreaterThanOrEqual(m, Vector256.Create(high));
+            var isAbove = Vector256.GreaterThanOrEqual(m, _highVector);
             Above += BitOperations.PopCount(isAbove.ExtractMostSignificantBits());
-            var inside = (Vector256.GreaterThanOrEqual(m, Vector256.Create(low)) & ~isAbove).ExtractMostSignificantBits();
+            var inside = (Vector256.GreaterThanOrEqual(m, _lowVector) & ~isAbove).ExtractMostSignificantBits();
             if (inside == 0) return;
             if (low == 0)
             {

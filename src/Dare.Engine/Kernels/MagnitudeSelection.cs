@@ -155,6 +155,9 @@ public sealed partial class MagnitudeSelection
     /// <summary>Zeroes the elements whose magnitude is below the threshold and counts those equal to it (the ties).</summary>
     private unsafe struct BelowThresholdZeroer(uint* bits, uint threshold) : IElementOperator
     {
+        // The operators' broadcasts are fields: the JIT does not always hoist a broadcast out of a branchy loop.
+        private readonly Vector256<uint> _limit = Vector256.Create(threshold);
+
         public long Ties { get; private set; }
 
         public static int Lanes => 8;
@@ -165,10 +168,9 @@ public sealed partial class MagnitudeSelection
         {
             var element = Vector256.Load(bits + i);
             var m = element & Vector256.Create(MagnitudeMask);
-            var limit = Vector256.Create(threshold);
-            var below = Vector256.LessThan(m, limit);
+            var below = Vector256.LessThan(m, _limit);
             if (below != Vector256<uint>.Zero) Vector256.ConditionalSelect(below, Vector256<uint>.Zero, element).Store(bits + i);
-            Ties += BitOperations.PopCount(Vector256.Equals(m, limit).ExtractMostSignificantBits());
+            Ties += BitOperations.PopCount(Vector256.Equals(m, _limit).ExtractMostSignificantBits());
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -183,6 +185,8 @@ public sealed partial class MagnitudeSelection
     /// <summary>Counts the elements whose magnitude equals the threshold (the ties).</summary>
     private unsafe struct ThresholdTieCounter(uint* bits, uint threshold) : IElementOperator
     {
+        private readonly Vector256<uint> _limit = Vector256.Create(threshold);
+
         public long Ties { get; private set; }
 
         public static int Lanes => 8;
@@ -192,7 +196,7 @@ public sealed partial class MagnitudeSelection
         public void Vector(long i)
         {
             var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
-            Ties += BitOperations.PopCount(Vector256.Equals(m, Vector256.Create(threshold)).ExtractMostSignificantBits());
+            Ties += BitOperations.PopCount(Vector256.Equals(m, _limit).ExtractMostSignificantBits());
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -209,6 +213,8 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     private unsafe struct FirstTiesKeeper(uint* bits, uint threshold, long tiesLeft) : IElementOperator
     {
+        private readonly Vector256<uint> _limit = Vector256.Create(threshold);
+
         public long TiesLeft { get; private set; } = tiesLeft;
 
         public static int Lanes => 8;
@@ -218,7 +224,7 @@ public sealed partial class MagnitudeSelection
         public void Vector(long i)
         {
             var element = Vector256.Load(bits + i);
-            var equal = Vector256.Equals(element & Vector256.Create(MagnitudeMask), Vector256.Create(threshold));
+            var equal = Vector256.Equals(element & Vector256.Create(MagnitudeMask), _limit);
             var ties = BitOperations.PopCount(equal.ExtractMostSignificantBits());
             if (ties == 0) return;
             if (ties <= TiesLeft) TiesLeft -= ties;
@@ -381,6 +387,8 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     private unsafe struct FineBinCounter(uint* bits, uint* t, uint bin) : IElementOperator
     {
+        private readonly Vector256<uint> _binVector = Vector256.Create(bin);
+
         public long Zeros { get; private set; }
 
         public static int Lanes => 8;
@@ -390,7 +398,7 @@ public sealed partial class MagnitudeSelection
         public void Vector(long i)
         {
             var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
-            var inBin = Vector256.Equals(Vector256.ShiftRightLogical(m, 16), Vector256.Create(bin)).ExtractMostSignificantBits();
+            var inBin = Vector256.Equals(Vector256.ShiftRightLogical(m, 16), _binVector).ExtractMostSignificantBits();
             if (inBin == 0) return;
             if (bin == 0)
             {
