@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
 
@@ -139,27 +140,38 @@ internal abstract class GramTensorMerge : ITensorMerge
             }
         });
 
-        // a·b + Σ dᵢ·δᵢ for elements [start, end) of one row, 8 at a time, then the tail.
+        // a·b + Σ dᵢ·δᵢ for elements [start, end) of one row.
         void Store(long row, long start, long end)
         {
-            var inputs = deltaPointers.Length;
-            var a = _baseCoefficient[row];
-            var j = start;
-            if (Vector256.IsHardwareAccelerated)
-            {
-                for (; j <= end - 8; j += 8)
-                {
-                    var merged = a * Vector256.Load(basePointer + j);
-                    for (var i = 0; i < inputs; i++) merged += _deltaCoefficients[row * inputs + i] * Vector256.Load((float*)deltaPointers[i] + j);
-                    target.Store(merged, j);
-                }
-            }
-            for (; j < end; j++)
-            {
-                var merged = a * basePointer[j];
-                for (var i = 0; i < inputs; i++) merged += _deltaCoefficients[row * inputs + i] * ((float*)deltaPointers[i])[j];
-                target.Store(merged, j);
-            }
+            var op = new CoefficientCombineOperator(basePointer, deltaPointers, _baseCoefficient[row], _deltaCoefficients, (int)row * deltaPointers.Length, target);
+            VectorDriver.Run(op, start, end);
         }
+    }
+}
+
+/// <summary>
+/// One row's combine: a·b + Σ dᵢ·δᵢ, a multiplication and an addition per input (no fused multiply-add), with the
+/// row's coefficients dᵢ at <paramref name="coefficients"/>[offset + i].
+/// </summary>
+internal readonly unsafe struct CoefficientCombineOperator(float* baseValues, IntPtr[] deltas, float a, float[] coefficients, int offset, CombineTarget target)
+    : IElementOperator
+{
+    public static int Lanes => 8;
+    public static bool IsVectorized => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Vector(long j)
+    {
+        var merged = a * Vector256.Load(baseValues + j);
+        for (var i = 0; i < deltas.Length; i++) merged += coefficients[offset + i] * Vector256.Load((float*)deltas[i] + j);
+        target.Store(merged, j);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scalar(long j)
+    {
+        var merged = a * baseValues[j];
+        for (var i = 0; i < deltas.Length; i++) merged += coefficients[offset + i] * ((float*)deltas[i])[j];
+        target.Store(merged, j);
     }
 }

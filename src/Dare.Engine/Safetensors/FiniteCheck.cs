@@ -1,5 +1,7 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using Dare.Engine.Merge;
 
 namespace Dare.Engine.Safetensors;
 
@@ -55,48 +57,63 @@ public static class FiniteCheck
         _ => false,
     };
 
-    private static unsafe bool Any<T>(T* values, long count, T exponent) where T : unmanaged, IBinaryInteger<T>
+    private static unsafe bool Any<T>(T* values, long count, T exponent) where T : unmanaged, IBinaryInteger<T> =>
+        VectorDriver.Run(new NonFiniteSeen<T>(values, exponent), 0, count).Seen;
+
+    private static unsafe long Count<T>(T* values, long count, T exponent) where T : unmanaged, IBinaryInteger<T> =>
+        VectorDriver.Run(new NonFiniteCounter<T>(values, exponent), 0, count).Found;
+
+    /// <summary>
+    /// Whether any value has all of <paramref name="exponent"/>'s bits set: the compare results of four vectors a step
+    /// are ORed into one vector, looked at once at the end.
+    /// </summary>
+    private unsafe struct NonFiniteSeen<T>(T* values, T exponent) : IElementOperator where T : unmanaged, IBinaryInteger<T>
     {
-        long i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        private readonly Vector256<T> _mask = Vector256.Create(exponent);
+        private Vector256<T> _seen;
+        private bool _seenInTail;
+
+        public readonly bool Seen => _seenInTail || _seen != Vector256<T>.Zero;
+
+        public static int Lanes => 4 * Vector256<T>.Count;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
         {
-            var mask = Vector256.Create(exponent);
-            var seen = Vector256<T>.Zero;
+            var p = values + i;
             var width = Vector256<T>.Count;
-            for (; i + 4 * width <= count; i += 4 * width)
-            {
-                var p = values + i;
-                seen |= Vector256.Equals(Vector256.Load(p) & mask, mask)
-                    | Vector256.Equals(Vector256.Load(p + width) & mask, mask)
-                    | Vector256.Equals(Vector256.Load(p + 2 * width) & mask, mask)
-                    | Vector256.Equals(Vector256.Load(p + 3 * width) & mask, mask);
-            }
-            for (; i + width <= count; i += width) seen |= Vector256.Equals(Vector256.Load(values + i) & mask, mask);
-            if (seen != Vector256<T>.Zero) return true;
+            _seen |= Vector256.Equals(Vector256.Load(p) & _mask, _mask)
+                | Vector256.Equals(Vector256.Load(p + width) & _mask, _mask)
+                | Vector256.Equals(Vector256.Load(p + 2 * width) & _mask, _mask)
+                | Vector256.Equals(Vector256.Load(p + 3 * width) & _mask, _mask);
         }
-        for (; i < count; i++)
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
         {
-            if ((values[i] & exponent) == exponent) return true;
+            if ((values[i] & exponent) == exponent) _seenInTail = true;
         }
-        return false;
     }
 
-    private static unsafe long Count<T>(T* values, long count, T exponent) where T : unmanaged, IBinaryInteger<T>
+    /// <summary>How many values have all of <paramref name="exponent"/>'s bits set.</summary>
+    private unsafe struct NonFiniteCounter<T>(T* values, T exponent) : IElementOperator where T : unmanaged, IBinaryInteger<T>
     {
-        long found = 0;
-        long i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        private readonly Vector256<T> _mask = Vector256.Create(exponent);
+
+        public long Found { get; private set; }
+
+        public static int Lanes => Vector256<T>.Count;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i) =>
+            Found += BitOperations.PopCount(Vector256.Equals(Vector256.Load(values + i) & _mask, _mask).ExtractMostSignificantBits());
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
         {
-            var mask = Vector256.Create(exponent);
-            for (; i + Vector256<T>.Count <= count; i += Vector256<T>.Count)
-            {
-                found += BitOperations.PopCount(Vector256.Equals(Vector256.Load(values + i) & mask, mask).ExtractMostSignificantBits());
-            }
+            if ((values[i] & exponent) == exponent) Found++;
         }
-        for (; i < count; i++)
-        {
-            if ((values[i] & exponent) == exponent) found++;
-        }
-        return found;
     }
 }
