@@ -114,29 +114,29 @@ internal static unsafe class CombineKernels
         {
             var (start, end) = ranges[r];
             var budgets = tieBudgets.Select(b => b?[r] ?? long.MaxValue).ToArray();
-            var election = new TiesElection(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]);
-            if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(election), start, end);
-            else if (inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(election), start, end);
-            else TiesBySum(election, start, end);
+            var range = new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]);
+            if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
+            else if (inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
+            else TiesBySum(range, start, end);
         });
     }
 
     /// <summary>The sign-by-sum TIES combine of elements [start, end), with the vector scratch allocated once for the range.</summary>
-    private static void TiesBySum(TiesElection election, long start, long end)
+    private static void TiesBySum(TiesCombineRange range, long start, long end)
     {
-        var count = election.Inputs.Length;
+        var count = range.Inputs.Length;
         var low = stackalloc Vector256<double>[count];
         var high = stackalloc Vector256<double>[count];
-        VectorDriver.Run(new TiesBySumOperator(election, low, high), start, end);
+        VectorDriver.Run(new TiesBySumOperator(range, low, high), start, end);
     }
 }
 
 /// <summary>
 /// One range's TIES combine (see <see cref="CombineKernels.Ties"/>): the inputs, their weights, trim thresholds and
-/// the range's tie budgets (consumed in element order, so shared by every copy of the operator), and the scalar
-/// body that the TIES operators share.
+/// the range's tie budgets (consumed in element order, so shared by every copy of the operator), the scalar body
+/// that the TIES operators share and its scratch (<paramref name="kept"/>, one value per input).
 /// </summary>
-internal readonly unsafe struct TiesElection(IntPtr[] inputs, double[] weights, uint[] thresholds, long[] tieBudgets, bool normalize, double lambda,
+internal readonly unsafe struct TiesCombineRange(IntPtr[] inputs, double[] weights, uint[] thresholds, long[] tieBudgets, bool normalize, double lambda,
     CombineTarget target, float[] kept)
 {
     public IntPtr[] Inputs { get; } = inputs;
@@ -185,7 +185,7 @@ internal readonly unsafe struct TiesElection(IntPtr[] inputs, double[] weights, 
 }
 
 /// <summary>TIES with the sign elected by #positive − #negative: scalar only (the vector body elects by sum).</summary>
-internal readonly struct TiesBySignCountOperator(TiesElection election) : IElementOperator
+internal readonly struct TiesBySignCountOperator(TiesCombineRange range) : IElementOperator
 {
     public static int Lanes => 1;
     public static bool IsVectorized => false;
@@ -193,11 +193,11 @@ internal readonly struct TiesBySignCountOperator(TiesElection election) : IEleme
     public void Vector(long j) => Scalar(j);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long j) => election.Scalar(j, bySignCount: true);
+    public void Scalar(long j) => range.Scalar(j, bySignCount: true);
 }
 
-/// <summary>TIES with the sign elected by Σ wᵢtᵢ, scalar only: for more inputs than <see cref="TiesBySumOperator"/> keeps in registers.</summary>
-internal readonly struct TiesBySumScalarOperator(TiesElection election) : IElementOperator
+/// <summary>TIES with the sign elected by Σ wᵢtᵢ, scalar only: for more than <see cref="TiesBySumOperator.MaxInputs"/> inputs (the vector body's scratch is on the stack).</summary>
+internal readonly struct TiesBySumScalarOperator(TiesCombineRange range) : IElementOperator
 {
     public static int Lanes => 1;
     public static bool IsVectorized => false;
@@ -205,7 +205,7 @@ internal readonly struct TiesBySumScalarOperator(TiesElection election) : IEleme
     public void Vector(long j) => Scalar(j);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long j) => election.Scalar(j, bySignCount: false);
+    public void Scalar(long j) => range.Scalar(j, bySignCount: false);
 }
 
 /// <summary>
@@ -215,14 +215,14 @@ internal readonly struct TiesBySumScalarOperator(TiesElection election) : IEleme
 /// consumes them in element order. <paramref name="low"/> and <paramref name="high"/> are the caller's scratch, one
 /// vector per input each, for the inputs' trimmed values widened to double.
 /// </summary>
-internal readonly unsafe struct TiesBySumOperator(TiesElection election, Vector256<double>* low, Vector256<double>* high) : IElementOperator
+internal readonly unsafe struct TiesBySumOperator(TiesCombineRange range, Vector256<double>* low, Vector256<double>* high) : IElementOperator
 {
     /// <summary>The most inputs the vector body takes.</summary>
     public const int MaxInputs = 16;
 
     private static readonly Vector256<uint> LaneBits = Vector256.Create(1u, 2u, 4u, 8u, 16u, 32u, 64u, 128u);
 
-    private readonly Vector256<double> _lambda = Vector256.Create(election.Lambda);
+    private readonly Vector256<double> _lambda = Vector256.Create(range.Lambda);
 
     public static int Lanes => 8;
     public static bool IsVectorized => true;
@@ -230,10 +230,10 @@ internal readonly unsafe struct TiesBySumOperator(TiesElection election, Vector2
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Vector(long j)
     {
-        var inputs = election.Inputs;
-        var weights = election.Weights;
-        var thresholds = election.Thresholds;
-        var tieBudgets = election.TieBudgets;
+        var inputs = range.Inputs;
+        var weights = range.Weights;
+        var thresholds = range.Thresholds;
+        var tieBudgets = range.TieBudgets;
         var count = inputs.Length;
         var zero = Vector256<double>.Zero;
         Vector256<double> electionLow = zero, electionHigh = zero;
@@ -274,16 +274,16 @@ internal readonly unsafe struct TiesBySumOperator(TiesElection election, Vector2
             weightLow += w & agreeLow;
             weightHigh += w & agreeHigh;
         }
-        if (election.Normalize)
+        if (range.Normalize)
         {
             sumLow = Vector256.ConditionalSelect(Vector256.Equals(weightLow, zero), zero, sumLow / weightLow);
             sumHigh = Vector256.ConditionalSelect(Vector256.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
         }
-        election.Target.Store(Vector256.Narrow(sumLow * _lambda, sumHigh * _lambda), j);
+        range.Target.Store(Vector256.Narrow(sumLow * _lambda, sumHigh * _lambda), j);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long j) => election.Scalar(j, bySignCount: false);
+    public void Scalar(long j) => range.Scalar(j, bySignCount: false);
 
     /// <summary>The lanes of <paramref name="ties"/> (a lane bit mask) that the tie budget still keeps, in lane order, as a vector mask.</summary>
     private static Vector256<uint> KeptTies(uint ties, ref long tieBudget)
