@@ -39,6 +39,9 @@ internal readonly unsafe struct CombineTarget
 
     public static CombineTarget InPlace(float* delta) => new((float*)null, delta, false);
 
+    // Inlined into each combine operator's body: called per vector, it would otherwise run in tier 0 (the driver is
+    // compiled optimised at once, but what it calls is tiered as usual) until call counting promoted it.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store(Vector256<float> merged, long j)
     {
         if (_base is not null) merged += Vector256.Load(_base + j);
@@ -51,6 +54,7 @@ internal readonly unsafe struct CombineTarget
         else merged.Store((float*)_output + j);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store(float merged, long j)
     {
         if (_base is not null) merged += _base[j];
