@@ -134,6 +134,6 @@ internal sealed class LoraDelta : ITaskInput
             _right = right.contiguous().data<double>().ToArray();
         }
 
-        public void Prefetch(TensorReader reader, long first, long count) { }
+        public void Prefetch(TensorReader reader, long first, long count, bool readOnce) { }
     }
 }

@@ -34,7 +34,10 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     private Tensor? _output;
 
     /// <summary>Whether the combine writes the output bytes itself (bfloat16 and float32 output).</summary>
-    public bool WritesDirectly => outputDType is ScalarType.BFloat16 or ScalarType.Float32;
+    public bool WritesDirectly => WritesDirectlyAs(outputDType);
+
+    /// <summary>Whether the combine writes output of this type itself.</summary>
+    public static bool WritesDirectlyAs(ScalarType outputDType) => outputDType is ScalarType.BFloat16 or ScalarType.Float32;
 
     public unsafe CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta)
     {

@@ -35,18 +35,12 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
-        var position = layout.Position(baseInfo.Name);
         var leaves = vector.Leaves;
         var n = baseInfo.ElementCount;
-        var chunk = Math.Max(1, Math.Min(n, chunkElements));
-        // DELLA ranks within rows (the last dimension), so its chunks hold whole rows; a row longer than a chunk is one chunk.
-        var rowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]);
-        if (leaves.Any(l => l.Della is not null)) chunk = Math.Max(1, chunk / rowLength) * rowLength;
+        var (inputs, setup) = Prepare(vector, baseInfo, layout);
+        var chunk = setup.ChunkElements;
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
-        var inputs = leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
-            BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
-        var setup = new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]), Shape = baseInfo.Shape };
         if (Device is { } device && sink is ExportSink deviceSink)
         {
             var deviceMerge = method.CreateDeviceMerge(vector.Merge, setup);
@@ -59,8 +53,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         }
         var merge = method.CreateTensorMerge(vector.Merge, setup);
 
-        if (singlePassRoutes && sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass
-            && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused))
+        if (sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass && TakesSinglePass(baseInfo, inputs))
         {
             StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount);
             return Counts(inputs, leaves, n);
@@ -87,6 +80,35 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             sink.Accept(first, baseChunk, deltas[0]);
         });
         return Counts(inputs, leaves, n);
+    }
+
+    /// <summary>Each input's chain for this tensor, and the chunking: whole rows for DELLA (it ranks within rows; a row longer than a chunk is one chunk).</summary>
+    private (InputChain[] Inputs, TensorMergeSetup Setup) Prepare(TaskVector vector, TensorInfo baseInfo, ModelLayout layout)
+    {
+        var position = layout.Position(baseInfo.Name);
+        var n = baseInfo.ElementCount;
+        var chunk = Math.Max(1, Math.Min(n, chunkElements));
+        var rowLength = baseInfo.Shape.Length == 0 ? 1 : Math.Max(1, baseInfo.Shape[^1]);
+        if (vector.Leaves.Any(l => l.Della is not null)) chunk = Math.Max(1, chunk / rowLength) * rowLength;
+        var inputs = vector.Leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
+            BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
+        return (inputs, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = rowLength, Shape = baseInfo.Shape });
+    }
+
+    /// <summary>Whether the single-pass bfloat16 route can take this tensor, given a method that offers it and a sink that writes directly.</summary>
+    private bool TakesSinglePass(TensorInfo baseInfo, InputChain[] inputs) =>
+        singlePassRoutes && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused);
+
+    /// <summary>
+    /// Whether exporting this tensor reads each of its chunks once: it fits in one chunk (kept for every pass), or it
+    /// takes the single-pass route. The executor reads such tensors ahead past the page cache (<see cref="TensorReader.Prefetch"/>).
+    /// </summary>
+    public bool ReadsOnce(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, bool writesDirectly)
+    {
+        if (baseInfo.ElementCount <= chunkElements) return true;
+        if (!writesDirectly || Device is not null || !baseInfo.DType.IsMergeable()) return false;
+        var (inputs, setup) = Prepare(vector, baseInfo, layout);
+        return TakesSinglePass(baseInfo, inputs) && (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup).SinglePass is not null;
     }
 
     /// <summary>
@@ -133,12 +155,17 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// </summary>
     private unsafe void StreamBFloat16(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IBFloat16SinglePass singlePass, ExportSink export, long chunk, int chunkCount)
     {
+        // Every later chunk is read once: all of them are asked for now, in order, so that the read-ahead (bounded by its
+        // buffer budget) keeps the disk busy through the whole tensor.
+        for (var c = 1; c < chunkCount; c++)
+        {
+            Prefetch(chunks.Reader, vector, baseInfo, c * chunk, Math.Min(chunk, baseInfo.ElementCount - c * chunk), readOnce: true);
+        }
         for (var c = 0; c < chunkCount; c++)
         {
             cancellation.ThrowIfCancellationRequested();
             var first = c * chunk;
             var count = Math.Min(chunk, baseInfo.ElementCount - first);
-            if (c + 1 < chunkCount) Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, baseInfo.ElementCount - first - chunk));
             using var scope = NewDisposeScope();
             var baseBits = (ushort*)TensorMemory.Pointer(chunks.ReadBFloat16(0, baseInfo, first, count));
             var sources = inputs.Select((input, i) => input.FusedSource((ushort*)TensorMemory.Pointer(chunks.ReadBFloat16(i + 1, input.Tensor!.StoredBFloat16!, first, count)))).ToArray();
@@ -152,13 +179,14 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
     /// <summary>
     /// Starts the OS reading elements [first, first + count) of a tensor of the base and of every input, so that disk
-    /// reads of the next chunk overlap the computation of this one (see <see cref="TensorReader.Prefetch"/>).
+    /// reads of the next chunk overlap the computation of this one (see <see cref="TensorReader.Prefetch"/>, which
+    /// reads a range past the page cache when <paramref name="readOnce"/>: no later pass reads it again).
     /// </summary>
-    public static void Prefetch(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long first, long count)
+    public static void Prefetch(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long first, long count, bool readOnce = false)
     {
-        reader.Prefetch(baseInfo, first, count);
+        reader.Prefetch(baseInfo, first, count, readOnce);
         if (!baseInfo.DType.IsMergeable()) return;
-        foreach (var leaf in vector.Leaves) leaf.Input.Open(baseInfo)?.Prefetch(reader, first, count);
+        foreach (var leaf in vector.Leaves) leaf.Input.Open(baseInfo)?.Prefetch(reader, first, count, readOnce);
     }
 
     /// <summary>The passes over one tensor's chunks: each reads (or, for a single chunk, reuses) the base and every input's δ.</summary>

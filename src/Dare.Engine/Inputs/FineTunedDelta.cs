@@ -66,7 +66,7 @@ internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> mis
             return delta;
         }
 
-        public void Prefetch(TensorReader reader, long first, long count) { }
+        public void Prefetch(TensorReader reader, long first, long count, bool readOnce) { }
     }
 }
 
@@ -82,7 +82,7 @@ internal sealed class StoredMinusBase(TensorInfo stored) : IInputTensor
         using (PhaseProfile.Time(chunks.Profile, Phase.Delta)) return values.sub_(baseChunk);
     }
 
-    public void Prefetch(TensorReader reader, long first, long count) => reader.Prefetch(stored, first, count);
+    public void Prefetch(TensorReader reader, long first, long count, bool readOnce) => reader.Prefetch(stored, first, count, readOnce);
 }
 
 /// <summary>A model's vocabulary tensor re-rowed to the output vocabulary: output row r is its row Own[r] (−1: no δ there), padding rows take a given δ.</summary>

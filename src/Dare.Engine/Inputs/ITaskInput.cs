@@ -46,6 +46,9 @@ internal interface IInputTensor
     /// </summary>
     Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count);
 
-    /// <summary>Starts the OS reading what <see cref="ReadDelta"/> will read for [first, first + count).</summary>
-    void Prefetch(TensorReader reader, long first, long count);
+    /// <summary>
+    /// Starts the OS reading what <see cref="ReadDelta"/> will read for [first, first + count); <paramref name="readOnce"/>
+    /// as <see cref="TensorReader.Prefetch"/> takes it.
+    /// </summary>
+    void Prefetch(TensorReader reader, long first, long count, bool readOnce);
 }

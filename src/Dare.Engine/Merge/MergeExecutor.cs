@@ -166,10 +166,15 @@ public sealed class MergeExecutor
         return new ExportResult(staging.PartFolder(partition.Index), files, mine.Count, bytes, bytesRead, clock.Elapsed) { Partition = partition.ToString(), Published = false };
     }
 
+    /// <summary>Input bytes this executor's exports read ahead past the page cache (see <see cref="DirectReadAhead"/>).</summary>
+    internal long BytesReadAhead { get; private set; }
+
     private void ReportProfile(Stopwatch clock, TimeSpan background)
     {
         if (_profile is null) return;
         foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
+        _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "profile: {0,-10} {1,8:0.000} GB     (inputs read ahead past the page cache)", "(Direct)", BytesReadAhead / 1e9));
         _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
             "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
     }
@@ -200,8 +205,9 @@ public sealed class MergeExecutor
                 drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile)));
             }
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
-        });
+        }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name].ToScalarType())));
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
+        BytesReadAhead += reader.DirectBytesServed;
         _cancellation.ThrowIfCancellationRequested();
         return (bytesRead, appender.BackgroundTime);
     }
@@ -254,7 +260,8 @@ public sealed class MergeExecutor
     /// per tensor around <paramref name="process"/>(tensor, layer count). Returns the bytes read (base and inputs, or
     /// the base's alone when <paramref name="countInputs"/> is false, as progress counts them).
     /// </summary>
-    private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, ModelLayout> process, bool countInputs = true)
+    private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, ModelLayout> process, bool countInputs = true,
+        Func<TensorInfo, ModelLayout, bool>? readsOnce = null)
     {
         var clock = Stopwatch.StartNew();
         var layout = ModelLayout.Of(vector.Base);
@@ -266,10 +273,12 @@ public sealed class MergeExecutor
             _cancellation.ThrowIfCancellationRequested();
             var info = tensors[i];
             _observer?.Progress(new MergeProgress(activity, i, tensors.Count, bytesDone, totalBytes, clock.Elapsed, info.Name));
-            // The first chunk of the tensors TensorsAhead ahead (at the start, of all of them up to there).
+            // The first chunk of the tensors TensorsAhead ahead (at the start, of all of them up to there); past the page
+            // cache when the tensor is read once (by default: when it fits in one chunk, which is kept for every pass).
             for (var next = i == 0 ? 1 : i + TensorsAhead; next <= i + TensorsAhead && next < tensors.Count; next++)
             {
-                TensorMerger.Prefetch(reader, vector, tensors[next], 0, Math.Min(tensors[next].ElementCount, ChunkElements));
+                var once = readsOnce?.Invoke(tensors[next], layout) ?? tensors[next].ElementCount <= ChunkElements;
+                TensorMerger.Prefetch(reader, vector, tensors[next], 0, Math.Min(tensors[next].ElementCount, ChunkElements), once);
             }
             using (NewDisposeScope()) process(info, layout);
             reader.Release(info.Name);

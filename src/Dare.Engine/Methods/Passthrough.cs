@@ -84,6 +84,6 @@ internal sealed class BaseScale(Checkpoint model, TensorParameter? scale) : ITas
         public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count) =>
             chunks.Workspace.Floats(slot, count).copy_(baseChunk).mul_(factorMinusOne);
 
-        public void Prefetch(TensorReader reader, long first, long count) { }
+        public void Prefetch(TensorReader reader, long first, long count, bool readOnce) { }
     }
 }

@@ -39,34 +39,29 @@ public sealed class TensorReader : IDisposable
         var scan = _nonFinite is not null && FiniteCheck.Applies(info.DType) && !_nonFiniteReported.Contains((info.File, info.Name));
         var found = false;
         var scanned = destination;
-        while (remaining > 0)
+        // A range read ahead past the page cache is copied from its buffer (see DirectReadAhead).
+        var readAhead = _direct?.Take((int)handle.DangerousGetHandle(), offset, remaining);
+        try
         {
-            var size = (int)Math.Min(remaining, scan ? ScanPieceBytes : MaxReadBytes);
-            int read;
-            try
+            while (remaining > 0)
             {
-                read = RandomAccess.Read(handle, new Span<byte>(destination, size), offset);
+                var size = (int)Math.Min(remaining, scan ? ScanPieceBytes : MaxReadBytes);
+                var read = ReadPiece(info, handle, readAhead, offset, destination, size);
+                destination += read;
+                offset += read;
+                remaining -= read;
+                if (scan && !found)
+                {
+                    // Whole elements only: a short read may end inside one.
+                    var end = destination - (destination - scanned) % elementSize;
+                    found = FiniteCheck.AnyNonFinite(scanned, end - scanned, info.DType);
+                    scanned = end;
+                }
             }
-            catch (IOException ex)
-            {
-                throw new DareException(DareErrorId.SafetensorsReadFailed, DareErrorKind.ReadError,
-                    $"Reading tensor '{info.Name}' from '{info.File}' failed: {ex.Message}", ex) { FilePath = info.File, TensorName = info.Name };
-            }
-            if (read == 0)
-            {
-                throw new DareException(DareErrorId.SafetensorsReadFailed, DareErrorKind.ReadError,
-                    $"'{info.File}' ended while reading tensor '{info.Name}' (the file was truncated after it was opened).") { FilePath = info.File, TensorName = info.Name };
-            }
-            destination += read;
-            offset += read;
-            remaining -= read;
-            if (scan && !found)
-            {
-                // Whole elements only: a short read may end inside one.
-                var end = destination - (destination - scanned) % elementSize;
-                found = FiniteCheck.AnyNonFinite(scanned, end - scanned, info.DType);
-                scanned = end;
-            }
+        }
+        finally
+        {
+            if (readAhead is not null) _direct!.Free(readAhead);
         }
         if (found)
         {
@@ -75,6 +70,32 @@ public sealed class TensorReader : IDisposable
             _nonFinite!.ReportInput(info, CountNonFinite(info, handle));
         }
         _nonFinite?.FlushWarnings();
+    }
+
+    /// <summary>Up to <paramref name="size"/> bytes at <paramref name="offset"/>, from the read-ahead buffer or the file; returns how many.</summary>
+    private static unsafe int ReadPiece(TensorInfo info, SafeFileHandle handle, DirectReadAhead.Range? readAhead, long offset, byte* destination, int size)
+    {
+        if (readAhead is not null)
+        {
+            readAhead.CopyTo(offset, destination, size);
+            return size;
+        }
+        int read;
+        try
+        {
+            read = RandomAccess.Read(handle, new Span<byte>(destination, size), offset);
+        }
+        catch (IOException ex)
+        {
+            throw new DareException(DareErrorId.SafetensorsReadFailed, DareErrorKind.ReadError,
+                $"Reading tensor '{info.Name}' from '{info.File}' failed: {ex.Message}", ex) { FilePath = info.File, TensorName = info.Name };
+        }
+        if (read == 0)
+        {
+            throw new DareException(DareErrorId.SafetensorsReadFailed, DareErrorKind.ReadError,
+                $"'{info.File}' ended while reading tensor '{info.Name}' (the file was truncated after it was opened).") { FilePath = info.File, TensorName = info.Name };
+        }
+        return read;
     }
 
     /// <summary>Read size while scanning: small enough to stay in the core's caches between the read and the scan.</summary>
@@ -141,10 +162,12 @@ public sealed class TensorReader : IDisposable
     /// Asks the OS to start reading elements [firstElement, firstElement + count) into the page cache in the
     /// background (posix_fadvise WILLNEED on Linux, given on the <see cref="ReadAhead"/> thread), so that a later
     /// <see cref="ReadElements"/> finds them there: the disk reads of the next chunks overlap the computation of this
-    /// one. Advisory only: returns whether the advice was queued, and never throws (a real problem with the file
-    /// surfaces in the read).
+    /// one. With <paramref name="readOnce"/> (the merge reads the range once, then is done with it) the range is read
+    /// ahead past the page cache instead (<see cref="DirectReadAhead"/>), for the one <see cref="ReadElements"/>
+    /// of exactly that range or part of it. Advisory only: returns whether the advice was queued, and never throws (a
+    /// real problem with the file surfaces in the read).
     /// </summary>
-    public bool Prefetch(TensorInfo info, long firstElement, long count)
+    public bool Prefetch(TensorInfo info, long firstElement, long count, bool readOnce = false)
     {
         if (!OperatingSystem.IsLinux() || count <= 0 || info.Assembly is not null) return false;
         try
@@ -152,7 +175,9 @@ public sealed class TensorReader : IDisposable
             CheckRange(info, firstElement, count);
             var elementSize = info.DType.ElementSize();
             var descriptor = (int)Handle(info).DangerousGetHandle();
-            (_readAhead ??= new ReadAhead()).Fetch(descriptor, info.Name, info.DataOffset + firstElement * elementSize, count * elementSize);
+            var offset = info.DataOffset + firstElement * elementSize;
+            if (readOnce && DirectReadAhead.Enabled) (_direct ??= new DirectReadAhead()).Fetch(descriptor, info.Name, offset, count * elementSize);
+            else (_readAhead ??= new ReadAhead()).Fetch(descriptor, info.Name, offset, count * elementSize);
             return true;
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or DareException or ArgumentOutOfRangeException)
@@ -169,12 +194,30 @@ public sealed class TensorReader : IDisposable
     /// what is about to be read, and (on VMs whose host reclaims freed guest memory) no fresh pages to fault in: a
     /// cold DARE-linear of 31 GB of inputs took 40 s with it and 67 s without. DARE_RELEASE_READS=0 turns it off.
     /// </summary>
-    public void Release(string tensorName) => _readAhead?.Release(tensorName);
+    public void Release(string tensorName)
+    {
+        _direct?.Release(tensorName);
+        _readAhead?.Release(tensorName);
+    }
 
     /// <summary>Waits until the page-cache advice given so far has been carried out (for tests).</summary>
-    internal void WaitForReadAhead() => _readAhead?.Drain();
+    internal void WaitForReadAhead()
+    {
+        _readAhead?.Drain();
+        _direct?.Drain();
+    }
+
+    /// <summary>Reads served from direct read-ahead buffers so far (for tests).</summary>
+    internal int DirectReadsServed => _direct?.Served ?? 0;
+
+    /// <summary>Bytes of the reads served from direct read-ahead buffers so far.</summary>
+    internal long DirectBytesServed => _direct?.ServedBytes ?? 0;
+
+    /// <summary>Bytes held in direct read-ahead buffers now (for tests).</summary>
+    internal long DirectBufferedBytes => _direct?.BytesInUse ?? 0;
 
     private ReadAhead? _readAhead;
+    private DirectReadAhead? _direct;
 
     /// <summary>
     /// The open handle of the tensor's file. The first use opens it only if the path is still a regular file with the
@@ -203,6 +246,8 @@ public sealed class TensorReader : IDisposable
         // First: the read-ahead thread uses the descriptors closed below.
         _readAhead?.Dispose();
         _readAhead = null;
+        _direct?.Dispose();
+        _direct = null;
         foreach (var open in _handles.Values) open.Handle.Dispose();
         _handles.Clear();
     }

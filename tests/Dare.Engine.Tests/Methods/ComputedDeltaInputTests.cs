@@ -62,7 +62,7 @@ public sealed class ComputedDeltaInputTests : IDisposable
             public bool NeedsBase => false;
             public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count) =>
                 tensor(delta.Skip((int)first).Take((int)count).ToArray());
-            public void Prefetch(TensorReader reader, long first, long count) { }
+            public void Prefetch(TensorReader reader, long first, long count, bool readOnce) { }
         }
     }
 

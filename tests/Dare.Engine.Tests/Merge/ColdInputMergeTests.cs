@@ -1,0 +1,103 @@
+using System.Runtime.InteropServices;
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+using Xunit;
+
+namespace Dare.Engine.Tests.Merge;
+
+/// <summary>
+/// Inputs that are not in the page cache are read ahead past it (O_DIRECT into the reader's buffers) wherever the
+/// merge reads a range once, and the output is byte for byte the one merged from cached inputs.
+/// </summary>
+public sealed partial class ColdInputMergeTests : IDisposable
+{
+    private const long Chunk = 1 << 20;
+
+    // Written in this order: the embedding (one chunk) is read first, without read-ahead; up_proj takes two chunks.
+    private static readonly (string Name, long[] Shape)[] Shapes =
+    {
+        ("model.embed_tokens.weight", new long[] { 1024, 1024 }),
+        ("model.layers.0.self_attn.q_proj.weight", new long[] { 1024, 1024 }),
+        ("model.layers.0.mlp.up_proj.weight", new long[] { 2048, 1024 }),
+        ("model.norm.weight", new long[] { 1024 }),
+    };
+
+    private readonly TestModels _models = new();
+    private readonly List<TaskVector> _vectors = new();
+
+    public ColdInputMergeTests()
+    {
+        var random = new Random(5);
+        var @base = Shapes.ToDictionary(s => s.Name, s => TestModels.RandomFloats(random, (int)s.Shape.Aggregate(1L, (a, b) => a * b)));
+        var baseModel = _models.Write("base", Shapes.Select(s => TestTensor.Bf16(s.Name, @base[s.Name], s.Shape)));
+        for (var m = 0; m < 2; m++)
+        {
+            var tuned = _models.Write($"tuned{m}", Shapes.Select(s => TestTensor.Bf16(s.Name, TestModels.Perturb(random, @base[s.Name], 0.05), s.Shape)));
+            _vectors.Add(TaskVector.FromModels(baseModel, tuned));
+        }
+    }
+
+    public void Dispose() => _models.Dispose();
+
+    private static TensorParameter[] Parameters(params double[] values) => values.Select(v => (TensorParameter)v).ToArray();
+
+    private TaskVector Plan(string kind) => kind switch
+    {
+        "dare-linear" => TaskVector.Combine(_vectors.Select((v, i) => v.WithDare(new DareOptions(0.9, 42, i))).ToList(),
+            new MergeOptions(MergeMethod.Linear, Parameters(0.5, 0.5), false, 1.0)),
+        "ties" => TaskVector.Combine(_vectors, new MergeOptions(MergeMethod.Ties, Parameters(1, 1), true, 1.0, Parameters(0.2, 0.2))),
+        "dare-ties" => TaskVector.Combine(_vectors.Select((v, i) => v.WithDare(new DareOptions(0.9, 42, i))).ToList(),
+            new MergeOptions(MergeMethod.Ties, Parameters(1, 1), true, 1.0, Parameters(0.5, 0.5))),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind)),
+    };
+
+    private (byte[] Bytes, long ReadAhead) Export(TaskVector plan, string name)
+    {
+        var executor = new MergeExecutor(chunkElements: Chunk);
+        executor.Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = SafetensorsDType.BF16 });
+        return (File.ReadAllBytes(Path.Combine(_models.PathOf(name), Checkpoint.SingleFileName)), executor.BytesReadAhead);
+    }
+
+    private IEnumerable<string> InputFiles() =>
+        new[] { "base", "tuned0", "tuned1" }.SelectMany(model => Directory.GetFiles(_models.PathOf(model), "*.safetensors"));
+
+    /// <summary>Flushes every input file and drops it from the page cache.</summary>
+    private void DropInputsFromCache()
+    {
+        foreach (var file in InputFiles())
+        {
+            using var handle = File.OpenHandle(file);
+            Assert.Equal(0, fsync((int)handle.DangerousGetHandle()));
+            Assert.Equal(0, posix_fadvise((int)handle.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
+        }
+    }
+
+    /// <summary>Bytes of the named tensors in the three input models (each stored bfloat16).</summary>
+    private static long InputBytes(params string[] names) =>
+        3 * Shapes.Where(s => names.Any(n => s.Name.Contains(n, StringComparison.Ordinal))).Sum(s => s.Shape.Aggregate(2L, (a, b) => a * b));
+
+    [Theory]
+    [InlineData("dare-linear")] // the single-pass route: every tensor is read once, up_proj's two chunks included
+    [InlineData("ties")] // up_proj is read once per pass through the page cache; the one-chunk tensors are kept for every pass
+    [InlineData("dare-ties")]
+    public void A_merge_of_inputs_out_of_the_page_cache_reads_ahead_past_it_and_writes_the_same_bytes(string kind)
+    {
+        var plan = Plan(kind);
+        foreach (var file in InputFiles()) File.ReadAllBytes(file); // the writer wrote past the page cache too
+        var (warm, warmReadAhead) = Export(plan, "warm");
+        DropInputsFromCache();
+        var (cold, coldReadAhead) = Export(plan, "cold");
+
+        Assert.Equal(warm, cold);
+        Assert.Equal(0, warmReadAhead); // cached inputs are read from the cache
+        // The norm (2 KB at the end of each file) may share a page the OS cached with the file's last bytes.
+        var once = kind == "dare-linear" ? new[] { "q_proj", "up_proj" } : new[] { "q_proj" };
+        Assert.InRange(coldReadAhead, InputBytes(once), InputBytes(once.Append("norm").ToArray()));
+    }
+
+    [LibraryImport("libc")]
+    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
+
+    [LibraryImport("libc")]
+    private static partial int fsync(int descriptor);
+}

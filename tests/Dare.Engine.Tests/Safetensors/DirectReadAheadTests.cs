@@ -1,0 +1,156 @@
+using System.Runtime.InteropServices;
+using Dare.Engine.Safetensors;
+using Xunit;
+
+namespace Dare.Engine.Tests.Safetensors;
+
+/// <summary>
+/// Ranges the merge reads once are read ahead past the page cache (O_DIRECT into the reader's own buffers) and
+/// copied from there: the bytes are the file's, at any offset, the page cache is left as it was, and a cached range,
+/// a range never read or a file that changed falls back to the ordinary read.
+/// </summary>
+public sealed partial class DirectReadAheadTests : IDisposable
+{
+    private readonly TempDirectory _temp = new();
+
+    public void Dispose() => _temp.Dispose();
+
+    /// <summary>A file of two float32 tensors ("a": 1M + 3 elements, "b" to the end of the file), synced and dropped from the page cache.</summary>
+    private (string Path, TensorInfo A, TensorInfo B) ColdFile(string name, Action<float[]>? edit = null)
+    {
+        var a = Enumerable.Range(0, (1 << 20) + 3).Select(i => (float)i).ToArray();
+        edit?.Invoke(a);
+        var b = Enumerable.Range(0, 5001).Select(i => -(float)i).ToArray();
+        var path = RawSafetensors.WriteFile(_temp[name], new[]
+        {
+            new RawTensor("a", "F32", new long[] { a.Length }, MemoryMarshal.AsBytes(a.AsSpan()).ToArray()),
+            new RawTensor("b", "F32", new long[] { b.Length }, MemoryMarshal.AsBytes(b.AsSpan()).ToArray()),
+        });
+        using (var file = File.OpenHandle(path))
+        {
+            Assert.Equal(0, fsync((int)file.DangerousGetHandle()));
+            Assert.Equal(0, posix_fadvise((int)file.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
+        }
+        var tensors = Checkpoint.Open(path).Tensors;
+        var infoA = tensors.Single(t => t.Name == "a");
+        Assert.False(IsCached(path, infoA.DataOffset + infoA.ByteLength / 2), "the test file should start out of the page cache");
+        return (path, infoA, tensors.Single(t => t.Name == "b"));
+    }
+
+    private static unsafe float[] Read(TensorReader reader, TensorInfo info, long first, long count)
+    {
+        var values = new float[count];
+        fixed (float* destination = values) reader.ReadElements(info, first, count, (byte*)destination);
+        return values;
+    }
+
+    [Fact]
+    public void A_range_read_once_comes_from_the_read_ahead_buffer_with_the_files_bytes_and_leaves_the_page_cache_alone()
+    {
+        var (path, a, b) = ColdFile("cold.safetensors");
+        using var reader = new TensorReader();
+
+        // Odd element offsets inside "a" (neither end on a 4 KB boundary), and "b", which ends where the file ends.
+        Assert.True(reader.Prefetch(a, 3, a.ElementCount - 5, readOnce: true));
+        Assert.True(reader.Prefetch(b, 0, b.ElementCount, readOnce: true));
+        var fromA = Read(reader, a, 3, a.ElementCount - 5);
+        var fromB = Read(reader, b, 0, b.ElementCount);
+
+        Assert.Equal(2, reader.DirectReadsServed);
+        Assert.Equal(Enumerable.Range(3, (int)a.ElementCount - 5).Select(i => (float)i), fromA);
+        Assert.Equal(Enumerable.Range(0, 5001).Select(i => -(float)i), fromB);
+        Assert.False(IsCached(path, a.DataOffset + a.ByteLength / 2));
+        Assert.Equal(0, reader.DirectBufferedBytes);
+    }
+
+    [Fact]
+    public void A_part_of_a_range_read_ahead_is_copied_from_it_and_a_second_read_of_it_goes_to_the_file()
+    {
+        var (_, a, _) = ColdFile("part.safetensors");
+        using var reader = new TensorReader();
+
+        Assert.True(reader.Prefetch(a, 0, a.ElementCount, readOnce: true));
+        Assert.Equal(Enumerable.Range(1000, 7).Select(i => (float)i), Read(reader, a, 1000, 7));
+        Assert.Equal(Enumerable.Range(1000, 7).Select(i => (float)i), Read(reader, a, 1000, 7));
+
+        Assert.Equal(1, reader.DirectReadsServed);
+        Assert.Equal(0, reader.DirectBufferedBytes);
+    }
+
+    [Fact]
+    public void A_cached_range_is_read_the_ordinary_way()
+    {
+        var (path, a, _) = ColdFile("warm.safetensors");
+        File.ReadAllBytes(path);
+        using var reader = new TensorReader();
+
+        Assert.True(reader.Prefetch(a, 0, a.ElementCount, readOnce: true));
+        reader.WaitForReadAhead();
+        Assert.Equal(Enumerable.Range(0, (int)a.ElementCount).Select(i => (float)i), Read(reader, a, 0, a.ElementCount));
+
+        Assert.Equal(0, reader.DirectReadsServed);
+    }
+
+    [Fact]
+    public void A_range_read_ahead_and_never_read_is_freed_when_its_tensor_is_released()
+    {
+        var (_, a, b) = ColdFile("unread.safetensors");
+        using var reader = new TensorReader();
+
+        Assert.True(reader.Prefetch(a, 0, a.ElementCount, readOnce: true));
+        Assert.True(reader.Prefetch(b, 0, b.ElementCount, readOnce: true));
+        reader.WaitForReadAhead();
+        Assert.True(reader.DirectBufferedBytes >= a.ByteLength + b.ByteLength);
+
+        reader.Release("a");
+        Assert.InRange(reader.DirectBufferedBytes, b.ByteLength, 1 << 20); // buffers come in whole megabytes
+        reader.Release("b");
+        Assert.Equal(0, reader.DirectBufferedBytes);
+    }
+
+    [Fact]
+    public void A_NaN_in_a_range_read_ahead_is_found()
+    {
+        var (path, a, _) = ColdFile("nan.safetensors", values => values[900_000] = float.NaN);
+        using var reader = new TensorReader(new NonFiniteGuard(allow: false, warn: null));
+
+        Assert.True(reader.Prefetch(a, 0, a.ElementCount, readOnce: true));
+        var failure = Assert.Throws<DareException>(() => Read(reader, a, 0, a.ElementCount));
+
+        Assert.Equal(DareErrorId.NonFiniteValues, failure.ErrorId);
+        Assert.Equal(path, failure.FilePath);
+        Assert.Equal(1, reader.DirectReadsServed);
+        Assert.Equal(0, reader.DirectBufferedBytes);
+    }
+
+    [Fact]
+    public void A_file_truncated_before_its_range_was_read_ahead_fails_the_read_naming_file_and_tensor()
+    {
+        var (path, a, b) = ColdFile("truncated.safetensors");
+        using var reader = new TensorReader();
+        Read(reader, b, 0, 1); // opens the file
+        using (var file = new FileStream(path, FileMode.Open, FileAccess.Write)) file.SetLength(a.DataOffset + a.ByteLength / 2);
+
+        Assert.True(reader.Prefetch(a, 0, a.ElementCount, readOnce: true));
+        var failure = Assert.Throws<DareException>(() => Read(reader, a, 0, a.ElementCount));
+
+        Assert.Equal(DareErrorId.SafetensorsReadFailed, failure.ErrorId);
+        Assert.Equal(path, failure.FilePath);
+        Assert.Equal("a", failure.TensorName);
+        Assert.Equal(0, reader.DirectReadsServed);
+        Assert.Equal(0, reader.DirectBufferedBytes);
+    }
+
+    /// <summary>Asked with cachestat, which (unlike a 1-byte RWF_NOWAIT read) does not start the kernel's read-ahead.</summary>
+    private static bool IsCached(string path, long offset)
+    {
+        using var file = File.OpenHandle(path);
+        return ReadAhead.IsCached((int)file.DangerousGetHandle(), offset, 1);
+    }
+
+    [LibraryImport("libc")]
+    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
+
+    [LibraryImport("libc")]
+    private static partial int fsync(int descriptor);
+}
