@@ -12,7 +12,8 @@ inputs exceed this machine's memory. Then, -Repeat times, interleaved:
   (`dd oflag=direct conv=fsync`, around the page cache as Export-Safetensors writes): the least any merge of
   these inputs has to do;
 - each merge (DARE-linear, TIES, DARE-TIES as in Invoke-Benchmark.ps1), page cache dropped first, in a fresh pwsh
-  under /usr/bin/time -v, exporting bfloat16 with its fsyncs.
+  under /usr/bin/time -v, exporting bfloat16 with its fsyncs; "dare-linear-page-cache" is DARE-linear with
+  DARE_DIRECT_READS=0, reading through the page cache instead of past it, to compare the two read paths.
 Reports medians, each merge's ratio to the median floor, peak RSS, and the targets (DARE-linear ≤ 1.15 × floor,
 TIES and DARE-TIES ≤ 1.3 ×, peak RSS < 1 GB). Dropping the page cache needs root (/proc/sys/vm/drop_caches).
 
@@ -22,7 +23,7 @@ TIES and DARE-TIES ≤ 1.3 ×, peak RSS < 1 GB). Dropping the page cache needs r
 #>
 [CmdletBinding()]
 param(
-    [ValidateSet('dare-linear', 'ties', 'dare-ties')] [string[]] $Method = @('dare-linear', 'ties', 'dare-ties'),
+    [ValidateSet('dare-linear', 'dare-linear-page-cache', 'ties', 'dare-ties')] [string[]] $Method = @('dare-linear', 'dare-linear-page-cache', 'ties', 'dare-ties'),
     [ValidateRange(1, 10)] [int] $Repeat = 3,
     [ValidateRange(1, 80)] [int] $Layers = 18,
     [string] $Module,
@@ -44,7 +45,7 @@ New-Item -ItemType Directory -Force $runs | Out-Null
 if (-not $OutFile) { $OutFile = Join-Path $runs 'cold-results.md' }
 . (Join-Path $PSScriptRoot 'BenchCommon.ps1')
 $pwsh = Get-PwshCommand
-$targets = @{ 'dare-linear' = 1.15; 'ties' = 1.3; 'dare-ties' = 1.3 }
+$targets = @{ 'dare-linear' = 1.15; 'dare-linear-page-cache' = 1.15; 'ties' = 1.3; 'dare-ties' = 1.3 }
 $rssLimit = 1e9
 
 function Clear-PageCache {
@@ -99,8 +100,10 @@ function Measure-ColdMerge([string] $Name) {
     if (Test-Path $output) { Remove-Item -Recurse -Force $output }
     Clear-PageCache
     $arguments = @($pwsh | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-File', (Join-Path $PSScriptRoot 'Invoke-BenchMerge.ps1'),
-        '-Method', $Name, '-Data', $directory, '-Output', $output, '-Module', $Module)
-    $lines = & /usr/bin/time -v -o $timeFile $pwsh[0] @arguments 2>&1
+        '-Method', ($Name -replace '-page-cache$'), '-Data', $directory, '-Output', $output, '-Module', $Module)
+    $env:DARE_DIRECT_READS = if ($Name -like '*-page-cache') { '0' } else { $null }
+    try { $lines = & /usr/bin/time -v -o $timeFile $pwsh[0] @arguments 2>&1 }
+    finally { $env:DARE_DIRECT_READS = $null }
     if ($LASTEXITCODE) { throw "Merge $Name failed (exit code $LASTEXITCODE):`n$($lines -join "`n")" }
     $measured = Read-GnuTime $timeFile
     Remove-Item $timeFile, $output -Recurse -Force

@@ -41,10 +41,11 @@ internal sealed unsafe partial class ReadAhead : IDisposable
     });
 
     /// <summary>
-    /// Whether every page of file bytes [offset, offset + length) is in the page cache: asked with cachestat (Linux
-    /// 6.5+), which has no side effects. Elsewhere the last byte stands for the range, probed with a 1-byte read that
-    /// may not wait for the disk (which starts the kernel's read-ahead around a page that is not cached: up to
-    /// read_ahead_kb, 8 MB on this project's VM).
+    /// Whether file bytes [offset, offset + length) are in the page cache, for the most part (at least half of their
+    /// pages: a range cached but for a few pages, such as pages shared with a neighbour the OS let go of, is cheaper
+    /// to read from the cache than from the disk). Asked with cachestat (Linux 6.5+), which has no side effects.
+    /// Elsewhere the last byte stands for the range, probed with a 1-byte read that may not wait for the disk (which
+    /// starts the kernel's read-ahead around a page that is not cached: up to read_ahead_kb, 8 MB on this project's VM).
     /// </summary>
     internal static bool IsCached(int descriptor, long offset, long length)
     {
@@ -54,7 +55,7 @@ internal sealed unsafe partial class ReadAhead : IDisposable
             var first = offset / Page;
             var range = new CacheStatRange { Offset = (ulong)(first * Page), Length = (ulong)(((offset + length + Page - 1) / Page - first) * Page) };
             CacheStat stat;
-            if (syscall(CacheStatSyscall, descriptor, &range, &stat, 0) == 0) return (long)stat.Cached * Page >= (long)range.Length;
+            if (syscall(CacheStatSyscall, descriptor, &range, &stat, 0) == 0) return (long)stat.Cached * Page * 2 >= (long)range.Length;
             if (Marshal.GetLastPInvokeError() == 38 /* ENOSYS */) _hasCacheStat = false;
             else return false;
         }
