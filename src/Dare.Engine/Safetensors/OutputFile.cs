@@ -66,7 +66,7 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
     private const int Alignment = 4096;
     // One write request per 32 MB: with inputs read from the same disk at the same time, a cold DARE-linear of 31 GB
     // took 27.3–28.0 s with 32 MB requests and 28.6–29.3 s with 8 MB ones (the writer fell behind).
-    private const int StagingSize = 32 << 20;
+    internal const int StagingSize = 32 << 20;
 
     private readonly int _descriptor;
     private byte* _staging;

@@ -7,7 +7,7 @@ namespace Dare.Engine.Tests.Safetensors;
 /// <summary>Unbuffered (O_DIRECT) and buffered output files write exactly the bytes given, whatever their length and pieces.</summary>
 public sealed class OutputFileTests : IDisposable
 {
-    private const int Staging = 8 << 20; // DirectOutputFile's staging buffer
+    private const int Staging = DirectOutputFile.StagingSize;
     private readonly TempDirectory _temp = new();
 
     public void Dispose() => _temp.Dispose();
