@@ -31,8 +31,8 @@ internal sealed unsafe partial class ReadAhead : IDisposable
     public static readonly bool ReleaseReads = Environment.GetEnvironmentVariable("DARE_RELEASE_READS") is not "0";
 
     /// <summary>
-    /// Starts the OS reading [offset, offset + length) of the file, unless its last byte is already cached (the advice
-    /// itself walks the range, which costs warm runs time). A range it starts reading is remembered for <see cref="Release"/>.
+    /// Starts the OS reading [offset, offset + length) of the file, unless it is already cached (<see cref="IsCached"/>:
+    /// the advice itself walks the range, which costs warm runs time). A range it starts reading is remembered for <see cref="Release"/>.
     /// </summary>
     public void Fetch(int descriptor, string tensor, long offset, long length) => _requests.Add(() =>
     {
