@@ -8,7 +8,7 @@ namespace Dare.Engine.Safetensors;
 /// On this project's VM filling the page cache from a cold disk costs a fault on the host per page: a cold
 /// DARE-linear of 31 GB of inputs took 49 s with 13.5 s of system time through the page cache and 34 s with 3.6 s
 /// direct. Two reads in flight keep the disk busier than one (1.2–1.7 against 1.0–1.4 GB/s). At most
-/// <see cref="BufferBudget"/> bytes wait in buffers, except a range the merge is waiting for, which is read first.
+/// <see cref="DefaultBudget"/> bytes wait in buffers, except a range the merge is waiting for, which is read first.
 /// A range that is already cached, a file system without O_DIRECT or a short read leaves the range to the ordinary
 /// read: nothing but speed depends on this path. DARE_DIRECT_READS=0 turns it off (then the page-cache advice of
 /// <see cref="ReadAhead"/> is given instead).
@@ -18,8 +18,10 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
     /// <summary>Whether ranges read once are read ahead past the page cache (Linux; DARE_DIRECT_READS=0: no).</summary>
     public static readonly bool Enabled = OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("DARE_DIRECT_READS") is not "0";
 
-    /// <summary>Bytes waiting in buffers at most: about two tensors' chunks of four models.</summary>
-    internal const long BufferBudget = 256L << 20;
+    /// <summary>Bytes waiting in buffers at most, by default: about two tensors' chunks of four models.</summary>
+    internal const long DefaultBudget = 256L << 20;
+
+    private readonly long _budget;
 
     private const int Readers = 2;
     private const int Alignment = 4096;
@@ -48,9 +50,12 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
 
     /// <summary>Ranges asked for and not yet taken, in order; locking it guards every field, and it is the signal for changes.</summary>
     private readonly List<Range> _ranges = new();
-    private readonly ReadBufferPool _pool = new(BufferBudget);
+    private readonly ReadBufferPool _pool;
     private readonly Thread[] _readers;
     private bool _stopping;
+
+    /// <summary>Buffer bytes of the ranges being read (rented or about to be).</summary>
+    private long _reserved;
 
     /// <summary>The range the merge is waiting for while still queued: the next reader free reads it, over the budget if need be.</summary>
     private Range? _awaited;
@@ -63,8 +68,10 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
 
     internal long ServedBytes { get; private set; }
 
-    public DirectReadAhead()
+    public DirectReadAhead(long budget = DefaultBudget)
     {
+        _budget = budget;
+        _pool = new ReadBufferPool(budget);
         _readers = Enumerable.Range(0, Readers).Select(i => new Thread(ReadLoop) { IsBackground = true, Name = $"Dare direct read {i}" }).ToArray();
         foreach (var reader in _readers) reader.Start();
     }
@@ -96,7 +103,8 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
                 {
                     if (_stopping) return;
                     var candidate = _awaited is { State: State.Queued } awaited ? awaited : _ranges.Find(r => r.State == State.Queued);
-                    if (candidate is not null && (candidate == _awaited || _pool.BytesInUse == 0 || _pool.BytesInUse + candidate.Capacity <= BufferBudget))
+                    var held = _pool.BytesInUse + _reserved;
+                    if (candidate is not null && (candidate == _awaited || held == 0 || held + candidate.Capacity <= _budget))
                     {
                         next = candidate;
                         break;
@@ -104,6 +112,7 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
                     Monitor.Wait(_ranges);
                 }
                 next.State = State.Reading;
+                _reserved += next.Capacity; // counted before its buffer is rented, so the other reader sees it
             }
             var ready = false;
             try
@@ -115,11 +124,18 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
                     ready = next.Buffer is not null && ReadIntoBuffer(next);
                 }
             }
+            catch (Exception)
+            {
+                // Advisory work on a thread of its own: a failure here must not take the host process down; the
+                // merge's own read of the range reports any real problem with the file.
+                ready = false;
+            }
             finally
             {
                 // Also after an unexpected failure: the merge may be waiting for this range.
                 lock (_ranges)
                 {
+                    _reserved -= next.Capacity;
                     next.State = ready ? State.Ready : State.Unavailable;
                     if (!ready || next.Abandoned) ReturnBuffer(next);
                     if (next.Abandoned) _ranges.Remove(next);
@@ -218,7 +234,7 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
     {
         lock (_ranges)
         {
-            while (_ranges.Any(r => r.State == State.Reading || (r.State == State.Queued && (_pool.BytesInUse == 0 || _pool.BytesInUse + r.Capacity <= BufferBudget))))
+            while (_ranges.Any(r => r.State == State.Reading || (r.State == State.Queued && (_pool.BytesInUse + _reserved == 0 || _pool.BytesInUse + _reserved + r.Capacity <= _budget))))
             {
                 Monitor.Wait(_ranges, 10);
             }

@@ -141,6 +141,33 @@ public sealed partial class DirectReadAheadTests : IDisposable
         Assert.Equal(0, reader.DirectBufferedBytes);
     }
 
+    [Fact]
+    public unsafe void At_most_the_budget_waits_in_buffers_and_a_range_the_merge_waits_for_is_read_past_it()
+    {
+        var (path, a, _) = ColdFile("budget.safetensors");
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        const long Piece = 1 << 20; // three 1 MB ranges of "a" (each takes a 2 MB buffer: it straddles a page) under a 4 MB budget
+        Assert.NotEqual(0, a.DataOffset % 4096);
+        using var readAhead = new DirectReadAhead(budget: 4L << 20);
+        for (var i = 0; i < 3; i++) readAhead.Fetch(descriptor, "a", a.DataOffset + i * Piece, Piece);
+        readAhead.Drain();
+        Assert.Equal(4L << 20, readAhead.BytesInUse); // two read, the third waits for room
+
+        // The third is taken first: it is read at once, over the budget, rather than waiting for room the first two hold.
+        foreach (var i in new[] { 2, 0, 1 })
+        {
+            var range = readAhead.Take(descriptor, a.DataOffset + i * Piece, Piece);
+            Assert.NotNull(range);
+            var values = new float[Piece / 4];
+            fixed (float* destination = values) range!.CopyTo(a.DataOffset + i * Piece, (byte*)destination, (int)Piece);
+            Assert.Equal(Enumerable.Range((int)(i * Piece / 4), values.Length).Select(v => (float)v), values);
+            readAhead.Free(range);
+        }
+        Assert.Equal(0, readAhead.BytesInUse);
+        Assert.Equal(3, readAhead.Served);
+    }
+
     /// <summary>Asked with cachestat, which (unlike a 1-byte RWF_NOWAIT read) does not start the kernel's read-ahead.</summary>
     private static bool IsCached(string path, long offset)
     {
