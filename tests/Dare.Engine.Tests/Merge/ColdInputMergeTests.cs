@@ -1,6 +1,6 @@
-using System.Runtime.InteropServices;
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
+using Dare.Engine.Tests.Safetensors;
 using Xunit;
 
 namespace Dare.Engine.Tests.Merge;
@@ -9,7 +9,7 @@ namespace Dare.Engine.Tests.Merge;
 /// Inputs that are not in the page cache are read ahead past it (O_DIRECT into the reader's buffers) wherever the
 /// merge reads a range once, and the output is byte for byte the one merged from cached inputs.
 /// </summary>
-public sealed partial class ColdInputMergeTests : IDisposable
+public sealed class ColdInputMergeTests : IDisposable
 {
     private const long Chunk = 1 << 20;
 
@@ -64,12 +64,7 @@ public sealed partial class ColdInputMergeTests : IDisposable
     /// <summary>Flushes every input file and drops it from the page cache.</summary>
     private void DropInputsFromCache()
     {
-        foreach (var file in InputFiles())
-        {
-            using var handle = File.OpenHandle(file);
-            Assert.Equal(0, fsync((int)handle.DangerousGetHandle()));
-            Assert.Equal(0, posix_fadvise((int)handle.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
-        }
+        foreach (var file in InputFiles()) PageCache.Drop(file);
     }
 
     /// <summary>Bytes of the named tensors in the three input models (each stored bfloat16).</summary>
@@ -94,10 +89,4 @@ public sealed partial class ColdInputMergeTests : IDisposable
         var once = kind == "dare-linear" ? new[] { "q_proj", "up_proj" } : new[] { "q_proj" };
         Assert.InRange(coldReadAhead, InputBytes(once), InputBytes(once.Append("norm").ToArray()));
     }
-
-    [LibraryImport("libc")]
-    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
-
-    [LibraryImport("libc")]
-    private static partial int fsync(int descriptor);
 }

@@ -9,7 +9,7 @@ namespace Dare.Engine.Tests.Safetensors;
 /// copied from there: the bytes are the file's, at any offset, the page cache is left as it was, and a cached range,
 /// a range never read or a file that changed falls back to the ordinary read.
 /// </summary>
-public sealed partial class DirectReadAheadTests : IDisposable
+public sealed class DirectReadAheadTests : IDisposable
 {
     private readonly TempDirectory _temp = new();
 
@@ -26,11 +26,7 @@ public sealed partial class DirectReadAheadTests : IDisposable
             new RawTensor("a", "F32", new long[] { a.Length }, MemoryMarshal.AsBytes(a.AsSpan()).ToArray()),
             new RawTensor("b", "F32", new long[] { b.Length }, MemoryMarshal.AsBytes(b.AsSpan()).ToArray()),
         });
-        using (var file = File.OpenHandle(path))
-        {
-            Assert.Equal(0, fsync((int)file.DangerousGetHandle()));
-            Assert.Equal(0, posix_fadvise((int)file.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
-        }
+        PageCache.Drop(path);
         var tensors = Checkpoint.Open(path).Tensors;
         var infoA = tensors.Single(t => t.Name == "a");
         Assert.False(IsCached(path, infoA.DataOffset + infoA.ByteLength / 2), "the test file should start out of the page cache");
@@ -168,16 +164,5 @@ public sealed partial class DirectReadAheadTests : IDisposable
         Assert.Equal(3, readAhead.Served);
     }
 
-    /// <summary>Asked with cachestat, which (unlike a 1-byte RWF_NOWAIT read) does not start the kernel's read-ahead.</summary>
-    private static bool IsCached(string path, long offset)
-    {
-        using var file = File.OpenHandle(path);
-        return ReadAhead.IsCached((int)file.DangerousGetHandle(), offset, 1);
-    }
-
-    [LibraryImport("libc")]
-    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
-
-    [LibraryImport("libc")]
-    private static partial int fsync(int descriptor);
+    private static bool IsCached(string path, long offset) => PageCache.Holds(path, offset);
 }

@@ -6,9 +6,9 @@ namespace Dare.Engine.Tests.Safetensors;
 
 /// <summary>
 /// What a read brings into the page cache is let go once the executor is done with the tensor; what was cached
-/// before stays. Observed with a 1-byte RWF_NOWAIT read, which succeeds only for a cached page.
+/// before stays. Observed with cachestat (<see cref="PageCache"/>).
 /// </summary>
-public sealed partial class ReadCacheReleaseTests : IDisposable
+public sealed class ReadCacheReleaseTests : IDisposable
 {
     private readonly TempDirectory _temp = new();
 
@@ -20,11 +20,7 @@ public sealed partial class ReadCacheReleaseTests : IDisposable
         var values = new float[2 << 20];
         for (var i = 0; i < values.Length; i++) values[i] = i;
         var path = RawSafetensors.WriteFile(_temp[name], new[] { new RawTensor("w", "F32", new long[] { values.Length }, MemoryMarshal.AsBytes(values.AsSpan()).ToArray()) });
-        using (var file = File.OpenHandle(path))
-        {
-            Assert.Equal(0, fsync((int)file.DangerousGetHandle()));
-            Assert.Equal(0, posix_fadvise((int)file.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
-        }
+        PageCache.Drop(path);
         var info = Checkpoint.Open(path).Tensors.Single();
         Assert.False(IsCached(path, Middle(info)), "the test file should start out of the page cache");
         return (path, info);
@@ -74,26 +70,5 @@ public sealed partial class ReadCacheReleaseTests : IDisposable
     /// <summary>A byte in a page wholly inside the tensor's data (the OS keeps pages the range covers only in part).</summary>
     private static long Middle(TensorInfo info) => info.DataOffset + info.ByteLength / 2;
 
-    private static unsafe bool IsCached(string path, long offset)
-    {
-        using var file = File.OpenHandle(path);
-        byte probe;
-        var vector = new IoVector { Base = &probe, Length = 1 };
-        return preadv2((int)file.DangerousGetHandle(), &vector, 1, offset, 0x8 /* RWF_NOWAIT */) == 1;
-    }
-
-    private unsafe struct IoVector
-    {
-        public byte* Base;
-        public nuint Length;
-    }
-
-    [LibraryImport("libc")]
-    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
-
-    [LibraryImport("libc")]
-    private static partial int fsync(int descriptor);
-
-    [LibraryImport("libc")]
-    private static unsafe partial nint preadv2(int descriptor, IoVector* vectors, int count, long offset, int flags);
+    private static bool IsCached(string path, long offset) => PageCache.Holds(path, offset);
 }
