@@ -6,8 +6,7 @@ namespace Dare.Engine.Safetensors;
 /// Read-ahead past the page cache, for ranges a merge reads once: <see cref="Readers"/> threads read them in the order
 /// asked, with O_DIRECT, into buffers of their own, and <see cref="TensorReader.ReadElements"/> copies from there.
 /// On this project's VM filling the page cache from a cold disk costs a fault on the host per page: a cold
-/// DARE-linear of 31 GB of inputs took 49 s with 13.5 s of system time through the page cache and 34 s with 3.6 s
-/// direct. Two reads in flight keep the disk busier than one (1.2–1.7 against 1.0–1.4 GB/s). At most
+/// DARE-linear of 31 GB of inputs took 39.8 s (30.2 CPU s) through the page cache and 27.7 s (23.0 CPU s) direct. Two reads in flight keep the disk busier than one (1.2–1.7 against 1.0–1.4 GB/s). At most
 /// <see cref="DefaultBudget"/> bytes wait in buffers, except a range the merge is waiting for, which is read first.
 /// A range that is already cached, a file system without O_DIRECT or a short read leaves the range to the ordinary
 /// read: nothing but speed depends on this path. DARE_DIRECT_READS=0 turns it off (then the page-cache advice of
