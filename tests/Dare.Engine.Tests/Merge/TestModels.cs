@@ -62,6 +62,28 @@ public sealed class TestModels : IDisposable
         }
     }
 
+    /// <summary>
+    /// A little Llama-shaped decoder in float32: embed, per layer q_proj and up_proj, final norm, lm_head, with seeded
+    /// values (distinct per model and layer), and a config.json giving its layer count, followed by
+    /// <paramref name="configMembers"/> (more JSON members, each starting with a comma) when given.
+    /// </summary>
+    public Checkpoint WriteDecoder(string name, int layers, int seed, string configMembers = "")
+    {
+        var random = new Random(seed);
+        var tensors = new List<TestTensor> { TestTensor.F32("model.embed_tokens.weight", RandomFloats(random, 12), 4, 3) };
+        for (var l = 0; l < layers; l++)
+        {
+            tensors.Add(TestTensor.F32($"model.layers.{l}.self_attn.q_proj.weight", RandomFloats(random, 9), 3, 3));
+            tensors.Add(TestTensor.F32($"model.layers.{l}.mlp.up_proj.weight", RandomFloats(random, 6), 2, 3));
+        }
+        tensors.Add(TestTensor.F32("model.norm.weight", RandomFloats(random, 3), 3));
+        tensors.Add(TestTensor.F32("lm_head.weight", RandomFloats(random, 12), 4, 3));
+        Write(name, tensors);
+        File.WriteAllText(Path.Combine(PathOf(name), "config.json"),
+            $"{{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 3, \"num_hidden_layers\": {layers}, \"vocab_size\": 4{configMembers}}}");
+        return Checkpoint.Open(PathOf(name));
+    }
+
     /// <summary>Exports <paramref name="vector"/> as float32 (unless told otherwise) and returns the opened output.</summary>
     public Checkpoint Export(TaskVector vector, string name, SafetensorsDType? dtype = SafetensorsDType.F32, bool deltaOnly = false, long? chunkElements = null, long maxShardSize = CheckpointWriteOptions.DefaultMaxShardSize)
     {

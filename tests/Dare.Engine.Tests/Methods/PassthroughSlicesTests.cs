@@ -14,23 +14,9 @@ public sealed class PassthroughSlicesTests : IDisposable
 
     public void Dispose() => _models.Dispose();
 
-    /// <summary>A little decoder: embed, per layer attn and mlp, final norm, lm_head; values distinct per model and layer; config.json says its layer count.</summary>
-    private Checkpoint Decoder(string name, int layers, int seed)
-    {
-        var random = new Random(seed);
-        var tensors = new List<TestTensor> { TestTensor.F32("model.embed_tokens.weight", TestModels.RandomFloats(random, 12), 4, 3) };
-        for (var l = 0; l < layers; l++)
-        {
-            tensors.Add(TestTensor.F32($"model.layers.{l}.self_attn.q_proj.weight", TestModels.RandomFloats(random, 9), 3, 3));
-            tensors.Add(TestTensor.F32($"model.layers.{l}.mlp.up_proj.weight", TestModels.RandomFloats(random, 6), 2, 3));
-        }
-        tensors.Add(TestTensor.F32("model.norm.weight", TestModels.RandomFloats(random, 3), 3));
-        tensors.Add(TestTensor.F32("lm_head.weight", TestModels.RandomFloats(random, 12), 4, 3));
-        _models.Write(name, tensors);
-        File.WriteAllText(Path.Combine(_models.PathOf(name), "config.json"),
-            $"{{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 3, \"num_hidden_layers\": {layers}, \"vocab_size\": 4, \"layer_types\": [{string.Join(", ", Enumerable.Range(0, layers).Select(l => $"\"{name}-{l}\""))}]}}");
-        return Checkpoint.Open(_models.PathOf(name));
-    }
+    /// <summary><see cref="TestModels.WriteDecoder"/> with layer_types in config.json, distinct per model and layer.</summary>
+    private Checkpoint Decoder(string name, int layers, int seed) =>
+        _models.WriteDecoder(name, layers, seed, $", \"layer_types\": [{string.Join(", ", Enumerable.Range(0, layers).Select(l => $"\"{name}-{l}\""))}]");
 
     private MergePlan Plan(string yaml, string output) =>
         RecipePlanner.Plan(RecipeParser.ParseText(yaml, _models.Root), new RecipePlanOptions { OutputPath = _models.PathOf(output) }).Plans[0];

@@ -14,22 +14,6 @@ public sealed class MergekitConfigSlicesTests : IDisposable
 
     public void Dispose() => _models.Dispose();
 
-    private void Decoder(string name, int layers, int seed)
-    {
-        var random = new Random(seed);
-        var tensors = new List<TestTensor> { TestTensor.F32("model.embed_tokens.weight", TestModels.RandomFloats(random, 12), 4, 3) };
-        for (var l = 0; l < layers; l++)
-        {
-            tensors.Add(TestTensor.F32($"model.layers.{l}.self_attn.q_proj.weight", TestModels.RandomFloats(random, 9), 3, 3));
-            tensors.Add(TestTensor.F32($"model.layers.{l}.mlp.up_proj.weight", TestModels.RandomFloats(random, 6), 2, 3));
-        }
-        tensors.Add(TestTensor.F32("model.norm.weight", TestModels.RandomFloats(random, 3), 3));
-        tensors.Add(TestTensor.F32("lm_head.weight", TestModels.RandomFloats(random, 12), 4, 3));
-        _models.Write(name, tensors);
-        File.WriteAllText(Path.Combine(_models.PathOf(name), "config.json"),
-            $"{{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 3, \"num_hidden_layers\": {layers}, \"vocab_size\": 4}}");
-    }
-
     /// <summary>Runs the recipe and returns its mergekit_config.yml and the recipe itself, both as YAML trees.</summary>
     private (YamlMappingNode Written, YamlMappingNode Given) Run(string yaml)
     {
@@ -51,8 +35,8 @@ public sealed class MergekitConfigSlicesTests : IDisposable
     [Fact]
     public void A_passthrough_frankenmerge_is_written_as_its_slices_with_models_ranges_and_scales_as_given()
     {
-        Decoder("fa", 4, 1);
-        Decoder("fb", 5, 2);
+        _models.WriteDecoder("fa", 4, 1);
+        _models.WriteDecoder("fb", 5, 2);
         var (written, given) = Run("""
             slices:
               - sources:
@@ -78,8 +62,8 @@ public sealed class MergekitConfigSlicesTests : IDisposable
     [Fact]
     public void A_slerp_over_slices_keeps_its_sources_base_and_t_gradient()
     {
-        Decoder("sa", 4, 3);
-        Decoder("sb", 4, 4);
+        _models.WriteDecoder("sa", 4, 3);
+        _models.WriteDecoder("sb", 4, 4);
         var (written, given) = Run("""
             slices:
               - sources:
@@ -103,7 +87,7 @@ public sealed class MergekitConfigSlicesTests : IDisposable
     [Fact]
     public void A_plain_passthrough_is_one_model_without_a_base()
     {
-        Decoder("only", 2, 5);
+        _models.WriteDecoder("only", 2, 5);
         var (written, _) = Run("merge_method: passthrough\nmodels:\n  - model: ./only\n    parameters: { scale: 2 }\ndtype: float32\n");
         Assert.False(written.Children.ContainsKey("base_model"));
         var model = (YamlMappingNode)((YamlSequenceNode)written["models"]).Single();
