@@ -15,7 +15,8 @@ namespace Dare.Engine.Safetensors;
 internal sealed unsafe partial class DirectReadAhead : IDisposable
 {
     /// <summary>Whether ranges read once are read ahead past the page cache (Linux; DARE_DIRECT_READS=0: no).</summary>
-    public static readonly bool Enabled = OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("DARE_DIRECT_READS") is not "0";
+    public static readonly bool Enabled = OperatingSystem.IsLinux() && DirectOutputFile.DirectFlag() is not null
+        && Environment.GetEnvironmentVariable("DARE_DIRECT_READS") is not "0";
 
     /// <summary>Bytes waiting in buffers at most, by default: about two tensors' chunks of four models.</summary>
     internal const long DefaultBudget = 256L << 20;
@@ -166,7 +167,7 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         {
             if (!_directDescriptors.TryGetValue(descriptor, out var direct))
             {
-                direct = open($"/proc/self/fd/{descriptor}", O_RDONLY | O_DIRECT | O_CLOEXEC);
+                direct = open($"/proc/self/fd/{descriptor}", O_RDONLY | DirectOutputFile.DirectFlag()!.Value | O_CLOEXEC);
                 _directDescriptors[descriptor] = direct;
             }
             return direct;
@@ -262,7 +263,7 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         _directDescriptors.Clear();
     }
 
-    private const int O_RDONLY = 0, O_DIRECT = 0x4000, O_CLOEXEC = 0x80000;
+    private const int O_RDONLY = 0, O_CLOEXEC = 0x80000;
 
     [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags);

@@ -99,8 +99,8 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
         return true;
     }
 
-    // O_DIRECT's value differs between architectures; elsewhere the buffered path is used.
-    private static int? DirectFlag() => RuntimeInformation.ProcessArchitecture switch
+    /// <summary>O_DIRECT's value, which differs between architectures; null where it is not known (the buffered paths are used there).</summary>
+    internal static int? DirectFlag() => RuntimeInformation.ProcessArchitecture switch
     {
         Architecture.X64 or Architecture.X86 => 0x4000,
         Architecture.Arm64 or Architecture.Arm => 0x10000,
