@@ -11,7 +11,10 @@ internal static unsafe partial class Posix
 {
     private const int AT_FDCWD = -100;
     private const uint RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2;
-    private const int O_RDONLY = 0, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000;
+    private const int O_RDONLY = 0, O_CLOEXEC = 0x80000;
+
+    // O_DIRECTORY's value differs between architectures: x86's 0x10000 is O_DIRECT on Arm (see DirectOutputFile.DirectFlag).
+    private static readonly int O_DIRECTORY = RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x4000 : 0x10000;
     private const uint STATX_BASIC_STATS = 0x7ff, STATX_MNT_ID = 0x1000;
     public const int ENOENT = 2, EEXIST = 17, ENOTEMPTY = 39, EBUSY = 16, EINVAL = 22, ENOSYS = 38, EXDEV = 18;
 
