@@ -22,6 +22,12 @@ internal sealed class ChunkReader(TensorReader reader, ChunkWorkspace workspace,
         return raw;
     }
 
+    /// <summary>Elements [first, first + count) of a stored tensor, for a kernel that reads them piece by piece (<see cref="TensorReader.OpenRange"/>).</summary>
+    public StoredRange OpenRange(TensorInfo info, long first, long count)
+    {
+        using (PhaseProfile.Time(Profile, Phase.Read)) return Reader.OpenRange(info, first, count);
+    }
+
     /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in the staging buffer (overwritten by the next staged read).</summary>
     public unsafe ushort* StageBFloat16(TensorInfo info, long first, long count)
     {

@@ -1,3 +1,4 @@
+using Dare.Engine.Safetensors;
 using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
@@ -73,7 +74,7 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
     }
 
     /// <summary>This input as a source of the single-pass bfloat16 merge (only when <see cref="IsFused"/>).</summary>
-    public unsafe DeltaSource FusedSource(ushort* stored) =>
+    public DeltaSource FusedSource(StoredRange stored) =>
         Drop is { } d ? new DeltaSource(stored, true, d.Key, d.Threshold, d.Scale) : new DeltaSource(stored, false, 0, 0, 1f);
 
     /// <summary>Records what the single-pass merge dropped.</summary>

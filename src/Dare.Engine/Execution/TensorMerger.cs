@@ -161,18 +161,37 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         {
             Prefetch(chunks.Reader, vector, baseInfo, c * chunk, Math.Min(chunk, baseInfo.ElementCount - c * chunk), readOnce: true);
         }
+        var ranges = new List<StoredRange>(inputs.Length + 1);
         for (var c = 0; c < chunkCount; c++)
         {
             cancellation.ThrowIfCancellationRequested();
             var first = c * chunk;
             var count = Math.Min(chunk, baseInfo.ElementCount - first);
             using var scope = NewDisposeScope();
-            var baseBits = (ushort*)TensorMemory.Pointer(chunks.ReadBFloat16(0, baseInfo, first, count));
-            var sources = inputs.Select((input, i) => input.FusedSource((ushort*)TensorMemory.Pointer(chunks.ReadBFloat16(i + 1, input.Tensor!.StoredBFloat16!, first, count)))).ToArray();
-            var target = export.TargetOverBFloat16Base(baseBits, count);
-            long[] dropped;
-            using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) dropped = singlePass.MergeChunk(baseBits, sources, target, first, count);
-            for (var i = 0; i < inputs.Length; i++) inputs[i].CountFused(dropped[i]);
+            try
+            {
+                var baseRange = chunks.OpenRange(baseInfo, first, count);
+                ranges.Add(baseRange);
+                var sources = new DeltaSource[inputs.Length];
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    var stored = chunks.OpenRange(inputs[i].Tensor!.StoredBFloat16!, first, count);
+                    ranges.Add(stored);
+                    sources[i] = inputs[i].FusedSource(stored);
+                }
+                // The kernel reads the base piece by piece, as it reads the inputs.
+                var target = export.TargetOverBFloat16Base(null, count);
+                long[] dropped;
+                using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) dropped = singlePass.MergeChunk(baseRange, sources, target, first, count);
+                // NaN/Inf in an input fails (or warns) before its chunk is written.
+                foreach (var range in ranges) chunks.Reader.Complete(range);
+                for (var i = 0; i < inputs.Length; i++) inputs[i].CountFused(dropped[i]);
+            }
+            finally
+            {
+                foreach (var range in ranges) range.Dispose();
+                ranges.Clear();
+            }
             export.Emit();
         }
     }

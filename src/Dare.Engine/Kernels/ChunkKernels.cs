@@ -1,13 +1,14 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Merge;
 
 /// <summary>One input of a fused kernel: its bfloat16 fine-tuned values for the chunk and its DARE mask parameters.</summary>
-internal readonly unsafe struct DeltaSource(ushort* tuned, bool dare, ulong key, uint threshold, float scale)
+internal readonly struct DeltaSource(StoredRange tuned, bool dare, ulong key, uint threshold, float scale)
 {
-    public ushort* Tuned { get; } = tuned;
+    public StoredRange Tuned { get; } = tuned;
     public bool Dare { get; } = dare;
     public ulong Key { get; } = key;
     public uint Threshold { get; } = threshold;
@@ -70,48 +71,62 @@ internal static unsafe class ChunkKernels
         return dropped.Sum();
     }
 
+    /// <summary>Elements per piece a fused kernel reads of each stored range at a time: a few pieces fit in a core's L2 cache.</summary>
+    private const int Piece = 1 << 16;
+
     /// <summary>
     /// The whole linear merge of a chunk stored in bfloat16, one block at a time: widen the base, then for each input
     /// δ = tuned − base with its DARE mask, then Σ wᵢ·δᵢ, the scale, the base and the output conversion through
-    /// <paramref name="target"/>. Nothing but the output leaves the block's cache-sized buffers; the results are those
-    /// of <see cref="WidenSubtractMask"/> followed by <see cref="CombineKernels.Linear"/>. Returns each input's drop count.
+    /// <paramref name="target"/> (whose base, if it adds one, comes from <paramref name="baseBits"/>). Each thread reads
+    /// its part of the stored ranges a piece at a time right before it uses it (<see cref="StoredRange.Piece"/>), so
+    /// nothing but the output leaves the core's caches; the results are those of <see cref="WidenSubtractMask"/>
+    /// followed by <see cref="CombineKernels.Linear"/>. Returns each input's drop count.
     /// </summary>
-    public static long[] LinearFromBFloat16(ushort* baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count)
+    public static long[] LinearFromBFloat16(StoredRange baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count)
     {
-        var ranges = Partition.Ranges(count);
-        var dropped = new long[sources.Length];
-        Parallel.For(0, ranges.Length, r =>
+        var n = sources.Length;
+        var dropped = new long[n];
+        Partition.Run(count, (_, start, end) =>
         {
-            var (start, end) = ranges[r];
-            var buffers = (float*)NativeMemory.AlignedAlloc((nuint)((sources.Length + 1) * Block * sizeof(float)), 64);
-            var rangeDropped = new long[sources.Length];
+            // Per thread: a float32 block for the base and each δ, and a bfloat16 piece of each stored range.
+            var floats = (float*)NativeMemory.AlignedAlloc((nuint)((n + 1) * (Block * sizeof(float) + Piece * sizeof(ushort))), 64);
+            var pieces = (byte*)(floats + (n + 1) * Block);
+            var rangeDropped = new long[n];
             try
             {
-                var baseBlock = buffers;
-                var deltas = new IntPtr[sources.Length];
-                for (var block = start; block < end; block += Block)
+                var baseBlock = floats;
+                var deltas = new IntPtr[n];
+                var tuned = new IntPtr[n];
+                for (var piece = start; piece < end; piece += Piece)
                 {
-                    var length = Math.Min(Block, end - block);
-                    WidenSubtract(baseBits + block, (float*)null, baseBlock, length);
-                    for (var i = 0; i < sources.Length; i++)
+                    var pieceLength = Math.Min(Piece, end - piece);
+                    // Rebased so that element j of the chunk is at pointer[j], as the loops below index them.
+                    var baseValues = (ushort*)baseBits.Piece(piece, pieceLength, pieces) - piece;
+                    for (var i = 0; i < n; i++) tuned[i] = (IntPtr)((ushort*)sources[i].Tuned.Piece(piece, pieceLength, pieces + (i + 1) * Piece * sizeof(ushort)) - piece);
+                    var pieceTarget = target.WithBFloat16Base(baseValues);
+                    for (var block = piece; block < piece + pieceLength; block += Block)
                     {
-                        var delta = buffers + (i + 1) * Block;
-                        var source = sources[i];
-                        WidenSubtract(source.Tuned + block, baseBlock, delta, length);
-                        if (source.Dare) rangeDropped[i] += DareMask.Apply(delta, first + block, length, source.Key, source.Threshold, source.Scale);
-                        // Rebased so that element j of the chunk is deltas[i][j], as the combine indexes it.
-                        deltas[i] = (IntPtr)(delta - block);
+                        var length = Math.Min(Block, piece + pieceLength - block);
+                        WidenSubtract(baseValues + block, (float*)null, baseBlock, length);
+                        for (var i = 0; i < n; i++)
+                        {
+                            var delta = floats + (i + 1) * Block;
+                            var source = sources[i];
+                            WidenSubtract((ushort*)tuned[i] + block, baseBlock, delta, length);
+                            if (source.Dare) rangeDropped[i] += DareMask.Apply(delta, first + block, length, source.Key, source.Threshold, source.Scale);
+                            deltas[i] = (IntPtr)(delta - block);
+                        }
+                        CombineKernels.LinearRange(deltas, weights, scale, pieceTarget, block, block + length);
                     }
-                    CombineKernels.LinearRange(deltas, weights, scale, target, block, block + length);
                 }
             }
             finally
             {
-                NativeMemory.AlignedFree(buffers);
+                NativeMemory.AlignedFree(floats);
             }
             lock (dropped)
             {
-                for (var i = 0; i < dropped.Length; i++) dropped[i] += rangeDropped[i];
+                for (var i = 0; i < n; i++) dropped[i] += rangeDropped[i];
             }
         });
         return dropped;

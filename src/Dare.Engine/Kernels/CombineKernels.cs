@@ -15,6 +15,7 @@ internal readonly unsafe struct CombineTarget
 {
     private readonly float* _base;
     private readonly ushort* _baseBFloat16;
+    private readonly bool _addsBFloat16Base;
     private readonly void* _output;
     private readonly bool _bfloat16;
 
@@ -30,12 +31,19 @@ internal readonly unsafe struct CombineTarget
     private CombineTarget(ushort* baseBFloat16, void* output, bool bfloat16)
     {
         _baseBFloat16 = baseBFloat16;
+        _addsBFloat16Base = true;
         _output = output;
         _bfloat16 = bfloat16;
     }
 
-    /// <summary>A target whose base is still in its stored bfloat16 (widening is exact, so the sum is the same).</summary>
+    /// <summary>
+    /// A target whose base is still in its stored bfloat16 (widening is exact, so the sum is the same); with
+    /// <paramref name="baseBits"/> null, a kernel that reads the base piece by piece supplies it (<see cref="WithBFloat16Base"/>).
+    /// </summary>
     public static CombineTarget OverBFloat16Base(ushort* baseBits, void* output, bool bfloat16) => new(baseBits, output, bfloat16);
+
+    /// <summary>This target with its bfloat16 base at <paramref name="baseBits"/> (element j of the chunk at baseBits[j]); a target that adds no base stays as it is.</summary>
+    public CombineTarget WithBFloat16Base(ushort* baseBits) => _addsBFloat16Base ? new(baseBits, _output, _bfloat16) : this;
 
     public static CombineTarget InPlace(float* delta) => new((float*)null, delta, false);
 
@@ -45,7 +53,7 @@ internal readonly unsafe struct CombineTarget
     public void Store(Vector256<float> merged, long j)
     {
         if (_base is not null) merged += Vector256.Load(_base + j);
-        if (_baseBFloat16 is not null)
+        if (_addsBFloat16Base)
         {
             var (low, high) = Vector128.Widen(Vector128.Load(_baseBFloat16 + j));
             merged += Vector256.ShiftLeft(Vector256.Create(low, high), 16).AsSingle();
@@ -58,7 +66,7 @@ internal readonly unsafe struct CombineTarget
     public void Store(float merged, long j)
     {
         if (_base is not null) merged += _base[j];
-        if (_baseBFloat16 is not null) merged += BitConverter.UInt32BitsToSingle((uint)_baseBFloat16[j] << 16);
+        if (_addsBFloat16Base) merged += BitConverter.UInt32BitsToSingle((uint)_baseBFloat16[j] << 16);
         if (_bfloat16) ((ushort*)_output)[j] = CombineKernels.ToBFloat16(merged);
         else ((float*)_output)[j] = merged;
     }

@@ -1,3 +1,5 @@
+using System.Runtime.ExceptionServices;
+
 namespace Dare.Engine.Merge;
 
 /// <summary>
@@ -16,7 +18,10 @@ internal static class Partition
         return ranges;
     }
 
-    /// <summary>Runs <paramref name="body"/>(range index, start, end) for each range of [0, count), in parallel.</summary>
+    /// <summary>
+    /// Runs <paramref name="body"/>(range index, start, end) for each range of [0, count), in parallel. A body that
+    /// throws (a kernel reading its input fails) surfaces as that exception, not wrapped in an AggregateException.
+    /// </summary>
     public static void Run(long count, Action<int, long, long> body)
     {
         var ranges = Partition.Ranges(count);
@@ -25,6 +30,13 @@ internal static class Partition
             body(0, ranges[0].Start, ranges[0].End);
             return;
         }
-        Parallel.For(0, ranges.Length, r => body(r, ranges[r].Start, ranges[r].End));
+        try
+        {
+            Parallel.For(0, ranges.Length, r => body(r, ranges[r].Start, ranges[r].End));
+        }
+        catch (AggregateException ex) when (ex.InnerExceptions.Count > 0)
+        {
+            ExceptionDispatchInfo.Throw(ex.InnerExceptions[0]);
+        }
     }
 }

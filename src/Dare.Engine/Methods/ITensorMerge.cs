@@ -1,3 +1,4 @@
+using Dare.Engine.Safetensors;
 using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
@@ -58,8 +59,11 @@ internal interface ITensorMerge
 }
 
 /// <summary>A fused route: base and inputs read as stored bfloat16, δ, transform and combine block by block, output bytes written directly.</summary>
-internal unsafe interface IBFloat16SinglePass
+internal interface IBFloat16SinglePass
 {
-    /// <summary>Merges elements [first, first + count) into <paramref name="target"/>; returns each input's drop count.</summary>
-    long[] MergeChunk(ushort* baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
+    /// <summary>
+    /// Merges elements [first, first + count) into <paramref name="target"/>, reading the base and each source's
+    /// stored range piece by piece (<see cref="StoredRange.Piece"/>); returns each input's drop count.
+    /// </summary>
+    long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
 }

@@ -1,3 +1,4 @@
+using Dare.Engine.Safetensors;
 using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
@@ -61,7 +62,7 @@ internal sealed class LinearMethod : MergeMethod
 
         public IBFloat16SinglePass SinglePass => this;
 
-        public unsafe long[] MergeChunk(ushort* baseBits, DeltaSource[] sources, CombineTarget target, long first, long count) =>
+        public long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count) =>
             ChunkKernels.LinearFromBFloat16(baseBits, sources, weights, scale, target, first, count);
     }
 }

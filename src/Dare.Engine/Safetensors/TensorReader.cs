@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -36,7 +37,7 @@ public sealed class TensorReader : IDisposable
         // Scanned for NaN/Inf piece by piece, each right after it lands, while it is still in the core's cache: a
         // separate pass over a whole chunk read it back from memory (Read took 1.28–1.37 s instead of 1.14–1.17 s in a
         // large DARE-linear, 7.5 GB of inputs; without any scan, 0.9 s).
-        var scan = _nonFinite is not null && FiniteCheck.Applies(info.DType) && !_nonFiniteReported.Contains((info.File, info.Name));
+        var scan = ScansForNonFinite(info);
         var found = false;
         var scanned = destination;
         // A range read ahead past the page cache is copied from its buffer (see DirectReadAhead).
@@ -80,6 +81,12 @@ public sealed class TensorReader : IDisposable
             readAhead.CopyTo(offset, destination, size);
             return size;
         }
+        return ReadFromFile(info, handle, offset, destination, size);
+    }
+
+    /// <summary>Up to <paramref name="size"/> bytes of the file at <paramref name="offset"/> (at least one); returns how many.</summary>
+    internal static unsafe int ReadFromFile(TensorInfo info, SafeFileHandle handle, long offset, byte* destination, int size)
+    {
         int read;
         try
         {
@@ -97,6 +104,46 @@ public sealed class TensorReader : IDisposable
         }
         return read;
     }
+
+    /// <summary>
+    /// Elements [firstElement, firstElement + count) of the tensor, for a kernel that reads them piece by piece from
+    /// several threads (<see cref="StoredRange"/>): from the direct read-ahead buffer when the range was read ahead, else
+    /// from the file as each piece is needed (an assembled tensor is read whole first). Once the kernel is done, call
+    /// <see cref="Complete"/>, then dispose the range.
+    /// </summary>
+    public unsafe StoredRange OpenRange(TensorInfo info, long firstElement, long count)
+    {
+        CheckRange(info, firstElement, count);
+        var elementSize = info.DType.ElementSize();
+        if (info.Assembly is not null)
+        {
+            var memory = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1, count * elementSize), 64);
+            try
+            {
+                ReadElements(info, firstElement, count, memory);
+            }
+            catch
+            {
+                NativeMemory.AlignedFree(memory);
+                throw;
+            }
+            return new StoredRange(info, firstElement, count, memory);
+        }
+        var handle = Handle(info);
+        var readAhead = _direct?.Take((int)handle.DangerousGetHandle(), info.DataOffset + firstElement * elementSize, count * elementSize);
+        return new StoredRange(info, firstElement, count, handle, _direct, readAhead, scan: ScansForNonFinite(info));
+    }
+
+    /// <summary>Reports NaN/Inf found in the pieces of <paramref name="range"/> (the guard throws or queues a warning), on the thread that opened it.</summary>
+    public void Complete(StoredRange range)
+    {
+        var info = range.Info;
+        if (range.FoundNonFinite && _nonFiniteReported.Add((info.File, info.Name))) _nonFinite!.ReportInput(info, CountNonFinite(info, Handle(info)));
+        _nonFinite?.FlushWarnings();
+    }
+
+    private bool ScansForNonFinite(TensorInfo info) =>
+        _nonFinite is not null && FiniteCheck.Applies(info.DType) && !_nonFiniteReported.Contains((info.File, info.Name));
 
     /// <summary>Read size while scanning: small enough to stay in the core's caches between the read and the scan.</summary>
     private const int ScanPieceBytes = 1 << 20;

@@ -15,6 +15,8 @@ public sealed class SinglePassLinearTests : IDisposable
         ("model.embed_tokens.weight", new long[] { 61, 3 }),
         ("model.layers.0.mlp.up_proj.weight", new long[] { 9, 13 }),
         ("model.layers.1.self_attn.q_proj.weight", new long[] { 20_011 }),
+        // Split over two cores (64K elements or more each), each part read in several 64K pieces that start off any block boundary.
+        ("model.layers.2.mlp.down_proj.weight", new long[] { 300_007 }),
         ("model.norm.weight", new long[] { 3 }),
     };
 
