@@ -26,8 +26,9 @@ internal sealed class DeltaSink(Action<long, Tensor> consume) : IChunkSink
 
 /// <summary>
 /// Writes base + merged δ (or δ alone) in the output dtype. For bfloat16 and float32 the combine writes the output
-/// bytes itself, straight into the reused output buffer; other types are added and converted by torch. Each chunk's
-/// write overlaps the computation of the next, so the buffer is refilled only once the previous write is done.
+/// bytes itself, straight into one of two reused output buffers; other types are added and converted by torch. Each
+/// chunk's write overlaps the computation of the next, into the other buffer: with one write in flight at most (each
+/// write starts once the previous one is done), a buffer is refilled only after its last write.
 /// </summary>
 internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, ScalarType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
 {
@@ -56,11 +57,9 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
             ? new CombineTarget(null, NextOutput(count), outputDType == ScalarType.BFloat16)
             : CombineTarget.OverBFloat16Base(baseBits, NextOutput(count), outputDType == ScalarType.BFloat16);
 
-    // The output buffer is reused: it is handed out only once the previous chunk's write is done.
     private unsafe void* NextOutput(long count)
     {
-        using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
-        _output = workspace.Output(outputDType, count);
+        _output = workspace.NextOutput(outputDType, count);
         return TensorMemory.Pointer(_output);
     }
 
@@ -68,11 +67,10 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     {
         if (_output is null)
         {
-            using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
             using (PhaseProfile.Time(profile, Phase.ToOutput))
             {
                 var result = deltaOnly ? firstDelta : baseChunk.dtype == ScalarType.Float32 ? baseChunk.add_(firstDelta) : baseChunk.to_type(ScalarType.Float32).add_(firstDelta);
-                _output = workspace.Output(outputDType, firstDelta.shape[0]).copy_(result);
+                _output = workspace.NextOutput(outputDType, firstDelta.shape[0]).copy_(result);
             }
         }
         Emit();
@@ -84,15 +82,15 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     /// <summary>Copies a chunk computed by <see cref="OnDevice"/> into the output buffer (waiting for the device) and starts its write.</summary>
     public void EmitFromDevice(Tensor result)
     {
-        using (PhaseProfile.Time(profile, Phase.Write)) appender.Wait();
-        using (PhaseProfile.Time(profile, Phase.ToOutput)) _output = workspace.Output(outputDType, result.shape[0]).copy_(result);
+        using (PhaseProfile.Time(profile, Phase.ToOutput)) _output = workspace.NextOutput(outputDType, result.shape[0]).copy_(result);
         Emit();
     }
 
     /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
     public unsafe void Emit()
     {
-        appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output!), _output!.NumberOfElements * _output.ElementSize);
+        // Waits for the write in flight first (the time the computation is ahead of the disk).
+        using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output!), _output!.NumberOfElements * _output.ElementSize);
         _output = null;
     }
 }

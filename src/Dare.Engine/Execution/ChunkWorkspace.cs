@@ -8,7 +8,7 @@ namespace Dare.Engine.Merge;
 /// nothing: no page faults on fresh memory, no allocator fragmentation, and a peak memory set by the largest chunk
 /// rather than by how the allocator happens to reuse freed blocks. Slot 0 holds the base chunk in float32, slot
 /// i + 1 input i's δ; raw slots keep chunks as stored (same numbering); the staging buffer receives raw bytes
-/// about to be widened; the output buffer the converted result.
+/// about to be widened; the two output buffers the converted result.
 /// Buffers are outside any dispose scope and owned by the workspace; the views it hands out belong to the caller's
 /// scope. Each buffer grows to the largest request and is freed by <see cref="Dispose"/>.
 /// </summary>
@@ -17,7 +17,8 @@ internal sealed class ChunkWorkspace : IDisposable
     private readonly List<Tensor?> _floats = new();
     private readonly List<Tensor?> _raw = new();
     private Tensor? _staging;
-    private Tensor? _output;
+    private readonly Tensor?[] _outputs = new Tensor?[2];
+    private int _nextOutput;
 
     /// <summary>Whether buffers are allocated in page-locked memory (for asynchronous copies to a CUDA device).</summary>
     public bool Pinned { get; init; }
@@ -40,15 +41,20 @@ internal sealed class ChunkWorkspace : IDisposable
     /// <summary>A byte view of <paramref name="bytes"/> bytes for raw reads (contents undefined).</summary>
     public Tensor Staging(long bytes) => View(ref _staging, ScalarType.Byte, bytes);
 
-    /// <summary>A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output.</summary>
-    public Tensor Output(ScalarType type, long count)
+    /// <summary>
+    /// A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output, in the
+    /// other output buffer than last time (across tensors too): the export fills one while the other is being written.
+    /// </summary>
+    public Tensor NextOutput(ScalarType type, long count)
     {
-        if (_output is not null && _output.dtype != type)
+        var buffer = _nextOutput;
+        _nextOutput ^= 1;
+        if (_outputs[buffer] is { } existing && existing.dtype != type)
         {
-            _output.Dispose();
-            _output = null;
+            existing.Dispose();
+            _outputs[buffer] = null;
         }
-        return View(ref _output, type, count);
+        return View(ref _outputs[buffer], type, count);
     }
 
     private Tensor View(ref Tensor? buffer, ScalarType type, long count)
@@ -75,7 +81,7 @@ internal sealed class ChunkWorkspace : IDisposable
         _raw.Clear();
         _staging?.Dispose();
         _staging = null;
-        _output?.Dispose();
-        _output = null;
+        foreach (var output in _outputs) output?.Dispose();
+        Array.Clear(_outputs);
     }
 }
