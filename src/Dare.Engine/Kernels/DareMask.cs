@@ -48,7 +48,14 @@ public static class DareMask
     /// Zeroes the dropped elements of <paramref name="data"/> (elements [first, first+count) of the tensor) and
     /// multiplies the survivors by <paramref name="scale"/>. Returns how many were dropped.
     /// </summary>
-    public static unsafe long Apply(float* data, long first, long count, ulong key, uint threshold, float scale)
+    public static unsafe long Apply(float* data, long first, long count, ulong key, uint threshold, float scale) =>
+        Apply(data, first, count, key, threshold, scale, wide: Vector512.IsHardwareAccelerated);
+
+    /// <summary>
+    /// <see cref="Apply(float*, long, long, ulong, uint, float)"/> with 16-lane vectors or 8-lane ones (the same bits;
+    /// tests run both on any machine, where 16 lanes without AVX-512 are emulated).
+    /// </summary>
+    internal static unsafe long Apply(float* data, long first, long count, ulong key, uint threshold, float scale, bool wide)
     {
         if (threshold == 0 && scale == 1f) return 0;
         var dropped = 0L;
@@ -59,16 +66,20 @@ public static class DareMask
             var index = first + position;
             var blockEnd = ((index >> 32) + 1) << 32;
             var length = Math.Min(count - position, blockEnd - index);
-            dropped += ApplyBlock(data + position, index, length, key, threshold, scale);
+            dropped += ApplyBlock(data + position, index, length, key, threshold, scale, wide);
             position += length;
         }
         return dropped;
     }
 
-    private static unsafe long ApplyBlock(float* data, long first, long count, ulong key, uint threshold, float scale)
+    private static unsafe long ApplyBlock(float* data, long first, long count, ulong key, uint threshold, float scale, bool wide)
     {
         var (k0, k1) = BlockKeys(key, first >> 32);
-        return VectorDriver.Run(new DropOperator(data, (uint)first, k0, k1, threshold, scale), 0, count).Dropped;
+        // The mask is mostly the hash's multiplications: with AVX-512 the 16-lane operator does them in half the
+        // instructions (medium DARE-linear's fused pass took 0.65 s instead of 1.0 s).
+        return wide
+            ? VectorDriver.Run(new WideDropOperator(data, (uint)first, k0, k1, threshold, scale), 0, count).Dropped
+            : VectorDriver.Run(new DropOperator(data, (uint)first, k0, k1, threshold, scale), 0, count).Dropped;
     }
 
     /// <summary>
@@ -110,10 +121,61 @@ public static class DareMask
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Scalar(long i)
         {
-            var h = Mix(Mix((_low + (uint)i) * 0x9E3779B1u + _k0) ^ _k1);
-            if (h < _threshold) { _data[i] = 0f; Dropped++; }
-            else _data[i] *= _scale;
+            if (DropScalar(_data + i, _low + (uint)i, _k0, _k1, _threshold, _scale)) Dropped++;
         }
+    }
+
+    /// <summary><see cref="DropOperator"/> 16 elements at a time.</summary>
+    private unsafe struct WideDropOperator : IElementOperator
+    {
+        private readonly float* _data;
+        private readonly uint _low, _k0, _k1, _threshold;
+        private readonly float _scale;
+        private readonly Vector512<uint> _k0Vector, _k1Vector, _thresholdVector;
+        private readonly Vector512<float> _scaleVector;
+
+        public WideDropOperator(float* data, uint low, uint k0, uint k1, uint threshold, float scale)
+        {
+            _data = data;
+            (_low, _k0, _k1, _threshold, _scale) = (low, k0, k1, threshold, scale);
+            (_k0Vector, _k1Vector, _thresholdVector, _scaleVector) = (Vector512.Create(k0), Vector512.Create(k1), Vector512.Create(threshold), Vector512.Create(scale));
+        }
+
+        public long Dropped { get; private set; }
+
+        public static int Lanes => 16;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var counter = Vector512.Create(_low + (uint)i) + Vector512.Create(0u, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            var h = MixVector(MixVector(counter * Vector512.Create(0x9E3779B1u) + _k0Vector) ^ _k1Vector);
+            var drop = Vector512.LessThan(h, _thresholdVector);
+            var values = Vector512.Load(_data + i) * _scaleVector;
+            Vector512.ConditionalSelect(drop.AsSingle(), Vector512<float>.Zero, values).Store(_data + i);
+            Dropped += BitOperations.PopCount(drop.ExtractMostSignificantBits());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i)
+        {
+            if (DropScalar(_data + i, _low + (uint)i, _k0, _k1, _threshold, _scale)) Dropped++;
+        }
+    }
+
+    /// <summary>One element of the drop: zeroed if its hash is below the threshold (returns true), else scaled.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe bool DropScalar(float* value, uint counter, uint k0, uint k1, uint threshold, float scale)
+    {
+        var h = Mix(Mix(counter * 0x9E3779B1u + k0) ^ k1);
+        if (h < threshold)
+        {
+            *value = 0f;
+            return true;
+        }
+        *value *= scale;
+        return false;
     }
 
     /// <summary>The two 32-bit keys of one 2^32-element block (the device backend derives its masks from the same keys).</summary>
@@ -129,6 +191,15 @@ public static class DareMask
         x ^= x >> 16; x *= 0x85EBCA6Bu;
         x ^= x >> 13; x *= 0xC2B2AE35u;
         x ^= x >> 16;
+        return x;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<uint> MixVector(Vector512<uint> x)
+    {
+        x ^= Vector512.ShiftRightLogical(x, 16); x *= Vector512.Create(0x85EBCA6Bu);
+        x ^= Vector512.ShiftRightLogical(x, 13); x *= Vector512.Create(0xC2B2AE35u);
+        x ^= Vector512.ShiftRightLogical(x, 16);
         return x;
     }
 
