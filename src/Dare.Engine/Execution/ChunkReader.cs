@@ -29,7 +29,7 @@ internal sealed class ChunkReader(TensorReader reader, ChunkWorkspace workspace,
     }
 
     /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in the staging buffer (overwritten by the next staged read).</summary>
-    public unsafe ushort* StageBFloat16(TensorInfo info, long first, long count)
+    private unsafe ushort* StageBFloat16(TensorInfo info, long first, long count)
     {
         var raw = Workspace.Staging(count * sizeof(ushort));
         using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, TensorMemory.Pointer(raw));

@@ -19,7 +19,7 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
     /// <summary>Breadcrumbs' pruning: its thresholds come from counting passes over raw δ; applied once they are known.</summary>
     public BreadcrumbsPrune? Breadcrumbs { get; } = breadcrumbs;
 
-    /// <summary>Whether δ comes from <see cref="ChunkKernels.WidenSubtractMask(ushort*, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> in one pass.</summary>
+    /// <summary>Whether δ comes from <see cref="ChunkKernels.WidenSubtractMask(StoredRange, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> in one pass.</summary>
     public bool IsFused => Tensor?.StoredBFloat16 is not null && Della is null && Breadcrumbs is null && (Drop is null || Drop.FusesIntoRead);
 
     /// <summary>Whether the combine needs a whole pass over the tensor first (for an L1 rescale's norms).</summary>
@@ -49,7 +49,7 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
         if (IsFused)
         {
             // One pass over the chunk: widen, subtract the base, apply the DARE mask (and sample for a TIES threshold) block by block.
-            var tunedBits = chunks.StageBFloat16(Tensor.StoredBFloat16!, first, count);
+            using var tunedBits = chunks.OpenRange(Tensor.StoredBFloat16!, first, count);
             var delta = chunks.Workspace.Floats(slot, count);
             long dropped;
             using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused))
@@ -59,6 +59,7 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
                     ? ChunkKernels.WidenSubtractMask(tunedBits, (ushort*)TensorMemory.Pointer(baseChunk), TensorMemory.Floats(delta), first, count, dare, key, threshold, scale, sample)
                     : ChunkKernels.WidenSubtractMask(tunedBits, TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta), first, count, dare, key, threshold, scale, sample);
             }
+            chunks.Reader.Complete(tunedBits);
             if (firstPass) Drop?.CountFused(dropped);
             return delta;
         }

@@ -33,38 +33,52 @@ internal static unsafe class ChunkKernels
     }
 
     /// <summary>
-    /// δ[i] = (float)tuned[i] − base[i] for bfloat16 <paramref name="tuned"/>, and, when <paramref name="dare"/> is set,
-    /// DARE's drop and rescale applied to each block right after it is computed (elements [first, first + count) of the
-    /// tensor); when <paramref name="sample"/> is given, the final δ is also added to its sample while the block is
-    /// still in cache (<see cref="MagnitudeSelection.AddSample"/>). Returns how many elements DARE dropped.
+    /// δ[i] = (float)tuned[i] − base[i] for bfloat16 <paramref name="tuned"/> (read piece by piece on each thread, see
+    /// <see cref="StoredRange.Piece"/>), and, when <paramref name="dare"/> is set, DARE's drop and rescale applied to
+    /// each block right after it is computed (elements [first, first + count) of the tensor); when
+    /// <paramref name="sample"/> is given, the final δ is also added to its sample while the block is still in cache
+    /// (<see cref="MagnitudeSelection.AddSample"/>). Returns how many elements DARE dropped.
     /// </summary>
-    public static long WidenSubtractMask(ushort* tuned, float* baseValues, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
+    public static long WidenSubtractMask(StoredRange tuned, float* baseValues, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
         MagnitudeSelection? sample = null) =>
         WidenSubtractMask(tuned, baseValues, null, delta, first, count, dare, key, threshold, scale, sample);
 
-    /// <summary><see cref="WidenSubtractMask(ushort*, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> with the base still in bfloat16 (widened as it is read; the same values).</summary>
-    public static long WidenSubtractMask(ushort* tuned, ushort* baseBits, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
+    /// <summary><see cref="WidenSubtractMask(StoredRange, float*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/> with the base still in bfloat16 (widened as it is read; the same values).</summary>
+    public static long WidenSubtractMask(StoredRange tuned, ushort* baseBits, float* delta, long first, long count, bool dare, ulong key, uint threshold, float scale,
         MagnitudeSelection? sample = null) =>
         WidenSubtractMask(tuned, null, baseBits, delta, first, count, dare, key, threshold, scale, sample);
 
-    private static long WidenSubtractMask(ushort* tuned, float* baseValues, ushort* baseBits, float* delta, long first, long count, bool dare, ulong key, uint threshold,
+    private static long WidenSubtractMask(StoredRange tuned, float* baseValues, ushort* baseBits, float* delta, long first, long count, bool dare, ulong key, uint threshold,
         float scale, MagnitudeSelection? sample)
     {
         if (sample is not null && count > MagnitudeSelection.MaxSpan) throw new ArgumentOutOfRangeException(nameof(count), "Too many elements to sample in one pass.");
         var ranges = Partition.Ranges(count);
         var dropped = new long[ranges.Length];
-        Parallel.For(0, ranges.Length, r =>
+        Partition.Run(count, (r, start, end) =>
         {
-            var (start, end) = ranges[r];
             var table = sample is null ? null : MagnitudeSelection.RentSampleTable();
+            var buffer = (byte*)NativeMemory.AlignedAlloc(Piece * sizeof(ushort), 64);
             long nonZero = 0;
-            for (var block = start; block < end; block += Block)
+            try
             {
-                var length = Math.Min(Block, end - block);
-                if (baseValues is not null) WidenSubtract(tuned + block, baseValues + block, delta + block, length);
-                else WidenSubtractBFloat16(tuned + block, baseBits + block, delta + block, length);
-                if (dare) dropped[r] += DareMask.Apply(delta + block, first + block, length, key, threshold, scale);
-                if (table is not null) nonZero += MagnitudeSelection.CountSample(table, (uint*)(delta + block), first + block, length);
+                for (var piece = start; piece < end; piece += Piece)
+                {
+                    var pieceLength = Math.Min(Piece, end - piece);
+                    // Rebased so that element j of the chunk is tunedBits[j].
+                    var tunedBits = (ushort*)tuned.Piece(piece, pieceLength, buffer) - piece;
+                    for (var block = piece; block < piece + pieceLength; block += Block)
+                    {
+                        var length = Math.Min(Block, piece + pieceLength - block);
+                        if (baseValues is not null) WidenSubtract(tunedBits + block, baseValues + block, delta + block, length);
+                        else WidenSubtractBFloat16(tunedBits + block, baseBits + block, delta + block, length);
+                        if (dare) dropped[r] += DareMask.Apply(delta + block, first + block, length, key, threshold, scale);
+                        if (table is not null) nonZero += MagnitudeSelection.CountSample(table, (uint*)(delta + block), first + block, length);
+                    }
+                }
+            }
+            finally
+            {
+                NativeMemory.AlignedFree(buffer);
             }
             if (table is not null) sample!.AddSampleCounts(table, nonZero);
         });

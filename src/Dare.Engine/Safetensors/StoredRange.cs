@@ -34,11 +34,12 @@ public sealed unsafe class StoredRange : IDisposable
         if (readAhead is not null) _memory = readAhead.Buffer + (_offset - readAhead.BufferStart);
     }
 
-    /// <summary>A range already read (and scanned) into memory the range owns and frees.</summary>
-    internal StoredRange(TensorInfo info, long first, long count, byte* owned)
+    /// <summary>A range already in memory (read and scanned): freed by <see cref="Dispose"/> when <paramref name="owned"/>, else the caller's.</summary>
+    internal StoredRange(TensorInfo info, long first, long count, byte* memory, bool owned)
     {
         (Info, First, Count) = (info, first, count);
-        _memory = _owned = owned;
+        _memory = memory;
+        if (owned) _owned = memory;
         _elementSize = info.DType.ElementSize();
     }
 

@@ -127,7 +127,7 @@ public sealed class TensorReader : IDisposable
                 NativeMemory.AlignedFree(memory);
                 throw;
             }
-            return new StoredRange(info, firstElement, count, memory);
+            return new StoredRange(info, firstElement, count, memory, owned: true);
         }
         var handle = Handle(info);
         var readAhead = _direct?.Take((int)handle.DangerousGetHandle(), info.DataOffset + firstElement * elementSize, count * elementSize);

@@ -1,4 +1,5 @@
 using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -82,8 +83,10 @@ public sealed class ChunkKernelTests
         fixed (float* d = delta)
         fixed (float* db = deltaOverBFloat16Base)
         {
-            dropped = ChunkKernels.WidenSubtractMask(t, b, d, first, count, dare, key, threshold, 10f);
-            droppedOverBFloat16Base = ChunkKernels.WidenSubtractMask(t, bb, db, first, count, dare, key, threshold, 10f);
+            // The kernel reads the fine-tuned values piece by piece; here they are in memory already.
+            using var stored = new StoredRange(new TensorInfo("t", SafetensorsDType.BF16, new long[] { count }, "memory", 0, count * 2L), 0, count, (byte*)t, owned: false);
+            dropped = ChunkKernels.WidenSubtractMask(stored, b, d, first, count, dare, key, threshold, 10f);
+            droppedOverBFloat16Base = ChunkKernels.WidenSubtractMask(stored, bb, db, first, count, dare, key, threshold, 10f);
         }
 
         Assert.Equal(expectedDropped, dropped);
