@@ -119,15 +119,7 @@ internal static unsafe class CombineKernels
     /// count as zero.
     /// </summary>
     public static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
-        CombineTarget target, long count) =>
-        Ties(inputs, weights, thresholds, tieBudgets, bySignCount, normalize, lambda, target, count, wide: Vector512.IsHardwareAccelerated);
-
-    /// <summary>
-    /// <see cref="Ties(IntPtr[], double[], uint[], long[][], bool, bool, double, CombineTarget, long)"/> with the double
-    /// sums in 512-bit vectors or in pairs of 256-bit ones (the same bits; tests run both on any machine).
-    /// </summary>
-    internal static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
-        CombineTarget target, long count, bool wide)
+        CombineTarget target, long count)
     {
         var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
@@ -137,7 +129,6 @@ internal static unsafe class CombineKernels
             var range = new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]);
             if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
             else if (inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
-            else if (wide) WideTiesBySum(range, start, end);
             else TiesBySum(range, start, end);
         });
     }
@@ -149,13 +140,6 @@ internal static unsafe class CombineKernels
         var low = stackalloc Vector256<double>[count];
         var high = stackalloc Vector256<double>[count];
         VectorDriver.Run(new TiesBySumOperator(range, low, high), start, end);
-    }
-
-    /// <summary><see cref="TiesBySum"/> with 512-bit double vectors.</summary>
-    private static void WideTiesBySum(TiesCombineRange range, long start, long end)
-    {
-        var values = stackalloc Vector512<double>[range.Inputs.Length];
-        VectorDriver.Run(new WideTiesBySumOperator(range, values), start, end);
     }
 }
 
@@ -314,7 +298,7 @@ internal readonly unsafe struct TiesBySumOperator(TiesCombineRange range, Vector
     public void Scalar(long j) => range.Scalar(j, bySignCount: false);
 
     /// <summary>The lanes of <paramref name="ties"/> (a lane bit mask) that the tie budget still keeps, in lane order, as a vector mask.</summary>
-    internal static Vector256<uint> KeptTies(uint ties, ref long tieBudget)
+    private static Vector256<uint> KeptTies(uint ties, ref long tieBudget)
     {
         var count = BitOperations.PopCount(ties);
         if (tieBudget >= count)
@@ -333,68 +317,6 @@ internal readonly unsafe struct TiesBySumOperator(TiesCombineRange range, Vector
         }
         return ~Vector256.Equals(Vector256.Create(ties) & LaneBits, Vector256<uint>.Zero);
     }
-}
-
-/// <summary>
-/// <see cref="TiesBySumOperator"/> with each input's eight trimmed values widened into one 512-bit vector of doubles
-/// instead of two 256-bit halves: half the double-precision instructions where AVX-512 is accelerated, the same
-/// IEEE operations per lane in the same order, so the same bits. <paramref name="values"/> is the caller's scratch,
-/// one vector per input.
-/// </summary>
-internal readonly unsafe struct WideTiesBySumOperator(TiesCombineRange range, Vector512<double>* values) : IElementOperator
-{
-    private readonly Vector512<double> _lambda = Vector512.Create(range.Lambda);
-
-    public static int Lanes => 8;
-    public static bool IsVectorized => true;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Vector(long j)
-    {
-        var inputs = range.Inputs;
-        var weights = range.Weights;
-        var thresholds = range.Thresholds;
-        var tieBudgets = range.TieBudgets;
-        var count = inputs.Length;
-        var zero = Vector512<double>.Zero;
-        var election = zero;
-        for (var i = 0; i < count; i++)
-        {
-            var x = Vector256.Load((float*)inputs[i] + j);
-            var magnitude = x.AsUInt32() & Vector256.Create(0x7FFFFFFFu);
-            var threshold = Vector256.Create(thresholds[i]);
-            var budget = tieBudgets[i];
-            Vector256<uint> kept;
-            if (budget == long.MaxValue) kept = Vector256.GreaterThanOrEqual(magnitude, threshold);
-            else
-            {
-                kept = Vector256.GreaterThan(magnitude, threshold);
-                if (budget > 0)
-                {
-                    var ties = Vector256.Equals(magnitude, threshold).ExtractMostSignificantBits();
-                    if (ties != 0) kept |= TiesBySumOperator.KeptTies(ties, ref tieBudgets[i]);
-                }
-            }
-            var trimmed = x & kept.AsSingle();
-            values[i] = Vector512.Create(Vector256.WidenLower(trimmed), Vector256.WidenUpper(trimmed));
-            election += Vector512.Create(weights[i]) * values[i];
-        }
-        var positive = Vector512.GreaterThanOrEqual(election, zero);
-        Vector512<double> sum = zero, weight = zero;
-        for (var i = 0; i < count; i++)
-        {
-            var w = Vector512.Create(weights[i]);
-            var agree = Vector512.ConditionalSelect(positive, Vector512.GreaterThan(values[i], zero), Vector512.LessThan(values[i], zero));
-            sum += (w * values[i]) & agree;
-            weight += w & agree;
-        }
-        if (range.Normalize) sum = Vector512.ConditionalSelect(Vector512.Equals(weight, zero), zero, sum / weight);
-        var scaled = sum * _lambda;
-        range.Target.Store(Vector256.Narrow(scaled.GetLower(), scaled.GetUpper()), j);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long j) => range.Scalar(j, bySignCount: false);
 }
 
 /// <summary>Σ wᵢ·δᵢ (a fused multiply-add per input after the first product), × scale when given, stored through the target.</summary>
