@@ -167,7 +167,7 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         {
             if (!_directDescriptors.TryGetValue(descriptor, out var direct))
             {
-                direct = open($"/proc/self/fd/{descriptor}", O_RDONLY | DirectOutputFile.DirectFlag()!.Value | O_CLOEXEC);
+                direct = Posix.OpenReadOnly($"/proc/self/fd/{descriptor}", DirectOutputFile.DirectFlag()!.Value);
                 _directDescriptors[descriptor] = direct;
             }
             return direct;
@@ -259,17 +259,9 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         foreach (var reader in _readers) reader.Join();
         Release(null);
         lock (_ranges) _pool.Dispose();
-        foreach (var direct in _directDescriptors.Values) if (direct >= 0) close(direct);
+        foreach (var direct in _directDescriptors.Values) if (direct >= 0) Posix.Close(direct);
         _directDescriptors.Clear();
     }
-
-    private const int O_RDONLY = 0, O_CLOEXEC = 0x80000;
-
-    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int open(string path, int flags);
-
-    [LibraryImport("libc")]
-    private static partial int close(int descriptor);
 
     [LibraryImport("libc")]
     private static partial nint pread(int descriptor, byte* buffer, nuint count, long offset);

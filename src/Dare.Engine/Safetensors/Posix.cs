@@ -47,6 +47,12 @@ internal static unsafe partial class Posix
         return error is EINVAL or ENOSYS ? new RenameResult(false, true, error) : new RenameResult(false, false, error);
     }
 
+    /// <summary>Opens <paramref name="path"/> read-only and close-on-exec, with <paramref name="flags"/> added (O_DIRECTORY, O_DIRECT); a descriptor, or −1.</summary>
+    internal static int OpenReadOnly(string path, int flags = 0) => open(path, O_RDONLY | O_CLOEXEC | flags);
+
+    /// <summary>Closes a descriptor from <see cref="OpenReadOnly"/>.</summary>
+    internal static void Close(int descriptor) => close(descriptor);
+
     public static string ErrorText(int error) => $"{Marshal.GetPInvokeErrorMessage(error)} (errno {error})";
 
     /// <summary>Flushes a file or folder (its entries) to the device. Folders are skipped where they cannot be opened.</summary>
@@ -59,7 +65,7 @@ internal static unsafe partial class Posix
             stream.Flush(flushToDisk: true);
             return;
         }
-        var descriptor = open(path, O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
+        var descriptor = OpenReadOnly(path, directory ? O_DIRECTORY : 0);
         if (descriptor < 0) throw new IOException($"Could not open '{path}' to flush it: {ErrorText(Marshal.GetLastPInvokeError())}.");
         try
         {
@@ -67,7 +73,7 @@ internal static unsafe partial class Posix
         }
         finally
         {
-            close(descriptor);
+            Close(descriptor);
         }
     }
 
