@@ -164,5 +164,36 @@ public sealed class DirectReadAheadTests : IDisposable
         Assert.Equal(3, readAhead.Served);
     }
 
+    [Fact]
+    public unsafe void A_range_the_merge_has_taken_no_longer_counts_against_the_budget_so_reading_ahead_goes_on()
+    {
+        var (path, a, _) = ColdFile("taken.safetensors");
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        const long Piece = 1 << 20; // four 1 MB ranges of "a", each in a 2 MB buffer, under a 4 MB budget
+        using var readAhead = new DirectReadAhead(budget: 4L << 20);
+        for (var i = 0; i < 4; i++) readAhead.Fetch(descriptor, "a", a.DataOffset + i * Piece, Piece);
+        readAhead.Drain();
+        Assert.Equal(4L << 20, readAhead.BytesInUse); // two read, two wait for room
+
+        // While the kernels read the taken ranges in place, the readers fill the budget again behind them.
+        var first = readAhead.Take(descriptor, a.DataOffset, Piece)!;
+        readAhead.Drain();
+        Assert.Equal(6L << 20, readAhead.BytesInUse);
+        var second = readAhead.Take(descriptor, a.DataOffset + Piece, Piece)!;
+        readAhead.Drain();
+        Assert.Equal(8L << 20, readAhead.BytesInUse);
+
+        foreach (var (range, i) in new[] { (first, 0), (second, 1) })
+        {
+            var values = new float[Piece / 4];
+            fixed (float* destination = values) range.CopyTo(a.DataOffset + i * Piece, (byte*)destination, (int)Piece);
+            Assert.Equal(Enumerable.Range((int)(i * Piece / 4), values.Length).Select(v => (float)v), values);
+            readAhead.Free(range);
+        }
+        readAhead.Release(null);
+        Assert.Equal(0, readAhead.BytesInUse);
+    }
+
     private static bool IsCached(string path, long offset) => PageCache.Holds(path, offset);
 }
