@@ -64,12 +64,16 @@ public sealed class TensorReader : IDisposable
         {
             if (readAhead is not null) _direct!.Free(readAhead);
         }
-        if (found)
-        {
-            // A tensor is counted (in its file, once) and reported when first found: the guard throws or queues a warning.
-            _nonFiniteReported.Add((info.File, info.Name));
-            _nonFinite!.ReportInput(info, CountNonFinite(info, handle));
-        }
+        ReportNonFinite(info, found);
+    }
+
+    /// <summary>
+    /// After a read: a tensor where NaN/Inf was <paramref name="found"/> is counted (in its file, once) and reported
+    /// when first found, the guard throwing or queueing a warning; queued warnings are handed on either way.
+    /// </summary>
+    private void ReportNonFinite(TensorInfo info, bool found)
+    {
+        if (found && _nonFiniteReported.Add((info.File, info.Name))) _nonFinite!.ReportInput(info, CountNonFinite(info, Handle(info)));
         _nonFinite?.FlushWarnings();
     }
 
@@ -135,12 +139,7 @@ public sealed class TensorReader : IDisposable
     }
 
     /// <summary>Reports NaN/Inf found in the pieces of <paramref name="range"/> (the guard throws or queues a warning), on the thread that opened it.</summary>
-    public void Complete(StoredRange range)
-    {
-        var info = range.Info;
-        if (range.FoundNonFinite && _nonFiniteReported.Add((info.File, info.Name))) _nonFinite!.ReportInput(info, CountNonFinite(info, Handle(info)));
-        _nonFinite?.FlushWarnings();
-    }
+    public void Complete(StoredRange range) => ReportNonFinite(range.Info, range.FoundNonFinite);
 
     private bool ScansForNonFinite(TensorInfo info) =>
         _nonFinite is not null && FiniteCheck.Applies(info.DType) && !_nonFiniteReported.Contains((info.File, info.Name));
