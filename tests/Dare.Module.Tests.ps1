@@ -27,18 +27,26 @@ Describe 'The Dare module' {
         (Get-Module Dare).ModuleBase | Should -Be $ModuleFolder
     }
 
-    It 'starts loading libtorch in the background on import, before any command needs it' {
-        # A fresh process: this one has long loaded libtorch. No Dare command runs in the child.
+    It 'merges on the CPU kernels without loading libtorch, and loads it for a command that needs torch' {
+        # A fresh process (this one has long loaded libtorch); the checkpoints are made here, with torch.
+        $models = Join-Path $TestDrive 'no-torch'
+        $base = New-SyntheticCheckpoint (Join-Path $models 'base') -HiddenSize 32 -Layers 2 -VocabSize 64 -MaxShardSize 20KB
+        $tunes = 1, 2 | ForEach-Object { (New-SyntheticCheckpoint (Join-Path $models "ft$_") -BaseModel $base -Seed $_).Path }
         $lines = Invoke-InChildPwsh @"
+`$WarningPreference = 'SilentlyContinue'
+function Test-Libtorch { @([Diagnostics.Process]::GetCurrentProcess().Modules | Where-Object ModuleName -like 'libtorch_cpu*').Count -gt 0 }
 Import-Module '$ModuleFolder/Dare.psd1'
-`$deadline = [DateTime]::UtcNow.AddSeconds(20)
-do {
-    `$loaded = @([Diagnostics.Process]::GetCurrentProcess().Modules | Where-Object ModuleName -like 'libtorch_cpu*').Count -gt 0
-    if (-not `$loaded) { Start-Sleep -Milliseconds 50 }
-} until (`$loaded -or [DateTime]::UtcNow -gt `$deadline)
-"libtorch loaded: `$loaded"
+"after import: `$(Test-Libtorch)"
+`$v = Get-TaskVector -Base '$($base.Path)' -FineTuned '$($tunes[0])', '$($tunes[1])'
+`$null = `$v | Invoke-DareDrop -DropRate 0.5 -Seed 1 | Merge-Linear | Export-Safetensors -Path '$models/linear' -DType float16
+`$null = `$v | Merge-Ties -KeepRatio 0.3 | Export-Safetensors -Path '$models/ties'
+"after merges: `$(Test-Libtorch)"
+`$null = Get-DareEnvironment
+"after Get-DareEnvironment: `$(Test-Libtorch)"
 "@
-        $lines | Should -Contain 'libtorch loaded: True'
+        $lines | Should -Be @('after import: False', 'after merges: False', 'after Get-DareEnvironment: True')
+        Join-Path $models 'linear/model.safetensors' | Should -Exist
+        Join-Path $models 'ties/model.safetensors' | Should -Exist
     }
 
     It 'has a manifest that Test-ModuleManifest accepts, with the package metadata the Gallery shows' {

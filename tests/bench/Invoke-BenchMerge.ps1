@@ -5,13 +5,15 @@ One measured benchmark step, run by Invoke-Benchmark.ps1 in its own pwsh process
 
 .DESCRIPTION
 Imports the module and runs one merge method over a benchmark data set (base + three fine-tunes), exporting
-bfloat16 to -Output with -Force. Method 'startup' only imports the module and initialises libtorch, to show
-the fixed cost every run pays; 'bare' does nothing (the cost of pwsh itself, which 'startup' is compared with). At the end prints one line "DARE-BENCH <json>" with what the process can see of
+bfloat16 to -Output with -Force. Method 'startup' only imports the module and plans a merge (Get-TaskVector reads
+the headers), to show the fixed cost every run pays; 'torch' imports the module and loads libtorch (Get-DareEnvironment),
+the extra cost of the commands that need it (merges on the CPU kernels do not); 'bare' does nothing (the cost of pwsh
+itself, which the others are compared with). At the end prints one line "DARE-BENCH <json>" with what the process can see of
 itself (VmHWM and CPU time from /proc/self, the export's own elapsed time, and the DARE_PROFILE phase lines),
 so the parent has a fallback when /usr/bin/time is missing.
 #>
 param(
-    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock', 'dare-linear-torch', 'dare-ties-torch')] [string] $Method,
+    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'torch', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock', 'dare-linear-torch', 'dare-ties-torch')] [string] $Method,
     [Parameter(Mandatory)] [string] $Data,
     [Parameter(Mandatory)] [string] $Output,
     [Parameter(Mandatory)] [string] $Module
@@ -26,6 +28,9 @@ $result = $null
 $profileLines = @()
 if ($Method -eq 'bare') { }
 elseif ($Method -eq 'startup') {
+    $null = Get-TaskVector -Base $base -FineTuned $tunes
+}
+elseif ($Method -eq 'torch') {
     $null = Get-DareEnvironment
 }
 else {

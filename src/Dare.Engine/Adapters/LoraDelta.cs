@@ -106,10 +106,13 @@ internal sealed class LoraDelta : ITaskInput
         public TensorInfo? StoredBFloat16 => null;
         public bool NeedsBase => false;
 
-        public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count)
+        public unsafe ChunkView ReadDelta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count)
         {
             using (PhaseProfile.Time(chunks.Profile, Phase.Delta))
             {
+                // The only input that computes with torch: libtorch loads with the first adapter.
+                TorchRuntime.EnsureInitialized();
+                using var scope = NewDisposeScope();
                 if (_left is null) Load(chunks.Reader);
                 var rowFirst = first / columns;
                 var rowEnd = (first + count + columns - 1) / columns;
@@ -118,8 +121,9 @@ internal sealed class LoraDelta : ITaskInput
                 using var left = tensor(_left.AsSpan((int)(rowFirst * Rank), (int)(rows * Rank)).ToArray(), new[] { rows, (long)Rank }, ScalarType.Float64);
                 using var right = tensor(_right!, new[] { (long)Rank, columns }, ScalarType.Float64);
                 using var block = left.matmul(right);
+                using var product = block.mul_(scale).to_type(ScalarType.Float32).view(-1).narrow(0, first - rowFirst * columns, count).contiguous();
                 var values = chunks.Workspace.Floats(slot, count);
-                values.copy_(block.mul_(scale).view(-1).narrow(0, first - rowFirst * columns, count));
+                Buffer.MemoryCopy(TensorMemory.Pointer(product), values.Data, values.ByteLength, values.ByteLength);
                 return values;
             }
         }

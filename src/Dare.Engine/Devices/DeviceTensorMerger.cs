@@ -41,7 +41,7 @@ internal sealed class DeviceTensorMerger : IDisposable
         _device = device;
         _cancellation = cancellation;
         Verbose = verbose;
-        _buffers = new[] { 0, 1 }.Select(_ => new ChunkReader(reader, new ChunkWorkspace { Pinned = device.IsCuda }, profile)).ToArray();
+        _buffers = new[] { 0, 1 }.Select(_ => new ChunkReader(reader, new ChunkWorkspace { TorchBuffers = true, Pinned = device.IsCuda }, profile)).ToArray();
     }
 
     public ComputeDevice Device => _device;
@@ -67,6 +67,8 @@ internal sealed class DeviceTensorMerger : IDisposable
     /// <summary>Merges one tensor on the device into <paramref name="sink"/>; drop counts go to the inputs' transforms.</summary>
     public void Merge(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IDeviceMerge merge, ExportSink sink, long chunk, int chunkCount)
     {
+        // Everything the tensor's merge leaves (a single chunk's cached tensors among them) is freed with it.
+        using var scope = NewDisposeScope();
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, chunk, chunkCount);
         merge.RunPasses(passes);
         Tensor? result = null;
@@ -149,7 +151,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                 { StoredBFloat16: { } stored } => chunks.ReadBFloat16(i + 1, stored, first, count),
                 var tensor => tensor.ReadDelta(chunks, i + 1, baseChunk, first, count),
             }).ToArray();
-            return new HostChunk(baseChunk.DetachFromDisposeScope(), values.Select(v => v?.DetachFromDisposeScope()).ToArray());
+            return new HostChunk(baseChunk.AsTensor().DetachFromDisposeScope(), values.Select(v => v?.AsTensor().DetachFromDisposeScope()).ToArray());
         }
 
         /// <summary>The base chunk (float32) and every input's δ with its DARE drop applied, on the device.</summary>

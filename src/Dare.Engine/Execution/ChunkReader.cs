@@ -1,6 +1,4 @@
 using Dare.Engine.Safetensors;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -15,10 +13,10 @@ internal sealed class ChunkReader(TensorReader reader, ChunkWorkspace workspace,
     public PhaseProfile? Profile { get; } = profile;
 
     /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in raw slot <paramref name="slot"/>.</summary>
-    public unsafe Tensor ReadBFloat16(int slot, TensorInfo info, long first, long count)
+    public unsafe ChunkView ReadBFloat16(int slot, TensorInfo info, long first, long count)
     {
         var raw = Workspace.Raw(slot, count);
-        using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, TensorMemory.Pointer(raw));
+        using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, raw.Data);
         return raw;
     }
 
@@ -28,41 +26,27 @@ internal sealed class ChunkReader(TensorReader reader, ChunkWorkspace workspace,
         using (PhaseProfile.Time(Profile, Phase.Read)) return Reader.OpenRange(info, first, count);
     }
 
-    /// <summary>Elements [first, first + count) of a bfloat16 tensor, as stored, in the staging buffer (overwritten by the next staged read).</summary>
-    private unsafe ushort* StageBFloat16(TensorInfo info, long first, long count)
+    /// <summary>Elements [first, first + count) of a stored tensor, as stored, in the staging buffer (overwritten by the next staged read).</summary>
+    public unsafe ChunkView Stage(TensorInfo info, long first, long count)
     {
-        var raw = Workspace.Staging(count * sizeof(ushort));
-        using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, TensorMemory.Pointer(raw));
-        return (ushort*)TensorMemory.Pointer(raw);
+        var raw = Workspace.Staging(count * info.DType.ElementSize());
+        using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, raw.Data);
+        return new ChunkView(raw.Data, count, info.DType);
     }
 
     /// <summary>
-    /// Elements [first, first + count) of a stored tensor as float32: bfloat16 and float32 into workspace slot
-    /// <paramref name="slot"/> (bfloat16 widened by <see cref="ChunkKernels"/>), other types through torch.
+    /// Elements [first, first + count) of a stored floating-point tensor as float32, in workspace slot
+    /// <paramref name="slot"/>: float32 read in place, other types staged and widened.
     /// </summary>
-    public unsafe Tensor ReadFloat32(int slot, TensorInfo info, long first, long count)
+    public unsafe ChunkView ReadFloat32(int slot, TensorInfo info, long first, long count)
     {
-        switch (info.DType)
+        var values = Workspace.Floats(slot, count);
+        if (info.DType == SafetensorsDType.F32)
         {
-            case SafetensorsDType.F32:
-            {
-                var values = Workspace.Floats(slot, count);
-                using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, TensorMemory.Pointer(values));
-                return values;
-            }
-            case SafetensorsDType.BF16:
-            {
-                var raw = StageBFloat16(info, first, count);
-                var values = Workspace.Floats(slot, count);
-                using (PhaseProfile.Time(Profile, Phase.ToFloat32)) ChunkKernels.WidenBFloat16(raw, TensorMemory.Floats(values), count);
-                return values;
-            }
-            default:
-            {
-                Tensor stored;
-                using (PhaseProfile.Time(Profile, Phase.Read)) stored = Reader.ReadRange(info, first, count);
-                using (PhaseProfile.Time(Profile, Phase.ToFloat32)) return stored.to_type(ScalarType.Float32);
-            }
+            using (PhaseProfile.Time(Profile, Phase.Read)) Reader.ReadElements(info, first, count, values.Data);
+            return values;
         }
+        var stored = Stage(info, first, count);
+        using (PhaseProfile.Time(Profile, Phase.ToFloat32)) return values.CopyFrom(stored);
     }
 }

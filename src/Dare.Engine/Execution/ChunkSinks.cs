@@ -1,4 +1,4 @@
-using TorchSharp;
+using Dare.Engine.Safetensors;
 using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
@@ -10,79 +10,85 @@ namespace Dare.Engine.Merge;
 internal interface IChunkSink
 {
     /// <summary>Where the combine of this chunk writes (<paramref name="firstDelta"/> is the first input's δ, overwritable).</summary>
-    CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta);
+    CombineTarget TargetFor(ChunkView baseChunk, ChunkView firstDelta);
 
     /// <summary>The chunk of elements [first, first + count) has been combined into the target.</summary>
-    void Accept(long first, Tensor baseChunk, Tensor firstDelta);
+    void Accept(long first, ChunkView baseChunk, ChunkView firstDelta);
 }
 
 /// <summary>Hands each merged δ chunk (float32, combined in place over the first input's δ) to a callback (first element, δ).</summary>
-internal sealed class DeltaSink(Action<long, Tensor> consume) : IChunkSink
+internal sealed class DeltaSink(Action<long, ChunkView> consume) : IChunkSink
 {
-    public unsafe CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta) => CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
+    public unsafe CombineTarget TargetFor(ChunkView baseChunk, ChunkView firstDelta) => CombineTarget.InPlace(firstDelta.Floats);
 
-    public void Accept(long first, Tensor baseChunk, Tensor firstDelta) => consume(first, firstDelta);
+    public void Accept(long first, ChunkView baseChunk, ChunkView firstDelta) => consume(first, firstDelta);
 }
 
 /// <summary>
 /// Writes base + merged δ (or δ alone) in the output dtype. For bfloat16 and float32 the combine writes the output
-/// bytes itself, straight into one of two reused output buffers; other types are added and converted by torch. Each
+/// bytes itself, straight into one of two reused output buffers; other types are added and converted here. Each
 /// chunk's write overlaps the computation of the next, into the other buffer: with one write in flight at most (each
 /// write starts once the previous one is done), a buffer is refilled only after its last write.
 /// </summary>
-internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, ScalarType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
+internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, SafetensorsDType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
 {
-    private Tensor? _output;
+    private ChunkView? _output;
 
     /// <summary>Whether the combine writes the output bytes itself (bfloat16 and float32 output).</summary>
     public bool WritesDirectly => WritesDirectlyAs(outputDType);
 
     /// <summary>Whether the combine writes output of this type itself.</summary>
-    public static bool WritesDirectlyAs(ScalarType outputDType) => outputDType is ScalarType.BFloat16 or ScalarType.Float32;
+    public static bool WritesDirectlyAs(SafetensorsDType outputDType) => outputDType is SafetensorsDType.BF16 or SafetensorsDType.F32;
 
-    public unsafe CombineTarget TargetFor(Tensor baseChunk, Tensor firstDelta)
+    public unsafe CombineTarget TargetFor(ChunkView baseChunk, ChunkView firstDelta)
     {
         if (!WritesDirectly)
         {
             _output = null;
-            return CombineTarget.InPlace(TensorMemory.Floats(firstDelta));
+            return CombineTarget.InPlace(firstDelta.Floats);
         }
-        if (baseChunk.dtype == ScalarType.BFloat16) return TargetOverBFloat16Base((ushort*)TensorMemory.Pointer(baseChunk), firstDelta.shape[0]);
-        return new CombineTarget(deltaOnly ? null : TensorMemory.Floats(baseChunk), NextOutput(firstDelta.shape[0]), outputDType == ScalarType.BFloat16);
+        if (baseChunk.DType == SafetensorsDType.BF16) return TargetOverBFloat16Base(baseChunk.BFloat16Bits, firstDelta.Count);
+        return new CombineTarget(deltaOnly ? null : baseChunk.Floats, NextOutput(firstDelta.Count), outputDType == SafetensorsDType.BF16);
     }
 
     /// <summary>The target for a chunk whose base is still in bfloat16 (only when <see cref="WritesDirectly"/>).</summary>
     public unsafe CombineTarget TargetOverBFloat16Base(ushort* baseBits, long count) =>
         deltaOnly
-            ? new CombineTarget(null, NextOutput(count), outputDType == ScalarType.BFloat16)
-            : CombineTarget.OverBFloat16Base(baseBits, NextOutput(count), outputDType == ScalarType.BFloat16);
+            ? new CombineTarget(null, NextOutput(count), outputDType == SafetensorsDType.BF16)
+            : CombineTarget.OverBFloat16Base(baseBits, NextOutput(count), outputDType == SafetensorsDType.BF16);
 
     private unsafe void* NextOutput(long count)
     {
         _output = workspace.NextOutput(outputDType, count);
-        return TensorMemory.Pointer(_output);
+        return _output.Data;
     }
 
-    public void Accept(long first, Tensor baseChunk, Tensor firstDelta)
+    public void Accept(long first, ChunkView baseChunk, ChunkView firstDelta)
     {
         if (_output is null)
         {
             using (PhaseProfile.Time(profile, Phase.ToOutput))
             {
-                var result = deltaOnly ? firstDelta : baseChunk.dtype == ScalarType.Float32 ? baseChunk.add_(firstDelta) : baseChunk.to_type(ScalarType.Float32).add_(firstDelta);
-                _output = workspace.NextOutput(outputDType, firstDelta.shape[0]).copy_(result);
+                // δ + base equals base + δ bit for bit (float addition is commutative); the first δ may be overwritten.
+                var result = deltaOnly ? firstDelta : firstDelta.Add(baseChunk);
+                _output = workspace.NextOutput(outputDType, firstDelta.Count).CopyFrom(result);
             }
         }
         Emit();
     }
 
     /// <summary>The tensor backend's output of a chunk on its device: base + merged δ (or δ alone) converted to the output dtype there.</summary>
-    public Tensor OnDevice(Tensor merged, Tensor baseChunk) => (deltaOnly ? merged : merged.add(baseChunk)).to_type(outputDType);
+    public Tensor OnDevice(Tensor merged, Tensor baseChunk) => (deltaOnly ? merged : merged.add(baseChunk)).to_type(outputDType.ToScalarType());
 
     /// <summary>Copies a chunk computed by <see cref="OnDevice"/> into the output buffer (waiting for the device) and starts its write.</summary>
     public void EmitFromDevice(Tensor result)
     {
-        using (PhaseProfile.Time(profile, Phase.ToOutput)) _output = workspace.NextOutput(outputDType, result.shape[0]).copy_(result);
+        using (PhaseProfile.Time(profile, Phase.ToOutput))
+        {
+            _output = workspace.NextOutput(outputDType, result.shape[0]);
+            using var output = _output.AsTensor();
+            output.copy_(result);
+        }
         Emit();
     }
 
@@ -90,7 +96,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     public unsafe void Emit()
     {
         // Waits for the write in flight first (the time the computation is ahead of the disk).
-        using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)TensorMemory.Pointer(_output!), _output!.NumberOfElements * _output.ElementSize);
+        using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)_output!.Data, _output.ByteLength);
         _output = null;
     }
 }

@@ -1,4 +1,5 @@
-using TorchSharp;
+using System.Runtime.InteropServices;
+using Dare.Engine.Safetensors;
 using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
@@ -9,27 +10,39 @@ namespace Dare.Engine.Merge;
 /// rather than by how the allocator happens to reuse freed blocks. Slot 0 holds the base chunk in float32, slot
 /// i + 1 input i's δ; raw slots keep chunks as stored (same numbering); the staging buffer receives raw bytes
 /// about to be widened; the two output buffers the converted result.
-/// Buffers are outside any dispose scope and owned by the workspace; the views it hands out belong to the caller's
-/// scope. Each buffer grows to the largest request and is freed by <see cref="Dispose"/>.
+/// Buffers are native memory owned by the workspace (torch tensors for the tensor backend, which uploads them); the
+/// views it hands out are valid until the same slot is asked for again or the workspace is disposed. Each buffer grows
+/// to the largest request and is freed by <see cref="Dispose"/>.
 /// </summary>
 internal sealed class ChunkWorkspace : IDisposable
 {
-    private readonly List<Tensor?> _floats = new();
-    private readonly List<Tensor?> _raw = new();
-    private Tensor? _staging;
-    private readonly Tensor?[] _outputs = new Tensor?[2];
+    private readonly List<Buffer?> _floats = new();
+    private readonly List<Buffer?> _raw = new();
+    private Buffer? _staging;
+    private readonly Buffer?[] _outputs = new Buffer?[2];
     private int _nextOutput;
 
-    /// <summary>Whether buffers are allocated in page-locked memory (for asynchronous copies to a CUDA device).</summary>
+    /// <summary>Whether buffers are torch tensors (for the tensor backend: <see cref="ChunkView.AsTensor"/> works on its views).</summary>
+    public bool TorchBuffers { get; init; }
+
+    /// <summary>Whether torch buffers are in page-locked memory (for asynchronous copies to a CUDA device).</summary>
     public bool Pinned { get; init; }
 
+    /// <summary>
+    /// Native buffers allocated on this thread and not yet freed, by any workspace (a workspace is used and disposed on
+    /// the thread that made it): the leak tests check that an export returns it to where it was.
+    /// </summary>
+    internal static long ThreadLiveBuffers => _threadLiveBuffers;
+
+    [ThreadStatic] private static long _threadLiveBuffers;
+
     /// <summary>A float32 view of <paramref name="count"/> elements of slot <paramref name="slot"/> (contents undefined).</summary>
-    public Tensor Floats(int slot, long count) => SlotView(_floats, slot, ScalarType.Float32, count);
+    public ChunkView Floats(int slot, long count) => SlotView(_floats, slot, SafetensorsDType.F32, count);
 
     /// <summary>A bfloat16 view of <paramref name="count"/> elements of raw slot <paramref name="slot"/> (base 0, input i at i + 1) for data kept as stored.</summary>
-    public Tensor Raw(int slot, long count) => SlotView(_raw, slot, ScalarType.BFloat16, count);
+    public ChunkView Raw(int slot, long count) => SlotView(_raw, slot, SafetensorsDType.BF16, count);
 
-    private Tensor SlotView(List<Tensor?> slots, int slot, ScalarType type, long count)
+    private ChunkView SlotView(List<Buffer?> slots, int slot, SafetensorsDType type, long count)
     {
         while (slots.Count <= slot) slots.Add(null);
         var buffer = slots[slot];
@@ -39,39 +52,29 @@ internal sealed class ChunkWorkspace : IDisposable
     }
 
     /// <summary>A byte view of <paramref name="bytes"/> bytes for raw reads (contents undefined).</summary>
-    public Tensor Staging(long bytes) => View(ref _staging, ScalarType.Byte, bytes);
+    public ChunkView Staging(long bytes) => View(ref _staging, SafetensorsDType.U8, bytes);
 
     /// <summary>
     /// A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output, in the
     /// other output buffer than last time (across tensors too): the export fills one while the other is being written.
     /// </summary>
-    public Tensor NextOutput(ScalarType type, long count)
+    public ChunkView NextOutput(SafetensorsDType type, long count)
     {
         var buffer = _nextOutput;
         _nextOutput ^= 1;
-        if (_outputs[buffer] is { } existing && existing.dtype != type)
-        {
-            existing.Dispose();
-            _outputs[buffer] = null;
-        }
         return View(ref _outputs[buffer], type, count);
     }
 
-    private Tensor View(ref Tensor? buffer, ScalarType type, long count)
+    private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count)
     {
-        if (buffer is null || buffer.shape[0] < count)
+        var bytes = Math.Max(count * type.ElementSize(), 1);
+        if (buffer is null || buffer.Bytes < bytes || (TorchBuffers && buffer.Type != type))
         {
             buffer?.Dispose();
             buffer = null;
-            buffer = Pinned ? PinnedEmpty(type, Math.Max(count, 1)) : empty(new[] { Math.Max(count, 1) }, type).DetachFromDisposeScope();
+            buffer = TorchBuffers ? Buffer.FromTorch(type, count, Pinned) : Buffer.Native(bytes);
         }
-        return buffer.narrow(0, 0, count);
-    }
-
-    private static Tensor PinnedEmpty(ScalarType type, long count)
-    {
-        using var pageable = empty(new[] { count }, type);
-        return pageable.pin_memory().DetachFromDisposeScope();
+        return buffer.View(type, count);
     }
 
     public void Dispose()
@@ -83,5 +86,62 @@ internal sealed class ChunkWorkspace : IDisposable
         _staging = null;
         foreach (var output in _outputs) output?.Dispose();
         Array.Clear(_outputs);
+    }
+
+    /// <summary>One buffer: aligned native memory, or a torch tensor (then its views can become tensors again).</summary>
+    private sealed unsafe class Buffer : IDisposable
+    {
+        // Cache-line aligned, as torch's allocator was: the kernels' vector loads never straddle a line at a buffer's start.
+        private const nuint Alignment = 64;
+        private void* _data;
+        private readonly Tensor? _tensor;
+
+        private Buffer(void* data, long bytes, SafetensorsDType type, Tensor? tensor)
+        {
+            _data = data;
+            Bytes = bytes;
+            Type = type;
+            _tensor = tensor;
+        }
+
+        public long Bytes { get; }
+
+        /// <summary>The element type a torch buffer was made for (a native buffer serves any).</summary>
+        public SafetensorsDType Type { get; }
+
+        public static Buffer Native(long bytes)
+        {
+            var data = NativeMemory.AlignedAlloc((nuint)bytes, Alignment);
+            _threadLiveBuffers++;
+            return new Buffer(data, bytes, SafetensorsDType.U8, null);
+        }
+
+        public static Buffer FromTorch(SafetensorsDType type, long count, bool pinned)
+        {
+            TorchRuntime.EnsureInitialized();
+            var elements = Math.Max(count, 1);
+            Tensor tensor;
+            if (pinned)
+            {
+                using var pageable = empty(new[] { elements }, type.ToScalarType());
+                tensor = pageable.pin_memory().DetachFromDisposeScope();
+            }
+            else tensor = empty(new[] { elements }, type.ToScalarType()).DetachFromDisposeScope();
+            return new Buffer(TensorMemory.Pointer(tensor), elements * type.ElementSize(), type, tensor);
+        }
+
+        /// <summary>The first <paramref name="count"/> elements as <paramref name="type"/> (a torch buffer is only asked for its own type).</summary>
+        public ChunkView View(SafetensorsDType type, long count) => new(_data, count, type, _tensor);
+
+        public void Dispose()
+        {
+            if (_tensor is not null) _tensor.Dispose();
+            else if (_data is not null)
+            {
+                NativeMemory.AlignedFree(_data);
+                _threadLiveBuffers--;
+            }
+            _data = null;
+        }
     }
 }

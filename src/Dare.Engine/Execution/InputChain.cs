@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -43,9 +42,9 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
     /// δ for elements [first, first + count) with the transform applied, in workspace slot <paramref name="slot"/>.
     /// <paramref name="sample"/>, when given, is a TIES selection whose sample the fused kernel takes as it goes.
     /// </summary>
-    public unsafe Tensor Delta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count, bool firstPass, MagnitudeSelection? sample)
+    public unsafe ChunkView Delta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count, bool firstPass, MagnitudeSelection? sample)
     {
-        if (Tensor is null) return zeros(new[] { count }, ScalarType.Float32);
+        if (Tensor is null) return chunks.Workspace.Floats(slot, count).Zero();
         if (IsFused)
         {
             // One pass over the chunk: widen, subtract the base, apply the DARE mask (and sample for a TIES threshold) block by block.
@@ -55,9 +54,9 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
             using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused))
             {
                 var (dare, key, threshold, scale) = Drop is { } d ? (true, d.Key, d.Threshold, d.Scale) : (false, 0UL, 0u, 1f);
-                dropped = baseChunk.dtype == ScalarType.BFloat16
-                    ? ChunkKernels.WidenSubtractMask(tunedBits, (ushort*)TensorMemory.Pointer(baseChunk), TensorMemory.Floats(delta), first, count, dare, key, threshold, scale, sample)
-                    : ChunkKernels.WidenSubtractMask(tunedBits, TensorMemory.Floats(baseChunk), TensorMemory.Floats(delta), first, count, dare, key, threshold, scale, sample);
+                dropped = baseChunk.DType == SafetensorsDType.BF16
+                    ? ChunkKernels.WidenSubtractMask(tunedBits, baseChunk.BFloat16Bits, delta.Floats, first, count, dare, key, threshold, scale, sample)
+                    : ChunkKernels.WidenSubtractMask(tunedBits, baseChunk.Floats, delta.Floats, first, count, dare, key, threshold, scale, sample);
             }
             chunks.Reader.Complete(tunedBits);
             if (firstPass) Drop?.CountFused(dropped);
@@ -67,9 +66,9 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
         if (Drop is null && Della is null && Breadcrumbs is not { Ready: true }) return values;
         using (PhaseProfile.Time(chunks.Profile, Phase.Mask))
         {
-            Drop?.Apply(TensorMemory.Floats(values), first, count, firstPass);
-            Della?.Apply(TensorMemory.Floats(values), first, count, firstPass);
-            if (Breadcrumbs is { Ready: true } breadcrumbs) breadcrumbs.Apply(TensorMemory.Floats(values), first, count);
+            Drop?.Apply(values.Floats, first, count, firstPass);
+            Della?.Apply(values.Floats, first, count, firstPass);
+            if (Breadcrumbs is { Ready: true } breadcrumbs) breadcrumbs.Apply(values.Floats, first, count);
         }
         return values;
     }

@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -73,7 +72,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             for (var i = 0; i < inputs.Length; i++)
             {
                 var rescale = inputs[i].Rescale;
-                if (rescale != 1.0) { using (PhaseProfile.Time(chunks.Profile, Phase.Mask)) deltas[i].mul_(rescale); }
+                if (rescale != 1.0) { using (PhaseProfile.Time(chunks.Profile, Phase.Mask)) deltas[i].Scale(rescale); }
             }
             var target = sink.TargetFor(baseChunk, deltas[0]);
             using (PhaseProfile.Time(chunks.Profile, Phase.Combine)) merge.Combine(first, baseChunk, deltas, target);
@@ -125,9 +124,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         if (counting.Length == 0) return;
         using (PhaseProfile.Time(chunks.Profile, Phase.Select))
         {
-            passes.ForEachChunk((_, deltas) => { foreach (var i in counting) inputs[i].Breadcrumbs!.AddCoarse(TensorMemory.Floats(deltas[i]), deltas[i].shape[0]); });
+            passes.ForEachChunk((_, deltas) => { foreach (var i in counting) inputs[i].Breadcrumbs!.AddCoarse(deltas[i].Floats, deltas[i].Count); });
             foreach (var i in counting) inputs[i].Breadcrumbs!.FinishCoarse();
-            passes.ForEachChunk((_, deltas) => { foreach (var i in counting) inputs[i].Breadcrumbs!.AddFine(TensorMemory.Floats(deltas[i]), deltas[i].shape[0]); });
+            passes.ForEachChunk((_, deltas) => { foreach (var i in counting) inputs[i].Breadcrumbs!.AddFine(deltas[i].Floats, deltas[i].Count); });
             foreach (var i in counting) inputs[i].Breadcrumbs!.FinishFine();
         }
         // A single chunk is kept from the first pass, raw: prune it now, once.
@@ -167,7 +166,6 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             cancellation.ThrowIfCancellationRequested();
             var first = c * chunk;
             var count = Math.Min(chunk, baseInfo.ElementCount - first);
-            using var scope = NewDisposeScope();
             try
             {
                 var baseRange = chunks.OpenRange(baseInfo, first, count);
@@ -212,22 +210,22 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     private sealed class ChunkPasses(TensorMerger merger, TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, ITensorMerge merge,
         bool baseStaysBFloat16, long chunk, int chunkCount) : IChunkPasses
     {
-        private Tensor? _cachedBase;
-        private Tensor[]? _cachedDeltas;
+        private ChunkView? _cachedBase;
+        private ChunkView[]? _cachedDeltas;
 
         /// <summary>Applies the now-known breadcrumbs pruning of inputs <paramref name="indexes"/> to the cached single chunk, if any.</summary>
         public unsafe void PruneCached(int[] indexes)
         {
             if (_cachedDeltas is null) return;
-            foreach (var i in indexes) inputs[i].Breadcrumbs!.Apply(TensorMemory.Floats(_cachedDeltas[i]), 0, _cachedDeltas[i].shape[0]);
+            foreach (var i in indexes) inputs[i].Breadcrumbs!.Apply(_cachedDeltas[i].Floats, 0, _cachedDeltas[i].Count);
         }
 
         /// <summary>Passes run so far (the first computes what the transforms count: drops, L1 norms).</summary>
         public int Count { get; private set; }
 
-        public void ForEachChunk(Action<long, Tensor[]> body) => ForEachChunk((first, _, deltas) => body(first, deltas));
+        public void ForEachChunk(Action<long, ChunkView[]> body) => ForEachChunk((first, _, deltas) => body(first, deltas));
 
-        public void ForEachChunk(Action<long, Tensor, Tensor[]> body)
+        public void ForEachChunk(Action<long, ChunkView, ChunkView[]> body)
         {
             var chunks = merger.Chunks;
             var n = baseInfo.ElementCount;
@@ -237,9 +235,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 var first = c * chunk;
                 var count = Math.Min(chunk, n - first);
                 if (c + 1 < chunkCount) Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, n - first - chunk));
-                using var scope = chunkCount > 1 ? NewDisposeScope() : null;
-                Tensor baseChunk;
-                Tensor[] deltas;
+                ChunkView baseChunk;
+                ChunkView[] deltas;
                 if (_cachedDeltas is not null)
                 {
                     baseChunk = _cachedBase!;

@@ -55,7 +55,7 @@ public sealed class DeltaSample
         _layers.OrderBy(p => p.Key).Select(p => p.Value.ToLayer(p.Key < 0 ? null : p.Key, Names)).ToList();
 
     /// <summary>Samples every floating-point tensor of the vectors' base; the vectors' raw δs (drop steps are ignored).</summary>
-    public static DeltaSample Measure(IReadOnlyList<TaskVector> vectors, int rowsPerTensor, CancellationToken cancellation = default)
+    public static unsafe DeltaSample Measure(IReadOnlyList<TaskVector> vectors, int rowsPerTensor, CancellationToken cancellation = default)
     {
         if (rowsPerTensor < 1) throw new ArgumentOutOfRangeException(nameof(rowsPerTensor));
         var leaves = vectors.SelectMany(v => v.Leaves).ToList();
@@ -69,7 +69,6 @@ public sealed class DeltaSample
         foreach (var info in @base.Tensors.Where(t => t.DType.IsMergeable() && t.ElementCount > 0))
         {
             cancellation.ThrowIfCancellationRequested();
-            using var scope = NewDisposeScope();
             var parts = leaves.Select(l => l.Input.Open(info)).ToList();
             var (rows, rowLength) = RowsOf(info);
             var picked = PickRows(rows, rowsPerTensor);
@@ -78,12 +77,12 @@ public sealed class DeltaSample
             for (var r = 0; r < picked.Count; r++)
             {
                 var first = picked[r] * rowLength;
-                using var baseChunk = chunks.ReadFloat32(0, info, first, rowLength);
+                var baseChunk = chunks.ReadFloat32(0, info, first, rowLength);
                 for (var i = 0; i < leaves.Count; i++)
                 {
                     if (parts[i] is not { } part) continue;
-                    using var delta = part.ReadDelta(chunks, 1, baseChunk, first, rowLength);
-                    delta.data<float>().CopyTo(values[i], checked((int)(r * rowLength)));
+                    var delta = part.ReadDelta(chunks, 1, baseChunk, first, rowLength);
+                    new ReadOnlySpan<float>(delta.Floats, checked((int)rowLength)).CopyTo(values[i].AsSpan(checked((int)(r * rowLength))));
                 }
             }
             sample.Add(layout.Position(info.Name).LayerIndex ?? -1, values);

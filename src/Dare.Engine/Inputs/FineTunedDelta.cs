@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -29,9 +28,9 @@ internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> mis
         public TensorInfo? StoredBFloat16 => null;
         public bool NeedsBase => true;
 
-        public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count)
+        public unsafe ChunkView ReadDelta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count)
         {
-            var delta = chunks.Workspace.Floats(slot, count).zero_();
+            var delta = chunks.Workspace.Floats(slot, count).Zero();
             var width = rows.RowLength;
             var end = first + count;
             for (var row = first / width; row * width < end;)
@@ -41,9 +40,7 @@ internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> mis
                 if (rows.ConstantDeltas.TryGetValue(row, out var constant))
                 {
                     var stop = Math.Min(end, (row + 1) * width);
-                    var segment = constant.AsSpan((int)(start - row * width), (int)(stop - start)).ToArray();
-                    using var values = tensor(segment);
-                    delta.narrow(0, start - first, stop - start).copy_(values);
+                    constant.AsSpan((int)(start - row * width), (int)(stop - start)).CopyTo(new Span<float>(delta.Slice(start - first, stop - start).Floats, (int)(stop - start)));
                     row++;
                     continue;
                 }
@@ -56,11 +53,8 @@ internal sealed class FineTunedDelta(Checkpoint model, IReadOnlyList<string> mis
                 var last = row;
                 while (last + 1 < rows.Own.Length && (last + 1) * width < end && rows.Own[last + 1] == rows.Own[last] + 1 && !rows.ConstantDeltas.ContainsKey(last + 1)) last++;
                 var runEnd = Math.Min(end, (last + 1) * width);
-                using (var stored = chunks.Reader.ReadRange(rows.Tuned, own * width + (start - row * width), runEnd - start))
-                using (var values = stored.to_type(ScalarType.Float32))
-                {
-                    delta.narrow(0, start - first, runEnd - start).copy_(values).sub_(baseChunk.narrow(0, start - first, runEnd - start));
-                }
+                var stored = chunks.Stage(rows.Tuned, own * width + (start - row * width), runEnd - start);
+                delta.Slice(start - first, runEnd - start).CopyFrom(stored).Subtract(baseChunk.Slice(start - first, runEnd - start));
                 row = last + 1;
             }
             return delta;
@@ -76,10 +70,10 @@ internal sealed class StoredMinusBase(TensorInfo stored) : IInputTensor
     public TensorInfo? StoredBFloat16 => stored.DType == SafetensorsDType.BF16 ? stored : null;
     public bool NeedsBase => true;
 
-    public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count)
+    public ChunkView ReadDelta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count)
     {
         var values = chunks.ReadFloat32(slot, stored, first, count);
-        using (PhaseProfile.Time(chunks.Profile, Phase.Delta)) return values.sub_(baseChunk);
+        using (PhaseProfile.Time(chunks.Profile, Phase.Delta)) return values.Subtract(baseChunk);
     }
 
     public void Prefetch(TensorReader reader, long first, long count, bool readOnce) => reader.Prefetch(stored, first, count, readOnce);

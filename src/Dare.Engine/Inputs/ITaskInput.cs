@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -40,11 +39,11 @@ internal interface IInputTensor
     bool NeedsBase { get; }
 
     /// <summary>
-    /// δ for elements [first, first + count) as a flat float32 tensor, in workspace slot <paramref name="slot"/> when it
-    /// can (the caller may overwrite it; it lives until the chunk's scope ends). <paramref name="baseChunk"/> is float32
+    /// δ for elements [first, first + count) as float32, in workspace slot <paramref name="slot"/> (the caller may
+    /// overwrite it). <paramref name="baseChunk"/> is float32
     /// when <see cref="NeedsBase"/>.
     /// </summary>
-    Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count);
+    ChunkView ReadDelta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count);
 
     /// <summary>
     /// Starts the OS reading what <see cref="ReadDelta"/> will read for [first, first + count); <paramref name="readOnce"/>

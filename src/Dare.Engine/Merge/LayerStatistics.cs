@@ -76,8 +76,8 @@ public sealed record LayerStatistics(string TaskVector, int? Layer, string Part,
             {
                 executor.StreamDeltas(vector, (_, first, delta) =>
                 {
-                    var values = TensorMemory.Floats(delta);
-                    var length = delta.shape[0];
+                    var values = delta.Floats;
+                    var length = delta.Count;
                     for (long j = 0; j < length; j++)
                     {
                         var v = values[j];

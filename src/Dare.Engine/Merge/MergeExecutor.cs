@@ -46,8 +46,9 @@ public sealed class ExportOptions
 /// Runs task-vector plans tensor by tensor: the mechanics only (the one tensor loop, reading and read-ahead,
 /// sinks, cancellation, progress, profile). Each tensor is merged by <see cref="TensorMerger"/> (inputs, transforms,
 /// the method's passes and combine) in chunks of at most <see cref="ChunkElements"/> elements, and handed on before
-/// the next tensor is touched, so memory is bounded by a few chunks whatever the model size. Every tensor is
-/// computed inside its own dispose scope: nothing native outlives the tensor.
+/// the next tensor is touched, so memory is bounded by a few chunks whatever the model size. Chunks live in a
+/// <see cref="ChunkWorkspace"/> of native buffers, so a merge on the CPU kernels never loads libtorch; what computes
+/// with torch (the tensor backend, LoRA inputs) scopes its own tensors.
 /// </summary>
 public sealed class MergeExecutor
 {
@@ -73,7 +74,6 @@ public sealed class MergeExecutor
         _observer = observer;
         _cancellation = cancellation;
         ChunkElements = chunkElements;
-        TorchRuntime.EnsureInitialized();
     }
 
     public long ChunkElements { get; }
@@ -184,7 +184,8 @@ public sealed class MergeExecutor
         NonFiniteGuard nonFinite, string activity, DropCounts drops)
     {
         using var reader = new TensorReader(nonFinite);
-        using var workspace = new ChunkWorkspace();
+        // The tensor backend copies its results into the output buffers as tensors.
+        using var workspace = new ChunkWorkspace { TorchBuffers = options.Device is { UsesTorchBackend: true } };
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
         using var device = options.Device is { UsesTorchBackend: true } backend
@@ -194,26 +195,30 @@ public sealed class MergeExecutor
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
             appender.BeginTensor(info.Name);
-            if (!info.DType.IsMergeable())
-            {
-                Tensor stored;
-                using (PhaseProfile.Time(_profile, Phase.Read)) stored = reader.Read(info).contiguous();
-                using (PhaseProfile.Time(_profile, Phase.Write)) appender.Append(stored);
-            }
-            else
-            {
-                drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name].ToScalarType(), options.DeltaOnly, _profile)));
-            }
+            if (!info.DType.IsMergeable()) CopyAsStored(reader, workspace, appender, info);
+            else drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name], options.DeltaOnly, _profile)));
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
-        }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name].ToScalarType())));
+        }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name])));
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
         BytesReadAhead += reader.DirectBytesServed;
         _cancellation.ThrowIfCancellationRequested();
         return (bytesRead, appender.BackgroundTime);
     }
 
+    /// <summary>A tensor the merge does not change (integers, FP8), copied as stored a chunk at a time through the output buffers.</summary>
+    private unsafe void CopyAsStored(TensorReader reader, ChunkWorkspace workspace, BackgroundAppender appender, TensorInfo info)
+    {
+        for (long first = 0; first < info.ElementCount; first += ChunkElements)
+        {
+            var count = Math.Min(ChunkElements, info.ElementCount - first);
+            var bytes = workspace.NextOutput(SafetensorsDType.U8, count * info.DType.ElementSize());
+            using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, bytes.Data);
+            using (PhaseProfile.Time(_profile, Phase.Write)) appender.AppendAsync((IntPtr)bytes.Data, bytes.ByteLength);
+        }
+    }
+
     /// <summary>The task vector's float32 δ for one tensor, in the tensor's shape. The caller owns (disposes) it.</summary>
-    public Tensor ComputeDelta(TaskVector vector, string tensorName)
+    public unsafe Tensor ComputeDelta(TaskVector vector, string tensorName)
     {
         var info = vector.Base.Find(tensorName) ?? throw new DareException(DareErrorId.TensorNotFound, DareErrorKind.ObjectNotFound,
             $"The base model '{vector.Base.Path}' has no tensor '{tensorName}'.") { TensorName = tensorName };
@@ -222,15 +227,14 @@ public sealed class MergeExecutor
             throw new DareException(DareErrorId.TensorDTypeMismatch, DareErrorKind.InvalidArgument,
                 $"Tensor '{tensorName}' is {info.DType}; only floating-point tensors have a task vector (others are copied from the base).") { TensorName = tensorName };
         }
+        TorchRuntime.EnsureInitialized();
         // The flat tensor is released on return (also on failure); the returned view keeps the storage alive.
         using var result = zeros(new[] { info.ElementCount }, ScalarType.Float32);
+        var resultData = (float*)TensorMemory.Pointer(result);
         using var reader = new TensorReader();
         using var workspace = new ChunkWorkspace();
-        using (NewDisposeScope())
-        {
-            new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation)
-                .Merge(vector, info, ModelLayout.Of(vector.Base), new DeltaSink((first, delta) => result.narrow(0, first, delta.shape[0]).copy_(delta)));
-        }
+        new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation)
+            .Merge(vector, info, ModelLayout.Of(vector.Base), new DeltaSink((first, delta) => Buffer.MemoryCopy(delta.Data, resultData + first, delta.ByteLength, delta.ByteLength)));
         return result.view(info.Shape);
     }
 
@@ -238,7 +242,7 @@ public sealed class MergeExecutor
     /// Streams every float tensor of the vector through <paramref name="consume"/> (tensor, chunk start, δ chunk) and
     /// returns the DARE drop counts; <paramref name="tensorDone"/>, when given, receives each tensor's own counts.
     /// </summary>
-    internal DropCounts StreamDeltas(TaskVector vector, Action<TensorInfo, long, Tensor> consume, string activity, Func<TensorInfo, bool>? include = null,
+    internal DropCounts StreamDeltas(TaskVector vector, Action<TensorInfo, long, ChunkView> consume, string activity, Func<TensorInfo, bool>? include = null,
         Action<TensorInfo, DropCounts>? tensorDone = null)
     {
         var tensors = vector.Base.Tensors.Where(t => t.DType.IsMergeable() && (include?.Invoke(t) ?? true)).ToList();
@@ -256,8 +260,8 @@ public sealed class MergeExecutor
     }
 
     /// <summary>
-    /// The one tensor loop: progress, cancellation, read-ahead of the next tensors' first chunks, and a dispose scope
-    /// per tensor around <paramref name="process"/>(tensor, layer count). Returns the bytes read (base and inputs, or
+    /// The one tensor loop: progress, cancellation, read-ahead of the next tensors' first chunks, and
+    /// <paramref name="process"/>(tensor, layer count) per tensor. Returns the bytes read (base and inputs, or
     /// the base's alone when <paramref name="countInputs"/> is false, as progress counts them).
     /// </summary>
     private long ForEachTensor(TaskVector vector, IReadOnlyList<TensorInfo> tensors, TensorReader reader, string activity, Action<TensorInfo, ModelLayout> process, bool countInputs = true,
@@ -280,7 +284,7 @@ public sealed class MergeExecutor
                 var once = readsOnce?.Invoke(tensors[next], layout) ?? tensors[next].ElementCount <= ChunkElements;
                 TensorMerger.Prefetch(reader, vector, tensors[next], 0, Math.Min(tensors[next].ElementCount, ChunkElements), once);
             }
-            using (NewDisposeScope()) process(info, layout);
+            process(info, layout);
             reader.Release(info.Name);
             bytesDone += info.ByteLength * perByte;
         }

@@ -47,11 +47,13 @@ public sealed record TaskVectorStatistics(
         var counts = executor.StreamDeltas(vector, (info, _, delta) =>
         {
             var a = Accum(accumulators, info);
-            using var magnitude = delta.abs();
+            using var values = delta.ToTensor();
+            using var scope = NewDisposeScope();
+            var magnitude = values.abs();
             a.Max = Math.Max(a.Max, magnitude.max().ToDouble());
             a.Sum += magnitude.sum(ScalarType.Float64).ToDouble();
             a.SumSquares += magnitude.square().sum(ScalarType.Float64).ToDouble();
-            if (delta.shape[0] == info.ElementCount)
+            if (delta.Count == info.ElementCount)
             {
                 a.Sparse = magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
                 a.SparseKnown = true;
@@ -70,7 +72,9 @@ public sealed record TaskVectorStatistics(
             executor.StreamDeltas(vector, (info, _, delta) =>
             {
                 var a = accumulators[info.Name];
-                using var magnitude = delta.abs();
+                using var values = delta.ToTensor();
+                using var scope = NewDisposeScope();
+                var magnitude = values.abs();
                 a.Sparse += magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
             }, "Measuring sparsity", t => unknown.Contains(t.Name));
         }

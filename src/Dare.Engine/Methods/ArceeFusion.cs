@@ -1,4 +1,3 @@
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -53,7 +52,7 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
     public bool NeedsBaseValues => true;
     public MagnitudeSelection? SampleWhileReading(int input) => null;
     public IBFloat16SinglePass? SinglePass => null;
-    public void PrepareChunk(long first, Tensor[] deltas) => _first = first;
+    public void PrepareChunk(long first, ChunkView[] deltas) => _first = first;
 
     /// <summary>Rows overlapping the chunk [first, first + n), each with the chunk's element range of it.</summary>
     private IEnumerable<(long Row, long Start, long End)> RowSegments(long first, long n)
@@ -73,8 +72,8 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
         var sumB = new double[_rows];
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
-            float* a = TensorMemory.Floats(baseChunk), d = TensorMemory.Floats(deltas[0]);
-            Parallel.ForEach(RowSegments(first, deltas[0].shape[0]), segment =>
+            float* a = baseChunk.Floats, d = deltas[0].Floats;
+            Parallel.ForEach(RowSegments(first, deltas[0].Count), segment =>
             {
                 for (var j = segment.Start; j < segment.End; j++)
                 {
@@ -90,8 +89,8 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
         _kl = new double[_rows];
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
-            float* a = TensorMemory.Floats(baseChunk), d = TensorMemory.Floats(deltas[0]);
-            Parallel.ForEach(RowSegments(first, deltas[0].shape[0]), segment =>
+            float* a = baseChunk.Floats, d = deltas[0].Floats;
+            Parallel.ForEach(RowSegments(first, deltas[0].Count), segment =>
             {
                 var sum = 0.0;
                 for (var j = segment.Start; j < segment.End; j++)
@@ -110,8 +109,8 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
         var next = 0;
         passes.ForEachChunk((first, deltas) =>
         {
-            float* d = TensorMemory.Floats(deltas[0]);
-            var n = deltas[0].shape[0];
+            float* d = deltas[0].Floats;
+            var n = deltas[0].Count;
             if (positions is null)
             {
                 for (var j = 0L; j < n; j++) values[first + j] = Importance(d[j], first + j);
@@ -157,12 +156,12 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
         return sorted;
     }
 
-    public unsafe void Combine(Tensor[] deltas, CombineTarget target)
+    public unsafe void Combine(ChunkView[] deltas, CombineTarget target)
     {
-        float* d = TensorMemory.Floats(deltas[0]);
+        float* d = deltas[0].Floats;
         var first = _first;
         var threshold = _threshold;
-        Partition.Run(deltas[0].shape[0], (_, start, end) =>
+        Partition.Run(deltas[0].Count, (_, start, end) =>
         {
             for (var j = start; j < end; j++) target.Store(Importance(d[j], first + j) >= threshold ? d[j] : 0f, j);
         });

@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -62,9 +61,9 @@ internal abstract class GramTensorMerge : ITensorMerge
 
     public bool NeedsBaseValues => true;
     public MagnitudeSelection? SampleWhileReading(int input) => null;
-    public void PrepareChunk(long first, Tensor[] deltas) { }
+    public void PrepareChunk(long first, ChunkView[] deltas) { }
     public IBFloat16SinglePass? SinglePass => null;
-    public void Combine(Tensor[] deltas, CombineTarget target) => throw new InvalidOperationException("A spherical merge combines with the base chunk.");
+    public void Combine(ChunkView[] deltas, CombineTarget target) => throw new InvalidOperationException("A spherical merge combines with the base chunk.");
 
     private int Pairs => _vectors.Length * (_vectors.Length + 1) / 2;
 
@@ -110,19 +109,19 @@ internal abstract class GramTensorMerge : ITensorMerge
         _gram = Array.Empty<double>();
     }
 
-    private unsafe void Accumulate(long first, Tensor baseChunk, Tensor[] deltas)
+    private unsafe void Accumulate(long first, ChunkView baseChunk, ChunkView[] deltas)
     {
-        var vectors = new GramKernels.Vectors(TensorMemory.Floats(baseChunk),
-            _vectors.Select(v => v.Kind == VectorKind.Base ? IntPtr.Zero : (IntPtr)TensorMemory.Floats(deltas[v.Input])).ToArray(),
+        var vectors = new GramKernels.Vectors(baseChunk.Floats,
+            _vectors.Select(v => v.Kind == VectorKind.Base ? IntPtr.Zero : (IntPtr)deltas[v.Input].Floats).ToArray(),
             _vectors.Select(v => v.Kind != VectorKind.Delta).ToArray());
-        GramKernels.Accumulate(vectors, first, baseChunk.shape[0], _layout != VectorLayout.FirstDimension, _rowLength, _rows, _gram);
+        GramKernels.Accumulate(vectors, first, baseChunk.Count, _layout != VectorLayout.FirstDimension, _rowLength, _rows, _gram);
     }
 
-    public unsafe void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target)
+    public unsafe void Combine(long first, ChunkView baseChunk, ChunkView[] deltas, CombineTarget target)
     {
-        var count = baseChunk.shape[0];
-        var basePointer = TensorMemory.Floats(baseChunk);
-        var deltaPointers = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        var count = baseChunk.Count;
+        var basePointer = baseChunk.Floats;
+        var deltaPointers = deltas.Select(d => (IntPtr)d.Floats).ToArray();
         Partition.Run(count, (_, start, end) =>
         {
             if (_layout == VectorLayout.FirstDimension)

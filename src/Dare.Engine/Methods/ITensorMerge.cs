@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -20,10 +19,10 @@ internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCou
 internal interface IChunkPasses
 {
     /// <summary>One pass: <paramref name="body"/>(first element, δ of each input) for every chunk.</summary>
-    void ForEachChunk(Action<long, Tensor[]> body);
+    void ForEachChunk(Action<long, ChunkView[]> body);
 
     /// <summary>One pass that also sees the base chunk (float32 when the merge says <see cref="ITensorMerge.NeedsBaseValues"/>).</summary>
-    void ForEachChunk(Action<long, Tensor, Tensor[]> body);
+    void ForEachChunk(Action<long, ChunkView, ChunkView[]> body);
 }
 
 /// <summary>
@@ -39,20 +38,20 @@ internal interface ITensorMerge
     void RunPasses(IChunkPasses passes);
 
     /// <summary>Per-chunk work on the inputs' δs before any input rescale and the combine (TIES's trim).</summary>
-    void PrepareChunk(long first, Tensor[] deltas);
+    void PrepareChunk(long first, ChunkView[] deltas);
 
     /// <summary>Combines the chunk's δs into the merged δ at <paramref name="target"/>.</summary>
-    void Combine(Tensor[] deltas, CombineTarget target);
+    void Combine(ChunkView[] deltas, CombineTarget target);
 
     /// <summary>
     /// Whether the method reads the base's values, not only the δs (arcee_fusion's softmax in its passes; the spherical
     /// methods interpolate whole weights): the base chunk is then float32 in the passes and in
-    /// <see cref="Combine(long, Tensor, Tensor[], CombineTarget)"/>.
+    /// <see cref="Combine(long, ChunkView, ChunkView[], CombineTarget)"/>.
     /// </summary>
     bool NeedsBaseValues => false;
 
-    /// <summary>The combine of the chunk at element <paramref name="first"/>, with the base chunk; by default <see cref="Combine(Tensor[], CombineTarget)"/>.</summary>
-    void Combine(long first, Tensor baseChunk, Tensor[] deltas, CombineTarget target) => Combine(deltas, target);
+    /// <summary>The combine of the chunk at element <paramref name="first"/>, with the base chunk; by default <see cref="Combine(ChunkView[], CombineTarget)"/>.</summary>
+    void Combine(long first, ChunkView baseChunk, ChunkView[] deltas, CombineTarget target) => Combine(deltas, target);
 
     /// <summary>The whole merge of a chunk from bfloat16 inputs in one fused pass, if the method offers one.</summary>
     IBFloat16SinglePass? SinglePass { get; }

@@ -55,10 +55,10 @@ internal sealed class LinearMethod : MergeMethod
     {
         public MagnitudeSelection? SampleWhileReading(int input) => null;
         public void RunPasses(IChunkPasses passes) { }
-        public void PrepareChunk(long first, Tensor[] deltas) { }
+        public void PrepareChunk(long first, ChunkView[] deltas) { }
 
-        public unsafe void Combine(Tensor[] deltas, CombineTarget target) =>
-            CombineKernels.Linear(deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray(), weights, scale, target, deltas[0].shape[0]);
+        public unsafe void Combine(ChunkView[] deltas, CombineTarget target) =>
+            CombineKernels.Linear(deltas.Select(d => (IntPtr)d.Floats).ToArray(), weights, scale, target, deltas[0].Count);
 
         public IBFloat16SinglePass SinglePass => this;
 

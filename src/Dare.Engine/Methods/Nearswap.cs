@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -38,11 +37,11 @@ internal sealed class NearswapMethod : MergeMethod
     {
         public MagnitudeSelection? SampleWhileReading(int input) => null;
         public void RunPasses(IChunkPasses passes) { }
-        public void PrepareChunk(long first, Tensor[] deltas) { }
+        public void PrepareChunk(long first, ChunkView[] deltas) { }
         public IBFloat16SinglePass? SinglePass => null;
 
-        public unsafe void Combine(Tensor[] deltas, CombineTarget target) =>
-            VectorDriver.RunParallel(new Operator(TensorMemory.Floats(deltas[0]), t, target), deltas[0].shape[0]);
+        public unsafe void Combine(ChunkView[] deltas, CombineTarget target) =>
+            VectorDriver.RunParallel(new Operator(deltas[0].Floats, t, target), deltas[0].Count);
     }
 
     /// <summary>w·δ with w = clamp(t / max(|δ|, 1e-6), 0, 1); the vector body does the scalar body's IEEE operations.</summary>

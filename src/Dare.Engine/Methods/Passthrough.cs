@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -53,11 +52,11 @@ internal sealed class PassthroughMethod : MergeMethod
     {
         public MagnitudeSelection? SampleWhileReading(int input) => null;
         public void RunPasses(IChunkPasses passes) { }
-        public void PrepareChunk(long first, Tensor[] deltas) { }
+        public void PrepareChunk(long first, ChunkView[] deltas) { }
         public IBFloat16SinglePass? SinglePass => null;
 
-        public unsafe void Combine(Tensor[] deltas, CombineTarget target) =>
-            CombineKernels.Linear(new[] { (IntPtr)TensorMemory.Floats(deltas[0]) }, new[] { 1f }, null, target, deltas[0].shape[0]);
+        public unsafe void Combine(ChunkView[] deltas, CombineTarget target) =>
+            CombineKernels.Linear(new[] { (IntPtr)deltas[0].Floats }, new[] { 1f }, null, target, deltas[0].Count);
     }
 }
 
@@ -81,8 +80,8 @@ internal sealed class BaseScale(Checkpoint model, TensorParameter? scale) : ITas
         public TensorInfo? StoredBFloat16 => null;
         public bool NeedsBase => true;
 
-        public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count) =>
-            chunks.Workspace.Floats(slot, count).copy_(baseChunk).mul_(factorMinusOne);
+        public ChunkView ReadDelta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count) =>
+            chunks.Workspace.Floats(slot, count).CopyFrom(baseChunk).Scale(factorMinusOne);
 
         public void Prefetch(TensorReader reader, long first, long count, bool readOnce) { }
     }

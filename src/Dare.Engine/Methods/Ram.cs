@@ -1,4 +1,3 @@
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -61,7 +60,7 @@ internal class RamMethod : MergeMethod
         private float[]? _lambdas;
 
         public MagnitudeSelection? SampleWhileReading(int input) => null;
-        public void PrepareChunk(long first, Tensor[] deltas) { }
+        public void PrepareChunk(long first, ChunkView[] deltas) { }
         public IBFloat16SinglePass? SinglePass => null;
 
         public unsafe void RunPasses(IChunkPasses passes)
@@ -71,8 +70,8 @@ internal class RamMethod : MergeMethod
             var unique = new long[n];
             passes.ForEachChunk((_, deltas) =>
             {
-                var pointers = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
-                var count = deltas[0].shape[0];
+                var pointers = deltas.Select(d => (IntPtr)d.Floats).ToArray();
+                var count = deltas[0].Count;
                 var ranges = Partition.Ranges(count);
                 var partShared = new long[ranges.Length, n];
                 var partUnique = new long[ranges.Length, n];
@@ -108,12 +107,12 @@ internal class RamMethod : MergeMethod
             }).ToArray();
         }
 
-        public unsafe void Combine(Tensor[] deltas, CombineTarget target)
+        public unsafe void Combine(ChunkView[] deltas, CombineTarget target)
         {
-            var pointers = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+            var pointers = deltas.Select(d => (IntPtr)d.Floats).ToArray();
             var lambdas = _lambdas;
             var eps = epsilon;
-            Partition.Run(deltas[0].shape[0], (_, start, end) =>
+            Partition.Run(deltas[0].Count, (_, start, end) =>
             {
                 for (var j = start; j < end; j++)
                 {

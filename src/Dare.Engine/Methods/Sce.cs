@@ -1,4 +1,3 @@
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -61,7 +60,7 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
             passes.ForEachChunk((_, deltas) =>
             {
                 // The buffer is as long as the largest chunk; only this chunk's part counts.
-                var count = (int)deltas[0].shape[0];
+                var count = (int)deltas[0].Count;
                 nonZero += count - CountZeros(Variances(deltas), count);
             });
             // mergekit: k = int(count_nonzero(var) · select_topk); k = 0 keeps nothing.
@@ -72,9 +71,9 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
                 _selection = new MagnitudeSelection(k, n);
                 if (_selection.NeedsPasses)
                 {
-                    passes.ForEachChunk((_, deltas) => { fixed (float* v = Variances(deltas)) _selection.AddCoarse(v, deltas[0].shape[0]); });
+                    passes.ForEachChunk((_, deltas) => { fixed (float* v = Variances(deltas)) _selection.AddCoarse(v, deltas[0].Count); });
                     _selection.FinishCoarse();
-                    passes.ForEachChunk((_, deltas) => { fixed (float* v = Variances(deltas)) _selection.AddFine(v, deltas[0].shape[0]); });
+                    passes.ForEachChunk((_, deltas) => { fixed (float* v = Variances(deltas)) _selection.AddFine(v, deltas[0].Count); });
                     _selection.FinishFine();
                 }
             }
@@ -87,7 +86,7 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
             var keep = Mask(first, deltas);
             for (var m = 0; m < deltas.Length; m++)
             {
-                var d = TensorMemory.Floats(deltas[m]);
+                var d = deltas[m].Floats;
                 for (var j = 0; j < keep.Length; j++)
                 {
                     if (keep[j]) squares[m] += (double)d[j] * d[j];
@@ -110,9 +109,9 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
     }
 
     /// <summary>The kept positions of elements [first, first + count): the selection applied in element order.</summary>
-    private bool[] Mask(long first, Tensor[] deltas)
+    private bool[] Mask(long first, ChunkView[] deltas)
     {
-        var count = deltas[0].shape[0];
+        var count = deltas[0].Count;
         var keep = new bool[count];
         if (_keepNone) return keep;
         if (_selection is null || !_selection.NeedsPasses)
@@ -132,11 +131,11 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
     }
 
     /// <summary>The population variance across the inputs of each element of the chunk, in float32 (reused buffer).</summary>
-    private float[] Variances(Tensor[] deltas)
+    private float[] Variances(ChunkView[] deltas)
     {
-        var count = (int)deltas[0].shape[0];
+        var count = (int)deltas[0].Count;
         _variances ??= new float[setup.ChunkElements];
-        var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        var inputs = deltas.Select(d => (IntPtr)d.Floats).ToArray();
         var m = inputs.Length;
         for (var j = 0; j < count; j++)
         {
@@ -154,13 +153,13 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         return _variances;
     }
 
-    public void PrepareChunk(long first, Tensor[] deltas)
+    public void PrepareChunk(long first, ChunkView[] deltas)
     {
         // The combine sees only the kept positions (the erase and the weights then ignore the others).
         var keep = Mask(first, deltas);
         foreach (var delta in deltas)
         {
-            var d = TensorMemory.Floats(delta);
+            var d = delta.Floats;
             for (var j = 0; j < keep.Length; j++)
             {
                 if (!keep[j]) d[j] = 0f;
@@ -168,10 +167,10 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         }
     }
 
-    public void Combine(Tensor[] deltas, CombineTarget target)
+    public void Combine(ChunkView[] deltas, CombineTarget target)
     {
-        var count = deltas[0].shape[0];
-        var inputs = deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray();
+        var count = deltas[0].Count;
+        var inputs = deltas.Select(d => (IntPtr)d.Floats).ToArray();
         var weights = _weights;
         Partition.Run(count, (_, start, end) =>
         {

@@ -1,4 +1,3 @@
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -79,7 +78,7 @@ internal sealed class TiesTensorMerge : ITensorMerge
         });
 
         // One pass over every chunk for the inputs at <paramref name="step"/>, then <paramref name="finish"/> gives each its next step.
-        void SelectionPass(SelectionStep step, Action<MagnitudeSelection, Tensor> add, Func<MagnitudeSelection, SelectionStep> finish)
+        void SelectionPass(SelectionStep step, Action<MagnitudeSelection, ChunkView> add, Func<MagnitudeSelection, SelectionStep> finish)
         {
             if (!steps.Contains(step)) return;
             passes.ForEachChunk((_, deltas) =>
@@ -99,7 +98,7 @@ internal sealed class TiesTensorMerge : ITensorMerge
         }
     }
 
-    public void PrepareChunk(long first, Tensor[] deltas)
+    public void PrepareChunk(long first, ChunkView[] deltas)
     {
         if (_rescales is null)
         {
@@ -130,14 +129,14 @@ internal sealed class TiesTensorMerge : ITensorMerge
         }
     }
 
-    public unsafe void Combine(Tensor[] deltas, CombineTarget target) =>
-        CombineKernels.Ties(deltas.Select(d => (IntPtr)TensorMemory.Floats(d)).ToArray(), _weights, _keepBits!, _tieBudgets,
-            _options.SignMethod == SignMethod.Count, _options.Normalize, _options.Lambda, target, deltas[0].shape[0]);
+    public unsafe void Combine(ChunkView[] deltas, CombineTarget target) =>
+        CombineKernels.Ties(deltas.Select(d => (IntPtr)d.Floats).ToArray(), _weights, _keepBits!, _tieBudgets,
+            _options.SignMethod == SignMethod.Count, _options.Normalize, _options.Lambda, target, deltas[0].Count);
 
-    private static unsafe void AddSample(MagnitudeSelection selection, Tensor delta, long first) => selection.AddSample(TensorMemory.Floats(delta), first, delta.shape[0]);
-    private static unsafe void AddBracket(MagnitudeSelection selection, Tensor delta) => selection.AddBracket(TensorMemory.Floats(delta), delta.shape[0]);
-    private static unsafe void AddCoarse(MagnitudeSelection selection, Tensor delta) => selection.AddCoarse(TensorMemory.Floats(delta), delta.shape[0]);
-    private static unsafe void AddFine(MagnitudeSelection selection, Tensor delta) => selection.AddFine(TensorMemory.Floats(delta), delta.shape[0]);
-    private static unsafe void Trim(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.Trim(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
-    private static unsafe void DropExcessTies(MagnitudeSelection selection, Tensor delta, ref long tiesLeft) => selection.DropExcessTies(TensorMemory.Floats(delta), delta.shape[0], ref tiesLeft);
+    private static unsafe void AddSample(MagnitudeSelection selection, ChunkView delta, long first) => selection.AddSample(delta.Floats, first, delta.Count);
+    private static unsafe void AddBracket(MagnitudeSelection selection, ChunkView delta) => selection.AddBracket(delta.Floats, delta.Count);
+    private static unsafe void AddCoarse(MagnitudeSelection selection, ChunkView delta) => selection.AddCoarse(delta.Floats, delta.Count);
+    private static unsafe void AddFine(MagnitudeSelection selection, ChunkView delta) => selection.AddFine(delta.Floats, delta.Count);
+    private static unsafe void Trim(MagnitudeSelection selection, ChunkView delta, ref long tiesLeft) => selection.Trim(delta.Floats, delta.Count, ref tiesLeft);
+    private static unsafe void DropExcessTies(MagnitudeSelection selection, ChunkView delta, ref long tiesLeft) => selection.DropExcessTies(delta.Floats, delta.Count, ref tiesLeft);
 }

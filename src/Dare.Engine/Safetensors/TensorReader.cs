@@ -182,6 +182,7 @@ public sealed class TensorReader : IDisposable
     /// <summary>A new tensor of <paramref name="shape"/> filled with elements [firstElement, firstElement + count); disposed if the read fails.</summary>
     private unsafe Tensor ReadNew(TensorInfo info, long[] shape, long firstElement, long count)
     {
+        TorchRuntime.EnsureInitialized();
         var tensor = empty(shape, info.DType.ToScalarType());
         try
         {

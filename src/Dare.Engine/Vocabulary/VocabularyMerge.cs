@@ -24,6 +24,8 @@ internal static class VocabularyMerge
 
     public static (Checkpoint Base, FineTunedDelta[] Inputs) Build(VocabularyAlignment a, IReadOnlyList<IReadOnlyList<string>> missing, IReadOnlyList<IReadOnlyList<string>> notes)
     {
+        // Rows are averaged and converted through torch: aligning vocabularies loads libtorch.
+        TorchRuntime.EnsureInitialized();
         using var scope = NewDisposeScope();
         using var reader = new TensorReader();
         var @base = a.Participants[0];

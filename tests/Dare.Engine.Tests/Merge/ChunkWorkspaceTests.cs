@@ -1,6 +1,6 @@
 using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
 using Xunit;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Tests.Merge;
 
@@ -11,17 +11,16 @@ namespace Dare.Engine.Tests.Merge;
 /// </summary>
 public sealed class ChunkWorkspaceTests
 {
-    private static unsafe IntPtr Address(Tensor view) => (IntPtr)TensorMemory.Pointer(view);
+    private static unsafe IntPtr Address(ChunkView view) => (IntPtr)view.Data;
 
     [Fact]
     public void Output_buffers_alternate_across_requests_of_any_size()
     {
         using var workspace = new ChunkWorkspace();
-        using var scope = NewDisposeScope();
-        var first = Address(workspace.NextOutput(ScalarType.BFloat16, 1000));
-        var second = Address(workspace.NextOutput(ScalarType.BFloat16, 10));
-        var third = Address(workspace.NextOutput(ScalarType.BFloat16, 500));
-        var fourth = Address(workspace.NextOutput(ScalarType.BFloat16, 10));
+        var first = Address(workspace.NextOutput(SafetensorsDType.BF16, 1000));
+        var second = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
+        var third = Address(workspace.NextOutput(SafetensorsDType.BF16, 500));
+        var fourth = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
 
         Assert.NotEqual(first, second);
         Assert.Equal(first, third);
@@ -32,14 +31,13 @@ public sealed class ChunkWorkspaceTests
     public void A_buffer_that_grows_or_changes_type_is_still_not_the_other_one()
     {
         using var workspace = new ChunkWorkspace();
-        using var scope = NewDisposeScope();
-        workspace.NextOutput(ScalarType.BFloat16, 10);
-        var other = Address(workspace.NextOutput(ScalarType.Float32, 10));
-        var grown = workspace.NextOutput(ScalarType.BFloat16, 1 << 20);
-        var retyped = workspace.NextOutput(ScalarType.BFloat16, 10);
+        workspace.NextOutput(SafetensorsDType.BF16, 10);
+        var other = Address(workspace.NextOutput(SafetensorsDType.F32, 10));
+        var grown = workspace.NextOutput(SafetensorsDType.BF16, 1 << 20);
+        var retyped = workspace.NextOutput(SafetensorsDType.BF16, 10);
 
-        Assert.Equal(1 << 20, grown.shape[0]);
-        Assert.Equal(ScalarType.BFloat16, retyped.dtype);
+        Assert.Equal(1 << 20, grown.Count);
+        Assert.Equal(SafetensorsDType.BF16, retyped.DType);
         Assert.NotEqual(Address(grown), Address(retyped));
         Assert.NotEqual(other, Address(grown));
     }

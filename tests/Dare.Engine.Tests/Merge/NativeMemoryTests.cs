@@ -6,9 +6,10 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// Every tensor the executor creates is disposed: TorchSharp's per-thread statistics count each tensor created on
-/// this thread (in a dispose scope or not) until it is disposed on this thread, so a leaked tensor stays counted
-/// even if the garbage collector finalizes it later on its own thread.
+/// Every tensor and every native chunk buffer the executor creates is freed: TorchSharp's per-thread statistics count
+/// each tensor created on this thread (in a dispose scope or not) until it is disposed on this thread, so a leaked
+/// tensor stays counted even if the garbage collector finalizes it later on its own thread; the workspace counts its
+/// native buffers per thread the same way.
 /// </summary>
 public sealed class NativeMemoryTests : IDisposable
 {
@@ -33,6 +34,7 @@ public sealed class NativeMemoryTests : IDisposable
     public void Dispose() => _models.Dispose();
 
     private static long LiveTensors => DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+    private static long LiveBuffers => ChunkWorkspace.ThreadLiveBuffers;
 
     private static TensorParameter[] Parameters(params double[] values) => values.Select(v => (TensorParameter)v).ToArray();
 
@@ -45,6 +47,20 @@ public sealed class NativeMemoryTests : IDisposable
         Assert.Equal(start + 1, LiveTensors);
         leaked.Dispose();
         Assert.Equal(start, LiveTensors);
+    }
+
+    [Fact]
+    public void Live_buffer_count_detects_an_undisposed_workspace()
+    {
+        var start = LiveBuffers;
+        var workspace = new ChunkWorkspace();
+        workspace.Floats(0, 10);
+        workspace.Floats(0, 5); // reuses the buffer
+        workspace.Floats(0, 20); // replaces it
+        workspace.NextOutput(SafetensorsDType.BF16, 3);
+        Assert.Equal(start + 2, LiveBuffers);
+        workspace.Dispose();
+        Assert.Equal(start, LiveBuffers);
     }
 
     public static TheoryData<string, long> Plans => new()
@@ -74,10 +90,12 @@ public sealed class NativeMemoryTests : IDisposable
         var plan = Plan(kind);
         var executor = new MergeExecutor(chunkElements: chunkElements);
         var start = LiveTensors;
+        var startBuffers = LiveBuffers;
         for (var run = 0; run < 5; run++)
         {
-            executor.Export(plan, new ExportOptions { Destination = _models.PathOf($"out{run}"), OutputDType = run % 2 == 0 ? null : SafetensorsDType.F32, DeltaOnly = run == 4 });
+            executor.Export(plan, new ExportOptions { Destination = _models.PathOf($"out{run}"), OutputDType = run switch { 1 or 3 => SafetensorsDType.F32, 2 => SafetensorsDType.F16, _ => null }, DeltaOnly = run == 4 });
             Assert.Equal(start, LiveTensors);
+            Assert.Equal(startBuffers, LiveBuffers);
         }
     }
 

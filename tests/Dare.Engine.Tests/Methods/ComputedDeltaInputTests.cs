@@ -60,8 +60,12 @@ public sealed class ComputedDeltaInputTests : IDisposable
         {
             public TensorInfo? StoredBFloat16 => null;
             public bool NeedsBase => false;
-            public Tensor ReadDelta(ChunkReader chunks, int slot, Tensor baseChunk, long first, long count) =>
-                tensor(delta.Skip((int)first).Take((int)count).ToArray());
+            public unsafe ChunkView ReadDelta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count)
+            {
+                var values = chunks.Workspace.Floats(slot, count);
+                delta.AsSpan((int)first, (int)count).CopyTo(new Span<float>(values.Floats, (int)count));
+                return values;
+            }
             public void Prefetch(TensorReader reader, long first, long count, bool readOnce) { }
         }
     }
