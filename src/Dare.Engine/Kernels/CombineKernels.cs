@@ -116,10 +116,11 @@ internal static unsafe class CombineKernels
     /// <paramref name="thresholds"/>[i] (see <see cref="MagnitudeSelection.KeepBits"/>) and, of those equal to it,
     /// the first <paramref name="tieBudgets"/>[i][r] in range r (<see cref="Partition.Ranges"/>), or all of
     /// them when that budget is long.MaxValue or the input has no budgets (excess ties already dropped); the others
-    /// count as zero.
+    /// count as zero. With AVX-512 the sign-by-sum election runs 16 lanes wide (<paramref name="wide"/> false keeps it
+    /// at 8, for the tests to check both: the bits are the same).
     /// </summary>
     public static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
-        CombineTarget target, long count)
+        CombineTarget target, long count, bool wide = true)
     {
         var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
@@ -129,14 +130,21 @@ internal static unsafe class CombineKernels
             var range = new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]);
             if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
             else if (inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
-            else TiesBySum(range, start, end);
+            else TiesBySum(range, start, end, wide && TiesBySumWideOperator.IsVectorized);
         });
     }
 
     /// <summary>The sign-by-sum TIES combine of elements [start, end), with the vector scratch allocated once for the range.</summary>
-    private static void TiesBySum(TiesCombineRange range, long start, long end)
+    private static void TiesBySum(TiesCombineRange range, long start, long end, bool wide)
     {
         var count = range.Inputs.Length;
+        if (wide)
+        {
+            var wideLow = stackalloc Vector512<double>[count];
+            var wideHigh = stackalloc Vector512<double>[count];
+            VectorDriver.Run(new TiesBySumWideOperator(range, wideLow, wideHigh), start, end);
+            return;
+        }
         var low = stackalloc Vector256<double>[count];
         var high = stackalloc Vector256<double>[count];
         VectorDriver.Run(new TiesBySumOperator(range, low, high), start, end);
@@ -298,24 +306,25 @@ internal readonly unsafe struct TiesBySumOperator(TiesCombineRange range, Vector
     public void Scalar(long j) => range.Scalar(j, bySignCount: false);
 
     /// <summary>The lanes of <paramref name="ties"/> (a lane bit mask) that the tie budget still keeps, in lane order, as a vector mask.</summary>
-    private static Vector256<uint> KeptTies(uint ties, ref long tieBudget)
+    private static Vector256<uint> KeptTies(uint ties, ref long tieBudget) =>
+        ~Vector256.Equals(Vector256.Create(KeptTieLanes(ties, ref tieBudget)) & LaneBits, Vector256<uint>.Zero);
+
+    /// <summary>The lanes of <paramref name="ties"/> (a lane bit mask) that the tie budget still keeps, lowest lanes first; the budget is reduced by them.</summary>
+    internal static uint KeptTieLanes(uint ties, ref long tieBudget)
     {
         var count = BitOperations.PopCount(ties);
         if (tieBudget >= count)
         {
             tieBudget -= count;
+            return ties;
         }
-        else
+        var kept = 0u;
+        for (; tieBudget > 0; tieBudget--)
         {
-            var kept = 0u;
-            for (; tieBudget > 0; tieBudget--)
-            {
-                kept |= ties & (uint)-(int)ties;
-                ties &= ties - 1;
-            }
-            ties = kept;
+            kept |= ties & (uint)-(int)ties;
+            ties &= ties - 1;
         }
-        return ~Vector256.Equals(Vector256.Create(ties) & LaneBits, Vector256<uint>.Zero);
+        return kept;
     }
 }
 

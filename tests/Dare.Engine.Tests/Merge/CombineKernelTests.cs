@@ -145,8 +145,27 @@ public sealed class CombineKernelTests
         Assert.Equal(zeroed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
 
-    [Fact]
-    public unsafe void Tie_budgets_in_the_ties_combine_keep_each_ranges_first_ties_and_zero_the_rest()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void Ties_by_sum_at_either_vector_width_gives_the_bits_of_the_algorithm_written_out(bool wide)
+    {
+        var random = new Random(wide ? 21 : 22);
+        const int count = 4099; // a scalar tail after the vectors at both widths
+        var deltas = Enumerable.Range(0, 3).Select(_ => Enumerable.Range(0, count).Select(j => j % 13 == 0 ? 0f : j % 29 == 0 ? 1e-41f
+            : (float)((random.NextDouble() - 0.5) * Math.Pow(2, random.Next(-12, 2)))).ToArray()).ToArray();
+        var weights = new[] { 0.7, 1.0, 1.3 };
+        var expected = Reference.Ties(deltas, weights, new[] { 1.0, 1.0, 1.0 }, normalize: true, lambda: 0.9).Select(v => BitConverter.SingleToUInt32Bits((float)v)).ToArray();
+
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], false, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count, wide));
+
+        Assert.Equal(expected, deltas[0].Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void Tie_budgets_in_the_ties_combine_keep_each_ranges_first_ties_and_zero_the_rest(bool wide)
     {
         var random = new Random(10);
         const int count = 300_007; // more than one parallel range on a multi-core machine
@@ -173,8 +192,8 @@ public sealed class CombineKernelTests
             }
             return copy;
         }).ToArray();
-        WithPinned(trimmed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count));
-        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, thresholds, budgets, false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count));
+        WithPinned(trimmed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count, wide));
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, thresholds, budgets, false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count, wide));
 
         Assert.Equal(trimmed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
