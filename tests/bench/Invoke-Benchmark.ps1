@@ -318,7 +318,7 @@ $lines.Add('## Machine')
 $lines.Add('')
 foreach ($entry in (Get-MachineDescription).GetEnumerator()) { $lines.Add("- $($entry.Key): $($entry.Value)") }
 $lines.Add(('- Process start-up (pwsh + Import-Module + Get-TaskVector planning a merge of the small set, median of 5): {0:0.00} s wall, {1:0.00} s CPU, {2:0} MB peak RSS; a bare pwsh start: {3:0.00} s wall, {4:0.00} s CPU' -f (Get-Median $startup.Wall), (Get-Median $startup.Cpu), (($startup.PeakRssBytes | Measure-Object -Maximum).Maximum / 1e6), (Get-Median $bare.Wall), (Get-Median $bare.Cpu)))
-$lines.Add(('- Loading libtorch (pwsh + Import-Module + Get-DareEnvironment, median of 5): {0:0.00} s wall, {1:0.00} s over a bare start; only the tensor backend, LoRA inputs, adapter extraction, vocabulary alignment and evaluation pay it' -f (Get-Median $torch.Wall), ((Get-Median $torch.Wall) - (Get-Median $bare.Wall))))
+$lines.Add(('- Loading libtorch (pwsh + Import-Module + Get-DareEnvironment, median of 5): {0:0.00} s wall, {1:0.00} s over a bare start, paid only by what computes with torch (the tensor backend, LoRA inputs, Export-LoraAdapter, vocabulary alignment, Get-TaskVectorTensor, Measure-TaskVector, Get-DareRecommendation, Measure-Perplexity)' -f (Get-Median $torch.Wall), ((Get-Median $torch.Wall) - (Get-Median $bare.Wall))))
 $lines.Add(('- Module import and engine start-up over a bare pwsh start: {0}' -f (Format-Verdict $overBare 0.3 ' s')))
 if ($Profile) { $lines.Add('- Profiling was on (DARE_PROFILE=1) for these runs.') }
 $lines.Add('')
