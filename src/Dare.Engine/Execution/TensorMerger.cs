@@ -29,6 +29,10 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     private ChunkReader Chunks => chunks;
     private CancellationToken Cancellation => cancellation;
 
+    // What ReadsOnce prepared for a tensor ahead of its merge, taken by Merge instead of preparing it again (a TIES
+    // merge may have counted its inputs' DARE masks to choose its route).
+    private readonly Dictionary<TensorInfo, (InputChain[] Inputs, TensorMergeSetup Setup, ITensorMerge Merge)> _prepared = new();
+
     /// <summary>The tensor backend an export runs on, or null for the SIMD kernels (the default).</summary>
     public DeviceTensorMerger? Device { get; init; }
 
@@ -36,7 +40,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     {
         var leaves = vector.Leaves;
         var n = baseInfo.ElementCount;
-        var (inputs, setup) = Prepare(vector, baseInfo, layout);
+        _prepared.Remove(baseInfo, out var prepared);
+        var (inputs, setup) = prepared.Inputs is null ? Prepare(vector, baseInfo, layout) : (prepared.Inputs, prepared.Setup);
         var chunk = setup.ChunkElements;
         var chunkCount = n == 0 ? 0 : (int)((n + chunk - 1) / chunk);
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
@@ -50,9 +55,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 return Counts(inputs, leaves, n);
             }
         }
-        var merge = method.CreateTensorMerge(vector.Merge, setup);
+        var merge = prepared.Merge ?? method.CreateTensorMerge(vector.Merge, setup);
 
-        if (sink is ExportSink { WritesDirectly: true } export && merge.SinglePass is { } singlePass && TakesSinglePass(baseInfo, inputs))
+        if (sink is ExportSink { WritesDirectly: true } export && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is { } singlePass)
         {
             StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount);
             return Counts(inputs, leaves, n);
@@ -107,7 +112,10 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         if (baseInfo.ElementCount <= chunkElements) return true;
         if (!writesDirectly || Device is not null || !baseInfo.DType.IsMergeable()) return false;
         var (inputs, setup) = Prepare(vector, baseInfo, layout);
-        return TakesSinglePass(baseInfo, inputs) && (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup).SinglePass is not null;
+        if (!TakesSinglePass(baseInfo, inputs)) return false;
+        var merge = (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup);
+        _prepared[baseInfo] = (inputs, setup, merge);
+        return merge.SinglePass is not null;
     }
 
     /// <summary>

@@ -88,15 +88,18 @@ internal static unsafe class ChunkKernels
     /// <summary>Elements per piece a fused kernel reads of each stored range at a time: a few pieces fit in a core's L2 cache.</summary>
     private const int Piece = 1 << 16;
 
+    /// <summary>A method's combine of elements [start, end) of a block's δs (element j of the chunk at deltas[i][j]), on the calling thread.</summary>
+    public delegate void BlockCombine(IntPtr[] deltas, CombineTarget target, long start, long end);
+
     /// <summary>
-    /// The whole linear merge of a chunk stored in bfloat16, one block at a time: widen the base, then for each input
-    /// δ = tuned − base with its DARE mask, then Σ wᵢ·δᵢ, the scale, the base and the output conversion through
-    /// <paramref name="target"/> (whose base, if it adds one, comes from <paramref name="baseBits"/>). Each thread reads
-    /// its part of the stored ranges a piece at a time right before it uses it (<see cref="StoredRange.Piece"/>), so
-    /// nothing but the output leaves the core's caches; the results are those of <see cref="WidenSubtractMask"/>
-    /// followed by <see cref="CombineKernels.Linear"/>. Returns each input's drop count.
+    /// The whole merge of a chunk stored in bfloat16, one block at a time: widen the base, then for each input
+    /// δ = tuned − base with its DARE mask, then the method's <paramref name="combine"/>, which adds the base and
+    /// converts to the output through <paramref name="target"/> (whose base, if it adds one, comes from
+    /// <paramref name="baseBits"/>). Each thread reads its part of the stored ranges a piece at a time right before it
+    /// uses it (<see cref="StoredRange.Piece"/>), so nothing but the output leaves the core's caches; the results are
+    /// those of <see cref="WidenSubtractMask"/> followed by the combine over the whole chunk. Returns each input's drop count.
     /// </summary>
-    public static long[] LinearFromBFloat16(StoredRange baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count)
+    public static long[] MergeFromBFloat16(StoredRange baseBits, DeltaSource[] sources, BlockCombine combine, CombineTarget target, long first, long count)
     {
         var n = sources.Length;
         var dropped = new long[n];
@@ -130,7 +133,7 @@ internal static unsafe class ChunkKernels
                             if (source.Dare) rangeDropped[i] += DareMask.Apply(delta, first + block, length, source.Key, source.Threshold, source.Scale);
                             deltas[i] = (IntPtr)(delta - block);
                         }
-                        CombineKernels.LinearRange(deltas, weights, scale, pieceTarget, block, block + length);
+                        combine(deltas, pieceTarget, block, block + length);
                     }
                 }
             }

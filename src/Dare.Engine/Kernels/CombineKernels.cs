@@ -127,11 +127,26 @@ internal static unsafe class CombineKernels
         {
             var (start, end) = ranges[r];
             var budgets = tieBudgets.Select(b => b?[r] ?? long.MaxValue).ToArray();
-            var range = new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]);
-            if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
-            else if (inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
-            else TiesBySum(range, start, end, wide && TiesBySumWideOperator.IsVectorized);
+            RunTies(new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]), start, end, bySignCount, wide);
         });
+    }
+
+    /// <summary>
+    /// <see cref="Ties"/> over elements [start, end) on the calling thread, for inputs whose trim keeps every non-zero
+    /// value (no thresholds, no tie budgets): the combine of the single-pass bfloat16 route.
+    /// </summary>
+    public static void TiesRange(IntPtr[] inputs, double[] weights, bool bySignCount, bool normalize, double lambda, CombineTarget target, long start, long end)
+    {
+        var noBudgets = new long[inputs.Length];
+        Array.Fill(noBudgets, long.MaxValue);
+        RunTies(new TiesCombineRange(inputs, weights, new uint[inputs.Length], noBudgets, normalize, lambda, target, new float[inputs.Length]), start, end, bySignCount, wide: true);
+    }
+
+    private static void RunTies(TiesCombineRange range, long start, long end, bool bySignCount, bool wide)
+    {
+        if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
+        else if (range.Inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
+        else TiesBySum(range, start, end, wide && TiesBySumWideOperator.IsVectorized);
     }
 
     /// <summary>The sign-by-sum TIES combine of elements [start, end), with the vector scratch allocated once for the range.</summary>

@@ -45,6 +45,27 @@ public static class DareMask
     public static bool IsDropped(ulong key, long index, uint threshold) => Hash(key, index) < threshold;
 
     /// <summary>
+    /// Whether DARE drops at least <paramref name="atLeast"/> of elements [first, first + count), decided without any
+    /// data: the mask of <see cref="Apply(float*, long, long, ulong, uint, float)"/> applied to a scratch block in each
+    /// core's cache, so the count is exactly the one a merge will see. Stops as soon as the answer is known.
+    /// </summary>
+    public static unsafe bool DropsAtLeast(long first, long count, ulong key, uint threshold, long atLeast)
+    {
+        const int Block = 8192;
+        long dropped = 0;
+        Partition.Run(count, (_, start, end) =>
+        {
+            // The values do not matter: only the mask is counted.
+            var scratch = stackalloc float[Block];
+            for (var block = start; block < end && Volatile.Read(ref dropped) < atLeast; block += Block)
+            {
+                Interlocked.Add(ref dropped, Apply(scratch, first + block, Math.Min(Block, end - block), key, threshold, 1f));
+            }
+        });
+        return dropped >= atLeast;
+    }
+
+    /// <summary>
     /// Zeroes the dropped elements of <paramref name="data"/> (elements [first, first+count) of the tensor) and
     /// multiplies the survivors by <paramref name="scale"/>. Returns how many were dropped.
     /// </summary>

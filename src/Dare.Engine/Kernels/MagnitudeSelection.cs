@@ -37,6 +37,9 @@ public sealed partial class MagnitudeSelection
     public bool KeepAll { get; }
     public bool KeepNone { get; }
 
+    /// <summary>How many elements the selection keeps.</summary>
+    public long KeepCount => _keep;
+
     /// <summary>Whether the passes are needed at all.</summary>
     public bool NeedsPasses => !KeepAll && !KeepNone;
 

@@ -1,3 +1,5 @@
+using Dare.Engine.Safetensors;
+
 
 namespace Dare.Engine.Merge;
 
@@ -5,9 +7,12 @@ namespace Dare.Engine.Merge;
 /// TIES for one tensor. The magnitude thresholds (see <see cref="MagnitudeSelection"/>) come from passes over the
 /// chunks: the first samples δ (inside the fused δ kernel when it can), which usually settles the threshold or brackets
 /// it for one more pass; the exact coarse and fine passes run only when the sample misled. The combine then trims as
-/// it reads (<see cref="CombineKernels.Ties"/>).
+/// it reads (<see cref="CombineKernels.Ties"/>). When every input's trim is known beforehand to keep all its non-zero
+/// values (no trim, or a DARE drop that leaves no more survivors than TIES keeps, the usual DARE-TIES case), no pass
+/// is needed and the merge takes the single-pass bfloat16 route instead, as linear does: δ, mask and combine block by
+/// block in cache, each chunk read once.
 /// </summary>
-internal sealed class TiesTensorMerge : ITensorMerge
+internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
 {
     private readonly MergeOptions _options;
     private readonly TensorMergeSetup _setup;
@@ -18,6 +23,7 @@ internal sealed class TiesTensorMerge : ITensorMerge
     private double[]? _rescales;
     private uint[]? _keepBits;
     private long[]?[] _tieBudgets;
+    private bool? _keepsEveryNonZero;
 
     public TiesTensorMerge(MergeOptions options, TensorMergeSetup setup)
     {
@@ -35,7 +41,40 @@ internal sealed class TiesTensorMerge : ITensorMerge
     /// <summary>How many of <paramref name="n"/> elements TIES keeps at density <paramref name="keepRatio"/> (the device backend keeps the same).</summary>
     internal static long KeepCount(double keepRatio, long n) => (long)Math.Ceiling(keepRatio * n - 1e-9);
 
-    public IBFloat16SinglePass? SinglePass => null;
+    public IBFloat16SinglePass? SinglePass
+    {
+        get
+        {
+            if (_keepsEveryNonZero is null) { using (PhaseProfile.Time(_setup.Profile, Phase.Select)) _keepsEveryNonZero = KeepsEveryNonZero(); }
+            return _keepsEveryNonZero.Value ? this : null;
+        }
+    }
+
+    /// <summary>
+    /// Whether each input's trim is known, before reading anything, to keep every non-zero value: it keeps all, or a
+    /// fused DARE drop leaves at most as many survivors as it keeps (the mask is counted from the hash alone). Then the
+    /// thresholds are 0 and there are no ties to budget, whatever the data.
+    /// </summary>
+    private bool KeepsEveryNonZero()
+    {
+        var n = _setup.ElementCount;
+        for (var i = 0; i < _selections.Length; i++)
+        {
+            var selection = _selections[i];
+            if (selection.KeepAll) continue;
+            if (selection.KeepNone || _setup.Inputs[i] is not { IsFused: true, Drop: { } drop }) return false;
+            if (!DareMask.DropsAtLeast(0, n, drop.Key, drop.Threshold, n - selection.KeepCount)) return false;
+        }
+        return true;
+    }
+
+    public long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count)
+    {
+        var bySignCount = _options.SignMethod == SignMethod.Count;
+        return ChunkKernels.MergeFromBFloat16(baseBits, sources,
+            (deltas, blockTarget, start, end) => CombineKernels.TiesRange(deltas, _weights, bySignCount, _options.Normalize, _options.Lambda, blockTarget, start, end),
+            target, first, count);
+    }
 
     public MagnitudeSelection? SampleWhileReading(int input) => _sampleWhileReading[input] ? _selections[input] : null;
 

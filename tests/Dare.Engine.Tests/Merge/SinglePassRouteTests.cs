@@ -5,10 +5,12 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// Linear merges of bfloat16 models take a single-pass route (raw chunks to output bytes, block by block). It must
-/// write exactly the bytes of the general route (float32 chunks, then the combine), which the reference tests check.
+/// Linear merges of bfloat16 models, and TIES merges whose trims are known to keep every non-zero value (DARE-TIES
+/// with no more DARE survivors than TIES keeps), take a single-pass route (raw chunks to output bytes, block by block).
+/// It must write exactly the bytes of the general route (float32 chunks, the passes, then the combine), which the
+/// reference tests check.
 /// </summary>
-public sealed class SinglePassLinearTests : IDisposable
+public sealed class SinglePassRouteTests : IDisposable
 {
     private static readonly (string Name, long[] Shape)[] Shapes =
     {
@@ -26,7 +28,7 @@ public sealed class SinglePassLinearTests : IDisposable
     private readonly Dictionary<string, float[]> _baseValues = new();
     private readonly List<Dictionary<string, float[]>> _tunedValues = new();
 
-    public SinglePassLinearTests()
+    public SinglePassRouteTests()
     {
         var random = new Random(77);
         foreach (var (name, shape) in Shapes)
@@ -56,6 +58,15 @@ public sealed class SinglePassLinearTests : IDisposable
         "linear" => TaskVector.Combine(_vectors, new MergeOptions(MergeMethod.Linear, Parameters(0.5, 0.25, 0.25), false, 1.0)),
         "task-arithmetic" => TaskVector.Combine(_vectors, new MergeOptions(MergeMethod.Linear, Parameters(1, 1, 1), false, -0.4)),
         "dare" => _vectors[1].WithDare(new DareOptions(0.9, 3, 0)),
+        // DARE keeps ~30 %, TIES 50 %: every trim keeps all survivors, so the single pass applies.
+        "dare-ties" => TaskVector.Combine(_vectors.Select((v, i) => v.WithDare(new DareOptions(0.7, 42, i))).ToList(),
+            new MergeOptions(MergeMethod.Ties, Parameters(1, 0.6, 0.3), true, 0.9, Parameters(0.5, 0.5, 0.5))),
+        // Sign by count, no normalising, one input without DARE that TIES keeps whole.
+        "dare-ties-count" => TaskVector.Combine(new[] { _vectors[0].WithDare(new DareOptions(0.8, 7, 0)), _vectors[1], _vectors[2].WithDare(new DareOptions(0.5, 7, 2)) },
+            new MergeOptions(MergeMethod.Ties, Parameters(1, 1, 0.5), false, 1.2, Parameters(0.4, 1.0, 0.6), SignMethod.Count)),
+        // DARE keeps ~70 %, TIES 50 %: the trim has work to do, so the general route runs in both exports.
+        "dare-then-trim" => TaskVector.Combine(_vectors.Select((v, i) => v.WithDare(new DareOptions(0.3, 42, i))).ToList(),
+            new MergeOptions(MergeMethod.Ties, Parameters(1, 1, 1), true, 1.0, Parameters(0.5, 0.5, 0.5))),
         "plain" => _vectors[2],
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
@@ -76,6 +87,12 @@ public sealed class SinglePassLinearTests : IDisposable
     [InlineData("task-arithmetic", SafetensorsDType.BF16, false, 100)]
     [InlineData("dare", SafetensorsDType.BF16, false, 1L << 24)]
     [InlineData("plain", SafetensorsDType.F32, true, 1L << 24)]
+    [InlineData("dare-ties", SafetensorsDType.BF16, false, 1L << 24)]
+    [InlineData("dare-ties", SafetensorsDType.BF16, false, 4099)]
+    [InlineData("dare-ties", SafetensorsDType.F32, true, 1L << 24)]
+    [InlineData("dare-ties-count", SafetensorsDType.BF16, false, 1L << 24)]
+    [InlineData("dare-ties-count", SafetensorsDType.F32, false, 997)]
+    [InlineData("dare-then-trim", SafetensorsDType.BF16, false, 1L << 24)]
     public void Writes_the_bytes_of_the_general_route(string kind, SafetensorsDType dtype, bool deltaOnly, long chunkElements)
     {
         var plan = Plan(kind);
@@ -84,6 +101,40 @@ public sealed class SinglePassLinearTests : IDisposable
 
         Assert.Equal(general.Keys, single.Keys);
         foreach (var (file, bytes) in general) Assert.True(bytes.AsSpan().SequenceEqual(single[file]), $"{file} differs");
+    }
+
+    [Theory]
+    [InlineData(0.7, 0.5, false, true)] // survivors ~30 % of 300,007, TIES keeps 50 %
+    [InlineData(0.7, 0.25, false, false)] // TIES keeps fewer than survive
+    [InlineData(0.0, 1.0, false, true)] // no drop, but TIES keeps everything
+    [InlineData(0.0, 0.5, false, false)] // no drop: the trim needs the data
+    [InlineData(0.7, 0.5, true, false)] // an L1 rescale changes magnitudes, so the drop is not fused
+    public void Ties_takes_the_single_pass_exactly_when_every_trim_keeps_all_survivors(double dropRate, double keepRatio, bool l1, bool expected)
+    {
+        const string name = "model.layers.2.mlp.down_proj.weight";
+        var info = _base.Find(name)!;
+        var position = TensorPosition.Of(name, TensorPosition.LayerCountOf(_base));
+        var inputs = _vectors.Select((v, i) => new InputChain(new StoredMinusBase(v.FineTuned!.Find(name)!),
+            dropRate > 0 ? DareDrop.For(new DareOptions(dropRate, 42, i, l1 ? DareRescale.L1 : DareRescale.InverseKeep), position, info.ElementCount) : null)).ToArray();
+        var setup = new TensorMergeSetup(position, info.ElementCount, MergeExecutor.DefaultChunkElements, inputs, null);
+        var options = new MergeOptions(MergeMethod.Ties, Parameters(1, 1, 1), true, 1.0, Parameters(keepRatio, keepRatio, keepRatio));
+
+        var merge = MergeMethod.Ties.CreateTensorMerge(options, setup);
+
+        Assert.Equal(expected, merge.SinglePass is not null);
+    }
+
+    [Fact]
+    public void Counting_the_mask_ahead_agrees_with_what_the_mask_drops()
+    {
+        const long first = (1L << 32) - 5000, count = 20_000; // across a 2^32-element block boundary
+        var key = DareMask.Key(42, 1, "w");
+        var threshold = DareMask.Threshold(0.6);
+        var dropped = 0L;
+        for (var j = first; j < first + count; j++) if (DareMask.IsDropped(key, j, threshold)) dropped++;
+
+        Assert.True(DareMask.DropsAtLeast(first, count, key, threshold, dropped));
+        Assert.False(DareMask.DropsAtLeast(first, count, key, threshold, dropped + 1));
     }
 
     [Fact]
