@@ -5,7 +5,8 @@ namespace Dare.Engine;
 
 /// <summary>
 /// Raw access to a CPU tensor's storage. TorchSharp's <c>Tensor.bytes</c> is a Span and so stops at 2^31 bytes;
-/// model tensors can be larger, so positioned reads, writes and the vectorised kernels work on the pointer.
+/// model tensors can be larger, so what hands torch memory to native code (the tensor backend's buffers, LoRA
+/// products, whole-tensor reads) works on the pointer.
 /// </summary>
 internal static unsafe partial class TensorMemory
 {
@@ -18,11 +19,5 @@ internal static unsafe partial class TensorMemory
         if (tensor.device_type != TorchSharp.DeviceType.CPU) throw new ArgumentException("The tensor must be on the CPU.", nameof(tensor));
         if (!tensor.is_contiguous()) throw new ArgumentException("The tensor must be contiguous.", nameof(tensor));
         return (byte*)THSTensor_data(tensor.Handle);
-    }
-
-    public static float* Floats(Tensor tensor)
-    {
-        if (tensor.dtype != ScalarType.Float32) throw new ArgumentException($"Expected a float32 tensor, got {tensor.dtype}.", nameof(tensor));
-        return (float*)Pointer(tensor);
     }
 }

@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -41,13 +40,6 @@ internal sealed class BackgroundAppender : IDisposable
             _writer.Append((byte*)data, length);
             _backgroundTicks += System.Diagnostics.Stopwatch.GetTimestamp() - start;
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-    }
-
-    /// <summary>Writes a tensor's bytes now, after the write in flight.</summary>
-    public void Append(Tensor tensor)
-    {
-        Finish();
-        _writer.Append(tensor);
     }
 
     /// <summary>Waits for the write in flight, rethrowing its exception (a NonFiniteValues failure of its check among them), then hands on its warnings.</summary>

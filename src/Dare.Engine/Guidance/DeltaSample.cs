@@ -1,5 +1,4 @@
 using Dare.Engine.Safetensors;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 

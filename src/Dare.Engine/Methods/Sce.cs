@@ -1,4 +1,3 @@
-
 namespace Dare.Engine.Merge;
 
 /// <summary>

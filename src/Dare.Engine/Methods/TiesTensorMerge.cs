@@ -1,6 +1,5 @@
 using Dare.Engine.Safetensors;
 
-
 namespace Dare.Engine.Merge;
 
 /// <summary>
