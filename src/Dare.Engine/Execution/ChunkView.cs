@@ -41,6 +41,9 @@ internal sealed unsafe class ChunkView
     /// <summary>The elements as bfloat16 bit patterns (the view must be bfloat16).</summary>
     public ushort* BFloat16Bits => DType == SafetensorsDType.BF16 ? (ushort*)Data : throw new InvalidOperationException($"Expected a bfloat16 chunk, got {DType}.");
 
+    /// <summary>The float32 elements of each view, as the pointers the combine kernels take (one per input).</summary>
+    public static IntPtr[] FloatPointers(IEnumerable<ChunkView> views) => views.Select(v => (IntPtr)v.Floats).ToArray();
+
     /// <summary>Elements [start, start + count) of this view.</summary>
     public ChunkView Slice(long start, long count)
     {

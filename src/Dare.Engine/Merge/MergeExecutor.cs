@@ -183,13 +183,13 @@ public sealed class MergeExecutor
     private (long BytesRead, TimeSpan Background) WriteTensors(TaskVector vector, IReadOnlyList<TensorInfo> tensors, CheckpointWriter writer, IReadOnlyList<PlannedTensor> plan, ExportOptions options,
         NonFiniteGuard nonFinite, string activity, DropCounts drops)
     {
+        var backend = options.Device is { UsesTorchBackend: true } torchBackend ? torchBackend : null;
         using var reader = new TensorReader(nonFinite);
         // The tensor backend copies its results into the output buffers as tensors.
-        using var workspace = new ChunkWorkspace { TorchBuffers = options.Device is { UsesTorchBackend: true } };
+        using var workspace = new ChunkWorkspace { TorchBuffers = backend is not null };
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
-        using var device = options.Device is { UsesTorchBackend: true } backend
-            ? new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose) : null;
+        using var device = backend is null ? null : new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose);
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device };
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>

@@ -121,7 +121,7 @@ internal abstract class GramTensorMerge : ITensorMerge
     {
         var count = baseChunk.Count;
         var basePointer = baseChunk.Floats;
-        var deltaPointers = deltas.Select(d => (IntPtr)d.Floats).ToArray();
+        var deltaPointers = ChunkView.FloatPointers(deltas);
         Partition.Run(count, (_, start, end) =>
         {
             if (_layout == VectorLayout.FirstDimension)

@@ -58,7 +58,7 @@ internal sealed class LinearMethod : MergeMethod
         public void PrepareChunk(long first, ChunkView[] deltas) { }
 
         public unsafe void Combine(ChunkView[] deltas, CombineTarget target) =>
-            CombineKernels.Linear(deltas.Select(d => (IntPtr)d.Floats).ToArray(), weights, scale, target, deltas[0].Count);
+            CombineKernels.Linear(ChunkView.FloatPointers(deltas), weights, scale, target, deltas[0].Count);
 
         public IBFloat16SinglePass SinglePass => this;
 

@@ -69,7 +69,7 @@ internal class RamMethod : MergeMethod
             var unique = new long[n];
             passes.ForEachChunk((_, deltas) =>
             {
-                var pointers = deltas.Select(d => (IntPtr)d.Floats).ToArray();
+                var pointers = ChunkView.FloatPointers(deltas);
                 var count = deltas[0].Count;
                 var ranges = Partition.Ranges(count);
                 var partShared = new long[ranges.Length, n];
@@ -108,7 +108,7 @@ internal class RamMethod : MergeMethod
 
         public unsafe void Combine(ChunkView[] deltas, CombineTarget target)
         {
-            var pointers = deltas.Select(d => (IntPtr)d.Floats).ToArray();
+            var pointers = ChunkView.FloatPointers(deltas);
             var lambdas = _lambdas;
             var eps = epsilon;
             Partition.Run(deltas[0].Count, (_, start, end) =>

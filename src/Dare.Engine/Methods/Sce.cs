@@ -134,7 +134,7 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
     {
         var count = (int)deltas[0].Count;
         _variances ??= new float[setup.ChunkElements];
-        var inputs = deltas.Select(d => (IntPtr)d.Floats).ToArray();
+        var inputs = ChunkView.FloatPointers(deltas);
         var m = inputs.Length;
         for (var j = 0; j < count; j++)
         {
@@ -169,7 +169,7 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
     public void Combine(ChunkView[] deltas, CombineTarget target)
     {
         var count = deltas[0].Count;
-        var inputs = deltas.Select(d => (IntPtr)d.Floats).ToArray();
+        var inputs = ChunkView.FloatPointers(deltas);
         var weights = _weights;
         Partition.Run(count, (_, start, end) =>
         {

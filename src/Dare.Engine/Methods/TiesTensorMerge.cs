@@ -168,7 +168,7 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     }
 
     public unsafe void Combine(ChunkView[] deltas, CombineTarget target) =>
-        CombineKernels.Ties(deltas.Select(d => (IntPtr)d.Floats).ToArray(), _weights, _keepBits!, _tieBudgets,
+        CombineKernels.Ties(ChunkView.FloatPointers(deltas), _weights, _keepBits!, _tieBudgets,
             _options.SignMethod == SignMethod.Count, _options.Normalize, _options.Lambda, target, deltas[0].Count);
 
     private static unsafe void AddSample(MagnitudeSelection selection, ChunkView delta, long first) => selection.AddSample(delta.Floats, first, delta.Count);
