@@ -166,6 +166,12 @@ function Get-PesterModulePath {
     return $manifest
 }
 
+# A failure's name and message on one line, short enough for a log's tail.
+function Get-OneLine([string] $Text) {
+    $line = ("$Text" -split '\r?\n' | ForEach-Object Trim | Where-Object { $_ }) -join ' | '
+    if ($line.Length -gt 600) { $line.Substring(0, 600) + '...' } else { $line }
+}
+
 function Invoke-EngineTests {
     $project = Join-Path $root 'tests/Dare.Engine.Tests/Dare.Engine.Tests.csproj'
     Invoke-Native 'building engine tests' { dotnet build $project -c $Configuration -nologo -v quiet }
@@ -176,8 +182,11 @@ function Invoke-EngineTests {
     Remove-Item $trx -ErrorAction Ignore
     & dotnet test $project -c $Configuration --no-build -nologo --logger "trx;LogFileName=$trx" --logger 'console;verbosity=normal' | Out-Host
     if (-not (Test-Path $trx)) { throw 'xunit produced no results file.' }
-    $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
-    return [pscustomobject]@{ Passed = [int]$counters.passed; Failed = [int]$counters.failed + [int]$counters.error }
+    $run = ([xml](Get-Content -Raw $trx)).TestRun
+    $counters = $run.ResultSummary.Counters
+    $failures = @($run.Results.UnitTestResult | Where-Object outcome -notin 'Passed', 'NotExecuted' | ForEach-Object {
+        "$($_.testName): $(Get-OneLine $_.Output.ErrorInfo.Message)" })
+    return [pscustomobject]@{ Passed = [int]$counters.passed; Failed = [int]$counters.failed + [int]$counters.error; Failures = $failures }
 }
 
 function Invoke-PesterTests {
@@ -191,12 +200,15 @@ Import-Module '$pester'
 `$config.Run.PassThru = `$true
 `$config.Output.Verbosity = 'Detailed'
 `$result = Invoke-Pester -Configuration `$config
-@{ Passed = `$result.PassedCount; Failed = `$result.FailedCount + `$result.FailedBlocksCount + `$result.FailedContainersCount } | ConvertTo-Json | Set-Content '$results'
+`$failures = @(@(`$result.Failed) + @(`$result.FailedBlocks) + @(`$result.FailedContainers) | ForEach-Object {
+    "`$(if (`$_.ExpandedPath) { `$_.ExpandedPath } else { `$_.Name }): `$(@(`$_.ErrorRecord)[0].Exception.Message)" })
+@{ Passed = `$result.PassedCount; Failed = `$result.FailedCount + `$result.FailedBlocksCount + `$result.FailedContainersCount; Failures = `$failures } |
+    ConvertTo-Json | Set-Content '$results'
 "@
     Remove-Item $results -ErrorAction Ignore
     $pwsh = Get-PwshCommand
     & $pwsh[0] @($pwsh | Select-Object -Skip 1) -NoProfile -NonInteractive -Command $script | Out-Host
-    if (-not (Test-Path $results)) { return [pscustomobject]@{ Passed = 0; Failed = 1 } }
+    if (-not (Test-Path $results)) { return [pscustomobject]@{ Passed = 0; Failed = 1; Failures = @('Pester wrote no results file') } }
     return Get-Content -Raw $results | ConvertFrom-Json
 }
 
@@ -215,6 +227,8 @@ switch ($Task) {
         New-Item -ItemType Directory -Force (Join-Path $root 'out/test-results') | Out-Null
         $engine = Invoke-EngineTests
         $cmdlets = Invoke-PesterTests
+        # Repeated at the end, where a log's tail shows them, each on one line.
+        foreach ($failure in @($engine.Failures) + @($cmdlets.Failures) | Where-Object { $_ }) { Write-Host "FAILED $(Get-OneLine $failure)" }
         Write-Host "xunit: $($engine.Passed) passed, $($engine.Failed) failed; Pester: $($cmdlets.Passed) passed, $($cmdlets.Failed) failed"
         $passed = $engine.Passed + $cmdlets.Passed
         $failed = $engine.Failed + $cmdlets.Failed
