@@ -21,7 +21,10 @@ internal abstract class OutputFile : IDisposable
     protected OutputFile(string path) => Path = path;
 
     /// <summary>Whether <see cref="Create"/> tries unbuffered writes unless told otherwise: not when the environment says 0.</summary>
-    public static bool DirectWritesByDefault => Environment.GetEnvironmentVariable(DirectWritesVariable) is not "0";
+    public static bool DirectWritesByDefault => DirectWritesFrom(Environment.GetEnvironmentVariable(DirectWritesVariable));
+
+    /// <summary>What a value of <see cref="DirectWritesVariable"/> means: unbuffered writes unless it is 0.</summary>
+    internal static bool DirectWritesFrom(string? value) => value is not "0";
 
     /// <summary>Creates a new file (failing if it exists), unbuffered when <paramref name="direct"/> and the platform allow it.</summary>
     public static OutputFile Create(string path, bool direct)

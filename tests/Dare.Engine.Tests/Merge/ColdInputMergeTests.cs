@@ -22,7 +22,7 @@ public sealed class ColdInputMergeTests : IDisposable
         ("model.norm.weight", new long[] { 1024 }),
     };
 
-    private readonly TestModels _models = new();
+    private readonly TestModels _models = new(PageCache.TempRoot); // where pages can be dropped
     private readonly List<TaskVector> _vectors = new();
 
     public ColdInputMergeTests()

@@ -20,10 +20,11 @@ public sealed record TestTensor(string Name, SafetensorsDType DType, long[] Shap
 /// <summary>A temporary folder holding small checkpoints, written byte by byte with <see cref="CheckpointWriter"/> (no torch involved).</summary>
 public sealed class TestModels : IDisposable
 {
-    public TestModels()
+    /// <param name="root">Where to make the folder (default: the system temp path).</param>
+    public TestModels(string? root = null)
     {
         TorchRuntime.EnsureInitialized();
-        Root = Path.Combine(Path.GetTempPath(), "dare-merge-tests", Guid.NewGuid().ToString("N"));
+        Root = Path.Combine(root ?? Path.GetTempPath(), "dare-merge-tests", Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(Root);
     }
 

@@ -11,7 +11,7 @@ namespace Dare.Engine.Tests.Safetensors;
 /// </summary>
 public sealed class DirectReadAheadTests : IDisposable
 {
-    private readonly TempDirectory _temp = new();
+    private readonly TempDirectory _temp = new(PageCache.TempRoot); // where pages can be dropped
 
     public void Dispose() => _temp.Dispose();
 

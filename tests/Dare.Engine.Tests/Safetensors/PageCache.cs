@@ -22,6 +22,22 @@ public static partial class PageCache
         return ReadAhead.IsCached((int)file.DangerousGetHandle(), offset, 1);
     }
 
+    /// <summary>
+    /// Where tests of the read path put their files: the temp folder, unless it is in memory (tmpfs, as /tmp is on
+    /// many systems), whose pages cannot be dropped; then a folder beside the test assembly.
+    /// </summary>
+    public static string TempRoot { get; } = InMemoryFileSystem(Path.GetTempPath()) ? Path.Combine(AppContext.BaseDirectory, "page-cache-tests") : Path.GetTempPath();
+
+    private static unsafe bool InMemoryFileSystem(string path)
+    {
+        const long TmpfsMagic = 0x01021994, RamfsMagic = 0x858458f6;
+        var buffer = stackalloc long[32]; // struct statfs (120 bytes on x86-64 and arm64); f_type comes first
+        return OperatingSystem.IsLinux() && statfs(path, buffer) == 0 && buffer[0] is TmpfsMagic or RamfsMagic;
+    }
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
+    private static unsafe partial int statfs(string path, long* buffer);
+
     [LibraryImport("libc")]
     private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
 

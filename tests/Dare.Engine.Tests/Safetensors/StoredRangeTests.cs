@@ -12,7 +12,7 @@ namespace Dare.Engine.Tests.Safetensors;
 /// </summary>
 public sealed class StoredRangeTests : IDisposable
 {
-    private readonly TempDirectory _temp = new();
+    private readonly TempDirectory _temp = new(PageCache.TempRoot); // where pages can be dropped
 
     public void Dispose() => _temp.Dispose();
 

@@ -1,15 +1,16 @@
 namespace Dare.Engine.Tests.Safetensors;
 
-/// <summary>A fresh folder under the system temp path, deleted (recursively) on dispose.</summary>
-public sealed class TempDirectory : IDisposable
+/// <summary>A fresh folder under the system temp path (or <paramref name="root"/>), deleted (recursively) on dispose.</summary>
+public sealed class TempDirectory(string? root = null) : IDisposable
 {
-    public TempDirectory()
-    {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "dare-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(Path);
-    }
+    public string Path { get; } = Create(root ?? System.IO.Path.GetTempPath());
 
-    public string Path { get; }
+    private static string Create(string root)
+    {
+        var path = System.IO.Path.Combine(root, "dare-tests-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(path);
+        return path;
+    }
 
     /// <summary>A path inside the folder (nothing is created).</summary>
     public string this[string relative] => System.IO.Path.Combine(Path, relative);
