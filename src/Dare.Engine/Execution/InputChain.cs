@@ -40,15 +40,18 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
 
     /// <summary>
     /// δ for elements [first, first + count) with the transform applied, in workspace slot <paramref name="slot"/>.
-    /// <paramref name="sample"/>, when given, is a TIES selection whose sample the fused kernel takes as it goes.
+    /// <paramref name="sample"/>, when given, is a TIES selection whose sample the fused kernel takes as it goes;
+    /// <paramref name="stored"/>, when given, holds the fused input's stored elements, which the caller keeps.
     /// </summary>
-    public unsafe ChunkView Delta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count, bool firstPass, MagnitudeSelection? sample)
+    public unsafe ChunkView Delta(ChunkReader chunks, int slot, ChunkView baseChunk, long first, long count, bool firstPass, MagnitudeSelection? sample,
+        StoredRange? stored = null)
     {
         if (Tensor is null) return chunks.Workspace.Floats(slot, count).Zero();
         if (IsFused)
         {
             // One pass over the chunk: widen, subtract the base, apply the DARE mask (and sample for a TIES threshold) block by block.
-            using var tunedBits = chunks.OpenRange(Tensor.StoredBFloat16!, first, count);
+            using var opened = stored is null ? chunks.OpenRange(Tensor.StoredBFloat16!, first, count) : null;
+            var tunedBits = stored ?? opened!;
             var delta = chunks.Workspace.Floats(slot, count);
             long dropped;
             using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused))

@@ -63,9 +63,20 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             return Counts(inputs, leaves, n);
         }
 
+        // A tensor kept as stored for all its passes (see KeepsStored) is merged in smaller chunks: their float32 δ
+        // then takes a quarter of the memory (the result does not depend on the chunking).
+        var keepsStored = KeepsStored(baseInfo, inputs, merge);
+        if (keepsStored)
+        {
+            setup = setup with { ChunkElements = Math.Max(Math.Min(chunkElements, 1 << 16), chunkElements / 4) };
+            merge = method.CreateTensorMerge(vector.Merge, setup);
+            chunk = setup.ChunkElements;
+            chunkCount = (int)((n + chunk - 1) / chunk);
+        }
+
         // A bfloat16 base that only the fused kernels read stays as stored (they widen it as they go).
         var baseStaysBFloat16 = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => !c.NeedsFloat32Base) && !merge.NeedsBaseValues;
-        var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount);
+        var passes = new ChunkPasses(this, vector, baseInfo, inputs, merge, baseStaysBFloat16, chunk, chunkCount) { KeepsStored = keepsStored };
         CountTransformThresholds(inputs, passes);
         merge.RunPasses(passes);
         // An L1 rescale needs the whole tensor's norms before the combine; if the method took no pass, one is taken here.
@@ -99,6 +110,21 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         return (inputs, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = rowLength, Shape = baseInfo.Shape });
     }
 
+    /// <summary>
+    /// Whether a tensor of several chunks is read once, as stored, and kept for all the passes of its merge: bfloat16
+    /// inputs whose δ the fused kernel computes from the stored bytes, up to <see cref="MaxKeptStoredBytes"/>. Its
+    /// chunks are then read past the page cache when cold, instead of through it in every pass.
+    /// </summary>
+    private bool KeepsStored(TensorInfo baseInfo, InputChain[] inputs, ITensorMerge merge) =>
+        baseInfo.ElementCount > chunkElements && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused) && !merge.NeedsBaseValues &&
+        (inputs.Length + 1) * baseInfo.ByteLength <= MaxKeptStoredBytes;
+
+    /// <summary>
+    /// The most stored bytes (base and inputs) kept for a tensor's passes: a 7B model's MLP tensor (45M elements, 90 MB
+    /// per model) with three fine-tunes. An embedding matrix (250 MB per model) goes through the page cache as before.
+    /// </summary>
+    internal const long MaxKeptStoredBytes = 384L << 20;
+
     /// <summary>Whether the single-pass bfloat16 route can take this tensor, given a method that offers it and a sink that writes directly.</summary>
     private bool TakesSinglePass(TensorInfo baseInfo, InputChain[] inputs) =>
         singlePassRoutes && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused);
@@ -110,12 +136,12 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     public bool ReadsOnce(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, bool writesDirectly)
     {
         if (baseInfo.ElementCount <= chunkElements) return true;
-        if (!writesDirectly || Device is not null || !baseInfo.DType.IsMergeable()) return false;
+        if (Device is not null || !baseInfo.DType.IsMergeable()) return false;
         var (inputs, setup) = Prepare(vector, baseInfo, layout);
         if (!TakesSinglePass(baseInfo, inputs)) return false;
         var merge = (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup);
         _prepared[baseInfo] = (inputs, setup, merge);
-        return merge.SinglePass is not null;
+        return (writesDirectly && merge.SinglePass is not null) || KeepsStored(baseInfo, inputs, merge);
     }
 
     /// <summary>
@@ -220,6 +246,14 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     {
         private ChunkView? _cachedBase;
         private ChunkView[]? _cachedDeltas;
+        private ChunkView[]? _stored;
+
+        /// <summary>
+        /// Whether the stored bytes of the whole tensor are read in the first pass and kept (the base in raw slot 0,
+        /// input i in float slot i + 1, whose float32 chunks other tensors use), each pass computing δ from them into
+        /// float slot n + 1 + i (n inputs).
+        /// </summary>
+        public bool KeepsStored { get; init; }
 
         /// <summary>Applies the now-known breadcrumbs pruning of inputs <paramref name="indexes"/> to the cached single chunk, if any.</summary>
         public unsafe void PruneCached(int[] indexes)
@@ -242,13 +276,21 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 merger.Cancellation.ThrowIfCancellationRequested();
                 var first = c * chunk;
                 var count = Math.Min(chunk, n - first);
-                if (c + 1 < chunkCount) Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, n - first - chunk));
+                if (KeepsStored) _stored ??= ReadStored();
+                else if (c + 1 < chunkCount) Prefetch(chunks.Reader, vector, baseInfo, first + chunk, Math.Min(chunk, n - first - chunk));
                 ChunkView baseChunk;
                 ChunkView[] deltas;
                 if (_cachedDeltas is not null)
                 {
                     baseChunk = _cachedBase!;
                     deltas = _cachedDeltas;
+                }
+                else if (_stored is { } stored)
+                {
+                    baseChunk = stored[0].Slice(first, count);
+                    var firstPass = Count == 0;
+                    deltas = inputs.Select((input, i) => input.Delta(chunks, inputs.Length + 1 + i, baseChunk, first, count, firstPass,
+                        firstPass ? merge.SampleWhileReading(i) : null, InMemory(input.Tensor!.StoredBFloat16!, stored[i + 1], first, count))).ToArray();
                 }
                 else
                 {
@@ -265,5 +307,39 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             }
             Count++;
         }
+
+        /// <summary>
+        /// Reads the whole tensor of the base and of each input as stored (NaN/Inf reported as it lands), in the
+        /// executor's chunks, which it reads ahead past the page cache when they are not cached: the first was asked for
+        /// two tensors ahead, the others are asked for now.
+        /// </summary>
+        private unsafe ChunkView[] ReadStored()
+        {
+            var chunks = merger.Chunks;
+            var n = baseInfo.ElementCount;
+            var readChunk = merger.ReadChunkElements;
+            var readChunks = (n + readChunk - 1) / readChunk;
+            for (var c = 1; c < readChunks; c++) Prefetch(chunks.Reader, vector, baseInfo, c * readChunk, Math.Min(readChunk, n - c * readChunk), readOnce: true);
+            var stored = inputs.Select((_, i) => new ChunkView(chunks.Workspace.Floats(i + 1, (n + 1) / 2).Data, n, SafetensorsDType.BF16))
+                .Prepend(chunks.Workspace.Raw(0, n)).ToArray();
+            var infos = inputs.Select(input => input.Tensor!.StoredBFloat16!).Prepend(baseInfo).ToArray();
+            for (var c = 0; c < readChunks; c++)
+            {
+                var first = c * readChunk;
+                var count = Math.Min(readChunk, n - first);
+                for (var i = 0; i < infos.Length; i++)
+                {
+                    using (PhaseProfile.Time(chunks.Profile, Phase.Read)) chunks.Reader.ReadElements(infos[i], first, count, stored[i].Slice(first, count).Data);
+                }
+            }
+            return stored;
+        }
+
+        /// <summary>Elements [first, first + count) of a kept tensor as an in-memory range (scanned when it was read).</summary>
+        private static unsafe StoredRange InMemory(TensorInfo info, ChunkView kept, long first, long count) =>
+            new(info, first, count, kept.Slice(first, count).Data, owned: false);
     }
+
+    /// <summary>Elements per chunk as the executor reads ahead (a kept tensor's passes take smaller ones).</summary>
+    private long ReadChunkElements => chunkElements;
 }

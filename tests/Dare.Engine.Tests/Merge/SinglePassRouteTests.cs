@@ -68,6 +68,9 @@ public sealed class SinglePassRouteTests : IDisposable
         "dare-then-trim" => TaskVector.Combine(_vectors.Select((v, i) => v.WithDare(new DareOptions(0.3, 42, i))).ToList(),
             new MergeOptions(MergeMethod.Ties, Parameters(1, 1, 1), true, 1.0, Parameters(0.5, 0.5, 0.5))),
         "plain" => _vectors[2],
+        // TIES with thresholds to find (the general route): bracketed on the large tensors, exact passes on the small ones.
+        "ties" => TaskVector.Combine(_vectors, new MergeOptions(MergeMethod.Ties, Parameters(1, 0.6, 0.3), true, 0.9, Parameters(0.2, 0.5, 0.1))),
+        "ties-count" => TaskVector.Combine(_vectors, new MergeOptions(MergeMethod.Ties, Parameters(1, 1, 0.5), false, 1.2, Parameters(0.3, 1.0, 0.05), SignMethod.Count)),
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
@@ -101,6 +104,21 @@ public sealed class SinglePassRouteTests : IDisposable
 
         Assert.Equal(general.Keys, single.Keys);
         foreach (var (file, bytes) in general) Assert.True(bytes.AsSpan().SequenceEqual(single[file]), $"{file} differs");
+    }
+
+    [Theory]
+    [InlineData("ties", SafetensorsDType.BF16)]
+    [InlineData("ties-count", SafetensorsDType.F32)]
+    [InlineData("dare-then-trim", SafetensorsDType.BF16)]
+    public void A_tensor_kept_as_stored_for_its_passes_gets_the_bytes_of_one_chunk(string kind, SafetensorsDType dtype)
+    {
+        // With 256K-element chunks the 300,007-element tensor takes two: it is read once as stored and kept for every
+        // pass, which takes 64K-element chunks of δ from it; in one chunk it is read once and kept as float32 δ.
+        var kept = Export(Plan(kind), "kept", singlePass: true, dtype, deltaOnly: false, 1L << 18);
+        var whole = Export(Plan(kind), "whole", singlePass: true, dtype, deltaOnly: false, 1L << 24);
+
+        Assert.Equal(whole.Keys, kept.Keys);
+        foreach (var (file, bytes) in whole) Assert.True(bytes.AsSpan().SequenceEqual(kept[file]), $"{file} differs");
     }
 
     [Theory]
