@@ -206,6 +206,23 @@ public sealed class TensorReader : IDisposable
     }
 
     /// <summary>
+    /// Whether the tensor's bytes are mostly in the page cache (<see cref="ReadAhead.IsCached"/>); false where that
+    /// cannot be asked (not Linux, an assembled tensor, a file that cannot be opened).
+    /// </summary>
+    public bool IsCached(TensorInfo info)
+    {
+        if (!OperatingSystem.IsLinux() || info.Assembly is not null) return false;
+        try
+        {
+            return ReadAhead.IsCached((int)Handle(info).DangerousGetHandle(), info.DataOffset, Math.Max(1, info.ByteLength));
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or DareException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
     /// Asks the OS to start reading elements [firstElement, firstElement + count) into the page cache in the
     /// background (posix_fadvise WILLNEED on Linux, given on the <see cref="ReadAhead"/> thread), so that a later
     /// <see cref="ReadElements"/> finds them there: the disk reads of the next chunks overlap the computation of this
