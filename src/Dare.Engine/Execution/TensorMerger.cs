@@ -31,7 +31,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
     // What ReadsOnce prepared for a tensor ahead of its merge, taken by Merge instead of preparing it again (a TIES
     // merge may have counted its inputs' DARE masks to choose its route).
-    private readonly Dictionary<TensorInfo, (InputChain[] Inputs, TensorMergeSetup Setup, ITensorMerge Merge)> _prepared = new();
+    // It also decided, before anything of the tensor was read, whether it is kept as stored.
+    private readonly Dictionary<TensorInfo, (InputChain[] Inputs, TensorMergeSetup Setup, ITensorMerge Merge, bool KeepsStored)> _prepared = new();
 
     /// <summary>The tensor backend an export runs on, or null for the SIMD kernels (the default).</summary>
     public DeviceTensorMerger? Device { get; init; }
@@ -65,7 +66,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
         // A tensor kept as stored for all its passes (see KeepsStored) is merged in smaller chunks: their float32 δ
         // then takes a quarter of the memory (the result does not depend on the chunking).
-        var keepsStored = KeepsStored(baseInfo, inputs, merge);
+        var keepsStored = prepared.Merge is not null ? prepared.KeepsStored : KeepsStored(baseInfo, inputs, merge);
         if (keepsStored)
         {
             setup = setup with { ChunkElements = Math.Max(Math.Min(chunkElements, 1 << 16), chunkElements / 4) };
@@ -116,6 +117,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// in the page cache already. It is then read past the page cache, instead of through it in every pass (~20 s of
     /// system CPU in a cold TIES merge here). A cached tensor is read from the cache in each pass as before: copying it
     /// into memory the process has not touched yet cost more (a warm medium TIES export took 6.6 s instead of 5.0 s).
+    /// Decided in <see cref="ReadsOnce"/> when the executor reads ahead, before the merges in between have read
+    /// anything near the tensor (the OS's own read-ahead could otherwise have cached part of it by the time it is merged).
     /// </summary>
     private bool KeepsStored(TensorInfo baseInfo, InputChain[] inputs, ITensorMerge merge) =>
         baseInfo.ElementCount > chunkElements && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused) && !merge.NeedsBaseValues &&
@@ -143,8 +146,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var (inputs, setup) = Prepare(vector, baseInfo, layout);
         if (!TakesSinglePass(baseInfo, inputs)) return false;
         var merge = (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup);
-        _prepared[baseInfo] = (inputs, setup, merge);
-        return (writesDirectly && merge.SinglePass is not null) || KeepsStored(baseInfo, inputs, merge);
+        var keepsStored = KeepsStored(baseInfo, inputs, merge);
+        _prepared[baseInfo] = (inputs, setup, merge, keepsStored);
+        return (writesDirectly && merge.SinglePass is not null) || keepsStored;
     }
 
     /// <summary>
