@@ -195,12 +195,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// </summary>
     private unsafe void StreamBFloat16(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IBFloat16SinglePass singlePass, ExportSink export, long chunk, int chunkCount)
     {
-        // Every later chunk is read once: all of them are asked for now, in order, so that the read-ahead (bounded by its
-        // buffer budget) keeps the disk busy through the whole tensor.
-        for (var c = 1; c < chunkCount; c++)
-        {
-            Prefetch(chunks.Reader, vector, baseInfo, c * chunk, Math.Min(chunk, baseInfo.ElementCount - c * chunk), readOnce: true);
-        }
+        PrefetchLaterChunks(chunks.Reader, vector, baseInfo, chunk);
         var ranges = new List<StoredRange>(inputs.Length + 1);
         for (var c = 0; c < chunkCount; c++)
         {
@@ -245,6 +240,18 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         reader.Prefetch(baseInfo, first, count, readOnce);
         if (!baseInfo.DType.IsMergeable()) return;
         foreach (var leaf in vector.Leaves) leaf.Input.Open(baseInfo)?.Prefetch(reader, first, count, readOnce);
+    }
+
+    /// <summary>
+    /// Asks for every chunk of a tensor after the first (the executor asked for that one), to be read once: all of them
+    /// now, in order, so that the read-ahead (bounded by its buffer budget) keeps the disk busy through the whole tensor.
+    /// </summary>
+    private static void PrefetchLaterChunks(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long chunk)
+    {
+        for (var first = chunk; first < baseInfo.ElementCount; first += chunk)
+        {
+            Prefetch(reader, vector, baseInfo, first, Math.Min(chunk, baseInfo.ElementCount - first), readOnce: true);
+        }
     }
 
     /// <summary>The passes over one tensor's chunks: each reads (or, for a single chunk, reuses) the base and every input's δ.</summary>
@@ -292,18 +299,15 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                     baseChunk = _cachedBase!;
                     deltas = _cachedDeltas;
                 }
-                else if (_stored is { } stored)
-                {
-                    baseChunk = stored[0].Slice(first, count);
-                    var firstPass = Count == 0;
-                    deltas = inputs.Select((input, i) => input.Delta(chunks, inputs.Length + 1 + i, baseChunk, first, count, firstPass,
-                        firstPass ? merge.SampleWhileReading(i) : null, InMemory(input.Tensor!.StoredBFloat16!, stored[i + 1], first, count))).ToArray();
-                }
                 else
                 {
-                    baseChunk = baseStaysBFloat16 ? chunks.ReadBFloat16(0, baseInfo, first, count) : chunks.ReadFloat32(0, baseInfo, first, count);
+                    var stored = _stored;
+                    baseChunk = stored is not null ? stored[0].Slice(first, count)
+                        : baseStaysBFloat16 ? chunks.ReadBFloat16(0, baseInfo, first, count) : chunks.ReadFloat32(0, baseInfo, first, count);
                     var firstPass = Count == 0;
-                    deltas = inputs.Select((input, i) => input.Delta(chunks, i + 1, baseChunk, first, count, firstPass, firstPass ? merge.SampleWhileReading(i) : null)).ToArray();
+                    // δ of a kept tensor goes to slots after the ones holding its stored inputs.
+                    deltas = inputs.Select((input, i) => input.Delta(chunks, stored is null ? i + 1 : inputs.Length + 1 + i, baseChunk, first, count, firstPass,
+                        firstPass ? merge.SampleWhileReading(i) : null, stored is null ? null : InMemory(input.Tensor!.StoredBFloat16!, stored[i + 1], first, count))).ToArray();
                     if (chunkCount == 1)
                     {
                         _cachedBase = baseChunk;
@@ -326,7 +330,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             var n = baseInfo.ElementCount;
             var readChunk = merger.ReadChunkElements;
             var readChunks = (n + readChunk - 1) / readChunk;
-            for (var c = 1; c < readChunks; c++) Prefetch(chunks.Reader, vector, baseInfo, c * readChunk, Math.Min(readChunk, n - c * readChunk), readOnce: true);
+            PrefetchLaterChunks(chunks.Reader, vector, baseInfo, readChunk);
             var stored = inputs.Select((_, i) => new ChunkView(chunks.Workspace.Floats(i + 1, (n + 1) / 2).Data, n, SafetensorsDType.BF16))
                 .Prepend(chunks.Workspace.Raw(0, n)).ToArray();
             var infos = inputs.Select(input => input.Tensor!.StoredBFloat16!).Prepend(baseInfo).ToArray();
