@@ -131,6 +131,8 @@ public sealed class DataCheckTests : IDisposable
     [Theory]
     [InlineData(5)] // in the first piece of the read
     [InlineData(700_000)] // in the third (reads are scanned 1 MB at a time)
+    [InlineData(1_000_000 / 2 - 1)] // either side of where two cores split the read
+    [InlineData(1_000_000 / 2)]
     [InlineData(1_000_000 - 1)] // the last element of the last, shorter piece
     public unsafe void A_NaN_is_found_in_any_piece_of_a_read_of_several_megabytes(int at)
     {
@@ -147,6 +149,18 @@ public sealed class DataCheckTests : IDisposable
             Assert.Equal(DareErrorId.NonFiniteValues, failure.ErrorId);
             Assert.Contains(" 1 NaN/Inf", failure.Message);
         }
+    }
+
+    [Fact]
+    public unsafe void A_read_split_over_the_cores_puts_every_element_in_its_place()
+    {
+        var values = Enumerable.Range(0, 1_000_003).Select(i => (float)i).ToArray();
+        var path = WriteModel("split.safetensors", values);
+        var info = SafetensorsFile.Open(path).Tensors[0];
+        using var reader = new TensorReader(new NonFiniteGuard(allow: false, warn: null));
+        var buffer = new float[values.Length - 10];
+        fixed (float* destination = buffer) reader.ReadElements(info, 7, buffer.Length, (byte*)destination);
+        Assert.Equal(values.Skip(7).Take(buffer.Length), buffer);
     }
 
     [Fact]
