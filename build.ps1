@@ -185,7 +185,7 @@ function Invoke-EngineTests {
     $run = ([xml](Get-Content -Raw $trx)).TestRun
     $counters = $run.ResultSummary.Counters
     $failures = @($run.Results.UnitTestResult | Where-Object outcome -notin 'Passed', 'NotExecuted' | ForEach-Object {
-        "$($_.testName): $(Get-OneLine $_.Output.ErrorInfo.Message)" })
+        "$($_.testName): $($_.Output.ErrorInfo.Message)" })
     return [pscustomobject]@{ Passed = [int]$counters.passed; Failed = [int]$counters.failed + [int]$counters.error; Failures = $failures }
 }
 

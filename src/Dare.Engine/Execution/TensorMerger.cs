@@ -136,19 +136,20 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         singlePassRoutes && baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused);
 
     /// <summary>
-    /// Whether exporting this tensor reads each of its chunks once: it fits in one chunk (kept for every pass), or it
-    /// takes the single-pass route. The executor reads such tensors ahead past the page cache (<see cref="TensorReader.Prefetch"/>).
+    /// Whether exporting this tensor reads each of its chunks once: it fits in one chunk (kept for every pass), it
+    /// takes the single-pass route, or it is kept as stored for all its passes (<see cref="KeepsStored"/>, decided
+    /// here whichever routes are on). The executor reads such tensors ahead past the page cache (<see cref="TensorReader.Prefetch"/>).
     /// </summary>
     public bool ReadsOnce(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, bool writesDirectly)
     {
         if (baseInfo.ElementCount <= chunkElements) return true;
-        if (Device is not null || !baseInfo.DType.IsMergeable()) return false;
+        if (Device is not null || baseInfo.DType != SafetensorsDType.BF16) return false;
         var (inputs, setup) = Prepare(vector, baseInfo, layout);
-        if (!TakesSinglePass(baseInfo, inputs)) return false;
+        if (!inputs.All(c => c.IsFused)) return false;
         var merge = (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup);
         var keepsStored = KeepsStored(baseInfo, inputs, merge);
         _prepared[baseInfo] = (inputs, setup, merge, keepsStored);
-        return (writesDirectly && merge.SinglePass is not null) || keepsStored;
+        return (writesDirectly && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is not null) || keepsStored;
     }
 
     /// <summary>

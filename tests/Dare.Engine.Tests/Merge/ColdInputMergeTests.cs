@@ -51,9 +51,9 @@ public sealed class ColdInputMergeTests : IDisposable
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
-    private (byte[] Bytes, long ReadAhead) Export(TaskVector plan, string name)
+    private (byte[] Bytes, long ReadAhead) Export(TaskVector plan, string name, bool singlePass = true)
     {
-        var executor = new MergeExecutor(chunkElements: Chunk);
+        var executor = new MergeExecutor(chunkElements: Chunk) { SinglePassLinear = singlePass };
         executor.Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = SafetensorsDType.BF16 });
         return (File.ReadAllBytes(Path.Combine(_models.PathOf(name), Checkpoint.SingleFileName)), executor.BytesReadAhead);
     }
@@ -88,5 +88,22 @@ public sealed class ColdInputMergeTests : IDisposable
         // The norm (2 KB at the end of each file) may share a page the OS cached with the file's last bytes.
         var once = new[] { "q_proj", "up_proj" };
         Assert.InRange(coldReadAhead, InputBytes(once), InputBytes(once.Append("norm").ToArray()));
+    }
+
+    [Fact]
+    public void Without_the_single_pass_routes_TIES_still_keeps_its_two_chunk_tensor_and_reads_it_ahead_once()
+    {
+        // Whether a tensor is kept as stored does not depend on the single-pass switch (the tests' general route).
+        var plan = Plan("ties");
+        DropInputsFromCache();
+        var (withRoutes, readAheadWith) = Export(plan, "routes");
+        DropInputsFromCache();
+        var (withoutRoutes, readAheadWithout) = Export(plan, "no-routes", singlePass: false);
+
+        Assert.Equal(withRoutes, withoutRoutes);
+        foreach (var readAhead in new[] { readAheadWith, readAheadWithout })
+        {
+            Assert.InRange(readAhead, InputBytes("q_proj", "up_proj"), InputBytes("q_proj", "up_proj", "norm"));
+        }
     }
 }
