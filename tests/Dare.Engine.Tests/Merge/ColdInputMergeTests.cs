@@ -24,12 +24,14 @@ public sealed class ColdInputMergeTests : IDisposable
 
     private readonly TestModels _models = new(PageCache.TempRoot); // where pages can be dropped
     private readonly List<TaskVector> _vectors = new();
+    private readonly Dictionary<string, float[]> _base;
+    private readonly Checkpoint _baseModel;
 
     public ColdInputMergeTests()
     {
         var random = new Random(5);
-        var @base = Shapes.ToDictionary(s => s.Name, s => TestModels.RandomFloats(random, (int)s.Shape.Aggregate(1L, (a, b) => a * b)));
-        var baseModel = _models.Write("base", Shapes.Select(s => TestTensor.Bf16(s.Name, @base[s.Name], s.Shape)));
+        var @base = _base = Shapes.ToDictionary(s => s.Name, s => TestModels.RandomFloats(random, (int)s.Shape.Aggregate(1L, (a, b) => a * b)));
+        var baseModel = _baseModel = _models.Write("base", Shapes.Select(s => TestTensor.Bf16(s.Name, @base[s.Name], s.Shape)));
         for (var m = 0; m < 2; m++)
         {
             var tuned = _models.Write($"tuned{m}", Shapes.Select(s => TestTensor.Bf16(s.Name, TestModels.Perturb(random, @base[s.Name], 0.05), s.Shape)));
@@ -105,5 +107,29 @@ public sealed class ColdInputMergeTests : IDisposable
         {
             Assert.InRange(readAhead, InputBytes("q_proj", "up_proj"), InputBytes("q_proj", "up_proj", "norm"));
         }
+    }
+
+    [Fact]
+    public void A_NaN_in_a_cold_two_chunk_tensor_of_a_TIES_merge_fails_the_export_naming_file_and_tensor_and_writes_nothing()
+    {
+        // The NaN is in up_proj's second chunk: out of the page cache, TIES reads that tensor once, as stored, before its passes.
+        const string upProj = "model.layers.0.mlp.up_proj.weight";
+        var sick = _models.Write("sick", Shapes.Select(s =>
+        {
+            var values = TestModels.Perturb(new Random(9), _base[s.Name], 0.05);
+            if (s.Name == upProj) values[(int)Chunk + 5] = float.NaN;
+            return TestTensor.Bf16(s.Name, values, s.Shape);
+        }));
+        var plan = TaskVector.Combine(new[] { _vectors[0], TaskVector.FromModels(_baseModel, sick) },
+            new MergeOptions(MergeMethod.Ties, Parameters(1, 1), true, 1.0, Parameters(0.2, 0.2)));
+        DropInputsFromCache();
+        foreach (var file in Directory.GetFiles(_models.PathOf("sick"), "*.safetensors")) PageCache.Drop(file);
+
+        var failure = Assert.Throws<DareException>(() => Export(plan, "sick-merge"));
+
+        Assert.Equal(DareErrorId.NonFiniteValues, failure.ErrorId);
+        Assert.Equal(upProj, failure.TensorName);
+        Assert.StartsWith(_models.PathOf("sick"), failure.FilePath);
+        Assert.False(Directory.Exists(_models.PathOf("sick-merge")));
     }
 }
