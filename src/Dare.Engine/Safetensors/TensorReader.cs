@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Dare.Engine.Merge;
 using Microsoft.Win32.SafeHandles;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -41,7 +42,7 @@ public sealed class TensorReader : IDisposable
         {
             // Each core copies (from the page cache or the read-ahead buffer) and scans its part; one thread alone left
             // the other core idle: a cold TIES spent 6.1–6.2 s in reads besides waiting for the disk, now 4.7–5.3 s.
-            Merge.Partition.Run(count, (_, start, end) =>
+            Partition.Run(count, (_, start, end) =>
             {
                 if (ReadPart(info, handle, readAhead, offset + start * elementSize, destination + start * elementSize, (end - start) * elementSize, scan)) found = true;
             });
