@@ -60,13 +60,13 @@ public sealed class ColdInputMergeTests : IDisposable
         return (File.ReadAllBytes(Path.Combine(_models.PathOf(name), Checkpoint.SingleFileName)), executor.BytesReadAhead);
     }
 
-    private IEnumerable<string> InputFiles() =>
-        new[] { "base", "tuned0", "tuned1" }.SelectMany(model => Directory.GetFiles(_models.PathOf(model), "*.safetensors"));
+    private IEnumerable<string> InputFiles(params string[] models) =>
+        (models.Length == 0 ? new[] { "base", "tuned0", "tuned1" } : models).SelectMany(model => Directory.GetFiles(_models.PathOf(model), "*.safetensors"));
 
-    /// <summary>Flushes every input file and drops it from the page cache.</summary>
-    private void DropInputsFromCache()
+    /// <summary>Flushes the files of the named models (default: base and the two fine-tunes) and drops them from the page cache.</summary>
+    private void DropInputsFromCache(params string[] models)
     {
-        foreach (var file in InputFiles()) PageCache.Drop(file);
+        foreach (var file in InputFiles(models)) PageCache.Drop(file);
     }
 
     /// <summary>Bytes of the named tensors in the three input models (each stored bfloat16).</summary>
@@ -122,8 +122,7 @@ public sealed class ColdInputMergeTests : IDisposable
         }));
         var plan = TaskVector.Combine(new[] { _vectors[0], TaskVector.FromModels(_baseModel, sick) },
             new MergeOptions(MergeMethod.Ties, Parameters(1, 1), true, 1.0, Parameters(0.2, 0.2)));
-        DropInputsFromCache();
-        foreach (var file in Directory.GetFiles(_models.PathOf("sick"), "*.safetensors")) PageCache.Drop(file);
+        DropInputsFromCache("base", "tuned0", "sick");
 
         var failure = Assert.Throws<DareException>(() => Export(plan, "sick-merge"));
 
