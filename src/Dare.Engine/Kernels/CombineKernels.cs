@@ -72,6 +72,28 @@ internal readonly unsafe struct CombineTarget
     }
 }
 
+/// <summary>
+/// Which vector body runs the sign-by-sum TIES combine. The bits are the same whichever runs; the tests run each. A
+/// few-input body takes up to four inputs (the general one of its width runs for more).
+/// </summary>
+internal enum TiesVectorBody
+{
+    /// <summary>The widest the processor has (16 lanes with AVX-512, else 8), written out input by input for up to four inputs.</summary>
+    Fastest,
+
+    /// <summary>Eight lanes (AVX2), any number of inputs.</summary>
+    EightLanes,
+
+    /// <summary>Eight lanes, written out input by input.</summary>
+    EightLanesFewInputs,
+
+    /// <summary>Sixteen lanes (AVX-512), any number of inputs.</summary>
+    SixteenLanes,
+
+    /// <summary>Sixteen lanes, written out input by input.</summary>
+    SixteenLanesFewInputs,
+}
+
 /// <summary>The merge combines, one pass over a chunk per call, split over the cores.</summary>
 internal static unsafe class CombineKernels
 {
@@ -116,18 +138,18 @@ internal static unsafe class CombineKernels
     /// <paramref name="thresholds"/>[i] (see <see cref="MagnitudeSelection.KeepBits"/>) and, of those equal to it,
     /// the first <paramref name="tieBudgets"/>[i][r] in range r (<see cref="Partition.Ranges"/>), or all of
     /// them when that budget is long.MaxValue or the input has no budgets (excess ties already dropped); the others
-    /// count as zero. With AVX-512 the sign-by-sum election runs 16 lanes wide (<paramref name="wide"/> false keeps it
-    /// at 8, for the tests to check both: the bits are the same).
+    /// count as zero. With AVX-512 the sign-by-sum election runs 16 lanes wide, written out input by input for up to
+    /// four inputs; <paramref name="body"/> picks another vector body, for the tests to check each: the bits are the same.
     /// </summary>
     public static void Ties(IntPtr[] inputs, double[] weights, uint[] thresholds, long[]?[] tieBudgets, bool bySignCount, bool normalize, double lambda,
-        CombineTarget target, long count, bool wide = true)
+        CombineTarget target, long count, TiesVectorBody body = TiesVectorBody.Fastest)
     {
         var ranges = Partition.Ranges(count);
         Parallel.For(0, ranges.Length, r =>
         {
             var (start, end) = ranges[r];
             var budgets = tieBudgets.Select(b => b?[r] ?? long.MaxValue).ToArray();
-            RunTies(new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]), start, end, bySignCount, wide);
+            RunTies(new TiesCombineRange(inputs, weights, thresholds, budgets, normalize, lambda, target, new float[inputs.Length]), start, end, bySignCount, body);
         });
     }
 
@@ -139,17 +161,92 @@ internal static unsafe class CombineKernels
     {
         var noBudgets = new long[inputs.Length];
         Array.Fill(noBudgets, long.MaxValue);
-        RunTies(new TiesCombineRange(inputs, weights, new uint[inputs.Length], noBudgets, normalize, lambda, target, new float[inputs.Length]), start, end, bySignCount, wide: true);
+        RunTies(new TiesCombineRange(inputs, weights, new uint[inputs.Length], noBudgets, normalize, lambda, target, new float[inputs.Length]), start, end, bySignCount, TiesVectorBody.Fastest);
     }
 
-    private static void RunTies(TiesCombineRange range, long start, long end, bool bySignCount, bool wide)
+    private static void RunTies(TiesCombineRange range, long start, long end, bool bySignCount, TiesVectorBody body)
     {
         if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
         else if (range.Inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
-        else TiesBySum(range, start, end, wide && TiesBySumWideOperator.IsVectorized);
+        else
+        {
+            if (body == TiesVectorBody.Fastest) body = TiesBySumWideOperator.IsVectorized ? TiesVectorBody.SixteenLanesFewInputs : TiesVectorBody.EightLanesFewInputs;
+            var wide = body is TiesVectorBody.SixteenLanes or TiesVectorBody.SixteenLanesFewInputs;
+            if (body is TiesVectorBody.EightLanes or TiesVectorBody.SixteenLanes || range.Inputs.Length > 4) TiesBySum(range, start, end, wide);
+            else TiesBySumFewInputs(range, start, end, wide);
+        }
     }
 
-    /// <summary>The sign-by-sum TIES combine of elements [start, end), with the vector scratch allocated once for the range.</summary>
+    /// <summary>
+    /// The few-input operator over [start, end), in parts: the range is cut where each input's tie budget runs out, so
+    /// that in each part every input keeps all of its ties or none, as in element order under the budgets.
+    /// </summary>
+    private static void TiesBySumFewInputs(TiesCombineRange range, long start, long end, bool wide)
+    {
+        var n = range.Inputs.Length;
+        // Input i keeps its ties before keepsTiesUntil[i] and none from there on.
+        var keepsTiesUntil = new long[n];
+        var cut = false;
+        for (var i = 0; i < n; i++)
+        {
+            var budget = range.TieBudgets[i];
+            if (budget == long.MaxValue || budget == 0) keepsTiesUntil[i] = budget == 0 ? start : end;
+            else (keepsTiesUntil[i], cut) = (AfterTies((uint*)range.Inputs[i], range.Thresholds[i], budget, start, end), true);
+        }
+        if (!cut)
+        {
+            RunFewInputs(range, start, end, wide);
+            return;
+        }
+        var cuts = keepsTiesUntil.Append(start).Append(end).Distinct().Order().ToArray();
+        for (var c = 0; c + 1 < cuts.Length; c++)
+        {
+            var (partStart, partEnd) = (cuts[c], cuts[c + 1]);
+            RunFewInputs(range.WithTieBudgets(keepsTiesUntil.Select(until => partStart < until ? long.MaxValue : 0L).ToArray()), partStart, partEnd, wide);
+        }
+    }
+
+    private static void RunFewInputs(TiesCombineRange range, long start, long end, bool wide)
+    {
+        switch (range.Inputs.Length, wide)
+        {
+            case (1, true): VectorDriver.Run(new TiesBySumFewWideOperator<OneInput>(range), start, end); break;
+            case (2, true): VectorDriver.Run(new TiesBySumFewWideOperator<TwoInputs>(range), start, end); break;
+            case (3, true): VectorDriver.Run(new TiesBySumFewWideOperator<ThreeInputs>(range), start, end); break;
+            case (_, true): VectorDriver.Run(new TiesBySumFewWideOperator<FourInputs>(range), start, end); break;
+            case (1, false): VectorDriver.Run(new TiesBySumFewOperator<OneInput>(range), start, end); break;
+            case (2, false): VectorDriver.Run(new TiesBySumFewOperator<TwoInputs>(range), start, end); break;
+            case (3, false): VectorDriver.Run(new TiesBySumFewOperator<ThreeInputs>(range), start, end); break;
+            default: VectorDriver.Run(new TiesBySumFewOperator<FourInputs>(range), start, end); break;
+        }
+    }
+
+    /// <summary>The element just after the <paramref name="budget"/>-th one in [start, end) whose magnitude is <paramref name="threshold"/>, or end when there are fewer.</summary>
+    private static long AfterTies(uint* bits, uint threshold, long budget, long start, long end)
+    {
+        var limit = Vector256.Create(threshold);
+        var j = start;
+        for (; j <= end - 8; j += 8)
+        {
+            var ties = Vector256.Equals(Vector256.Load(bits + j) & Vector256.Create(0x7FFFFFFFu), limit).ExtractMostSignificantBits();
+            var count = BitOperations.PopCount(ties);
+            if (count < budget)
+            {
+                budget -= count;
+                continue;
+            }
+            // The budget runs out in this vector: at its budget-th tie.
+            for (; budget > 1; budget--) ties &= ties - 1;
+            return j + BitOperations.TrailingZeroCount(ties) + 1;
+        }
+        for (; j < end; j++)
+        {
+            if ((bits[j] & 0x7FFFFFFF) == threshold && --budget == 0) return j + 1;
+        }
+        return end;
+    }
+
+    /// <summary>The sign-by-sum TIES combine of elements [start, end) for any number of inputs, with the vector scratch allocated once for the range.</summary>
     private static void TiesBySum(TiesCombineRange range, long start, long end, bool wide)
     {
         var count = range.Inputs.Length;
@@ -181,6 +278,30 @@ internal readonly unsafe struct TiesCombineRange(IntPtr[] inputs, double[] weigh
     public bool Normalize { get; } = normalize;
     public double Lambda { get; } = lambda;
     public CombineTarget Target { get; } = target;
+
+    /// <summary>Input i's values for a few-input operator (null past the inputs).</summary>
+    public float* FewInput(int i) => i < Inputs.Length ? (float*)Inputs[i] : null;
+
+    /// <summary>Input i's weight for a few-input operator (0 past the inputs).</summary>
+    public double FewWeight(int i) => i < Inputs.Length ? Weights[i] : 0;
+
+    /// <summary>The magnitude (as IEEE bits) from which input i is kept by a few-input operator: its threshold, or just above it when its budget keeps no ties.</summary>
+    public uint KeptFrom(int i)
+    {
+        if (i >= Inputs.Length) return 0;
+        var threshold = Thresholds[i];
+        return TieBudgets[i] == 0 && threshold != uint.MaxValue ? threshold + 1 : threshold;
+    }
+
+    /// <summary>Throws unless there are <paramref name="count"/> inputs, each keeping all its ties or none (what the few-input operators take).</summary>
+    public void CheckFewInputs(int count)
+    {
+        if (Inputs.Length != count) throw new ArgumentException($"Expected {count} inputs, not {Inputs.Length}.");
+        if (TieBudgets.Any(b => b != 0 && b != long.MaxValue)) throw new ArgumentException("Each input must keep all its ties or none.");
+    }
+
+    /// <summary>This range with other tie budgets (for a part of it).</summary>
+    public TiesCombineRange WithTieBudgets(long[] budgets) => new(Inputs, Weights, Thresholds, budgets, Normalize, Lambda, Target, kept);
 
     /// <summary>Element j, electing the sign by Σ wᵢtᵢ or, with <paramref name="bySignCount"/>, by #positive − #negative.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

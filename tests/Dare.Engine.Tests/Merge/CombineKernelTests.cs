@@ -145,35 +145,57 @@ public sealed class CombineKernelTests
         Assert.Equal(zeroed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
 
-    [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public unsafe void Ties_by_sum_at_either_vector_width_gives_the_bits_of_the_algorithm_written_out(bool wide)
+    // Each vector body by name (the enum is internal), with one to five inputs.
+    public static TheoryData<string, int> BodiesAndInputCounts()
     {
-        var random = new Random(wide ? 21 : 22);
-        const int count = 4099; // a scalar tail after the vectors at both widths
-        var deltas = Enumerable.Range(0, 3).Select(_ => Enumerable.Range(0, count).Select(j => j % 13 == 0 ? 0f : j % 29 == 0 ? 1e-41f
-            : (float)((random.NextDouble() - 0.5) * Math.Pow(2, random.Next(-12, 2)))).ToArray()).ToArray();
-        var weights = new[] { 0.7, 1.0, 1.3 };
-        var expected = Reference.Ties(deltas, weights, new[] { 1.0, 1.0, 1.0 }, normalize: true, lambda: 0.9).Select(v => BitConverter.SingleToUInt32Bits((float)v)).ToArray();
+        var data = new TheoryData<string, int>();
+        foreach (var body in Enum.GetNames<TiesVectorBody>())
+        {
+            for (var inputs = 1; inputs <= 5; inputs++) data.Add(body, inputs);
+        }
+        return data;
+    }
 
-        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], false, normalize: true, lambda: 0.9, CombineTarget.InPlace((float*)pointers[0]), count, wide));
+    [Theory]
+    [MemberData(nameof(BodiesAndInputCounts))]
+    public unsafe void Ties_by_sum_in_each_vector_body_gives_the_bits_of_the_algorithm_written_out(string body, int inputs)
+    {
+        var random = new Random(21 + inputs);
+        const int count = 4099; // a scalar tail after the vectors at both widths
+        var deltas = Enumerable.Range(0, inputs).Select(_ => Enumerable.Range(0, count).Select(j => j % 13 == 0 ? 0f : j % 29 == 0 ? 1e-41f
+            : (float)((random.NextDouble() - 0.5) * Math.Pow(2, random.Next(-12, 2)))).ToArray()).ToArray();
+        var weights = Enumerable.Range(0, inputs).Select(i => 0.7 + 0.3 * i).ToArray();
+        var expected = Reference.Ties(deltas, weights, weights.Select(_ => 1.0).ToArray(), normalize: true, lambda: 0.9).Select(v => BitConverter.SingleToUInt32Bits((float)v)).ToArray();
+
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, new uint[inputs], new long[]?[inputs], false, normalize: true, lambda: 0.9,
+            CombineTarget.InPlace((float*)pointers[0]), count, Enum.Parse<TiesVectorBody>(body)));
 
         Assert.Equal(expected, deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public unsafe void Tie_budgets_in_the_ties_combine_keep_each_ranges_first_ties_and_zero_the_rest(bool wide)
+    [MemberData(nameof(BodiesAndInputCounts))]
+    public unsafe void Tie_budgets_in_the_ties_combine_keep_each_ranges_first_ties_and_zero_the_rest(string body, int inputs)
     {
-        var random = new Random(10);
+        var random = new Random(10 + inputs);
         const int count = 300_007; // more than one parallel range on a multi-core machine
-        var deltas = Enumerable.Range(0, 3).Select(_ => Enumerable.Range(0, count).Select(_ => (random.Next(2) == 0 ? -1 : 1) * random.Next(0, 9) / 8f).ToArray()).ToArray();
-        var weights = new[] { 1.0, 0.8, 1.2 };
-        var thresholds = new[] { BitConverter.SingleToUInt32Bits(0.5f), BitConverter.SingleToUInt32Bits(0.25f), 0u };
+        var deltas = Enumerable.Range(0, inputs).Select(_ => Enumerable.Range(0, count).Select(_ => (random.Next(2) == 0 ? -1 : 1) * random.Next(0, 9) / 8f).ToArray()).ToArray();
+        var weights = Enumerable.Range(0, inputs).Select(i => 1.0 + 0.2 * (i % 3 - 1)).ToArray();
+        // Input i by i mod 4: ties kept up to a budget in each range; none kept; all kept (no budgets); the largest threshold, nothing kept.
+        var thresholds = Enumerable.Range(0, inputs).Select(i => (i % 4) switch
+        {
+            0 => BitConverter.SingleToUInt32Bits(0.5f),
+            1 => BitConverter.SingleToUInt32Bits(0.25f),
+            2 => 0u,
+            _ => uint.MaxValue,
+        }).ToArray();
         var ranges = Partition.Ranges(count);
-        var budgets = new long[]?[] { ranges.Select((_, r) => (long)(100 * r + 7)).ToArray(), ranges.Select(_ => 0L).ToArray(), null };
+        var budgets = Enumerable.Range(0, inputs).Select(i => (i % 4) switch
+        {
+            0 => ranges.Select((_, r) => (long)(100 * r + 7)).ToArray(),
+            1 or 3 => ranges.Select(_ => 0L).ToArray(),
+            _ => null,
+        }).ToArray();
 
         // The trim written out: per range, keep |x| above the threshold and the first budget ties; zero the rest.
         var trimmed = deltas.Select((d, i) =>
@@ -192,9 +214,41 @@ public sealed class CombineKernelTests
             }
             return copy;
         }).ToArray();
-        WithPinned(trimmed, pointers => CombineKernels.Ties(pointers, weights, new uint[3], new long[]?[3], false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count, wide));
-        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, thresholds, budgets, false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count, wide));
+        var expected = Reference.Ties(trimmed, weights, weights.Select(_ => 1.0).ToArray(), normalize: true, lambda: 1.0).Select(v => BitConverter.SingleToUInt32Bits((float)v)).ToArray();
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, thresholds, budgets, false, normalize: true, lambda: 1.0, CombineTarget.InPlace((float*)pointers[0]), count, Enum.Parse<TiesVectorBody>(body)));
 
-        Assert.Equal(trimmed[0].Select(BitConverter.SingleToUInt32Bits), deltas[0].Select(BitConverter.SingleToUInt32Bits));
+        Assert.Equal(expected, deltas[0].Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Theory]
+    [InlineData(nameof(TiesVectorBody.Fastest))]
+    [InlineData(nameof(TiesVectorBody.EightLanes))]
+    [InlineData(nameof(TiesVectorBody.EightLanesFewInputs))]
+    [InlineData(nameof(TiesVectorBody.SixteenLanes))]
+    [InlineData(nameof(TiesVectorBody.SixteenLanesFewInputs))]
+    public unsafe void A_tie_budget_that_runs_out_in_the_scalar_tail_or_outlasts_the_ties_keeps_the_first_ties(string body)
+    {
+        // One range of 1,005 elements: 62 vectors of 16 then a scalar tail from element 992, or 125 of 8 and a tail from 1,000.
+        const int count = 1005;
+        const float tie = 0.5f;
+        var tiesAt = new[] { 3, 17, 500, 991, 993, 1000, 1004 }; // of opposite signs in input 2, so that keeping one too many shows
+        var deltas = Enumerable.Range(0, 3).Select(i => Enumerable.Range(0, count).Select(j => tiesAt.Contains(j) ? ((j + i / 2) % 2 == 0 ? tie : -tie) : j % 7 == i ? 0.75f : 0.25f).ToArray()).ToArray();
+        // Input 0's budget runs out at its 5th tie (element 993), input 1's outlasts its 7 ties, input 2's runs out at the 6th (element 1,000).
+        var budgets = new long[]?[] { new[] { 5L }, new[] { 100L }, new[] { 6L } };
+        var threshold = BitConverter.SingleToUInt32Bits(tie);
+        var weights = new[] { 1.0, 0.5, 2.0 };
+
+        var trimmed = deltas.Select((d, i) =>
+        {
+            var left = budgets[i]![0];
+            return d.Select(x => Math.Abs(x) > tie ? x : Math.Abs(x) == tie && left-- > 0 ? x : 0f).ToArray();
+        }).ToArray();
+        Assert.Equal(tiesAt.Take(5).Select(j => deltas[0][j]), tiesAt.Take(5).Select(j => trimmed[0][j]));
+        Assert.Equal(new[] { 0f, 0f }, tiesAt.Skip(5).Select(j => trimmed[0][j]));
+        var expected = Reference.Ties(trimmed, weights, new[] { 1.0, 1.0, 1.0 }, normalize: true, lambda: 1.0).Select(v => BitConverter.SingleToUInt32Bits((float)v)).ToArray();
+        WithPinned(deltas, pointers => CombineKernels.Ties(pointers, weights, new[] { threshold, threshold, threshold }, budgets, false, normalize: true, lambda: 1.0,
+            CombineTarget.InPlace((float*)pointers[0]), count, Enum.Parse<TiesVectorBody>(body)));
+
+        Assert.Equal(expected, deltas[0].Select(BitConverter.SingleToUInt32Bits));
     }
 }
