@@ -320,6 +320,18 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             Count++;
         }
 
+        public unsafe bool Presample(int input, MagnitudeSelection selection)
+        {
+            if (!KeepsStored || !inputs[input].IsFused) return false;
+            _stored ??= ReadStored();
+            var (dare, key, threshold, scale) = inputs[input].Drop is { } d ? (true, d.Key, d.Threshold, d.Scale) : (false, 0UL, 0u, 1f);
+            using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select))
+            {
+                ChunkKernels.Presample((ushort*)_stored[0].Data, (ushort*)_stored[input + 1].Data, baseInfo.ElementCount, dare, key, threshold, scale, selection);
+            }
+            return true;
+        }
+
         /// <summary>
         /// Reads the whole tensor of the base and of each input as stored (NaN/Inf reported as it lands), in the
         /// executor's chunks, which it reads ahead past the page cache when they are not cached: the first was asked for

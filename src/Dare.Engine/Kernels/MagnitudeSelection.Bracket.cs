@@ -26,6 +26,9 @@ public enum SelectionStep
 /// case after a DARE drop). Otherwise the sample brackets the k-th largest magnitude within a few coarse bins, and
 /// one pass counts the elements above the bracket (vector compares) and histograms only those inside it, at full
 /// resolution. Both counts are exact, so the bracket either provably holds the threshold or the exact passes run.
+/// When the data are in memory before the first pass (a tensor kept as stored), a sparser sample taken from them
+/// first (<see cref="AddPresample"/>, <see cref="FinishPresample"/>) plans the bracket, and the δ pass counts it as
+/// it computes δ (<see cref="CountsBracketWhileReading"/>): one pass fewer.
 /// </summary>
 public sealed partial class MagnitudeSelection
 {
@@ -127,7 +130,7 @@ public sealed partial class MagnitudeSelection
         _sample ??= RentHistogram();
         try
         {
-            return PlanFromSample(_sample);
+            return PlanFromSample(_sample, nonZeroCounted: true);
         }
         finally
         {
@@ -135,10 +138,38 @@ public sealed partial class MagnitudeSelection
         }
     }
 
-    private SelectionStep PlanFromSample(long[] sample)
+    /// <summary>
+    /// Adds to the presample: <paramref name="table"/>'s coarse-bin counts of magnitudes sampled from the data before the
+    /// first pass (a few elements from all over the tensor; no non-zero count), as <see cref="RentSampleTable"/> gives it.
+    /// </summary>
+    internal void AddPresample(uint[] table) => AddSampleCounts(table, nonZero: 0);
+
+    /// <summary>
+    /// After the presample: whether it planned a bracket, which the first pass then counts as it computes δ
+    /// (<see cref="CountsBracketWhileReading"/>) before <see cref="FinishBracket"/>. When it did not (too few samples,
+    /// too wide a bracket), the first pass samples as usual.
+    /// </summary>
+    public bool FinishPresample()
+    {
+        _sample ??= RentHistogram();
+        try
+        {
+            return NeedsPasses && PlanFromSample(_sample, nonZeroCounted: false) == SelectionStep.Bracket;
+        }
+        finally
+        {
+            ReturnHistogram(ref _sample);
+        }
+    }
+
+    /// <summary>Whether a bracket is planned and not yet finished: a pass that computes δ counts it instead of sampling.</summary>
+    public bool CountsBracketWhileReading => _bracket is not null;
+
+    private SelectionStep PlanFromSample(long[] sample, bool nonZeroCounted)
     {
         if (!NeedsPasses) return SelectionStep.Done;
-        if (_nonZero <= _keep)
+        // Without an exact count of the non-zero elements, a threshold of 0 shows as a bracket that starts at 0.
+        if (nonZeroCounted && _nonZero <= _keep)
         {
             // The k-th largest magnitude is 0: everything non-zero is kept, and k − nonZero of the zeros.
             ThresholdBits = 0;
@@ -189,39 +220,71 @@ public sealed partial class MagnitudeSelection
     {
         var ranges = Partition.Ranges(count);
         if (ranges.Any(r => r.End - r.Start > MaxSpan)) _rangeEntries = null;
-        var recorded = _rangeEntries is null ? null : new (uint, uint)[ranges.Length][];
+        var recorded = BeginBracketCall(ranges.Length);
         Parallel.For(0, ranges.Length, r =>
         {
             var (rangeStart, rangeEnd) = ranges[r];
-            var width = (int)(_bracketHigh - _bracketLow);
-            // Grown to the widest bracket seen, so a thread's table is only as large as the brackets need.
-            if (t_bracketTable is not { } table || table.Length < width) t_bracketTable = table = new uint[width];
             for (var start = rangeStart; start < rangeEnd; start += MaxSpan)
             {
                 var end = Math.Min(rangeEnd, start + MaxSpan);
-                Array.Clear(table, 0, width);
-                var (above, zeros) = CountBracket(table, (uint*)data + start, end - start, _bracketLow, _bracketHigh);
-                lock (_bracket!)
-                {
-                    for (var b = 0; b < width; b++) _bracket[b] += table[b];
-                    _aboveBracket += above;
-                    _zerosInBracket += zeros;
-                }
-                if (recorded is not null)
-                {
-                    var entries = new List<(uint, uint)>();
-                    for (var b = 0; b < width; b++)
-                    {
-                        // Zeros were counted apart from the table; their entry is 0 (only a zero has magnitude bits 0).
-                        var entryCount = b == 0 ? table[0] + (uint)zeros : table[b];
-                        if (entryCount != 0) entries.Add(((uint)b, entryCount));
-                    }
-                    recorded[r] = entries.ToArray();
-                }
+                var table = RentBracketTable();
+                long above = 0, zeros = 0;
+                CountBracket(table, data + start, end - start, ref above, ref zeros);
+                AddBracketCounts(table, above, zeros, recorded, r);
             }
         });
+        EndBracketCall(recorded);
+    }
+
+    /// <summary>
+    /// Starts one call's bracket counts (a chunk, split into <paramref name="ranges"/> parallel ranges by
+    /// <see cref="Partition.Ranges"/>): where each range's counts are recorded for the tie budgets, or null when they are not kept.
+    /// </summary>
+    internal (uint Entry, uint Count)[][]? BeginBracketCall(int ranges) => _rangeEntries is null ? null : new (uint, uint)[ranges][];
+
+    /// <summary>The calling thread's bracket table, cleared to the bracket's width (grown to the widest bracket seen, so a thread's table is only as large as the brackets need).</summary>
+    internal uint[] RentBracketTable()
+    {
+        var width = (int)(_bracketHigh - _bracketLow);
+        if (t_bracketTable is not { } table || table.Length < width) t_bracketTable = table = new uint[width];
+        Array.Clear(table, 0, width);
+        return table;
+    }
+
+    /// <summary>Counts <paramref name="count"/> elements against the bracket into a range's table and counts (at most <see cref="MaxSpan"/> per table).</summary>
+    internal unsafe void CountBracket(uint[] table, float* data, long count, ref long above, ref long zeros)
+    {
+        var (a, z) = CountBracket(table, (uint*)data, count, _bracketLow, _bracketHigh);
+        above += a;
+        zeros += z;
+    }
+
+    /// <summary>Adds range <paramref name="range"/>'s table and counts to the bracket, and records its entries in <paramref name="recorded"/>.</summary>
+    internal void AddBracketCounts(uint[] table, long above, long zeros, (uint Entry, uint Count)[][]? recorded, int range)
+    {
+        var width = (int)(_bracketHigh - _bracketLow);
+        lock (_bracket!)
+        {
+            for (var b = 0; b < width; b++) _bracket[b] += table[b];
+            _aboveBracket += above;
+            _zerosInBracket += zeros;
+        }
+        if (recorded is null) return;
+        var entries = new List<(uint, uint)>();
+        for (var b = 0; b < width; b++)
+        {
+            // Zeros were counted apart from the table; their entry is 0 (only a zero has magnitude bits 0).
+            var entryCount = b == 0 ? table[0] + (uint)zeros : table[b];
+            if (entryCount != 0) entries.Add(((uint)b, entryCount));
+        }
+        recorded[range] = entries.ToArray();
+    }
+
+    /// <summary>Ends one call's bracket counts: its ranges' entries join those of the calls before it (in element order).</summary>
+    internal void EndBracketCall((uint Entry, uint Count)[][]? recorded)
+    {
         if (recorded is null || _rangeEntries is null) return;
-        _recordedEntries += recorded.Sum(e => e.Length);
+        _recordedEntries += recorded.Sum(e => e?.Length ?? 0);
         if (_recordedEntries > MaxRecordedEntries) _rangeEntries = null;
         else _rangeEntries.Add(recorded);
     }

@@ -23,6 +23,13 @@ internal interface IChunkPasses
 
     /// <summary>One pass that also sees the base chunk (float32 when the merge says <see cref="ITensorMerge.NeedsBaseValues"/>).</summary>
     void ForEachChunk(Action<long, ChunkView, ChunkView[]> body);
+
+    /// <summary>
+    /// Adds a sample of input <paramref name="input"/>'s δ to <paramref name="selection"/>'s presample before the first
+    /// pass (<see cref="MagnitudeSelection.AddPresample"/>), when the tensor is in memory already (kept as stored), so
+    /// that the first pass can count a bracket instead of sampling. False when it is not, and nothing was added.
+    /// </summary>
+    bool Presample(int input, MagnitudeSelection selection);
 }
 
 /// <summary>

@@ -1,0 +1,173 @@
+using System.Runtime.InteropServices;
+using Dare.Engine.Merge;
+using Dare.Engine.Safetensors;
+using Xunit;
+
+namespace Dare.Engine.Tests.Merge;
+
+/// <summary>
+/// A tensor kept as stored is presampled before its first pass, and that pass counts the planned bracket as it
+/// computes δ (<see cref="ChunkKernels.WidenSubtractMask(StoredRange, ushort*, float*, long, long, bool, ulong, uint, float, MagnitudeSelection?)"/>).
+/// The threshold, its ties and each range's tie budget must be those of δ written out and sorted.
+/// </summary>
+public sealed unsafe class PresampledBracketTests
+{
+    // Large enough that the presample (one element in 64) brackets the threshold within a few coarse bins.
+    private const int N = 3_000_000;
+    private static readonly int[] Chunks = { 1_250_000, 1_000_000, 750_000 };
+
+    /// <summary>bfloat16 bits of k/64 for small k.</summary>
+    private static ushort Bits(int k) => (ushort)(BitConverter.SingleToUInt32Bits(k / 64f) >> 16);
+
+    /// <summary>bfloat16 bits of Gaussian values: over a zero base these are δ, each value shared by many elements (ties).</summary>
+    private static ushort[] GaussianBits(int n, Random random) => Enumerable.Range(0, n).Select(_ =>
+    {
+        var gaussian = Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble());
+        return (ushort)(BitConverter.SingleToUInt32Bits((float)(gaussian * 0.002)) >> 16);
+    }).ToArray();
+
+    /// <summary>δ as defined: tuned − base in float32, then DARE's drop (zero) or rescale.</summary>
+    private static float[] PlainDelta(ushort[] baseBits, ushort[] tunedBits, bool dare, ulong key, uint threshold, float scale) =>
+        Enumerable.Range(0, baseBits.Length).Select(j =>
+        {
+            var delta = BitConverter.UInt32BitsToSingle((uint)tunedBits[j] << 16) - BitConverter.UInt32BitsToSingle((uint)baseBits[j] << 16);
+            return !dare ? delta : DareMask.IsDropped(key, j, threshold) ? 0f : delta * scale;
+        }).ToArray();
+
+    /// <summary>The presample, then the δ pass over the chunks with the selection; returns δ as the kernel wrote it.</summary>
+    private static float[] PresampleThenDeltaPass(ushort[] baseBits, ushort[] tunedBits, MagnitudeSelection selection, bool dare, ulong key, uint threshold, float scale,
+        Func<bool> afterPresample)
+    {
+        var n = baseBits.Length;
+        var info = new TensorInfo("t", SafetensorsDType.BF16, new long[] { n }, "t.safetensors", 0, 2L * n);
+        var delta = new float[n];
+        fixed (ushort* b = baseBits, t = tunedBits)
+        fixed (float* d = delta)
+        {
+            ChunkKernels.Presample(b, t, n, dare, key, threshold, scale, selection);
+            if (!afterPresample()) return delta;
+            long first = 0;
+            foreach (var count in Chunks)
+            {
+                using var tuned = new StoredRange(info, first, count, (byte*)(t + first), owned: false);
+                ChunkKernels.WidenSubtractMask(tuned, b + first, d + first, first, count, dare, key, threshold, scale, selection);
+                first += count;
+            }
+            Assert.Equal(n, first);
+        }
+        return delta;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_presampled_bracket_counted_in_the_delta_pass_gives_the_sorted_threshold_and_each_ranges_tie_budget(bool dare)
+    {
+        var random = new Random(dare ? 31 : 32);
+        var baseBits = new ushort[N];
+        var tunedBits = GaussianBits(N, random);
+        var (key, threshold, scale) = (DareMask.Key(42, 0, "t"), DareMask.Threshold(0.3), 1 / 0.7f);
+        var plain = PlainDelta(baseBits, tunedBits, dare, key, threshold, scale);
+        const long keep = N / 5;
+        var selection = new MagnitudeSelection(keep, N);
+
+        var delta = PresampleThenDeltaPass(baseBits, tunedBits, selection, dare, key, threshold, scale, () =>
+        {
+            Assert.True(selection.FinishPresample());
+            Assert.True(selection.CountsBracketWhileReading);
+            return true;
+        });
+        var step = selection.FinishBracket();
+
+        Assert.Equal(plain.Select(BitConverter.SingleToUInt32Bits), delta.Select(BitConverter.SingleToUInt32Bits));
+        Assert.Equal(SelectionStep.Done, step);
+        Assert.False(selection.CountsBracketWhileReading);
+        var magnitudes = plain.Select(x => BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF).ToArray();
+        var kth = magnitudes.OrderDescending().ElementAt((int)keep - 1);
+        Assert.Equal(kth, selection.ThresholdBits);
+        Assert.Equal(keep - magnitudes.Count(m => m > kth), selection.TiesToKeep);
+        Assert.Equal(magnitudes.Count(m => m == kth), selection.TieCount);
+        Assert.True(selection.TieCount > selection.TiesToKeep && selection.TiesToKeep > 0, "the threshold's ties are split");
+
+        // Each chunk's ranges hand out the first TiesToKeep ties in element order; long.MaxValue where a range keeps all of its own.
+        var remaining = selection.TiesToKeep;
+        long offset = 0;
+        for (var c = 0; c < Chunks.Length; c++)
+        {
+            var ranges = Partition.Ranges(Chunks[c]);
+            var budgets = selection.TieBudgets(c);
+            Assert.NotNull(budgets);
+            Assert.Equal(ranges.Length, budgets!.Length);
+            for (var r = 0; r < ranges.Length; r++)
+            {
+                var ties = Enumerable.Range((int)(offset + ranges[r].Start), (int)(ranges[r].End - ranges[r].Start)).LongCount(j => magnitudes[j] == kth);
+                Assert.Equal(ties <= remaining ? long.MaxValue : remaining, budgets[r]);
+                remaining -= Math.Min(ties, remaining);
+            }
+            offset += Chunks[c];
+        }
+        Assert.Equal(0, remaining);
+    }
+
+    [Fact]
+    public void A_presample_that_misleads_leaves_the_bracket_missed_and_the_exact_passes_find_the_threshold()
+    {
+        // Large δ where the presample's runs fall (16 elements every PresampleSpacing), small everywhere else: the
+        // presample puts the threshold among the large values, where it is not.
+        var random = new Random(33);
+        var sampled = Enumerable.Range(0, N).Select(j => j % ChunkKernels.PresampleSpacing < ChunkKernels.PresampleRun).ToArray();
+        var baseBits = Enumerable.Range(0, N).Select(_ => Bits(0)).ToArray();
+        var tunedBits = Enumerable.Range(0, N).Select(j => Bits(sampled[j] ? 40 + random.Next(8) : 1 + random.Next(8))).ToArray();
+        const long keep = N / 10;
+        var selection = new MagnitudeSelection(keep, N);
+
+        var delta = PresampleThenDeltaPass(baseBits, tunedBits, selection, false, 0, 0, 1f, () => selection.FinishPresample());
+        Assert.Equal(SelectionStep.CoarseAndFine, selection.FinishBracket());
+        fixed (float* d = delta)
+        {
+            selection.AddCoarse(d, N);
+            selection.FinishCoarse();
+            selection.AddFine(d, N);
+            selection.FinishFine();
+        }
+
+        Assert.Equal(delta.Select(MathF.Abs).OrderDescending().ElementAt((int)keep - 1), selection.Threshold);
+    }
+
+    [Fact]
+    public void A_presample_too_small_to_plan_a_bracket_leaves_the_delta_pass_sampling_as_before()
+    {
+        var random = new Random(34);
+        const int n = 20_000; // ~310 presampled elements: fewer than a bracket needs
+        var baseBits = new ushort[n];
+        var tunedBits = GaussianBits(n, random);
+        var selection = new MagnitudeSelection(n / 5, n);
+        var info = new TensorInfo("t", SafetensorsDType.BF16, new long[] { n }, "t.safetensors", 0, 2L * n);
+        var delta = new float[n];
+
+        fixed (ushort* b = baseBits, t = tunedBits)
+        fixed (float* d = delta)
+        {
+            ChunkKernels.Presample(b, t, n, false, 0, 0, 1f, selection);
+            Assert.False(selection.FinishPresample());
+            Assert.False(selection.CountsBracketWhileReading);
+            using var tuned = new StoredRange(info, 0, n, (byte*)t, owned: false);
+            ChunkKernels.WidenSubtractMask(tuned, b, d, 0, n, false, 0, 0, 1f, selection);
+            // The pass took the ordinary sample (every 17th element), and its route finds the threshold as ever.
+            var step = selection.FinishSample();
+            if (step == SelectionStep.Bracket)
+            {
+                selection.AddBracket(d, n);
+                step = selection.FinishBracket();
+            }
+            if (step == SelectionStep.CoarseAndFine)
+            {
+                selection.AddCoarse(d, n);
+                selection.FinishCoarse();
+                selection.AddFine(d, n);
+                selection.FinishFine();
+            }
+        }
+        Assert.Equal(delta.Select(MathF.Abs).OrderDescending().ElementAt(n / 5 - 1), selection.Threshold);
+    }
+}
