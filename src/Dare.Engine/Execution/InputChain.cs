@@ -56,7 +56,7 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
             long dropped;
             using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused))
             {
-                var (dare, key, threshold, scale) = Drop is { } d ? (true, d.Key, d.Threshold, d.Scale) : (false, 0UL, 0u, 1f);
+                var (dare, key, threshold, scale) = FusedDrop;
                 dropped = baseChunk.DType == SafetensorsDType.BF16
                     ? ChunkKernels.WidenSubtractMask(tunedBits, baseChunk.BFloat16Bits, delta.Floats, first, count, dare, key, threshold, scale, sample)
                     : ChunkKernels.WidenSubtractMask(tunedBits, baseChunk.Floats, delta.Floats, first, count, dare, key, threshold, scale, sample);
@@ -76,9 +76,15 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
         return values;
     }
 
+    /// <summary>The DARE mask the fused kernels apply: whether there is one, its key, hash threshold and rescale.</summary>
+    public (bool Dare, ulong Key, uint Threshold, float Scale) FusedDrop => Drop is { } d ? (true, d.Key, d.Threshold, d.Scale) : (false, 0UL, 0u, 1f);
+
     /// <summary>This input as a source of the single-pass bfloat16 merge (only when <see cref="IsFused"/>).</summary>
-    public DeltaSource FusedSource(StoredRange stored) =>
-        Drop is { } d ? new DeltaSource(stored, true, d.Key, d.Threshold, d.Scale) : new DeltaSource(stored, false, 0, 0, 1f);
+    public DeltaSource FusedSource(StoredRange stored)
+    {
+        var (dare, key, threshold, scale) = FusedDrop;
+        return new DeltaSource(stored, dare, key, threshold, scale);
+    }
 
     /// <summary>Records what the single-pass merge dropped.</summary>
     public void CountFused(long dropped) => Drop?.CountFused(dropped);

@@ -324,7 +324,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         {
             if (!KeepsStored || !inputs[input].IsFused) return false;
             _stored ??= ReadStored();
-            var (dare, key, threshold, scale) = inputs[input].Drop is { } d ? (true, d.Key, d.Threshold, d.Scale) : (false, 0UL, 0u, 1f);
+            var (dare, key, threshold, scale) = inputs[input].FusedDrop;
             using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select))
             {
                 ChunkKernels.Presample((ushort*)_stored[0].Data, (ushort*)_stored[input + 1].Data, baseInfo.ElementCount, dare, key, threshold, scale, selection);

@@ -106,7 +106,7 @@ internal static unsafe class ChunkKernels
         {
             for (var j = start; j < Math.Min(count, start + PresampleRun); j++)
             {
-                var delta = BitConverter.UInt32BitsToSingle((uint)tunedBits[j] << 16) - BitConverter.UInt32BitsToSingle((uint)baseBits[j] << 16);
+                var delta = WidenSubtractBFloat16Operator.Difference(tunedBits[j], baseBits[j]);
                 if (dare) delta = DareMask.IsDropped(key, j, threshold) ? 0f : delta * scale;
                 table[(BitConverter.SingleToUInt32Bits(delta) & 0x7FFFFFFF) >> 16]++;
             }
@@ -244,6 +244,9 @@ internal readonly unsafe struct WidenSubtractBFloat16Operator(ushort* source, us
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long i) =>
-        destination[i] = BitConverter.UInt32BitsToSingle((uint)source[i] << 16) - BitConverter.UInt32BitsToSingle((uint)subtrahend[i] << 16);
+    public void Scalar(long i) => destination[i] = Difference(source[i], subtrahend[i]);
+
+    /// <summary>(float)a − (float)b for bfloat16 bits: one element of the operator.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Difference(ushort a, ushort b) => BitConverter.UInt32BitsToSingle((uint)a << 16) - BitConverter.UInt32BitsToSingle((uint)b << 16);
 }
