@@ -267,6 +267,8 @@ function Format-Verdict([double] $Value, [double] $Limit, [string] $Unit, [switc
 New-Item -ItemType Directory -Force $dataRoot, $runsRoot | Out-Null
 if ($Profile) { $env:DARE_PROFILE = '1' }
 try {
+    # The start-up step plans a merge of the small set, so that set must exist first (on a fresh clone it does not).
+    Initialize-DataSet 'small'
     # Interleaved with a bare pwsh start, so the module's own cost is a difference measured in the same minute.
     $bare = [Collections.Generic.List[object]]::new(); $startup = [Collections.Generic.List[object]]::new(); $torch = [Collections.Generic.List[object]]::new()
     foreach ($i in 1..5) { $bare.Add((Measure-Step 'small' 'bare')); $startup.Add((Measure-Step 'small' 'startup')); $torch.Add((Measure-Step 'small' 'torch')) }

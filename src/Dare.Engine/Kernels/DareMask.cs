@@ -185,6 +185,41 @@ public static class DareMask
         }
     }
 
+    /// <summary>
+    /// The hashes of elements [first, first + count) into <paramref name="destination"/>, 8 at a time: for a drop
+    /// whose threshold differs per element (DELLA's, by magnitude rank).
+    /// </summary>
+    internal static unsafe void Hashes(ulong key, long first, long count, uint* destination)
+    {
+        for (var position = 0L; position < count;)
+        {
+            var index = first + position;
+            var length = Math.Min(count - position, (((index >> 32) + 1) << 32) - index);
+            var (k0, k1) = BlockKeys(key, index >> 32);
+            VectorDriver.Run(new HashOperator(destination + position, (uint)index, k0, k1), 0, length);
+            position += length;
+        }
+    }
+
+    /// <summary>Within one 2^32-element block: element i's hash, as <see cref="Hash"/> computes it.</summary>
+    private readonly unsafe struct HashOperator(uint* destination, uint low, uint k0, uint k1) : IElementOperator
+    {
+        private readonly Vector256<uint> _k0Vector = Vector256.Create(k0), _k1Vector = Vector256.Create(k1);
+
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long i)
+        {
+            var counter = Vector256.Create(low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
+            MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + _k0Vector) ^ _k1Vector).Store(destination + i);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long i) => destination[i] = Mix(Mix((low + (uint)i) * 0x9E3779B1u + k0) ^ k1);
+    }
+
     /// <summary>One element of the drop: zeroed if its hash is below the threshold (returns true), else scaled.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe bool DropScalar(float* value, uint counter, uint k0, uint k1, uint threshold, float scale)

@@ -50,43 +50,38 @@ public static class DellaDropParameters
 internal sealed unsafe class DellaDrop
 {
     private readonly L1Accumulator? _before, _after;
-    private readonly double _density, _epsilon;
-    private readonly DareRescale _rescale;
-    private readonly double _q;
+    private readonly double _density;
 
     private DellaDrop(DellaOptions options, TensorPosition position, long elementCount, long rowLength)
     {
         _density = options.Density.Resolve(position);
-        _epsilon = options.Epsilon.Resolve(position);
-        if (_density < 1) CheckBounds(_density, _epsilon, position.Name);
-        _rescale = options.Rescale;
-        _q = options.Q;
+        var epsilon = options.Epsilon.Resolve(position);
+        if (_density < 1) CheckBounds(_density, epsilon, position.Name);
         Key = DareMask.Key(options.Seed, options.Stream, position.Name);
         RowLength = rowLength;
-        if (_rescale == DareRescale.L1 && _density < 1)
+        if (options.Rescale == DareRescale.L1 && _density < 1)
         {
             _before = new L1Accumulator();
             _after = new L1Accumulator();
         }
         TargetDropped = _density < 1 ? (1 - _density) * elementCount : 0;
-        if (_density < 1 && rowLength <= MaxPrecomputedRow) (_thresholds, _scales) = ByRank(rowLength);
+        // The drop threshold and survivor scale depend only on the rank, so every row shares one table.
+        if (_density < 1) (_thresholds, _scales) = ByRank(_density, epsilon, options.Rescale, options.Q, rowLength);
     }
 
-    // The drop threshold and survivor scale depend only on the rank, so rows up to this length share one table.
-    private const long MaxPrecomputedRow = 1 << 20;
-    private readonly uint[]? _thresholds;
-    private readonly float[]? _scales;
+    private readonly uint[] _thresholds = [];
+    private readonly float[] _scales = [];
 
     /// <summary>Per rank (index rank − 1): DARE's drop threshold for 1 − pᵢ and the survivor's scale.</summary>
-    private (uint[] Thresholds, float[] Scales) ByRank(long rowLength)
+    private static (uint[] Thresholds, float[] Scales) ByRank(double density, double epsilon, DareRescale rescale, double q, long rowLength)
     {
         var thresholds = new uint[rowLength];
         var scales = new float[rowLength];
         for (var rank = 1; rank <= rowLength; rank++)
         {
-            var keep = KeepProbability(_density, _epsilon, rank, rowLength);
+            var keep = KeepProbability(density, epsilon, rank, rowLength);
             thresholds[rank - 1] = DareMask.Threshold(1 - keep);
-            scales[rank - 1] = Scale(_rescale, keep, _q);
+            scales[rank - 1] = Scale(rescale, keep, q);
         }
         return (thresholds, scales);
     }
@@ -139,20 +134,23 @@ internal sealed unsafe class DellaDrop
         if (_density >= 1) return;
         if (first % RowLength != 0 || count % RowLength != 0) throw new InvalidOperationException("DELLA needs chunks of whole rows.");
         if (_before is not null && firstPass) _before.Add(data, count);
-        var rows = count / RowLength;
-        var (density, epsilon, rowLength, key, rescale, q) = (_density, _epsilon, RowLength, Key, _rescale, _q);
-        var (thresholds, scales) = (_thresholds, _scales);
-        var ranges = Partition.Ranges(rows);
-        var counts = new long[ranges.Length];
-        Partition.Run(rows, (r, start, end) =>
+        var (rowLength, key, thresholds, scales) = ((int)RowLength, Key, _thresholds, _scales);
+        var counts = new long[Partition.Ranges(count).Length];
+        // The element partition, rounded to whole rows: a chunk of a few long rows still uses every core.
+        Partition.Run(count, (r, start, end) =>
         {
-            var order = new ulong[rowLength];
+            var order = new MagnitudeOrder();
+            var hashes = new uint[rowLength];
             long local = 0;
-            for (var row = start; row < end; row++)
+            fixed (uint* rowHashes = hashes)
             {
-                local += thresholds is not null
-                    ? ApplyRow(data + row * rowLength, first + row * rowLength, order, key, thresholds, scales!)
-                    : ApplyRow(data + row * rowLength, first + row * rowLength, order, density, epsilon, key, rescale, q);
+                for (var row = (start + rowLength - 1) / rowLength; row < (end + rowLength - 1) / rowLength; row++)
+                {
+                    var values = data + row * rowLength;
+                    DareMask.Hashes(key, first + row * rowLength, rowLength, rowHashes);
+                    var sorted = order.Sort(values, rowLength);
+                    local += ApplyRow(values, rowHashes, sorted, thresholds, scales);
+                }
             }
             counts[r] = local;
         });
@@ -163,57 +161,21 @@ internal sealed unsafe class DellaDrop
     }
 
     /// <summary>
-    /// One row: a sort of (|δ| bits, position) gives each entry its rank, ties in magnitude ranked by position; the entry
-    /// at index i is dropped when DARE's hash of i falls below (1 − pᵢ)·2³², survivors scaled by the rescale.
+    /// One row, given its entries in rank order (<see cref="MagnitudeOrder"/>: ties in magnitude ranked by position) and
+    /// each entry's DARE hash: the entry of rank r is dropped when its hash falls below thresholds[r − 1] (that is
+    /// (1 − pᵣ)·2³²), a survivor is multiplied by scales[r − 1]. Without a branch: a drop is random, so it would be
+    /// mispredicted a third of the time.
     /// </summary>
-    private static long ApplyRow(float* row, long firstIndex, ulong[] order, double density, double epsilon, ulong key, DareRescale rescale, double q)
+    private static long ApplyRow(float* row, uint* hashes, ReadOnlySpan<ulong> sorted, uint[] thresholds, float[] scales)
     {
-        var n = order.Length;
-        SortByMagnitude(row, order);
         long dropped = 0;
-        for (var rank = 1; rank <= n; rank++)
+        for (var r = 0; r < sorted.Length; r++)
         {
-            var i = (int)(uint)order[rank - 1];
-            var keep = KeepProbability(density, epsilon, rank, n);
-            if (DareMask.Hash(key, firstIndex + i) < DareMask.Threshold(1 - keep))
-            {
-                row[i] = 0f;
-                dropped++;
-            }
-            else
-            {
-                row[i] *= Scale(rescale, keep, q);
-            }
+            var i = (int)(uint)sorted[r];
+            var drop = ((long)hashes[i] - thresholds[r]) >> 63; // all ones when dropped
+            row[i] = BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(row[i] * scales[r]) & ~(uint)drop);
+            dropped -= drop;
         }
         return dropped;
-    }
-
-    /// <summary>The same row with the thresholds and scales looked up by rank.</summary>
-    private static long ApplyRow(float* row, long firstIndex, ulong[] order, ulong key, uint[] thresholds, float[] scales)
-    {
-        SortByMagnitude(row, order);
-        long dropped = 0;
-        for (var r = 0; r < order.Length; r++)
-        {
-            var i = (int)(uint)order[r];
-            if (DareMask.Hash(key, firstIndex + i) < thresholds[r])
-            {
-                row[i] = 0f;
-                dropped++;
-            }
-            else
-            {
-                row[i] *= scales[r];
-            }
-        }
-        return dropped;
-    }
-
-    /// <summary>Positions of the row in rank order: a sort of (|δ| bits, position), so equal magnitudes rank by position.</summary>
-    private static void SortByMagnitude(float* row, ulong[] order)
-    {
-        var bits = (uint*)row;
-        for (var i = 0; i < order.Length; i++) order[i] = ((ulong)(bits[i] & 0x7FFFFFFF) << 32) | (uint)i;
-        Array.Sort(order);
     }
 }

@@ -21,6 +21,19 @@ public sealed class DareMaskTests
         AppliesAsDefined(first, count, p, wide: true);
     }
 
+    [Theory]
+    [InlineData(0L, 2048)]
+    [InlineData(3L, 13)]
+    [InlineData((1L << 32) - 11, 40)] // crosses the 2^32-element block boundary
+    [InlineData((1L << 33) + 5, 7)]   // the scalar tail only
+    public unsafe void Hashes_of_a_range_are_each_element_s_hash(long first, int count)
+    {
+        var key = DareMask.Key(42, 1, "model.layers.0.mlp.up_proj.weight");
+        var hashes = new uint[count];
+        fixed (uint* destination = hashes) DareMask.Hashes(key, first, count, destination);
+        Assert.Equal(Enumerable.Range(0, count).Select(i => DareMask.Hash(key, first + i)), hashes);
+    }
+
     private static unsafe void AppliesAsDefined(long first, int count, double p, bool wide)
     {
         var random = new Random((int)(first % 10007) + count);

@@ -117,6 +117,18 @@ public sealed class DellaTests : IDisposable
     }
 
     [Fact]
+    public void A_chunk_of_many_rows_is_shared_between_the_cores_at_row_boundaries()
+    {
+        // 501 rows of 263: enough elements for two core ranges, whose element boundary (65881) falls inside a row.
+        var (@base, tuned, vectors) = Models(501, 263, 1, 23);
+        var merged = TaskVector.Combine(new[] { vectors[0].WithDella(new DellaOptions(0.3, 0.1, 42, 0)) },
+            new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1.0 }, false));
+        var output = TestModels.ReadFloats(_models.Export(merged, "rows"), "w");
+        var pruned = MagPrune(Delta(@base, tuned[0]), 263, 0.3, 0.1, 42, 0, "w", DareRescale.InverseKeep);
+        AssertClose(@base.Select((b, i) => b + pruned[i]).ToArray(), output);
+    }
+
+    [Fact]
     public void Della_is_magprune_then_sign_consensus_normalized_by_the_agreeing_weights()
     {
         var (@base, tuned, vectors) = Models(4, 32, 3, 12);
