@@ -1,3 +1,5 @@
+using System.Numerics;
+
 namespace Dare.Engine.Merge;
 
 /// <summary>
@@ -117,9 +119,27 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
             }
             for (; next < positions.Length && positions[next] < first + n; next++) values[next] = Importance(d[positions[next] - first], positions[next]);
         });
-        Array.Sort(values);
-        float Quantile(float q) => values.Length == 0 ? 0 : values[(long)(q * (values.Length - 1))];
-        _threshold = Quantile(0.5f) + 1.5f * (Quantile(0.75f) - Quantile(0.25f));
+        var (lower, median, upper) = Quartiles(values);
+        _threshold = median + 1.5f * (upper - lower);
+    }
+
+    /// <summary>
+    /// The values a sort would put at ⌊q·(n − 1)⌋ for q = ¼, ½, ¾ (mergekit's quantiles), found by selection, which
+    /// reorders <paramref name="values"/>: a million importances per tensor took 80 ms to sort and take 10 ms to select.
+    /// </summary>
+    internal static (float Lower, float Median, float Upper) Quartiles(float[] values)
+    {
+        if (values.Length == 0) return (0, 0, 0);
+        if (Array.Exists(values, float.IsNaN))
+        {
+            Array.Sort(values); // the order Array.Sort gives NaN (first) is what the quantiles have always been
+            return (values[(long)(0.25f * (values.Length - 1))], values[(long)(0.5f * (values.Length - 1))], values[(long)(0.75f * (values.Length - 1))]);
+        }
+        var (k1, k2, k3) = ((int)(0.25f * (values.Length - 1)), (int)(0.5f * (values.Length - 1)), (int)(0.75f * (values.Length - 1)));
+        var span = values.AsSpan();
+        // After selecting k2, everything before it is no larger and everything after no smaller.
+        var median = Selection.Select(span, k2);
+        return (k1 == k2 ? median : Selection.Select(span[..k2], k1), median, k3 == k2 ? median : Selection.Select(span[(k2 + 1)..], k3 - k2 - 1));
     }
 
     private static void Accumulate(ref double max, ref double sum, double x)
@@ -135,24 +155,46 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
 
     private float Importance(float delta, long element) => Math.Abs(delta) * (float)_kl[element / rowLength];
 
+    /// <summary>Tensors up to this many elements mark their sample in a bitmap (at most 32 MB); larger ones in a hash set.</summary>
+    internal const long BitmapLimit = 1L << 28;
+
     /// <summary>
     /// <paramref name="m"/> distinct positions of [0, n), sorted, drawn by Floyd's algorithm from a generator seeded by
-    /// the tensor's name (FNV-1a), so the same tensor always gets the same sample.
+    /// the tensor's name (FNV-1a), so the same tensor always gets the same sample. Which positions are drawn depends
+    /// only on the generator; the bitmap (read in order, so no sort) is 10× faster than the hash set and its sort.
     /// </summary>
-    internal static long[] SamplePositions(long n, int m, string name)
+    internal static long[] SamplePositions(long n, int m, string name, long bitmapLimit = BitmapLimit)
     {
         var hash = 14695981039346656037UL;
         foreach (var c in name) hash = (hash ^ c) * 1099511628211UL;
         var random = new Random(unchecked((int)(hash ^ (hash >> 32))));
-        var chosen = new HashSet<long>(m);
+        if (n > bitmapLimit)
+        {
+            var chosen = new HashSet<long>(m);
+            for (var j = n - m; j < n; j++)
+            {
+                var t = random.NextInt64(j + 1);
+                chosen.Add(chosen.Contains(t) ? j : t);
+            }
+            var sorted = chosen.ToArray();
+            Array.Sort(sorted);
+            return sorted;
+        }
+        var marked = new ulong[(n + 63) / 64];
         for (var j = n - m; j < n; j++)
         {
             var t = random.NextInt64(j + 1);
-            chosen.Add(chosen.Contains(t) ? j : t);
+            // j itself is never marked yet: every earlier pick is at most j − 1.
+            if ((marked[t >> 6] & (1UL << (int)(t & 63))) != 0) t = j;
+            marked[t >> 6] |= 1UL << (int)(t & 63);
         }
-        var sorted = chosen.ToArray();
-        Array.Sort(sorted);
-        return sorted;
+        var positions = new long[m];
+        var next = 0;
+        for (var word = 0; word < marked.Length; word++)
+        {
+            for (var bits = marked[word]; bits != 0; bits &= bits - 1) positions[next++] = word * 64L + BitOperations.TrailingZeroCount(bits);
+        }
+        return positions;
     }
 
     public unsafe void Combine(ChunkView[] deltas, CombineTarget target)

@@ -91,6 +91,44 @@ public sealed class ArceeFusionTests : IDisposable
         Assert.NotEqual(sample, ArceeFusionMerge.SamplePositions(5_000_000, 1000, "lm_head.weight"));
     }
 
+    /// <summary>Floyd's algorithm written out with a sorted set, seeded as documented (FNV-1a of the name).</summary>
+    private static long[] FloydSample(long n, int m, string name)
+    {
+        var hash = 14695981039346656037UL;
+        foreach (var c in name) hash = (hash ^ c) * 1099511628211UL;
+        var random = new Random(unchecked((int)(hash ^ (hash >> 32))));
+        var chosen = new SortedSet<long>();
+        for (var j = n - m; j < n; j++)
+        {
+            var t = random.NextInt64(j + 1);
+            if (!chosen.Add(t)) chosen.Add(j);
+        }
+        return chosen.ToArray();
+    }
+
+    [Theory]
+    [InlineData(5_000_000L, 1000, 1L << 28)] // a bitmap
+    [InlineData(5_000_000L, 1000, 0L)]       // a hash set (tensors past the bitmap limit)
+    [InlineData(3000L, 2500, 1L << 28)]      // most draws collide, so many picks are j itself
+    public void The_sample_is_floyds_algorithm_with_the_named_seed(long n, int m, long bitmapLimit)
+    {
+        Assert.Equal(FloydSample(n, m, "model.layers.0.mlp.up_proj.weight"), ArceeFusionMerge.SamplePositions(n, m, "model.layers.0.mlp.up_proj.weight", bitmapLimit));
+    }
+
+    [Fact]
+    public void The_quartiles_are_the_sorted_values_at_mergekits_positions()
+    {
+        var random = new Random(24);
+        foreach (var length in new[] { 1, 2, 5, 1000, 100_001 })
+        {
+            var values = Enumerable.Range(0, length).Select(_ => random.Next(3) == 0 ? 0f : (float)random.NextDouble()).ToArray();
+            var sorted = values.Order().ToArray();
+            Assert.Equal((sorted[(int)(0.25 * (length - 1))], sorted[(int)(0.5 * (length - 1))], sorted[(int)(0.75 * (length - 1))]), ArceeFusionMerge.Quartiles(values));
+        }
+        var withNaN = new[] { 3f, float.NaN, 1f, 2f, 5f };
+        Assert.Equal((1f, 2f, 3f), ArceeFusionMerge.Quartiles(withNaN)); // sorted: NaN, 1, 2, 3, 5
+    }
+
     [Fact]
     public void The_mergekit_example_recipe_plans_with_the_base_listed_among_the_models()
     {
