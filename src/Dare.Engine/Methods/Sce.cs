@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
 namespace Dare.Engine.Merge;
 
 /// <summary>
@@ -132,12 +135,50 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
     /// <summary>The population variance across the inputs of each element of the chunk, in float32 (reused buffer).</summary>
     private float[] Variances(ChunkView[] deltas)
     {
-        var count = (int)deltas[0].Count;
         _variances ??= new float[setup.ChunkElements];
-        var inputs = ChunkView.FloatPointers(deltas);
-        var m = inputs.Length;
-        for (var j = 0; j < count; j++)
+        fixed (float* variances = _variances) Variances(ChunkView.FloatPointers(deltas), variances, deltas[0].Count);
+        return _variances;
+    }
+
+    /// <summary>Elements [0, count) of the float32 <paramref name="inputs"/>: their variances into <paramref name="variances"/>, on every core.</summary>
+    internal static void Variances(IntPtr[] inputs, float* variances, long count) =>
+        VectorDriver.RunParallel(new VarianceOperator(inputs, variances), count);
+
+    /// <summary>
+    /// Per element, in float64: mean = Σ δᵢ / m, variance = Σ (δᵢ − mean)² / m, rounded to float32. The vector body does
+    /// the same operations in the same order for 8 elements at once (4 float64 lanes twice), so the bits are the same.
+    /// </summary>
+    private readonly struct VarianceOperator(IntPtr[] inputs, float* variances) : IElementOperator
+    {
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long j)
         {
+            var m = inputs.Length;
+            Vector256<double> sumLow = Vector256<double>.Zero, sumHigh = Vector256<double>.Zero;
+            for (var i = 0; i < m; i++)
+            {
+                var (low, high) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
+                (sumLow, sumHigh) = (sumLow + low, sumHigh + high);
+            }
+            var count = Vector256.Create((double)m);
+            var (meanLow, meanHigh) = (sumLow / count, sumHigh / count);
+            Vector256<double> squaresLow = Vector256<double>.Zero, squaresHigh = Vector256<double>.Zero;
+            for (var i = 0; i < m; i++)
+            {
+                var (low, high) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
+                var (dLow, dHigh) = (low - meanLow, high - meanHigh);
+                (squaresLow, squaresHigh) = (squaresLow + dLow * dLow, squaresHigh + dHigh * dHigh);
+            }
+            Vector256.Narrow(squaresLow / count, squaresHigh / count).Store(variances + j);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long j)
+        {
+            var m = inputs.Length;
             double sum = 0;
             for (var i = 0; i < m; i++) sum += ((float*)inputs[i])[j];
             var mean = sum / m;
@@ -147,9 +188,8 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
                 var d = ((float*)inputs[i])[j] - mean;
                 squares += d * d;
             }
-            _variances[j] = (float)(squares / m);
+            variances[j] = (float)(squares / m);
         }
-        return _variances;
     }
 
     public void PrepareChunk(long first, ChunkView[] deltas)

@@ -89,6 +89,16 @@ public sealed class SceTests : IDisposable
     }
 
     [Fact]
+    public void Five_inputs_with_a_scalar_tail_select_the_same_variances_as_the_plain_computation()
+    {
+        // 1212 elements: the variances' vector body (8 at a time) leaves 4 to the scalar one; both must round alike.
+        var (@base, deltas, vectors) = Models(5, 43, n: 1212);
+        var output = TestModels.ReadFloats(_models.Export(Merge(vectors, 0.25), "sce-five"), "w");
+        var expected = Sce(deltas, 0.25);
+        AssertClose(@base.Select((b, i) => b + expected[i]).ToArray(), output);
+    }
+
+    [Fact]
     public void Equal_variances_are_kept_in_element_order_and_tiny_weights_become_uniform()
     {
         // Every position has the same variance (δ = ±1/1024 alternating between the models); the weights' sum is below 1e-6.
@@ -127,5 +137,40 @@ public sealed class SceTests : IDisposable
         new MergeExecutor().Export(replay.Vector, replay.Export);
         Assert.Equal(File.ReadAllBytes(Directory.GetFiles(_models.PathOf("sce-recipe"), "*.safetensors").Single()),
                      File.ReadAllBytes(Directory.GetFiles(_models.PathOf("sce-replay"), "*.safetensors").Single()));
+    }
+}
+
+/// <summary>SCE's variances, bit for bit against the formula in float64 written out per element.</summary>
+public sealed unsafe class SceVarianceTests
+{
+    [Theory]
+    [InlineData(1, 37)]
+    [InlineData(2, 8)]
+    [InlineData(3, 200_003)] // two core ranges, a scalar tail
+    [InlineData(5, 1001)]
+    public void Each_variance_is_the_float64_formula_rounded_to_float32(int models, int count)
+    {
+        var random = new Random(models * 1000 + count);
+        var inputs = Enumerable.Range(0, models).Select(_ => Enumerable.Range(0, count).Select(_ => (float)(random.NextDouble() - 0.5) * (random.Next(4) == 0 ? 1e-3f : 1f)).ToArray()).ToArray();
+        var handles = inputs.Select(i => System.Runtime.InteropServices.GCHandle.Alloc(i, System.Runtime.InteropServices.GCHandleType.Pinned)).ToArray();
+        try
+        {
+            var variances = new float[count];
+            fixed (float* destination = variances) SceTensorMerge.Variances(handles.Select(h => h.AddrOfPinnedObject()).ToArray(), destination, count);
+            for (var e = 0; e < count; e++)
+            {
+                double sum = 0;
+                foreach (var input in inputs) sum += input[e];
+                var mean = sum / models;
+                double squares = 0;
+                foreach (var input in inputs) squares += (input[e] - mean) * (input[e] - mean);
+                var expected = (float)(squares / models);
+                if (BitConverter.SingleToUInt32Bits(expected) != BitConverter.SingleToUInt32Bits(variances[e])) Assert.Fail($"element {e}: expected {expected:R}, got {variances[e]:R}");
+            }
+        }
+        finally
+        {
+            foreach (var handle in handles) handle.Free();
+        }
     }
 }
