@@ -86,14 +86,17 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         passes.ForEachChunk((first, deltas) =>
         {
             var keep = Mask(first, deltas);
-            for (var m = 0; m < deltas.Length; m++)
+            // Each input's sum is one chain in element order (its bits depend on that order): the inputs run side by side.
+            Parallel.For(0, deltas.Length, m =>
             {
                 var d = deltas[m].Floats;
+                var sum = squares[m];
                 for (var j = 0; j < keep.Length; j++)
                 {
-                    if (keep[j]) squares[m] += (double)d[j] * d[j];
+                    if (keep[j]) sum += (double)d[j] * d[j];
                 }
-            }
+                squares[m] = sum;
+            });
         });
         var means = squares.Select(s => n == 0 ? 0 : s / n).ToArray();
         var total = means.Sum();
@@ -206,29 +209,64 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         }
     }
 
-    public void Combine(ChunkView[] deltas, CombineTarget target)
+    public void Combine(ChunkView[] deltas, CombineTarget target) =>
+        VectorDriver.RunParallel(new CombineOperator(ChunkView.FloatPointers(deltas), _weights, target), deltas[0].Count);
+
+    /// <summary>
+    /// Per element, in float64: the sign of Σ δᵢ (≥ 0 is +), then Σ wᵢ·δᵢ / max(Σ wᵢ, 1e-6) over the δᵢ of that sign
+    /// (zeros never agree: mergekit compares sign() with ±1). The vector body adds wᵢ·δᵢ and wᵢ where δᵢ agrees and +0
+    /// where not, which leaves the sums as the scalar body's (neither sum is ever −0), so the bits are the same.
+    /// </summary>
+    private readonly struct CombineOperator(IntPtr[] inputs, double[] weights, CombineTarget target) : IElementOperator
     {
-        var count = deltas[0].Count;
-        var inputs = ChunkView.FloatPointers(deltas);
-        var weights = _weights;
-        Partition.Run(count, (_, start, end) =>
+        public static int Lanes => 8;
+        public static bool IsVectorized => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Vector(long j)
         {
-            for (var j = start; j < end; j++)
+            Vector256<double> sumLow = Vector256<double>.Zero, sumHigh = Vector256<double>.Zero;
+            foreach (var input in inputs)
             {
-                double sum = 0;
-                for (var i = 0; i < inputs.Length; i++) sum += ((float*)inputs[i])[j];
-                var sign = sum >= 0 ? 1 : -1;
-                double merged = 0, weight = 0;
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    var d = ((float*)inputs[i])[j];
-                    // sign(δ) == majority: zeros never agree (mergekit compares sign() with ±1).
-                    if (Math.Sign(d) != sign) continue;
-                    merged += weights[i] * d;
-                    weight += weights[i];
-                }
-                target.Store((float)(merged / Math.Max(weight, WeightFloor)), j);
+                var (low, high) = Vector256.Widen(Vector256.Load((float*)input + j));
+                (sumLow, sumHigh) = (sumLow + low, sumHigh + high);
             }
-        });
+            var (positiveLow, positiveHigh) = (Vector256.GreaterThanOrEqual(sumLow, Vector256<double>.Zero), Vector256.GreaterThanOrEqual(sumHigh, Vector256<double>.Zero));
+            Vector256<double> mergedLow = Vector256<double>.Zero, mergedHigh = Vector256<double>.Zero;
+            Vector256<double> weightLow = Vector256<double>.Zero, weightHigh = Vector256<double>.Zero;
+            for (var i = 0; i < inputs.Length; i++)
+            {
+                var w = Vector256.Create(weights[i]);
+                var (low, high) = Vector256.Widen(Vector256.Load((float*)inputs[i] + j));
+                var agreeLow = Agrees(low, positiveLow);
+                var agreeHigh = Agrees(high, positiveHigh);
+                mergedLow += (w * low) & agreeLow;
+                mergedHigh += (w * high) & agreeHigh;
+                weightLow += w & agreeLow;
+                weightHigh += w & agreeHigh;
+            }
+            var floor = Vector256.Create((double)WeightFloor);
+            target.Store(Vector256.Narrow(mergedLow / Vector256.Max(weightLow, floor), mergedHigh / Vector256.Max(weightHigh, floor)), j);
+        }
+
+        private static Vector256<double> Agrees(Vector256<double> delta, Vector256<double> positive) =>
+            Vector256.ConditionalSelect(positive, Vector256.GreaterThan(delta, Vector256<double>.Zero), Vector256.LessThan(delta, Vector256<double>.Zero));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Scalar(long j)
+        {
+            double sum = 0;
+            foreach (var input in inputs) sum += ((float*)input)[j];
+            var sign = sum >= 0 ? 1 : -1;
+            double merged = 0, weight = 0;
+            for (var i = 0; i < inputs.Length; i++)
+            {
+                var d = ((float*)inputs[i])[j];
+                if (Math.Sign(d) != sign) continue;
+                merged += weights[i] * d;
+                weight += weights[i];
+            }
+            target.Store((float)(merged / Math.Max(weight, WeightFloor)), j);
+        }
     }
 }

@@ -163,8 +163,8 @@ internal sealed unsafe class DellaDrop
     /// <summary>
     /// One row, given its entries in rank order (<see cref="MagnitudeOrder"/>: ties in magnitude ranked by position) and
     /// each entry's DARE hash: the entry of rank r is dropped when its hash falls below thresholds[r − 1] (that is
-    /// (1 − pᵣ)·2³²), a survivor is multiplied by scales[r − 1]. Without a branch: a drop is random, so it would be
-    /// mispredicted a third of the time.
+    /// (1 − pᵣ)·2³²), a survivor is multiplied by scales[r − 1]. Without a branch: a drop is random, so a branch on it
+    /// would be mispredicted as often as not.
     /// </summary>
     private static long ApplyRow(float* row, uint* hashes, ReadOnlySpan<ulong> sorted, uint[] thresholds, float[] scales)
     {
