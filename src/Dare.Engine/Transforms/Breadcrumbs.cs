@@ -1,3 +1,7 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
 namespace Dare.Engine.Merge;
 
 /// <summary>
@@ -112,31 +116,104 @@ internal sealed unsafe class BreadcrumbsPrune
         if (KeepsAll) return;
         if (first == 0)
         {
-            _outlierTies = _outliers.TiesToKeep;
-            _bandTies = _band.TiesToKeep;
+            _outlierTies = Ties(_outliers);
+            _bandTies = Ties(_band);
         }
-        var bits = (uint*)data;
         var (outlierBits, bandBits) = (_outliers.KeepBits, _band.KeepBits);
-        long dropped = 0;
-        for (long i = 0; i < count; i++)
+        var ranges = Partition.Ranges(count);
+        // Equal magnitudes are taken in element order, so each range starts with the ties the ranges before it leave.
+        // Only a budget that may run out inside this chunk needs them counted first.
+        var starts = new (long Outlier, long Band)[ranges.Length];
+        var partial = ranges.Length > 1 && (RunsOutWithin(_outlierTies, count) || RunsOutWithin(_bandTies, count));
+        var equal = new (long Outlier, long Band)[ranges.Length];
+        if (partial) Partition.Run(count, (r, start, end) => equal[r] = CountEqual(data, start, end, outlierBits, bandBits));
+        var (outlierLeft, bandLeft) = (_outlierTies, _bandTies);
+        for (var r = 0; r < ranges.Length; r++)
         {
-            var magnitude = bits[i] & 0x7FFFFFFF;
-            // Both selections see every element, so each one's ties are counted in element order.
-            var outlier = Selected(magnitude, outlierBits, _outliers.NeedsPasses, ref _outlierTies);
-            var inBand = Selected(magnitude, bandBits, _band.NeedsPasses, ref _bandTies);
-            if (inBand && !outlier) continue;
-            data[i] = 0f;
-            dropped++;
+            starts[r] = (outlierLeft, bandLeft);
+            if (partial) (outlierLeft, bandLeft) = (Math.Max(0, outlierLeft - equal[r].Outlier), Math.Max(0, bandLeft - equal[r].Band));
         }
+        var dropped = new long[ranges.Length];
+        Partition.Run(count, (r, start, end) =>
+        {
+            var (outlierTies, bandTies) = starts[r];
+            dropped[r] = ApplyRange(data, start, end, outlierBits, ref outlierTies, bandBits, ref bandTies, out var seen);
+            equal[r] = seen;
+        });
+        (_outlierTies, _bandTies) = (Math.Max(0, _outlierTies - equal.Sum(e => e.Outlier)), Math.Max(0, _bandTies - equal.Sum(e => e.Band)));
         if (!_counting) return;
-        Dropped += dropped;
+        Dropped += dropped.Sum();
         if (first + count >= ElementCount) _counting = false;
     }
 
-    /// <summary>Whether a top-k selection takes an element: above its threshold, or equal to it while its ties last.</summary>
-    private static bool Selected(uint magnitude, uint keepBits, bool counted, ref long ties)
+    private static bool RunsOutWithin(long ties, long count) => ties > 0 && ties < count;
+
+    /// <summary>A selection's ties as a budget: all of them when it keeps all (its threshold is 0), none when it keeps none.</summary>
+    private static long Ties(MagnitudeSelection selection) => selection.KeepAll ? long.MaxValue / 4 : selection.KeepNone ? 0 : selection.TiesToKeep;
+
+    /// <summary>Elements of [start, end) whose magnitude equals each threshold.</summary>
+    private static (long Outlier, long Band) CountEqual(float* data, long start, long end, uint outlierBits, uint bandBits)
     {
-        if (!counted) return keepBits == 0; // KeepAll selects everything, KeepNone nothing
+        var bits = (uint*)data;
+        long outliers = 0, band = 0;
+        for (var i = start; i < end; i++)
+        {
+            var magnitude = bits[i] & 0x7FFFFFFF;
+            outliers += magnitude == outlierBits ? 1 : 0;
+            band += magnitude == bandBits ? 1 : 0;
+        }
+        return (outliers, band);
+    }
+
+    /// <summary>
+    /// Zeroes the elements of [start, end) outside the band, 8 at a time; 8 with a magnitude equal to a threshold go
+    /// one by one, taking ties while they last. Returns how many it zeroed, and in <paramref name="equal"/> how many
+    /// equalled each threshold.
+    /// </summary>
+    private static long ApplyRange(float* data, long start, long end, uint outlierBits, ref long outlierTies, uint bandBits, ref long bandTies, out (long Outlier, long Band) equal)
+    {
+        var bits = (uint*)data;
+        long dropped = 0;
+        equal = (0, 0);
+        var (outlierVector, bandVector, magnitudeMask) = (Vector256.Create(outlierBits), Vector256.Create(bandBits), Vector256.Create(0x7FFFFFFFu));
+        var i = start;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i <= end - 8; i += 8)
+            {
+                var magnitude = Vector256.Load(bits + i) & magnitudeMask;
+                if ((Vector256.Equals(magnitude, outlierVector) | Vector256.Equals(magnitude, bandVector)) != Vector256<uint>.Zero)
+                {
+                    for (var j = i; j < i + 8; j++) dropped += ApplyOne(bits, j, outlierBits, ref outlierTies, bandBits, ref bandTies, ref equal);
+                    continue;
+                }
+                var keep = Vector256.GreaterThan(magnitude, bandVector) & ~Vector256.GreaterThan(magnitude, outlierVector);
+                (Vector256.Load(bits + i) & keep).Store(bits + i);
+                dropped += 8 - BitOperations.PopCount(keep.ExtractMostSignificantBits());
+            }
+        }
+        for (; i < end; i++) dropped += ApplyOne(bits, i, outlierBits, ref outlierTies, bandBits, ref bandTies, ref equal);
+        return dropped;
+    }
+
+    /// <summary>One element: kept when the band takes it and the outliers do not (each above its threshold, or equal while its ties last).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ApplyOne(uint* bits, long i, uint outlierBits, ref long outlierTies, uint bandBits, ref long bandTies, ref (long Outlier, long Band) equal)
+    {
+        var magnitude = bits[i] & 0x7FFFFFFF;
+        if (magnitude == outlierBits) equal.Outlier++;
+        if (magnitude == bandBits) equal.Band++;
+        // Both selections see every element, so each one's ties are counted in element order.
+        var outlier = Selected(magnitude, outlierBits, ref outlierTies);
+        var inBand = Selected(magnitude, bandBits, ref bandTies);
+        if (inBand && !outlier) return 0;
+        bits[i] = 0;
+        return 1;
+    }
+
+    /// <summary>Whether a top-k selection takes an element: above its threshold, or equal to it while its ties last.</summary>
+    private static bool Selected(uint magnitude, uint keepBits, ref long ties)
+    {
         if (magnitude > keepBits) return true;
         if (magnitude < keepBits || ties <= 0) return false;
         ties--;

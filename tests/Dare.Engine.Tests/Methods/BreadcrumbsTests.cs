@@ -90,6 +90,22 @@ public sealed class BreadcrumbsTests : IDisposable
         AssertClose(expected, output);
     }
 
+    [Theory]
+    [InlineData(null)]     // one chunk of 280,000 elements: its ranges (one per core) share the ties in element order
+    [InlineData(150_000L)] // two chunks: the second starts with the ties the first left
+    public void Ties_across_the_cores_ranges_are_taken_in_element_order(long? chunkElements)
+    {
+        // Four magnitudes only, so both thresholds fall inside long runs of equal values.
+        var random = new Random(35);
+        var magnitudes = new[] { 0.125f, 0.25f, 0.5f, 0.75f };
+        var (@base, tuned, vectors) = Models(400, 700, 1, 35, (_, _) => magnitudes[random.Next(4)] * (random.Next(2) == 0 ? -1 : 1));
+        var merged = TaskVector.Combine(new[] { vectors[0].WithBreadcrumbs(new BreadcrumbsOptions(0.45, 0.2)) },
+            new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1.0 }, false));
+        var output = TestModels.ReadFloats(_models.Export(merged, $"ranges{chunkElements}", chunkElements: chunkElements), "w");
+        var band = Band(Delta(@base, tuned[0]), 0.45, 0.2);
+        AssertClose(@base.Select((b, i) => b + band[i]).ToArray(), output);
+    }
+
     [Fact]
     public void Equal_magnitudes_are_taken_in_element_order_and_zero_deltas_stay_zero()
     {
