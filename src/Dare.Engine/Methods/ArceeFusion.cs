@@ -130,12 +130,12 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
     internal static (float Lower, float Median, float Upper) Quartiles(float[] values)
     {
         if (values.Length == 0) return (0, 0, 0);
+        var (k1, k2, k3) = ((int)(0.25f * (values.Length - 1)), (int)(0.5f * (values.Length - 1)), (int)(0.75f * (values.Length - 1)));
         if (Array.Exists(values, float.IsNaN))
         {
-            Array.Sort(values); // the order Array.Sort gives NaN (first) is what the quantiles have always been
-            return (values[(long)(0.25f * (values.Length - 1))], values[(long)(0.5f * (values.Length - 1))], values[(long)(0.75f * (values.Length - 1))]);
+            Array.Sort(values); // NaN has no place in selection's order; Array.Sort puts it first, as it always has here
+            return (values[k1], values[k2], values[k3]);
         }
-        var (k1, k2, k3) = ((int)(0.25f * (values.Length - 1)), (int)(0.5f * (values.Length - 1)), (int)(0.75f * (values.Length - 1)));
         var span = values.AsSpan();
         // After selecting k2, everything before it is no larger and everything after no smaller.
         var median = Selection.Select(span, k2);
@@ -161,7 +161,8 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
     /// <summary>
     /// <paramref name="m"/> distinct positions of [0, n), sorted, drawn by Floyd's algorithm from a generator seeded by
     /// the tensor's name (FNV-1a), so the same tensor always gets the same sample. Which positions are drawn depends
-    /// only on the generator; the bitmap (read in order, so no sort) is 10× faster than the hash set and its sort.
+    /// only on the generator; the bitmap (read in order, so no sort) replaces a hash set and its sort, which took a
+    /// third of a merge's time.
     /// </summary>
     internal static long[] SamplePositions(long n, int m, string name, long bitmapLimit = BitmapLimit)
     {
