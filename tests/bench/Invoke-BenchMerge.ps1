@@ -13,7 +13,7 @@ itself (VmHWM and CPU time from /proc/self, the export's own elapsed time, and t
 so the parent has a fallback when /usr/bin/time is missing.
 #>
 param(
-    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'torch', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock', 'dare-linear-torch', 'dare-ties-torch')] [string] $Method,
+    [Parameter(Mandatory)] [ValidateSet('bare', 'startup', 'torch', 'dare-linear', 'ties', 'dare-ties', 'della', 'slerp', 'model-stock', 'breadcrumbs', 'sce', 'arcee-fusion', 'dare-linear-torch', 'dare-ties-torch')] [string] $Method,
     [Parameter(Mandatory)] [string] $Data,
     [Parameter(Mandatory)] [string] $Output,
     [Parameter(Mandatory)] [string] $Module
@@ -44,6 +44,9 @@ else {
         'della' { $vectors | Invoke-DellaDrop -Density 0.3 -Epsilon 0.1 -Seed 42 | Merge-Ties -KeepRatio 1 }
         'slerp' { $vectors | Select-Object -First 1 | Merge-Slerp -T 0.5 }
         'model-stock' { $vectors | Merge-ModelStock }
+        'breadcrumbs' { $vectors | Invoke-BreadcrumbsDrop -Density 0.9 -Gamma 0.01 | Merge-Linear }
+        'sce' { $vectors | Merge-Sce -SelectTopK 0.1 }
+        'arcee-fusion' { $vectors | Select-Object -First 1 | Merge-ArceeFusion }
     }
     $profiling = $env:DARE_PROFILE -in '1', 'true'
     if ($profiling) {

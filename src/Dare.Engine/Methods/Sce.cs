@@ -48,6 +48,7 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
     private long _tiesLeft;
     private double[] _weights = Array.Empty<double>();
     private float[]? _variances;
+    private bool[]? _keep;
 
     public MagnitudeSelection? SampleWhileReading(int input) => null;
     public IBFloat16SinglePass? SinglePass => null;
@@ -86,12 +87,13 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         passes.ForEachChunk((first, deltas) =>
         {
             var keep = Mask(first, deltas);
+            var count = deltas[0].Count;
             // Each input's sum is one chain in element order (its bits depend on that order): the inputs run side by side.
             Parallel.For(0, deltas.Length, m =>
             {
                 var d = deltas[m].Floats;
                 var sum = squares[m];
-                for (var j = 0; j < keep.Length; j++)
+                for (var j = 0; j < count; j++)
                 {
                     if (keep[j]) sum += (double)d[j] * d[j];
                 }
@@ -113,15 +115,17 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         return zeros;
     }
 
-    /// <summary>The kept positions of elements [first, first + count): the selection applied in element order.</summary>
+    /// <summary>
+    /// The kept positions of elements [first, first + count) in the first count entries of a reused buffer: the
+    /// selection applied in element order.
+    /// </summary>
     private bool[] Mask(long first, ChunkView[] deltas)
     {
-        var count = deltas[0].Count;
-        var keep = new bool[count];
-        if (_keepNone) return keep;
-        if (_selection is null || !_selection.NeedsPasses)
+        var count = (int)deltas[0].Count;
+        var keep = _keep ??= new bool[setup.ChunkElements];
+        if (_keepNone || _selection is null || !_selection.NeedsPasses)
         {
-            Array.Fill(keep, _selection is not { KeepNone: true });
+            Array.Fill(keep, !_keepNone && _selection is not { KeepNone: true }, 0, count);
             return keep;
         }
         if (first == 0) _tiesLeft = _selection.TiesToKeep;
@@ -202,7 +206,7 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
         foreach (var delta in deltas)
         {
             var d = delta.Floats;
-            for (var j = 0; j < keep.Length; j++)
+            for (var j = 0; j < delta.Count; j++)
             {
                 if (!keep[j]) d[j] = 0f;
             }
