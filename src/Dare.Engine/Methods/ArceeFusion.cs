@@ -66,6 +66,10 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
 
     public unsafe void RunPasses(IChunkPasses passes)
     {
+        // The sample depends only on the tensor's size and name: it is drawn (one thread, one generator) while the
+        // first two passes run.
+        var sampling = count <= ArceeFusionMethod.SampleLimit ? Task.FromResult<long[]?>(null)
+            : Task.Run<long[]?>(() => SamplePositions(count, ArceeFusionMethod.SampleLimit, tensorName));
         // Pass 1: per row, running max and Σ exp(x − max) of base and model (a row may span chunks).
         var maxA = Enumerable.Repeat(double.NegativeInfinity, (int)_rows).ToArray();
         var maxB = (double[])maxA.Clone();
@@ -105,7 +109,7 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
         });
 
         // Pass 3: the importances (all, or a fixed sample), then mergekit's threshold median + 1.5·IQR.
-        var positions = count <= ArceeFusionMethod.SampleLimit ? null : SamplePositions(count, ArceeFusionMethod.SampleLimit, tensorName);
+        var positions = sampling.GetAwaiter().GetResult();
         var values = new float[positions?.Length ?? count];
         var next = 0;
         passes.ForEachChunk((first, deltas) =>
