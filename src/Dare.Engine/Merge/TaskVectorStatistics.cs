@@ -1,6 +1,4 @@
 using Dare.Engine.Safetensors;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Dare.Engine.Merge;
 
@@ -41,21 +39,19 @@ public sealed record TaskVectorStatistics(
     /// Computes the statistics by streaming the vector through the executor. Natural sparsity is relative to each
     /// tensor's own max |δ|, which a tensor larger than one chunk only knows after a first pass.
     /// </summary>
-    public static TaskVectorStatistics Measure(TaskVector vector, MergeExecutor executor, bool perTensor, int rankSamples = 0)
+    public static unsafe TaskVectorStatistics Measure(TaskVector vector, MergeExecutor executor, bool perTensor, int rankSamples = 0)
     {
         var accumulators = new Dictionary<string, Accumulator>(StringComparer.Ordinal);
         var counts = executor.StreamDeltas(vector, (info, _, delta) =>
         {
             var a = Accum(accumulators, info);
-            using var values = delta.ToTensor();
-            using var scope = NewDisposeScope();
-            var magnitude = values.abs();
-            a.Max = Math.Max(a.Max, magnitude.max().ToDouble());
-            a.Sum += magnitude.sum(ScalarType.Float64).ToDouble();
-            a.SumSquares += magnitude.square().sum(ScalarType.Float64).ToDouble();
+            var (max, sum, squares) = DeltaMoments.Of(delta.Floats, delta.Count);
+            a.Max = Math.Max(a.Max, max);
+            a.Sum += sum;
+            a.SumSquares += squares;
             if (delta.Count == info.ElementCount)
             {
-                a.Sparse = magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
+                a.Sparse = DeltaMoments.CountBelow(delta.Floats, delta.Count, SparsityFraction * a.Max);
                 a.SparseKnown = true;
             }
         }, "Measuring", tensorDone: (info, drops) =>
@@ -72,10 +68,7 @@ public sealed record TaskVectorStatistics(
             executor.StreamDeltas(vector, (info, _, delta) =>
             {
                 var a = accumulators[info.Name];
-                using var values = delta.ToTensor();
-                using var scope = NewDisposeScope();
-                var magnitude = values.abs();
-                a.Sparse += magnitude.lt(SparsityFraction * a.Max).sum().ToInt64();
+                a.Sparse += DeltaMoments.CountBelow(delta.Floats, delta.Count, SparsityFraction * a.Max);
             }, "Measuring sparsity", t => unknown.Contains(t.Name));
         }
 
