@@ -6,7 +6,7 @@ using Dare.Engine.Safetensors;
 namespace Dare.PowerShell;
 
 /// <summary>
-/// Get-DareRecommendation: measures task vectors (sampled rows and a few SVDs, bounded memory) and applies the DARE
+/// Get-DareRecommendation: measures task vectors (sampled rows and a few matrices' singular values, bounded memory) and applies the DARE
 /// guidance: method, drop rate for layers and for embeddings/head, rescale and TIES keep ratio, each with its reason
 /// and the measurements behind it. A reducer: inputs are collected, the recommendation comes at the end.
 /// </summary>
@@ -65,7 +65,7 @@ public sealed class GetDareRecommendationCommand : DareCmdlet
     [ValidateRange(1, 1_000_000)]
     public int SampleRows { get; set; } = new GuidanceOptions().SampleRows;
 
-    /// <summary>Matrices per full fine-tune whose effective rank is computed (one SVD each) to tell LoRA-like deltas; 0 skips it.</summary>
+    /// <summary>Matrices per full fine-tune whose effective rank is computed (singular values of one whole matrix each) to tell LoRA-like deltas; 0 skips it.</summary>
     [Parameter]
     [ValidateRange(0, 1000)]
     public int RankSamples { get; set; } = new GuidanceOptions().RankSamples;

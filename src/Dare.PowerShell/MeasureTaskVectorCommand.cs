@@ -19,7 +19,7 @@ public sealed class MeasureTaskVectorCommand : DareCmdlet
 
     /// <summary>
     /// How many matrices to sample for the effective rank (Rank99: the singular values holding 99% of ‖δ‖²_F), spread
-    /// over the model; each costs one SVD. 0 skips it.
+    /// over the model; each costs the singular values of one whole matrix. 0 skips it.
     /// </summary>
     [Parameter]
     [ValidateRange(0, 1000)]

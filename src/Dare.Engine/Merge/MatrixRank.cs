@@ -36,10 +36,27 @@ public sealed record MatrixRank(string Tensor, long[] Shape, int Rank99, double 
             using var scope = NewDisposeScope();
             using var delta = executor.ComputeDelta(vector, info.Name);
             using var threads = SmallMatrixThreads.For(info.ElementCount);
-            var singular = linalg.svdvals(delta).to_type(ScalarType.Float64).data<double>().ToArray();
+            var singular = SingularValues(delta);
             result.Add(new MatrixRank(info.Name, info.Shape, Rank99Of(singular), singular.Length > 0 ? singular[0] : 0));
         }
         return result;
+    }
+
+    /// <summary>
+    /// The singular values of a matrix, descending: the square roots of the eigenvalues of its smaller Gram matrix
+    /// (δδᵀ or δᵀδ), formed in float64. A matrix product and a symmetric eigen-solve take a third of the time of an
+    /// SVD (2048 × 5632: 1.8 s against 5.5 s on this project's machine) and give the same Rank99.
+    /// </summary>
+    internal static double[] SingularValues(Tensor matrix)
+    {
+        using var scope = NewDisposeScope();
+        var values = matrix.to_type(ScalarType.Float64);
+        var gram = values.shape[0] <= values.shape[1] ? values.matmul(values.t()) : values.t().matmul(values);
+        var eigenvalues = linalg.eigvalsh(gram).data<double>().ToArray(); // ascending
+        var singular = new double[eigenvalues.Length];
+        // Rounding can leave the smallest a little below zero.
+        for (var i = 0; i < singular.Length; i++) singular[i] = Math.Sqrt(Math.Max(0, eigenvalues[^(i + 1)]));
+        return singular;
     }
 
     /// <summary>The fewest leading singular values (sorted descending) whose squares reach 99% of the sum of squares; 0 for a zero matrix.</summary>

@@ -37,6 +37,24 @@ public sealed class EffectiveRankTests : IDisposable
         Assert.Null(statistics.AdapterRank);
     }
 
+    [Theory]
+    [InlineData(30, 70)]
+    [InlineData(70, 30)]
+    public void The_singular_values_are_the_known_spectrum_whichever_side_is_smaller(int rows, int columns)
+    {
+        // δ = U·diag(σ)·Vᵀ with orthonormal U and V (from QR of random matrices): its singular values are σ, descending.
+        var k = Math.Min(rows, columns);
+        var sigma = Enumerable.Range(0, k).Select(i => 5.0 / (1 + i * i)).ToArray();
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var generator = new TorchSharp.torch.Generator(11);
+        var (u, _) = TorchSharp.torch.linalg.qr(TorchSharp.torch.randn(rows, k, TorchSharp.torch.float64, generator: generator));
+        var (v, _) = TorchSharp.torch.linalg.qr(TorchSharp.torch.randn(columns, k, TorchSharp.torch.float64, generator: generator));
+        var delta = u.matmul(TorchSharp.torch.diag(TorchSharp.torch.tensor(sigma))).matmul(v.t()).to_type(TorchSharp.torch.float32);
+        var singular = MatrixRank.SingularValues(delta);
+        Assert.Equal(k, singular.Length);
+        for (var i = 0; i < k; i++) Assert.Equal(sigma[i], singular[i], 5e-6 * sigma[0]);
+    }
+
     [Fact]
     public void An_adapter_reports_its_rank_and_looks_low_rank_where_a_full_fine_tune_does_not()
     {
