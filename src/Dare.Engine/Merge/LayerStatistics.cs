@@ -77,24 +77,34 @@ public sealed record LayerStatistics(string TaskVector, int? Layer, string Part,
                 executor.StreamDeltas(vector, (_, first, delta) =>
                 {
                     var values = delta.Floats;
-                    var length = delta.Count;
-                    for (long j = 0; j < length; j++)
+                    // Each entry's flags are its own, so the cores share the chunk.
+                    Partition.Run(delta.Count, (_, start, end) =>
                     {
-                        var v = values[j];
-                        if (v == 0) continue;
-                        ref var f = ref flags[first + j];
-                        f |= (byte)((f & NonZeroOnce) != 0 ? NonZeroTwice | NonZeroOnce : NonZeroOnce);
-                        f |= v > 0 ? Positive : Negative;
-                    }
+                        for (var j = start; j < end; j++)
+                        {
+                            var v = values[j];
+                            if (v == 0) continue;
+                            ref var f = ref flags[first + j];
+                            f |= (byte)((f & NonZeroOnce) != 0 ? NonZeroTwice | NonZeroOnce : NonZeroOnce);
+                            f |= v > 0 ? Positive : Negative;
+                        }
+                    });
                 }, $"Measuring sign conflicts ({vector.Name})", t => t.Name == info.Name);
             }
-            long conflicting = 0, overlapping = 0;
-            foreach (var f in flags)
+            var counts = new (long Conflicting, long Overlapping)[Partition.Ranges(flags.LongLength).Length];
+            Partition.Run(flags.LongLength, (r, start, end) =>
             {
-                if ((f & NonZeroTwice) == 0) continue;
-                overlapping++;
-                if ((f & (Positive | Negative)) == (Positive | Negative)) conflicting++;
-            }
+                long conflictingHere = 0, overlappingHere = 0;
+                for (var j = start; j < end; j++)
+                {
+                    var f = flags[j];
+                    if ((f & NonZeroTwice) == 0) continue;
+                    overlappingHere++;
+                    if ((f & (Positive | Negative)) == (Positive | Negative)) conflictingHere++;
+                }
+                counts[r] = (conflictingHere, overlappingHere);
+            });
+            var (conflicting, overlapping) = (counts.Sum(c => c.Conflicting), counts.Sum(c => c.Overlapping));
             var part = partOf(info.Name);
             var (c, o) = totals.GetValueOrDefault(part);
             totals[part] = (c + conflicting, o + overlapping);
