@@ -40,6 +40,8 @@ public sealed class EffectiveRankTests : IDisposable
     [Theory]
     [InlineData(30, 70)]
     [InlineData(70, 30)]
+    [InlineData(64, 140_000)] // the Gram matrix summed over two slices of columns
+    [InlineData(140_000, 64)] // and of rows
     public void The_singular_values_are_the_known_spectrum_whichever_side_is_smaller(int rows, int columns)
     {
         // δ = U·diag(σ)·Vᵀ with orthonormal U and V (from QR of random matrices): its singular values are σ, descending.
