@@ -193,7 +193,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
         }
         else
         {
-            (u, s, vh) = linalg.svd(d, fullMatrices: false);
+            (u, s, vh) = GramSvd(d, cap);
         }
         var values = s.to_type(ScalarType.Float64).data<double>().ToArray();
         var rank = Math.Max(1, ChooseRank(values, norm2, cap, options));
@@ -212,6 +212,29 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             }
         }
         return new Factors(a.data<float>().ToArray(), b.data<float>().ToArray(), rows, columns, rank, norm2 > 0 ? Math.Sqrt(residual / norm2) : 0);
+    }
+
+    /// <summary>
+    /// Every singular value of <paramref name="d"/> and its leading <paramref name="q"/> singular vectors, from the
+    /// eigen-decomposition of the smaller Gram matrix (δδᵀ or δᵀδ) in float64: the eigenvectors are one side's
+    /// singular vectors, δ's product with them divided by σ the other's. A third to a quarter of the time of
+    /// torch.linalg.svd (2048 × 5632: 1.6 s against 6.5 s on this project's machine), the same factors up to the
+    /// sign of each pair of singular vectors (which B·A does not see).
+    /// </summary>
+    private static (Tensor U, Tensor S, Tensor Vh) GramSvd(Tensor d, int q)
+    {
+        var values = d.to_type(ScalarType.Float64);
+        var wide = d.shape[0] <= d.shape[1];
+        var (eigenvalues, eigenvectors) = linalg.eigh(wide ? values.matmul(values.t()) : values.t().matmul(values));
+        // eigh sorts ascending; rounding can leave the smallest a little below zero.
+        var s = eigenvalues.flip(0).clamp_min(0).sqrt();
+        var leading = eigenvectors.flip(1).narrow(1, 0, Math.Max(1, q));
+        // A singular value at rounding level of the largest has no direction to recover: its vectors become zero.
+        var kept = s.narrow(0, 0, leading.shape[1]);
+        var divisor = kept.where(kept.gt(s[0] * 1e-12), double.PositiveInfinity);
+        return wide
+            ? (leading.to_type(ScalarType.Float32), s.to_type(ScalarType.Float32), leading.t().matmul(values).div_(divisor.unsqueeze(1)).to_type(ScalarType.Float32))
+            : (values.matmul(leading).div_(divisor.unsqueeze(0)).to_type(ScalarType.Float32), s.to_type(ScalarType.Float32), leading.t().to_type(ScalarType.Float32));
     }
 
     /// <summary>
