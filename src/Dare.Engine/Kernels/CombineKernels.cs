@@ -166,8 +166,7 @@ internal static unsafe class CombineKernels
 
     private static void RunTies(TiesCombineRange range, long start, long end, bool bySignCount, TiesVectorBody body)
     {
-        if (bySignCount) VectorDriver.Run(new TiesBySignCountOperator(range), start, end);
-        else if (range.Inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesBySumScalarOperator(range), start, end);
+        if (bySignCount || range.Inputs.Length > TiesBySumOperator.MaxInputs) VectorDriver.Run(new TiesScalarOperator(range, bySignCount), start, end);
         else
         {
             if (body == TiesVectorBody.Fastest) body = TiesBySumWideOperator.IsVectorized ? TiesVectorBody.SixteenLanesFewInputs : TiesVectorBody.EightLanesFewInputs;

@@ -81,8 +81,11 @@ internal readonly unsafe struct TiesCombineRange(IntPtr[] inputs, double[] weigh
     }
 }
 
-/// <summary>TIES with the sign elected by #positive − #negative: scalar only (the vector body elects by sum).</summary>
-internal readonly struct TiesBySignCountOperator(TiesCombineRange range) : IElementOperator
+/// <summary>
+/// TIES element by element: with the sign elected by #positive − #negative (the vector bodies elect by sum), or by
+/// Σ wᵢtᵢ for more than <see cref="TiesBySumOperator.MaxInputs"/> inputs (the vector body's scratch is on the stack).
+/// </summary>
+internal readonly struct TiesScalarOperator(TiesCombineRange range, bool bySignCount) : IElementOperator
 {
     public static int Lanes => 1;
     public static bool IsVectorized => false;
@@ -90,19 +93,7 @@ internal readonly struct TiesBySignCountOperator(TiesCombineRange range) : IElem
     public void Vector(long j) => Scalar(j);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long j) => range.Scalar(j, bySignCount: true);
-}
-
-/// <summary>TIES with the sign elected by Σ wᵢtᵢ, scalar only: for more than <see cref="TiesBySumOperator.MaxInputs"/> inputs (the vector body's scratch is on the stack).</summary>
-internal readonly struct TiesBySumScalarOperator(TiesCombineRange range) : IElementOperator
-{
-    public static int Lanes => 1;
-    public static bool IsVectorized => false;
-
-    public void Vector(long j) => Scalar(j);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Scalar(long j) => range.Scalar(j, bySignCount: false);
+    public void Scalar(long j) => range.Scalar(j, bySignCount);
 }
 
 /// <summary>
