@@ -104,18 +104,18 @@ public sealed class DeltaSample
         return Enumerable.Range(0, k).Select(i => (long)i * rows / k).ToList();
     }
 
-    private void Add(int layer, float[][] values)
+    private unsafe void Add(int layer, float[][] values)
     {
         SampledTensors++;
         var length = values[0].Length;
         for (var i = 0; i < _count; i++)
         {
-            var max = 0f;
-            foreach (var v in values[i]) max = Math.Max(max, Math.Abs(v));
-            var threshold = SparsityFraction * max;
-            long sparse = 0;
-            foreach (var v in values[i]) if (Math.Abs(v) < threshold || v == 0) sparse++;
-            _sparse[i] += sparse;
+            fixed (float* data = values[i])
+            {
+                // Measure-TaskVector's natural sparsity; in a sample of zeros (max 0) every entry counts.
+                var max = DeltaMoments.Of(data, length).MaxAbs;
+                _sparse[i] += max == 0 ? length : DeltaMoments.CountBelow(data, length, SparsityFraction * max);
+            }
             _sampled[i] += length;
         }
         if (!_layers.TryGetValue(layer, out var accumulator)) _layers[layer] = accumulator = new LayerAccumulator(_count);

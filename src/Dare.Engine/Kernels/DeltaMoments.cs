@@ -3,8 +3,8 @@ using System.Runtime.Intrinsics;
 namespace Dare.Engine.Merge;
 
 /// <summary>
-/// The figures Measure-TaskVector reports for a float32 chunk of δ: the largest |x|, Σ|x| and Σx² (float64), and how
-/// many |x| lie below a limit. Blocks of 64K elements are summed on every core and their sums added in block order,
+/// The figures Measure-TaskVector reports for a float32 chunk of δ (and the guidance's sample its natural sparsity): the
+/// largest |x|, Σ|x| and Σx² (float64), and how many |x| lie below a limit. Blocks of 64K elements are summed on every core and their sums added in block order,
 /// so the figures do not depend on the number of cores.
 /// </summary>
 internal static unsafe class DeltaMoments

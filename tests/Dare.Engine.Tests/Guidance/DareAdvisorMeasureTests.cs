@@ -150,6 +150,24 @@ public sealed class DareAdvisorMeasureTests : IDisposable
     }
 
     [Fact]
+    public void A_tensor_the_fine_tune_left_alone_counts_every_entry_as_naturally_sparse()
+    {
+        var d = RandomDeltas();
+        Array.Clear(d[2]); // its max |δ| is 0, so "below 1% of the max" is empty: its zeros count all the same
+        var (vector, ds) = Tune("one-unchanged", d);
+        var m = Measure(vector);
+        long below = 0, all = 0;
+        foreach (var tensor in ds)
+        {
+            var max = tensor.Max(v => Math.Abs(v));
+            below += tensor.Count(v => Math.Abs(v) < 0.01 * max || v == 0);
+            all += tensor.Length;
+        }
+        Assert.Equal(ds[2].Length, ds[2].Count(v => v == 0));
+        Assert.Equal((double)below / all, Assert.Single(m.NaturalSparsity), 12);
+    }
+
+    [Fact]
     public void A_mostly_zero_delta_measures_its_natural_sparsity_and_gets_a_lower_rate()
     {
         var d = RandomDeltas();
