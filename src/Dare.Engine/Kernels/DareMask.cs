@@ -38,7 +38,7 @@ public static class DareMask
     public static uint Hash(ulong key, long index)
     {
         var (k0, k1) = BlockKeys(key, index >> 32);
-        return Mix(Mix((uint)index * 0x9E3779B1u + k0) ^ k1);
+        return HashOf((uint)index, k0, k1);
     }
 
     /// <summary>True when DARE drops element <paramref name="index"/>.</summary>
@@ -132,7 +132,7 @@ public static class DareMask
         public void Vector(long i)
         {
             var counter = Vector256.Create(_low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
-            var h = MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + _k0Vector) ^ _k1Vector);
+            var h = HashOf(counter, _k0Vector, _k1Vector);
             var drop = Vector256.LessThan(h, _thresholdVector);
             var values = Vector256.Load(_data + i) * _scaleVector;
             Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(_data + i);
@@ -171,7 +171,7 @@ public static class DareMask
         public void Vector(long i)
         {
             var counter = Vector512.Create(_low + (uint)i) + Vector512.Create(0u, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            var h = MixVector(MixVector(counter * Vector512.Create(0x9E3779B1u) + _k0Vector) ^ _k1Vector);
+            var h = HashOf(counter, _k0Vector, _k1Vector);
             var drop = Vector512.LessThan(h, _thresholdVector);
             var values = Vector512.Load(_data + i) * _scaleVector;
             Vector512.ConditionalSelect(drop.AsSingle(), Vector512<float>.Zero, values).Store(_data + i);
@@ -213,18 +213,18 @@ public static class DareMask
         public void Vector(long i)
         {
             var counter = Vector256.Create(low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
-            MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + _k0Vector) ^ _k1Vector).Store(destination + i);
+            HashOf(counter, _k0Vector, _k1Vector).Store(destination + i);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void Scalar(long i) => destination[i] = Mix(Mix((low + (uint)i) * 0x9E3779B1u + k0) ^ k1);
+        public void Scalar(long i) => destination[i] = HashOf(low + (uint)i, k0, k1);
     }
 
     /// <summary>One element of the drop: zeroed if its hash is below the threshold (returns true), else scaled.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe bool DropScalar(float* value, uint counter, uint k0, uint k1, uint threshold, float scale)
     {
-        var h = Mix(Mix(counter * 0x9E3779B1u + k0) ^ k1);
+        var h = HashOf(counter, k0, k1);
         if (h < threshold)
         {
             *value = 0f;
@@ -240,6 +240,20 @@ public static class DareMask
         var k = block == 0 ? key : SplitMix(key ^ (ulong)block);
         return ((uint)k, (uint)(k >> 32));
     }
+
+    /// <summary>The hash of the element whose counter (low 32 bits of its index) is <paramref name="counter"/>, in a block keyed (k0, k1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint HashOf(uint counter, uint k0, uint k1) => Mix(Mix(counter * 0x9E3779B1u + k0) ^ k1);
+
+    /// <summary><see cref="HashOf(uint, uint, uint)"/> of 8 counters.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> HashOf(Vector256<uint> counter, Vector256<uint> k0, Vector256<uint> k1) =>
+        MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + k0) ^ k1);
+
+    /// <summary><see cref="HashOf(uint, uint, uint)"/> of 16 counters.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<uint> HashOf(Vector512<uint> counter, Vector512<uint> k0, Vector512<uint> k1) =>
+        MixVector(MixVector(counter * Vector512.Create(0x9E3779B1u) + k0) ^ k1);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint Mix(uint x)
