@@ -64,6 +64,19 @@ public sealed class DareAdvisorMeasureTests : IDisposable
         return (double)opposite / both;
     }
 
+    /// <summary>Plain recomputation: per tensor, entries below 1% of that tensor's max |δ|, or zero; over all tensors.</summary>
+    private static double NaturalSparsity(float[][] deltas)
+    {
+        long below = 0, all = 0;
+        foreach (var tensor in deltas)
+        {
+            var max = tensor.Max(v => Math.Abs(v));
+            below += tensor.Count(v => Math.Abs(v) < 0.01 * max || v == 0);
+            all += tensor.Length;
+        }
+        return (double)below / all;
+    }
+
     private static float[] Flat(float[][] deltas) => deltas.SelectMany(d => d).ToArray();
 
     [Fact]
@@ -156,15 +169,8 @@ public sealed class DareAdvisorMeasureTests : IDisposable
         Array.Clear(d[2]); // its max |δ| is 0, so "below 1% of the max" is empty: its zeros count all the same
         var (vector, ds) = Tune("one-unchanged", d);
         var m = Measure(vector);
-        long below = 0, all = 0;
-        foreach (var tensor in ds)
-        {
-            var max = tensor.Max(v => Math.Abs(v));
-            below += tensor.Count(v => Math.Abs(v) < 0.01 * max || v == 0);
-            all += tensor.Length;
-        }
         Assert.Equal(ds[2].Length, ds[2].Count(v => v == 0));
-        Assert.Equal((double)below / all, Assert.Single(m.NaturalSparsity), 12);
+        Assert.Equal(NaturalSparsity(ds), Assert.Single(m.NaturalSparsity), 12);
     }
 
     [Fact]
@@ -175,15 +181,7 @@ public sealed class DareAdvisorMeasureTests : IDisposable
             for (var i = 0; i < tensor.Length; i++) if (_random.NextDouble() < 0.85) tensor[i] = 0;
         var (sparse, ds) = Tune("sparse", d);
         var m = Measure(sparse);
-        // Plain recomputation: per tensor, entries below 1% of that tensor's max |δ|, or zero.
-        long below = 0, all = 0;
-        foreach (var tensor in ds)
-        {
-            var max = tensor.Max(v => Math.Abs(v));
-            below += tensor.Count(v => Math.Abs(v) < 0.01 * max || v == 0);
-            all += tensor.Length;
-        }
-        Assert.Equal((double)below / all, Assert.Single(m.NaturalSparsity), 12);
+        Assert.Equal(NaturalSparsity(ds), Assert.Single(m.NaturalSparsity), 12);
         Assert.True(m.NaturalSparsity[0] > DareAdvisor.SparseEnough);
         var rate = DareAdvisor.Recommend(m).Single(r => r.Setting == "DropRate");
         Assert.Equal(0.75, rate.Low!.Value, 12);
@@ -201,18 +199,14 @@ public sealed class DareAdvisorMeasureTests : IDisposable
         var m = DareAdvisor.Measure(new[] { a }, new GuidanceOptions { SampleRows = 8, RankSamples = 0 }, new MergeExecutor());
         // 8 of 16 embedding rows, 8 of 64 rows of each layer matrix, the 1-D norm as one row of 64.
         Assert.Equal(8 * Width * 3 + Width, m.SampledElements);
-        long below = 0, all = 0;
-        for (var t = 0; t < da.Length; t++)
+        var picked = da.Select((tensor, t) =>
         {
             var rows = Shapes[t].Length == 1 ? 1 : Shapes[t][0];
             var k = (int)Math.Min(rows, 8);
-            var picked = Enumerable.Range(0, k).SelectMany(i => da[t].Skip((int)(i * rows / k) * Width).Take(Width)).ToArray();
-            var max = picked.Max(v => Math.Abs(v));
-            below += picked.Count(v => Math.Abs(v) < 0.01 * max || v == 0);
-            all += picked.Length;
-        }
-        Assert.Equal(all, m.SampledElements);
-        Assert.Equal((double)below / all, m.NaturalSparsity[0], 12);
+            return Enumerable.Range(0, k).SelectMany(i => tensor.Skip((int)(i * rows / k) * Width).Take(Width)).ToArray();
+        }).ToArray();
+        Assert.Equal(picked.Sum(p => p.Length), m.SampledElements);
+        Assert.Equal(NaturalSparsity(picked), m.NaturalSparsity[0], 12);
         Assert.Null(m.EffectiveRankFraction);
     }
 
