@@ -92,6 +92,13 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
         Emit();
     }
 
+    /// <summary>Forgets the chunk now in the output buffer unwritten; the next chunk takes the same buffer.</summary>
+    public void Discard()
+    {
+        workspace.ReturnOutput();
+        _output = null;
+    }
+
     /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
     public unsafe void Emit()
     {

@@ -65,6 +65,9 @@ internal sealed class ChunkWorkspace : IDisposable
         return View(ref _outputs[buffer], type, count);
     }
 
+    /// <summary>Gives back the buffer the last <see cref="NextOutput"/> took, unwritten: the other may still be being written.</summary>
+    public void ReturnOutput() => _nextOutput ^= 1;
+
     private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count)
     {
         var bytes = Math.Max(count * type.ElementSize(), 1);

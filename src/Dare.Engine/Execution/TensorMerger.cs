@@ -37,6 +37,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>The tensor backend an export runs on, or null for the SIMD kernels (the default).</summary>
     public DeviceTensorMerger? Device { get; init; }
 
+    /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/>.</summary>
+    public double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
+
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
         var leaves = vector.Leaves;
@@ -58,9 +61,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         }
         var merge = prepared.Merge ?? method.CreateTensorMerge(vector.Merge, setup);
 
-        if (sink is ExportSink { WritesDirectly: true } export && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is { } singlePass)
+        if (sink is ExportSink { WritesDirectly: true } export && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is { } singlePass &&
+            StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount))
         {
-            StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount);
             return Counts(inputs, leaves, n);
         }
 
@@ -108,7 +111,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         if (vector.Leaves.Any(l => l.Della is not null)) chunk = Math.Max(1, chunk / rowLength) * rowLength;
         var inputs = vector.Leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
             BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
-        return (inputs, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = rowLength, Shape = baseInfo.Shape });
+        return (inputs, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = rowLength, Shape = baseInfo.Shape, SurvivorSigmas = SurvivorSigmas });
     }
 
     /// <summary>
@@ -192,9 +195,10 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
     /// <summary>
     /// The single-pass route: base and inputs read as stored bfloat16, and the method's fused kernel takes them to output
-    /// bytes block by block, so no float32 chunk is ever written to memory.
+    /// bytes block by block, so no float32 chunk is ever written to memory. False, with nothing written or counted,
+    /// when the method withdraws the route after the first chunk (<see cref="IBFloat16SinglePass.Confirm"/>).
     /// </summary>
-    private unsafe void StreamBFloat16(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IBFloat16SinglePass singlePass, ExportSink export, long chunk, int chunkCount)
+    private unsafe bool StreamBFloat16(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IBFloat16SinglePass singlePass, ExportSink export, long chunk, int chunkCount)
     {
         PrefetchLaterChunks(chunks.Reader, vector, baseInfo, chunk);
         var ranges = new List<StoredRange>(inputs.Length + 1);
@@ -218,6 +222,11 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 var target = export.TargetOverBFloat16Base(null, count);
                 long[] dropped;
                 using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) dropped = singlePass.MergeChunk(baseRange, sources, target, first, count);
+                if (c == 0 && !singlePass.Confirm(count, dropped))
+                {
+                    export.Discard();
+                    return false;
+                }
                 // NaN/Inf in an input fails (or warns) before its chunk is written.
                 foreach (var range in ranges) chunks.Reader.Complete(range);
                 for (var i = 0; i < inputs.Length; i++) inputs[i].CountFused(dropped[i]);
@@ -229,6 +238,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             }
             export.Emit();
         }
+        return true;
     }
 
     /// <summary>

@@ -81,6 +81,9 @@ public sealed class MergeExecutor
     /// <summary>Whether a method's single-pass bfloat16 route is taken where offered (off only to compare the routes in tests).</summary>
     internal bool SinglePassLinear { get; init; } = true;
 
+    /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/> (changed only in tests).</summary>
+    internal double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
+
     /// <summary>Writes base + λ·δ (or δ alone) as a Hugging Face model folder, atomically.</summary>
     public ExportResult Export(TaskVector vector, ExportOptions options)
     {
@@ -190,7 +193,7 @@ public sealed class MergeExecutor
         // Disposed first: waits for a write still in flight before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
         using var device = backend is null ? null : new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose);
-        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device };
+        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device, SurvivorSigmas = SurvivorSigmas };
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {

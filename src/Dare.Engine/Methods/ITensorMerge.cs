@@ -7,6 +7,9 @@ internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCou
 {
     public string TensorName => Position.Name;
 
+    /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/> (tests set it below 0 to make every proof wait for the first chunk).</summary>
+    public double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
+
     /// <summary>Elements per row (the last dimension; the whole tensor for a vector), for methods that work row by row.</summary>
     public long RowLength { get; init; } = Math.Max(1, ElementCount);
 
@@ -72,4 +75,10 @@ internal interface IBFloat16SinglePass
     /// stored range piece by piece (<see cref="StoredRange.Piece"/>); returns each input's drop count.
     /// </summary>
     long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
+
+    /// <summary>
+    /// Called once the first chunk, [0, <paramref name="count"/>), is merged (with each input's drop count there) and
+    /// before it is written: false withdraws the route, and the tensor is merged again by the general one.
+    /// </summary>
+    bool Confirm(long count, long[] dropped) => true;
 }

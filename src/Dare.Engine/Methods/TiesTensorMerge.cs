@@ -7,10 +7,11 @@ namespace Dare.Engine.Merge;
 /// chunks: the first samples δ (inside the fused δ kernel when it can), which usually settles the threshold or brackets
 /// it for one more pass; a tensor kept as stored is presampled before its first pass, which then counts the bracket
 /// itself; the exact coarse and fine passes run only when a sample misled. The combine then trims as
-/// it reads (<see cref="CombineKernels.Ties"/>). When every input's trim is known beforehand to keep all its non-zero
-/// values (no trim, or a DARE drop that leaves no more survivors than TIES keeps, the usual DARE-TIES case), no pass
-/// is needed and the merge takes the single-pass bfloat16 route instead, as linear does: δ, mask and combine block by
-/// block in cache, each chunk read once.
+/// it reads (<see cref="CombineKernels.Ties"/>). When every input's trim keeps all its non-zero values (no trim, or a
+/// DARE drop that leaves no more survivors than TIES keeps, the usual DARE-TIES case), no pass is needed and the merge
+/// takes the single-pass bfloat16 route instead, as linear does: δ, mask and combine block by block in cache, each
+/// chunk read once. That the drop leaves few enough survivors is proven from the mask's own counts after the first
+/// chunk (<see cref="Confirm"/>), or before anything is read when the expected count is close to the limit.
 /// </summary>
 internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
 {
@@ -24,6 +25,14 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     private uint[]? _keepBits;
     private long[]?[] _tieBudgets;
     private bool? _keepsEveryNonZero;
+    private bool[] _unproven = Array.Empty<bool>();
+
+    /// <summary>
+    /// How many standard deviations of its survivor count a DARE drop's expected survivors must lie below TIES's keep
+    /// count for the single pass to start before the count is proven (<see cref="Confirm"/> proves it). Closer to the
+    /// limit the mask is counted first, as a failed proof costs the first chunk's merge.
+    /// </summary>
+    internal const double DefaultSurvivorSigmas = 8;
 
     public TiesTensorMerge(MergeOptions options, TensorMergeSetup setup)
     {
@@ -51,20 +60,61 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     }
 
     /// <summary>
-    /// Whether each input's trim is known, before reading anything, to keep every non-zero value: it keeps all, or a
-    /// fused DARE drop leaves at most as many survivors as it keeps (the mask is counted from the hash alone). Then the
-    /// thresholds are 0 and there are no ties to budget, whatever the data.
+    /// Whether each input's trim keeps every non-zero value: it keeps all, or a fused DARE drop leaves at most as many
+    /// survivors as it keeps (counted from the hash alone, whatever the data). Then the thresholds are 0 and there are
+    /// no ties to budget. A drop whose expected survivors are far below the limit is taken as keeping them all until
+    /// <see cref="Confirm"/> proves it from the first chunk's counts; otherwise the mask is counted here.
     /// </summary>
     private bool KeepsEveryNonZero()
     {
         var n = _setup.ElementCount;
+        var unproven = new bool[_selections.Length];
         for (var i = 0; i < _selections.Length; i++)
         {
             var selection = _selections[i];
             if (selection.KeepAll) continue;
             if (selection.KeepNone || _setup.Inputs[i] is not { IsFused: true, Drop: { } drop }) return false;
-            if (!DareMask.DropsAtLeast(0, n, drop.Key, drop.Threshold, n - selection.KeepCount)) return false;
+            if (SurvivorsExpectedBelow(drop.Threshold, n, selection.KeepCount, _setup.SurvivorSigmas)) unproven[i] = true;
+            else if (!DareMask.DropsAtLeast(0, n, drop.Key, drop.Threshold, n - selection.KeepCount)) return false;
         }
+        _unproven = unproven;
+        return true;
+    }
+
+    /// <summary>
+    /// Whether the survivors of a DARE mask with <paramref name="threshold"/> over <paramref name="n"/> elements are
+    /// expected <paramref name="sigmas"/> standard deviations (and 16 elements) or more below <paramref name="keep"/>,
+    /// taking each element to survive independently with probability 1 − threshold / 2³².
+    /// </summary>
+    internal static bool SurvivorsExpectedBelow(uint threshold, long n, long keep, double sigmas)
+    {
+        var survives = 1 - threshold / 4294967296.0;
+        var expected = survives * n;
+        return expected + sigmas * Math.Sqrt(n * survives * (1 - survives)) + 16 <= keep;
+    }
+
+    /// <summary>
+    /// After the first chunk, [0, <paramref name="count"/>), is merged and before it is written: proves that each
+    /// input taken on expectation leaves no more DARE survivors than TIES keeps, from the chunk's drop counts and, if
+    /// they are not enough, the mask's count over the rest of the tensor. False (the tensor then takes the general
+    /// route, and this merge offers no single pass any more) when it does not.
+    /// </summary>
+    public bool Confirm(long count, long[] dropped)
+    {
+        var n = _setup.ElementCount;
+        using var _ = PhaseProfile.Time(_setup.Profile, Phase.Select);
+        for (var i = 0; i < _selections.Length; i++)
+        {
+            if (!_unproven[i]) continue;
+            var needed = n - _selections[i].KeepCount - dropped[i];
+            var drop = _setup.Inputs[i].Drop!;
+            if (needed > 0 && (count == n || !DareMask.DropsAtLeast(count, n - count, drop.Key, drop.Threshold, needed)))
+            {
+                _keepsEveryNonZero = false;
+                return false;
+            }
+        }
+        _unproven = new bool[_selections.Length];
         return true;
     }
 

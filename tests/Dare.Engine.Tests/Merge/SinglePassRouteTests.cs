@@ -74,11 +74,16 @@ public sealed class SinglePassRouteTests : IDisposable
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
-    private SortedDictionary<string, byte[]> Export(TaskVector plan, string name, bool singlePass, SafetensorsDType dtype, bool deltaOnly, long chunkElements)
+    private SortedDictionary<string, byte[]> Export(TaskVector plan, string name, bool singlePass, SafetensorsDType dtype, bool deltaOnly, long chunkElements,
+        double survivorSigmas = TiesTensorMerge.DefaultSurvivorSigmas) =>
+        ExportWithResult(plan, name, singlePass, dtype, deltaOnly, chunkElements, survivorSigmas).Files;
+
+    private (SortedDictionary<string, byte[]> Files, ExportResult Result) ExportWithResult(TaskVector plan, string name, bool singlePass, SafetensorsDType dtype,
+        bool deltaOnly, long chunkElements, double survivorSigmas = TiesTensorMerge.DefaultSurvivorSigmas)
     {
-        var executor = new MergeExecutor(chunkElements: chunkElements) { SinglePassLinear = singlePass };
-        executor.Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = dtype, DeltaOnly = deltaOnly, MaxShardSize = 40_000 });
-        return Safetensors.WriterHelper.Snapshot(_models.PathOf(name));
+        var executor = new MergeExecutor(chunkElements: chunkElements) { SinglePassLinear = singlePass, SurvivorSigmas = survivorSigmas };
+        var result = executor.Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = dtype, DeltaOnly = deltaOnly, MaxShardSize = 40_000 });
+        return (Safetensors.WriterHelper.Snapshot(_models.PathOf(name)), result);
     }
 
     [Theory]
@@ -104,6 +109,41 @@ public sealed class SinglePassRouteTests : IDisposable
 
         Assert.Equal(general.Keys, single.Keys);
         foreach (var (file, bytes) in general) Assert.True(bytes.AsSpan().SequenceEqual(single[file]), $"{file} differs");
+    }
+
+    [Theory]
+    [InlineData("dare-then-trim", SafetensorsDType.BF16, 1L << 24)] // the proof fails: every tensor goes back to the general route
+    [InlineData("dare-then-trim", SafetensorsDType.F32, 4099)] // ... after the first of several chunks
+    [InlineData("dare-ties", SafetensorsDType.BF16, 1L << 24)] // the proof holds, also for tensors too small to expect it
+    [InlineData("dare-ties", SafetensorsDType.BF16, 4099)] // ... with the rest of the tensor's mask counted after the first chunk
+    [InlineData("dare-ties-count", SafetensorsDType.F32, 997)]
+    public void Ties_taking_the_single_pass_before_its_proof_writes_and_counts_what_the_general_route_does(string kind, SafetensorsDType dtype, long chunkElements)
+    {
+        // Sigmas below 0 make every DARE input's survivor count wait for the first chunk, whatever it is expected to be.
+        var plan = Plan(kind);
+        var (early, earlyResult) = ExportWithResult(plan, "early", singlePass: true, dtype, deltaOnly: false, chunkElements, survivorSigmas: -1e9);
+        var (general, generalResult) = ExportWithResult(plan, "general", singlePass: false, dtype, deltaOnly: false, chunkElements);
+
+        Assert.Equal(general.Keys, early.Keys);
+        foreach (var (file, bytes) in general) Assert.True(bytes.AsSpan().SequenceEqual(early[file]), $"{file} differs");
+        Assert.NotNull(generalResult.RealisedDropRate);
+        Assert.Equal(generalResult.RealisedDropRate, earlyResult.RealisedDropRate);
+    }
+
+    [Theory]
+    [InlineData(0.7, 0.5, 300_007, true)] // 90,002 ± 251 expected: + 8 σ + 16 = 92,026 against 150,004 kept
+    [InlineData(0.7, 0.31, 300_007, true)] // 93,003 kept
+    [InlineData(0.7, 0.305, 300_007, false)] // 91,503 kept: 1,501 to spare, 6 σ
+    [InlineData(0.9, 0.5, 183, true)] // 18.3 ± 4.1 expected: + 8 σ + 16 = 66.8 against 92 kept
+    [InlineData(0.9, 0.2, 183, false)] // 37 kept
+    public void Survivors_are_taken_on_expectation_only_far_below_the_keep_count(double dropRate, double keepRatio, long n, bool expected)
+    {
+        var keep = TiesTensorMerge.KeepCount(keepRatio, n);
+        var survives = 1 - dropRate;
+        var plain = survives * n + 8 * Math.Sqrt(n * survives * dropRate) + 16 <= keep;
+
+        Assert.Equal(expected, plain);
+        Assert.Equal(expected, TiesTensorMerge.SurvivorsExpectedBelow(DareMask.Threshold(dropRate), n, keep, TiesTensorMerge.DefaultSurvivorSigmas));
     }
 
     [Theory]
