@@ -130,51 +130,71 @@ internal static unsafe class ChunkKernels
     /// The whole merge of a chunk stored in bfloat16, one block at a time: widen the base, then for each input
     /// δ = tuned − base with its DARE mask, then the method's <paramref name="combine"/>, which adds the base and
     /// converts to the output through <paramref name="target"/> (whose base, if it adds one, comes from
-    /// <paramref name="baseBits"/>). Each thread reads its part of the stored ranges a piece at a time right before it
-    /// uses it (<see cref="StoredRange.Piece"/>), so nothing but the output leaves the core's caches; the results are
-    /// those of <see cref="WidenSubtractMask"/> followed by the combine over the whole chunk. Returns each input's drop count.
+    /// <paramref name="baseBits"/>). The results are those of <see cref="WidenSubtractMask"/> followed by the combine
+    /// over the whole chunk. Returns each input's drop count.
     /// </summary>
     public static long[] MergeFromBFloat16(StoredRange baseBits, DeltaSource[] sources, BlockCombine combine, CombineTarget target, long first, long count)
+    {
+        var n = sources.Length;
+        // Per thread: a float32 block for the base and each δ.
+        return MergePieces(baseBits, sources, target, first, count, scratchFloats: (n + 1) * Block, (baseValues, tuned, pieceTarget, start, end, dropped, floats) =>
+        {
+            var baseBlock = floats;
+            var deltas = new IntPtr[n];
+            for (var block = start; block < end; block += Block)
+            {
+                var length = Math.Min(Block, end - block);
+                WidenSubtract(baseValues + block, (float*)null, baseBlock, length);
+                for (var i = 0; i < n; i++)
+                {
+                    var delta = floats + (i + 1) * Block;
+                    var source = sources[i];
+                    WidenSubtract((ushort*)tuned[i] + block, baseBlock, delta, length);
+                    if (source.Dare) dropped[i] += DareMask.Apply(delta, first + block, length, source.Key, source.Threshold, source.Scale);
+                    deltas[i] = (IntPtr)(delta - block);
+                }
+                combine(deltas, pieceTarget, block, block + length);
+            }
+        });
+    }
+
+    /// <summary>
+    /// A fused kernel's merge of chunk elements [start, end): the base's and each input's stored bfloat16 values
+    /// (element j of the chunk at pointer[j]), the target over that base, the thread's drop counts (one per input) to
+    /// add to, and its <c>scratchFloats</c> floats of scratch.
+    /// </summary>
+    public delegate void PieceMerge(ushort* baseValues, IntPtr[] tuned, CombineTarget target, long start, long end, long[] dropped, float* scratch);
+
+    /// <summary>
+    /// Runs a fused kernel over a chunk stored in bfloat16, split over the cores. Each thread reads its part of the
+    /// stored ranges a piece at a time right before it uses it (<see cref="StoredRange.Piece"/>), so nothing but the
+    /// output leaves the core's caches. Returns each input's drop count.
+    /// </summary>
+    public static long[] MergePieces(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count, int scratchFloats, PieceMerge merge)
     {
         var n = sources.Length;
         var dropped = new long[n];
         Partition.Run(count, (_, start, end) =>
         {
-            // Per thread: a float32 block for the base and each δ, and a bfloat16 piece of each stored range.
-            var floats = (float*)NativeMemory.AlignedAlloc((nuint)((n + 1) * (Block * sizeof(float) + Piece * sizeof(ushort))), 64);
-            var pieces = (byte*)(floats + (n + 1) * Block);
+            // Per thread: the scratch, then a bfloat16 piece of each stored range.
+            var memory = (byte*)NativeMemory.AlignedAlloc((nuint)(scratchFloats * sizeof(float) + (n + 1) * Piece * sizeof(ushort)), 64);
+            var pieces = memory + scratchFloats * sizeof(float);
             var rangeDropped = new long[n];
             try
             {
-                var baseBlock = floats;
-                var deltas = new IntPtr[n];
                 var tuned = new IntPtr[n];
                 for (var piece = start; piece < end; piece += Piece)
                 {
                     var pieceLength = Math.Min(Piece, end - piece);
-                    // Rebased so that element j of the chunk is at pointer[j], as the loops below index them.
+                    // Rebased so that element j of the chunk is at pointer[j], as the kernels index them.
                     var baseValues = (ushort*)baseBits.Piece(piece, pieceLength, pieces) - piece;
                     for (var i = 0; i < n; i++) tuned[i] = (IntPtr)((ushort*)sources[i].Tuned.Piece(piece, pieceLength, pieces + (i + 1) * Piece * sizeof(ushort)) - piece);
-                    var pieceTarget = target.WithBFloat16Base(baseValues);
-                    for (var block = piece; block < piece + pieceLength; block += Block)
-                    {
-                        var length = Math.Min(Block, piece + pieceLength - block);
-                        WidenSubtract(baseValues + block, (float*)null, baseBlock, length);
-                        for (var i = 0; i < n; i++)
-                        {
-                            var delta = floats + (i + 1) * Block;
-                            var source = sources[i];
-                            WidenSubtract((ushort*)tuned[i] + block, baseBlock, delta, length);
-                            if (source.Dare) rangeDropped[i] += DareMask.Apply(delta, first + block, length, source.Key, source.Threshold, source.Scale);
-                            deltas[i] = (IntPtr)(delta - block);
-                        }
-                        combine(deltas, pieceTarget, block, block + length);
-                    }
+                    merge(baseValues, tuned, target.WithBFloat16Base(baseValues), piece, piece + pieceLength, rangeDropped, (float*)memory);
                 }
             }
             finally
             {
-                NativeMemory.AlignedFree(floats);
+                NativeMemory.AlignedFree(memory);
             }
             lock (dropped)
             {

@@ -243,7 +243,7 @@ public static class DareMask
 
     /// <summary>The hash of the element whose counter (low 32 bits of its index) is <paramref name="counter"/>, in a block keyed (k0, k1).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static uint HashOf(uint counter, uint k0, uint k1) => Mix(Mix(counter * 0x9E3779B1u + k0) ^ k1);
+    internal static uint HashOf(uint counter, uint k0, uint k1) => Mix(Mix(counter * 0x9E3779B1u + k0) ^ k1);
 
     /// <summary><see cref="HashOf(uint, uint, uint)"/> of 8 counters.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -252,7 +252,7 @@ public static class DareMask
 
     /// <summary><see cref="HashOf(uint, uint, uint)"/> of 16 counters.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<uint> HashOf(Vector512<uint> counter, Vector512<uint> k0, Vector512<uint> k1) =>
+    internal static Vector512<uint> HashOf(Vector512<uint> counter, Vector512<uint> k0, Vector512<uint> k1) =>
         MixVector(MixVector(counter * Vector512.Create(0x9E3779B1u) + k0) ^ k1);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
