@@ -105,6 +105,7 @@ internal static unsafe class CombineKernels
         return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<ushort> ToBFloat16(Vector256<float> values)
     {
         var bits = values.AsUInt32();

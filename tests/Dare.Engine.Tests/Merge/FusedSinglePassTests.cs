@@ -5,12 +5,12 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// The fused DARE-linear kernel against the definition written out per element (δ = tuned − base in float32, the DARE
-/// mask from <see cref="DareMask.IsDropped"/>, survivors × rescale, Σ wᵢ·δᵢ by fused multiply-adds, × λ, + base,
+/// The fused DARE-linear single pass against the definition written out per element (δ = tuned − base in float32, the
+/// DARE mask from <see cref="DareMask.IsDropped"/>, survivors × rescale, Σ wᵢ·δᵢ by fused multiply-adds, × λ, + base,
 /// rounded) and against the block-by-block single pass it stands in for. Runs on any x64 machine: without AVX-512 its
 /// 16 lanes are emulated.
 /// </summary>
-public sealed unsafe class DareLinearKernelTests
+public sealed unsafe class FusedSinglePassTests
 {
     private static readonly ushort[] Specials = { 0x0000, 0x8000, 0x0001, 0x807F, 0x7F80, 0xFF80, 0x7FC0, 0x3F80, 0xBF80 };
 
@@ -23,17 +23,22 @@ public sealed unsafe class DareLinearKernelTests
 
     private sealed record Input(ushort[] Tuned, bool Dare, ulong Key, uint Threshold, float Scale, float Weight);
 
-    /// <summary>The per-element definition.</summary>
-    private static float Expected(ushort[] baseBits, Input[] inputs, float? lambda, long first, int j)
+    /// <summary>Input i's δ at element j, masked (the definition).</summary>
+    private static float MaskedDelta(ushort[] baseBits, Input input, long first, int j)
     {
-        var baseValue = Widen(baseBits[j]);
+        var delta = Widen(input.Tuned[j]) - Widen(baseBits[j]);
+        if (input.Dare && !(input.Threshold == 0 && input.Scale == 1f)) delta = DareMask.IsDropped(input.Key, first + j, input.Threshold) ? 0f : delta * input.Scale;
+        return delta;
+    }
+
+    /// <summary>Linear's merged δ at element j.</summary>
+    private static float ExpectedLinear(ushort[] baseBits, Input[] inputs, float? lambda, long first, int j)
+    {
         var sum = 0f;
         for (var i = 0; i < inputs.Length; i++)
         {
-            var input = inputs[i];
-            var delta = Widen(input.Tuned[j]) - baseValue;
-            if (input.Dare && !(input.Threshold == 0 && input.Scale == 1f)) delta = DareMask.IsDropped(input.Key, first + j, input.Threshold) ? 0f : delta * input.Scale;
-            sum = i == 0 ? delta * input.Weight : MathF.FusedMultiplyAdd(delta, input.Weight, sum);
+            var delta = MaskedDelta(baseBits, inputs[i], first, j);
+            sum = i == 0 ? delta * inputs[i].Weight : MathF.FusedMultiplyAdd(delta, inputs[i].Weight, sum);
         }
         if (lambda is { } l) sum *= l;
         return sum;
@@ -46,7 +51,10 @@ public sealed unsafe class DareLinearKernelTests
         _ => new CombineTarget(null, destination, bfloat16: true),
     };
 
-    private static (uint[] Bits, long[] Dropped) Run(bool fused, ushort[] baseBits, Input[] inputs, float? lambda, Output output, long first)
+    /// <summary>A kernel's merge of a chunk: (base, sources, target, first, count) → drop counts.</summary>
+    private delegate long[] Kernel(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
+
+    private static (uint[] Bits, long[] Dropped) Run(Kernel kernel, ushort[] baseBits, Input[] inputs, Output output, long first)
     {
         var count = baseBits.Length;
         var result = new uint[count];
@@ -60,11 +68,7 @@ public sealed unsafe class DareLinearKernelTests
                 using var baseRange = new StoredRange(info, 0, count, (byte*)b, owned: false);
                 var ranges = handles.Select(h => new StoredRange(info, 0, count, (byte*)h.AddrOfPinnedObject(), owned: false)).ToArray();
                 var sources = inputs.Select((input, i) => new DeltaSource(ranges[i], input.Dare, input.Key, input.Threshold, input.Scale)).ToArray();
-                var weights = inputs.Select(i => i.Weight).ToArray();
-                var target = Target(output, r);
-                var dropped = fused
-                    ? DareLinearKernel.MergeChunk(baseRange, sources, weights, lambda, target, first, count)
-                    : ChunkKernels.MergeFromBFloat16(baseRange, sources, (deltas, blockTarget, start, end) => CombineKernels.LinearRange(deltas, weights, lambda, blockTarget, start, end), target, first, count);
+                var dropped = kernel(baseRange, sources, Target(output, r), first, count);
                 foreach (var range in ranges) range.Dispose();
                 // bfloat16 results fill the first half of the buffer's bytes: spread them to one per element.
                 if (output == Output.Float32OverBase) return (result, dropped);
@@ -86,12 +90,28 @@ public sealed unsafe class DareLinearKernelTests
     [InlineData(200_003, "dare3", false, Output.BFloat16OverBase)] // both cores, several 64K pieces, across a 2^32 boundary
     [InlineData(200_003, "mixed", true, Output.BFloat16DeltaOnly)]
     [InlineData(70_001, "one", false, Output.Float32OverBase)]
-    public void Fused_kernel_matches_the_definition_and_the_block_by_block_pass(int count, string kind, bool lambda, Output output)
+    [InlineData(70_001, "two", true, Output.BFloat16OverBase)]
+    [InlineData(33, "four", false, Output.BFloat16OverBase)]
+    public void Fused_linear_matches_the_definition_and_the_block_by_block_pass(int count, string kind, bool lambda, Output output)
     {
         var random = new Random(count + kind.Length);
         var baseBits = Values(random, count);
+        var inputs = Inputs(random, count, kind);
+        float? scale = lambda ? 0.7f : null;
+        var weights = inputs.Select(i => i.Weight).ToArray();
+        var first = count > 100_000 ? (1L << 32) - 70_001 : 12_345;
+
+        var fused = Run((b, s, t, f, c) => DareLinearKernel.MergeChunk(b, s, weights, scale, t, f, c), baseBits, inputs, output, first);
+        var blocks = Run((b, s, t, f, c) => ChunkKernels.MergeFromBFloat16(b, s, (deltas, blockTarget, start, end) => CombineKernels.LinearRange(deltas, weights, scale, blockTarget, start, end), t, f, c),
+            baseBits, inputs, output, first);
+
+        AssertSame(baseBits, inputs, output, first, j => ExpectedLinear(baseBits, inputs, scale, first, j), fused, blocks);
+    }
+
+    private static Input[] Inputs(Random random, int count, string kind)
+    {
         var p9 = DareMask.Threshold(0.9);
-        var inputs = kind switch
+        return kind switch
         {
             "dare3" => Enumerable.Range(0, 3).Select(i => new Input(Values(random, count), true, DareMask.Key(42, i, "w"), p9, 10f, 1f / 3)).ToArray(),
             // DARE at 0.5, no DARE step, and a mask that drops nothing and scales by 1 (skipped, as DareMask.Apply skips it).
@@ -101,13 +121,23 @@ public sealed unsafe class DareLinearKernelTests
                 new Input(Values(random, count), false, 0, 0, 1f, -0.25f),
                 new Input(Values(random, count), true, DareMask.Key(7, 2, "w"), 0, 1f, 1.5f),
             },
+            "two" => new[]
+            {
+                new Input(Values(random, count), true, DareMask.Key(5, 0, "w"), DareMask.Threshold(0.2), 1.25f, 0.5f),
+                new Input(Values(random, count), true, DareMask.Key(5, 1, "w"), DareMask.Threshold(0.7), 1 / 0.3f, 2f),
+            },
+            "four" => Enumerable.Range(0, 4).Select(i => new Input(Values(random, count), i != 2, DareMask.Key(9, i, "w"), DareMask.Threshold(0.6), 2.5f, 0.25f * (i + 1))).ToArray(),
             _ => new[] { new Input(Values(random, count), true, DareMask.Key(3, 0, "w"), DareMask.Threshold(0.3), 1 / 0.7f, 1f) },
         };
-        float? scale = lambda ? 0.7f : null;
-        var first = count > 100_000 ? (1L << 32) - 70_001 : 12_345;
+    }
 
-        var (fused, fusedDropped) = Run(fused: true, baseBits, inputs, scale, output, first);
-        var (blocks, blocksDropped) = Run(fused: false, baseBits, inputs, scale, output, first);
+    /// <summary>Every element of both kernels' outputs equals the definition's, and the drop counts equal the mask's.</summary>
+    private static void AssertSame(ushort[] baseBits, Input[] inputs, Output output, long first, Func<int, float> mergedDelta,
+        (uint[] Bits, long[] Dropped) fusedRun, (uint[] Bits, long[] Dropped) blocksRun)
+    {
+        var count = baseBits.Length;
+        var (fused, fusedDropped) = fusedRun;
+        var (blocks, blocksDropped) = blocksRun;
 
         Assert.Equal(blocksDropped, fusedDropped);
         for (var i = 0; i < inputs.Length; i++)
@@ -118,7 +148,7 @@ public sealed unsafe class DareLinearKernelTests
         }
         for (var j = 0; j < count; j++)
         {
-            var merged = Expected(baseBits, inputs, scale, first, j);
+            var merged = mergedDelta(j);
             if (output != Output.BFloat16DeltaOnly) merged += Widen(baseBits[j]);
             var expected = output == Output.Float32OverBase ? BitConverter.SingleToUInt32Bits(merged) : CombineKernels.ToBFloat16(merged);
             // NaN payloads may differ between instructions; any NaN is the same value.
