@@ -36,6 +36,13 @@ public sealed record TaskVectorStatistics(
     public const double SparsityFraction = 0.01;
 
     /// <summary>
+    /// The entries of a chunk below <see cref="SparsityFraction"/> of its tensor's max |δ|; every entry of a tensor
+    /// whose δ is all zero (one the fine-tune left alone), as the guidance sample (DeltaSample) counts them.
+    /// </summary>
+    private static unsafe long SparseIn(ChunkView delta, double tensorMax) =>
+        tensorMax == 0 ? delta.Count : DeltaMoments.CountBelow(delta.Floats, delta.Count, SparsityFraction * tensorMax);
+
+    /// <summary>
     /// Computes the statistics by streaming the vector through the executor. Natural sparsity is relative to each
     /// tensor's own max |δ|, which a tensor larger than one chunk only knows after a first pass.
     /// </summary>
@@ -51,7 +58,7 @@ public sealed record TaskVectorStatistics(
             a.SumSquares += squares;
             if (delta.Count == info.ElementCount)
             {
-                a.Sparse = DeltaMoments.CountBelow(delta.Floats, delta.Count, SparsityFraction * a.Max);
+                a.Sparse = SparseIn(delta, a.Max);
                 a.SparseKnown = true;
             }
         }, "Measuring", tensorDone: (info, drops) =>
@@ -68,7 +75,7 @@ public sealed record TaskVectorStatistics(
             executor.StreamDeltas(vector, (info, _, delta) =>
             {
                 var a = accumulators[info.Name];
-                a.Sparse += DeltaMoments.CountBelow(delta.Floats, delta.Count, SparsityFraction * a.Max);
+                a.Sparse += SparseIn(delta, a.Max);
             }, "Measuring sparsity", t => unknown.Contains(t.Name));
         }
 

@@ -173,6 +173,22 @@ public sealed class DareAdvisorMeasureTests : IDisposable
         Assert.Equal(NaturalSparsity(ds), Assert.Single(m.NaturalSparsity), 12);
     }
 
+    [Theory]
+    [InlineData(MergeExecutor.DefaultChunkElements)]
+    [InlineData(1000L)] // the 64 × 64 tensors take several chunks: their sparsity is counted in a second pass
+    public void Measure_TaskVector_counts_a_tensor_the_fine_tune_left_alone_as_the_guidance_does(long chunkElements)
+    {
+        var d = RandomDeltas();
+        Array.Clear(d[2]);
+        var (vector, ds) = Tune("one-unchanged", d);
+
+        var statistics = TaskVectorStatistics.Measure(vector, new MergeExecutor(chunkElements: chunkElements), perTensor: true);
+
+        Assert.Equal(NaturalSparsity(ds), statistics.NaturalSparsity, 12);
+        Assert.Equal(Assert.Single(Measure(vector).NaturalSparsity), statistics.NaturalSparsity, 12);
+        Assert.Equal(1.0, statistics.Tensors.Single(t => t.Tensor == Names[2]).NaturalSparsity);
+    }
+
     [Fact]
     public void A_mostly_zero_delta_measures_its_natural_sparsity_and_gets_a_lower_rate()
     {
