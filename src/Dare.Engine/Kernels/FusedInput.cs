@@ -25,10 +25,10 @@ internal readonly unsafe struct FusedInput
     }
 
     /// <summary>
-    /// The inputs for chunk elements in the 2^32-element block of tensor index <paramref name="index"/> (the DARE keys
-    /// change from block to block), with linear's <paramref name="weights"/> when given.
+    /// The inputs, with their <paramref name="weights"/>, for chunk elements in the 2^32-element block of tensor index
+    /// <paramref name="index"/> (the DARE keys change from block to block).
     /// </summary>
-    public static FusedInput[] For(DeltaSource[] sources, IntPtr[] tuned, float[]? weights, long index)
+    public static FusedInput[] For(DeltaSource[] sources, IntPtr[] tuned, float[] weights, long index)
     {
         var inputs = new FusedInput[sources.Length];
         for (var i = 0; i < inputs.Length; i++)
@@ -37,7 +37,7 @@ internal readonly unsafe struct FusedInput
             // A mask that drops nothing and scales by 1 is no mask (DareMask.Apply skips it too).
             var masks = source.Dare && !(source.Threshold == 0 && source.Scale == 1f);
             var (k0, k1) = DareMask.BlockKeys(source.Key, index >> 32);
-            inputs[i] = new FusedInput((ushort*)tuned[i], masks, k0, k1, source.Threshold, source.Scale, weights?[i] ?? 0f);
+            inputs[i] = new FusedInput((ushort*)tuned[i], masks, k0, k1, source.Threshold, source.Scale, weights[i]);
         }
         return inputs;
     }
