@@ -26,9 +26,9 @@ internal sealed class DeltaSink(Action<long, ChunkView> consume) : IChunkSink
 
 /// <summary>
 /// Writes base + merged δ (or δ alone) in the output dtype. For bfloat16 and float32 the combine writes the output
-/// bytes itself, straight into one of two reused output buffers; other types are added and converted here. Each
-/// chunk's write overlaps the computation of the next, into the other buffer: with one write in flight at most (each
-/// write starts once the previous one is done), a buffer is refilled only after its last write.
+/// bytes itself, straight into one of the workspace's reused output buffers; other types are added and converted
+/// here. Each chunk's write overlaps the computation of the next ones, into the other buffers: with one buffer fewer
+/// writes queued at most (<see cref="BackgroundAppender.MaxInFlight"/>), a buffer is refilled only after its last write.
 /// </summary>
 internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, SafetensorsDType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
 {
@@ -102,7 +102,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
     public unsafe void Emit()
     {
-        // Waits for the write in flight first (the time the computation is ahead of the disk).
+        // Waits for the oldest write first when the queue is full (the time the computation is ahead of the disk).
         using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)_output!.Data, _output.ByteLength);
         _output = null;
     }

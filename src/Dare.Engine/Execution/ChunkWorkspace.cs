@@ -19,8 +19,15 @@ internal sealed class ChunkWorkspace : IDisposable
     private readonly List<Buffer?> _floats = new();
     private readonly List<Buffer?> _raw = new();
     private Buffer? _staging;
-    private readonly Buffer?[] _outputs = new Buffer?[2];
+    private readonly Buffer?[] _outputs = new Buffer?[OutputBuffers];
     private int _nextOutput;
+
+    /// <summary>
+    /// Output buffers, handed out in turn: the one being filled and up to <see cref="BackgroundAppender.MaxInFlight"/>
+    /// being written. Two more than one: a slow write (the disk's periodic stalls, 10–20 ms against a chunk's 10–15 ms
+    /// of computation on this project's VM) is absorbed instead of stopping the computation.
+    /// </summary>
+    internal const int OutputBuffers = 3;
 
     /// <summary>Whether buffers are torch tensors (for the tensor backend: <see cref="ChunkView.AsTensor"/> works on its views).</summary>
     public bool TorchBuffers { get; init; }
@@ -55,18 +62,18 @@ internal sealed class ChunkWorkspace : IDisposable
     public ChunkView Staging(long bytes) => View(ref _staging, SafetensorsDType.U8, bytes);
 
     /// <summary>
-    /// A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output, in the
-    /// other output buffer than last time (across tensors too): the export fills one while the other is being written.
+    /// A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output, in the next
+    /// output buffer in turn (across tensors too): the export fills one while the others are being written.
     /// </summary>
     public ChunkView NextOutput(SafetensorsDType type, long count)
     {
         var buffer = _nextOutput;
-        _nextOutput ^= 1;
+        _nextOutput = (_nextOutput + 1) % OutputBuffers;
         return View(ref _outputs[buffer], type, count);
     }
 
-    /// <summary>Gives back the buffer the last <see cref="NextOutput"/> took, unwritten: the other may still be being written.</summary>
-    public void ReturnOutput() => _nextOutput ^= 1;
+    /// <summary>Gives back the buffer the last <see cref="NextOutput"/> took, unwritten: the others may still be being written.</summary>
+    public void ReturnOutput() => _nextOutput = (_nextOutput + OutputBuffers - 1) % OutputBuffers;
 
     private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count)
     {

@@ -5,9 +5,10 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// The executor writes each output chunk on a background thread while it computes the next one. A failure there
-/// must surface as the original exception and still leave nothing behind; a cancelled export must wait for the
-/// write in flight before the writer removes its temporary folder.
+/// The executor writes each output chunk in the background while it computes the next ones, with up to
+/// <see cref="BackgroundAppender.MaxInFlight"/> writes queued. They must land in order, a buffer must not be handed
+/// back while its write is queued, a failure must surface as the original exception and still leave nothing behind,
+/// and a cancelled export must wait for the queued writes before the writer removes its temporary folder.
 /// </summary>
 public sealed class BackgroundAppenderTests : IDisposable
 {
@@ -58,6 +59,77 @@ public sealed class BackgroundAppenderTests : IDisposable
         using var b = reader.Read(checkpoint.Find("b")!);
         Assert.Equal(new byte[] { 1, 2, 3, 4 }, a.data<byte>().ToArray());
         Assert.Equal(new byte[] { 5, 6, 7 }, b.data<byte>().ToArray());
+    }
+
+    [Fact]
+    public unsafe void Queued_writes_land_in_order_and_a_buffer_is_free_once_the_queue_has_moved_past_it()
+    {
+        const int Chunks = 40, ChunkBytes = 1 << 16;
+        var destination = _models.PathOf("out");
+        var plan = new[] { new PlannedTensor("a", SafetensorsDType.U8, new long[] { Chunks * (long)ChunkBytes }) };
+        // As the executor does: a few buffers in turn, each overwritten as soon as AppendAsync says it is free again.
+        var buffers = Enumerable.Range(0, ChunkWorkspace.OutputBuffers).Select(_ => (IntPtr)System.Runtime.InteropServices.NativeMemory.Alloc(ChunkBytes)).ToArray();
+        try
+        {
+            using (var writer = CheckpointWriter.Create(destination, plan, new CheckpointWriteOptions()))
+            {
+                using (var appender = new BackgroundAppender(writer))
+                {
+                    appender.BeginTensor("a");
+                    for (var c = 0; c < Chunks; c++)
+                    {
+                        var buffer = buffers[c % buffers.Length];
+                        new Span<byte>((void*)buffer, ChunkBytes).Fill((byte)c);
+                        appender.AppendAsync(buffer, ChunkBytes);
+                    }
+                    appender.Finish();
+                }
+                writer.Commit();
+            }
+        }
+        finally
+        {
+            foreach (var buffer in buffers) System.Runtime.InteropServices.NativeMemory.Free((void*)buffer);
+        }
+
+        var checkpoint = Checkpoint.Open(destination);
+        using var reader = new TensorReader();
+        using var a = reader.Read(checkpoint.Find("a")!);
+        var bytes = a.data<byte>().ToArray();
+        for (var c = 0; c < Chunks; c++)
+        {
+            Assert.True(bytes.AsSpan(c * ChunkBytes, ChunkBytes).IndexOfAnyExcept((byte)c) < 0, $"chunk {c} was not written as it was handed over");
+        }
+    }
+
+    [Fact]
+    public void A_failed_write_with_writes_queued_after_it_rethrows_its_own_exception_and_they_do_not_run()
+    {
+        var destination = _models.PathOf("out");
+        var plan = new[] { new PlannedTensor("a", SafetensorsDType.U8, new long[] { 4 }), new PlannedTensor("b", SafetensorsDType.U8, new long[] { 1 }) };
+        var pinned = new[] { new byte[] { 1, 2 }, new byte[] { 3, 4, 5 }, new byte[] { 6 } };
+        var handles = pinned.Select(b => System.Runtime.InteropServices.GCHandle.Alloc(b, System.Runtime.InteropServices.GCHandleType.Pinned)).ToArray();
+        try
+        {
+            var failure = Assert.Throws<InvalidOperationException>(() =>
+            {
+                using var writer = CheckpointWriter.Create(destination, plan, new CheckpointWriteOptions());
+                using var appender = new BackgroundAppender(writer);
+                appender.BeginTensor("a");
+                appender.AppendAsync(handles[0].AddrOfPinnedObject(), 2);
+                appender.AppendAsync(handles[1].AddrOfPinnedObject(), 3); // one byte more than 'a' has left: refused
+                appender.BeginTensor("b");
+                appender.AppendAsync(handles[2].AddrOfPinnedObject(), 1); // queued behind the refused write
+                appender.Finish();
+            });
+            Assert.Contains("'a'", failure.Message);
+        }
+        finally
+        {
+            foreach (var handle in handles) handle.Free();
+        }
+        Assert.False(Directory.Exists(destination));
+        Assert.Empty(LeftoversBeside(destination));
     }
 
     [Fact]

@@ -5,8 +5,8 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// An export computes a chunk into one output buffer while the previous chunk is written from the other, so the
-/// workspace must alternate them across every request, tensors included: handing out the buffer being written
+/// An export computes a chunk into one output buffer while earlier chunks are written from the others, so the
+/// workspace must hand them out in turn across every request, tensors included: handing out a buffer being written
 /// would change bytes on their way to disk.
 /// </summary>
 public sealed class ChunkWorkspaceTests
@@ -14,31 +14,50 @@ public sealed class ChunkWorkspaceTests
     private static unsafe IntPtr Address(ChunkView view) => (IntPtr)view.Data;
 
     [Fact]
-    public void Output_buffers_alternate_across_requests_of_any_size()
+    public void Output_buffers_take_turns_across_requests_of_any_size()
     {
         using var workspace = new ChunkWorkspace();
-        var first = Address(workspace.NextOutput(SafetensorsDType.BF16, 1000));
-        var second = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
-        var third = Address(workspace.NextOutput(SafetensorsDType.BF16, 500));
-        var fourth = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
+        var sizes = new long[] { 1000, 10, 500, 10, 7, 2000, 1 };
+        var addresses = sizes.Select(size => Address(workspace.NextOutput(SafetensorsDType.BF16, size))).ToArray();
 
-        Assert.NotEqual(first, second);
-        Assert.Equal(first, third);
-        Assert.Equal(second, fourth);
+        Assert.Equal(3, ChunkWorkspace.OutputBuffers);
+        Assert.Equal(3, addresses.Take(3).Distinct().Count());
+        for (var i = 3; i < addresses.Length; i++)
+        {
+            // Buffer i is buffer i − 3 again (grown in place or reallocated: it was free either way), never one of the two before it.
+            Assert.NotEqual(addresses[i - 1], addresses[i]);
+            Assert.NotEqual(addresses[i - 2], addresses[i]);
+        }
+        Assert.Equal(addresses[0], addresses[3]);
+        Assert.Equal(addresses[1], addresses[4]);
     }
 
     [Fact]
-    public void A_buffer_that_grows_or_changes_type_is_still_not_the_other_one()
+    public void A_returned_buffer_is_the_next_one_handed_out_and_the_others_keep_their_turn()
     {
         using var workspace = new ChunkWorkspace();
-        workspace.NextOutput(SafetensorsDType.BF16, 10);
+        var a = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
+        var b = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
+        var c = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
+        workspace.ReturnOutput();
+
+        Assert.Equal(c, Address(workspace.NextOutput(SafetensorsDType.BF16, 10)));
+        Assert.Equal(a, Address(workspace.NextOutput(SafetensorsDType.BF16, 10)));
+        Assert.Equal(b, Address(workspace.NextOutput(SafetensorsDType.BF16, 10)));
+    }
+
+    [Fact]
+    public void A_buffer_that_grows_or_changes_type_is_still_not_one_of_the_others()
+    {
+        using var workspace = new ChunkWorkspace();
+        var first = Address(workspace.NextOutput(SafetensorsDType.BF16, 10));
         var other = Address(workspace.NextOutput(SafetensorsDType.F32, 10));
         var grown = workspace.NextOutput(SafetensorsDType.BF16, 1 << 20);
-        var retyped = workspace.NextOutput(SafetensorsDType.BF16, 10);
+        var retyped = workspace.NextOutput(SafetensorsDType.F32, 1 << 19);
 
         Assert.Equal(1 << 20, grown.Count);
-        Assert.Equal(SafetensorsDType.BF16, retyped.DType);
-        Assert.NotEqual(Address(grown), Address(retyped));
-        Assert.NotEqual(other, Address(grown));
+        Assert.Equal(SafetensorsDType.F32, retyped.DType);
+        Assert.Equal(3, new[] { other, Address(grown), Address(retyped) }.Distinct().Count());
+        Assert.NotEqual(first, Address(grown));
     }
 }
