@@ -24,8 +24,8 @@ internal sealed class ChunkWorkspace : IDisposable
 
     /// <summary>
     /// Output buffers, handed out in turn: the one being filled and up to <see cref="BackgroundAppender.MaxInFlight"/>
-    /// being written. Two more than one: a slow write (the disk's periodic stalls, 10–20 ms against a chunk's 10–15 ms
-    /// of computation on this project's VM) is absorbed instead of stopping the computation.
+    /// being written. With two being written rather than one, a slow write (the disk's periodic stalls, 10–20 ms
+    /// against a chunk's 10–15 ms of computation on this project's VM) is absorbed instead of stopping the computation.
     /// </summary>
     internal const int OutputBuffers = 3;
 
