@@ -9,7 +9,7 @@ namespace Dare.Engine.Merge;
 /// nothing: no page faults on fresh memory, no allocator fragmentation, and a peak memory set by the largest chunk
 /// rather than by how the allocator happens to reuse freed blocks. Slot 0 holds the base chunk in float32, slot
 /// i + 1 input i's δ; raw slots keep chunks as stored (same numbering); the staging buffer receives raw bytes
-/// about to be widened; the two output buffers the converted result.
+/// about to be widened; the three output buffers the converted result.
 /// Buffers are native memory owned by the workspace (torch tensors for the tensor backend, which uploads them); the
 /// views it hands out are valid until the same slot is asked for again or the workspace is disposed. Each buffer grows
 /// to the largest request and is freed by <see cref="Dispose"/>.

@@ -190,7 +190,7 @@ public sealed class MergeExecutor
         using var reader = new TensorReader(nonFinite);
         // The tensor backend copies its results into the output buffers as tensors.
         using var workspace = new ChunkWorkspace { TorchBuffers = backend is not null };
-        // Disposed first: waits for a write still in flight before the buffers and the writer go.
+        // Disposed first: waits for the writes still queued before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
         using var device = backend is null ? null : new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose);
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device, SurvivorSigmas = SurvivorSigmas };
