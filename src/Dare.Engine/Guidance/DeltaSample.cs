@@ -112,9 +112,8 @@ public sealed class DeltaSample
         {
             fixed (float* data = values[i])
             {
-                // Measure-TaskVector's natural sparsity; in a sample of zeros (max 0) every entry counts.
-                var max = DeltaMoments.Of(data, length).MaxAbs;
-                _sparse[i] += max == 0 ? length : DeltaMoments.CountBelow(data, length, SparsityFraction * max);
+                // Measure-TaskVector's natural sparsity, relative to the sample's own max |δ|.
+                _sparse[i] += DeltaMoments.CountSparse(data, length, DeltaMoments.Of(data, length).MaxAbs, SparsityFraction);
             }
             _sampled[i] += length;
         }

@@ -32,6 +32,13 @@ internal static unsafe class DeltaMoments
         return (BitConverter.UInt32BitsToSingle(maxBits), sum, squares);
     }
 
+    /// <summary>
+    /// The naturally sparse entries of data[0..count): |x| below <paramref name="fraction"/> of its tensor's max |x|
+    /// (<paramref name="tensorMax"/>), or every entry when that max is 0 (a tensor the fine-tune left alone).
+    /// </summary>
+    public static long CountSparse(float* data, long count, double tensorMax, double fraction) =>
+        tensorMax == 0 ? count : CountBelow(data, count, fraction * tensorMax);
+
     /// <summary>How many of data[0..count) have (double)|x| &lt; <paramref name="limit"/>.</summary>
     public static long CountBelow(float* data, long count, double limit)
     {

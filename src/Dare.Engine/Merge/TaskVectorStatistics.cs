@@ -36,13 +36,6 @@ public sealed record TaskVectorStatistics(
     public const double SparsityFraction = 0.01;
 
     /// <summary>
-    /// The entries of a chunk below <see cref="SparsityFraction"/> of its tensor's max |δ|; every entry of a tensor
-    /// whose δ is all zero (one the fine-tune left alone), as the guidance sample (DeltaSample) counts them.
-    /// </summary>
-    private static unsafe long SparseIn(ChunkView delta, double tensorMax) =>
-        tensorMax == 0 ? delta.Count : DeltaMoments.CountBelow(delta.Floats, delta.Count, SparsityFraction * tensorMax);
-
-    /// <summary>
     /// Computes the statistics by streaming the vector through the executor. Natural sparsity is relative to each
     /// tensor's own max |δ|, which a tensor larger than one chunk only knows after a first pass.
     /// </summary>
@@ -58,7 +51,7 @@ public sealed record TaskVectorStatistics(
             a.SumSquares += squares;
             if (delta.Count == info.ElementCount)
             {
-                a.Sparse = SparseIn(delta, a.Max);
+                a.Sparse = DeltaMoments.CountSparse(delta.Floats, delta.Count, a.Max, SparsityFraction);
                 a.SparseKnown = true;
             }
         }, "Measuring", tensorDone: (info, drops) =>
@@ -75,7 +68,7 @@ public sealed record TaskVectorStatistics(
             executor.StreamDeltas(vector, (info, _, delta) =>
             {
                 var a = accumulators[info.Name];
-                a.Sparse += SparseIn(delta, a.Max);
+                a.Sparse += DeltaMoments.CountSparse(delta.Floats, delta.Count, a.Max, SparsityFraction);
             }, "Measuring sparsity", t => unknown.Contains(t.Name));
         }
 
