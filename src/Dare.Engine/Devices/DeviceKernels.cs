@@ -27,7 +27,7 @@ internal static class DeviceKernels
         {
             // Split at 2^32-element block boundaries, where the per-block keys change (as DareMask.Apply does).
             var index = first + position;
-            var length = Math.Min(count - position, (((index >> 32) + 1) << 32) - index);
+            var length = DareMask.InBlock(index, count - position);
             var (k0, k1) = DareMask.BlockKeys(key, index >> 32);
             using var h = arange(index & Low32, (index & Low32) + length, 1L, ScalarType.Int64, device);
             MulLow32(h, 0x9E3779B1u);

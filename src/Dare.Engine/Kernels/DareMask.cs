@@ -85,8 +85,7 @@ public static class DareMask
         {
             // Split at 2^32-element block boundaries, where the per-block key changes.
             var index = first + position;
-            var blockEnd = ((index >> 32) + 1) << 32;
-            var length = Math.Min(count - position, blockEnd - index);
+            var length = InBlock(index, count - position);
             dropped += ApplyBlock(data + position, index, length, key, threshold, scale, wide);
             position += length;
         }
@@ -194,7 +193,7 @@ public static class DareMask
         for (var position = 0L; position < count;)
         {
             var index = first + position;
-            var length = Math.Min(count - position, (((index >> 32) + 1) << 32) - index);
+            var length = InBlock(index, count - position);
             var (k0, k1) = BlockKeys(key, index >> 32);
             VectorDriver.Run(new HashOperator(destination + position, (uint)index, k0, k1), 0, length);
             position += length;
@@ -233,6 +232,9 @@ public static class DareMask
         *value *= scale;
         return false;
     }
+
+    /// <summary>How many of the <paramref name="remaining"/> elements from tensor index <paramref name="index"/> on lie in its 2^32-element block (and so share its keys).</summary>
+    internal static long InBlock(long index, long remaining) => Math.Min(remaining, (((index >> 32) + 1) << 32) - index);
 
     /// <summary>The two 32-bit keys of one 2^32-element block (the device backend derives its masks from the same keys).</summary>
     internal static (uint, uint) BlockKeys(ulong key, long block)

@@ -47,8 +47,7 @@ internal readonly unsafe struct FusedInput
     {
         while (start < end)
         {
-            var index = first + start;
-            var length = Math.Min(end - start, (((index >> 32) + 1) << 32) - index);
+            var length = DareMask.InBlock(first + start, end - start);
             yield return (start, start + length);
             start += length;
         }
