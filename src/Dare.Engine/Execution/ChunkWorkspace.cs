@@ -101,8 +101,9 @@ internal sealed class ChunkWorkspace : IDisposable
     /// <summary>One buffer: aligned native memory, or a torch tensor (then its views can become tensors again).</summary>
     private sealed unsafe class Buffer : IDisposable
     {
-        // Cache-line aligned, as torch's allocator was: the kernels' vector loads never straddle a line at a buffer's start.
-        private const nuint Alignment = 64;
+        // Block-aligned: an output buffer is written to the file from where it is (see DirectOutputFile), and the kernels'
+        // vector loads never straddle a cache line at a buffer's start.
+        private const nuint Alignment = 4096;
         private void* _data;
         private readonly Tensor? _tensor;
 

@@ -266,7 +266,15 @@ public sealed partial class CheckpointWriter : IDisposable
         _file = null;
     }
 
-    /// <summary>The JSON header, padded with spaces so the data block starts at a multiple of 8 bytes.</summary>
+    /// <summary>
+    /// Where each shard's data block starts: at a multiple of this many bytes, the header padded with spaces (which the
+    /// format allows). Output chunks in block-aligned buffers are then in phase with the file wherever the tensors before
+    /// them fill whole blocks (as a transformer's bfloat16 matrices do), and are written from where they are (see
+    /// <see cref="DirectOutputFile"/>). A multiple of 8, the alignment readers expect.
+    /// </summary>
+    public const int DataAlignment = 4096;
+
+    /// <summary>The JSON header, padded with spaces so the data block starts at a multiple of <see cref="DataAlignment"/> bytes.</summary>
     internal static byte[] BuildHeader(IEnumerable<PlannedTensor> tensors, IReadOnlyDictionary<string, string>? metadata)
     {
         using var buffer = new MemoryStream();
@@ -297,8 +305,8 @@ public sealed partial class CheckpointWriter : IDisposable
             }
             json.WriteEndObject();
         }
-        var length = buffer.Length;
-        var padded = (length + 7) / 8 * 8;
+        // The data block starts after the 8-byte length and the header.
+        var padded = (8 + buffer.Length + DataAlignment - 1) / DataAlignment * DataAlignment - 8;
         while (buffer.Length < padded) buffer.WriteByte((byte)' ');
         return buffer.ToArray();
     }

@@ -62,6 +62,10 @@ internal sealed class BufferedOutputFile : OutputFile
 /// <summary>
 /// O_DIRECT requires block-aligned memory, offsets and lengths, so bytes are gathered in an aligned staging buffer
 /// and written a full buffer at a time; the last block is padded with zeros and the file truncated to its length.
+/// Bytes whose memory is in phase with the file (an address that is the file position modulo the alignment, as a
+/// merge's output chunks are: block-aligned buffers, and data blocks that start on a block, see
+/// <see cref="CheckpointWriter.DataAlignment"/>) are written from where they are, all but their first and last partial
+/// blocks: copying a large export through the staging buffer took a core ~0.2 s per 2 GB here.
 /// </summary>
 internal sealed unsafe partial class DirectOutputFile : OutputFile
 {
@@ -110,7 +114,34 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
         _ => null,
     };
 
+    /// <summary>Bytes written from the caller's memory rather than through the staging buffer (for the tests).</summary>
+    internal long BytesWrittenInPlace { get; private set; }
+
     public override void Write(ReadOnlySpan<byte> bytes)
+    {
+        fixed (byte* data = bytes)
+        {
+            // In phase: the staging takes the bytes up to the next block boundary (completing its last block), the
+            // whole blocks after it go from where they are, and the staging keeps the partial block at the end.
+            var position = _flushed + _staged;
+            var head = (int)((Alignment - position % Alignment) % Alignment);
+            if ((((long)data - position) & (Alignment - 1)) == 0 && bytes.Length - head >= InPlaceMinimum)
+            {
+                Stage(bytes[..head]);
+                if (_staged > 0) FlushStaging(_staged);
+                var whole = (bytes.Length - head) / Alignment * Alignment;
+                WriteBlocks(data + head, whole);
+                BytesWrittenInPlace += whole;
+                bytes = bytes[(head + whole)..];
+            }
+        }
+        Stage(bytes);
+    }
+
+    /// <summary>Fewest bytes written in place: below this a copy costs less than an extra write request.</summary>
+    internal const int InPlaceMinimum = 256 << 10;
+
+    private void Stage(ReadOnlySpan<byte> bytes)
     {
         while (!bytes.IsEmpty)
         {
@@ -139,19 +170,25 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
 
     private void FlushStaging(int length)
     {
-        var offset = 0;
+        WriteBlocks(_staging, length);
+        _staged = 0;
+    }
+
+    /// <summary>Writes <paramref name="length"/> bytes (whole blocks, from block-aligned memory) at the end of what is flushed, in requests of at most <see cref="StagingSize"/>.</summary>
+    private void WriteBlocks(byte* data, long length)
+    {
+        long offset = 0;
         while (offset < length)
         {
-            var written = pwrite(_descriptor, _staging + offset, (nuint)(length - offset), _flushed + offset);
+            var written = pwrite(_descriptor, data + offset, (nuint)Math.Min(length - offset, StagingSize), _flushed + offset);
             if (written < 0)
             {
                 if (Marshal.GetLastPInvokeError() == EINTR) continue;
                 Check(-1, "write");
             }
-            offset += (int)written;
+            offset += written;
         }
         _flushed += length;
-        _staged = 0;
     }
 
     private void Check(int result, string operation)

@@ -14,6 +14,19 @@ public sealed class ChunkWorkspaceTests
     private static unsafe IntPtr Address(ChunkView view) => (IntPtr)view.Data;
 
     [Fact]
+    public void Native_buffers_start_on_a_4096_byte_block_so_outputs_can_be_written_from_where_they_are()
+    {
+        using var workspace = new ChunkWorkspace();
+        var views = new[]
+        {
+            workspace.NextOutput(SafetensorsDType.BF16, 12_345), workspace.NextOutput(SafetensorsDType.F32, 3), workspace.NextOutput(SafetensorsDType.BF16, 1 << 20),
+            workspace.Floats(1, 777), workspace.Raw(0, 5), workspace.Staging(99),
+        };
+
+        Assert.All(views, view => Assert.Equal(0, Address(view) % 4096));
+    }
+
+    [Fact]
     public void Output_buffers_take_turns_across_requests_of_any_size()
     {
         using var workspace = new ChunkWorkspace();

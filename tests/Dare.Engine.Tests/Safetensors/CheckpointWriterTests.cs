@@ -106,7 +106,7 @@ public sealed class CheckpointWriterTests : IDisposable
     [InlineData(6)]
     [InlineData(7)]
     [InlineData(8)]
-    public void Header_is_padded_with_spaces_so_the_data_block_starts_at_a_multiple_of_8(int nameLength)
+    public void Header_is_padded_with_spaces_so_the_data_block_starts_on_a_4096_byte_block(int nameLength)
     {
         var tensors = new[] { new RawTensor(new string('w', nameLength), "F32", new long[] { 3 }, RawData.F32(1, 2, 3)) };
         var destination = _temp[$"out{nameLength}"];
@@ -115,12 +115,29 @@ public sealed class CheckpointWriterTests : IDisposable
 
         var raw = RawSafetensorsReader.Read(Path.Combine(destination, "model.safetensors"));
         Assert.Equal(0UL, raw.HeaderLength % 8);
-        Assert.Equal(0, raw.DataStart % 8);
+        Assert.Equal(4096, raw.DataStart); // 8 bytes of length, then a header well under a block
         var text = Encoding.UTF8.GetString(raw.HeaderBytes);
         var json = text.TrimEnd(' ');
         Assert.EndsWith("}", json);
-        Assert.InRange(text.Length - json.Length, 0, 7); // padding only, and only as much as needed
+        Assert.Equal(4096 - 8, text.Length); // padding only, and only as much as needed
         Assert.Equal(RawData.F32(1, 2, 3), raw.Data(tensors[0].Name));
+    }
+
+    [Fact]
+    public void A_header_of_several_blocks_is_padded_to_the_next_block_only()
+    {
+        // 300 entries of ~75 bytes each: a header of ~22 KB.
+        var tensors = Enumerable.Range(0, 300).Select(i => new RawTensor($"model.layers.{i}.weight", "F32", new long[] { 1 }, RawData.F32(i))).ToArray();
+        var destination = _temp["long-header"];
+
+        Write(destination, tensors);
+
+        var raw = RawSafetensorsReader.Read(Path.Combine(destination, "model.safetensors"));
+        var json = Encoding.UTF8.GetString(raw.HeaderBytes).TrimEnd(' ');
+        Assert.True(json.Length > 4 * 4096);
+        Assert.Equal(0, raw.DataStart % 4096);
+        Assert.InRange(raw.DataStart - (8 + json.Length), 0, 4095);
+        Assert.Equal(RawData.F32(299), raw.Data("model.layers.299.weight"));
     }
 
     [Fact]

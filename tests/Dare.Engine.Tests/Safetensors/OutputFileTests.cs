@@ -109,6 +109,79 @@ public sealed class OutputFileTests : IDisposable
     }
 
     [Fact]
+    public unsafe void Bytes_in_phase_with_the_file_are_written_from_where_they_are_and_the_rest_through_the_staging_buffer()
+    {
+        const int MiB = 1 << 20;
+        // (length, whether its memory is in phase with the file position it lands at), and what goes in place:
+        var pieces = new (int Length, bool InPhase)[]
+        {
+            (1000, true),          // too short to write in place: staged (position 1000)
+            (MiB + 500, true),     // 3096 bytes complete the staged block, 255 whole blocks (1,044,480) in place, 1500 staged
+            (MiB, false),          // out of phase: staged
+            (2 * MiB, true),       // at 2,098,652 (1500 past a block): 2596 staged, 511 blocks (2,093,056) in place, 1500 staged
+            (100_000, true),       // too short: staged
+        };
+        const long expectedInPlace = 1_044_480 + 2_093_056;
+        var total = pieces.Sum(p => p.Length);
+        var expected = RawData.Random(total, 11);
+        var path = _temp["in-place.bin"];
+
+        long inPlace;
+        using (var file = OutputFile.Create(path, direct: true))
+        {
+            var direct = Assert.IsType<DirectOutputFile>(file); // this project's machines are Linux
+            var position = 0;
+            foreach (var (length, inPhase) in pieces)
+            {
+                WriteFromMemory(file, expected.AsSpan(position, length), inPhase ? position % 4096 : (position + 8) % 4096);
+                position += length;
+            }
+            file.Complete();
+            inPlace = direct.BytesWrittenInPlace;
+        }
+
+        Assert.Equal(expected, File.ReadAllBytes(path));
+        Assert.Equal(expectedInPlace, inPlace);
+    }
+
+    [Fact]
+    public unsafe void A_piece_whose_first_bytes_fill_the_staging_buffer_flushes_it_before_the_blocks_in_place()
+    {
+        var staged = Staging - 100;
+        var expected = RawData.Random(staged + (1 << 20), 12);
+        var path = _temp["fills-staging.bin"];
+
+        long inPlace;
+        using (var file = OutputFile.Create(path, direct: true))
+        {
+            var direct = Assert.IsType<DirectOutputFile>(file);
+            file.Write(expected.AsSpan(0, staged));
+            WriteFromMemory(file, expected.AsSpan(staged), staged % 4096);
+            file.Complete();
+            inPlace = direct.BytesWrittenInPlace;
+        }
+
+        Assert.Equal(expected, File.ReadAllBytes(path));
+        // 100 bytes fill the staging buffer; of the 1,048,476 left, 255 whole blocks go in place and 3996 bytes are staged.
+        Assert.Equal(255 * 4096, inPlace);
+    }
+
+    /// <summary>Writes <paramref name="bytes"/> from native memory starting <paramref name="offset"/> bytes past a 4096-byte boundary.</summary>
+    private static unsafe void WriteFromMemory(OutputFile file, ReadOnlySpan<byte> bytes, int offset)
+    {
+        var memory = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(bytes.Length + 4096), 4096);
+        try
+        {
+            bytes.CopyTo(new Span<byte>(memory + offset, bytes.Length));
+            file.Write(new ReadOnlySpan<byte>(memory + offset, bytes.Length));
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(memory);
+        }
+    }
+
+    [Fact]
     public void Direct_writes_are_on_by_default_and_switched_off_by_the_environment()
     {
         // Read, not set: the other tests run in parallel in this process and read the same variable.
