@@ -99,19 +99,33 @@ internal static unsafe class ChunkKernels
     /// 64 from all over the tensor, in runs long enough for the processor to stream: runs of 16 every 1,031 elements
     /// took 10–16 ms for a 45M-element tensor here (a cache and TLB miss per run), runs of 256 every 16,411 2–6 ms.
     /// </summary>
-    public static void Presample(ushort* baseBits, ushort* tunedBits, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection)
+    public static void Presample(ushort* baseBits, ushort* tunedBits, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection) =>
+        selection.AddPresample(PresampleTable(baseBits, tunedBits, count, PresampleSpacing, dare, key, threshold, scale));
+
+    /// <summary>
+    /// <see cref="Presample"/> from the runs alone, one after the other (run r at r × <see cref="PresampleRun"/>), as
+    /// <see cref="Safetensors.TensorReader.ReadRuns"/> reads them from a file: the same elements, the same presample.
+    /// </summary>
+    public static void PresampleRuns(ushort* baseRuns, ushort* tunedRuns, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection) =>
+        selection.AddPresample(PresampleTable(baseRuns, tunedRuns, count, PresampleRun, dare, key, threshold, scale));
+
+    /// <summary>
+    /// The presample's coarse-bin counts (the calling thread's sample table, see <see cref="MagnitudeSelection.RentSampleTable"/>),
+    /// with run r at r × <paramref name="runStride"/> elements of the two arrays.
+    /// </summary>
+    internal static uint[] PresampleTable(ushort* baseBits, ushort* tunedBits, long count, long runStride, bool dare, ulong key, uint threshold, float scale)
     {
         var table = MagnitudeSelection.RentSampleTable();
-        for (long start = 0; start < count; start += PresampleSpacing)
+        for (long start = 0, at = 0; start < count; start += PresampleSpacing, at += runStride)
         {
             for (var j = start; j < Math.Min(count, start + PresampleRun); j++)
             {
-                var delta = WidenSubtractBFloat16Operator.Difference(tunedBits[j], baseBits[j]);
+                var delta = WidenSubtractBFloat16Operator.Difference(tunedBits[at + j - start], baseBits[at + j - start]);
                 if (dare) delta = DareMask.IsDropped(key, j, threshold) ? 0f : delta * scale;
                 table[(BitConverter.SingleToUInt32Bits(delta) & 0x7FFFFFFF) >> 16]++;
             }
         }
-        selection.AddPresample(table);
+        return table;
     }
 
     /// <summary>Elements between the starts of two presample runs: a prime, so the runs do not line up with rows.</summary>

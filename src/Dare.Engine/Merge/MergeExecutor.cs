@@ -172,6 +172,9 @@ public sealed class MergeExecutor
     /// <summary>Input bytes this executor's exports read ahead past the page cache (see <see cref="DirectReadAhead"/>).</summary>
     internal long BytesReadAhead { get; private set; }
 
+    /// <summary>Tensors whose TIES presample was read from the input files rather than computed in a pass (see TensorMerger).</summary>
+    internal int TensorsPresampledFromFiles { get; private set; }
+
     private void ReportProfile(Stopwatch clock, TimeSpan background)
     {
         if (_profile is null) return;
@@ -204,6 +207,7 @@ public sealed class MergeExecutor
         }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name])));
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
         BytesReadAhead += reader.DirectBytesServed;
+        TensorsPresampledFromFiles += merger.TensorsPresampledFromFiles;
         _cancellation.ThrowIfCancellationRequested();
         return (bytesRead, appender.BackgroundTime);
     }

@@ -29,8 +29,9 @@ internal interface IChunkPasses
 
     /// <summary>
     /// Adds a sample of input <paramref name="input"/>'s δ to <paramref name="selection"/>'s presample before the first
-    /// pass (<see cref="MagnitudeSelection.AddPresample"/>), when the tensor is in memory already (kept as stored), so
-    /// that the first pass can count a bracket instead of sampling. False when it is not, and nothing was added.
+    /// pass (<see cref="MagnitudeSelection.AddPresample"/>), when the tensor is in memory already (kept as stored) or
+    /// has several chunks in the page cache, so that the first pass can count a bracket instead of sampling. False
+    /// when it is not, and nothing was added.
     /// </summary>
     bool Presample(int input, MagnitudeSelection selection);
 }

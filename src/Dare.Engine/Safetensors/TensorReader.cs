@@ -126,6 +126,26 @@ public sealed class TensorReader : IDisposable
     }
 
     /// <summary>
+    /// Runs of <paramref name="run"/> elements, one starting every <paramref name="spacing"/> elements of the tensor
+    /// (the last cut at its end), read one after the other into <paramref name="destination"/> (run r at r ×
+    /// <paramref name="run"/> elements): a sample of a tensor in the page cache, a few hundred bytes per read. Not
+    /// scanned for NaN/Inf (the merge's own reads of the same bytes are).
+    /// </summary>
+    public unsafe void ReadRuns(TensorInfo info, long spacing, int run, byte* destination)
+    {
+        if (info.Assembly is not null) throw new InvalidOperationException($"Tensor '{info.Name}' is assembled from pieces; it has no runs of its own to read.");
+        var handle = Handle(info);
+        var elementSize = info.DType.ElementSize();
+        var n = info.ElementCount;
+        for (long start = 0, at = 0; start < n; start += spacing, at += run * elementSize)
+        {
+            var bytes = (int)(Math.Min(run, n - start) * elementSize);
+            var offset = info.DataOffset + start * elementSize;
+            for (var done = 0; done < bytes;) done += ReadFromFile(info, handle, offset + done, destination + at + done, bytes - done);
+        }
+    }
+
+    /// <summary>
     /// Elements [firstElement, firstElement + count) of the tensor, for a kernel that reads them piece by piece from
     /// several threads (<see cref="StoredRange"/>): from the direct read-ahead buffer when the range was read ahead, else
     /// from the file as each piece is needed (an assembled tensor is read whole first). Once the kernel is done, call

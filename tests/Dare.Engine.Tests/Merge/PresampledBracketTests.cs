@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
+using Dare.Engine.Tests.Safetensors;
 using Xunit;
 
 namespace Dare.Engine.Tests.Merge;
@@ -107,6 +108,58 @@ public sealed unsafe class PresampledBracketTests
             offset += Chunks[c];
         }
         Assert.Equal(0, remaining);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void The_presample_of_runs_read_from_files_counts_what_the_presample_of_the_tensor_in_memory_and_a_plain_loop_count(bool dare)
+    {
+        // The last run is cut at the end of the tensor (100 of its 256 elements); the data start at an odd offset.
+        const int n = 60 * ChunkKernels.PresampleSpacing + 100;
+        const int offset = 102;
+        var random = new Random(21);
+        var baseBits = GaussianBits(n, random);
+        var tunedBits = GaussianBits(n, random);
+        const ulong key = 0x1234_5678_9ABC_DEF0;
+        var threshold = (uint)(0.9 * 4294967296.0);
+        const float scale = 10f;
+        using var folder = new TempDirectory();
+        TensorInfo Stored(string name, ushort[] bits)
+        {
+            var path = folder[name];
+            File.WriteAllBytes(path, new byte[offset].Concat(MemoryMarshal.AsBytes(bits.AsSpan()).ToArray()).ToArray());
+            return new TensorInfo(name, SafetensorsDType.BF16, new long[] { n }, path, offset, 2L * n);
+        }
+        var (baseInfo, tunedInfo) = (Stored("base.bin", baseBits), Stored("tuned.bin", tunedBits));
+
+        // The plain loop: every element whose index is within a run's first 256 of each 16,411.
+        var delta = PlainDelta(baseBits, tunedBits, dare, key, threshold, scale);
+        var expected = new uint[1 << 16];
+        for (var j = 0; j < n; j++)
+        {
+            if (j % 16_411 < 256) expected[(BitConverter.SingleToUInt32Bits(delta[j]) & 0x7FFFFFFF) >> 16]++;
+        }
+        Assert.Equal(61L * 256 - 156, expected.Sum(c => (long)c));
+
+        const int runs = 61;
+        var baseRuns = new ushort[runs * ChunkKernels.PresampleRun];
+        var tunedRuns = new ushort[runs * ChunkKernels.PresampleRun];
+        using (var reader = new TensorReader())
+        {
+            fixed (ushort* b = baseRuns, t = tunedRuns)
+            {
+                reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, (byte*)b);
+                reader.ReadRuns(tunedInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, (byte*)t);
+            }
+        }
+        Assert.Equal(baseBits.AsSpan(60 * 16_411, 100).ToArray(), baseRuns.AsSpan(60 * 256, 100).ToArray());
+        uint[] fromMemory, fromRuns;
+        fixed (ushort* b = baseBits, t = tunedBits) fromMemory = ChunkKernels.PresampleTable(b, t, n, ChunkKernels.PresampleSpacing, dare, key, threshold, scale).AsSpan(0, 1 << 16).ToArray();
+        fixed (ushort* b = baseRuns, t = tunedRuns) fromRuns = ChunkKernels.PresampleTable(b, t, n, ChunkKernels.PresampleRun, dare, key, threshold, scale).AsSpan(0, 1 << 16).ToArray();
+
+        Assert.Equal(expected, fromMemory);
+        Assert.Equal(expected, fromRuns);
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
+using Dare.Engine.Tests.Safetensors;
 using Xunit;
 
 namespace Dare.Engine.Tests.Merge;
@@ -13,7 +14,7 @@ public sealed class TiesBracketRouteTests : IDisposable
 {
     private const string Name = "model.layers.0.mlp.up_proj.weight";
     private const int Count = 400_003;
-    private readonly TestModels _models = new();
+    private readonly TestModels _models = new(PageCache.TempRoot); // where pages can be dropped
     private readonly float[] _base;
     private readonly List<float[]> _tuned = new();
     private readonly List<TaskVector> _vectors = new();
@@ -47,6 +48,29 @@ public sealed class TiesBracketRouteTests : IDisposable
         var actual = TestModels.ReadFloats(whole, Name);
         Reference.AssertClose(expected, actual, what: Name);
         Reference.AssertBitEqual(actual, TestModels.ReadFloats(chunked, Name), Name);
+    }
+
+    [Theory]
+    [InlineData(true)] // presampled from runs read from the files: the first pass counts the bracket, the second combines
+    [InlineData(false)] // not cached: kept as stored and presampled from memory
+    public void A_tensor_of_several_chunks_is_presampled_from_its_files_only_when_they_are_in_the_page_cache(bool cached)
+    {
+        var files = new[] { "base", "tuned0", "tuned1", "tuned2" }.SelectMany(m => Directory.GetFiles(_models.PathOf(m), "*.safetensors")).ToList();
+        foreach (var file in files)
+        {
+            if (cached) File.ReadAllBytes(file); // the writer wrote past the page cache
+            else PageCache.Drop(file);
+        }
+        var executor = new MergeExecutor(chunkElements: 150_001);
+        var name = cached ? "cached" : "cold";
+        executor.Export(Plan(), new ExportOptions { Destination = _models.PathOf(name), OutputDType = SafetensorsDType.F32, DeltaOnly = true });
+
+        Assert.Equal(cached ? 1 : 0, executor.TensorsPresampledFromFiles);
+        var deltas = _tuned.Select(t => Reference.Delta(_base, t)).ToArray();
+        var expected = Reference.ToFloats(Reference.Ties(deltas, new[] { 1, 0.7, 1.3 }, new[] { 0.3, 0.2, 0.45 }, true, 0.9));
+        var actual = TestModels.ReadFloats(Checkpoint.Open(_models.PathOf(name)), Name);
+        Reference.AssertClose(expected, actual, what: Name);
+        Reference.AssertBitEqual(actual, TestModels.ReadFloats(_models.Export(Plan(), "whole", deltaOnly: true), Name), Name);
     }
 
     [Fact]
