@@ -13,6 +13,9 @@ public abstract class DareCmdlet : PSCmdlet, IDisposable
     private readonly CancellationTokenSource _cancellation = new();
     private List<PosixSignalRegistration>? _signalRegistrations;
 
+    // The session's first Dare cmdlet starts what a later export would otherwise wait for.
+    static DareCmdlet() => Dare.Engine.Recipes.RecipeWriter.WarmUpInBackground();
+
     // Process-wide: the signal received (0: none), and how many Dare actions are running (nested when one cmdlet's
     // WriteObject runs the next cmdlet of the pipeline).
     private static volatile int s_signalNumber;

@@ -12,6 +12,31 @@ namespace Dare.Engine.Recipes;
 /// </summary>
 public static partial class RecipeWriter
 {
+    private static int s_warmUpStarted;
+
+    /// <summary>
+    /// Serializes a small recipe-shaped tree once on a thread-pool thread: an export writes its recipe before its first
+    /// byte, and YamlDotNet's first use in a process (loading it, compiling its serializer) took ~60 ms of a medium
+    /// merge here. Started by the session's first cmdlet, it runs beside that cmdlet's own work. Once per process; a
+    /// failure only leaves the first export to pay as before.
+    /// </summary>
+    public static void WarmUpInBackground()
+    {
+        if (Interlocked.Exchange(ref s_warmUpStarted, 1) != 0) return;
+        ThreadPool.QueueUserWorkItem(_ =>
+        {
+            try
+            {
+                var model = new Dictionary<string, object?> { ["model"] = "m", ["parameters"] = new Dictionary<string, object?> { ["weight"] = 0.5, ["density"] = 1L } };
+                new SerializerBuilder().Build().Serialize(new Dictionary<string, object?> { ["models"] = new List<object?> { model }, ["normalize"] = true });
+            }
+            catch (Exception)
+            {
+                // Nothing depends on the warm-up.
+            }
+        });
+    }
+
     public static string ToYaml(TaskVector vector, SafetensorsDType? outputDType = null, long? maxShardSize = null, bool deltaOnly = false, ComputeDevice? device = null)
     {
         var inputs = vector.IsMerged ? vector.Inputs : new[] { vector };
