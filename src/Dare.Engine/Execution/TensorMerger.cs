@@ -337,8 +337,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         /// <summary>
         /// From the stored bytes of a tensor kept as stored; or, for a tensor of several chunks in the page cache, from
         /// the presample's runs read from the files (a few thousand reads of 512 bytes, ~10 ms for a 65M-element tensor
-        /// here), which saves the pass after the first a δ of the whole tensor from the stored bytes again. A tensor of
-        /// one chunk keeps its δ in memory between passes; reading its runs cost more than the bracket pass it saved.
+        /// here), which spares the bracket pass its δ of the whole tensor, computed from the stored bytes once more. A
+        /// tensor of one chunk keeps its δ in memory between passes; reading its runs cost more than that pass.
         /// </summary>
         public unsafe bool Presample(int input, MagnitudeSelection selection)
         {
