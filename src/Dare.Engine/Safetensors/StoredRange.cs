@@ -61,22 +61,11 @@ public sealed unsafe class StoredRange : IDisposable
         if (_memory is not null) piece = _memory + start * _elementSize;
         else
         {
-            ReadFile(_offset + start * _elementSize, length * _elementSize, buffer);
+            TensorReader.ReadAll(Info, _handle!, _offset + start * _elementSize, buffer, length * _elementSize);
             piece = buffer;
         }
         if (_scan && Volatile.Read(ref _foundNonFinite) == 0 && FiniteCheck.AnyNonFinite(piece, length * _elementSize, Info.DType)) Volatile.Write(ref _foundNonFinite, 1);
         return piece;
-    }
-
-    private void ReadFile(long offset, long bytes, byte* destination)
-    {
-        while (bytes > 0)
-        {
-            var read = TensorReader.ReadFromFile(Info, _handle!, offset, destination, (int)Math.Min(bytes, 1 << 30));
-            destination += read;
-            offset += read;
-            bytes -= read;
-        }
     }
 
     /// <summary>Frees the read-ahead buffer or the owned memory; pieces handed out from them are invalid after this.</summary>

@@ -104,6 +104,18 @@ public sealed class TensorReader : IDisposable
         return ReadFromFile(info, handle, offset, destination, size);
     }
 
+    /// <summary>All <paramref name="bytes"/> bytes of the file at <paramref name="offset"/>, in as many reads as it takes.</summary>
+    internal static unsafe void ReadAll(TensorInfo info, SafeFileHandle handle, long offset, byte* destination, long bytes)
+    {
+        while (bytes > 0)
+        {
+            var read = ReadFromFile(info, handle, offset, destination, (int)Math.Min(bytes, 1 << 30));
+            destination += read;
+            offset += read;
+            bytes -= read;
+        }
+    }
+
     /// <summary>Up to <paramref name="size"/> bytes of the file at <paramref name="offset"/> (at least one); returns how many.</summary>
     internal static unsafe int ReadFromFile(TensorInfo info, SafeFileHandle handle, long offset, byte* destination, int size)
     {
@@ -139,9 +151,7 @@ public sealed class TensorReader : IDisposable
         var n = info.ElementCount;
         for (long start = 0, at = 0; start < n; start += spacing, at += run * elementSize)
         {
-            var bytes = (int)(Math.Min(run, n - start) * elementSize);
-            var offset = info.DataOffset + start * elementSize;
-            for (var done = 0; done < bytes;) done += ReadFromFile(info, handle, offset + done, destination + at + done, bytes - done);
+            ReadAll(info, handle, info.DataOffset + start * elementSize, destination + at, Math.Min(run, n - start) * elementSize);
         }
     }
 
