@@ -3,23 +3,33 @@ using System.Runtime.InteropServices;
 namespace Dare.Engine.Safetensors;
 
 /// <summary>
-/// Read-ahead past the page cache, for ranges a merge reads once: <see cref="Readers"/> threads read them in the order
-/// asked, with O_DIRECT, into buffers of their own, and <see cref="TensorReader.ReadElements"/> copies from there.
-/// On this project's VM filling the page cache from a cold disk costs a fault on the host per page: a cold
-/// DARE-linear of 31 GB of inputs took 39.8 s (30.2 CPU s) through the page cache and 27.7 s (23.0 CPU s) direct. Two reads in flight keep the disk busier than one (1.2–1.7 against 1.0–1.4 GB/s). At most
-/// <see cref="DefaultBudget"/> bytes wait in buffers, except a range the merge is waiting for, which is read first.
-/// A range that is already cached, a file system without O_DIRECT or a short read leaves the range to the ordinary
-/// read: nothing but speed depends on this path. DARE_DIRECT_READS=0 turns it off (then the page-cache advice of
-/// <see cref="ReadAhead"/> is given instead). A range the merge has taken no longer waits: it stops counting against
-/// the budget until it is freed, so the readers go on while the kernels read taken ranges in place (counted, the
-/// chunk being computed and the next one filled the budget and the disk stood idle: a cold DARE-linear of 31 GB took
-/// 33.5–35.8 s; not counted, 27.9–31.4 s, and 15.7–16.6 s once the pool also reused buffers across neighbouring sizes).
+/// Read-ahead for ranges a merge reads once: <see cref="Readers"/> threads read them in the order asked, into buffers
+/// of their own, and <see cref="TensorReader.ReadElements"/> copies from there. On this project's VM filling the page
+/// cache from a cold disk costs a fault on the host per page: a cold DARE-linear of 31 GB of inputs took 39.8 s
+/// (30.2 CPU s) through the page cache and 27.7 s (23.0 CPU s) read ahead. A file mostly out of the page cache when
+/// its first range is read ahead is read through a descriptor of its own with the kernel's read-ahead, each range's
+/// pages dropped once it is in its buffer (as `dd iflag=nocache` reads, the page cache recycles the same pages). This
+/// disk read 2.2–2.5 GB/s so beside a write, against 1.1–1.2 GB/s with O_DIRECT: cold large DARE-linear, 3 interleaved
+/// pairs, export 7.5–7.7 s with O_DIRECT and 5.0–5.9 s so (TIES, 3 pairs of a first version: 6.9–8.9 and 7.4–8.0 s).
+/// In a file mostly cached, a range mostly cached takes the ordinary read and stays cached; the others are read ahead
+/// and dropped behind. DARE_DIRECT_READS=odirect reads with O_DIRECT instead (past the page cache, the
+/// path measured before), and DARE_DIRECT_READS=0 turns read-ahead off (then the page-cache advice of
+/// <see cref="ReadAhead"/> is given instead). At most <see cref="DefaultBudget"/> bytes wait in buffers, except a
+/// range the merge is waiting for, which is read first. A file system that refuses the descriptor or a short read
+/// leaves the range to the ordinary read: nothing but speed depends on this path. A range the merge has taken no longer
+/// waits: it stops counting against the budget until it is freed, so the readers go on while the kernels read taken
+/// ranges in place (counted, the chunk being computed and the next one filled the budget and the disk stood idle: a
+/// cold DARE-linear of 31 GB took 33.5–35.8 s; not counted, 27.9–31.4 s, and 15.7–16.6 s once the pool also reused
+/// buffers across neighbouring sizes).
 /// </summary>
 internal sealed unsafe partial class DirectReadAhead : IDisposable
 {
-    /// <summary>Whether ranges read once are read ahead past the page cache (Linux; DARE_DIRECT_READS=0: no).</summary>
+    /// <summary>Whether ranges read once are read ahead into buffers of their own (Linux; DARE_DIRECT_READS=0: no).</summary>
     public static readonly bool Enabled = OperatingSystem.IsLinux() && DirectOutputFile.DirectFlag() is not null
         && Environment.GetEnvironmentVariable("DARE_DIRECT_READS") is not "0";
+
+    /// <summary>Whether the readers use O_DIRECT rather than the page cache with its pages dropped behind them (DARE_DIRECT_READS=odirect).</summary>
+    private static readonly bool DefaultPastPageCache = Environment.GetEnvironmentVariable("DARE_DIRECT_READS") is "odirect";
 
     /// <summary>Bytes waiting in buffers at most, by default: about two tensors' chunks of four models.</summary>
     internal const long DefaultBudget = 256L << 20;
@@ -69,17 +79,29 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
     /// <summary>The range the merge is waiting for while still queued: the next reader free reads it, over the budget if need be.</summary>
     private Range? _awaited;
 
-    /// <summary>O_DIRECT descriptors of the reader's files; -1 where the file system refused.</summary>
-    private readonly Dictionary<int, int> _directDescriptors = new();
+    /// <summary>How each of the reader's files is read ahead, by the reader's descriptor of it.</summary>
+    private readonly Dictionary<int, FileReads> _files = new();
+
+    /// <summary>
+    /// The readers' own descriptor of a file (-1 where the file system refused it), and whether the file was mostly out
+    /// of the page cache when its first range was read ahead: then every range of it is read ahead and dropped behind,
+    /// whatever the kernel's read-ahead has brought in meanwhile (which would make the ranges after it look cached).
+    /// </summary>
+    private sealed record FileReads(int Descriptor, bool Cold);
+
+    private readonly bool _pastPageCache;
 
     /// <summary>Ranges served from buffers so far, and their bytes.</summary>
     internal int Served { get; private set; }
 
     internal long ServedBytes { get; private set; }
 
-    public DirectReadAhead(long budget = DefaultBudget)
+    /// <param name="budget">Bytes waiting in buffers at most.</param>
+    /// <param name="pastPageCache">O_DIRECT reads; null: as DARE_DIRECT_READS says (the page cache, dropped behind, unless "odirect").</param>
+    public DirectReadAhead(long budget = DefaultBudget, bool? pastPageCache = null)
     {
         _budget = budget;
+        _pastPageCache = pastPageCache ?? DefaultPastPageCache;
         _pool = new ReadBufferPool(budget);
         _readers = Enumerable.Range(0, Readers).Select(i => new Thread(ReadLoop) { IsBackground = true, Name = $"Dare direct read {i}" }).ToArray();
         foreach (var reader in _readers) reader.Start();
@@ -126,12 +148,13 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
             var ready = false;
             try
             {
-                // A cached range (a warm run) is left to the ordinary read, which copies it from the cache.
-                if (!ReadAhead.IsCached(next.Descriptor, next.Offset, next.Length))
+                // A cached range of a warm file is left to the ordinary read, which copies it from the cache.
+                var file = FileFor(next.Descriptor);
+                if (file.Descriptor >= 0 && (file.Cold || !ReadAhead.IsCached(next.Descriptor, next.Offset, next.Length)))
                 {
                     // Free buffers are kept up to the budget plus what the merge holds, so that the next ranges reuse them.
                     lock (_ranges) next.Buffer = _pool.Rent(next.BufferLength, _budget + _taken);
-                    ready = next.Buffer is not null && ReadIntoBuffer(next);
+                    ready = next.Buffer is not null && ReadIntoBuffer(file.Descriptor, next);
                 }
             }
             catch (Exception)
@@ -155,32 +178,45 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         }
     }
 
-    private bool ReadIntoBuffer(Range range)
+    private bool ReadIntoBuffer(int descriptor, Range range)
     {
-        var direct = DirectDescriptor(range.Descriptor);
-        if (direct < 0) return false;
         var needed = range.Offset + range.Length - range.BufferStart;
-        for (long done = 0; done < needed;)
+        try
         {
-            var got = pread(direct, range.Buffer + done, (nuint)Math.Min(range.BufferLength - done, 1L << 30), range.BufferStart + done);
-            if (got <= 0) return false; // an error, or a file that ended early: the ordinary read reports it
-            done += got;
-            if (done < needed && done % Alignment != 0) return false;
+            for (long done = 0; done < needed;)
+            {
+                var got = pread(descriptor, range.Buffer + done, (nuint)Math.Min(range.BufferLength - done, 1L << 30), range.BufferStart + done);
+                if (got <= 0) return false; // an error, or a file that ended early: the ordinary read reports it
+                done += got;
+                if (done < needed && done % Alignment != 0) return false;
+            }
+            return true;
         }
-        return true;
+        finally
+        {
+            // Read once, into the buffer: its pages are not needed again (a range cached before this read is not here).
+            if (!_pastPageCache) posix_fadvise(descriptor, range.BufferStart, range.BufferLength, DontNeed);
+        }
     }
 
-    /// <summary>The file of <paramref name="descriptor"/> opened again with O_DIRECT, through /proc: the same open file, whatever its path now names.</summary>
-    private int DirectDescriptor(int descriptor)
+    /// <summary>
+    /// How the file of <paramref name="descriptor"/> is read ahead: opened again through /proc (the same open file,
+    /// whatever its path now names) with O_DIRECT or, for reads through the page cache, as a descriptor of its own, so
+    /// that the kernel's read-ahead serves it (the merge's descriptors are opened for random access, without it).
+    /// </summary>
+    private FileReads FileFor(int descriptor)
     {
-        lock (_directDescriptors)
+        lock (_files)
         {
-            if (!_directDescriptors.TryGetValue(descriptor, out var direct))
+            if (!_files.TryGetValue(descriptor, out var file))
             {
-                direct = Posix.OpenReadOnly($"/proc/self/fd/{descriptor}", DirectOutputFile.DirectFlag()!.Value);
-                _directDescriptors[descriptor] = direct;
+                var path = $"/proc/self/fd/{descriptor}";
+                var own = Posix.OpenReadOnly(path, _pastPageCache ? DirectOutputFile.DirectFlag()!.Value : 0);
+                var cold = !_pastPageCache && own >= 0 && !ReadAhead.IsCached(descriptor, 0, lseek(own, 0, SeekEnd));
+                file = new FileReads(own, cold);
+                _files[descriptor] = file;
             }
-            return direct;
+            return file;
         }
     }
 
@@ -271,10 +307,19 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         foreach (var reader in _readers) reader.Join();
         Release(null);
         lock (_ranges) _pool.Dispose();
-        foreach (var direct in _directDescriptors.Values) if (direct >= 0) Posix.Close(direct);
-        _directDescriptors.Clear();
+        foreach (var file in _files.Values) if (file.Descriptor >= 0) Posix.Close(file.Descriptor);
+        _files.Clear();
     }
+
+    private const int DontNeed = 4; // POSIX_FADV_DONTNEED
+    private const int SeekEnd = 2;
+
+    [LibraryImport("libc")]
+    private static partial long lseek(int descriptor, long offset, int whence);
 
     [LibraryImport("libc")]
     private static partial nint pread(int descriptor, byte* buffer, nuint count, long offset);
+
+    [LibraryImport("libc")]
+    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
 }

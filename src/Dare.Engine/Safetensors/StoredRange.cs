@@ -6,7 +6,7 @@ namespace Dare.Engine.Safetensors;
 /// <summary>
 /// Elements [first, first + count) of one stored tensor, for a kernel whose threads read it piece by piece
 /// (<see cref="Piece"/>) right before they use each piece. A piece comes straight from memory when the range is there
-/// already (read ahead past the page cache, or assembled from several tensors), else by a positioned read into the
+/// already (read ahead into a buffer, or assembled from several tensors), else by a positioned read into the
 /// calling thread's small buffer, which then stays in the core's cache for the kernel. Reading a whole chunk into a
 /// chunk-sized buffer first costs far more: on this project's machine warm file data copies at 17–23 GB/s into a
 /// 128 KB–1 MB buffer and at 2.9 GB/s into a 64 MB one (dd), and the kernel then reads the chunk back from memory.

@@ -36,7 +36,7 @@ public sealed class TensorReader : IDisposable
         var offset = info.DataOffset + firstElement * elementSize;
         var scan = ScansForNonFinite(info);
         var found = false;
-        // A range read ahead past the page cache is copied from its buffer (see DirectReadAhead).
+        // A range read ahead is copied from its buffer (see DirectReadAhead).
         var readAhead = _direct?.Take((int)handle.DangerousGetHandle(), offset, count * elementSize);
         try
         {
@@ -303,7 +303,7 @@ public sealed class TensorReader : IDisposable
     /// memory then recycles a few tensors' worth of page-cache memory instead of filling all of it: no eviction of
     /// what is about to be read, and (on VMs whose host reclaims freed guest memory) no fresh pages to fault in: a
     /// cold DARE-linear of 31 GB of inputs took 40 s with it and 67 s without. DARE_RELEASE_READS=0 turns it off.
-    /// Ranges read ahead past the page cache for this tensor and not read are freed.
+    /// Ranges read ahead for this tensor and not read are freed.
     /// </summary>
     public void Release(string tensorName)
     {

@@ -5,9 +5,10 @@ using Xunit;
 namespace Dare.Engine.Tests.Safetensors;
 
 /// <summary>
-/// Ranges the merge reads once are read ahead past the page cache (O_DIRECT into the reader's own buffers) and
-/// copied from there: the bytes are the file's, at any offset, the page cache is left as it was, and a cached range,
-/// a range never read or a file that changed falls back to the ordinary read.
+/// Ranges the merge reads once are read ahead into the reader's own buffers and copied from there: the bytes are the
+/// file's, at any offset; a cold file's ranges are dropped from the page cache once read (or, past the page cache,
+/// read with O_DIRECT), a warm file's cached ranges take the ordinary read and stay cached, and a range never read or
+/// a file that changed falls back to the ordinary read.
 /// </summary>
 public sealed class DirectReadAheadTests : IDisposable
 {
@@ -193,6 +194,82 @@ public sealed class DirectReadAheadTests : IDisposable
         }
         readAhead.Release(null);
         Assert.Equal(0, readAhead.BytesInUse);
+    }
+
+    [Fact]
+    public unsafe void In_a_cold_file_every_range_is_read_ahead_and_dropped_behind_even_a_part_the_cache_holds_meanwhile()
+    {
+        var (path, a, _) = ColdFile("cold-ranges.safetensors");
+        const long Piece = 1 << 20;
+        // The kernel's read-ahead (or anything else) brings part of the third range in before the readers get to it
+        // (read here for random access, which keeps the kernel from reading more).
+        using (var random = File.OpenHandle(path, options: FileOptions.RandomAccess)) RandomAccess.Read(random, new byte[64 << 10], a.DataOffset + 2 * Piece);
+        Assert.True(IsCached(path, a.DataOffset + 2 * Piece));
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        using var readAhead = new DirectReadAhead(pastPageCache: false);
+        for (var i = 0; i < 3; i++) readAhead.Fetch(descriptor, "a", a.DataOffset + i * Piece, Piece);
+
+        for (var i = 0; i < 3; i++) AssertServedFromBuffer(readAhead, descriptor, a.DataOffset, i, Piece);
+
+        Assert.Equal(3, readAhead.Served);
+        for (var i = 0; i < 3; i++) Assert.False(IsCached(path, a.DataOffset + i * Piece + Piece / 2), $"range {i} should be dropped once read");
+        Assert.False(IsCached(path, a.DataOffset + 2 * Piece));
+    }
+
+    [Fact]
+    public unsafe void In_a_file_mostly_cached_a_cached_range_takes_the_ordinary_read_and_an_uncached_one_is_read_ahead_leaving_the_rest_cached()
+    {
+        var (path, a, _) = ColdFile("warm-ranges.safetensors");
+        const long Piece = 1 << 20;
+        File.ReadAllBytes(path);
+        PageCache.Drop(path, a.DataOffset + Piece, Piece);
+        Assert.False(IsCached(path, a.DataOffset + Piece + Piece / 2));
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        using var readAhead = new DirectReadAhead(pastPageCache: false);
+        for (var i = 0; i < 3; i++) readAhead.Fetch(descriptor, "a", a.DataOffset + i * Piece, Piece);
+        readAhead.Drain();
+
+        Assert.Null(readAhead.Take(descriptor, a.DataOffset, Piece));
+        AssertServedFromBuffer(readAhead, descriptor, a.DataOffset, 1, Piece);
+        Assert.Null(readAhead.Take(descriptor, a.DataOffset + 2 * Piece, Piece));
+
+        Assert.Equal(1, readAhead.Served);
+        Assert.True(IsCached(path, a.DataOffset + Piece / 2), "a range cached before stays cached");
+        Assert.True(IsCached(path, a.DataOffset + 2 * Piece + Piece / 2), "a range cached before stays cached");
+    }
+
+    [Fact]
+    public unsafe void Past_the_page_cache_a_cold_range_is_read_with_O_DIRECT_and_a_cached_one_takes_the_ordinary_read()
+    {
+        var (path, a, _) = ColdFile("odirect.safetensors");
+        const long Piece = 1 << 20;
+        using (var random = File.OpenHandle(path, options: FileOptions.RandomAccess)) RandomAccess.Read(random, new byte[Piece], a.DataOffset + Piece);
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        using var readAhead = new DirectReadAhead(pastPageCache: true);
+        readAhead.Fetch(descriptor, "a", a.DataOffset, Piece);
+        readAhead.Fetch(descriptor, "a", a.DataOffset + Piece, Piece);
+        readAhead.Drain();
+
+        AssertServedFromBuffer(readAhead, descriptor, a.DataOffset, 0, Piece);
+        Assert.Null(readAhead.Take(descriptor, a.DataOffset + Piece, Piece));
+
+        Assert.Equal(1, readAhead.Served);
+        Assert.False(IsCached(path, a.DataOffset + Piece / 2), "O_DIRECT reads leave the page cache alone");
+        Assert.True(IsCached(path, a.DataOffset + Piece + Piece / 2));
+    }
+
+    /// <summary>Takes range i (of <paramref name="piece"/> bytes from <paramref name="start"/>) from the read-ahead, checks it holds tensor "a"'s values there, and frees it.</summary>
+    private static unsafe void AssertServedFromBuffer(DirectReadAhead readAhead, int descriptor, long start, int i, long piece)
+    {
+        var range = readAhead.Take(descriptor, start + i * piece, piece);
+        Assert.NotNull(range);
+        var values = new float[piece / 4];
+        fixed (float* destination = values) range!.CopyTo(start + i * piece, (byte*)destination, (int)piece);
+        Assert.Equal(Enumerable.Range((int)(i * piece / 4), values.Length).Select(v => (float)v), values);
+        readAhead.Free(range);
     }
 
     private static bool IsCached(string path, long offset) => PageCache.Holds(path, offset);

@@ -15,6 +15,13 @@ public static partial class PageCache
         Assert.Equal(0, posix_fadvise((int)file.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
     }
 
+    /// <summary>Drops bytes [offset, offset + length) of an already flushed file from the page cache (the pages they touch).</summary>
+    public static void Drop(string path, long offset, long length)
+    {
+        using var file = File.OpenHandle(path);
+        Assert.Equal(0, posix_fadvise((int)file.DangerousGetHandle(), offset, length, 4 /* DONTNEED */));
+    }
+
     /// <summary>Whether the page holding byte <paramref name="offset"/> is cached, asked with cachestat, which (unlike a 1-byte RWF_NOWAIT read) does not start the kernel's read-ahead.</summary>
     public static bool Holds(string path, long offset)
     {
