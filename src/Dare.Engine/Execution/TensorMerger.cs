@@ -120,7 +120,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>
     /// Whether a tensor of several chunks is read once, as stored, and kept for all the passes of its merge: bfloat16
     /// inputs whose δ the fused kernel computes from the stored bytes, up to <see cref="MaxKeptStoredBytes"/>, and not
-    /// in the page cache already. It is then read past the page cache, instead of through it in every pass (~20 s of
+    /// in the page cache already. It is then read ahead once into a buffer (its pages dropped behind), instead of through the page cache in every pass (~20 s of
     /// system CPU in a cold TIES merge here). A cached tensor is read from the cache in each pass as before: copying it
     /// into memory the process has not touched yet cost more (a warm medium TIES export took 6.6 s instead of 5.0 s).
     /// Decided in <see cref="ReadsOnce"/> when the executor reads ahead, before the merges in between have read
@@ -144,7 +144,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>
     /// Whether exporting this tensor reads each of its chunks once: it fits in one chunk (kept for every pass), it
     /// takes the single-pass route, or it is kept as stored for all its passes (<see cref="KeepsStored"/>, decided
-    /// here whichever routes are on). The executor reads such tensors ahead past the page cache (<see cref="TensorReader.Prefetch"/>).
+    /// here whichever routes are on). The executor reads such tensors ahead into buffers of their own (<see cref="TensorReader.Prefetch"/>).
     /// </summary>
     public bool ReadsOnce(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, bool writesDirectly)
     {
@@ -247,7 +247,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>
     /// Starts the OS reading elements [first, first + count) of a tensor of the base and of every input, so that disk
     /// reads of the next chunk overlap the computation of this one (see <see cref="TensorReader.Prefetch"/>, which
-    /// reads a range past the page cache when <paramref name="readOnce"/>: no later pass reads it again).
+    /// reads a range ahead into a buffer of its own when <paramref name="readOnce"/>: no later pass reads it again).
     /// </summary>
     public static void Prefetch(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long first, long count, bool readOnce = false)
     {
@@ -385,7 +385,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
         /// <summary>
         /// Reads the whole tensor of the base and of each input as stored (NaN/Inf reported as it lands), in the
-        /// executor's chunks, which it reads ahead past the page cache when they are not cached: the first was asked for
+        /// executor's chunks, which it reads ahead into buffers of their own when they are not cached: the first was asked for
         /// two tensors ahead, the others are asked for now.
         /// </summary>
         private unsafe ChunkView[] ReadStored()

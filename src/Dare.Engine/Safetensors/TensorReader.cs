@@ -273,7 +273,7 @@ public sealed class TensorReader : IDisposable
     /// background (posix_fadvise WILLNEED on Linux, given on the <see cref="ReadAhead"/> thread), so that a later
     /// <see cref="ReadElements"/> finds them there: the disk reads of the next chunks overlap the computation of this
     /// one. With <paramref name="readOnce"/> (the merge reads the range once, then is done with it) the range is read
-    /// ahead past the page cache instead (<see cref="DirectReadAhead"/>), for the one <see cref="ReadElements"/>
+    /// ahead into a buffer of its own instead (<see cref="DirectReadAhead"/>), for the one <see cref="ReadElements"/>
     /// of exactly that range or part of it. Advisory only: returns whether the advice was queued, and never throws (a
     /// real problem with the file surfaces in the read).
     /// </summary>
