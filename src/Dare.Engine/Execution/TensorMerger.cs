@@ -120,8 +120,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>
     /// Whether a tensor of several chunks is read once, as stored, and kept for all the passes of its merge: bfloat16
     /// inputs whose δ the fused kernel computes from the stored bytes, up to <see cref="MaxKeptStoredBytes"/>, and not
-    /// in the page cache already. It is then read ahead once into a buffer (its pages dropped behind), instead of through the page cache in every pass (~20 s of
-    /// system CPU in a cold TIES merge here). A cached tensor is read from the cache in each pass as before: copying it
+    /// in the page cache already. It is then read ahead once into a buffer (its pages dropped behind), instead of
+    /// through the page cache in every pass (~20 s of system CPU in a cold TIES merge here). A cached tensor is read from the cache in each pass as before: copying it
     /// into memory the process has not touched yet cost more (a warm medium TIES export took 6.6 s instead of 5.0 s).
     /// Decided in <see cref="ReadsOnce"/> when the executor reads ahead, before the merges in between have read
     /// anything near the tensor (the OS's own read-ahead could otherwise have cached part of it by the time it is merged).
