@@ -195,7 +195,7 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         finally
         {
             // Read once, into the buffer: its pages are not needed again (a range cached before this read is not here).
-            if (!_pastPageCache) posix_fadvise(descriptor, range.BufferStart, range.BufferLength, DontNeed);
+            if (!_pastPageCache) ReadAhead.Drop(descriptor, range.BufferStart, range.BufferLength);
         }
     }
 
@@ -311,7 +311,6 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
         _files.Clear();
     }
 
-    private const int DontNeed = 4; // POSIX_FADV_DONTNEED
     private const int SeekEnd = 2;
 
     [LibraryImport("libc")]
@@ -319,7 +318,4 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
 
     [LibraryImport("libc")]
     private static partial nint pread(int descriptor, byte* buffer, nuint count, long offset);
-
-    [LibraryImport("libc")]
-    private static partial int posix_fadvise(int descriptor, long offset, long length, int advice);
 }

@@ -87,10 +87,13 @@ internal sealed unsafe partial class ReadAhead : IDisposable
         _broughtIn.RemoveAll(range =>
         {
             if (tensor is not null && !string.Equals(range.Tensor, tensor, StringComparison.Ordinal)) return false;
-            posix_fadvise(range.Descriptor, range.Offset, range.Length, DontNeed);
+            Drop(range.Descriptor, range.Offset, range.Length);
             return true;
         });
     });
+
+    /// <summary>Lets the OS drop file bytes [offset, offset + length) from the page cache (the pages they touch, unless in use).</summary>
+    internal static void Drop(int descriptor, long offset, long length) => posix_fadvise(descriptor, offset, length, DontNeed);
 
     /// <summary>Waits until every request made so far has been carried out (for tests).</summary>
     public void Drain()
