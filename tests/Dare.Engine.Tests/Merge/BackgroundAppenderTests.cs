@@ -133,6 +133,39 @@ public sealed class BackgroundAppenderTests : IDisposable
     }
 
     [Fact]
+    public unsafe void Every_write_runs_on_one_writer_thread_that_Dispose_ends_even_after_a_failed_write()
+    {
+        var destination = _models.PathOf("out");
+        var plan = new[] { new PlannedTensor("a", SafetensorsDType.U8, new long[] { 6 }) };
+        var bytes = new byte[] { 1, 2, 3, 4 };
+        var handle = System.Runtime.InteropServices.GCHandle.Alloc(bytes, System.Runtime.InteropServices.GCHandleType.Pinned);
+        Thread? thread;
+        try
+        {
+            using var writer = CheckpointWriter.Create(destination, plan, new CheckpointWriteOptions());
+            var appender = new BackgroundAppender(writer);
+            appender.BeginTensor("a");
+            Assert.Null(appender.WriterThread); // no thread until there is something to write
+            appender.AppendAsync(handle.AddrOfPinnedObject(), 2);
+            thread = appender.WriterThread;
+            Assert.NotNull(thread);
+            appender.AppendAsync(handle.AddrOfPinnedObject(), 2);
+            appender.Wait();
+            Assert.Same(thread, appender.WriterThread);
+            Assert.True(thread!.IsAlive);
+            appender.AppendAsync(handle.AddrOfPinnedObject(), 4); // two bytes more than 'a' has left: refused
+            Assert.Throws<InvalidOperationException>(appender.Wait);
+            Assert.True(thread.IsAlive); // waiting for more, until Dispose
+            Assert.True(Task.Run(appender.Dispose).Wait(TimeSpan.FromSeconds(30)), "Dispose did not end the writer thread");
+        }
+        finally
+        {
+            handle.Free();
+        }
+        Assert.False(thread!.IsAlive);
+    }
+
+    [Fact]
     public void A_tensor_with_no_chunks_still_gets_its_BeginTensor()
     {
         var destination = _models.PathOf("out");
