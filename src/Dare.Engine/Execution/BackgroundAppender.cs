@@ -25,8 +25,8 @@ internal sealed class BackgroundAppender : IDisposable
     private string? _begin;
     private long _backgroundTicks;
 
-    /// <summary>One queued write: the tensor to begin first (if any), the bytes, and its completion.</summary>
-    private sealed record PendingWrite(string? Begin, IntPtr Data, long Length, TaskCompletionSource Done);
+    /// <summary>One queued write: the tensor to begin first (if any), the bytes (scanned for NaN/Inf already when KnownFinite), and its completion.</summary>
+    private sealed record PendingWrite(string? Begin, IntPtr Data, long Length, bool KnownFinite, TaskCompletionSource Done);
 
     /// <summary>Writes handed to the thread and not yet started; locking it guards it and <see cref="_closing"/>, and it is the signal for changes.</summary>
     private readonly Queue<PendingWrite> _pending = new();
@@ -52,11 +52,12 @@ internal sealed class BackgroundAppender : IDisposable
     /// Writes <paramref name="length"/> bytes at <paramref name="data"/> in the background, after the writes queued
     /// before it; that memory must stay unchanged until this write is waited for (by <see cref="Wait"/>, or here once
     /// <see cref="MaxInFlight"/> later writes are queued: the buffer is then about to be handed out again).
+    /// <paramref name="knownFinite"/>: the bytes' producer found no NaN/Inf in them (see <see cref="CheckpointWriter.Append(byte*, long, bool)"/>).
     /// </summary>
-    public void AppendAsync(IntPtr data, long length)
+    public void AppendAsync(IntPtr data, long length, bool knownFinite = false)
     {
         while (_inFlight.Count >= MaxInFlight) WaitOldest();
-        var write = new PendingWrite(_begin, data, length, new TaskCompletionSource());
+        var write = new PendingWrite(_begin, data, length, knownFinite, new TaskCompletionSource());
         _begin = null;
         lock (_pending)
         {
@@ -96,7 +97,7 @@ internal sealed class BackgroundAppender : IDisposable
             {
                 var start = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (write.Begin is not null) _writer.BeginTensor(write.Begin);
-                _writer.Append((byte*)write.Data, write.Length);
+                _writer.Append((byte*)write.Data, write.Length, write.KnownFinite);
                 Interlocked.Add(ref _backgroundTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
                 write.Done.SetResult();
             }

@@ -99,11 +99,11 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
         _output = null;
     }
 
-    /// <summary>Starts the background write of the chunk now in the output buffer.</summary>
-    public unsafe void Emit()
+    /// <summary>Starts the background write of the chunk now in the output buffer (which its kernel found free of NaN/Inf when <paramref name="knownFinite"/>).</summary>
+    public unsafe void Emit(bool knownFinite = false)
     {
         // Waits for the oldest write first when the queue is full (the time the computation is ahead of the disk).
-        using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)_output!.Data, _output.ByteLength);
+        using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)_output!.Data, _output.ByteLength, knownFinite);
         _output = null;
     }
 }

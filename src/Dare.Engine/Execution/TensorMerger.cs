@@ -210,6 +210,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             cancellation.ThrowIfCancellationRequested();
             var first = c * chunk;
             var count = Math.Min(chunk, baseInfo.ElementCount - first);
+            bool outputFinite;
             try
             {
                 var baseRange = chunks.OpenRange(baseInfo, first, count);
@@ -223,23 +224,25 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 }
                 // The kernel reads the base piece by piece, as it reads the inputs.
                 var target = export.TargetOverBFloat16Base(null, count);
-                long[] dropped;
-                using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) dropped = singlePass.MergeChunk(baseRange, sources, target, first, count);
-                if (c == 0 && !singlePass.Confirm(count, dropped))
+                ChunkKernels.MergedChunk merged;
+                using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) merged = singlePass.MergeChunk(baseRange, sources, target, first, count);
+                if (c == 0 && !singlePass.Confirm(count, merged.Dropped))
                 {
                     export.Discard();
                     return false;
                 }
                 // NaN/Inf in an input fails (or warns) before its chunk is written.
                 foreach (var range in ranges) chunks.Reader.Complete(range);
-                for (var i = 0; i < inputs.Length; i++) inputs[i].CountFused(dropped[i]);
+                for (var i = 0; i < inputs.Length; i++) inputs[i].CountFused(merged.Dropped[i]);
+                outputFinite = merged.OutputFinite;
             }
             finally
             {
                 foreach (var range in ranges) range.Dispose();
                 ranges.Clear();
             }
-            export.Emit();
+            // The kernel scanned its output for NaN/Inf as it wrote it: the writer need not scan it again.
+            export.Emit(knownFinite: outputFinite);
         }
         return true;
     }

@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Merge;
 
@@ -46,6 +47,11 @@ internal readonly unsafe struct CombineTarget
     public CombineTarget WithBFloat16Base(ushort* baseBits) => _addsBFloat16Base ? new(baseBits, _output, _bfloat16) : this;
 
     public static CombineTarget InPlace(float* delta) => new((float*)null, delta, false);
+
+    /// <summary>Whether any of output elements [start, start + count) is NaN or ±Inf.</summary>
+    public bool AnyNonFinite(long start, long count) => _bfloat16
+        ? FiniteCheck.AnyNonFinite((byte*)((ushort*)_output + start), count * sizeof(ushort), SafetensorsDType.BF16)
+        : FiniteCheck.AnyNonFinite((byte*)((float*)_output + start), count * sizeof(float), SafetensorsDType.F32);
 
     // Inlined into each combine operator's body: called per vector, it would otherwise run in tier 0 (the driver is
     // compiled optimised at once, but what it calls is tiered as usual) until call counting promoted it.

@@ -22,9 +22,9 @@ internal static unsafe class DareLinearKernel
     /// <summary>
     /// Elements [first, first + count) of the chunk: Σ wᵢ·(DARE-masked δᵢ), × <paramref name="scale"/> when given,
     /// through <paramref name="target"/>, as <see cref="CombineKernels.LinearRange"/> after the fused δ and mask
-    /// compute it. Returns each input's drop count.
+    /// compute it. Returns each input's drop count and whether the output is all finite.
     /// </summary>
-    public static long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count) =>
+    public static ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, float[] weights, float? scale, CombineTarget target, long first, long count) =>
         ChunkKernels.MergePieces(baseBits, sources, target, first, count, scratchFloats: 0, (baseValues, tuned, pieceTarget, start, end, dropped, _) =>
         {
             foreach (var (blockStart, blockEnd) in FusedInput.KeyBlocks(first, start, end))

@@ -75,7 +75,7 @@ internal interface IBFloat16SinglePass
     /// Merges elements [first, first + count) into <paramref name="target"/>, reading the base and each source's
     /// stored range piece by piece (<see cref="StoredRange.Piece"/>); returns each input's drop count.
     /// </summary>
-    long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
+    ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
 
     /// <summary>
     /// Called once the first chunk, [0, <paramref name="count"/>), is merged (with each input's drop count there) and

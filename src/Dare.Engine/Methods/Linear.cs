@@ -62,7 +62,7 @@ internal sealed class LinearMethod : MergeMethod
 
         public IBFloat16SinglePass SinglePass => this;
 
-        public long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count) =>
+        public ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count) =>
             DareLinearKernel.Preferred ? DareLinearKernel.MergeChunk(baseBits, sources, weights, scale, target, first, count) : ChunkKernels.MergeFromBFloat16(baseBits, sources, (deltas, blockTarget, start, end) => CombineKernels.LinearRange(deltas, weights, scale, blockTarget, start, end),
                 target, first, count);
     }

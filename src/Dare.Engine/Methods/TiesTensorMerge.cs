@@ -118,7 +118,7 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
         return true;
     }
 
-    public long[] MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count)
+    public ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count)
     {
         var bySignCount = _options.SignMethod == SignMethod.Count;
         return ChunkKernels.MergeFromBFloat16(baseBits, sources,

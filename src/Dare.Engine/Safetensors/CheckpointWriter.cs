@@ -189,14 +189,17 @@ public sealed partial class CheckpointWriter : IDisposable
     /// <summary>The non-finite policy of this output (null: not checked).</summary>
     internal NonFiniteGuard? NonFinite => _options.NonFinite;
 
-    /// <summary>Appends bytes of the current tensor.</summary>
-    public unsafe void Append(byte* data, long length)
+    /// <summary>
+    /// Appends bytes of the current tensor, checked for NaN/Inf unless <paramref name="knownFinite"/> (their producer
+    /// scanned them as it wrote them, while they were in its core's cache).
+    /// </summary>
+    public unsafe void Append(byte* data, long length, bool knownFinite = false)
     {
         if (length > _tensorBytesLeft)
         {
             throw new InvalidOperationException($"Tensor '{CurrentTensor.Name}' received {length} bytes with only {_tensorBytesLeft} left.");
         }
-        if (_options.NonFinite is { } guard) CheckFinite(guard, data, length);
+        if (_options.NonFinite is { } guard) CheckFinite(guard, data, length, knownFinite);
         while (length > 0)
         {
             var size = (int)Math.Min(length, 1 << 30);
@@ -214,12 +217,12 @@ public sealed partial class CheckpointWriter : IDisposable
         }
     }
 
-    /// <summary>Counts NaN/Inf in the bytes about to be written; reports the tensor's total with its last bytes.</summary>
-    private unsafe void CheckFinite(NonFiniteGuard guard, byte* data, long length)
+    /// <summary>Counts NaN/Inf in the bytes about to be written (none when <paramref name="knownFinite"/>); reports the tensor's total with its last bytes.</summary>
+    private unsafe void CheckFinite(NonFiniteGuard guard, byte* data, long length, bool knownFinite)
     {
         var tensor = CurrentTensor;
         if (!FiniteCheck.Applies(tensor.DType)) return;
-        if (FiniteCheck.AnyNonFinite(data, length, tensor.DType)) _nonFiniteInTensor += FiniteCheck.CountNonFinite(data, length, tensor.DType);
+        if (!knownFinite && FiniteCheck.AnyNonFinite(data, length, tensor.DType)) _nonFiniteInTensor += FiniteCheck.CountNonFinite(data, length, tensor.DType);
         if (length == _tensorBytesLeft && _nonFiniteInTensor > 0)
         {
             var count = _nonFiniteInTensor;

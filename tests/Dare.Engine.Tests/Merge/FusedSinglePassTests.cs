@@ -51,10 +51,10 @@ public sealed unsafe class FusedSinglePassTests
         _ => new CombineTarget(null, destination, bfloat16: true),
     };
 
-    /// <summary>A kernel's merge of a chunk: (base, sources, target, first, count) → drop counts.</summary>
-    private delegate long[] Kernel(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
+    /// <summary>A kernel's merge of a chunk: (base, sources, target, first, count) → drop counts, and whether the output is all finite.</summary>
+    private delegate ChunkKernels.MergedChunk Kernel(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
 
-    private static (uint[] Bits, long[] Dropped) Run(Kernel kernel, ushort[] baseBits, Input[] inputs, Output output, long first)
+    private static (uint[] Bits, long[] Dropped, bool OutputFinite) Run(Kernel kernel, ushort[] baseBits, Input[] inputs, Output output, long first)
     {
         var count = baseBits.Length;
         var result = new uint[count];
@@ -68,13 +68,13 @@ public sealed unsafe class FusedSinglePassTests
                 using var baseRange = new StoredRange(info, 0, count, (byte*)b, owned: false);
                 var ranges = handles.Select(h => new StoredRange(info, 0, count, (byte*)h.AddrOfPinnedObject(), owned: false)).ToArray();
                 var sources = inputs.Select((input, i) => new DeltaSource(ranges[i], input.Dare, input.Key, input.Threshold, input.Scale)).ToArray();
-                var dropped = kernel(baseRange, sources, Target(output, r), first, count);
+                var (dropped, outputFinite) = kernel(baseRange, sources, Target(output, r), first, count);
                 foreach (var range in ranges) range.Dispose();
                 // bfloat16 results fill the first half of the buffer's bytes: spread them to one per element.
-                if (output == Output.Float32OverBase) return (result, dropped);
+                if (output == Output.Float32OverBase) return (result, dropped, outputFinite);
                 var spread = new uint[count];
                 for (var j = 0; j < count; j++) spread[j] = ((ushort*)r)[j];
-                return (spread, dropped);
+                return (spread, dropped, outputFinite);
             }
         }
         finally
@@ -133,11 +133,12 @@ public sealed unsafe class FusedSinglePassTests
 
     /// <summary>Every element of both kernels' outputs equals the definition's, and the drop counts equal the mask's.</summary>
     private static void AssertSame(ushort[] baseBits, Input[] inputs, Output output, long first, Func<int, float> mergedDelta,
-        (uint[] Bits, long[] Dropped) fusedRun, (uint[] Bits, long[] Dropped) blocksRun)
+        (uint[] Bits, long[] Dropped, bool OutputFinite) fusedRun, (uint[] Bits, long[] Dropped, bool OutputFinite) blocksRun)
     {
         var count = baseBits.Length;
-        var (fused, fusedDropped) = fusedRun;
-        var (blocks, blocksDropped) = blocksRun;
+        var (fused, fusedDropped, fusedFinite) = fusedRun;
+        var (blocks, blocksDropped, blocksFinite) = blocksRun;
+        var nonFinite = 0;
 
         Assert.Equal(blocksDropped, fusedDropped);
         for (var i = 0; i < inputs.Length; i++)
@@ -151,6 +152,8 @@ public sealed unsafe class FusedSinglePassTests
             var merged = mergedDelta(j);
             if (output != Output.BFloat16DeltaOnly) merged += Widen(baseBits[j]);
             var expected = output == Output.Float32OverBase ? BitConverter.SingleToUInt32Bits(merged) : CombineKernels.ToBFloat16(merged);
+            // All exponent bits set: NaN or ±Inf (a finite float32 sum can also round to a bfloat16 infinity).
+            if (output == Output.Float32OverBase ? (expected & 0x7F800000u) == 0x7F800000u : (expected & 0x7F80u) == 0x7F80u) nonFinite++;
             // NaN payloads may differ between instructions; any NaN is the same value.
             if (float.IsNaN(merged) && output == Output.Float32OverBase)
             {
@@ -160,5 +163,31 @@ public sealed unsafe class FusedSinglePassTests
             Assert.True(expected == fused[j], $"element {j}: expected {expected:X}, fused kernel {fused[j]:X}");
             Assert.True(blocks[j] == fused[j], $"element {j}: block-by-block pass {blocks[j]:X}, fused kernel {fused[j]:X}");
         }
+        Assert.Equal(nonFinite == 0, fusedFinite);
+        Assert.Equal(nonFinite == 0, blocksFinite);
+    }
+
+    [Theory]
+    [InlineData(-1)]
+    [InlineData(0)]
+    [InlineData(65_536)]   // the second piece of the first core's range
+    [InlineData(199_999)]  // the last piece of the second core's range
+    public void Single_passes_report_whether_any_output_value_is_NaN_or_infinite(int infinityAt)
+    {
+        const int Count = 200_003;
+        var random = new Random(5);
+        ushort[] Finite() => Enumerable.Range(0, Count).Select(_ => (ushort)(random.Next(0x3000, 0x3D00) | (random.Next(2) << 15))).ToArray();
+        var baseBits = Finite();
+        if (infinityAt >= 0) baseBits[infinityAt] = 0x7F80; // +Inf in the base: +Inf in the output over it
+        var inputs = Enumerable.Range(0, 3).Select(i => new Input(Finite(), true, DareMask.Key(42, i, "w"), DareMask.Threshold(0.9), 10f, 1f / 3)).ToArray();
+        var weights = inputs.Select(i => i.Weight).ToArray();
+
+        var fused = Run((b, s, t, f, c) => DareLinearKernel.MergeChunk(b, s, weights, null, t, f, c), baseBits, inputs, Output.BFloat16OverBase, 0);
+        var blocks = Run((b, s, t, f, c) => ChunkKernels.MergeFromBFloat16(b, s, (deltas, blockTarget, start, end) => CombineKernels.LinearRange(deltas, weights, null, blockTarget, start, end), t, f, c),
+            baseBits, inputs, Output.BFloat16OverBase, 0);
+
+        Assert.Equal(infinityAt < 0, fused.OutputFinite);
+        Assert.Equal(infinityAt < 0, blocks.OutputFinite);
+        if (infinityAt >= 0) Assert.Equal(0x7F80u, fused.Bits[infinityAt]);
     }
 }
