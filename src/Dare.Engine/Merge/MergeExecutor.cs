@@ -169,7 +169,7 @@ public sealed class MergeExecutor
         return new ExportResult(staging.PartFolder(partition.Index), files, mine.Count, bytes, bytesRead, clock.Elapsed) { Partition = partition.ToString(), Published = false };
     }
 
-    /// <summary>Input bytes this executor's exports read ahead into buffers of their own (see <see cref="DirectReadAhead"/>).</summary>
+    /// <summary>Input bytes this executor's exports read ahead into buffers of their own (see <see cref="BufferedReadAhead"/>).</summary>
     internal long BytesReadAhead { get; private set; }
 
     /// <summary>Tensors whose TIES presample was read from the input files rather than computed in a pass (see TensorMerger).</summary>
@@ -180,7 +180,7 @@ public sealed class MergeExecutor
         if (_profile is null) return;
         foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
         _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
-            "profile: {0,-10} {1,8:0.000} GB     (inputs read ahead into buffers of their own)", "(Direct)", BytesReadAhead / 1e9));
+            "profile: {0,-10} {1,8:0.000} GB     (inputs read ahead into buffers of their own)", "(Read ahead)", BytesReadAhead / 1e9));
         _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
             "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
     }
@@ -206,7 +206,7 @@ public sealed class MergeExecutor
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name])));
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
-        BytesReadAhead += reader.DirectBytesServed;
+        BytesReadAhead += reader.BufferedBytesServed;
         TensorsPresampledFromFiles += merger.TensorsPresampledFromFiles;
         _cancellation.ThrowIfCancellationRequested();
         return (bytesRead, appender.BackgroundTime);

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace Dare.Engine.Safetensors;
 
 /// <summary>
-/// Page-aligned buffers for <see cref="DirectReadAhead"/>, in whole megabytes, kept for reuse once freed: fresh memory
+/// Page-aligned buffers for <see cref="BufferedReadAhead"/>, in whole megabytes, kept for reuse once freed: fresh memory
 /// costs a page fault per page on first touch (on this project's VM a fault on the host too). Buffers are mapped, not
 /// allocated: freed C-heap blocks of these sizes would stay in the process (glibc raises its mmap threshold to the
 /// largest block freed), which grew a cold merge's peak RSS by 250 MB. Free buffers are unmapped while buffers in use

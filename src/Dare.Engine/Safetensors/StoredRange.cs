@@ -19,16 +19,16 @@ public sealed unsafe class StoredRange : IDisposable
     private readonly long _offset;
     private readonly int _elementSize;
     private readonly bool _scan;
-    private readonly DirectReadAhead? _direct;
-    private DirectReadAhead.Range? _readAhead;
+    private readonly BufferedReadAhead? _buffered;
+    private BufferedReadAhead.Range? _readAhead;
     private byte* _memory;
     private byte* _owned;
     private int _foundNonFinite;
 
     /// <summary>A range read from the file piece by piece, or from <paramref name="readAhead"/>'s buffer when it has one.</summary>
-    internal StoredRange(TensorInfo info, long first, long count, SafeFileHandle handle, DirectReadAhead? direct, DirectReadAhead.Range? readAhead, bool scan)
+    internal StoredRange(TensorInfo info, long first, long count, SafeFileHandle handle, BufferedReadAhead? buffered, BufferedReadAhead.Range? readAhead, bool scan)
     {
-        (Info, First, Count, _handle, _direct, _readAhead, _scan) = (info, first, count, handle, direct, readAhead, scan);
+        (Info, First, Count, _handle, _buffered, _readAhead, _scan) = (info, first, count, handle, buffered, readAhead, scan);
         _elementSize = info.DType.ElementSize();
         _offset = info.DataOffset + first * _elementSize;
         if (readAhead is not null) _memory = readAhead.Buffer + (_offset - readAhead.BufferStart);
@@ -71,7 +71,7 @@ public sealed unsafe class StoredRange : IDisposable
     /// <summary>Frees the read-ahead buffer or the owned memory; pieces handed out from them are invalid after this.</summary>
     public void Dispose()
     {
-        if (_readAhead is not null) _direct!.Free(_readAhead);
+        if (_readAhead is not null) _buffered!.Free(_readAhead);
         _readAhead = null;
         if (_owned is not null) NativeMemory.AlignedFree(_owned);
         _owned = null;

@@ -36,8 +36,8 @@ public sealed class TensorReader : IDisposable
         var offset = info.DataOffset + firstElement * elementSize;
         var scan = ScansForNonFinite(info);
         var found = false;
-        // A range read ahead is copied from its buffer (see DirectReadAhead).
-        var readAhead = _direct?.Take((int)handle.DangerousGetHandle(), offset, count * elementSize);
+        // A range read ahead is copied from its buffer (see BufferedReadAhead).
+        var readAhead = _buffered?.Take((int)handle.DangerousGetHandle(), offset, count * elementSize);
         try
         {
             // Each core copies (from the page cache or the read-ahead buffer) and scans its part; one thread alone left
@@ -49,7 +49,7 @@ public sealed class TensorReader : IDisposable
         }
         finally
         {
-            if (readAhead is not null) _direct!.Free(readAhead);
+            if (readAhead is not null) _buffered!.Free(readAhead);
         }
         ReportNonFinite(info, found);
     }
@@ -61,7 +61,7 @@ public sealed class TensorReader : IDisposable
     /// whole chunk read it back from memory (Read took 1.28–1.37 s instead of 1.14–1.17 s in a large DARE-linear, 7.5 GB
     /// of inputs; without any scan, 0.9 s).
     /// </summary>
-    private static unsafe bool ReadPart(TensorInfo info, SafeFileHandle handle, DirectReadAhead.Range? readAhead, long offset, byte* destination, long bytes, bool scan)
+    private static unsafe bool ReadPart(TensorInfo info, SafeFileHandle handle, BufferedReadAhead.Range? readAhead, long offset, byte* destination, long bytes, bool scan)
     {
         var elementSize = info.DType.ElementSize();
         var scanned = destination;
@@ -94,7 +94,7 @@ public sealed class TensorReader : IDisposable
     }
 
     /// <summary>Up to <paramref name="size"/> bytes at <paramref name="offset"/>, from the read-ahead buffer or the file; returns how many.</summary>
-    private static unsafe int ReadPiece(TensorInfo info, SafeFileHandle handle, DirectReadAhead.Range? readAhead, long offset, byte* destination, int size)
+    private static unsafe int ReadPiece(TensorInfo info, SafeFileHandle handle, BufferedReadAhead.Range? readAhead, long offset, byte* destination, int size)
     {
         if (readAhead is not null)
         {
@@ -157,7 +157,7 @@ public sealed class TensorReader : IDisposable
 
     /// <summary>
     /// Elements [firstElement, firstElement + count) of the tensor, for a kernel that reads them piece by piece from
-    /// several threads (<see cref="StoredRange"/>): from the direct read-ahead buffer when the range was read ahead, else
+    /// several threads (<see cref="StoredRange"/>): from the buffered read-ahead buffer when the range was read ahead, else
     /// from the file as each piece is needed (an assembled tensor is read whole first). Once the kernel is done, call
     /// <see cref="Complete"/>, then dispose the range.
     /// </summary>
@@ -180,8 +180,8 @@ public sealed class TensorReader : IDisposable
             return new StoredRange(info, firstElement, count, memory, owned: true);
         }
         var handle = Handle(info);
-        var readAhead = _direct?.Take((int)handle.DangerousGetHandle(), info.DataOffset + firstElement * elementSize, count * elementSize);
-        return new StoredRange(info, firstElement, count, handle, _direct, readAhead, scan: ScansForNonFinite(info));
+        var readAhead = _buffered?.Take((int)handle.DangerousGetHandle(), info.DataOffset + firstElement * elementSize, count * elementSize);
+        return new StoredRange(info, firstElement, count, handle, _buffered, readAhead, scan: ScansForNonFinite(info));
     }
 
     /// <summary>Reports NaN/Inf found in the pieces of <paramref name="range"/> (the guard throws or queues a warning), on the thread that opened it.</summary>
@@ -273,7 +273,7 @@ public sealed class TensorReader : IDisposable
     /// background (posix_fadvise WILLNEED on Linux, given on the <see cref="ReadAhead"/> thread), so that a later
     /// <see cref="ReadElements"/> finds them there: the disk reads of the next chunks overlap the computation of this
     /// one. With <paramref name="readOnce"/> (the merge reads the range once, then is done with it) the range is read
-    /// ahead into a buffer of its own instead (<see cref="DirectReadAhead"/>), for the one <see cref="ReadElements"/>
+    /// ahead into a buffer of its own instead (<see cref="BufferedReadAhead"/>), for the one <see cref="ReadElements"/>
     /// of exactly that range or part of it. Advisory only: returns whether the advice was queued, and never throws (a
     /// real problem with the file surfaces in the read).
     /// </summary>
@@ -286,7 +286,7 @@ public sealed class TensorReader : IDisposable
             var elementSize = info.DType.ElementSize();
             var descriptor = (int)Handle(info).DangerousGetHandle();
             var offset = info.DataOffset + firstElement * elementSize;
-            if (readOnce && DirectReadAhead.Enabled) (_direct ??= new DirectReadAhead()).Fetch(descriptor, info.Name, offset, count * elementSize);
+            if (readOnce && BufferedReadAhead.Enabled) (_buffered ??= new BufferedReadAhead()).Fetch(descriptor, info.Name, offset, count * elementSize);
             else (_readAhead ??= new ReadAhead()).Fetch(descriptor, info.Name, offset, count * elementSize);
             return true;
         }
@@ -307,7 +307,7 @@ public sealed class TensorReader : IDisposable
     /// </summary>
     public void Release(string tensorName)
     {
-        _direct?.Release(tensorName);
+        _buffered?.Release(tensorName);
         _readAhead?.Release(tensorName);
     }
 
@@ -315,20 +315,20 @@ public sealed class TensorReader : IDisposable
     internal void WaitForReadAhead()
     {
         _readAhead?.Drain();
-        _direct?.Drain();
+        _buffered?.Drain();
     }
 
-    /// <summary>Reads served from direct read-ahead buffers so far (for tests).</summary>
-    internal int DirectReadsServed => _direct?.Served ?? 0;
+    /// <summary>Reads served from buffered read-ahead buffers so far (for tests).</summary>
+    internal int BufferedReadsServed => _buffered?.Served ?? 0;
 
-    /// <summary>Bytes of the reads served from direct read-ahead buffers so far.</summary>
-    internal long DirectBytesServed => _direct?.ServedBytes ?? 0;
+    /// <summary>Bytes of the reads served from buffered read-ahead buffers so far.</summary>
+    internal long BufferedBytesServed => _buffered?.ServedBytes ?? 0;
 
-    /// <summary>Bytes held in direct read-ahead buffers now (for tests).</summary>
-    internal long DirectBufferedBytes => _direct?.BytesInUse ?? 0;
+    /// <summary>Bytes held in buffered read-ahead buffers now (for tests).</summary>
+    internal long BytesInReadAheadBuffers => _buffered?.BytesInUse ?? 0;
 
     private ReadAhead? _readAhead;
-    private DirectReadAhead? _direct;
+    private BufferedReadAhead? _buffered;
 
     /// <summary>
     /// The open handle of the tensor's file. The first use opens it only if the path is still a regular file with the
@@ -357,8 +357,8 @@ public sealed class TensorReader : IDisposable
         // First: the read-ahead thread uses the descriptors closed below.
         _readAhead?.Dispose();
         _readAhead = null;
-        _direct?.Dispose();
-        _direct = null;
+        _buffered?.Dispose();
+        _buffered = null;
         foreach (var open in _handles.Values) open.Handle.Dispose();
         _handles.Clear();
     }

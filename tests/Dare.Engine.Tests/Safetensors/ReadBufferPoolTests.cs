@@ -4,7 +4,7 @@ using Xunit;
 namespace Dare.Engine.Tests.Safetensors;
 
 /// <summary>
-/// The direct read-ahead's buffers are reused rather than mapped anew (fresh memory faults page by page): a range
+/// The buffered read-ahead's buffers are reused rather than mapped anew (fresh memory faults page by page): a range
 /// whose page-aligned length lands in the neighbouring megabyte takes a free buffer that fits, a small range does not
 /// take a buffer far larger than it needs, and every buffer's capacity is accounted while it is lent.
 /// </summary>

@@ -74,11 +74,11 @@ public sealed class StoredRangeTests : IDisposable
         // Shrunk after the read ahead: every piece still comes from the buffer, none from the file.
         using (var stream = new FileStream(path, FileMode.Open)) stream.SetLength(w.DataOffset);
 
-        Assert.Equal(1, reader.DirectReadsServed);
+        Assert.Equal(1, reader.BufferedReadsServed);
         Assert.Equal(Expected(100, 1000), Piece(range, 0, 1000));
         Assert.Equal(Expected(100 + 499_000, 1000), Piece(range, 499_000, 1000));
         range.Dispose();
-        Assert.Equal(0, reader.DirectBufferedBytes);
+        Assert.Equal(0, reader.BytesInReadAheadBuffers);
     }
 
     [Theory]

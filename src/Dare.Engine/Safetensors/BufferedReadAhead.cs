@@ -22,7 +22,7 @@ namespace Dare.Engine.Safetensors;
 /// cold DARE-linear of 31 GB took 33.5–35.8 s; not counted, 27.9–31.4 s, and 15.7–16.6 s once the pool also reused
 /// buffers across neighbouring sizes).
 /// </summary>
-internal sealed unsafe partial class DirectReadAhead : IDisposable
+internal sealed unsafe partial class BufferedReadAhead : IDisposable
 {
     /// <summary>Whether ranges read once are read ahead into buffers of their own (Linux; DARE_DIRECT_READS=0: no).</summary>
     public static readonly bool Enabled = OperatingSystem.IsLinux() && DirectOutputFile.DirectFlag() is not null
@@ -98,12 +98,12 @@ internal sealed unsafe partial class DirectReadAhead : IDisposable
 
     /// <param name="budget">Bytes waiting in buffers at most.</param>
     /// <param name="pastPageCache">O_DIRECT reads; null: as DARE_DIRECT_READS says (the page cache, dropped behind, unless "odirect").</param>
-    public DirectReadAhead(long budget = DefaultBudget, bool? pastPageCache = null)
+    public BufferedReadAhead(long budget = DefaultBudget, bool? pastPageCache = null)
     {
         _budget = budget;
         _pastPageCache = pastPageCache ?? DefaultPastPageCache;
         _pool = new ReadBufferPool(budget);
-        _readers = Enumerable.Range(0, Readers).Select(i => new Thread(ReadLoop) { IsBackground = true, Name = $"Dare direct read {i}" }).ToArray();
+        _readers = Enumerable.Range(0, Readers).Select(i => new Thread(ReadLoop) { IsBackground = true, Name = $"Dare read-ahead {i}" }).ToArray();
         foreach (var reader in _readers) reader.Start();
     }
 
