@@ -1,9 +1,9 @@
 @{
     RootModule           = 'Dare.PowerShell.dll'
     # The loader comes first: it routes the engine and its dependencies (dependencies/) into Dare's own
-    # AssemblyLoadContext. Dare.Types.ps1 then imports Dare.Engine and TorchSharp from that context so that scripts can
-    # use type literals such as [Dare.Engine.Merge.ExportResult] and [TorchSharp.torch].
-    NestedModules        = @('Dare.Loader.dll', 'Dare.Types.ps1')
+    # AssemblyLoadContext, and registers their public types so that scripts can use type literals such as
+    # [Dare.Engine.Merge.ExportResult] and [TorchSharp.torch].
+    NestedModules        = @('Dare.Loader.dll')
     ModuleVersion        = '0.1.0'
     GUID                 = '6f0d3c52-8d0e-4b8a-9f57-3c1d2e7a9b41'
     Author               = 'Dare contributors'

@@ -85,7 +85,7 @@ function Invoke-Build {
     Move-Item (Join-Path $publishDir 'Dare.Loader.dll'), (Join-Path $publishDir 'Dare.PowerShell.dll') $moduleDir
     Get-ChildItem $publishDir | Move-Item -Destination $dependencies
     Remove-Item $publishDir
-    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE'), (Join-Path $root 'src/Dare.Loader/Dare.Types.ps1') $moduleDir
+    Copy-Item (Join-Path $root 'Dare.psd1'), (Join-Path $root 'LICENSE') $moduleDir
     Copy-Item (Join-Path $root 'src/Dare.PowerShell/Dare.Format.ps1xml') $moduleDir
     # Before the help: Build-Help imports the built module in a child pwsh.
     Install-TorchSharpNativeCompat -Directory $dependencies

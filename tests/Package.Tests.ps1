@@ -31,7 +31,7 @@ Describe 'The module package (./build.ps1 Package)' {
         Add-Type -AssemblyName System.IO.Compression.FileSystem
         $zip = [IO.Compression.ZipFile]::OpenRead($Package)
         try { $entries = $zip.Entries.FullName } finally { $zip.Dispose() }
-        foreach ($file in 'Dare.nuspec', 'Dare.psd1', 'LICENSE', 'Dare.Loader.dll', 'Dare.PowerShell.dll', 'Dare.Types.ps1',
+        foreach ($file in 'Dare.nuspec', 'Dare.psd1', 'LICENSE', 'Dare.Loader.dll', 'Dare.PowerShell.dll',
             'en-US/Dare.PowerShell.dll-Help.xml', 'dependencies/Dare.Engine.dll', 'dependencies/libLibTorchSharp.so', 'dependencies/libtorch_cpu.so') {
             $entries | Should -Contain $file
         }

@@ -14,8 +14,8 @@ namespace Dare.Loader;
 /// the cmdlet assembly on import, which already needs Dare.Engine, so the resolver has to be in place first.
 /// The cmdlet assembly references Dare.Engine (and TorchSharp for Get-TaskVectorTensor -AsTensor); the default context
 /// cannot find them beside it, so its Resolving event asks us and we hand over the private context's copies. Every
-/// further dependency of the engine then binds inside the private context first. Types stay reachable from scripts:
-/// PowerShell resolves type literals such as [Dare.Engine.Merge.ExportResult] over the assemblies of every context.
+/// further dependency of the engine then binds inside the private context first. Their public types are registered
+/// for type literals in scripts (<see cref="TypeLiterals"/>).
 /// </remarks>
 public sealed class ModuleInit : IModuleAssemblyInitializer
 {
@@ -37,6 +37,7 @@ public sealed class ModuleInit : IModuleAssemblyInitializer
             var moduleDirectory = Path.GetDirectoryName(typeof(ModuleInit).Assembly.Location)!;
             _context = new DareLoadContext(Path.Combine(moduleDirectory, DependencyFolder));
             AssemblyLoadContext.Default.Resolving += ResolveBridged;
+            TypeLiterals.Register(BridgedAssemblies.Select(name => _context.LoadFromDependencies(new AssemblyName(name))).OfType<Assembly>());
         }
     }
 
