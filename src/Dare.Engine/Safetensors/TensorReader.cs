@@ -157,8 +157,9 @@ public sealed class TensorReader : IDisposable
 
     /// <summary>
     /// Elements [firstElement, firstElement + count) of the tensor, for a kernel that reads them piece by piece from
-    /// several threads (<see cref="StoredRange"/>): from the buffered read-ahead buffer when the range was read ahead, else
-    /// from the file as each piece is needed (an assembled tensor is read whole first). Once the kernel is done, call
+    /// several threads (<see cref="StoredRange"/>): from its buffer when the range was read ahead
+    /// (<see cref="BufferedReadAhead"/>), else from the file as each piece is needed (an assembled tensor is read whole
+    /// first). Once the kernel is done, call
     /// <see cref="Complete"/>, then dispose the range.
     /// </summary>
     public unsafe StoredRange OpenRange(TensorInfo info, long firstElement, long count)

@@ -10,9 +10,8 @@ public static partial class PageCache
     /// <summary>Flushes the file to the disk and drops it from the page cache.</summary>
     public static void Drop(string path)
     {
-        using var file = File.OpenHandle(path);
-        Assert.Equal(0, fsync((int)file.DangerousGetHandle()));
-        Assert.Equal(0, posix_fadvise((int)file.DangerousGetHandle(), 0, 0, 4 /* DONTNEED */));
+        using (var file = File.OpenHandle(path)) Assert.Equal(0, fsync((int)file.DangerousGetHandle()));
+        Drop(path, 0, 0); // length 0: to the end of the file
     }
 
     /// <summary>Drops bytes [offset, offset + length) of an already flushed file from the page cache (the pages they touch).</summary>
