@@ -223,6 +223,37 @@ public sealed class BufferedReadAheadTests : IDisposable
     }
 
     [Fact]
+    public unsafe void In_a_cold_file_read_in_order_no_page_stays_cached_where_two_ranges_meet()
+    {
+        // A 64 MB tensor in ranges of 8 MB + 12 KB: their boundaries fall inside the 2 MB folios the kernel's read-ahead
+        // fills the page cache with once it is well under way (not in a smaller file), which a drop of one range alone
+        // leaves in place, since they hold the neighbour's bytes too (without the fix: ~350 pages left).
+        var values = Enumerable.Range(0, 16 << 20).Select(i => (float)i).ToArray();
+        var path = RawSafetensors.WriteFile(_temp["boundaries.safetensors"], new[] { new RawTensor("a", "F32", new long[] { values.Length }, MemoryMarshal.AsBytes(values.AsSpan()).ToArray()) });
+        PageCache.Drop(path);
+        var a = Checkpoint.Open(path).Tensors.Single();
+        const long Piece = (8 << 20) + (12 << 10);
+        var ranges = (int)(a.ByteLength / Piece);
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        using var readAhead = new BufferedReadAhead(pastPageCache: false);
+        for (var i = 0; i < ranges; i++)
+        {
+            readAhead.Fetch(descriptor, "a", a.DataOffset + i * Piece, Piece);
+            AssertServedFromBuffer(readAhead, descriptor, a.DataOffset, i, Piece);
+        }
+
+        Assert.Equal(ranges, readAhead.Served);
+        // Every page up to the last range's last 2 MB (a folio the next range would drop with its own) has gone.
+        var cached = new List<long>();
+        for (var offset = a.DataOffset; offset < a.DataOffset + ranges * Piece - (2 << 20); offset += 4096)
+        {
+            if (IsCached(path, offset)) cached.Add(offset - a.DataOffset);
+        }
+        Assert.True(cached.Count == 0, $"{cached.Count} pages of the ranges are still cached, the first at byte {cached.FirstOrDefault()} of the tensor");
+    }
+
+    [Fact]
     public unsafe void In_a_file_mostly_cached_a_cached_range_takes_the_ordinary_read_and_an_uncached_one_is_read_ahead_leaving_the_rest_cached()
     {
         var (path, a, _) = ColdFile("warm-ranges.safetensors");
