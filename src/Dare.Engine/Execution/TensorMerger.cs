@@ -260,8 +260,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     }
 
     /// <summary>
-    /// Asks for every chunk of a tensor after the first (the executor asked for that one), to be read once: all of them
-    /// now, in order, so that the read-ahead (bounded by its buffer budget) keeps the disk busy through the whole tensor.
+    /// Asks for every chunk of a tensor after the first, to be read once: all of them now, in order, so that the
+    /// read-ahead (bounded by its buffer budget) keeps the disk busy through the whole tensor. The executor asks for
+    /// them earlier, two tensors ahead, where it knows the tensor is read once; a range asked for twice is read once.
     /// </summary>
     private static void PrefetchLaterChunks(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long chunk)
     {

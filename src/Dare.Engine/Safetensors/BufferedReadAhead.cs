@@ -113,11 +113,15 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
         get { lock (_ranges) return _pool.BytesInUse; }
     }
 
-    /// <summary>Asks for file bytes [offset, offset + length) of <paramref name="tensor"/>, for one <see cref="Take"/>.</summary>
+    /// <summary>
+    /// Asks for file bytes [offset, offset + length) of <paramref name="tensor"/>, for one <see cref="Take"/>; a range
+    /// asked for already and not yet taken is not asked for twice.
+    /// </summary>
     public void Fetch(int descriptor, string tensor, long offset, long length)
     {
         lock (_ranges)
         {
+            if (_ranges.Exists(r => r.Descriptor == descriptor && r.Offset == offset && r.Length == length && !r.Abandoned)) return;
             _ranges.Add(new Range(descriptor, tensor, offset, length));
             Monitor.PulseAll(_ranges);
         }

@@ -89,6 +89,27 @@ public sealed class BufferedReadAheadTests : IDisposable
     }
 
     [Fact]
+    public unsafe void A_range_asked_for_twice_before_it_is_taken_is_read_once()
+    {
+        // The executor asks for a read-once tensor's chunks two tensors ahead, and the merge asks for them again at the
+        // tensor's start.
+        var (path, a, _) = ColdFile("twice.safetensors");
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        const long Piece = 1 << 20;
+        using var readAhead = new BufferedReadAhead(budget: 64L << 20);
+        readAhead.Fetch(descriptor, "a", a.DataOffset, Piece);
+        readAhead.Fetch(descriptor, "a", a.DataOffset, Piece);
+        readAhead.Drain();
+        Assert.Equal(2L << 20, readAhead.BytesInUse); // one buffer (1 MB straddling a page takes 2 MB)
+
+        AssertServedFromBuffer(readAhead, descriptor, a.DataOffset, 0, Piece);
+        Assert.Null(readAhead.Take(descriptor, a.DataOffset, Piece));
+        Assert.Equal(1, readAhead.Served);
+        Assert.Equal(0, readAhead.BytesInUse);
+    }
+
+    [Fact]
     public void A_range_read_ahead_and_never_read_is_freed_when_its_tensor_is_released()
     {
         var (_, a, b) = ColdFile("unread.safetensors");
