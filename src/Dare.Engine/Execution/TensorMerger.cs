@@ -203,7 +203,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// </summary>
     private unsafe bool StreamBFloat16(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IBFloat16SinglePass singlePass, ExportSink export, long chunk, int chunkCount)
     {
-        PrefetchLaterChunks(chunks.Reader, vector, baseInfo, chunk);
+        PrefetchReadOnce(chunks.Reader, vector, baseInfo, chunk, from: chunk);
         var ranges = new List<StoredRange>(inputs.Length + 1);
         for (var c = 0; c < chunkCount; c++)
         {
@@ -260,13 +260,15 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     }
 
     /// <summary>
-    /// Asks for every chunk of a tensor after the first, to be read once: all of them now, in order, so that the
-    /// read-ahead (bounded by its buffer budget) keeps the disk busy through the whole tensor. The executor asks for
-    /// them earlier, two tensors ahead, where it knows the tensor is read once; a range asked for twice is read once.
+    /// Asks for a tensor's chunks of <paramref name="chunk"/> elements from element <paramref name="from"/> on, to be
+    /// read once: all of them now, in order, so that the read-ahead (bounded by its buffer budget) keeps the disk busy
+    /// through the whole tensor and reads each file as it lies. The executor asks for every chunk two tensors ahead
+    /// where it knows the tensor is read once; the merge asks for the later ones again at the tensor's start, and a
+    /// range asked for twice is read once.
     /// </summary>
-    private static void PrefetchLaterChunks(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long chunk)
+    public static void PrefetchReadOnce(TensorReader reader, TaskVector vector, TensorInfo baseInfo, long chunk, long from = 0)
     {
-        for (var first = chunk; first < baseInfo.ElementCount; first += chunk)
+        for (var first = from; first < baseInfo.ElementCount; first += chunk)
         {
             Prefetch(reader, vector, baseInfo, first, Math.Min(chunk, baseInfo.ElementCount - first), readOnce: true);
         }
@@ -389,8 +391,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
         /// <summary>
         /// Reads the whole tensor of the base and of each input as stored (NaN/Inf reported as it lands), in the
-        /// executor's chunks, which it reads ahead into buffers of their own when they are not cached: the first was asked for
-        /// two tensors ahead, the others are asked for now.
+        /// executor's chunks, which it reads ahead into buffers of their own when they are not cached: the executor asked
+        /// for them two tensors ahead, and the later ones are asked for again now (for a caller that did not).
         /// </summary>
         private unsafe ChunkView[] ReadStored()
         {
@@ -398,7 +400,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             var n = baseInfo.ElementCount;
             var readChunk = merger.ReadChunkElements;
             var readChunks = (n + readChunk - 1) / readChunk;
-            PrefetchLaterChunks(chunks.Reader, vector, baseInfo, readChunk);
+            PrefetchReadOnce(chunks.Reader, vector, baseInfo, readChunk, from: readChunk);
             var stored = inputs.Select((_, i) => new ChunkView(chunks.Workspace.Floats(i + 1, (n + 1) / 2).Data, n, SafetensorsDType.BF16))
                 .Prepend(chunks.Workspace.Raw(0, n)).ToArray();
             var infos = inputs.Select(input => input.Tensor!.StoredBFloat16!).Prepend(baseInfo).ToArray();

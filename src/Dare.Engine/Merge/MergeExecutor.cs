@@ -293,11 +293,8 @@ public sealed class MergeExecutor
             for (var next = i == 0 ? 0 : i + TensorsAhead; next <= i + TensorsAhead && next < tensors.Count; next++)
             {
                 var tensor = tensors[next];
-                var once = readsOnce?.Invoke(tensor, layout) ?? tensor.ElementCount <= ChunkElements;
-                for (long first = 0; first == 0 || (once && first < tensor.ElementCount); first += ChunkElements)
-                {
-                    TensorMerger.Prefetch(reader, vector, tensor, first, Math.Min(tensor.ElementCount - first, ChunkElements), once);
-                }
+                if (readsOnce?.Invoke(tensor, layout) ?? tensor.ElementCount <= ChunkElements) TensorMerger.PrefetchReadOnce(reader, vector, tensor, ChunkElements);
+                else TensorMerger.Prefetch(reader, vector, tensor, 0, Math.Min(tensor.ElementCount, ChunkElements));
             }
             process(info, layout);
             reader.Release(info.Name);

@@ -73,7 +73,8 @@ internal interface IBFloat16SinglePass
 {
     /// <summary>
     /// Merges elements [first, first + count) into <paramref name="target"/>, reading the base and each source's
-    /// stored range piece by piece (<see cref="StoredRange.Piece"/>); returns each input's drop count.
+    /// stored range piece by piece (<see cref="StoredRange.Piece"/>); returns each input's drop count and whether the
+    /// output is all finite (scanned as it was written).
     /// </summary>
     ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count);
 
