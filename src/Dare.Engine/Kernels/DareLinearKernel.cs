@@ -53,12 +53,12 @@ internal readonly unsafe struct DareLinearOperator(ushort* baseValues, FusedInpu
     public void Vector(long j)
     {
         var baseFloats = FusedInput.Widen(baseValues + j);
-        var counters = FusedInput.Counters(low, j);
+        var products = DareMask.GoldenProducts16(low + (uint)j);
         var sum = Vector512<float>.Zero;
         for (var i = 0; i < inputs.Length; i++)
         {
             ref readonly var input = ref inputs[i];
-            var delta = input.Delta(j, baseFloats, counters, ref dropped[i]);
+            var delta = input.Delta(j, baseFloats, products, ref dropped[i]);
             var weight = Vector512.Create(input.Weight);
             sum = i == 0 ? delta * weight : MultiplyAdd(delta, weight, sum);
         }

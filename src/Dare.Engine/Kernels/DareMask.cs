@@ -130,8 +130,7 @@ public static class DareMask
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long i)
         {
-            var counter = Vector256.Create(_low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
-            var h = HashOf(counter, _k0Vector, _k1Vector);
+            var h = HashOfProducts(GoldenProducts8(_low + (uint)i), _k0Vector, _k1Vector);
             var drop = Vector256.LessThan(h, _thresholdVector);
             var values = Vector256.Load(_data + i) * _scaleVector;
             Vector256.ConditionalSelect(drop.AsSingle(), Vector256<float>.Zero, values).Store(_data + i);
@@ -169,8 +168,7 @@ public static class DareMask
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long i)
         {
-            var counter = Vector512.Create(_low + (uint)i) + Vector512.Create(0u, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            var h = HashOf(counter, _k0Vector, _k1Vector);
+            var h = HashOfProducts(GoldenProducts16(_low + (uint)i), _k0Vector, _k1Vector);
             var drop = Vector512.LessThan(h, _thresholdVector);
             var values = Vector512.Load(_data + i) * _scaleVector;
             Vector512.ConditionalSelect(drop.AsSingle(), Vector512<float>.Zero, values).Store(_data + i);
@@ -211,8 +209,7 @@ public static class DareMask
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void Vector(long i)
         {
-            var counter = Vector256.Create(low + (uint)i) + Vector256.Create(0u, 1, 2, 3, 4, 5, 6, 7);
-            HashOf(counter, _k0Vector, _k1Vector).Store(destination + i);
+            HashOfProducts(GoldenProducts8(low + (uint)i), _k0Vector, _k1Vector).Store(destination + i);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -245,17 +242,34 @@ public static class DareMask
 
     /// <summary>The hash of the element whose counter (low 32 bits of its index) is <paramref name="counter"/>, in a block keyed (k0, k1).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static uint HashOf(uint counter, uint k0, uint k1) => Mix(Mix(counter * 0x9E3779B1u + k0) ^ k1);
+    internal static uint HashOf(uint counter, uint k0, uint k1) => Mix(Mix(counter * Golden + k0) ^ k1);
 
-    /// <summary><see cref="HashOf(uint, uint, uint)"/> of 8 counters.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<uint> HashOf(Vector256<uint> counter, Vector256<uint> k0, Vector256<uint> k1) =>
-        MixVector(MixVector(counter * Vector256.Create(0x9E3779B1u) + k0) ^ k1);
+    private const uint Golden = 0x9E3779B1u;
 
-    /// <summary><see cref="HashOf(uint, uint, uint)"/> of 16 counters.</summary>
+    /// <summary>
+    /// The hash's first step, counter × <see cref="Golden"/>, of the 16 counters [first, first + 16): one scalar
+    /// product broadcast plus lane × Golden, the same bits modulo 2^32 without a vector multiply (the hash's
+    /// multiplies are most of a DARE pass's work, and this was one in five).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector512<uint> HashOf(Vector512<uint> counter, Vector512<uint> k0, Vector512<uint> k1) =>
-        MixVector(MixVector(counter * Vector512.Create(0x9E3779B1u) + k0) ^ k1);
+    internal static Vector512<uint> GoldenProducts16(uint first) => Vector512.Create(first * Golden) + Vector512.Create(
+        0x00000000u, 0x9E3779B1u, 0x3C6EF362u, 0xDAA66D13u, 0x78DDE6C4u, 0x17156075u, 0xB54CDA26u, 0x538453D7u,
+        0xF1BBCD88u, 0x8FF34739u, 0x2E2AC0EAu, 0xCC623A9Bu, 0x6A99B44Cu, 0x08D12DFDu, 0xA708A7AEu, 0x4540215Fu);
+
+    /// <summary><see cref="GoldenProducts16"/> of the 8 counters [first, first + 8).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<uint> GoldenProducts8(uint first) => Vector256.Create(first * Golden) + Vector256.Create(
+        0x00000000u, 0x9E3779B1u, 0x3C6EF362u, 0xDAA66D13u, 0x78DDE6C4u, 0x17156075u, 0xB54CDA26u, 0x538453D7u);
+
+    /// <summary><see cref="HashOf(uint, uint, uint)"/> of 8 counters, given their <see cref="GoldenProducts8"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> HashOfProducts(Vector256<uint> products, Vector256<uint> k0, Vector256<uint> k1) =>
+        MixVector(MixVector(products + k0) ^ k1);
+
+    /// <summary><see cref="HashOf(uint, uint, uint)"/> of 16 counters, given their <see cref="GoldenProducts16"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<uint> HashOfProducts(Vector512<uint> products, Vector512<uint> k0, Vector512<uint> k1) =>
+        MixVector(MixVector(products + k0) ^ k1);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint Mix(uint x)

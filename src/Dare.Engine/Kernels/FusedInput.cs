@@ -62,17 +62,16 @@ internal readonly unsafe struct FusedInput
         return Vector512.ShiftLeft(Vector512.Create(low, high), 16).AsSingle();
     }
 
-    /// <summary>The counters of chunk elements [j, j + 16): the low 32 bits of their tensor indexes (<paramref name="low"/> is element 0's).</summary>
+    /// <summary>
+    /// Masked δ of chunk elements [j, j + 16), counting the drops into <paramref name="dropped"/>; <paramref name="products"/>
+    /// are their counters' <see cref="DareMask.GoldenProducts16"/>, shared by every input.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<uint> Counters(uint low, long j) => Vector512.Create(low + (uint)j) + Vector512.Create(0u, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-
-    /// <summary>Masked δ of chunk elements [j, j + 16), counting the drops into <paramref name="dropped"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public Vector512<float> Delta(long j, Vector512<float> baseFloats, Vector512<uint> counters, ref long dropped)
+    public Vector512<float> Delta(long j, Vector512<float> baseFloats, Vector512<uint> products, ref long dropped)
     {
         var delta = Widen(Tuned + j) - baseFloats;
         if (!Masks) return delta;
-        var drop = Vector512.LessThan(DareMask.HashOf(counters, Vector512.Create(K0), Vector512.Create(K1)), Vector512.Create(Threshold));
+        var drop = Vector512.LessThan(DareMask.HashOfProducts(products, Vector512.Create(K0), Vector512.Create(K1)), Vector512.Create(Threshold));
         dropped += BitOperations.PopCount(drop.ExtractMostSignificantBits());
         return Vector512.ConditionalSelect(drop.AsSingle(), Vector512<float>.Zero, delta * Vector512.Create(Scale));
     }

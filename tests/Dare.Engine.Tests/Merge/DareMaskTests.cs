@@ -34,6 +34,23 @@ public sealed class DareMaskTests
         Assert.Equal(Enumerable.Range(0, count).Select(i => DareMask.Hash(key, first + i)), hashes);
     }
 
+    [Theory]
+    [InlineData(0u)]
+    [InlineData(12345u)]
+    [InlineData(0xFFFFFFF0u)] // the last full vector of a 2^32-element block
+    [InlineData(0xFFFFFFFFu)] // and past it: the lanes wrap modulo 2^32 as each lane's own product does
+    public void Golden_products_of_a_vector_are_each_counter_times_the_constant(uint first)
+    {
+        var wide = DareMask.GoldenProducts16(first);
+        var narrow = DareMask.GoldenProducts8(first);
+        for (var lane = 0u; lane < 16; lane++)
+        {
+            var expected = unchecked((first + lane) * 0x9E3779B1u);
+            Assert.Equal(expected, wide[(int)lane]);
+            if (lane < 8) Assert.Equal(expected, narrow[(int)lane]);
+        }
+    }
+
     private static unsafe void AppliesAsDefined(long first, int count, double p, bool wide)
     {
         var random = new Random((int)(first % 10007) + count);
