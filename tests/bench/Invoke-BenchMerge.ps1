@@ -67,7 +67,7 @@ $hwm = if ($status -match 'VmHWM:\s+(\d+)\s+kB') { $Matches[1] } else { 'null' }
 $cpu = [Diagnostics.Process]::GetCurrentProcess()
 $invariant = [Globalization.CultureInfo]::InvariantCulture
 function Get-JsonNumber($Value) { if ($null -eq $Value) { 'null' } else { ([double]$Value).ToString('R', $invariant) } }
-function Get-JsonString([string] $Value) { '"' + $Value.Replace('\', '\\').Replace('"', '\"') + '"' }
+function Get-JsonString([string] $Value) { '"' + $Value.Replace('\', '\\').Replace('"', '\"').Replace("`t", '\t').Replace("`r", '\r').Replace("`n", '\n') + '"' }
 $fields = @(
     '"method":' + (Get-JsonString $Method)
     '"vmhwm_kb":' + $hwm
