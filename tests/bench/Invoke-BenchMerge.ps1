@@ -76,6 +76,6 @@ $fields = @(
     '"export_s":' + (Get-JsonNumber $result.Elapsed.TotalSeconds)
     '"bytes_read":' + (Get-JsonNumber $result.BytesRead)
     '"bytes_written":' + (Get-JsonNumber $result.BytesWritten)
-    '"profile":[' + (($profileLines | ForEach-Object { Get-JsonString $_ }) -join ',') + ']'
+    '"profile":[' + (@(foreach ($line in $profileLines) { Get-JsonString $line }) -join ',') + ']'
 )
 'DARE-BENCH {' + ($fields -join ',') + '}'
