@@ -97,6 +97,24 @@ Describe 'Get-TaskVector' {
         ($vector | Get-TaskVectorTensor $upProj).ZeroFraction | Should -BeLessThan 0.01
     }
 
+    It 'warns when a fine-tuned model is the base itself or given twice (the same files, by any path), and still emits it' {
+        $link = Join-Path $TestDrive 'math-link'
+        $null = New-Item -ItemType SymbolicLink -Path $link -Target $math.Path
+        $vectors = Get-TaskVector -Base $base -FineTuned $base.Path, $math, $link, $code -WarningVariable warnings -WarningAction SilentlyContinue
+        $vectors.Count | Should -Be 4
+        $warnings.Count | Should -Be 2
+        $warnings[0].Message | Should -BeLike "'$($base.Path)' is the base model itself*task vector is zero*"
+        $warnings[1].Message | Should -BeLike "'$link' is given more than once (the same files as '$($math.Path)')*"
+        ($vectors[0] | Get-TaskVectorTensor $upProj).ZeroFraction | Should -Be 1
+    }
+
+    It 'does not warn about a copy of a model, which is another model whatever its bytes' {
+        $copy = Join-Path $TestDrive 'math-copy'
+        Copy-Item -Recurse $math.Path $copy
+        $null = Get-TaskVector -Base $base -FineTuned $math, $copy -WarningVariable warnings -WarningAction SilentlyContinue
+        $warnings.Count | Should -Be 0
+    }
+
     It 'stops with PathNotFound or NotFileSystemPath for a bad base, naming the path' {
         { Get-TaskVector -Base (Join-Path $TestDrive 'missing') -FineTuned $math } |
             Should -Throw -ErrorId 'PathNotFound,Dare.PowerShell.GetTaskVectorCommand' -ExpectedMessage '*missing*'
@@ -132,7 +150,7 @@ Describe 'Invoke-DareDrop' {
 
     It 'gives each task vector down one pipeline its own mask stream' {
         # The same fine-tune twice: identical deltas, so any difference in zeros comes from the masks.
-        $first, $second = Get-TaskVector $base $math, $math | Invoke-DareDrop -DropRate 0.5 -Seed 3
+        $first, $second = Get-TaskVector $base $math, $math -WarningAction SilentlyContinue | Invoke-DareDrop -DropRate 0.5 -Seed 3
         $first.Dare.Stream | Should -Be 0
         $second.Dare.Stream | Should -Be 1
         $a = Get-ZeroPattern $first $upProj

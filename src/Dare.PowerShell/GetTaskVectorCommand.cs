@@ -44,7 +44,8 @@ public sealed class GetTaskVectorCommand : DareCmdlet
     /// <summary>
     /// Fine-tuned models of the same base (paths, wildcards allowed; folders from Get-ChildItem; Checkpoints; the
     /// results of Export-Safetensors). Objects from the pipeline bind here whatever their type. A PEFT adapter folder
-    /// here is read as an adapter (as -Adapter does).
+    /// here is read as an adapter (as -Adapter does). A model that is the base itself, or one given twice (the same
+    /// files by any path), is taken as given, with a warning.
     /// </summary>
     [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true, ParameterSetName = PathSet)]
     [Parameter(Mandatory = true, Position = 1, ValueFromPipeline = true, ParameterSetName = LiteralBaseSet)]
@@ -148,11 +149,25 @@ public sealed class GetTaskVectorCommand : DareCmdlet
         });
     }
 
+    /// <summary>The fine-tuned models emitted so far, to name a model given twice.</summary>
+    private readonly List<Checkpoint> _emitted = new();
+
     private void Emit(TaskVector vector)
     {
+        // Both are allowed (a zero task vector; a model weighted twice) but are usually a mistyped path.
+        var model = vector.FineTuned!;
+        if (model.HasSameFilesAs(_base))
+        {
+            WriteWarning($"'{model.Path}' is the base model itself (the same files): its task vector is zero and adds nothing to the merge.");
+        }
+        else if (_emitted.FirstOrDefault(model.HasSameFilesAs) is { } earlier)
+        {
+            WriteWarning($"'{model.Path}' is given more than once (the same files as '{earlier.Path}'): each becomes a task vector of its own, so the model weighs that much more in the merge.");
+        }
+        _emitted.Add(model);
         if (vector.MissingTensors.Count > 0)
         {
-            WriteWarning($"'{vector.FineTuned!.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
+            WriteWarning($"'{model.Path}' lacks {vector.MissingTensors.Count} tensor(s) of the base; they contribute a zero delta: " +
                 string.Join(", ", vector.MissingTensors.Take(10)) + (vector.MissingTensors.Count > 10 ? ", ..." : ""));
         }
         WriteObject(vector);

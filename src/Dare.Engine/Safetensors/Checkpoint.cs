@@ -98,6 +98,20 @@ public sealed partial class Checkpoint
 
     public override string ToString() => Path;
 
+    /// <summary>
+    /// Whether this checkpoint's tensors come from exactly the files <paramref name="other"/>'s come from: the same
+    /// files (device and inode, so through a symlink or another path too), or, where the OS gives no inodes, the same
+    /// full paths. A copy of a model is another model here, whatever its bytes.
+    /// </summary>
+    public bool HasSameFilesAs(Checkpoint other)
+    {
+        static HashSet<(ulong, ulong)> Inodes(Checkpoint checkpoint) => checkpoint.Tensors
+            .Select(t => t.FileIdentity).OfType<FileIdentity>().Where(id => id.Inode != 0).Select(id => (id.Device, id.Inode)).ToHashSet();
+        var (mine, theirs) = (Inodes(this), Inodes(other));
+        if (mine.Count > 0 && theirs.Count > 0) return mine.SetEquals(theirs);
+        return Files.Order(StringComparer.Ordinal).SequenceEqual(other.Files.Order(StringComparer.Ordinal), StringComparer.Ordinal);
+    }
+
     /// <summary>Opens a .safetensors file or a model folder, reading and validating headers only.</summary>
     public static Checkpoint Open(string path)
     {
