@@ -30,9 +30,13 @@ internal sealed class DeltaSink(Action<long, ChunkView> consume) : IChunkSink
 /// here. Each chunk's write overlaps the computation of the next ones, into the other buffers: with one buffer fewer
 /// writes queued at most (<see cref="BackgroundAppender.MaxInFlight"/>), a buffer is refilled only after its last write.
 /// </summary>
-internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, SafetensorsDType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
+internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, SafetensorsDType outputDType, bool deltaOnly, PhaseProfile? profile,
+    int blockPhase = 0) : IChunkSink
 {
     private ChunkView? _output;
+
+    // Where the next chunk's first byte lies past a block boundary of the output file (see CheckpointWriter.BlockPhase).
+    private int _blockPhase = blockPhase;
 
     /// <summary>Whether the combine writes the output bytes itself (bfloat16 and float32 output).</summary>
     public bool WritesDirectly => WritesDirectlyAs(outputDType);
@@ -59,7 +63,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
 
     private unsafe void* NextOutput(long count)
     {
-        _output = workspace.NextOutput(outputDType, count);
+        _output = workspace.NextOutput(outputDType, count, _blockPhase);
         return _output.Data;
     }
 
@@ -71,7 +75,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
             {
                 // δ + base equals base + δ bit for bit (float addition is commutative); the first δ may be overwritten.
                 var result = deltaOnly ? firstDelta : firstDelta.Add(baseChunk);
-                _output = workspace.NextOutput(outputDType, firstDelta.Count).CopyFrom(result);
+                _output = workspace.NextOutput(outputDType, firstDelta.Count, _blockPhase).CopyFrom(result);
             }
         }
         Emit();
@@ -85,7 +89,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     {
         using (PhaseProfile.Time(profile, Phase.ToOutput))
         {
-            _output = workspace.NextOutput(outputDType, result.shape[0]);
+            _output = workspace.NextOutput(outputDType, result.shape[0], _blockPhase);
             using var output = _output.AsTensor();
             output.copy_(result);
         }
@@ -104,6 +108,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     {
         // Waits for the oldest write first when the queue is full (the time the computation is ahead of the disk).
         using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)_output!.Data, _output.ByteLength, knownFinite);
+        _blockPhase = (int)((_blockPhase + _output.ByteLength) % CheckpointWriter.DataAlignment);
         _output = null;
     }
 }

@@ -63,28 +63,32 @@ internal sealed class ChunkWorkspace : IDisposable
 
     /// <summary>
     /// A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output, in the next
-    /// output buffer in turn (across tensors too): the export fills one while the others are being written.
+    /// output buffer in turn (across tensors too): the export fills one while the others are being written. The view
+    /// starts <paramref name="phase"/> bytes past a 4096-byte boundary (less than 4096; a torch buffer's views start at
+    /// its beginning), where the bytes' place in the output file is, so that the file writes them from where they are.
     /// </summary>
-    public ChunkView NextOutput(SafetensorsDType type, long count)
+    public ChunkView NextOutput(SafetensorsDType type, long count, int phase = 0)
     {
+        if (phase is < 0 or >= (int)Buffer.Alignment) throw new ArgumentOutOfRangeException(nameof(phase));
         var buffer = _nextOutput;
         _nextOutput = (_nextOutput + 1) % OutputBuffers;
-        return View(ref _outputs[buffer], type, count);
+        return View(ref _outputs[buffer], type, count, TorchBuffers ? 0 : phase);
     }
 
     /// <summary>Gives back the buffer the last <see cref="NextOutput"/> took, unwritten: the others may still be being written.</summary>
     public void ReturnOutput() => _nextOutput = (_nextOutput + OutputBuffers - 1) % OutputBuffers;
 
-    private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count)
+    private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count, int offset = 0)
     {
         var bytes = Math.Max(count * type.ElementSize(), 1);
-        if (buffer is null || buffer.Bytes < bytes || (TorchBuffers && buffer.Type != type))
+        if (buffer is null || buffer.Bytes < offset + bytes || (TorchBuffers && buffer.Type != type))
         {
             buffer?.Dispose();
             buffer = null;
-            buffer = TorchBuffers ? Buffer.FromTorch(type, count, Pinned) : Buffer.Native(bytes);
+            // A buffer that took an offset takes the same chunk at any other: it grows only with the chunks.
+            buffer = TorchBuffers ? Buffer.FromTorch(type, count, Pinned) : Buffer.Native(offset > 0 ? bytes + (long)Buffer.Alignment : bytes);
         }
-        return buffer.View(type, count);
+        return buffer.View(type, count, offset);
     }
 
     public void Dispose()
@@ -103,7 +107,7 @@ internal sealed class ChunkWorkspace : IDisposable
     {
         // Block-aligned: an output buffer is written to the file from where it is (see DirectOutputFile), and the kernels'
         // vector loads never straddle a cache line at a buffer's start.
-        private const nuint Alignment = 4096;
+        public const nuint Alignment = 4096;
         private void* _data;
         private readonly Tensor? _tensor;
 
@@ -141,8 +145,8 @@ internal sealed class ChunkWorkspace : IDisposable
             return new Buffer(TensorMemory.Pointer(tensor), elements * type.ElementSize(), type, tensor);
         }
 
-        /// <summary>The first <paramref name="count"/> elements as <paramref name="type"/> (a torch buffer is only asked for its own type).</summary>
-        public ChunkView View(SafetensorsDType type, long count) => new(_data, count, type, _tensor);
+        /// <summary><paramref name="count"/> elements as <paramref name="type"/> from <paramref name="offset"/> bytes in (a torch buffer is only asked for its own type, from its start).</summary>
+        public ChunkView View(SafetensorsDType type, long count, int offset) => new((byte*)_data + offset, count, type, _tensor);
 
         public void Dispose()
         {

@@ -127,6 +127,7 @@ public sealed class MergeExecutor
         var (bytesRead, background) = WriteTensors(vector, tensors, writer, plan, options, nonFinite, "Merging", drops);
         CheckpointWriteResult written;
         using (PhaseProfile.Time(_profile, Phase.Commit)) written = writer.Commit();
+        BytesWrittenInPlace += writer.BytesWrittenInPlace;
         ReportProfile(clock, background);
         return new ExportResult(written.Path, written.Files, written.TensorCount, written.TensorBytes, bytesRead, clock.Elapsed)
         {
@@ -153,6 +154,7 @@ public sealed class MergeExecutor
         {
             (bytesRead, background) = WriteTensors(vector, tensors.Where(t => mine.Contains(t.Name)).ToList(), writer, plan, options, nonFinite, $"Merging partition {partition}", new DropCounts());
             using (PhaseProfile.Time(_profile, Phase.Commit)) writer.FinishShards();
+            BytesWrittenInPlace += writer.BytesWrittenInPlace;
         }
         staging.Seal(partition, folder);
         var bytes = shards.Sum(s => s.TensorBytes);
@@ -172,6 +174,9 @@ public sealed class MergeExecutor
     /// <summary>Input bytes this executor's exports read ahead into buffers of their own (see <see cref="BufferedReadAhead"/>).</summary>
     internal long BytesReadAhead { get; private set; }
 
+    /// <summary>Output bytes this executor's exports wrote from their output buffers rather than copying them through the files' staging buffers (see <see cref="CheckpointWriter.BlockPhase"/>).</summary>
+    internal long BytesWrittenInPlace { get; private set; }
+
     /// <summary>Tensors whose TIES presample was read from the input files rather than computed in a pass (see TensorMerger).</summary>
     internal int TensorsPresampledFromFiles { get; private set; }
 
@@ -181,6 +186,8 @@ public sealed class MergeExecutor
         foreach (var line in _profile.Report(clock.Elapsed)) _observer?.Verbose(line);
         _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
             "profile: {0,-10} {1,8:0.000} GB     (inputs read ahead into buffers of their own)", "(Read ahead)", BytesReadAhead / 1e9));
+        _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "profile: {0,-10} {1,8:0.000} GB     (output written from where it was computed, not copied through a staging buffer)", "(In place)", BytesWrittenInPlace / 1e9));
         _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
             "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
     }
@@ -201,8 +208,9 @@ public sealed class MergeExecutor
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
             appender.BeginTensor(info.Name);
-            if (!info.DType.IsMergeable()) CopyAsStored(reader, workspace, appender, info);
-            else drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name], options.DeltaOnly, _profile)));
+            var phase = writer.BlockPhase(info.Name);
+            if (!info.DType.IsMergeable()) CopyAsStored(reader, workspace, appender, info, phase);
+            else drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name], options.DeltaOnly, _profile, phase)));
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name])));
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
@@ -213,12 +221,13 @@ public sealed class MergeExecutor
     }
 
     /// <summary>A tensor the merge does not change (integers, FP8), copied as stored a chunk at a time through the output buffers.</summary>
-    private unsafe void CopyAsStored(TensorReader reader, ChunkWorkspace workspace, BackgroundAppender appender, TensorInfo info)
+    private unsafe void CopyAsStored(TensorReader reader, ChunkWorkspace workspace, BackgroundAppender appender, TensorInfo info, int blockPhase)
     {
         for (long first = 0; first < info.ElementCount; first += ChunkElements)
         {
             var count = Math.Min(ChunkElements, info.ElementCount - first);
-            var bytes = workspace.NextOutput(SafetensorsDType.U8, count * info.DType.ElementSize());
+            var bytes = workspace.NextOutput(SafetensorsDType.U8, count * info.DType.ElementSize(), blockPhase);
+            blockPhase = (int)((blockPhase + bytes.ByteLength) % CheckpointWriter.DataAlignment);
             using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, bytes.Data);
             using (PhaseProfile.Time(_profile, Phase.Write)) appender.AppendAsync((IntPtr)bytes.Data, bytes.ByteLength);
         }

@@ -172,6 +172,38 @@ public sealed partial class CheckpointWriter : IDisposable
 
     private PlannedTensor CurrentTensor => _shards[_shardIndex].Tensors[_tensorIndex];
 
+    /// <summary>
+    /// Where tensor <paramref name="name"/>'s first byte lies past a <see cref="DataAlignment"/> boundary of its file.
+    /// Output in memory that far past a block boundary is in phase with the file, and an unbuffered file writes it
+    /// from where it is (see <see cref="DirectOutputFile"/>); a tensor after one whose size is not a whole number of
+    /// blocks (a norm of 1,536 bfloat16 values) would otherwise be copied through the file's staging buffer.
+    /// </summary>
+    internal int BlockPhase(string name)
+    {
+        if (_blockPhases is null)
+        {
+            // The data block starts on a boundary (BuildHeader pads the header), and the tensors follow in plan order.
+            _blockPhases = new Dictionary<string, int>(StringComparer.Ordinal);
+            foreach (var shard in _shards)
+            {
+                long offset = 0;
+                foreach (var tensor in shard.Tensors)
+                {
+                    _blockPhases[tensor.Name] = (int)(offset % DataAlignment);
+                    offset += tensor.ByteLength;
+                }
+            }
+        }
+        return _blockPhases[name];
+    }
+
+    private Dictionary<string, int>? _blockPhases;
+
+    /// <summary>Bytes the shards written so far took from the caller's memory rather than through their staging buffers.</summary>
+    internal long BytesWrittenInPlace => _writtenInPlaceBefore + (_file?.BytesWrittenInPlace ?? 0);
+
+    private long _writtenInPlaceBefore;
+
     private void AdvanceToNextTensor()
     {
         if (_shardIndex < 0 || _tensorIndex + 1 >= _shards[_shardIndex].Tensors.Count)
@@ -265,6 +297,7 @@ public sealed partial class CheckpointWriter : IDisposable
     {
         if (_file is null) return;
         OutputFolder.Io(DareErrorId.OutputWriteFailed, "complete", _file.Path, _file.Complete);
+        _writtenInPlaceBefore += _file.BytesWrittenInPlace;
         _file.Dispose();
         _file = null;
     }

@@ -37,6 +37,9 @@ internal abstract class OutputFile : IDisposable
 
     public abstract void Write(ReadOnlySpan<byte> bytes);
 
+    /// <summary>Bytes written from the caller's memory rather than copied through a buffer of the file's own.</summary>
+    public virtual long BytesWrittenInPlace => 0;
+
     /// <summary>Writes what is pending and flushes the file to the device.</summary>
     public abstract void Complete();
 
@@ -114,8 +117,8 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
         _ => null,
     };
 
-    /// <summary>Bytes written from the caller's memory rather than through the staging buffer (for the tests).</summary>
-    internal long BytesWrittenInPlace { get; private set; }
+    public override long BytesWrittenInPlace => _writtenInPlace;
+    private long _writtenInPlace;
 
     public override void Write(ReadOnlySpan<byte> bytes)
     {
@@ -131,7 +134,7 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
                 if (_staged > 0) FlushStaging(_staged);
                 var whole = (bytes.Length - head) / Alignment * Alignment;
                 WriteBlocks(data + head, whole);
-                BytesWrittenInPlace += whole;
+                _writtenInPlace += whole;
                 bytes = bytes[(head + whole)..];
             }
         }

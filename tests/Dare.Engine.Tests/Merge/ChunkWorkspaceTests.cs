@@ -27,6 +27,20 @@ public sealed class ChunkWorkspaceTests
     }
 
     [Fact]
+    public void An_output_view_starts_its_phase_past_a_block_and_fits_in_a_buffer_grown_once()
+    {
+        using var workspace = new ChunkWorkspace();
+        var phases = new[] { 3072, 0, 2048, 4094, 1, 0 };
+        var views = phases.Select(phase => workspace.NextOutput(SafetensorsDType.BF16, 100_000, phase)).ToArray();
+
+        Assert.Equal(phases.Select(p => (long)p), views.Select(view => (long)Address(view) % 4096));
+        // Buffer 0 served phase 3072, then 4094 from the same memory (one block of room was allocated with it).
+        Assert.Equal(Address(views[0]) - 3072 + 4094, Address(views[3]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => workspace.NextOutput(SafetensorsDType.BF16, 10, 4096));
+        Assert.Throws<ArgumentOutOfRangeException>(() => workspace.NextOutput(SafetensorsDType.BF16, 10, -1));
+    }
+
+    [Fact]
     public void Output_buffers_take_turns_across_requests_of_any_size()
     {
         using var workspace = new ChunkWorkspace();
