@@ -103,13 +103,21 @@ public sealed partial class Checkpoint
     /// files (device and inode, so through a symlink or another path too), or, where the OS gives no inodes, the same
     /// full paths. A copy of a model is another model here, whatever its bytes.
     /// </summary>
-    public bool HasSameFilesAs(Checkpoint other)
+    public bool HasSameFilesAs(Checkpoint other) => FilesKey == other.FilesKey;
+
+    /// <summary>The files the tensors come from, as one string: their sorted device:inode pairs, or their sorted paths.</summary>
+    private string FilesKey => _filesKey ??= ComputeFilesKey();
+    private string? _filesKey;
+
+    private string ComputeFilesKey()
     {
-        static HashSet<(ulong, ulong)> Inodes(Checkpoint checkpoint) => checkpoint.Tensors
-            .Select(t => t.FileIdentity).OfType<FileIdentity>().Where(id => id.Inode != 0).Select(id => (id.Device, id.Inode)).ToHashSet();
-        var (mine, theirs) = (Inodes(this), Inodes(other));
-        if (mine.Count > 0 && theirs.Count > 0) return mine.SetEquals(theirs);
-        return Files.Order(StringComparer.Ordinal).SequenceEqual(other.Files.Order(StringComparer.Ordinal), StringComparer.Ordinal);
+        var inodes = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var tensor in Tensors)
+        {
+            if (tensor.FileIdentity is not { Inode: not 0 } id) return "paths\n" + string.Join("\n", Files.Order(StringComparer.Ordinal));
+            inodes.Add($"{id.Device}:{id.Inode}");
+        }
+        return string.Join("\n", inodes);
     }
 
     /// <summary>Opens a .safetensors file or a model folder, reading and validating headers only.</summary>

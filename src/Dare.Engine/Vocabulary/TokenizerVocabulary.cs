@@ -51,7 +51,8 @@ public sealed class TokenizerVocabulary
 
     /// <summary>
     /// True when both folders hold the same tokenizer files with the same bytes (or both lack them): their vocabularies
-    /// are equal without parsing. Anything but regular files answers false, so the full read reports it.
+    /// are equal without parsing. Anything but regular files answers false, so the full read reports it. One file
+    /// reached by both (a Hugging Face cache's snapshots link their files to shared blobs) is not read at all.
     /// </summary>
     public static bool SameFiles(string folder, string other)
     {
@@ -61,9 +62,50 @@ public sealed class TokenizerVocabulary
             var (otherKind, otherIdentity) = FileIdentity.Stat(Path.Combine(other, name));
             if (kind == FileKind.Missing && otherKind == FileKind.Missing) continue;
             if (kind != FileKind.Regular || otherKind != FileKind.Regular || identity.Size != otherIdentity.Size) return false;
-            if (!File.ReadAllBytes(Path.Combine(folder, name)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(other, name)))) return false;
+            if (identity.Inode != 0 && (identity.Device, identity.Inode) == (otherIdentity.Device, otherIdentity.Inode)) continue;
+            if (!SameBytes(Path.Combine(folder, name), Path.Combine(other, name))) return false;
         }
         return true;
+    }
+
+    /// <summary>
+    /// Whether two files of the same size hold the same bytes, compared a piece at a time (a tokenizer.json is up to
+    /// ~17 MB, and a merge compares the base's with every fine-tune's).
+    /// </summary>
+    private static bool SameBytes(string path, string otherPath)
+    {
+        const int Piece = 1 << 16;
+        using var file = File.OpenHandle(path);
+        using var otherFile = File.OpenHandle(otherPath);
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(2 * Piece);
+        try
+        {
+            var mine = buffer.AsSpan(0, Piece);
+            var theirs = buffer.AsSpan(Piece, Piece);
+            for (long offset = 0; ; offset += Piece)
+            {
+                var read = ReadFully(file, mine, offset);
+                if (ReadFully(otherFile, theirs, offset) != read || !mine[..read].SequenceEqual(theirs[..read])) return false;
+                if (read < Piece) return true;
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Reads until <paramref name="into"/> is full or the file ends; returns the bytes read.</summary>
+    private static int ReadFully(Microsoft.Win32.SafeHandles.SafeFileHandle file, Span<byte> into, long offset)
+    {
+        var total = 0;
+        while (total < into.Length)
+        {
+            var read = RandomAccess.Read(file, into[total..], offset + total);
+            if (read == 0) break;
+            total += read;
+        }
+        return total;
     }
 
     /// <summary>Reads the tokenizer files of <paramref name="folder"/>; with none, tokens are "row 0" … "row rows−1".</summary>

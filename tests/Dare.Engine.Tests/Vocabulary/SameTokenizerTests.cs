@@ -39,6 +39,24 @@ public sealed class SameTokenizerTests : IDisposable
         Assert.False(TokenizerVocabulary.SameFiles(a, directoryInstead));
     }
 
+    [Fact]
+    public void Files_longer_than_a_piece_are_compared_to_their_last_byte_and_a_file_reached_twice_is_the_same()
+    {
+        // 3 pieces of 64 KB and 5 bytes: differences in the first byte, at the second piece's start and in the last byte.
+        var text = new string('x', 3 * 65536 + 5);
+        var a = Folder("long", ("tokenizer.json", text));
+        Assert.True(TokenizerVocabulary.SameFiles(a, Folder("long-same", ("tokenizer.json", text))));
+        foreach (var at in new[] { 0, 65536, text.Length - 1 })
+        {
+            var changed = text[..at] + "y" + text[(at + 1)..];
+            Assert.False(TokenizerVocabulary.SameFiles(a, Folder($"long-{at}", ("tokenizer.json", changed))));
+        }
+        var linked = Folder("linked");
+        File.CreateSymbolicLink(Path.Combine(linked, "tokenizer.json"), Path.Combine(a, "tokenizer.json"));
+        Assert.True(TokenizerVocabulary.SameFiles(a, linked));
+        Assert.True(TokenizerVocabulary.SameFiles(a, a));
+    }
+
     private Checkpoint Model(string name, float[] embedding, string tokenizerJson)
     {
         var model = _models.Write(name, new[] { TestTensor.F32("model.embed_tokens.weight", embedding, 4, 2), TestTensor.F32("model.norm.weight", new[] { 1f, 2f }, 2) });
