@@ -41,6 +41,15 @@ public sealed class BufferedReadAheadTests : IDisposable
         return values;
     }
 
+    [Theory]
+    [InlineData(4096, 2L << 20)]      // x86-64: a PMD of 512 entries
+    [InlineData(16384, 32L << 20)]    // 2,048 entries: the page cache's limit of 2^11 pages is the same
+    [InlineData(65536, 128L << 20)]   // 8,192 entries, but at most 2^11 pages
+    public void Cold_ranges_are_dropped_with_the_largest_folio_before_them_for_the_page_size(long pageSize, long folio)
+    {
+        Assert.Equal(folio, BufferedReadAhead.LargestFolioFor(pageSize));
+    }
+
     [Fact]
     public void A_range_read_once_comes_from_the_read_ahead_buffer_with_the_files_bytes_and_leaves_the_page_cache_alone()
     {
