@@ -203,9 +203,9 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
             // A drop lets go only of the page cache's folios wholly inside it, and the kernel's read-ahead fills a cold
             // file with folios of up to LargestFolio (2 MB here), which straddle the ranges' boundaries: each range of
             // a cold file (read in order, every range of it read once) is dropped with that span before it, else the
-            // folio across every boundary stays cached. Left cached, they held 15 % of a cold 31 GB merge's inputs, the page cache grew
-            // to 4.5 GB and system time rose (cold large DARE-linear, 3 pairs: export 5.4-5.7 -> 4.4-4.7 s, system
-            // CPU 3.8-3.9 -> 1.9-2.0 s).
+            // folio across every boundary stays cached. Left cached, they held 15 % of a cold 31 GB merge's inputs, the
+            // page cache grew to 4.5 GB and system time rose (cold large DARE-linear, 3 pairs: export 5.4-5.7 ->
+            // 4.4-4.7 s, system CPU 3.8-3.9 -> 1.9-2.0 s).
             var behind = file.Cold ? Math.Min(range.BufferStart, LargestFolio) : 0;
             if (!_pastPageCache) ReadAhead.Drop(descriptor, range.BufferStart - behind, range.BufferLength + behind);
         }
