@@ -46,7 +46,14 @@ internal sealed class BackgroundAppender : IDisposable
     {
         if (_begin is not null) Finish();
         _begin = name;
+        NextBlockPhase = _writer.BlockPhase(name);
     }
+
+    /// <summary>
+    /// Where the next byte appended lies past a block boundary of its output file (see <see cref="CheckpointWriter.BlockPhase"/>):
+    /// bytes in memory that far past a block are written from where they are.
+    /// </summary>
+    public int NextBlockPhase { get; private set; }
 
     /// <summary>
     /// Writes <paramref name="length"/> bytes at <paramref name="data"/> in the background, after the writes queued
@@ -66,6 +73,7 @@ internal sealed class BackgroundAppender : IDisposable
         }
         _thread ??= StartThread();
         _inFlight.Enqueue(write.Done.Task);
+        NextBlockPhase = (int)((NextBlockPhase + length) % CheckpointWriter.DataAlignment);
     }
 
     private Thread StartThread()

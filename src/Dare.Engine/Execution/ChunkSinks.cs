@@ -30,13 +30,9 @@ internal sealed class DeltaSink(Action<long, ChunkView> consume) : IChunkSink
 /// here. Each chunk's write overlaps the computation of the next ones, into the other buffers: with one buffer fewer
 /// writes queued at most (<see cref="BackgroundAppender.MaxInFlight"/>), a buffer is refilled only after its last write.
 /// </summary>
-internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, SafetensorsDType outputDType, bool deltaOnly, PhaseProfile? profile,
-    int blockPhase = 0) : IChunkSink
+internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace workspace, SafetensorsDType outputDType, bool deltaOnly, PhaseProfile? profile) : IChunkSink
 {
     private ChunkView? _output;
-
-    // Where the next chunk's first byte lies past a block boundary of the output file (see CheckpointWriter.BlockPhase).
-    private int _blockPhase = blockPhase;
 
     /// <summary>Whether the combine writes the output bytes itself (bfloat16 and float32 output).</summary>
     public bool WritesDirectly => WritesDirectlyAs(outputDType);
@@ -63,7 +59,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
 
     private unsafe void* NextOutput(long count)
     {
-        _output = workspace.NextOutput(outputDType, count, _blockPhase);
+        _output = workspace.NextOutput(outputDType, count, appender.NextBlockPhase);
         return _output.Data;
     }
 
@@ -75,7 +71,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
             {
                 // δ + base equals base + δ bit for bit (float addition is commutative); the first δ may be overwritten.
                 var result = deltaOnly ? firstDelta : firstDelta.Add(baseChunk);
-                _output = workspace.NextOutput(outputDType, firstDelta.Count, _blockPhase).CopyFrom(result);
+                _output = workspace.NextOutput(outputDType, firstDelta.Count, appender.NextBlockPhase).CopyFrom(result);
             }
         }
         Emit();
@@ -89,7 +85,7 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     {
         using (PhaseProfile.Time(profile, Phase.ToOutput))
         {
-            _output = workspace.NextOutput(outputDType, result.shape[0], _blockPhase);
+            _output = workspace.NextOutput(outputDType, result.shape[0], appender.NextBlockPhase);
             using var output = _output.AsTensor();
             output.copy_(result);
         }
@@ -108,7 +104,6 @@ internal sealed class ExportSink(BackgroundAppender appender, ChunkWorkspace wor
     {
         // Waits for the oldest write first when the queue is full (the time the computation is ahead of the disk).
         using (PhaseProfile.Time(profile, Phase.Write)) appender.AppendAsync((IntPtr)_output!.Data, _output.ByteLength, knownFinite);
-        _blockPhase = (int)((_blockPhase + _output.ByteLength) % CheckpointWriter.DataAlignment);
         _output = null;
     }
 }

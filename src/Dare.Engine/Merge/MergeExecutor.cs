@@ -208,9 +208,8 @@ public sealed class MergeExecutor
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {
             appender.BeginTensor(info.Name);
-            var phase = writer.BlockPhase(info.Name);
-            if (!info.DType.IsMergeable()) CopyAsStored(reader, workspace, appender, info, phase);
-            else drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name], options.DeltaOnly, _profile, phase)));
+            if (!info.DType.IsMergeable()) CopyAsStored(reader, workspace, appender, info);
+            else drops.Add(merger.Merge(vector, info, layout, new ExportSink(appender, workspace, outputTypes[info.Name], options.DeltaOnly, _profile)));
             _observer?.Verbose($"{info.Name} {info.ShapeText} {info.DType} -> {outputTypes[info.Name]}");
         }, readsOnce: (info, layout) => merger.ReadsOnce(vector, info, layout, ExportSink.WritesDirectlyAs(outputTypes[info.Name])));
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
@@ -221,13 +220,12 @@ public sealed class MergeExecutor
     }
 
     /// <summary>A tensor the merge does not change (integers, FP8), copied as stored a chunk at a time through the output buffers.</summary>
-    private unsafe void CopyAsStored(TensorReader reader, ChunkWorkspace workspace, BackgroundAppender appender, TensorInfo info, int blockPhase)
+    private unsafe void CopyAsStored(TensorReader reader, ChunkWorkspace workspace, BackgroundAppender appender, TensorInfo info)
     {
         for (long first = 0; first < info.ElementCount; first += ChunkElements)
         {
             var count = Math.Min(ChunkElements, info.ElementCount - first);
-            var bytes = workspace.NextOutput(SafetensorsDType.U8, count * info.DType.ElementSize(), blockPhase);
-            blockPhase = (int)((blockPhase + bytes.ByteLength) % CheckpointWriter.DataAlignment);
+            var bytes = workspace.NextOutput(SafetensorsDType.U8, count * info.DType.ElementSize(), appender.NextBlockPhase);
             using (PhaseProfile.Time(_profile, Phase.Read)) reader.ReadElements(info, first, count, bytes.Data);
             using (PhaseProfile.Time(_profile, Phase.Write)) appender.AppendAsync((IntPtr)bytes.Data, bytes.ByteLength);
         }
