@@ -56,58 +56,69 @@ internal readonly unsafe struct TiesBySumFewWideOperator<TCount> : IElementOpera
         var kept1 = TCount.Value > 1 ? Kept(_x1, j, _t1) : default;
         var kept2 = TCount.Value > 2 ? Kept(_x2, j, _t2) : default;
         var kept3 = TCount.Value > 3 ? Kept(_x3, j, _t3) : default;
+        var merged = Combine(kept0, kept1, kept2, kept3, _w0, _w1, _w2, _w3, _lambda, _normalize);
+        _target.Store(merged.GetLower(), j);
+        _target.Store(merged.GetUpper(), j + 8);
+    }
+
+    /// <summary>
+    /// The sign election by Σ wᵢtᵢ and the disjoint (weighted) mean of 16 lanes of kept values, × λ, rounded to float:
+    /// the operator after its trim, and the fused DARE-TIES pass after its mask (<see cref="DareTiesOperator{TCount}"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Combine(Vector512<float> kept0, Vector512<float> kept1, Vector512<float> kept2, Vector512<float> kept3,
+        Vector512<double> w0, Vector512<double> w1, Vector512<double> w2, Vector512<double> w3, Vector512<double> lambda, bool normalize)
+    {
         var zero = Vector512<double>.Zero;
         Vector512<double> l1 = zero, h1 = zero, l2 = zero, h2 = zero, l3 = zero, h3 = zero;
         Vector512<double> p1l = zero, p1h = zero, p2l = zero, p2h = zero, p3l = zero, p3h = zero;
         var (l0, h0) = Vector512.Widen(kept0);
-        var (p0l, p0h) = (_w0 * l0, _w0 * h0);
+        var (p0l, p0h) = (w0 * l0, w0 * h0);
         var (electionLow, electionHigh) = (zero + p0l, zero + p0h);
         if (TCount.Value > 1)
         {
             (l1, h1) = Vector512.Widen(kept1);
-            (p1l, p1h) = (_w1 * l1, _w1 * h1);
+            (p1l, p1h) = (w1 * l1, w1 * h1);
             (electionLow, electionHigh) = (electionLow + p1l, electionHigh + p1h);
         }
         if (TCount.Value > 2)
         {
             (l2, h2) = Vector512.Widen(kept2);
-            (p2l, p2h) = (_w2 * l2, _w2 * h2);
+            (p2l, p2h) = (w2 * l2, w2 * h2);
             (electionLow, electionHigh) = (electionLow + p2l, electionHigh + p2h);
         }
         if (TCount.Value > 3)
         {
             (l3, h3) = Vector512.Widen(kept3);
-            (p3l, p3h) = (_w3 * l3, _w3 * h3);
+            (p3l, p3h) = (w3 * l3, w3 * h3);
             (electionLow, electionHigh) = (electionLow + p3l, electionHigh + p3h);
         }
         var positiveLow = Vector512.GreaterThanOrEqual(electionLow, zero);
         var positiveHigh = Vector512.GreaterThanOrEqual(electionHigh, zero);
         Vector512<double> sumLow = zero, sumHigh = zero, weightLow = zero, weightHigh = zero;
-        AddAgreeing(ref sumLow, ref weightLow, positiveLow, l0, p0l, _w0);
-        AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h0, p0h, _w0);
+        AddAgreeing(ref sumLow, ref weightLow, positiveLow, l0, p0l, w0);
+        AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h0, p0h, w0);
         if (TCount.Value > 1)
         {
-            AddAgreeing(ref sumLow, ref weightLow, positiveLow, l1, p1l, _w1);
-            AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h1, p1h, _w1);
+            AddAgreeing(ref sumLow, ref weightLow, positiveLow, l1, p1l, w1);
+            AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h1, p1h, w1);
         }
         if (TCount.Value > 2)
         {
-            AddAgreeing(ref sumLow, ref weightLow, positiveLow, l2, p2l, _w2);
-            AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h2, p2h, _w2);
+            AddAgreeing(ref sumLow, ref weightLow, positiveLow, l2, p2l, w2);
+            AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h2, p2h, w2);
         }
         if (TCount.Value > 3)
         {
-            AddAgreeing(ref sumLow, ref weightLow, positiveLow, l3, p3l, _w3);
-            AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h3, p3h, _w3);
+            AddAgreeing(ref sumLow, ref weightLow, positiveLow, l3, p3l, w3);
+            AddAgreeing(ref sumHigh, ref weightHigh, positiveHigh, h3, p3h, w3);
         }
-        if (_normalize)
+        if (normalize)
         {
             sumLow = Vector512.ConditionalSelect(Vector512.Equals(weightLow, zero), zero, sumLow / weightLow);
             sumHigh = Vector512.ConditionalSelect(Vector512.Equals(weightHigh, zero), zero, sumHigh / weightHigh);
         }
-        var merged = Vector512.Narrow(sumLow * _lambda, sumHigh * _lambda);
-        _target.Store(merged.GetLower(), j);
-        _target.Store(merged.GetUpper(), j + 8);
+        return Vector512.Narrow(sumLow * lambda, sumHigh * lambda);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -48,16 +48,23 @@ internal readonly unsafe struct TiesCombineRange(IntPtr[] inputs, double[] weigh
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Scalar(long j, bool bySignCount)
     {
-        var (inputs, weights, thresholds, tieBudgets) = (Inputs, Weights, Thresholds, TieBudgets);
+        var (inputs, thresholds, tieBudgets) = (Inputs, Thresholds, TieBudgets);
+        for (var i = 0; i < inputs.Length; i++) kept[i] = Kept(((float*)inputs[i])[j], thresholds[i], ref tieBudgets[i]);
+        Target.Store(Merged(kept, Weights, bySignCount, Normalize, Lambda), j);
+    }
+
+    /// <summary>
+    /// One element's TIES from its inputs' kept values: the sign elected by Σ wᵢtᵢ (or, with <paramref name="bySignCount"/>,
+    /// by #positive − #negative), the disjoint (weighted) mean of the agreeing values, × λ, rounded to float.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Merged(ReadOnlySpan<float> kept, double[] weights, bool bySignCount, bool normalize, double lambda)
+    {
         double election = 0;
-        for (var i = 0; i < inputs.Length; i++)
-        {
-            kept[i] = Kept(((float*)inputs[i])[j], thresholds[i], ref tieBudgets[i]);
-            election += bySignCount ? Math.Sign(kept[i]) : weights[i] * kept[i];
-        }
+        for (var i = 0; i < kept.Length; i++) election += bySignCount ? Math.Sign(kept[i]) : weights[i] * kept[i];
         var positive = election >= 0;
         double sum = 0, weight = 0;
-        for (var i = 0; i < inputs.Length; i++)
+        for (var i = 0; i < kept.Length; i++)
         {
             var x = kept[i];
             if (positive ? x > 0 : x < 0)
@@ -66,8 +73,8 @@ internal readonly unsafe struct TiesCombineRange(IntPtr[] inputs, double[] weigh
                 weight += weights[i];
             }
         }
-        var merged = Normalize ? (weight != 0 ? sum / weight : 0) : sum;
-        Target.Store((float)(merged * Lambda), j);
+        var merged = normalize ? (weight != 0 ? sum / weight : 0) : sum;
+        return (float)(merged * lambda);
     }
 
     /// <summary>x if kept by the trim (above the threshold, or equal while the range's tie budget lasts), else 0.</summary>

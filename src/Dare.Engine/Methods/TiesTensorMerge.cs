@@ -121,6 +121,10 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     public ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count)
     {
         var bySignCount = _options.SignMethod == SignMethod.Count;
+        if (DareTiesKernel.Takes(sources.Length, bySignCount))
+        {
+            return DareTiesKernel.MergeChunk(baseBits, sources, _weights, _options.Normalize, _options.Lambda, target, first, count);
+        }
         return ChunkKernels.MergeFromBFloat16(baseBits, sources,
             (deltas, blockTarget, start, end) => CombineKernels.TiesRange(deltas, _weights, bySignCount, _options.Normalize, _options.Lambda, blockTarget, start, end),
             target, first, count);

@@ -5,10 +5,11 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// The fused DARE-linear single pass against the definition written out per element (δ = tuned − base in float32, the
-/// DARE mask from <see cref="DareMask.IsDropped"/>, survivors × rescale, Σ wᵢ·δᵢ by fused multiply-adds, × λ, + base,
-/// rounded) and against the block-by-block single pass it stands in for. Runs on any x64 machine: without AVX-512 its
-/// 16 lanes are emulated.
+/// The fused DARE-linear and TIES single passes against their definitions written out per element (δ = tuned − base in
+/// float32, the DARE mask from <see cref="DareMask.IsDropped"/>, survivors × rescale; linear: Σ wᵢ·δᵢ by fused
+/// multiply-adds, × λ; TIES: the sign of Σ wᵢ·δᵢ elected and the agreeing δ averaged, in double, × λ; + base, rounded)
+/// and against the block-by-block single passes they stand in for. Runs on any x64 machine: without AVX-512 their 16
+/// lanes are emulated.
 /// </summary>
 public sealed unsafe class FusedSinglePassTests
 {
@@ -106,6 +107,49 @@ public sealed unsafe class FusedSinglePassTests
             baseBits, inputs, output, first);
 
         AssertSame(baseBits, inputs, output, first, j => ExpectedLinear(baseBits, inputs, scale, first, j), fused, blocks);
+    }
+
+    /// <summary>TIES's merged δ at element j with nothing trimmed: the sign of Σ wᵢδᵢ (in double) elected, the agreeing δ summed (and divided by their weights' sum), × λ.</summary>
+    private static float ExpectedTies(ushort[] baseBits, Input[] inputs, bool normalize, double lambda, long first, int j)
+    {
+        var deltas = inputs.Select(input => MaskedDelta(baseBits, input, first, j)).ToArray();
+        double election = 0;
+        for (var i = 0; i < inputs.Length; i++) election += (double)inputs[i].Weight * deltas[i];
+        double sum = 0, weight = 0;
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            var agrees = election >= 0 ? deltas[i] > 0 : deltas[i] < 0;
+            if (!agrees) continue;
+            sum += (double)inputs[i].Weight * deltas[i];
+            weight += inputs[i].Weight;
+        }
+        var merged = normalize ? (weight == 0 ? 0 : sum / weight) : sum;
+        return (float)(merged * lambda);
+    }
+
+    [Theory]
+    [InlineData(1, "dare3", true, Output.BFloat16OverBase)]
+    [InlineData(15, "dare3", false, Output.BFloat16OverBase)]
+    [InlineData(17, "mixed", true, Output.Float32OverBase)]
+    [InlineData(200_003, "dare3", true, Output.BFloat16OverBase)] // both cores, several 64K pieces, across a 2^32 boundary
+    [InlineData(200_003, "mixed", false, Output.BFloat16DeltaOnly)]
+    [InlineData(70_001, "one", true, Output.Float32OverBase)]
+    [InlineData(70_001, "two", false, Output.BFloat16OverBase)]
+    [InlineData(33, "four", true, Output.BFloat16OverBase)]
+    public void Fused_ties_matches_the_definition_and_the_block_by_block_pass(int count, string kind, bool normalize, Output output)
+    {
+        var random = new Random(count + kind.Length);
+        var baseBits = Values(random, count);
+        var inputs = Inputs(random, count, kind);
+        var lambda = normalize ? 1.0 : 0.7;
+        var weights = inputs.Select(i => (double)i.Weight).ToArray();
+        var first = count > 100_000 ? (1L << 32) - 70_001 : 12_345;
+
+        var fused = Run((b, s, t, f, c) => DareTiesKernel.MergeChunk(b, s, weights, normalize, lambda, t, f, c), baseBits, inputs, output, first);
+        var blocks = Run((b, s, t, f, c) => ChunkKernels.MergeFromBFloat16(b, s, (deltas, blockTarget, start, end) => CombineKernels.TiesRange(deltas, weights, false, normalize, lambda, blockTarget, start, end), t, f, c),
+            baseBits, inputs, output, first);
+
+        AssertSame(baseBits, inputs, output, first, j => ExpectedTies(baseBits, inputs, normalize, lambda, first, j), fused, blocks);
     }
 
     private static Input[] Inputs(Random random, int count, string kind)
