@@ -94,6 +94,7 @@ $RssLimitBytes = 1.5e9
 $RssGrowthLimit = 1.2
 
 . (Join-Path $PSScriptRoot 'BenchCommon.ps1')
+. (Join-Path $PSScriptRoot 'PrecompiledPwsh.ps1')
 $Pwsh = Get-PwshCommand
 $GnuTime = if ((Test-Path /usr/bin/time) -and ((& /usr/bin/time -v true 2>&1) -match 'Maximum resident set size')) { '/usr/bin/time' } else { $null }
 
@@ -197,16 +198,17 @@ function Join-CopyFloor([object[]] $Samples) {
     }
 }
 
-# Runs one step in a fresh pwsh under /usr/bin/time -v (or, without it, the child's own VmHWM and CPU time).
-function Measure-Step([string] $Name, [string] $Step) {
+# Runs one step in a fresh pwsh (-Command: another pwsh's command line) under /usr/bin/time -v (or, without it, the
+# child's own VmHWM and CPU time).
+function Measure-Step([string] $Name, [string] $Step, [string[]] $Command = $Pwsh) {
     $output = Join-Path $runsRoot "$Name-$Step"
     $timeFile = Join-Path $runsRoot "$Name-$Step.time"
-    $arguments = @($Pwsh | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-File', (Join-Path $PSScriptRoot 'Invoke-BenchMerge.ps1'),
+    $arguments = @($Command | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-File', (Join-Path $PSScriptRoot 'Invoke-BenchMerge.ps1'),
         '-Method', $Step, '-Data', (Join-Path $dataRoot $Name), '-Output', $output, '-Module', $module)
     Wait-Quiet
     $machineBefore = Get-MachineCpuTicks
     $clock = [Diagnostics.Stopwatch]::StartNew()
-    $lines = if ($GnuTime) { & $GnuTime -v -o $timeFile $Pwsh[0] @arguments 2>&1 } else { & $Pwsh[0] @arguments 2>&1 }
+    $lines = if ($GnuTime) { & $GnuTime -v -o $timeFile $Command[0] @arguments 2>&1 } else { & $Command[0] @arguments 2>&1 }
     $wall = $clock.Elapsed.TotalSeconds
     $machineAfter = Get-MachineCpuTicks
     if ($LASTEXITCODE) { throw "Benchmark step $Name/$Step failed (exit code $LASTEXITCODE):`n$($lines -join "`n")" }
@@ -306,6 +308,25 @@ try {
         $floors[$name] = Join-CopyFloor $floorSamples
         Write-Host ('Copy floor {0} (all {1} samples): {2:0.00} s, range {3:0.00}–{4:0.00} s' -f $name, $floors[$name].Count, $floors[$name].Seconds, $floors[$name].Min, $floors[$name].Max)
     }
+    # The medium whole-process target on this pwsh and on a precompiled one (PrecompiledPwsh.ps1), interleaved.
+    $wholeMethods = @('dare-linear', 'dare-ties' | Where-Object { $_ -in $Method })
+    $precompiled = $null; $whole = [Collections.Generic.List[object]]::new()
+    if ($Size -contains 'medium' -and $wholeMethods) {
+        $precompiled = Get-PrecompiledPwsh $dataRoot $Pwsh
+        Write-Host "Precompiled pwsh: $($precompiled.Note)"
+        if ($precompiled.Command -and "$($precompiled.Command)" -ne "$Pwsh") {
+            foreach ($i in 1..$Repeat) {
+                foreach ($step in @('bare') + $wholeMethods) {
+                    foreach ($build in 'this', 'precompiled') {
+                        $run = Measure-Step $(if ($step -eq 'bare') { 'small' } else { 'medium' }) $step $(if ($build -eq 'this') { $Pwsh } else { $precompiled.Command })
+                        $run | Add-Member Build $build
+                        Write-Host ('{0,-11} pwsh {1,-12} wall {2,6:0.00} s' -f $build, $step, $run.Wall)
+                        $whole.Add($run)
+                    }
+                }
+            }
+        }
+    }
 }
 finally {
     if ($Profile) { Remove-Item Env:DARE_PROFILE -ErrorAction Ignore }
@@ -384,13 +405,29 @@ if ($Size -contains 'small') {
                     '{0} {1:0.0}× (limit {2}×)' -f $_, ($r.Wall / $floors['small'].Seconds), $Targets[$_]
                 }) -join ', ') + '. Start-up is a large share of a small run.')
 }
-if ($Size -contains 'medium') {
+if ($Size -contains 'medium' -and $wholeMethods) {
     # Small merges should feel instant: whole processes, start-up included, at 438M parameters per model.
     $lines.Add('')
-    $lines.Add('Whole processes at the medium size (438M parameters per model), target under 2 s: ' + ((@('dare-linear', 'dare-ties') | Where-Object { $_ -in $Method } | ForEach-Object {
-                    $r = $results | Where-Object Size -eq 'medium' | Where-Object Method -eq $_
-                    '{0} {1}' -f $_, (Format-Verdict $r.Wall 2.0 ' s' -Strict)
-                }) -join ', ') + '.')
+    $lines.Add('## Whole processes at the medium size')
+    $lines.Add('')
+    if ($whole.Count) {
+        $lines.Add("438M parameters per model, target under 2 s: medians of $Repeat runs on each pwsh, interleaved (a bare start, then each merge on one pwsh and then the other). This machine's pwsh is the ``dotnet tool`` package, which ships IL only; the precompiled one is the same pwsh with $($precompiled.Note).")
+        $lines.Add('')
+        $lines.Add('| pwsh | bare start s | ' + (($wholeMethods | ForEach-Object { "$_ s" }) -join ' | ') + ' |')
+        $lines.Add('|---|---:|' + (($wholeMethods | ForEach-Object { '---' }) -join '|') + '|')
+        foreach ($build in 'this', 'precompiled') {
+            $runs = @($whole | Where-Object Build -eq $build)
+            $cells = foreach ($m in $wholeMethods) { Format-Verdict (Get-Median @($runs | Where-Object Method -eq $m).Wall) 2.0 ' s' -Strict }
+            $label = if ($build -eq 'this') { "this machine's (IL only)" } else { 'precompiled (ReadyToRun)' }
+            $lines.Add(('| {0} | {1:0.00} | {2} |' -f $label, (Get-Median @($runs | Where-Object Method -eq 'bare').Wall), ($cells -join ' | ')))
+        }
+    }
+    else {
+        $lines.Add('438M parameters per model, target under 2 s (from the results above): ' + (($wholeMethods | ForEach-Object {
+                        $r = $results | Where-Object Size -eq 'medium' | Where-Object Method -eq $_
+                        '{0} {1}' -f $_, (Format-Verdict $r.Wall 2.0 ' s' -Strict)
+                    }) -join ', ') + ". On a precompiled pwsh: $($precompiled.Note).")
+    }
 }
 if ($Profile) {
     $lines.Add('')
