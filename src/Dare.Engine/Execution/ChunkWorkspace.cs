@@ -64,31 +64,34 @@ internal sealed class ChunkWorkspace : IDisposable
     /// <summary>
     /// A view of <paramref name="count"/> elements of type <paramref name="type"/> for the converted output, in the next
     /// output buffer in turn (across tensors too): the export fills one while the others are being written. The view
-    /// starts <paramref name="phase"/> bytes past a 4096-byte boundary (less than 4096; a torch buffer's views start at
-    /// its beginning), where the bytes' place in the output file is, so that the file writes them from where they are.
+    /// starts <paramref name="phase"/> bytes past a 4096-byte boundary (less than 4096), where the bytes' place in the
+    /// output file is, so that the file writes them from where they are.
     /// </summary>
     public ChunkView NextOutput(SafetensorsDType type, long count, int phase = 0)
     {
         if (phase is < 0 or >= (int)Buffer.Alignment) throw new ArgumentOutOfRangeException(nameof(phase));
         var buffer = _nextOutput;
         _nextOutput = (_nextOutput + 1) % OutputBuffers;
-        return View(ref _outputs[buffer], type, count, TorchBuffers ? 0 : phase);
+        return View(ref _outputs[buffer], type, count, phase);
     }
 
     /// <summary>Gives back the buffer the last <see cref="NextOutput"/> took, unwritten: the others may still be being written.</summary>
     public void ReturnOutput() => _nextOutput = (_nextOutput + OutputBuffers - 1) % OutputBuffers;
 
-    private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count, int offset = 0)
+    /// <summary>A view of <paramref name="count"/> elements in <paramref name="buffer"/>, grown or replaced to fit; <paramref name="phase"/>: see <see cref="NextOutput"/> (null: anywhere).</summary>
+    private ChunkView View(ref Buffer? buffer, SafetensorsDType type, long count, int? phase = null)
     {
         var bytes = Math.Max(count * type.ElementSize(), 1);
-        if (buffer is null || buffer.Bytes < offset + bytes || (TorchBuffers && buffer.Type != type))
+        if (buffer is null || !buffer.Fits(bytes, phase) || (TorchBuffers && buffer.Type != type))
         {
             buffer?.Dispose();
             buffer = null;
-            // A buffer that took an offset takes the same chunk at any other: it grows only with the chunks.
-            buffer = TorchBuffers ? Buffer.FromTorch(type, count, Pinned) : Buffer.Native(offset > 0 ? bytes + (long)Buffer.Alignment : bytes);
+            // A buffer that took a phase takes the same chunk at any other: it grows only with the chunks. A torch
+            // buffer starts where torch's allocator put it, so one for phased views also has room to reach a block.
+            var slack = (phase > 0 ? (long)Buffer.Alignment : 0) + (TorchBuffers && phase is not null ? (long)Buffer.Alignment : 0);
+            buffer = TorchBuffers ? Buffer.FromTorch(type, (bytes + slack + type.ElementSize() - 1) / type.ElementSize(), Pinned) : Buffer.Native(bytes + slack);
         }
-        return buffer.View(type, count, offset);
+        return buffer.View(type, count, phase);
     }
 
     public void Dispose()
@@ -145,8 +148,30 @@ internal sealed class ChunkWorkspace : IDisposable
             return new Buffer(TensorMemory.Pointer(tensor), elements * type.ElementSize(), type, tensor);
         }
 
-        /// <summary><paramref name="count"/> elements as <paramref name="type"/> from <paramref name="offset"/> bytes in (a torch buffer is only asked for its own type, from its start).</summary>
-        public ChunkView View(SafetensorsDType type, long count, int offset) => new((byte*)_data + offset, count, type, _tensor);
+        /// <summary>Whether <paramref name="bytes"/> fit from where <see cref="View"/> would start them.</summary>
+        public bool Fits(long bytes, int? phase) => Bytes - Start(phase, 1) >= bytes;
+
+        /// <summary>
+        /// <paramref name="count"/> elements as <paramref name="type"/> (a torch buffer is only asked for its own type), starting
+        /// <paramref name="phase"/> bytes past a block boundary, or at the buffer's start for a null phase (a native buffer's is a boundary).
+        /// </summary>
+        public ChunkView View(SafetensorsDType type, long count, int? phase)
+        {
+            var start = Start(phase, type.ElementSize());
+            return new ChunkView((byte*)_data + start, count, type, _tensor, start / type.ElementSize());
+        }
+
+        /// <summary>
+        /// Bytes from the buffer's start to the first block boundary plus <paramref name="phase"/>; 0 for a null phase, or
+        /// in a torch buffer where that is not a whole number of <paramref name="elementSize"/> elements in (its views are
+        /// tensors; the bytes then go through the file's staging buffer).
+        /// </summary>
+        private long Start(int? phase, int elementSize)
+        {
+            if (phase is not { } inBlock) return 0;
+            var start = (long)((Alignment - (nuint)_data % Alignment) % Alignment) + inBlock;
+            return _tensor is null || start % elementSize == 0 ? start : 0;
+        }
 
         public void Dispose()
         {

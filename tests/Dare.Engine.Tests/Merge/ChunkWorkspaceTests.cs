@@ -13,6 +13,8 @@ public sealed class ChunkWorkspaceTests
 {
     private static unsafe IntPtr Address(ChunkView view) => (IntPtr)view.Data;
 
+    private static unsafe IntPtr Address(TorchSharp.torch.Tensor tensor) => (IntPtr)TensorMemory.Pointer(tensor);
+
     [Fact]
     public void Native_buffers_start_on_a_4096_byte_block_so_outputs_can_be_written_from_where_they_are()
     {
@@ -38,6 +40,27 @@ public sealed class ChunkWorkspaceTests
         Assert.Equal(Address(views[0]) - 3072 + 4094, Address(views[3]));
         Assert.Throws<ArgumentOutOfRangeException>(() => workspace.NextOutput(SafetensorsDType.BF16, 10, 4096));
         Assert.Throws<ArgumentOutOfRangeException>(() => workspace.NextOutput(SafetensorsDType.BF16, 10, -1));
+    }
+
+    [Fact]
+    public void A_torch_buffers_output_views_start_their_phase_past_a_block_and_are_tensors_over_the_same_memory()
+    {
+        using var workspace = new ChunkWorkspace { TorchBuffers = true };
+        var phases = new[] { 3072, 0, 2048, 4094, 1, 0 };
+        var views = phases.Select(phase => workspace.NextOutput(SafetensorsDType.BF16, 100_000, phase)).ToArray();
+
+        // Torch's allocator aligns less than a block; the views are placed past one. A bfloat16 view cannot start at an
+        // odd byte of a tensor: phase 1 starts anywhere (its bytes go through the file's staging buffer).
+        Assert.Equal(new long[] { 3072, 0, 2048, 4094, 0 }, views.Where((_, i) => phases[i] != 1).Select(view => (long)Address(view) % 4096));
+        foreach (var view in views)
+        {
+            using var tensor = view.AsTensor();
+            Assert.Equal(Address(view), Address(tensor));
+            Assert.Equal(view.Count, tensor.NumberOfElements);
+        }
+        // Slots for the device's inputs take the buffer from its start, wherever that is.
+        using var slot = workspace.Floats(1, 10).AsTensor();
+        Assert.Equal(10, slot.NumberOfElements);
     }
 
     [Fact]

@@ -52,16 +52,7 @@ public sealed class OutputInPhaseTests : IDisposable
     [Fact]
     public void Chunks_after_a_tensor_of_part_blocks_are_written_from_their_output_buffers_and_hold_the_merge()
     {
-        var random = new Random(3);
-        TestTensor Tensor(string name, long[] shape, float[] values) => name.EndsWith("inv_freq", StringComparison.Ordinal)
-            ? TestTensor.I64(name, Enumerable.Range(0, 100).Select(i => (long)i * 7).ToArray(), shape)
-            : TestTensor.Bf16(name, values, shape);
-        var baseValues = Shapes.ToDictionary(s => s.Name, s => TestModels.RandomFloats(random, (int)Elements(s.Shape)));
-        var baseModel = _models.Write("base", Shapes.Select(s => Tensor(s.Name, s.Shape, baseValues[s.Name])));
-        var tuned = new[] { 0, 1 }.Select(m => _models.Write($"tuned{m}", Shapes.Select(s => Tensor(s.Name, s.Shape, TestModels.Perturb(random, baseValues[s.Name], 0.05))))).ToArray();
-        var plan = TaskVector.Combine(tuned.Select(t => TaskVector.FromModels(baseModel, t)).ToList(),
-            new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 0.25, 0.75 }, false, 1.0));
-
+        var (baseModel, tuned, plan) = Models();
         var executor = new MergeExecutor(chunkElements: Chunk);
         executor.Export(plan, new ExportOptions { Destination = _models.PathOf("merged"), OutputDType = SafetensorsDType.BF16 });
 
@@ -84,5 +75,31 @@ public sealed class OutputInPhaseTests : IDisposable
             var expected = b.Select((x, i) => Bf16Bits.FromFloat(MathF.FusedMultiplyAdd(t1[i] - x, 0.75f, (t0[i] - x) * 0.25f) + x)).ToArray();
             Assert.Equal(expected, TestModels.ReadRaw<ushort>(info));
         }
+    }
+
+    [Fact]
+    public void The_tensor_backends_chunks_are_written_from_their_output_buffers_too()
+    {
+        var (_, _, plan) = Models();
+        var executor = new MergeExecutor(chunkElements: Chunk);
+        executor.Export(plan, new ExportOptions { Destination = _models.PathOf("merged"), OutputDType = SafetensorsDType.BF16, Device = ComputeDevice.Parse("torch-cpu") });
+
+        // The device's result is copied into an output buffer at the chunk's phase, so the file writes it from there.
+        Assert.InRange(executor.BytesWrittenInPlace, 5 * (512 * 1024 - 4096), 5 * 512 * 1024);
+    }
+
+    /// <summary>The base, two fine-tunes of it and their linear merge (weights 0.25 and 0.75).</summary>
+    private (Checkpoint Base, Checkpoint[] Tuned, TaskVector Plan) Models()
+    {
+        var random = new Random(3);
+        TestTensor Tensor(string name, long[] shape, float[] values) => name.EndsWith("inv_freq", StringComparison.Ordinal)
+            ? TestTensor.I64(name, Enumerable.Range(0, 100).Select(i => (long)i * 7).ToArray(), shape)
+            : TestTensor.Bf16(name, values, shape);
+        var baseValues = Shapes.ToDictionary(s => s.Name, s => TestModels.RandomFloats(random, (int)Elements(s.Shape)));
+        var baseModel = _models.Write("base", Shapes.Select(s => Tensor(s.Name, s.Shape, baseValues[s.Name])));
+        var tuned = new[] { 0, 1 }.Select(m => _models.Write($"tuned{m}", Shapes.Select(s => Tensor(s.Name, s.Shape, TestModels.Perturb(random, baseValues[s.Name], 0.05))))).ToArray();
+        var plan = TaskVector.Combine(tuned.Select(t => TaskVector.FromModels(baseModel, t)).ToList(),
+            new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 0.25, 0.75 }, false, 1.0));
+        return (baseModel, tuned, plan);
     }
 }
