@@ -84,23 +84,33 @@ public sealed unsafe class FusedSinglePassTests
         }
     }
 
-    [Theory]
-    [InlineData(1, "dare3", false, Output.BFloat16OverBase)]
-    [InlineData(15, "dare3", true, Output.BFloat16OverBase)]
-    [InlineData(17, "mixed", true, Output.Float32OverBase)]
-    [InlineData(200_003, "dare3", false, Output.BFloat16OverBase)] // both cores, several 64K pieces, across a 2^32 boundary
-    [InlineData(200_003, "mixed", true, Output.BFloat16DeltaOnly)]
-    [InlineData(70_001, "one", false, Output.Float32OverBase)]
-    [InlineData(70_001, "two", true, Output.BFloat16OverBase)]
-    [InlineData(33, "four", false, Output.BFloat16OverBase)]
-    public void Fused_linear_matches_the_definition_and_the_block_by_block_pass(int count, string kind, bool lambda, Output output)
+    /// <summary>Element counts, inputs (see <see cref="Inputs"/>), a flag each test reads its own way, and the output.</summary>
+    public static TheoryData<int, string, bool, Output> Cases => new()
+    {
+        { 1, "dare3", false, Output.BFloat16OverBase },
+        { 15, "dare3", true, Output.BFloat16OverBase },
+        { 17, "mixed", true, Output.Float32OverBase },
+        { 200_003, "dare3", false, Output.BFloat16OverBase }, // both cores, several 64K pieces, across a 2^32 boundary
+        { 200_003, "mixed", true, Output.BFloat16DeltaOnly },
+        { 70_001, "one", false, Output.Float32OverBase },
+        { 70_001, "two", true, Output.BFloat16OverBase },
+        { 33, "four", false, Output.BFloat16OverBase },
+    };
+
+    /// <summary>A case's base, inputs and first tensor index (near a 2^32 boundary for the large ones).</summary>
+    private static (ushort[] BaseBits, Input[] Inputs, long First) Case(int count, string kind)
     {
         var random = new Random(count + kind.Length);
-        var baseBits = Values(random, count);
-        var inputs = Inputs(random, count, kind);
+        return (Values(random, count), Inputs(random, count, kind), count > 100_000 ? (1L << 32) - 70_001 : 12_345);
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Fused_linear_matches_the_definition_and_the_block_by_block_pass(int count, string kind, bool lambda, Output output)
+    {
+        var (baseBits, inputs, first) = Case(count, kind);
         float? scale = lambda ? 0.7f : null;
         var weights = inputs.Select(i => i.Weight).ToArray();
-        var first = count > 100_000 ? (1L << 32) - 70_001 : 12_345;
 
         var fused = Run((b, s, t, f, c) => DareLinearKernel.MergeChunk(b, s, weights, scale, t, f, c), baseBits, inputs, output, first);
         var blocks = Run((b, s, t, f, c) => ChunkKernels.MergeFromBFloat16(b, s, (deltas, blockTarget, start, end) => CombineKernels.LinearRange(deltas, weights, scale, blockTarget, start, end), t, f, c),
@@ -128,22 +138,12 @@ public sealed unsafe class FusedSinglePassTests
     }
 
     [Theory]
-    [InlineData(1, "dare3", true, Output.BFloat16OverBase)]
-    [InlineData(15, "dare3", false, Output.BFloat16OverBase)]
-    [InlineData(17, "mixed", true, Output.Float32OverBase)]
-    [InlineData(200_003, "dare3", true, Output.BFloat16OverBase)] // both cores, several 64K pieces, across a 2^32 boundary
-    [InlineData(200_003, "mixed", false, Output.BFloat16DeltaOnly)]
-    [InlineData(70_001, "one", true, Output.Float32OverBase)]
-    [InlineData(70_001, "two", false, Output.BFloat16OverBase)]
-    [InlineData(33, "four", true, Output.BFloat16OverBase)]
+    [MemberData(nameof(Cases))]
     public void Fused_ties_matches_the_definition_and_the_block_by_block_pass(int count, string kind, bool normalize, Output output)
     {
-        var random = new Random(count + kind.Length);
-        var baseBits = Values(random, count);
-        var inputs = Inputs(random, count, kind);
+        var (baseBits, inputs, first) = Case(count, kind);
         var lambda = normalize ? 1.0 : 0.7;
         var weights = inputs.Select(i => (double)i.Weight).ToArray();
-        var first = count > 100_000 ? (1L << 32) - 70_001 : 12_345;
 
         var fused = Run((b, s, t, f, c) => DareTiesKernel.MergeChunk(b, s, weights, normalize, lambda, t, f, c), baseBits, inputs, output, first);
         var blocks = Run((b, s, t, f, c) => ChunkKernels.MergeFromBFloat16(b, s, (deltas, blockTarget, start, end) => CombineKernels.TiesRange(deltas, weights, false, normalize, lambda, blockTarget, start, end), t, f, c),
