@@ -411,14 +411,14 @@ if ($Size -contains 'medium' -and $wholeMethods) {
     $lines.Add('## Whole processes at the medium size')
     $lines.Add('')
     if ($whole.Count) {
-        $lines.Add("438M parameters per model, target under 2 s: medians of $Repeat runs on each pwsh, interleaved (a bare start, then each merge on one pwsh and then the other). This machine's pwsh is the ``dotnet tool`` package, which ships IL only; the precompiled one is the same pwsh with $($precompiled.Note).")
+        $lines.Add("438M parameters per model, target under 2 s: medians of $Repeat runs on each pwsh, interleaved (a bare start, then each merge on one pwsh and then the other). This pwsh ships IL only (as the ``dotnet tool`` package does); the precompiled one is the same pwsh with $($precompiled.Note).")
         $lines.Add('')
         $lines.Add('| pwsh | bare start s | ' + (($wholeMethods | ForEach-Object { "$_ s" }) -join ' | ') + ' |')
         $lines.Add('|---|---:|' + (($wholeMethods | ForEach-Object { '---' }) -join '|') + '|')
         foreach ($build in 'this', 'precompiled') {
             $runs = @($whole | Where-Object Build -eq $build)
             $cells = foreach ($m in $wholeMethods) { Format-Verdict (Get-Median @($runs | Where-Object Method -eq $m).Wall) 2.0 ' s' -Strict }
-            $label = if ($build -eq 'this') { "this machine's (IL only)" } else { 'precompiled (ReadyToRun)' }
+            $label = if ($build -eq 'this') { 'this one (IL only)' } else { 'precompiled (ReadyToRun)' }
             $lines.Add(('| {0} | {1:0.00} | {2} |' -f $label, (Get-Median @($runs | Where-Object Method -eq 'bare').Wall), ($cells -join ' | ')))
         }
     }
