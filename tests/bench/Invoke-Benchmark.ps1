@@ -10,7 +10,9 @@ and three fine-tunes of it, then measures DARE-linear, TIES, DARE-TIES, DELLA (d
 exports bfloat16 to tests/bench/runs/.
 It reports wall time, CPU time (user + sys), peak RSS and throughput (input bytes / wall time) next to the copy
 floor (cat of all inputs to /dev/null + cp of one model, warm page cache), checks the targets, prints a
-markdown report and writes it to -OutFile (tests/bench/results.md for a complete run).
+markdown report and writes it to -OutFile (tests/bench/results.md for a complete run). With the medium size it
+also runs DARE-linear and DARE-TIES as whole processes on this pwsh and on a precompiled copy of it
+(PrecompiledPwsh.ps1: PowerShell's release packages are precompiled, the dotnet tool is not), interleaved.
 
 With -Profile each merge runs with DARE_PROFILE=1 and the report adds the executor's per-phase stopwatch
 breakdown (read, bf16 -> f32, delta, mask, select, trim, combine, to output dtype, write, commit), e.g.
