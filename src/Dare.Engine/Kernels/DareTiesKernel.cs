@@ -35,11 +35,14 @@ internal static unsafe class DareTiesKernel
                 var inputs = FusedInput.For(sources, tuned, noWeights, first + blockStart);
                 switch (inputs.Length)
                 {
-                    case 1: Run(new DareTiesOperator<OneInput>(baseValues, inputs, (uint)first, weights, normalize, lambda, pieceTarget, dropped), blockStart, blockEnd); break;
-                    case 2: Run(new DareTiesOperator<TwoInputs>(baseValues, inputs, (uint)first, weights, normalize, lambda, pieceTarget, dropped), blockStart, blockEnd); break;
-                    case 3: Run(new DareTiesOperator<ThreeInputs>(baseValues, inputs, (uint)first, weights, normalize, lambda, pieceTarget, dropped), blockStart, blockEnd); break;
-                    default: Run(new DareTiesOperator<FourInputs>(baseValues, inputs, (uint)first, weights, normalize, lambda, pieceTarget, dropped), blockStart, blockEnd); break;
+                    case 1: RunFor<OneInput>(); break;
+                    case 2: RunFor<TwoInputs>(); break;
+                    case 3: RunFor<ThreeInputs>(); break;
+                    default: RunFor<FourInputs>(); break;
                 }
+
+                void RunFor<TCount>() where TCount : struct, IInputCount =>
+                    Run(new DareTiesOperator<TCount>(baseValues, inputs, (uint)first, weights, normalize, lambda, pieceTarget, dropped), blockStart, blockEnd);
             }
         });
     }
