@@ -40,8 +40,20 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/>.</summary>
     public double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
 
-    /// <summary>Tensors whose TIES presample was read from their files (<see cref="ChunkPasses.Presample"/>).</summary>
+    /// <summary>Tensors merged by a counted route (<see cref="IBFloat16CountedPass"/>).</summary>
+    public int TensorsCounted { get; private set; }
+
+    /// <summary>Tensors whose TIES presample was read from their files (<see cref="FilePresample"/>).</summary>
     public int TensorsPresampledFromFiles { get; private set; }
+    private TensorInfo? _lastPresampled;
+
+    /// <summary>Counts a tensor presampled from its files once, though a counted route that gave way presampled it before the general route.</summary>
+    private void PresampledFromFiles(TensorInfo baseInfo)
+    {
+        if (_lastPresampled == baseInfo) return;
+        _lastPresampled = baseInfo;
+        TensorsPresampledFromFiles++;
+    }
 
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
@@ -64,10 +76,20 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         }
         var merge = prepared.Merge ?? method.CreateTensorMerge(vector.Merge, setup);
 
-        if (sink is ExportSink { WritesDirectly: true } export && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is { } singlePass &&
-            StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount))
+        if (sink is ExportSink { WritesDirectly: true } export && TakesSinglePass(baseInfo, inputs))
         {
-            return Counts(inputs, leaves, n);
+            if (merge.SinglePass is { } singlePass && StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount)) return Counts(inputs, leaves, n);
+            if (merge.CountedPass is { } counted && StoredPasses.Takes(chunks.Reader, baseInfo, inputs))
+            {
+                var storedPasses = new StoredPasses(chunks, baseInfo, inputs, chunk, cancellation, () => PresampledFromFiles(baseInfo));
+                if (counted.RunPasses(storedPasses) is { } fused && StreamBFloat16(vector, baseInfo, inputs, fused, export, chunk, chunkCount))
+                {
+                    TensorsCounted++;
+                    return Counts(inputs, leaves, n);
+                }
+                // The passes left their counts in this merge: the general route starts from a new one.
+                merge = method.CreateTensorMerge(vector.Merge, setup);
+            }
         }
 
         // A tensor kept as stored for all its passes (see KeepsStored) is merged in smaller chunks: their float32 δ
@@ -213,19 +235,11 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             bool outputFinite;
             try
             {
-                var baseRange = chunks.OpenRange(baseInfo, first, count);
-                ranges.Add(baseRange);
-                var sources = new DeltaSource[inputs.Length];
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    var stored = chunks.OpenRange(inputs[i].Tensor!.StoredBFloat16!, first, count);
-                    ranges.Add(stored);
-                    sources[i] = inputs[i].FusedSource(stored);
-                }
+                var sources = OpenChunk(chunks, baseInfo, inputs, first, count, ranges);
                 // The kernel reads the base piece by piece, as it reads the inputs.
                 var target = export.TargetOverBFloat16Base(null, count);
                 ChunkKernels.MergedChunk merged;
-                using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) merged = singlePass.MergeChunk(baseRange, sources, target, first, count);
+                using (PhaseProfile.Time(chunks.Profile, Phase.DeltaFused)) merged = singlePass.MergeChunk(ranges[0], sources, target, first, count);
                 if (c == 0 && !singlePass.Confirm(count, merged.Dropped))
                 {
                     export.Discard();
@@ -245,6 +259,23 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             export.Emit(knownFinite: outputFinite);
         }
         return true;
+    }
+
+    /// <summary>
+    /// Opens chunk [first, first + count) of the base and of every input as stored, adding the ranges to
+    /// <paramref name="ranges"/> (the base's first, to be completed and disposed by the caller); returns each input's source.
+    /// </summary>
+    internal static DeltaSource[] OpenChunk(ChunkReader chunks, TensorInfo baseInfo, InputChain[] inputs, long first, long count, List<StoredRange> ranges)
+    {
+        ranges.Add(chunks.OpenRange(baseInfo, first, count));
+        var sources = new DeltaSource[inputs.Length];
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            var stored = chunks.OpenRange(inputs[i].Tensor!.StoredBFloat16!, first, count);
+            ranges.Add(stored);
+            sources[i] = inputs[i].FusedSource(stored);
+        }
+        return sources;
     }
 
     /// <summary>
@@ -281,7 +312,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         private ChunkView? _cachedBase;
         private ChunkView[]? _cachedDeltas;
         private ChunkView[]? _stored;
-        private ushort[]? _baseRuns;
+        private FilePresample? _files;
 
         /// <summary>
         /// Whether the stored bytes of the whole tensor are read in the first pass and kept (the base in raw slot 0,
@@ -342,9 +373,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
         /// <summary>
         /// From the stored bytes of a tensor kept as stored; or, for a tensor of several chunks in the page cache, from
-        /// the presample's runs read from the files (a few thousand reads of 512 bytes, ~10 ms for a 65M-element tensor
-        /// here), which spares the bracket pass its δ of the whole tensor, computed from the stored bytes once more. A
-        /// tensor of one chunk keeps its δ in memory between passes; reading its runs cost more than that pass.
+        /// the files (<see cref="FilePresample"/>), which spares the bracket pass its δ of the whole tensor, computed
+        /// from the stored bytes once more. A tensor of one chunk keeps its δ in memory between passes; reading its
+        /// runs cost more than that pass.
         /// </summary>
         public unsafe bool Presample(int input, MagnitudeSelection selection)
         {
@@ -360,33 +391,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 }
                 return true;
             }
-            var tuned = inputs[input].Tensor!.StoredBFloat16!;
-            var reader = merger.Chunks.Reader;
-            if (chunkCount == 1 || baseInfo.DType != SafetensorsDType.BF16 || baseInfo.Assembly is not null || tuned.Assembly is not null ||
-                !reader.IsCached(baseInfo) || !reader.IsCached(tuned)) return false;
-            using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select))
-            {
-                if (_baseRuns is null)
-                {
-                    _baseRuns = ReadRuns(reader, baseInfo);
-                    merger.TensorsPresampledFromFiles++;
-                }
-                var tunedRuns = ReadRuns(reader, tuned);
-                fixed (ushort* baseBits = _baseRuns, tunedBits = tunedRuns)
-                {
-                    ChunkKernels.PresampleRuns(baseBits, tunedBits, n, dare, key, threshold, scale, selection);
-                }
-            }
-            return true;
-        }
-
-        /// <summary>The presample's runs of a tensor, read from its file.</summary>
-        private static unsafe ushort[] ReadRuns(TensorReader reader, TensorInfo info)
-        {
-            var runs = (info.ElementCount + ChunkKernels.PresampleSpacing - 1) / ChunkKernels.PresampleSpacing;
-            var bits = new ushort[runs * ChunkKernels.PresampleRun];
-            fixed (ushort* destination = bits) reader.ReadRuns(info, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, (byte*)destination);
-            return bits;
+            if (chunkCount == 1) return false;
+            _files ??= new FilePresample(merger.Chunks.Reader, baseInfo, merger.Chunks.Profile, () => merger.PresampledFromFiles(baseInfo));
+            return _files.Add(inputs[input], selection);
         }
 
         /// <summary>

@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -21,7 +22,7 @@ internal readonly struct DeltaSource(StoredRange tuned, bool dare, ulong key, ui
 /// element, so results are bit-identical to the torch ops they replace: bfloat16 → float32 is the 16-bit pattern
 /// shifted into the upper half of the float, and δ = tuned − base is one float32 subtraction.
 /// </summary>
-internal static unsafe class ChunkKernels
+internal static unsafe partial class ChunkKernels
 {
     /// <summary>Elements per block of the fused loops: small enough that a block stays in L1/L2 between its steps.</summary>
     private const int Block = 8192;
@@ -206,9 +207,7 @@ internal static unsafe class ChunkKernels
                 for (var piece = start; piece < end; piece += Piece)
                 {
                     var pieceLength = Math.Min(Piece, end - piece);
-                    // Rebased so that element j of the chunk is at pointer[j], as the kernels index them.
-                    var baseValues = (ushort*)baseBits.Piece(piece, pieceLength, pieces) - piece;
-                    for (var i = 0; i < n; i++) tuned[i] = (IntPtr)((ushort*)sources[i].Tuned.Piece(piece, pieceLength, pieces + (i + 1) * Piece * sizeof(ushort)) - piece);
+                    var baseValues = ReadPiece(baseBits, sources, piece, pieceLength, pieces, tuned);
                     merge(baseValues, tuned, target.WithBFloat16Base(baseValues), piece, piece + pieceLength, rangeDropped, (float*)memory);
                     if (Volatile.Read(ref nonFinite) == 0 && target.AnyNonFinite(piece, pieceLength)) Volatile.Write(ref nonFinite, 1);
                 }
@@ -223,6 +222,17 @@ internal static unsafe class ChunkKernels
             }
         });
         return new MergedChunk(dropped, OutputFinite: nonFinite == 0);
+    }
+
+    /// <summary>
+    /// Reads chunk elements [piece, piece + length) of the base and of each source into <paramref name="pieces"/> (or
+    /// points at them where they are in memory already): returns the base's and sets <paramref name="tuned"/>, each
+    /// rebased so that element j of the chunk is at pointer[j], as the kernels index them.
+    /// </summary>
+    private static ushort* ReadPiece(StoredRange baseBits, DeltaSource[] sources, long piece, long length, byte* pieces, IntPtr[] tuned)
+    {
+        for (var i = 0; i < sources.Length; i++) tuned[i] = (IntPtr)((ushort*)sources[i].Tuned.Piece(piece, length, pieces + (i + 1) * Piece * sizeof(ushort)) - piece);
+        return (ushort*)baseBits.Piece(piece, length, pieces) - piece;
     }
 
     /// <summary>destination[i] = (float)source[i] − (float)subtrahend[i] for bfloat16 both, on the calling thread.</summary>

@@ -56,9 +56,6 @@ public sealed partial class MagnitudeSelection
     private const long MaxRecordedEntries = 1 << 20;
     private List<long[]>? _tieBudgets;
 
-    [ThreadStatic]
-    private static uint[]? t_bracketTable;
-
     /// <summary>
     /// Sample statistics of elements [first, first + count) of the tensor: every piece must be added once (in any
     /// order) before <see cref="FinishSample"/>.
@@ -74,9 +71,6 @@ public sealed partial class MagnitudeSelection
             AddSampleCounts(table, nonZero);
         });
     }
-
-    /// <summary>A cleared per-thread table for <see cref="CountSample"/> (used by kernels that sample while computing the data).</summary>
-    internal static uint[] RentSampleTable() => RentTables(interleave: false);
 
     /// <summary>
     /// Counts the non-zero magnitudes among <paramref name="count"/> elements (tensor index <paramref name="first"/>
@@ -165,6 +159,9 @@ public sealed partial class MagnitudeSelection
     /// <summary>Whether a bracket is planned and not yet finished: a pass that computes δ counts it instead of sampling.</summary>
     public bool CountsBracketWhileReading => _bracket is not null;
 
+    /// <summary>The planned bracket's magnitudes as IEEE bits, [Low, High): a kernel that counts it in registers compares against them.</summary>
+    internal (uint Low, uint High) BracketBits => (_bracketLow, _bracketHigh);
+
     private SelectionStep PlanFromSample(long[] sample, bool nonZeroCounted)
     {
         if (!NeedsPasses) return SelectionStep.Done;
@@ -242,42 +239,12 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     internal (uint Entry, uint Count)[][]? BeginBracketCall(int ranges) => _rangeEntries is null ? null : new (uint, uint)[ranges][];
 
-    /// <summary>The calling thread's bracket table, cleared to the bracket's width (grown to the widest bracket seen, so a thread's table is only as large as the brackets need).</summary>
-    internal uint[] RentBracketTable()
-    {
-        var width = (int)(_bracketHigh - _bracketLow);
-        if (t_bracketTable is not { } table || table.Length < width) t_bracketTable = table = new uint[width];
-        Array.Clear(table, 0, width);
-        return table;
-    }
-
     /// <summary>Counts <paramref name="count"/> elements against the bracket into a range's table and counts (at most <see cref="MaxSpan"/> per table).</summary>
     internal unsafe void CountBracket(uint[] table, float* data, long count, ref long above, ref long zeros)
     {
         var (a, z) = CountBracket(table, (uint*)data, count, _bracketLow, _bracketHigh);
         above += a;
         zeros += z;
-    }
-
-    /// <summary>Adds range <paramref name="range"/>'s table and counts to the bracket, and records its entries in <paramref name="recorded"/>.</summary>
-    internal void AddBracketCounts(uint[] table, long above, long zeros, (uint Entry, uint Count)[][]? recorded, int range)
-    {
-        var width = (int)(_bracketHigh - _bracketLow);
-        lock (_bracket!)
-        {
-            for (var b = 0; b < width; b++) _bracket[b] += table[b];
-            _aboveBracket += above;
-            _zerosInBracket += zeros;
-        }
-        if (recorded is null) return;
-        var entries = new List<(uint, uint)>();
-        for (var b = 0; b < width; b++)
-        {
-            // Zeros were counted apart from the table; their entry is 0 (only a zero has magnitude bits 0).
-            var entryCount = b == 0 ? table[0] + (uint)zeros : table[b];
-            if (entryCount != 0) entries.Add(((uint)b, entryCount));
-        }
-        recorded[range] = entries.ToArray();
     }
 
     /// <summary>Ends one call's bracket counts: its ranges' entries join those of the calls before it (in element order).</summary>
@@ -331,64 +298,6 @@ public sealed partial class MagnitudeSelection
             else high = middle - 1;
         }
         return 0;
-    }
-
-    /// <summary>
-    /// Counts magnitudes at or above <paramref name="high"/>, and histograms those in [low, high) by their offset from
-    /// <paramref name="low"/>; zeros (when low is 0) are counted apart, eight at a time. Returns (above, zeros).
-    /// </summary>
-    private static unsafe (long Above, long Zeros) CountBracket(uint[] table, uint* bits, long count, uint low, uint high)
-    {
-        fixed (uint* t = table)
-        {
-            var counter = VectorDriver.Run(new BracketCounter(bits, t, low, high), 0, count);
-            return (counter.Above, counter.Zeros);
-        }
-    }
-
-    /// <summary>
-    /// Counts magnitudes at or above <paramref name="high"/> into <see cref="Above"/> and histograms those in
-    /// [low, high) by their offset from <paramref name="low"/>. When low is 0 the vector body counts zeros into
-    /// <see cref="Zeros"/> at once instead of one increment of t[0] each; the tail counts them in the table.
-    /// </summary>
-    private unsafe struct BracketCounter(uint* bits, uint* t, uint low, uint high) : IElementOperator
-    {
-        // Broadcast once: a loop with inner branches does not get the broadcasts hoisted out of it.
-        private readonly Vector256<uint> _lowVector = Vector256.Create(low), _highVector = Vector256.Create(high);
-
-        public long Above { get; private set; }
-        public long Zeros { get; private set; }
-
-        public static int Lanes => 8;
-        public static bool IsVectorized => true;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void Vector(long i)
-        {
-            var m = Vector256.Load(bits + i) & Vector256.Create(MagnitudeMask);
-            var isAbove = Vector256.GreaterThanOrEqual(m, _highVector);
-            Above += BitOperations.PopCount(isAbove.ExtractMostSignificantBits());
-            var inside = (Vector256.GreaterThanOrEqual(m, _lowVector) & ~isAbove).ExtractMostSignificantBits();
-            if (inside == 0) return;
-            if (low == 0)
-            {
-                var zero = Vector256.Equals(m, Vector256<uint>.Zero).ExtractMostSignificantBits();
-                Zeros += BitOperations.PopCount(zero);
-                inside &= ~zero;
-            }
-            for (; inside != 0; inside &= inside - 1)
-            {
-                t[(bits[i + BitOperations.TrailingZeroCount(inside)] & MagnitudeMask) - low]++;
-            }
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void Scalar(long i)
-        {
-            var m = bits[i] & MagnitudeMask;
-            if (m >= high) Above++;
-            else if (m >= low) t[m - low]++;
-        }
     }
 
     /// <summary>Finds the threshold inside the bracket; <see cref="SelectionStep.CoarseAndFine"/> when the sample misled and it lies outside.</summary>

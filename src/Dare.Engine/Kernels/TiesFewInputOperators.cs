@@ -63,7 +63,7 @@ internal readonly unsafe struct TiesBySumFewWideOperator<TCount> : IElementOpera
 
     /// <summary>
     /// The sign election by Σ wᵢtᵢ and the disjoint (weighted) mean of 16 lanes of kept values, × λ, rounded to float:
-    /// the operator after its trim, and the fused DARE-TIES pass after its mask (<see cref="DareTiesOperator{TCount}"/>).
+    /// the operator after its trim, and the fused TIES pass after its mask and trim (<see cref="DareTiesOperator{TCount, TTrim}"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Combine(Vector512<float> kept0, Vector512<float> kept1, Vector512<float> kept2, Vector512<float> kept3,

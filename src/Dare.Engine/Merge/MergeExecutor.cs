@@ -180,6 +180,9 @@ public sealed class MergeExecutor
     /// <summary>Tensors whose TIES presample was read from the input files rather than computed in a pass (see TensorMerger).</summary>
     internal int TensorsPresampledFromFiles { get; private set; }
 
+    /// <summary>Tensors merged by counting passes over their stored bytes and one fused pass (see <see cref="IBFloat16CountedPass"/>).</summary>
+    internal int TensorsCounted { get; private set; }
+
     private void ReportProfile(Stopwatch clock, TimeSpan background)
     {
         if (_profile is null) return;
@@ -215,6 +218,7 @@ public sealed class MergeExecutor
         using (PhaseProfile.Time(_profile, Phase.Write)) appender.Finish();
         BytesReadAhead += reader.BufferedBytesServed;
         TensorsPresampledFromFiles += merger.TensorsPresampledFromFiles;
+        TensorsCounted += merger.TensorsCounted;
         _cancellation.ThrowIfCancellationRequested();
         return (bytesRead, appender.BackgroundTime);
     }

@@ -66,6 +66,33 @@ internal interface ITensorMerge
 
     /// <summary>The whole merge of a chunk from bfloat16 inputs in one fused pass, if the method offers one.</summary>
     IBFloat16SinglePass? SinglePass { get; }
+
+    /// <summary>Counting passes over the stored bytes, then one fused pass, if the method offers them (asked when it offers no <see cref="SinglePass"/>).</summary>
+    IBFloat16CountedPass? CountedPass => null;
+}
+
+/// <summary>
+/// A fused route with counting passes before it (TIES's thresholds): each pass sees every input's δ computed a block at
+/// a time from the stored bytes (<see cref="IStoredPasses"/>) and never stored whole; then every chunk is merged in one
+/// fused pass, as the single-pass route merges it.
+/// </summary>
+internal interface IBFloat16CountedPass
+{
+    /// <summary>
+    /// Runs the passes; returns the fused pass to merge with, or null when they did not settle what it needs (the
+    /// tensor then takes the general route, with a new merge).
+    /// </summary>
+    IBFloat16SinglePass? RunPasses(IStoredPasses passes);
+}
+
+/// <summary>Counting passes over a tensor's chunks as stored (<see cref="ChunkKernels.CountFromBFloat16"/>).</summary>
+internal interface IStoredPasses
+{
+    /// <summary>As <see cref="IChunkPasses.Presample"/>, from the files.</summary>
+    bool Presample(int input, MagnitudeSelection selection);
+
+    /// <summary>One pass over every chunk: input i's δ into <paramref name="selections"/>[i]'s sample or planned bracket (null: not counted).</summary>
+    void Count(MagnitudeSelection?[] selections);
 }
 
 /// <summary>A fused route: base and inputs read as stored bfloat16, δ, transform and combine block by block, output bytes written directly.</summary>

@@ -11,9 +11,12 @@ namespace Dare.Engine.Merge;
 /// DARE drop that leaves no more survivors than TIES keeps, the usual DARE-TIES case), no pass is needed and the merge
 /// takes the single-pass bfloat16 route instead, as linear does: δ, mask and combine block by block in cache, each
 /// chunk read once. That the drop leaves few enough survivors is proven from the mask's own counts after the first
-/// chunk (<see cref="Confirm"/>), or before anything is read when the expected count is close to the limit.
+/// chunk (<see cref="Confirm"/>), or before anything is read when the expected count is close to the limit. When the
+/// trim is needed and the inputs are in the page cache as stored bfloat16, the counted route runs instead of the general
+/// one (<see cref="CountedPass"/>): the passes count each δ from the stored bytes without storing it, and one fused pass
+/// trims, elects and averages (<see cref="DareTiesKernel"/>), so no float32 δ is ever written to memory.
 /// </summary>
-internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
+internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass, IBFloat16CountedPass
 {
     private readonly MergeOptions _options;
     private readonly TensorMergeSetup _setup;
@@ -26,6 +29,13 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     private long[]?[] _tieBudgets;
     private bool? _keepsEveryNonZero;
     private bool[] _unproven = Array.Empty<bool>();
+    private uint[]? _countedKeepBits;
+
+    /// <summary>
+    /// Tensors below this many elements take the general route: a sample of them is too small to plan a bracket, and
+    /// the exact passes it would need run on stored δ.
+    /// </summary>
+    internal const long MinCountedElements = 1 << 16;
 
     /// <summary>
     /// How many standard deviations of its survivor count a DARE drop's expected survivors must lie below TIES's keep
@@ -101,6 +111,7 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     /// </summary>
     public bool Confirm(long count, long[] dropped)
     {
+        if (_countedKeepBits is not null) return true;
         var n = _setup.ElementCount;
         using var _ = PhaseProfile.Time(_setup.Profile, Phase.Select);
         for (var i = 0; i < _selections.Length; i++)
@@ -121,6 +132,13 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
     public ChunkKernels.MergedChunk MergeChunk(StoredRange baseBits, DeltaSource[] sources, CombineTarget target, long first, long count)
     {
         var bySignCount = _options.SignMethod == SignMethod.Count;
+        if (_countedKeepBits is { } keepBits)
+        {
+            var chunk = (int)(first / _setup.ChunkElements);
+            var budgets = _selections.Select(s => s.TrimKeepsEveryNonZero ? null : s.TieBudgets(chunk)).ToArray();
+            var trim = new TiesTrim(keepBits, budgets);
+            return DareTiesKernel.MergeChunk(baseBits, sources, _weights, _options.Normalize, _options.Lambda, target, first, count, trim);
+        }
         if (DareTiesKernel.Takes(sources.Length, bySignCount))
         {
             return DareTiesKernel.MergeChunk(baseBits, sources, _weights, _options.Normalize, _options.Lambda, target, first, count);
@@ -128,6 +146,52 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass
         return ChunkKernels.MergeFromBFloat16(baseBits, sources,
             (deltas, blockTarget, start, end) => CombineKernels.TiesRange(deltas, _weights, bySignCount, _options.Normalize, _options.Lambda, blockTarget, start, end),
             target, first, count);
+    }
+
+    /// <summary>
+    /// The counted route: for one to four inputs electing by sum where the fused pass runs natively, every input fused
+    /// (its δ computed from the stored bytes, no L1 rescale), in chunks a sample can span.
+    /// </summary>
+    public IBFloat16CountedPass? CountedPass =>
+        DareTiesKernel.Takes(_selections.Length, _options.SignMethod == SignMethod.Count) && _setup.ElementCount >= MinCountedElements &&
+        _setup.ChunkElements <= MagnitudeSelection.MaxSpan && _setup.Inputs.All(c => c.IsFused) && _selections.Any(s => s.NeedsPasses) ? this : null;
+
+    /// <summary>
+    /// The passes of <see cref="RunPasses(IChunkPasses)"/>, counted from the stored bytes: a presample from the files
+    /// plans each bracket when it can, so that one pass counts it; otherwise one pass samples and one counts the bracket.
+    /// Null (take the general route) where a sample misled and the exact passes would be needed, or where the bracket's
+    /// counts per range were not kept (the tie budgets would be unknown).
+    /// </summary>
+    public IBFloat16SinglePass? RunPasses(IStoredPasses passes)
+    {
+        var profile = _setup.Profile;
+        var counting = _selections.Select(s => s.NeedsPasses ? s : null).ToArray();
+        var presampled = new bool[counting.Length];
+        for (var i = 0; i < counting.Length; i++)
+        {
+            if (counting[i] is not { } selection || !passes.Presample(i, selection)) continue;
+            using (PhaseProfile.Time(profile, Phase.Select)) presampled[i] = selection.FinishPresample();
+        }
+        for (var pass = 0; counting.Any(s => s is not null); pass++)
+        {
+            passes.Count(counting);
+            using var _ = PhaseProfile.Time(profile, Phase.Select);
+            for (var i = 0; i < counting.Length; i++)
+            {
+                if (counting[i] is not { } selection) continue;
+                var bracket = pass > 0 || presampled[i];
+                var step = bracket ? selection.FinishBracket() : selection.FinishSample();
+                if (step == SelectionStep.CoarseAndFine || (bracket && step != SelectionStep.Done)) return null;
+                if (step == SelectionStep.Done)
+                {
+                    PhaseProfile.CountSelection(profile, !bracket ? "sample" : presampled[i] ? "presampled bracket" : "bracket");
+                    if (!selection.TrimKeepsEveryNonZero && selection.TieBudgets(0) is null) return null;
+                    counting[i] = null;
+                }
+            }
+        }
+        _countedKeepBits = _selections.Select(s => s.KeepBits).ToArray();
+        return this;
     }
 
     public MagnitudeSelection? SampleWhileReading(int input) => _sampleWhileReading[input] ? _selections[input] : null;

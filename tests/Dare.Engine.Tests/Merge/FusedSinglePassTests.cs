@@ -120,9 +120,12 @@ public sealed unsafe class FusedSinglePassTests
     }
 
     /// <summary>TIES's merged δ at element j with nothing trimmed: the sign of Σ wᵢδᵢ (in double) elected, the agreeing δ summed (and divided by their weights' sum), × λ.</summary>
-    private static float ExpectedTies(ushort[] baseBits, Input[] inputs, bool normalize, double lambda, long first, int j)
+    private static float ExpectedTies(ushort[] baseBits, Input[] inputs, bool normalize, double lambda, long first, int j) =>
+        ExpectedTies(inputs.Select(input => MaskedDelta(baseBits, input, first, j)).ToArray(), inputs, normalize, lambda);
+
+    /// <summary>TIES's merged δ of one element's (kept) δ of each input.</summary>
+    private static float ExpectedTies(float[] deltas, Input[] inputs, bool normalize, double lambda)
     {
-        var deltas = inputs.Select(input => MaskedDelta(baseBits, input, first, j)).ToArray();
         double election = 0;
         for (var i = 0; i < inputs.Length; i++) election += (double)inputs[i].Weight * deltas[i];
         double sum = 0, weight = 0;
@@ -152,6 +155,59 @@ public sealed unsafe class FusedSinglePassTests
         AssertSame(baseBits, inputs, output, first, j => ExpectedTies(baseBits, inputs, normalize, lambda, first, j), fused, blocks);
     }
 
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Fused_ties_with_a_trim_matches_the_definition(int count, string kind, bool normalize, Output output)
+    {
+        var (baseBits, inputs, first) = Case(count, kind);
+        var lambda = normalize ? 1.0 : 0.7;
+        var weights = inputs.Select(i => (double)i.Weight).ToArray();
+        var deltas = inputs.Select(input => Enumerable.Range(0, count).Select(j => MaskedDelta(baseBits, input, first, j)).ToArray()).ToArray();
+        static uint Magnitude(float x) => BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF;
+
+        // Each input's threshold is a magnitude its δ takes often, so that ties matter; input 0 keeps every tie, input 1
+        // half of each range's, input 2 none in the first range and all in the others, input 3 one per range.
+        var ranges = Partition.Ranges(count);
+        var keepBits = deltas.Select(d => d.Select(Magnitude).Where(m => m is not 0 and < 0x7F800000).GroupBy(m => m)
+            .OrderByDescending(g => g.Count()).ThenBy(g => g.Key).Select(g => g.Key).DefaultIfEmpty(0u).First()).ToArray();
+        long TiesIn(int i, (long Start, long End) range) => Enumerable.Range((int)range.Start, (int)(range.End - range.Start)).LongCount(j => Magnitude(deltas[i][j]) == keepBits[i]);
+        var budgets = inputs.Select((_, i) => i switch
+        {
+            0 => null,
+            1 => ranges.Select(r => TiesIn(1, r) / 2).ToArray(),
+            2 => ranges.Select((_, r) => r == 0 ? 0L : long.MaxValue).ToArray(),
+            _ => ranges.Select(_ => 1L).ToArray(),
+        }).ToArray();
+
+        // The definition: in each range, in element order, keep |δ| above the threshold and ties while the range's budget lasts.
+        var kept = deltas.Select(d => (float[])d.Clone()).ToArray();
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            for (var r = 0; r < ranges.Length; r++)
+            {
+                var left = budgets[i]?[r] ?? long.MaxValue;
+                for (var j = (int)ranges[r].Start; j < ranges[r].End; j++)
+                {
+                    var m = Magnitude(deltas[i][j]);
+                    if (m > keepBits[i] || (m == keepBits[i] && left-- > 0)) continue;
+                    kept[i][j] = 0f;
+                }
+            }
+        }
+        if (count > 100_000)
+        {
+            // The large cases cut input 1's ties: some kept, some trimmed.
+            var ties = Enumerable.Range(0, count).Where(j => Magnitude(deltas[1][j]) == keepBits[1]).ToArray();
+            Assert.Contains(ties, j => kept[1][j] != 0);
+            Assert.Contains(ties, j => kept[1][j] == 0);
+        }
+
+        var trim = new TiesTrim(keepBits, budgets);
+        var fused = Run((b, s, t, f, c) => DareTiesKernel.MergeChunk(b, s, weights, normalize, lambda, t, f, c, trim), baseBits, inputs, output, first);
+
+        AssertSame(baseBits, inputs, output, first, j => ExpectedTies(kept.Select(k => k[j]).ToArray(), inputs, normalize, lambda), fused, blocksRun: null);
+    }
+
     private static Input[] Inputs(Random random, int count, string kind)
     {
         var p9 = DareMask.Threshold(0.9);
@@ -177,11 +233,11 @@ public sealed unsafe class FusedSinglePassTests
 
     /// <summary>Every element of both kernels' outputs equals the definition's, and the drop counts equal the mask's.</summary>
     private static void AssertSame(ushort[] baseBits, Input[] inputs, Output output, long first, Func<int, float> mergedDelta,
-        (uint[] Bits, long[] Dropped, bool OutputFinite) fusedRun, (uint[] Bits, long[] Dropped, bool OutputFinite) blocksRun)
+        (uint[] Bits, long[] Dropped, bool OutputFinite) fusedRun, (uint[] Bits, long[] Dropped, bool OutputFinite)? blocksRun)
     {
         var count = baseBits.Length;
         var (fused, fusedDropped, fusedFinite) = fusedRun;
-        var (blocks, blocksDropped, blocksFinite) = blocksRun;
+        var (blocks, blocksDropped, blocksFinite) = blocksRun ?? fusedRun;
         var nonFinite = 0;
 
         Assert.Equal(blocksDropped, fusedDropped);

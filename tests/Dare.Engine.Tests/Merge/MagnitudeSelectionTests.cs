@@ -260,4 +260,46 @@ public sealed class MagnitudeSelectionTests
         Assert.True(new MagnitudeSelection(0, 10).KeepNone);
         Assert.True(new MagnitudeSelection(5, 10).NeedsPasses);
     }
+
+    [Fact]
+    public unsafe void A_bracket_table_left_with_counts_is_cleared_at_its_next_rent_and_left_clean_after_its_counts_are_added()
+    {
+        var data = TestModels.RandomFloats(new Random(8), 200_000);
+        const long Keep = 40_000;
+        var (_, reference, steps) = Select(data, Keep, new[] { data.Length }, sampled: true);
+        Assert.Contains(SelectionStep.Bracket, steps);
+
+        var selection = new MagnitudeSelection(Keep, data.Length);
+        fixed (float* p = data)
+        {
+            selection.AddSample(p, 0, data.Length);
+            Assert.Equal(SelectionStep.Bracket, selection.FinishSample());
+            var (low, high) = selection.BracketBits;
+            // A pass cut short (an error) leaves counts and marks in this thread's table.
+            var dirty = selection.RentBracketTable();
+            fixed (uint* t = dirty)
+            {
+                for (var entry = 0u; entry < 5000; entry += 7) MagnitudeSelection.CountEntry(t, high - low, entry);
+            }
+
+            var table = selection.RentBracketTable();
+            Assert.Same(dirty, table);
+            Assert.All(table, count => Assert.Equal(0u, count));
+            long above = 0, zeros = 0;
+            var recorded = selection.BeginBracketCall(1)!;
+            selection.CountBracket(table, p, data.Length, ref above, ref zeros);
+            selection.AddBracketCounts(table, above, zeros, recorded, 0);
+            selection.EndBracketCall(recorded);
+            Assert.All(table, count => Assert.Equal(0u, count));
+
+            // The recorded entries are the magnitudes inside the bracket, counted plainly, in order.
+            var expected = data.Select(x => BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF).Where(m => m >= low && m < high)
+                .GroupBy(m => m - low).OrderBy(g => g.Key).Select(g => (g.Key, (uint)g.Count())).ToArray();
+            Assert.Equal(expected, recorded[0]);
+            Assert.Equal(data.LongCount(x => (BitConverter.SingleToUInt32Bits(x) & 0x7FFFFFFF) >= high), above);
+        }
+        Assert.Equal(SelectionStep.Done, selection.FinishBracket());
+        Assert.Equal(reference.ThresholdBits, selection.ThresholdBits);
+        Assert.Equal(reference.TiesToKeep, selection.TiesToKeep);
+    }
 }
