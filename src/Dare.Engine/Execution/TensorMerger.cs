@@ -44,16 +44,11 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     public int TensorsCounted { get; private set; }
 
     /// <summary>Tensors whose TIES presample was read from their files (<see cref="FilePresample"/>).</summary>
-    public int TensorsPresampledFromFiles { get; private set; }
-    private TensorInfo? _lastPresampled;
+    public int TensorsPresampledFromFiles => _filePresample?.Tensors ?? 0;
 
-    /// <summary>Counts a tensor presampled from its files once, though a counted route that gave way presampled it before the general route.</summary>
-    private void PresampledFromFiles(TensorInfo baseInfo)
-    {
-        if (_lastPresampled == baseInfo) return;
-        _lastPresampled = baseInfo;
-        TensorsPresampledFromFiles++;
-    }
+    // The presample's runs, read from the files: one reader for every tensor, so that its buffers are reused.
+    private FilePresample? _filePresample;
+    private FilePresample FilePresample => _filePresample ??= new FilePresample(chunks.Reader, chunks.Profile);
 
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
@@ -81,7 +76,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
             if (merge.SinglePass is { } singlePass && StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount)) return Counts(inputs, leaves, n);
             if (merge.CountedPass is { } counted && StoredPasses.Takes(chunks.Reader, baseInfo, inputs))
             {
-                var storedPasses = new StoredPasses(chunks, baseInfo, inputs, chunk, cancellation, () => PresampledFromFiles(baseInfo));
+                var storedPasses = new StoredPasses(chunks, baseInfo, inputs, chunk, FilePresample, cancellation);
                 if (counted.RunPasses(storedPasses) is { } fused && StreamBFloat16(vector, baseInfo, inputs, fused, export, chunk, chunkCount))
                 {
                     TensorsCounted++;
@@ -312,7 +307,6 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         private ChunkView? _cachedBase;
         private ChunkView[]? _cachedDeltas;
         private ChunkView[]? _stored;
-        private FilePresample? _files;
 
         /// <summary>
         /// Whether the stored bytes of the whole tensor are read in the first pass and kept (the base in raw slot 0,
@@ -392,8 +386,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 return true;
             }
             if (chunkCount == 1) return false;
-            _files ??= new FilePresample(merger.Chunks.Reader, baseInfo, merger.Chunks.Profile, () => merger.PresampledFromFiles(baseInfo));
-            return _files.Add(inputs[input], selection);
+            return merger.FilePresample.Add(baseInfo, inputs[input], selection);
         }
 
         /// <summary>

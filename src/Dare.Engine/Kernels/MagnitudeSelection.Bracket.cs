@@ -174,7 +174,8 @@ public sealed partial class MagnitudeSelection
             TieCount = _elementCount - _nonZero;
             return SelectionStep.Done;
         }
-        var size = sample.Take(1 << 16).Sum();
+        long size = 0;
+        foreach (var count in sample.AsSpan(0, 1 << 16)) size += count;
         if (size < MinSampleSize) return SelectionStep.CoarseAndFine;
 
         // Ranks counted from the largest magnitude; the threshold is expected at sample rank q·S. The margin is five
