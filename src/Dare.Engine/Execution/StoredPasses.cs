@@ -17,7 +17,24 @@ internal sealed class StoredPasses(ChunkReader chunks, TensorInfo baseInfo, Inpu
         baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused) && reader.IsCached(baseInfo) &&
         inputs.All(c => reader.IsCached(c.Tensor!.StoredBFloat16!));
 
-    public bool Presample(int input, MagnitudeSelection selection) => presample.Add(baseInfo, inputs[input], selection, knownCached: true);
+    public bool[] Presample(MagnitudeSelection?[] selections)
+    {
+        var added = new bool[selections.Length];
+        if (!selections.Any(s => s is not null)) return added;
+        using (PhaseProfile.Time(chunks.Profile, Phase.Select))
+        {
+            presample.ReadBase(baseInfo, inputs.Length);
+            // Each input on a core of its own: most of a presample is its reads' system calls, on one thread it is
+            // ~10 % of a large TIES export while the other core waits.
+            Partition.Each(selections.Length, i =>
+            {
+                if (selections[i] is not { } selection || !presample.Takes(baseInfo, inputs[i], knownCached: true)) return;
+                presample.Add(inputs[i], selection, slot: i);
+                added[i] = true;
+            });
+        }
+        return added;
+    }
 
     public void Count(MagnitudeSelection?[] selections)
     {
@@ -47,46 +64,55 @@ internal sealed class StoredPasses(ChunkReader chunks, TensorInfo baseInfo, Inpu
 /// TIES presamples read from the files of tensors in the page cache (<see cref="ChunkKernels.PresampleRuns"/>): a few
 /// thousand reads of 512 bytes, ~10 ms for a 65M-element tensor here; the base's runs are read once per tensor. One
 /// reader serves every tensor of an export and reuses its buffers: runs read into fresh arrays for each tensor (large
-/// objects, freed only by a full collection) grew a large TIES export's memory by ~100 MB.
+/// objects, freed only by a full collection) grew a large TIES export's memory by ~100 MB. Inputs in different slots
+/// may be presampled at once, on different threads, once the base's runs are read.
 /// </summary>
-internal sealed class FilePresample(TensorReader reader, PhaseProfile? profile)
+internal sealed class FilePresample(TensorReader reader)
 {
-    private ushort[] _baseRuns = Array.Empty<ushort>(), _tunedRuns = Array.Empty<ushort>();
+    private ushort[] _baseRuns = Array.Empty<ushort>();
+    private ushort[][] _tunedRuns = Array.Empty<ushort[]>();
     private TensorInfo? _base;
 
     /// <summary>Tensors whose base runs were read (a tensor presampled again by the general route after a counted one gave way counts once).</summary>
     public int Tensors { get; private set; }
 
+    /// <summary>Whether <paramref name="input"/>'s files can give a presample of tensor <paramref name="baseInfo"/> (<paramref name="knownCached"/>: the caller found them in the page cache already).</summary>
+    public bool Takes(TensorInfo baseInfo, InputChain input, bool knownCached = false) =>
+        input.IsFused && baseInfo.DType == SafetensorsDType.BF16 && baseInfo.Assembly is null && input.Tensor!.StoredBFloat16!.Assembly is null &&
+        (knownCached || (reader.IsCached(baseInfo) && reader.IsCached(input.Tensor!.StoredBFloat16!)));
+
     /// <summary>
-    /// Adds <paramref name="input"/>'s presample of tensor <paramref name="baseInfo"/> to <paramref name="selection"/>;
-    /// false, with nothing added, when its files cannot give one (<paramref name="knownCached"/>: the caller found
-    /// them in the page cache already).
+    /// Reads the base's runs of tensor <paramref name="baseInfo"/>, unless they are read already, and makes room for
+    /// <paramref name="inputs"/> inputs' runs (one buffer each, so that they can be added at once).
     /// </summary>
-    public unsafe bool Add(TensorInfo baseInfo, InputChain input, MagnitudeSelection selection, bool knownCached = false)
+    public void ReadBase(TensorInfo baseInfo, int inputs)
     {
-        if (!input.IsFused) return false;
-        var tuned = input.Tensor!.StoredBFloat16!;
-        if (baseInfo.DType != SafetensorsDType.BF16 || baseInfo.Assembly is not null || tuned.Assembly is not null ||
-            !(knownCached || (reader.IsCached(baseInfo) && reader.IsCached(tuned))))
+        if (inputs > _tunedRuns.Length)
         {
-            return false;
+            var old = _tunedRuns.Length;
+            Array.Resize(ref _tunedRuns, inputs);
+            for (var i = old; i < inputs; i++) _tunedRuns[i] = Array.Empty<ushort>();
         }
+        if (ReferenceEquals(_base, baseInfo)) return;
+        ReadRuns(baseInfo, ref _baseRuns);
+        _base = baseInfo;
+        Tensors++;
+    }
+
+    /// <summary>
+    /// Adds <paramref name="input"/>'s presample of the tensor whose base runs were read last (<see cref="ReadBase"/>)
+    /// to <paramref name="selection"/>, reading its runs into buffer <paramref name="slot"/>; the caller checked <see cref="Takes"/>.
+    /// </summary>
+    public unsafe void Add(InputChain input, MagnitudeSelection selection, int slot = 0)
+    {
+        if (_base is null) throw new InvalidOperationException("The base's runs are not read.");
+        if (slot >= _tunedRuns.Length) throw new ArgumentOutOfRangeException(nameof(slot), "Input slot past those ReadBase made room for.");
         var (dare, key, threshold, scale) = input.FusedDrop;
-        using (PhaseProfile.Time(profile, Phase.Select))
+        ReadRuns(input.Tensor!.StoredBFloat16!, ref _tunedRuns[slot]);
+        fixed (ushort* baseBits = _baseRuns, tunedBits = _tunedRuns[slot])
         {
-            if (!ReferenceEquals(_base, baseInfo))
-            {
-                ReadRuns(baseInfo, ref _baseRuns);
-                _base = baseInfo;
-                Tensors++;
-            }
-            ReadRuns(tuned, ref _tunedRuns);
-            fixed (ushort* baseBits = _baseRuns, tunedBits = _tunedRuns)
-            {
-                ChunkKernels.PresampleRuns(baseBits, tunedBits, baseInfo.ElementCount, dare, key, threshold, scale, selection);
-            }
+            ChunkKernels.PresampleRuns(baseBits, tunedBits, _base.ElementCount, dare, key, threshold, scale, selection);
         }
-        return true;
     }
 
     /// <summary>The presample's runs of a tensor, read from its file into <paramref name="bits"/> (grown when too small).</summary>

@@ -48,7 +48,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
 
     // The presample's runs, read from the files: one reader for every tensor, so that its buffers are reused.
     private FilePresample? _filePresample;
-    private FilePresample FilePresample => _filePresample ??= new FilePresample(chunks.Reader, chunks.Profile);
+    private FilePresample FilePresample => _filePresample ??= new FilePresample(chunks.Reader);
 
     public DropCounts Merge(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, IChunkSink sink)
     {
@@ -386,7 +386,14 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
                 return true;
             }
             if (chunkCount == 1) return false;
-            return merger.FilePresample.Add(baseInfo, inputs[input], selection);
+            var files = merger.FilePresample;
+            if (!files.Takes(baseInfo, inputs[input])) return false;
+            using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select))
+            {
+                files.ReadBase(baseInfo, inputs.Length);
+                files.Add(inputs[input], selection, slot: input);
+            }
+            return true;
         }
 
         /// <summary>

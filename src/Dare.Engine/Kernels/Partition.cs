@@ -18,6 +18,19 @@ internal static class Partition
         return ranges;
     }
 
+    /// <summary>Runs <paramref name="body"/>(i) for each of <paramref name="items"/> items, in parallel, surfacing a failure as <see cref="Run"/> does.</summary>
+    public static void Each(int items, Action<int> body)
+    {
+        try
+        {
+            Parallel.For(0, items, body);
+        }
+        catch (AggregateException ex) when (ex.InnerExceptions.Count > 0)
+        {
+            ExceptionDispatchInfo.Throw(ex.InnerExceptions[0]);
+        }
+    }
+
     /// <summary>
     /// Runs <paramref name="body"/>(range index, start, end) for each range of [0, count), in parallel. A body that
     /// throws (a kernel reading its input fails) surfaces as that exception, not wrapped in an AggregateException.

@@ -88,8 +88,8 @@ internal interface IBFloat16CountedPass
 /// <summary>Counting passes over a tensor's chunks as stored (<see cref="ChunkKernels.CountFromBFloat16"/>).</summary>
 internal interface IStoredPasses
 {
-    /// <summary>As <see cref="IChunkPasses.Presample"/>, from the files.</summary>
-    bool Presample(int input, MagnitudeSelection selection);
+    /// <summary>As <see cref="IChunkPasses.Presample"/>, from the files, for every input i with a selection (inputs at once); returns which were added.</summary>
+    bool[] Presample(MagnitudeSelection?[] selections);
 
     /// <summary>One pass over every chunk: input i's δ into <paramref name="selections"/>[i]'s sample or planned bracket (null: not counted).</summary>
     void Count(MagnitudeSelection?[] selections);

@@ -166,11 +166,10 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass, IBFlo
     {
         var profile = _setup.Profile;
         var counting = _selections.Select(s => s.NeedsPasses ? s : null).ToArray();
-        var presampled = new bool[counting.Length];
-        for (var i = 0; i < counting.Length; i++)
+        var presampled = passes.Presample(counting);
+        using (PhaseProfile.Time(profile, Phase.Select))
         {
-            if (counting[i] is not { } selection || !passes.Presample(i, selection)) continue;
-            using (PhaseProfile.Time(profile, Phase.Select)) presampled[i] = selection.FinishPresample();
+            for (var i = 0; i < counting.Length; i++) presampled[i] = presampled[i] && counting[i]!.FinishPresample();
         }
         for (var pass = 0; counting.Any(s => s is not null); pass++)
         {
