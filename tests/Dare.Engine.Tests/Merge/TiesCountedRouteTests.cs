@@ -48,6 +48,7 @@ public sealed class TiesCountedRouteTests : IDisposable
         { "dare-ties", 3, null, true }, // DARE at 0.3 leaves more survivors than TIES keeps: both steps in each pass
         { "dare-ties", 4, 150_001, false },
         { "unnormalized", 3, null, false },
+        { "keep-all", 3, null, true }, // input 0 keeps everything: counted by none of the passes, untrimmed in the fused one
     };
 
     private TaskVector Plan(string kind, int inputs)
@@ -56,7 +57,12 @@ public sealed class TiesCountedRouteTests : IDisposable
         if (kind == "dare-ties") vectors = vectors.Select((v, i) => v.WithDare(new DareOptions(0.3, 11, i))).ToList();
         var weights = new TensorParameter[] { 1, kind == "unnormalized" ? -0.7 : 0.7, 1.3, 0.5 }.Take(inputs).ToArray();
         // After a DARE drop the thresholds lie among smaller δ, where the bfloat16 steps are too far apart for a bracket.
-        var keep = (kind == "dare-ties" ? new TensorParameter[] { 0.2, 0.15, 0.25, 0.1 } : new TensorParameter[] { 0.3, 0.2, 0.45, 0.1 }).Take(inputs).ToArray();
+        var keep = (kind switch
+        {
+            "dare-ties" => new TensorParameter[] { 0.2, 0.15, 0.25, 0.1 },
+            "keep-all" => new TensorParameter[] { 1, 0.2, 0.45 },
+            _ => new TensorParameter[] { 0.3, 0.2, 0.45, 0.1 },
+        }).Take(inputs).ToArray();
         return TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Ties, weights, kind != "unnormalized", 0.9, keep));
     }
 
@@ -97,6 +103,32 @@ public sealed class TiesCountedRouteTests : IDisposable
         var magnitudes = deltas[1].Select(MathF.Abs).OrderDescending().ToArray();
         var keep = (int)Math.Ceiling(0.2 * Count);
         Assert.Equal(magnitudes[keep - 1], magnitudes[keep]);
+    }
+
+    [Fact]
+    public void NaN_in_an_input_fails_before_anything_is_written_or_is_merged_as_the_general_route_merges_it()
+    {
+        var poisoned = (float[])_tuned[1].Clone();
+        poisoned[123_457] = float.NaN;
+        poisoned[250_001] = float.PositiveInfinity;
+        var model = _models.Write("poisoned", new[] { TestTensor.Bf16(Name, poisoned) });
+        foreach (var file in Directory.GetFiles(_models.PathOf("poisoned"), "*.safetensors")) File.ReadAllBytes(file);
+        var plan = TaskVector.Combine(new[] { _vectors[0], TaskVector.FromModels(_vectors[0].Base, model), _vectors[2] },
+            new MergeOptions(MergeMethod.Ties, new TensorParameter[] { 1, 1, 1 }, true, 1, new TensorParameter[] { 0.3, 0.2, 0.45 }));
+
+        var refused = new MergeExecutor();
+        var error = Assert.Throws<DareException>(() => refused.Export(plan, new ExportOptions { Destination = _models.PathOf("refused") }));
+        Assert.Equal(DareErrorId.NonFiniteValues, error.ErrorId);
+        Assert.False(Directory.Exists(_models.PathOf("refused")));
+
+        var counted = new MergeExecutor();
+        counted.Export(plan, new ExportOptions { Destination = _models.PathOf("nan-counted"), OutputDType = SafetensorsDType.F32, AllowNonFinite = true });
+        var general = new MergeExecutor { SinglePassLinear = false };
+        general.Export(plan, new ExportOptions { Destination = _models.PathOf("nan-general"), OutputDType = SafetensorsDType.F32, AllowNonFinite = true });
+
+        Assert.Equal(DareTiesKernel.Takes(3, bySignCount: false) ? 1 : 0, counted.TensorsCounted);
+        var countedFloats = TestModels.ReadFloats(Checkpoint.Open(_models.PathOf("nan-counted")), Name);
+        Reference.AssertBitEqual(TestModels.ReadFloats(Checkpoint.Open(_models.PathOf("nan-general")), Name), countedFloats, Name);
     }
 
     [Fact]
