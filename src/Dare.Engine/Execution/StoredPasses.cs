@@ -12,10 +12,14 @@ namespace Dare.Engine.Merge;
 internal sealed class StoredPasses(ChunkReader chunks, TensorInfo baseInfo, InputChain[] inputs, long chunk, FilePresample presample, CancellationToken cancellation)
     : IStoredPasses
 {
-    /// <summary>Whether the counted route can read this tensor: bfloat16 base and inputs, each fused, all in the page cache.</summary>
+    /// <summary>
+    /// Whether the counted route can read this tensor: bfloat16 base and inputs, each fused, all in the page cache, in
+    /// files that were in it before the export read them (<see cref="TensorReader.FileWasCached"/>), so that a cold
+    /// file's tensor cached by the read-ahead of its neighbour is read ahead once as the general route reads it.
+    /// </summary>
     public static bool Takes(TensorReader reader, TensorInfo baseInfo, InputChain[] inputs) =>
-        baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused) && reader.IsCached(baseInfo) &&
-        inputs.All(c => reader.IsCached(c.Tensor!.StoredBFloat16!));
+        baseInfo.DType == SafetensorsDType.BF16 && inputs.All(c => c.IsFused) &&
+        inputs.Select(c => c.Tensor!.StoredBFloat16!).Prepend(baseInfo).All(info => reader.FileWasCached(info) && reader.IsCached(info));
 
     public bool[] Presample(MagnitudeSelection?[] selections)
     {

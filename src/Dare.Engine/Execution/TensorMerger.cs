@@ -32,7 +32,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     // What ReadsOnce prepared for a tensor ahead of its merge, taken by Merge instead of preparing it again (a TIES
     // merge may have counted its inputs' DARE masks to choose its route).
     // It also decided, before anything of the tensor was read, whether it is kept as stored.
-    private readonly Dictionary<TensorInfo, (InputChain[] Inputs, TensorMergeSetup Setup, ITensorMerge Merge, bool KeepsStored)> _prepared = new();
+    // It also decided whether the counted route takes it (its inputs were in the page cache then).
+    private readonly Dictionary<TensorInfo, (InputChain[] Inputs, TensorMergeSetup Setup, ITensorMerge Merge, bool KeepsStored, bool Counted)> _prepared = new();
 
     /// <summary>The tensor backend an export runs on, or null for the SIMD kernels (the default).</summary>
     public DeviceTensorMerger? Device { get; init; }
@@ -74,7 +75,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         if (sink is ExportSink { WritesDirectly: true } export && TakesSinglePass(baseInfo, inputs))
         {
             if (merge.SinglePass is { } singlePass && StreamBFloat16(vector, baseInfo, inputs, singlePass, export, chunk, chunkCount)) return Counts(inputs, leaves, n);
-            if (merge.CountedPass is { } counted && StoredPasses.Takes(chunks.Reader, baseInfo, inputs))
+            if (merge.CountedPass is { } counted && (prepared.Merge is not null ? prepared.Counted : StoredPasses.Takes(chunks.Reader, baseInfo, inputs)))
             {
                 var storedPasses = new StoredPasses(chunks, baseInfo, inputs, chunk, FilePresample, cancellation);
                 if (counted.RunPasses(storedPasses) is { } fused && StreamBFloat16(vector, baseInfo, inputs, fused, export, chunk, chunkCount))
@@ -162,17 +163,22 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// Whether exporting this tensor reads each of its chunks once: it fits in one chunk (kept for every pass), it
     /// takes the single-pass route, or it is kept as stored for all its passes (<see cref="KeepsStored"/>, decided
     /// here whichever routes are on). The executor reads such tensors ahead into buffers of their own (<see cref="TensorReader.Prefetch"/>).
+    /// Not a tensor the counted route will take (decided here too, while its inputs are in the page cache): it reads
+    /// the page cache in every pass, and a range read ahead into a buffer would serve only the first.
     /// </summary>
     public bool ReadsOnce(TaskVector vector, TensorInfo baseInfo, ModelLayout layout, bool writesDirectly)
     {
-        if (baseInfo.ElementCount <= chunkElements) return true;
-        if (Device is not null || baseInfo.DType != SafetensorsDType.BF16) return false;
+        var oneChunk = baseInfo.ElementCount <= chunkElements;
+        if (Device is not null || baseInfo.DType != SafetensorsDType.BF16) return oneChunk;
         var (inputs, setup) = Prepare(vector, baseInfo, layout);
-        if (!inputs.All(c => c.IsFused)) return false;
+        if (!inputs.All(c => c.IsFused)) return oneChunk;
         var merge = (vector.Merge?.Method ?? MergeMethod.Linear).CreateTensorMerge(vector.Merge, setup);
-        var keepsStored = KeepsStored(baseInfo, inputs, merge);
-        _prepared[baseInfo] = (inputs, setup, merge, keepsStored);
-        return (writesDirectly && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is not null) || keepsStored;
+        var singlePass = writesDirectly && TakesSinglePass(baseInfo, inputs) && merge.SinglePass is not null;
+        var counted = writesDirectly && TakesSinglePass(baseInfo, inputs) && !singlePass && merge.CountedPass is not null &&
+            StoredPasses.Takes(chunks.Reader, baseInfo, inputs);
+        var keepsStored = !counted && KeepsStored(baseInfo, inputs, merge);
+        _prepared[baseInfo] = (inputs, setup, merge, keepsStored, counted);
+        return !counted && (oneChunk || singlePass || keepsStored);
     }
 
     /// <summary>
