@@ -366,12 +366,18 @@ public sealed class TensorReader : IDisposable
     /// </summary>
     private SafeFileHandle Handle(TensorInfo info)
     {
-        if (!_handles.TryGetValue(info.File, out var open))
+        // Locked: the presamples of several inputs read their files at once (FilePresample).
+        (SafeFileHandle Handle, FileIdentity Identity) open;
+        lock (_handles)
         {
-            open = SafetensorsFile.OpenChecked(info.File, info.FileIdentity);
-            _handles[info.File] = open;
+            if (!_handles.TryGetValue(info.File, out open))
+            {
+                open = SafetensorsFile.OpenChecked(info.File, info.FileIdentity);
+                _handles[info.File] = open;
+                return open.Handle;
+            }
         }
-        else if (info.FileIdentity is { } recorded && recorded != open.Identity)
+        if (info.FileIdentity is { } recorded && recorded != open.Identity)
         {
             throw new DareException(DareErrorId.InputChanged, DareErrorKind.InvalidData,
                 $"'{info.File}' changed after it was opened (then: {recorded}; now: {open.Identity}); nothing was written. Open the model again and rebuild the plan.")
