@@ -204,11 +204,23 @@ internal static unsafe class CombineKernels
             RunFewInputs(range, start, end, wide);
             return;
         }
+        foreach (var (partStart, partEnd, keepsTies) in TieParts(keepsTiesUntil, start, end))
+        {
+            RunFewInputs(range.WithTieBudgets(keepsTies.Select(keeps => keeps ? long.MaxValue : 0L).ToArray()), partStart, partEnd, wide);
+        }
+    }
+
+    /// <summary>
+    /// [start, end) cut where each input's tie budget runs out (input i keeps its ties before <paramref name="keepsTiesUntil"/>[i]
+    /// and none from there on): each part, and whether each input keeps its ties in it.
+    /// </summary>
+    internal static IEnumerable<(long Start, long End, bool[] KeepsTies)> TieParts(long[] keepsTiesUntil, long start, long end)
+    {
         var cuts = keepsTiesUntil.Append(start).Append(end).Distinct().Order().ToArray();
         for (var c = 0; c + 1 < cuts.Length; c++)
         {
-            var (partStart, partEnd) = (cuts[c], cuts[c + 1]);
-            RunFewInputs(range.WithTieBudgets(keepsTiesUntil.Select(until => partStart < until ? long.MaxValue : 0L).ToArray()), partStart, partEnd, wide);
+            var partStart = cuts[c];
+            yield return (partStart, cuts[c + 1], keepsTiesUntil.Select(until => partStart < until).ToArray());
         }
     }
 

@@ -56,11 +56,9 @@ internal static unsafe class DareTiesKernel
                         _ => AfterTies(inputs[i], baseValues, (uint)first, trim.KeepBits[i], ref left[i], blockStart, blockEnd),
                     };
                 }
-                var cuts = keepsTiesUntil.Append(blockStart).Append(blockEnd).Distinct().Order().ToArray();
-                for (var c = 0; c + 1 < cuts.Length; c++)
+                foreach (var (partStart, partEnd, keepsTies) in CombineKernels.TieParts(keepsTiesUntil, blockStart, blockEnd))
                 {
-                    var (partStart, partEnd) = (cuts[c], cuts[c + 1]);
-                    var keptFrom = trim.KeepBits.Select((bits, i) => partStart < keepsTiesUntil[i] || bits == uint.MaxValue ? bits : bits + 1).ToArray();
+                    var keptFrom = trim.KeepBits.Select((bits, i) => TiesCombineRange.KeptFrom(bits, keepsTies[i])).ToArray();
                     RunFor<Trimmed>(inputs, keptFrom, partStart, partEnd);
                 }
             }

@@ -27,12 +27,10 @@ internal readonly unsafe struct TiesCombineRange(IntPtr[] inputs, double[] weigh
     public double FewWeight(int i) => i < Inputs.Length ? Weights[i] : 0;
 
     /// <summary>The magnitude (as IEEE bits) from which input i is kept by a few-input operator: its threshold, or just above it when its budget keeps no ties.</summary>
-    public uint KeptFrom(int i)
-    {
-        if (i >= Inputs.Length) return 0;
-        var threshold = Thresholds[i];
-        return TieBudgets[i] == 0 && threshold != uint.MaxValue ? threshold + 1 : threshold;
-    }
+    public uint KeptFrom(int i) => i < Inputs.Length ? KeptFrom(Thresholds[i], keepsTies: TieBudgets[i] != 0) : 0;
+
+    /// <summary>The magnitude (as IEEE bits) from which a value is kept under <paramref name="threshold"/>: it, or just above it where ties are not kept (uint.MaxValue keeps nothing either way).</summary>
+    public static uint KeptFrom(uint threshold, bool keepsTies) => keepsTies || threshold == uint.MaxValue ? threshold : threshold + 1;
 
     /// <summary>Throws unless there are <paramref name="count"/> inputs, each keeping all its ties or none (what the few-input operators take).</summary>
     public void CheckFewInputs(int count)
