@@ -256,8 +256,11 @@ function Get-MachineDescription {
     $os = if (Test-Path /etc/os-release) { (Select-String -Path /etc/os-release -Pattern '^PRETTY_NAME="?([^"]*)"?').Matches[0].Groups[1].Value } else { 'unknown' }
     $commit = (& git -C $root rev-parse --short HEAD 2>$null)
     $dirty = if (& git -C $root status --porcelain --untracked-files=no -- src 2>$null) { ' (src modified)' } else { '' }
+    # The kernels differ by instruction set: the fused single passes and TIES's counted route need AVX-512 (bench README item 30).
+    $flags = @((Select-String -Path /proc/cpuinfo -Pattern '^flags\s*:\s*(.*)$' | Select-Object -First 1).Matches[0].Groups[1].Value -split ' ')
+    $vectors = if ('avx512f' -in $flags) { 'AVX-512 (16-lane kernels, fused single passes)' } elseif ('avx2' -in $flags) { 'AVX2, no AVX-512 (8-lane kernels, no fused single passes)' } else { 'no AVX2' }
     [ordered]@{
-        'CPU' = "$cpu, nproc $(& nproc)"
+        'CPU' = "$cpu, nproc $(& nproc), $vectors"
         'RAM' = '{0:0.0} GiB' -f ($memKb / 1MB)
         'OS' = "$os, kernel $(& uname -r)"
         'Runtime' = ".NET $([Environment]::Version), PowerShell $($PSVersionTable.PSVersion)"
