@@ -119,6 +119,29 @@ public sealed class BufferedReadAheadTests : IDisposable
     }
 
     [Fact]
+    public void A_range_asked_for_again_after_its_tensor_was_released_is_read_again()
+    {
+        var (path, a, _) = ColdFile("again.safetensors");
+        using var file = File.OpenHandle(path);
+        var descriptor = (int)file.DangerousGetHandle();
+        const long Piece = 1 << 20;
+        using var readAhead = new BufferedReadAhead(budget: 64L << 20);
+        // Many ranges at once, as a merge in small chunks asks for them; the last is asked for twice.
+        for (var k = 0; k < 2000; k++) readAhead.Fetch(descriptor, "a", a.DataOffset + k * 4L, 4);
+        readAhead.Fetch(descriptor, "a", a.DataOffset + 1999 * 4L, 4);
+        readAhead.Fetch(descriptor, "a", a.DataOffset, Piece);
+        readAhead.Release("a");
+        readAhead.Drain();
+        Assert.Equal(0, readAhead.BytesInUse);
+        Assert.Null(readAhead.Take(descriptor, a.DataOffset, Piece));
+
+        readAhead.Fetch(descriptor, "a", a.DataOffset, Piece);
+        readAhead.Drain();
+        AssertServedFromBuffer(readAhead, descriptor, a.DataOffset, 0, Piece);
+        Assert.Equal(1, readAhead.Served);
+    }
+
+    [Fact]
     public void A_range_read_ahead_and_never_read_is_freed_when_its_tensor_is_released()
     {
         var (_, a, b) = ColdFile("unread.safetensors");
