@@ -41,6 +41,9 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
     /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/>.</summary>
     public double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
 
+    /// <summary>See <see cref="TensorMergeSetup.FusedOnAnyProcessor"/>.</summary>
+    public bool FusedOnAnyProcessor { get; init; }
+
     /// <summary>Tensors merged by a counted route (<see cref="IBFloat16CountedPass"/>).</summary>
     public int TensorsCounted { get; private set; }
 
@@ -132,7 +135,7 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         if (vector.Leaves.Any(l => l.Della is not null)) chunk = Math.Max(1, chunk / rowLength) * rowLength;
         var inputs = vector.Leaves.Select(l => new InputChain(l.Input.Open(baseInfo), DareDrop.For(l.Dare, position, n), DellaDrop.For(l.Della, position, n, rowLength),
             BreadcrumbsPrune.For(l.Breadcrumbs, position, n))).ToArray();
-        return (inputs, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = rowLength, Shape = baseInfo.Shape, SurvivorSigmas = SurvivorSigmas });
+        return (inputs, new TensorMergeSetup(position, n, chunk, inputs, chunks.Profile) { RowLength = rowLength, Shape = baseInfo.Shape, SurvivorSigmas = SurvivorSigmas, FusedOnAnyProcessor = FusedOnAnyProcessor });
     }
 
     /// <summary>

@@ -17,8 +17,13 @@ namespace Dare.Engine.Merge;
 /// </summary>
 internal static unsafe class DareTiesKernel
 {
-    /// <summary>Whether the fused pass takes a merge of <paramref name="inputs"/> inputs electing by sum (by sign count it does not).</summary>
-    public static bool Takes(int inputs, bool bySignCount) => DareLinearKernel.Preferred && !bySignCount && inputs is >= 1 and <= 4;
+    /// <summary>
+    /// Whether the fused pass takes a merge of <paramref name="inputs"/> inputs electing by sum (by sign count it does
+    /// not) on this processor; with <paramref name="anyProcessor"/> also where its vector bodies would not run (tests:
+    /// its scalar bodies then do the same work, so the routes built on it are tested on any machine).
+    /// </summary>
+    public static bool Takes(int inputs, bool bySignCount, bool anyProcessor = false) =>
+        (anyProcessor || DareLinearKernel.Preferred) && !bySignCount && inputs is >= 1 and <= 4;
 
     /// <summary>
     /// Elements [first, first + count) of the chunk: the TIES of every input's masked δ, trimmed by <paramref name="trim"/>

@@ -84,6 +84,12 @@ public sealed class MergeExecutor
     /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/> (changed only in tests).</summary>
     internal double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
 
+    /// <summary>
+    /// Take the fused TIES routes (the single pass, the counted route) even where the processor lacks AVX-512 and
+    /// their scalar bodies run instead (tests only: so that the routes are tested on every machine; the same bytes).
+    /// </summary>
+    internal bool FusedOnAnyProcessor { get; init; }
+
     /// <summary>Writes base + λ·δ (or δ alone) as a Hugging Face model folder, atomically.</summary>
     public ExportResult Export(TaskVector vector, ExportOptions options)
     {
@@ -206,7 +212,7 @@ public sealed class MergeExecutor
         // Disposed first: waits for the writes still queued before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
         using var device = backend is null ? null : new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose);
-        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device, SurvivorSigmas = SurvivorSigmas };
+        var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device, SurvivorSigmas = SurvivorSigmas, FusedOnAnyProcessor = FusedOnAnyProcessor };
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>
         {

@@ -10,6 +10,9 @@ internal sealed record TensorMergeSetup(TensorPosition Position, long ElementCou
     /// <summary>See <see cref="TiesTensorMerge.DefaultSurvivorSigmas"/> (tests set it below 0 to make every proof wait for the first chunk).</summary>
     public double SurvivorSigmas { get; init; } = TiesTensorMerge.DefaultSurvivorSigmas;
 
+    /// <summary>Take the fused TIES routes on any processor (tests; see <see cref="DareTiesKernel.Takes"/>).</summary>
+    public bool FusedOnAnyProcessor { get; init; }
+
     /// <summary>Elements per row (the last dimension; the whole tensor for a vector), for methods that work row by row.</summary>
     public long RowLength { get; init; } = Math.Max(1, ElementCount);
 

@@ -139,7 +139,7 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass, IBFlo
             var trim = new TiesTrim(keepBits, budgets);
             return DareTiesKernel.MergeChunk(baseBits, sources, _weights, _options.Normalize, _options.Lambda, target, first, count, trim);
         }
-        if (DareTiesKernel.Takes(sources.Length, bySignCount))
+        if (DareTiesKernel.Takes(sources.Length, bySignCount, _setup.FusedOnAnyProcessor))
         {
             return DareTiesKernel.MergeChunk(baseBits, sources, _weights, _options.Normalize, _options.Lambda, target, first, count);
         }
@@ -153,7 +153,7 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass, IBFlo
     /// (its δ computed from the stored bytes, no L1 rescale), in chunks a sample can span.
     /// </summary>
     public IBFloat16CountedPass? CountedPass =>
-        DareTiesKernel.Takes(_selections.Length, _options.SignMethod == SignMethod.Count) && _setup.ElementCount >= MinCountedElements &&
+        DareTiesKernel.Takes(_selections.Length, _options.SignMethod == SignMethod.Count, _setup.FusedOnAnyProcessor) && _setup.ElementCount >= MinCountedElements &&
         _setup.ChunkElements <= MagnitudeSelection.MaxSpan && _setup.Inputs.All(c => c.IsFused) && _selections.Any(s => s.NeedsPasses) ? this : null;
 
     /// <summary>
