@@ -72,6 +72,7 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
     /// took minutes (a 300K-element tensor in chunks of 7).
     /// </summary>
     private readonly Dictionary<(int, long, long), Range> _asked = new();
+
     private readonly ReadBufferPool _pool;
     private readonly Thread[] _readers;
     private bool _stopping;
@@ -130,8 +131,9 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
     {
         lock (_ranges)
         {
+            if (_asked.ContainsKey((descriptor, offset, length))) return;
             var range = new Range(descriptor, tensor, offset, length);
-            if (!_asked.TryAdd(range.Key, range)) return;
+            _asked.Add(range.Key, range);
             _ranges.Add(range);
             Monitor.PulseAll(_ranges);
         }
