@@ -55,6 +55,9 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
         public State State;
         public bool Abandoned;
 
+        /// <summary>Where it is in <see cref="_ranges"/> (no longer in it once taken or cancelled).</summary>
+        public LinkedListNode<Range>? Node;
+
         public (int, long, long) Key => (Descriptor, Offset, Length);
 
         public bool Covers(int descriptor, long offset, long length) => descriptor == Descriptor && offset >= Offset && offset + length <= Offset + Length;
@@ -63,8 +66,11 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
         public void CopyTo(long offset, byte* destination, int size) => System.Buffer.MemoryCopy(Buffer + (offset - BufferStart), destination, size, size);
     }
 
-    /// <summary>Ranges asked for and not yet taken, in order; locking it guards every field, and it is the signal for changes.</summary>
-    private readonly List<Range> _ranges = new();
+    /// <summary>
+    /// Ranges asked for and not yet taken, in order; locking it guards every field, and it is the signal for changes.
+    /// A linked list: a merge takes ranges from the middle (each input's next chunk), thousands of them in small chunks.
+    /// </summary>
+    private readonly LinkedList<Range> _ranges = new();
 
     /// <summary>
     /// The ranges of <see cref="_ranges"/> that a <see cref="Fetch"/> of the same bytes finds (not abandoned), by
@@ -134,7 +140,7 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
             if (_asked.ContainsKey((descriptor, offset, length))) return;
             var range = new Range(descriptor, tensor, offset, length);
             _asked.Add(range.Key, range);
-            _ranges.Add(range);
+            range.Node = _ranges.AddLast(range);
             Monitor.PulseAll(_ranges);
         }
     }
@@ -149,7 +155,7 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
                 while (true)
                 {
                     if (_stopping) return;
-                    var candidate = _awaited is { State: State.Queued } awaited ? awaited : _ranges.Find(r => r.State == State.Queued);
+                    var candidate = _awaited is { State: State.Queued } awaited ? awaited : _ranges.FirstOrDefault(r => r.State == State.Queued);
                     var waiting = Waiting;
                     if (candidate is not null && (candidate == _awaited || waiting == 0 || waiting + candidate.Capacity <= _budget))
                     {
@@ -187,7 +193,7 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
                     _reserved -= next.Capacity;
                     next.State = ready ? State.Ready : State.Unavailable;
                     if (!ready || next.Abandoned) ReturnBuffer(next);
-                    if (next.Abandoned) _ranges.Remove(next);
+                    if (next.Abandoned) Unlink(next);
                     Monitor.PulseAll(_ranges);
                 }
             }
@@ -252,7 +258,8 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
     {
         lock (_ranges)
         {
-            var range = _ranges.Find(r => r.Covers(descriptor, offset, length));
+            // The exact range asked for, as the merge takes them; else the first that holds these bytes.
+            var range = _asked.GetValueOrDefault((descriptor, offset, length)) ?? _ranges.FirstOrDefault(r => r.Covers(descriptor, offset, length));
             if (range is null) return null;
             while (range.State is State.Queued or State.Reading)
             {
@@ -261,7 +268,7 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
                 Monitor.Wait(_ranges);
             }
             _awaited = null;
-            _ranges.Remove(range);
+            Unlink(range);
             Forget(range);
             Monitor.PulseAll(_ranges);
             if (range.State != State.Ready) return null;
@@ -288,17 +295,28 @@ internal sealed unsafe partial class BufferedReadAhead : IDisposable
     {
         lock (_ranges)
         {
-            bool Matches(Range r) => tensor is null || string.Equals(r.Tensor, tensor, StringComparison.Ordinal);
-            foreach (var range in _ranges)
+            for (var node = _ranges.First; node is not null;)
             {
-                if (!Matches(range)) continue;
+                var range = node.Value;
+                node = node.Next;
+                if (tensor is not null && !string.Equals(range.Tensor, tensor, StringComparison.Ordinal)) continue;
                 Forget(range);
-                if (range.State == State.Reading) range.Abandoned = true; // its reader frees it when the read returns
-                else ReturnBuffer(range);
+                if (range.State == State.Reading)
+                {
+                    range.Abandoned = true; // its reader frees it when the read returns
+                    continue;
+                }
+                ReturnBuffer(range);
+                Unlink(range);
             }
-            _ranges.RemoveAll(r => Matches(r) && r.State != State.Reading);
             Monitor.PulseAll(_ranges);
         }
+    }
+
+    /// <summary>Takes <paramref name="range"/> out of <see cref="_ranges"/> if it is still there (an abandoned one its reader may have taken out).</summary>
+    private void Unlink(Range range)
+    {
+        if (range.Node?.List is not null) _ranges.Remove(range.Node);
     }
 
     /// <summary>Takes <paramref name="range"/> out of what <see cref="Fetch"/> finds (a range asked for again since it was abandoned stays).</summary>
