@@ -247,21 +247,34 @@ internal static unsafe class CombineKernels
         for (; j <= end - 8; j += 8)
         {
             var ties = Vector256.Equals(Vector256.Load(bits + j) & Vector256.Create(0x7FFFFFFFu), limit).ExtractMostSignificantBits();
-            var count = BitOperations.PopCount(ties);
-            if (count < budget)
-            {
-                budget -= count;
-                continue;
-            }
-            // The budget runs out in this vector: at its budget-th tie.
-            for (; budget > 1; budget--) ties &= ties - 1;
-            return j + BitOperations.TrailingZeroCount(ties) + 1;
+            if (TiesRunOut(ties, ref budget, out var after)) return j + after;
         }
         for (; j < end; j++)
         {
             if ((bits[j] & 0x7FFFFFFF) == threshold && --budget == 0) return j + 1;
         }
         return end;
+    }
+
+    /// <summary>
+    /// Consumes one vector's ties (a bit per lane whose magnitude is the threshold) from <paramref name="budget"/>:
+    /// false while the budget outlasts them; true where it runs out, with <paramref name="after"/> the lane just after
+    /// its budget-th tie (the budget then is 0). Both cuts of a tie budget use it: here over stored δ, and in the fused
+    /// TIES pass over δ computed in registers (<see cref="DareTiesKernel"/>).
+    /// </summary>
+    internal static bool TiesRunOut(ulong ties, ref long budget, out int after)
+    {
+        after = 0;
+        var count = BitOperations.PopCount(ties);
+        if (count < budget)
+        {
+            budget -= count;
+            return false;
+        }
+        for (; budget > 1; budget--) ties &= ties - 1;
+        budget = 0;
+        after = BitOperations.TrailingZeroCount(ties) + 1;
+        return true;
     }
 
     /// <summary>The sign-by-sum TIES combine of elements [start, end) for any number of inputs, with the vector scratch allocated once for the range.</summary>

@@ -96,15 +96,7 @@ internal static unsafe class DareTiesKernel
         {
             var delta = input.Delta(j, FusedInput.Widen(baseValues + j), DareMask.GoldenProducts16(low + (uint)j), ref noDrops);
             var ties = Vector512.Equals(delta.AsUInt32() & Vector512.Create(0x7FFFFFFFu), Vector512.Create(threshold)).ExtractMostSignificantBits();
-            var count = BitOperations.PopCount(ties);
-            if (count < budget)
-            {
-                budget -= count;
-                continue;
-            }
-            for (; budget > 1; budget--) ties &= ties - 1;
-            budget = 0;
-            return j + BitOperations.TrailingZeroCount(ties) + 1;
+            if (CombineKernels.TiesRunOut(ties, ref budget, out var after)) return j + after;
         }
         for (; j < end; j++)
         {
