@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Merge;
@@ -23,21 +24,7 @@ internal sealed class StoredPasses(ChunkReader chunks, TensorInfo baseInfo, Inpu
 
     public bool[] Presample(MagnitudeSelection?[] selections)
     {
-        var added = new bool[selections.Length];
-        if (!selections.Any(s => s is not null)) return added;
-        using (PhaseProfile.Time(chunks.Profile, Phase.Select))
-        {
-            presample.ReadBase(baseInfo, inputs.Length);
-            // Each input on a core of its own: most of a presample is its reads' system calls, on one thread it is
-            // ~10 % of a large TIES export while the other core waits.
-            Partition.Each(selections.Length, i =>
-            {
-                if (selections[i] is not { } selection || !presample.Takes(baseInfo, inputs[i], knownCached: true)) return;
-                presample.Add(inputs[i], selection, slot: i);
-                added[i] = true;
-            });
-        }
-        return added;
+        using (PhaseProfile.Time(chunks.Profile, Phase.Select)) return presample.Add(baseInfo, inputs, selections, knownCached: true);
     }
 
     public void Count(MagnitudeSelection?[] selections)
@@ -65,19 +52,14 @@ internal sealed class StoredPasses(ChunkReader chunks, TensorInfo baseInfo, Inpu
 }
 
 /// <summary>
-/// TIES presamples read from the files of tensors in the page cache (<see cref="ChunkKernels.PresampleRuns"/>): a few
-/// thousand reads of 512 bytes, ~10 ms for a 65M-element tensor here; the base's runs are read once per tensor. One
-/// reader serves every tensor of an export and reuses its buffers: runs read into fresh arrays for each tensor (large
-/// objects, freed only by a full collection) grew a large TIES export's memory by ~100 MB. Inputs in different slots
-/// may be presampled at once, on different threads, once the base's runs are read.
+/// TIES presamples read from the files of tensors in the page cache: a few thousand reads of 512 bytes, ~10 ms for a
+/// 65M-element tensor here, split between the cores. One reader serves every tensor of an export.
 /// </summary>
 internal sealed class FilePresample(TensorReader reader)
 {
-    private ushort[] _baseRuns = Array.Empty<ushort>();
-    private ushort[][] _tunedRuns = Array.Empty<ushort[]>();
-    private TensorInfo? _base;
+    private TensorInfo? _last;
 
-    /// <summary>Tensors whose base runs were read (a tensor presampled again by the general route after a counted one gave way counts once).</summary>
+    /// <summary>Tensors presampled (a tensor presampled again by the general route after a counted one gave way counts once).</summary>
     public int Tensors { get; private set; }
 
     /// <summary>Whether <paramref name="input"/>'s files can give a presample of tensor <paramref name="baseInfo"/> (<paramref name="knownCached"/>: the caller found them in the page cache already).</summary>
@@ -86,44 +68,39 @@ internal sealed class FilePresample(TensorReader reader)
         (knownCached || (reader.IsCached(baseInfo) && reader.IsCached(input.Tensor!.StoredBFloat16!)));
 
     /// <summary>
-    /// Reads the base's runs of tensor <paramref name="baseInfo"/>, unless they are read already, and makes room for
-    /// <paramref name="inputs"/> inputs' runs (one buffer each, so that they can be added at once).
+    /// Adds input i's presample of tensor <paramref name="baseInfo"/> to <paramref name="selections"/>[i] (null: none
+    /// wanted) for each input whose files can give one (<see cref="Takes"/>); returns which were added. Each core reads
+    /// its share of the base's runs and of every input's (<see cref="ChunkKernels.ForPresampleParts"/>): a presample is
+    /// mostly its reads' system calls.
     /// </summary>
-    public void ReadBase(TensorInfo baseInfo, int inputs)
+    public unsafe bool[] Add(TensorInfo baseInfo, InputChain[] inputs, MagnitudeSelection?[] selections, bool knownCached = false)
     {
-        if (inputs > _tunedRuns.Length)
+        var added = selections.Select((s, i) => s is not null && Takes(baseInfo, inputs[i], knownCached)).ToArray();
+        if (!added.Contains(true)) return added;
+        var n = baseInfo.ElementCount;
+        ChunkKernels.ForPresampleParts(n, (first, runs) =>
         {
-            var old = _tunedRuns.Length;
-            Array.Resize(ref _tunedRuns, inputs);
-            for (var i = old; i < inputs; i++) _tunedRuns[i] = Array.Empty<ushort>();
-        }
-        if (ReferenceEquals(_base, baseInfo)) return;
-        ReadRuns(baseInfo, ref _baseRuns);
-        _base = baseInfo;
-        Tensors++;
-    }
-
-    /// <summary>
-    /// Adds <paramref name="input"/>'s presample of the tensor whose base runs were read last (<see cref="ReadBase"/>)
-    /// to <paramref name="selection"/>, reading its runs into buffer <paramref name="slot"/>; the caller checked <see cref="Takes"/>.
-    /// </summary>
-    public unsafe void Add(InputChain input, MagnitudeSelection selection, int slot = 0)
-    {
-        if (_base is null) throw new InvalidOperationException("The base's runs are not read.");
-        if (slot >= _tunedRuns.Length) throw new ArgumentOutOfRangeException(nameof(slot), "Input slot past those ReadBase made room for.");
-        var (dare, key, threshold, scale) = input.FusedDrop;
-        ReadRuns(input.Tensor!.StoredBFloat16!, ref _tunedRuns[slot]);
-        fixed (ushort* baseBits = _baseRuns, tunedBits = _tunedRuns[slot])
-        {
-            ChunkKernels.PresampleRuns(baseBits, tunedBits, _base.ElementCount, dare, key, threshold, scale, selection);
-        }
-    }
-
-    /// <summary>The presample's runs of a tensor, read from its file into <paramref name="bits"/> (grown when too small).</summary>
-    private unsafe void ReadRuns(TensorInfo info, ref ushort[] bits)
-    {
-        var runs = (info.ElementCount + ChunkKernels.PresampleSpacing - 1) / ChunkKernels.PresampleSpacing;
-        if (bits.Length < runs * ChunkKernels.PresampleRun) bits = new ushort[runs * ChunkKernels.PresampleRun];
-        fixed (ushort* destination = bits) reader.ReadRuns(info, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, (byte*)destination);
+            var length = runs * ChunkKernels.PresampleRun;
+            var baseRuns = (ushort*)NativeMemory.Alloc((nuint)(2 * length), sizeof(ushort));
+            var tunedRuns = baseRuns + length;
+            try
+            {
+                reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, runs, (byte*)baseRuns);
+                for (var i = 0; i < inputs.Length; i++)
+                {
+                    if (!added[i]) continue;
+                    reader.ReadRuns(inputs[i].Tensor!.StoredBFloat16!, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, runs, (byte*)tunedRuns);
+                    var (dare, key, threshold, scale) = inputs[i].FusedDrop;
+                    selections[i]!.AddPresample(ChunkKernels.PresampleTable(baseRuns, tunedRuns, n, ChunkKernels.PresampleRun, first, runs, dare, key, threshold, scale));
+                }
+            }
+            finally
+            {
+                NativeMemory.Free(baseRuns);
+            }
+        });
+        if (!ReferenceEquals(_last, baseInfo)) Tensors++;
+        _last = baseInfo;
+        return added;
     }
 }

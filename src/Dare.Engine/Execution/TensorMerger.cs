@@ -375,34 +375,35 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         }
 
         /// <summary>
-        /// From the stored bytes of a tensor kept as stored; or, for a tensor of several chunks in the page cache, from
-        /// the files (<see cref="FilePresample"/>), which spares the bracket pass its δ of the whole tensor, computed
-        /// from the stored bytes once more. A tensor of one chunk keeps its δ in memory between passes; reading its
-        /// runs cost more than that pass.
+        /// From the stored bytes of a tensor kept as stored; otherwise from the files of a tensor in the page cache
+        /// (<see cref="FilePresample"/>), which spares the bracket pass its read of every δ, also for a tensor of one
+        /// chunk (whose δ stays in memory between passes: reading the runs still costs less than that pass).
         /// </summary>
-        public unsafe bool Presample(int input, MagnitudeSelection selection)
+        public unsafe bool[] Presample(MagnitudeSelection?[] selections)
         {
-            if (!inputs[input].IsFused) return false;
-            var (dare, key, threshold, scale) = inputs[input].FusedDrop;
-            var n = baseInfo.ElementCount;
-            if (KeepsStored)
+            if (!KeepsStored)
             {
-                _stored ??= ReadStored();
-                using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select))
-                {
-                    ChunkKernels.Presample((ushort*)_stored[0].Data, (ushort*)_stored[input + 1].Data, n, dare, key, threshold, scale, selection);
-                }
-                return true;
+                using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select)) return merger.FilePresample.Add(baseInfo, inputs, selections);
             }
-            if (chunkCount == 1) return false;
-            var files = merger.FilePresample;
-            if (!files.Takes(baseInfo, inputs[input])) return false;
+            var added = selections.Select((s, i) => s is not null && inputs[i].IsFused).ToArray();
+            if (!added.Contains(true)) return added;
+            _stored ??= ReadStored();
+            var n = baseInfo.ElementCount;
             using (PhaseProfile.Time(merger.Chunks.Profile, Phase.Select))
             {
-                files.ReadBase(baseInfo, inputs.Length);
-                files.Add(inputs[input], selection, slot: input);
+                ChunkKernels.ForPresampleParts(n, (first, runs) =>
+                {
+                    var at = first * ChunkKernels.PresampleSpacing;
+                    for (var i = 0; i < inputs.Length; i++)
+                    {
+                        if (!added[i]) continue;
+                        var (dare, key, threshold, scale) = inputs[i].FusedDrop;
+                        selections[i]!.AddPresample(ChunkKernels.PresampleTable((ushort*)_stored[0].Data + at, (ushort*)_stored[i + 1].Data + at, n,
+                            ChunkKernels.PresampleSpacing, first, runs, dare, key, threshold, scale));
+                    }
+                });
             }
-            return true;
+            return added;
         }
 
         /// <summary>

@@ -101,30 +101,42 @@ internal static unsafe partial class ChunkKernels
     /// took 10–16 ms for a 45M-element tensor here (a cache and TLB miss per run), runs of 256 every 16,411 2–6 ms.
     /// </summary>
     public static void Presample(ushort* baseBits, ushort* tunedBits, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection) =>
-        selection.AddPresample(PresampleTable(baseBits, tunedBits, count, PresampleSpacing, dare, key, threshold, scale));
+        selection.AddPresample(PresampleTable(baseBits, tunedBits, count, PresampleSpacing, 0, PresampleRuns(count), dare, key, threshold, scale));
+
+    /// <summary>How many presample runs a tensor of <paramref name="count"/> elements has.</summary>
+    public static long PresampleRuns(long count) => (count + PresampleSpacing - 1) / PresampleSpacing;
 
     /// <summary>
-    /// <see cref="Presample"/> from the runs alone, one after the other (run r at r × <see cref="PresampleRun"/>), as
-    /// <see cref="Safetensors.TensorReader.ReadRuns"/> reads them from a file: the same elements, the same presample.
+    /// The presample runs of a tensor of <paramref name="count"/> elements split between the cores: <paramref name="body"/>(first
+    /// run, runs) on each, in parallel. Split by run rather than by input, so that three inputs on two cores keep both busy.
     /// </summary>
-    public static void PresampleRuns(ushort* baseRuns, ushort* tunedRuns, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection) =>
-        selection.AddPresample(PresampleTable(baseRuns, tunedRuns, count, PresampleRun, dare, key, threshold, scale));
+    public static void ForPresampleParts(long count, Action<long, long> body)
+    {
+        var runs = PresampleRuns(count);
+        var parts = (int)Math.Min(Environment.ProcessorCount, runs);
+        Partition.Each(parts, p => body(runs * p / parts, runs * (p + 1) / parts - runs * p / parts));
+    }
 
     /// <summary>
-    /// The presample's coarse-bin counts (the calling thread's sample table, see <see cref="MagnitudeSelection.RentSampleTable"/>),
-    /// with run r at r × <paramref name="runStride"/> elements of the two arrays.
+    /// The presample's coarse-bin counts of runs [<paramref name="firstRun"/>, firstRun + <paramref name="runs"/>) of a
+    /// tensor of <paramref name="count"/> elements (the calling thread's sample table, see <see cref="MagnitudeSelection.RentSampleTable"/>):
+    /// run firstRun + r at r × <paramref name="runStride"/> elements of the two arrays, so the arrays are either the
+    /// tensor from run firstRun's first element on (stride <see cref="PresampleSpacing"/>) or the runs one after the
+    /// other, as <see cref="Safetensors.TensorReader.ReadRuns"/> reads them from a file (stride <see cref="PresampleRun"/>).
     /// </summary>
-    internal static uint[] PresampleTable(ushort* baseBits, ushort* tunedBits, long count, long runStride, bool dare, ulong key, uint threshold, float scale)
+    internal static uint[] PresampleTable(ushort* baseBits, ushort* tunedBits, long count, long runStride, long firstRun, long runs, bool dare, ulong key, uint threshold,
+        float scale)
     {
         var table = MagnitudeSelection.RentSampleTable();
-        for (long start = 0, at = 0; start < count; start += PresampleSpacing, at += runStride)
+        var delta = stackalloc float[PresampleRun];
+        for (var r = 0L; r < runs; r++)
         {
-            for (var j = start; j < Math.Min(count, start + PresampleRun); j++)
-            {
-                var delta = WidenSubtractBFloat16Operator.Difference(tunedBits[at + j - start], baseBits[at + j - start]);
-                if (dare) delta = DareMask.IsDropped(key, j, threshold) ? 0f : delta * scale;
-                table[(BitConverter.SingleToUInt32Bits(delta) & 0x7FFFFFFF) >> 16]++;
-            }
+            var start = (firstRun + r) * PresampleSpacing;
+            var length = Math.Min(PresampleRun, count - start);
+            if (length <= 0) break;
+            WidenSubtractBFloat16(tunedBits + r * runStride, baseBits + r * runStride, delta, length);
+            if (dare) DareMask.Apply(delta, start, length, key, threshold, scale);
+            for (var j = 0; j < length; j++) table[(BitConverter.SingleToUInt32Bits(delta[j]) & 0x7FFFFFFF) >> 16]++;
         }
         return table;
     }

@@ -31,12 +31,12 @@ internal interface IChunkPasses
     void ForEachChunk(Action<long, ChunkView, ChunkView[]> body);
 
     /// <summary>
-    /// Adds a sample of input <paramref name="input"/>'s δ to <paramref name="selection"/>'s presample before the first
-    /// pass (<see cref="MagnitudeSelection.AddPresample"/>), when the tensor is in memory already (kept as stored) or
-    /// has several chunks in the page cache, so that the first pass can count a bracket instead of sampling. False
-    /// when it is not, and nothing was added.
+    /// Adds a sample of each input i's δ to <paramref name="selections"/>[i]'s presample (null: none wanted) before the
+    /// first pass (<see cref="MagnitudeSelection.AddPresample"/>), when the tensor is in memory already (kept as stored)
+    /// or in the page cache, so that the first pass can count a bracket instead of sampling; inputs at once. Returns
+    /// which were added.
     /// </summary>
-    bool Presample(int input, MagnitudeSelection selection);
+    bool[] Presample(MagnitudeSelection?[] selections);
 }
 
 /// <summary>
@@ -91,7 +91,7 @@ internal interface IBFloat16CountedPass
 /// <summary>Counting passes over a tensor's chunks as stored (<see cref="ChunkKernels.CountFromBFloat16"/>).</summary>
 internal interface IStoredPasses
 {
-    /// <summary>As <see cref="IChunkPasses.Presample"/>, from the files, for every input i with a selection (inputs at once); returns which were added.</summary>
+    /// <summary>As <see cref="IChunkPasses.Presample"/>, from the files.</summary>
     bool[] Presample(MagnitudeSelection?[] selections);
 
     /// <summary>One pass over every chunk: input i's δ into <paramref name="selections"/>[i]'s sample or planned bracket (null: not counted).</summary>

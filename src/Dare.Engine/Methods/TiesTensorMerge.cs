@@ -5,7 +5,7 @@ namespace Dare.Engine.Merge;
 /// <summary>
 /// TIES for one tensor. The magnitude thresholds (see <see cref="MagnitudeSelection"/>) come from passes over the
 /// chunks: the first samples δ (inside the fused δ kernel when it can), which usually settles the threshold or brackets
-/// it for one more pass; a tensor kept as stored is presampled before its first pass, which then counts the bracket
+/// it for one more pass; a tensor kept as stored or in the page cache is presampled before its first pass, which then counts the bracket
 /// itself; the exact coarse and fine passes run only when a sample misled. The combine then trims as
 /// it reads (<see cref="CombineKernels.Ties"/>). When every input's trim keeps all its non-zero values (no trim, or a
 /// DARE drop that leaves no more survivors than TIES keeps, the usual DARE-TIES case), no pass is needed and the merge
@@ -201,13 +201,13 @@ internal sealed class TiesTensorMerge : ITensorMerge, IBFloat16SinglePass, IBFlo
         var steps = new SelectionStep[_selections.Length];
         if (_selections.Any(s => s.NeedsPasses))
         {
-            // A tensor kept as stored is in memory before its first pass: a presample of it plans each bracket, and the
-            // first pass counts the bracket as it computes δ instead of sampling, so the bracket pass is not needed.
-            var presampled = new bool[_selections.Length];
-            for (var i = 0; i < _selections.Length; i++)
+            // A tensor kept as stored or in the page cache can be presampled before its first pass: the presample plans
+            // each bracket, and the first pass counts the bracket as it computes δ instead of sampling, so the bracket
+            // pass is not needed.
+            var presampled = passes.Presample(_selections.Select((s, i) => s.NeedsPasses && _sampleWhileReading[i] ? s : null).ToArray());
+            using (PhaseProfile.Time(profile, Phase.Select))
             {
-                if (!_selections[i].NeedsPasses || !_sampleWhileReading[i] || !passes.Presample(i, _selections[i])) continue;
-                using (PhaseProfile.Time(profile, Phase.Select)) presampled[i] = _selections[i].FinishPresample();
+                for (var i = 0; i < _selections.Length; i++) presampled[i] = presampled[i] && _selections[i].FinishPresample();
             }
             passes.ForEachChunk((first, deltas) =>
             {

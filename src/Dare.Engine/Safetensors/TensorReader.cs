@@ -138,19 +138,21 @@ public sealed class TensorReader : IDisposable
     }
 
     /// <summary>
-    /// Runs of <paramref name="run"/> elements, one starting every <paramref name="spacing"/> elements of the tensor
-    /// (the last cut at its end), read one after the other into <paramref name="destination"/> (run r at r ×
-    /// <paramref name="run"/> elements): a sample of a tensor in the page cache, a few hundred bytes per read. Not
-    /// scanned for NaN/Inf (the merge's own reads of the same bytes are).
+    /// Runs [<paramref name="firstRun"/>, firstRun + <paramref name="runs"/>) of <paramref name="run"/> elements, run r
+    /// starting at element r × <paramref name="spacing"/> of the tensor (the last cut at its end), read one after the
+    /// other into <paramref name="destination"/> (run firstRun + i at i × <paramref name="run"/> elements): a sample of
+    /// a tensor in the page cache, a few hundred bytes per read. Not scanned for NaN/Inf (the merge's own reads of the
+    /// same bytes are).
     /// </summary>
-    public unsafe void ReadRuns(TensorInfo info, long spacing, int run, byte* destination)
+    public unsafe void ReadRuns(TensorInfo info, long spacing, int run, long firstRun, long runs, byte* destination)
     {
         if (info.Assembly is not null) throw new InvalidOperationException($"Tensor '{info.Name}' is assembled from pieces; it has no runs of its own to read.");
         var handle = Handle(info);
         var elementSize = info.DType.ElementSize();
         var n = info.ElementCount;
-        for (long start = 0, at = 0; start < n; start += spacing, at += run * elementSize)
+        for (long r = 0, at = 0; r < runs && (firstRun + r) * spacing < n; r++, at += run * elementSize)
         {
+            var start = (firstRun + r) * spacing;
             ReadAll(info, handle, info.DataOffset + start * elementSize, destination + at, Math.Min(run, n - start) * elementSize);
         }
     }

@@ -149,17 +149,38 @@ public sealed unsafe class PresampledBracketTests
         {
             fixed (ushort* b = baseRuns, t = tunedRuns)
             {
-                reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, (byte*)b);
-                reader.ReadRuns(tunedInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, (byte*)t);
+                reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, 0, runs, (byte*)b);
+                reader.ReadRuns(tunedInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, 0, runs, (byte*)t);
             }
         }
         Assert.Equal(baseBits.AsSpan(60 * 16_411, 100).ToArray(), baseRuns.AsSpan(60 * 256, 100).ToArray());
         uint[] fromMemory, fromRuns;
-        fixed (ushort* b = baseBits, t = tunedBits) fromMemory = ChunkKernels.PresampleTable(b, t, n, ChunkKernels.PresampleSpacing, dare, key, threshold, scale).AsSpan(0, 1 << 16).ToArray();
-        fixed (ushort* b = baseRuns, t = tunedRuns) fromRuns = ChunkKernels.PresampleTable(b, t, n, ChunkKernels.PresampleRun, dare, key, threshold, scale).AsSpan(0, 1 << 16).ToArray();
+        fixed (ushort* b = baseBits, t = tunedBits) fromMemory = ChunkKernels.PresampleTable(b, t, n, ChunkKernels.PresampleSpacing, 0, runs, dare, key, threshold, scale).AsSpan(0, 1 << 16).ToArray();
+        fixed (ushort* b = baseRuns, t = tunedRuns) fromRuns = ChunkKernels.PresampleTable(b, t, n, ChunkKernels.PresampleRun, 0, runs, dare, key, threshold, scale).AsSpan(0, 1 << 16).ToArray();
 
         Assert.Equal(expected, fromMemory);
         Assert.Equal(expected, fromRuns);
+
+        // Split between cores as FilePresample and the stored tensor's presample split it: runs [0, 23) and [23, 61),
+        // each read (or pointed at) from its own first run; the DARE mask must still see each element's tensor index.
+        var split = new uint[1 << 16];
+        var partRuns = new ushort[2 * runs * ChunkKernels.PresampleRun];
+        foreach (var (first, count) in new[] { (0L, 23L), (23L, runs - 23L) })
+        {
+            using var reader = new TensorReader();
+            fixed (ushort* b = partRuns, m = baseBits, t = tunedBits)
+            {
+                var tunedPart = b + runs * ChunkKernels.PresampleRun;
+                reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, count, (byte*)b);
+                reader.ReadRuns(tunedInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, count, (byte*)tunedPart);
+                var table = ChunkKernels.PresampleTable(b, tunedPart, n, ChunkKernels.PresampleRun, first, count, dare, key, threshold, scale);
+                for (var e = 0; e < split.Length; e++) split[e] += table[e];
+                var at = first * ChunkKernels.PresampleSpacing;
+                table = ChunkKernels.PresampleTable(m + at, t + at, n, ChunkKernels.PresampleSpacing, first, count, dare, key, threshold, scale);
+                for (var e = 0; e < split.Length; e++) split[e] += table[e];
+            }
+        }
+        Assert.Equal(expected.Select(c => 2 * c).ToArray(), split);
     }
 
     [Fact]

@@ -51,9 +51,10 @@ public sealed class TiesBracketRouteTests : IDisposable
     }
 
     [Theory]
-    [InlineData(true)] // presampled from runs read from the files: the first pass counts the bracket, the second combines
-    [InlineData(false)] // not cached: kept as stored and presampled from memory
-    public void A_tensor_of_several_chunks_is_presampled_from_its_files_only_when_they_are_in_the_page_cache(bool cached)
+    [InlineData(true, 150_001)] // presampled from runs read from the files: the first pass counts the bracket, the second combines
+    [InlineData(false, 150_001)] // not cached: kept as stored and presampled from memory
+    [InlineData(true, MergeExecutor.DefaultChunkElements)] // one chunk: presampled from the files too
+    public void A_tensor_is_presampled_from_its_files_only_when_they_are_in_the_page_cache(bool cached, long chunkElements)
     {
         var files = new[] { "base", "tuned0", "tuned1", "tuned2" }.SelectMany(m => Directory.GetFiles(_models.PathOf(m), "*.safetensors")).ToList();
         foreach (var file in files)
@@ -61,7 +62,7 @@ public sealed class TiesBracketRouteTests : IDisposable
             if (cached) File.ReadAllBytes(file); // the writer wrote past the page cache
             else PageCache.Drop(file);
         }
-        var executor = new MergeExecutor(chunkElements: 150_001);
+        var executor = new MergeExecutor(chunkElements: chunkElements);
         var name = cached ? "cached" : "cold";
         executor.Export(Plan(), new ExportOptions { Destination = _models.PathOf(name), OutputDType = SafetensorsDType.F32, DeltaOnly = true });
 
