@@ -89,7 +89,7 @@ public sealed partial class MagnitudeSelection
         MarkClean(table);
         lock (_bracket!)
         {
-            foreach (var (entry, count) in entries) _bracket[entry] += count;
+            foreach (var (entry, count) in entries) AddToBracket(_bracket, _bracketBlocks!, entry, count);
             _aboveBracket += above;
             _zerosInBracket += zeros;
         }
