@@ -129,14 +129,17 @@ internal static unsafe partial class ChunkKernels
     {
         var table = MagnitudeSelection.RentSampleTable();
         var delta = stackalloc float[PresampleRun];
-        for (var r = 0L; r < runs; r++)
+        fixed (uint* t = table)
         {
-            var start = (firstRun + r) * PresampleSpacing;
-            var length = Math.Min(PresampleRun, count - start);
-            if (length <= 0) break;
-            WidenSubtractBFloat16(tunedBits + r * runStride, baseBits + r * runStride, delta, length);
-            if (dare) DareMask.Apply(delta, start, length, key, threshold, scale);
-            for (var j = 0; j < length; j++) table[(BitConverter.SingleToUInt32Bits(delta[j]) & 0x7FFFFFFF) >> 16]++;
+            for (var r = 0L; r < runs; r++)
+            {
+                var start = (firstRun + r) * PresampleSpacing;
+                var length = Math.Min(PresampleRun, count - start);
+                if (length <= 0) break;
+                WidenSubtractBFloat16(tunedBits + r * runStride, baseBits + r * runStride, delta, length);
+                if (dare) DareMask.Apply(delta, start, length, key, threshold, scale);
+                for (var j = 0; j < length; j++) MagnitudeSelection.CountSampleBin(t, BitConverter.SingleToUInt32Bits(delta[j]));
+            }
         }
         return table;
     }

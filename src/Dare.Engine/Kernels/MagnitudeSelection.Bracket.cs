@@ -41,19 +41,12 @@ public sealed partial class MagnitudeSelection
     /// <summary>Samples below this many give no useful bracket; the exact passes run instead.</summary>
     private const long MinSampleSize = 1024;
 
-    private long[]? _sample;
+    private SparseCounts? _sample;
     private readonly object _sampleLock = new();
     private long _nonZero;
     private uint _bracketLow, _bracketHigh;
     private long _aboveBracket, _zerosInBracket;
-    private long[]? _bracket;
-
-    // A bit per 64 counts of _bracket, set where any was added: a bracket of a few coarse bins (~330K counts) holds a
-    // few hundred distinct magnitudes, so FinishBracket reads and clears only the blocks that hold them, and the
-    // bracket's arrays come from a pool of arrays kept all zeros (clearing each whole one was most of planning a
-    // bracket: 0.2 s of a large TIES export).
-    private ulong[]? _bracketBlocks;
-    private static readonly ArrayPool<long> CleanBrackets = ArrayPool<long>.Create(MaxBracketBins << 16, 16);
+    private SparseCounts? _bracket;
 
     // Per AddBracket call (in the executor: per chunk, in element order) and per parallel range of it, the bracket's
     // non-zero counts as sorted (entry, count) lists. Once the threshold is known they give each range's ties, so
@@ -86,12 +79,16 @@ public sealed partial class MagnitudeSelection
     internal static unsafe long CountSample(uint[] table, uint* bits, long first, long count)
     {
         var nonZero = VectorDriver.Run(new NonZeroCounter(bits), 0, count).NonZero;
-        for (var j = (SampleStride - first % SampleStride) % SampleStride; j < count; j += SampleStride)
+        fixed (uint* t = table)
         {
-            table[(bits[j] & MagnitudeMask) >> 16]++;
+            for (var j = (SampleStride - first % SampleStride) % SampleStride; j < count; j += SampleStride) CountSampleBin(t, bits[j]);
         }
         return nonZero;
     }
+
+    /// <summary>Counts magnitude bits <paramref name="bits"/> into its coarse bin of a sample table (<see cref="RentSampleTable"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe void CountSampleBin(uint* table, uint bits) => CountEntry(table, 1 << 16, (bits & MagnitudeMask) >> 16);
 
     /// <summary>Counts the elements whose magnitude is not zero.</summary>
     private unsafe struct NonZeroCounter(uint* bits) : IElementOperator
@@ -119,23 +116,25 @@ public sealed partial class MagnitudeSelection
     {
         lock (_sampleLock)
         {
-            var sample = _sample ??= RentHistogram();
-            for (var b = 0; b < 1 << 16; b++) sample[b] += table[b];
+            var sample = _sample ??= new SparseCounts(1 << 16);
+            TakeCounts(table, 1 << 16, (entry, count) => sample.Add(entry, count));
             _nonZero += nonZero;
         }
+        MarkSampleTableClean(table);
     }
 
     /// <summary>After the sample: the threshold when at most k elements are non-zero, else a bracket to count, or the exact passes.</summary>
     public SelectionStep FinishSample()
     {
-        _sample ??= RentHistogram();
+        _sample ??= new SparseCounts(1 << 16);
         try
         {
             return PlanFromSample(_sample, nonZeroCounted: true);
         }
         finally
         {
-            ReturnHistogram(ref _sample);
+            _sample.Release();
+            _sample = null;
         }
     }
 
@@ -152,14 +151,15 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     public bool FinishPresample()
     {
-        _sample ??= RentHistogram();
+        _sample ??= new SparseCounts(1 << 16);
         try
         {
             return NeedsPasses && PlanFromSample(_sample, nonZeroCounted: false) == SelectionStep.Bracket;
         }
         finally
         {
-            ReturnHistogram(ref _sample);
+            _sample.Release();
+            _sample = null;
         }
     }
 
@@ -169,7 +169,7 @@ public sealed partial class MagnitudeSelection
     /// <summary>The planned bracket's magnitudes as IEEE bits, [Low, High): a kernel that counts it in registers compares against them.</summary>
     internal (uint Low, uint High) BracketBits => (_bracketLow, _bracketHigh);
 
-    private SelectionStep PlanFromSample(long[] sample, bool nonZeroCounted)
+    private SelectionStep PlanFromSample(SparseCounts sample, bool nonZeroCounted)
     {
         if (!NeedsPasses) return SelectionStep.Done;
         // Without an exact count of the non-zero elements, a threshold of 0 shows as a bracket that starts at 0.
@@ -181,8 +181,7 @@ public sealed partial class MagnitudeSelection
             TieCount = _elementCount - _nonZero;
             return SelectionStep.Done;
         }
-        long size = 0;
-        foreach (var count in sample.AsSpan(0, 1 << 16)) size += count;
+        var size = sample.Total;
         if (size < MinSampleSize) return SelectionStep.CoarseAndFine;
 
         // Ranks counted from the largest magnitude; the threshold is expected at sample rank q·S. The margin is five
@@ -195,17 +194,19 @@ public sealed partial class MagnitudeSelection
         int top = highestBin, bottom = 0;
         long above = 0;
         var topFound = upperRank < 0;
-        for (var b = highestBin; b >= 0; b--)
+        // From the largest magnitude down; the ranks move only at bins with counts (lowerRank > 0), so the others are passed over.
+        foreach (var b in sample.Descending())
         {
+            if (b > highestBin) continue;
             above += sample[b];
             if (!topFound && above > upperRank)
             {
-                top = b;
+                top = (int)b;
                 topFound = true;
             }
             if (above >= lowerRank)
             {
-                bottom = b;
+                bottom = (int)b;
                 break;
             }
         }
@@ -214,18 +215,8 @@ public sealed partial class MagnitudeSelection
         _bracketHigh = (uint)(top + 1) << 16;
         _aboveBracket = 0;
         _zerosInBracket = 0;
-        var width = (int)(_bracketHigh - _bracketLow);
-        _bracket = CleanBrackets.Rent(width);
-        _bracketBlocks = new ulong[width >> 12];
+        _bracket = new SparseCounts((int)(_bracketHigh - _bracketLow));
         return SelectionStep.Bracket;
-    }
-
-    /// <summary>Adds <paramref name="count"/> to entry <paramref name="entry"/> of a bracket and marks its block.</summary>
-    private static void AddToBracket(long[] bracket, ulong[] blocks, uint entry, long count)
-    {
-        if (count == 0) return;
-        bracket[entry] += count;
-        blocks[entry >> 12] |= 1UL << (int)((entry >> 6) & 63);
     }
 
     /// <summary>Counts one piece of the data against the bracket; every element must be added once, in any order.</summary>
@@ -320,45 +311,31 @@ public sealed partial class MagnitudeSelection
     public SelectionStep FinishBracket()
     {
         var bracket = _bracket ?? throw new InvalidOperationException("No bracket was planned.");
-        var blocks = _bracketBlocks!;
         _bracket = null;
         try
         {
-            AddToBracket(bracket, blocks, 0, _zerosInBracket);
+            bracket.Add(0, _zerosInBracket);
             var need = _keep - _aboveBracket;
             if (need <= 0) return SelectionStep.CoarseAndFine;
-            // From the largest magnitude down; entries without counts cannot hold the threshold, so only the marked
-            // blocks are read.
+            // From the largest magnitude down; an entry without counts cannot hold the threshold (need > 0).
             long above = 0;
-            for (var word = blocks.Length - 1; word >= 0; word--)
+            foreach (var b in bracket.Descending())
             {
-                for (var bits = blocks[word]; bits != 0; bits &= ~(1UL << (63 - BitOperations.LeadingZeroCount(bits))))
+                if (above + bracket[b] >= need)
                 {
-                    var block = (word * 64 + 63 - BitOperations.LeadingZeroCount(bits)) * 64;
-                    for (var b = block + 63; b >= block; b--)
-                    {
-                        if (above + bracket[b] >= need)
-                        {
-                            ThresholdBits = _bracketLow + (uint)b;
-                            TiesToKeep = need - above;
-                            TieCount = bracket[b];
-                            PlanTieBudgets((uint)b);
-                            return SelectionStep.Done;
-                        }
-                        above += bracket[b];
-                    }
+                    ThresholdBits = _bracketLow + b;
+                    TiesToKeep = need - above;
+                    TieCount = bracket[b];
+                    PlanTieBudgets(b);
+                    return SelectionStep.Done;
                 }
+                above += bracket[b];
             }
             return SelectionStep.CoarseAndFine;
         }
         finally
         {
-            // Back to the pool all zeros: only the marked blocks hold counts.
-            for (var word = 0; word < blocks.Length; word++)
-            {
-                for (var bits = blocks[word]; bits != 0; bits &= bits - 1) Array.Clear(bracket, (word * 64 + BitOperations.TrailingZeroCount(bits)) * 64, 64);
-            }
-            CleanBrackets.Return(bracket);
+            bracket.Release();
         }
     }
 

@@ -15,7 +15,7 @@ public sealed partial class MagnitudeSelection
     [ThreadStatic]
     private static uint[]?[]? t_bracketTables, t_sampleTables;
     [ThreadStatic]
-    private static bool[]? t_cleanBracketTables;
+    private static bool[]? t_cleanBracketTables, t_cleanSampleTables;
 
     /// <summary>
     /// A cleared per-thread table for <see cref="CountSample"/> (used by kernels that sample while computing the data);
@@ -23,10 +23,44 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     internal static uint[] RentSampleTable(int slot = 0)
     {
-        if (slot == 0) return RentTables(interleave: false);
-        var table = Slot(ref t_sampleTables, slot, 1 << 16);
-        Array.Clear(table);
+        var table = Slot(ref t_sampleTables, slot, (1 << 16) + (1 << 16) / 2048);
+        t_cleanSampleTables ??= new bool[4];
+        if (slot >= t_cleanSampleTables.Length) Array.Resize(ref t_cleanSampleTables, slot + 1);
+        if (!t_cleanSampleTables[slot]) Array.Clear(table);
+        t_cleanSampleTables[slot] = false;
         return table;
+    }
+
+    /// <summary>Notes that <paramref name="table"/>, one of the calling thread's sample tables, is all zeros again.</summary>
+    private static void MarkSampleTableClean(uint[] table)
+    {
+        if (t_sampleTables is not { } tables) return;
+        for (var slot = 0; slot < tables.Length; slot++)
+        {
+            if (ReferenceEquals(tables[slot], table)) t_cleanSampleTables![slot] = true;
+        }
+    }
+
+    /// <summary>
+    /// Hands each counted entry of a table of <paramref name="width"/> counts and its bitmap (see <see cref="CountEntry"/>)
+    /// to <paramref name="take"/>, in order, from the blocks the bitmap marks, and leaves the table all zeros.
+    /// </summary>
+    private static void TakeCounts(uint[] table, int width, Action<uint, uint> take)
+    {
+        for (var word = 0; word < width / 2048; word++)
+        {
+            for (var bits = table[width + word]; bits != 0; bits &= bits - 1)
+            {
+                var block = (word * 32 + BitOperations.TrailingZeroCount(bits)) * 64;
+                for (var b = block; b < block + 64; b++)
+                {
+                    if (table[b] == 0) continue;
+                    take((uint)b, table[b]);
+                    table[b] = 0;
+                }
+            }
+            table[width + word] = 0;
+        }
     }
 
     /// <summary>The calling thread's table in <paramref name="slot"/>, at least <paramref name="length"/> long.</summary>
@@ -70,26 +104,13 @@ public sealed partial class MagnitudeSelection
     internal void AddBracketCounts(uint[] table, long above, long zeros, (uint Entry, uint Count)[][]? recorded, int range)
     {
         var width = (int)(_bracketHigh - _bracketLow);
-        // The counted entries in order, from the blocks the bitmap marks; the table is left all zeros.
+        // The counted entries in order; the table is left all zeros.
         var entries = new List<(uint Entry, uint Count)>();
-        for (var word = 0; word < width / 2048; word++)
-        {
-            for (var bits = table[width + word]; bits != 0; bits &= bits - 1)
-            {
-                var block = (word * 32 + BitOperations.TrailingZeroCount(bits)) * 64;
-                for (var b = block; b < block + 64; b++)
-                {
-                    if (table[b] == 0) continue;
-                    entries.Add(((uint)b, table[b]));
-                    table[b] = 0;
-                }
-            }
-            table[width + word] = 0;
-        }
+        TakeCounts(table, width, (entry, count) => entries.Add((entry, count)));
         MarkClean(table);
         lock (_bracket!)
         {
-            foreach (var (entry, count) in entries) AddToBracket(_bracket, _bracketBlocks!, entry, count);
+            foreach (var (entry, count) in entries) _bracket.Add(entry, count);
             _aboveBracket += above;
             _zerosInBracket += zeros;
         }
