@@ -120,7 +120,7 @@ public sealed partial class MagnitudeSelection
             TakeCounts(table, 1 << 16, (entry, count) => sample.Add(entry, count));
             _nonZero += nonZero;
         }
-        MarkSampleTableClean(table);
+        MarkClean(table, t_sampleTables, t_cleanSampleTables);
     }
 
     /// <summary>After the sample: the threshold when at most k elements are non-zero, else a bracket to count, or the exact passes.</summary>

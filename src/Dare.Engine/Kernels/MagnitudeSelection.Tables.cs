@@ -18,26 +18,30 @@ public sealed partial class MagnitudeSelection
     private static bool[]? t_cleanBracketTables, t_cleanSampleTables;
 
     /// <summary>
-    /// A cleared per-thread table for <see cref="CountSample"/> (used by kernels that sample while computing the data);
-    /// a kernel that samples several inputs at once takes one <paramref name="slot"/> per input.
+    /// The calling thread's sample table in <paramref name="slot"/> (a kernel that samples several inputs at once takes
+    /// one per input), all zeros: 64K coarse-bin counts, then a bitmap as a bracket table has (<see cref="CountSampleBin"/>
+    /// counts into it; <see cref="AddSampleCounts"/> takes the counts and leaves it clean).
     /// </summary>
-    internal static uint[] RentSampleTable(int slot = 0)
+    internal static uint[] RentSampleTable(int slot = 0) => RentClean(ref t_sampleTables, ref t_cleanSampleTables, slot, (1 << 16) + (1 << 16) / 2048);
+
+    /// <summary>The calling thread's table in <paramref name="slot"/>, at least <paramref name="length"/> long and all zeros (cleared in full unless it was left clean).</summary>
+    private static uint[] RentClean(ref uint[]?[]? tables, ref bool[]? clean, int slot, int length)
     {
-        var table = Slot(ref t_sampleTables, slot, (1 << 16) + (1 << 16) / 2048);
-        t_cleanSampleTables ??= new bool[4];
-        if (slot >= t_cleanSampleTables.Length) Array.Resize(ref t_cleanSampleTables, slot + 1);
-        if (!t_cleanSampleTables[slot]) Array.Clear(table);
-        t_cleanSampleTables[slot] = false;
+        var table = Slot(ref tables, slot, length);
+        clean ??= new bool[4];
+        if (slot >= clean.Length) Array.Resize(ref clean, slot + 1);
+        if (!clean[slot]) Array.Clear(table);
+        clean[slot] = false;
         return table;
     }
 
-    /// <summary>Notes that <paramref name="table"/>, one of the calling thread's sample tables, is all zeros again.</summary>
-    private static void MarkSampleTableClean(uint[] table)
+    /// <summary>Notes that <paramref name="table"/>, one of the calling thread's <paramref name="tables"/>, is all zeros again.</summary>
+    private static void MarkClean(uint[] table, uint[]?[]? tables, bool[]? clean)
     {
-        if (t_sampleTables is not { } tables) return;
-        for (var slot = 0; slot < tables.Length; slot++)
+        if (tables is null || clean is null) return;
+        for (var slot = 0; slot < tables.Length && slot < clean.Length; slot++)
         {
-            if (ReferenceEquals(tables[slot], table)) t_cleanSampleTables![slot] = true;
+            if (ReferenceEquals(tables[slot], table)) clean[slot] = true;
         }
     }
 
@@ -84,12 +88,7 @@ public sealed partial class MagnitudeSelection
     internal uint[] RentBracketTable(int slot = 0)
     {
         var width = (int)(_bracketHigh - _bracketLow);
-        var table = Slot(ref t_bracketTables, slot, width + width / 2048);
-        t_cleanBracketTables ??= new bool[4];
-        if (slot >= t_cleanBracketTables.Length) Array.Resize(ref t_cleanBracketTables, slot + 1);
-        if (!t_cleanBracketTables[slot]) Array.Clear(table);
-        t_cleanBracketTables[slot] = false;
-        return table;
+        return RentClean(ref t_bracketTables, ref t_cleanBracketTables, slot, width + width / 2048);
     }
 
     /// <summary>Counts entry <paramref name="entry"/> of a bracket table of <paramref name="width"/> counts, marking its block of 64 in the bitmap after them.</summary>
@@ -107,7 +106,7 @@ public sealed partial class MagnitudeSelection
         // The counted entries in order; the table is left all zeros.
         var entries = new List<(uint Entry, uint Count)>();
         TakeCounts(table, width, (entry, count) => entries.Add((entry, count)));
-        MarkClean(table);
+        MarkClean(table, t_bracketTables, t_cleanBracketTables);
         lock (_bracket!)
         {
             foreach (var (entry, count) in entries) _bracket.Add(entry, count);
@@ -122,16 +121,6 @@ public sealed partial class MagnitudeSelection
             else entries.Insert(0, (0, (uint)zeros));
         }
         recorded[range] = entries.ToArray();
-    }
-
-    /// <summary>Notes that <paramref name="table"/>, one of the calling thread's bracket tables, is all zeros again.</summary>
-    private static void MarkClean(uint[] table)
-    {
-        var tables = t_bracketTables!;
-        for (var slot = 0; slot < tables.Length; slot++)
-        {
-            if (ReferenceEquals(tables[slot], table)) t_cleanBracketTables![slot] = true;
-        }
     }
 
     /// <summary>
