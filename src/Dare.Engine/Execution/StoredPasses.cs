@@ -62,20 +62,23 @@ internal sealed class FilePresample(TensorReader reader)
     /// <summary>Tensors presampled (a tensor presampled again by the general route after a counted one gave way counts once).</summary>
     public int Tensors { get; private set; }
 
-    /// <summary>Whether <paramref name="input"/>'s files can give a presample of tensor <paramref name="baseInfo"/> (<paramref name="knownCached"/>: the caller found them in the page cache already).</summary>
-    public bool Takes(TensorInfo baseInfo, InputChain input, bool knownCached = false) =>
-        input.IsFused && baseInfo.DType == SafetensorsDType.BF16 && baseInfo.Assembly is null && input.Tensor!.StoredBFloat16!.Assembly is null &&
-        (knownCached || (reader.IsCached(baseInfo) && reader.IsCached(input.Tensor!.StoredBFloat16!)));
-
     /// <summary>
     /// Adds input i's presample of tensor <paramref name="baseInfo"/> to <paramref name="selections"/>[i] (null: none
-    /// wanted) for each input whose files can give one (<see cref="Takes"/>); returns which were added. Each core reads
-    /// its share of the base's runs and of every input's (<see cref="ChunkKernels.ForPresampleParts"/>): a presample is
-    /// mostly its reads' system calls.
+    /// wanted) for each fused input whose files can give one: the base and the input stored as bfloat16 tensors of
+    /// their own (not assembled from pieces), in the page cache (<paramref name="knownCached"/>: the caller found them
+    /// there already). Returns which were added. Each core reads its share of the base's runs and of every input's
+    /// (<see cref="ChunkKernels.ForPresampleParts"/>): a presample is mostly its reads' system calls.
     /// </summary>
     public unsafe bool[] Add(TensorInfo baseInfo, InputChain[] inputs, MagnitudeSelection?[] selections, bool knownCached = false)
     {
-        var added = selections.Select((s, i) => s is not null && Takes(baseInfo, inputs[i], knownCached)).ToArray();
+        var added = new bool[selections.Length];
+        if (!selections.Any(s => s is not null) || baseInfo.DType != SafetensorsDType.BF16 || baseInfo.Assembly is not null ||
+            !(knownCached || reader.IsCached(baseInfo))) return added;
+        for (var i = 0; i < selections.Length; i++)
+        {
+            added[i] = selections[i] is not null && inputs[i] is { IsFused: true, Tensor.StoredBFloat16: { Assembly: null } tuned } &&
+                (knownCached || reader.IsCached(tuned));
+        }
         if (!added.Contains(true)) return added;
         var n = baseInfo.ElementCount;
         ChunkKernels.ForPresampleParts(n, (first, runs) =>
