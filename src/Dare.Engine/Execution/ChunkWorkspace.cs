@@ -103,6 +103,8 @@ internal sealed class ChunkWorkspace : IDisposable
         _staging = null;
         foreach (var output in _outputs) output?.Dispose();
         Array.Clear(_outputs);
+        // The kernels' pooled scratch goes with the chunk buffers: nothing of an export stays once it is done.
+        KernelScratch.Release();
     }
 
     /// <summary>One buffer: aligned native memory, or a torch tensor (then its views can become tensors again).</summary>

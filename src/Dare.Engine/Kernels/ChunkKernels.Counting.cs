@@ -1,6 +1,5 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Dare.Engine.Safetensors;
 
@@ -41,7 +40,8 @@ internal static unsafe partial class ChunkKernels
     {
         var n = sources.Length;
         // A float32 block for δ, then a bfloat16 piece of each stored range; a table per input.
-        var memory = (byte*)NativeMemory.AlignedAlloc((nuint)(Block * sizeof(float) + (n + 1) * Piece * sizeof(ushort)), 64);
+        var scratch = KernelScratch.Rent(Block * sizeof(float) + (n + 1) * Piece * sizeof(ushort));
+        var memory = scratch.Pointer;
         var delta = (float*)memory;
         var tables = selections.Select((s, i) => s is null ? null : brackets[i] ? s.RentBracketTable(i) : MagnitudeSelection.RentSampleTable(i)).ToArray();
         var (nonZero, above, zeros) = (new long[n], new long[n], new long[n]);
@@ -89,7 +89,7 @@ internal static unsafe partial class ChunkKernels
         }
         finally
         {
-            NativeMemory.AlignedFree(memory);
+            scratch.Dispose();
         }
         for (var i = 0; i < n; i++)
         {

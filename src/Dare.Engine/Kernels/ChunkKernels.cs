@@ -1,6 +1,5 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Dare.Engine.Safetensors;
 
@@ -62,7 +61,8 @@ internal static unsafe partial class ChunkKernels
         Partition.Run(count, (r, start, end) =>
         {
             var table = bracket is not null ? bracket.RentBracketTable() : sample is not null ? MagnitudeSelection.RentSampleTable() : null;
-            var buffer = (byte*)NativeMemory.AlignedAlloc(Piece * sizeof(ushort), 64);
+            var scratch = KernelScratch.Rent(Piece * sizeof(ushort));
+            var buffer = scratch.Pointer;
             long nonZero = 0, above = 0, zeros = 0;
             try
             {
@@ -84,7 +84,7 @@ internal static unsafe partial class ChunkKernels
             }
             finally
             {
-                NativeMemory.AlignedFree(buffer);
+                scratch.Dispose();
             }
             if (bracket is not null) bracket.AddBracketCounts(table!, above, zeros, recorded, r);
             else if (table is not null) sample!.AddSampleCounts(table, nonZero);
@@ -213,7 +213,8 @@ internal static unsafe partial class ChunkKernels
         Partition.Run(count, (_, start, end) =>
         {
             // Per thread: the scratch, then a bfloat16 piece of each stored range.
-            var memory = (byte*)NativeMemory.AlignedAlloc((nuint)(scratchFloats * sizeof(float) + (n + 1) * Piece * sizeof(ushort)), 64);
+            var scratch = KernelScratch.Rent(scratchFloats * sizeof(float) + (n + 1) * Piece * sizeof(ushort));
+            var memory = scratch.Pointer;
             var pieces = memory + scratchFloats * sizeof(float);
             var rangeDropped = new long[n];
             try
@@ -229,7 +230,7 @@ internal static unsafe partial class ChunkKernels
             }
             finally
             {
-                NativeMemory.AlignedFree(memory);
+                scratch.Dispose();
             }
             lock (dropped)
             {

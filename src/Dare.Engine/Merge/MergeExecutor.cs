@@ -315,7 +315,6 @@ public sealed class MergeExecutor
             }
             process(info, layout);
             reader.Release(info.Name);
-            NativeHeap.ReturnFreePages();
             bytesDone += info.ByteLength * perByte;
         }
         if (countInputs) _observer?.Progress(new MergeProgress(activity, tensors.Count, tensors.Count, bytesDone, totalBytes, clock.Elapsed, null));
