@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Dare.Engine.Safetensors;
 using static TorchSharp.torch;
 
@@ -112,7 +111,7 @@ internal sealed class ChunkWorkspace : IDisposable
     {
         // Block-aligned: an output buffer is written to the file from where it is (see DirectOutputFile), and the kernels'
         // vector loads never straddle a cache line at a buffer's start.
-        public const nuint Alignment = 4096;
+        public const nuint Alignment = PageMemory.PageSize;
         private void* _data;
         private readonly Tensor? _tensor;
 
@@ -131,7 +130,7 @@ internal sealed class ChunkWorkspace : IDisposable
 
         public static Buffer Native(long bytes)
         {
-            var data = NativeMemory.AlignedAlloc((nuint)bytes, Alignment);
+            var data = PageMemory.Allocate(bytes);
             _threadLiveBuffers++;
             return new Buffer(data, bytes, SafetensorsDType.U8, null);
         }
@@ -180,7 +179,7 @@ internal sealed class ChunkWorkspace : IDisposable
             if (_tensor is not null) _tensor.Dispose();
             else if (_data is not null)
             {
-                NativeMemory.AlignedFree(_data);
+                PageMemory.Free(_data, Bytes);
                 _threadLiveBuffers--;
             }
             _data = null;

@@ -86,7 +86,7 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
     private DirectOutputFile(string path, int descriptor) : base(path)
     {
         _descriptor = descriptor;
-        _staging = (byte*)NativeMemory.AlignedAlloc(StagingSize, Alignment);
+        _staging = (byte*)PageMemory.Allocate(StagingSize);
     }
 
     public override bool IsDirect => true;
@@ -205,7 +205,7 @@ internal sealed unsafe partial class DirectOutputFile : OutputFile
     {
         if (_staging is null) return;
         close(_descriptor);
-        NativeMemory.AlignedFree(_staging);
+        PageMemory.Free(_staging, StagingSize);
         _staging = null;
     }
 

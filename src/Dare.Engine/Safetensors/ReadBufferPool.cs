@@ -1,15 +1,13 @@
-using System.Runtime.InteropServices;
-
 namespace Dare.Engine.Safetensors;
 
 /// <summary>
 /// Page-aligned buffers for <see cref="BufferedReadAhead"/>, in whole megabytes, kept for reuse once freed: fresh memory
 /// costs a page fault per page on first touch (on this project's VM a fault on the host too). Buffers are mapped, not
-/// allocated: freed C-heap blocks of these sizes would stay in the process (glibc raises its mmap threshold to the
-/// largest block freed), which grew a cold merge's peak RSS by 250 MB. Free buffers are unmapped while buffers in use
+/// allocated (<see cref="PageMemory"/>): freed C-heap blocks of these sizes would stay in the process, which grew a
+/// cold merge's peak RSS by 250 MB. Free buffers are unmapped while buffers in use
 /// and free ones together exceed the budget (or the limit a renter gives). Not thread-safe: the caller locks.
 /// </summary>
-internal sealed unsafe partial class ReadBufferPool(long budget) : IDisposable
+internal sealed unsafe class ReadBufferPool(long budget) : IDisposable
 {
     private readonly List<(nint Pointer, long Capacity)> _free = new();
     private long _freeBytes;
@@ -49,10 +47,10 @@ internal sealed unsafe partial class ReadBufferPool(long budget) : IDisposable
             var largest = _free.MaxBy(b => b.Capacity);
             _free.Remove(largest);
             _freeBytes -= largest.Capacity;
-            munmap((void*)largest.Pointer, (nuint)largest.Capacity);
+            PageMemory.Free((void*)largest.Pointer, largest.Capacity);
         }
-        var buffer = mmap(null, (nuint)capacity, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
-        return buffer == MapFailed ? null : Lend((nint)buffer, capacity);
+        var buffer = PageMemory.TryMap(capacity);
+        return buffer is null ? null : Lend((nint)buffer, capacity);
     }
 
     private byte* Lend(nint buffer, long capacity)
@@ -77,17 +75,8 @@ internal sealed unsafe partial class ReadBufferPool(long budget) : IDisposable
     /// <summary>Unmaps the free buffers (buffers still rented are the renter's to return first).</summary>
     public void Dispose()
     {
-        foreach (var (pointer, capacity) in _free) munmap((void*)pointer, (nuint)capacity);
+        foreach (var (pointer, capacity) in _free) PageMemory.Free((void*)pointer, capacity);
         _free.Clear();
         _freeBytes = 0;
     }
-
-    private const int ProtRead = 1, ProtWrite = 2, MapPrivate = 2, MapAnonymous = 0x20;
-    private static readonly void* MapFailed = (void*)-1;
-
-    [LibraryImport("libc")]
-    private static partial void* mmap(void* address, nuint length, int protection, int flags, int descriptor, long offset);
-
-    [LibraryImport("libc")]
-    private static partial int munmap(void* address, nuint length);
 }

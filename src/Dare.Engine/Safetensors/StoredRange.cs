@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace Dare.Engine.Safetensors;
@@ -73,7 +72,7 @@ public sealed unsafe class StoredRange : IDisposable
     {
         if (_readAhead is not null) _buffered!.Free(_readAhead);
         _readAhead = null;
-        if (_owned is not null) NativeMemory.AlignedFree(_owned);
+        if (_owned is not null) PageMemory.Free(_owned, Count * _elementSize);
         _owned = null;
         _memory = null;
     }

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Dare.Engine.Merge;
 using Microsoft.Win32.SafeHandles;
 using TorchSharp;
@@ -170,14 +169,14 @@ public sealed class TensorReader : IDisposable
         var elementSize = info.DType.ElementSize();
         if (info.Assembly is not null)
         {
-            var memory = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1, count * elementSize), 64);
+            var memory = (byte*)PageMemory.Allocate(count * elementSize);
             try
             {
                 ReadElements(info, firstElement, count, memory);
             }
             catch
             {
-                NativeMemory.AlignedFree(memory);
+                PageMemory.Free(memory, count * elementSize);
                 throw;
             }
             return new StoredRange(info, firstElement, count, memory, owned: true);
