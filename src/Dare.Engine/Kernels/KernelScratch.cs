@@ -4,10 +4,10 @@ namespace Dare.Engine.Merge;
 
 /// <summary>
 /// The kernels' per-range scratch (a bfloat16 piece of each stored range, float blocks), kept between chunks instead
-/// of allocated for every chunk and range. Freed C-heap blocks of these sizes (up to a megabyte) stay in glibc's heaps
-/// once a chunk buffer's free has raised its mmap threshold, and a large DARE-linear's RSS crept up by 20–30 MB as it
-/// went; pooled, the same few blocks serve every chunk. The pool is emptied when a chunk workspace is disposed (at the
-/// end of every export), so nothing stays once a merge is done.
+/// of allocated for every chunk and range. Allocated each time, they went through glibc's heaps, where blocks of this
+/// size (up to a megabyte) stay once freed after its mmap threshold has been raised, and a large DARE-linear's RSS crept
+/// up by 20–30 MB as it went; pooled, the same few blocks serve every chunk. The pool is emptied when a chunk workspace
+/// is disposed (at the end of every export), so nothing stays once a merge is done.
 /// </summary>
 internal static unsafe class KernelScratch
 {

@@ -4,8 +4,8 @@ namespace Dare.Engine.Safetensors;
 /// Page-aligned buffers for <see cref="BufferedReadAhead"/>, in whole megabytes, kept for reuse once freed: fresh memory
 /// costs a page fault per page on first touch (on this project's VM a fault on the host too). Buffers are mapped, not
 /// allocated (<see cref="PageMemory"/>): freed C-heap blocks of these sizes would stay in the process, which grew a
-/// cold merge's peak RSS by 250 MB. Free buffers are unmapped while buffers in use
-/// and free ones together exceed the budget (or the limit a renter gives). Not thread-safe: the caller locks.
+/// cold merge's peak RSS by 250 MB. Free buffers are unmapped while buffers in use and free ones together exceed the
+/// budget (or the limit a renter gives). Not thread-safe: the caller locks.
 /// </summary>
 internal sealed unsafe class ReadBufferPool(long budget) : IDisposable
 {
