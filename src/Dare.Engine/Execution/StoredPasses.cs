@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Merge;
@@ -84,22 +83,16 @@ internal sealed class FilePresample(TensorReader reader)
         ChunkKernels.ForPresampleParts(n, (first, runs) =>
         {
             var length = runs * ChunkKernels.PresampleRun;
-            var baseRuns = (ushort*)NativeMemory.Alloc((nuint)(2 * length), sizeof(ushort));
+            using var scratch = KernelScratch.Rent(2 * length * sizeof(ushort));
+            var baseRuns = (ushort*)scratch.Pointer;
             var tunedRuns = baseRuns + length;
-            try
+            reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, runs, (byte*)baseRuns);
+            for (var i = 0; i < inputs.Length; i++)
             {
-                reader.ReadRuns(baseInfo, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, runs, (byte*)baseRuns);
-                for (var i = 0; i < inputs.Length; i++)
-                {
-                    if (!added[i]) continue;
-                    reader.ReadRuns(inputs[i].Tensor!.StoredBFloat16!, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, runs, (byte*)tunedRuns);
-                    var (dare, key, threshold, scale) = inputs[i].FusedDrop;
-                    selections[i]!.AddPresample(ChunkKernels.PresampleTable(baseRuns, tunedRuns, n, ChunkKernels.PresampleRun, first, runs, dare, key, threshold, scale));
-                }
-            }
-            finally
-            {
-                NativeMemory.Free(baseRuns);
+                if (!added[i]) continue;
+                reader.ReadRuns(inputs[i].Tensor!.StoredBFloat16!, ChunkKernels.PresampleSpacing, ChunkKernels.PresampleRun, first, runs, (byte*)tunedRuns);
+                var (dare, key, threshold, scale) = inputs[i].FusedDrop;
+                selections[i]!.AddPresample(ChunkKernels.PresampleTable(baseRuns, tunedRuns, n, ChunkKernels.PresampleRun, first, runs, dare, key, threshold, scale));
             }
         });
         if (!ReferenceEquals(_last, baseInfo)) Tensors++;

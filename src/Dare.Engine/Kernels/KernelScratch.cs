@@ -3,11 +3,12 @@ using System.Runtime.InteropServices;
 namespace Dare.Engine.Merge;
 
 /// <summary>
-/// The kernels' per-range scratch (a bfloat16 piece of each stored range, float blocks), kept between chunks instead
-/// of allocated for every chunk and range. Allocated each time, they went through glibc's heaps, where blocks of this
-/// size (up to a megabyte) stay once freed after its mmap threshold has been raised, and a large DARE-linear's RSS crept
-/// up by 20–30 MB as it went; pooled, the same few blocks serve every chunk. The pool is emptied when a chunk workspace
-/// is disposed (at the end of every export), so nothing stays once a merge is done.
+/// The kernels' per-range scratch (a bfloat16 piece of each stored range, float blocks; a presample's runs read from
+/// the files), kept between chunks instead of allocated for every chunk and range. Allocated each time, they went
+/// through glibc's heaps, where blocks of these sizes (a megabyte or two) stay once freed after its mmap threshold has
+/// been raised, and a large DARE-linear's RSS crept up by 20–30 MB as it went; pooled, the same few blocks serve every
+/// chunk. The pool is emptied when a chunk workspace is disposed (at the end of every export), so nothing stays once a
+/// merge is done.
 /// </summary>
 internal static unsafe class KernelScratch
 {
