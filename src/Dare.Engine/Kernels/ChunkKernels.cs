@@ -93,16 +93,6 @@ internal static unsafe partial class ChunkKernels
         return dropped.Sum();
     }
 
-    /// <summary>
-    /// A presample for a TIES threshold from a tensor's stored bfloat16 base and fine-tuned values, in memory: runs of
-    /// <see cref="PresampleRun"/> elements every <see cref="PresampleSpacing"/>, δ as <see cref="WidenSubtractMask"/>
-    /// computes it (DARE's drop and rescale included), added to <paramref name="selection"/>'s presample. One element in
-    /// 64 from all over the tensor, in runs long enough for the processor to stream: runs of 16 every 1,031 elements
-    /// took 10–16 ms for a 45M-element tensor here (a cache and TLB miss per run), runs of 256 every 16,411 2–6 ms.
-    /// </summary>
-    public static void Presample(ushort* baseBits, ushort* tunedBits, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection) =>
-        selection.AddPresample(PresampleTable(baseBits, tunedBits, count, PresampleSpacing, 0, PresampleRuns(count), dare, key, threshold, scale));
-
     /// <summary>How many presample runs a tensor of <paramref name="count"/> elements has.</summary>
     public static long PresampleRuns(long count) => (count + PresampleSpacing - 1) / PresampleSpacing;
 
@@ -118,7 +108,12 @@ internal static unsafe partial class ChunkKernels
     }
 
     /// <summary>
-    /// The presample's coarse-bin counts of runs [<paramref name="firstRun"/>, firstRun + <paramref name="runs"/>) of a
+    /// A presample for a TIES threshold from a tensor's stored bfloat16 base and fine-tuned values: runs of
+    /// <see cref="PresampleRun"/> elements every <see cref="PresampleSpacing"/>, δ as <see cref="WidenSubtractMask"/>
+    /// computes it (DARE's drop and rescale included), counted for <see cref="MagnitudeSelection.AddPresample"/>. One
+    /// element in 64 from all over the tensor, in runs long enough for the processor to stream: runs of 16 every 1,031
+    /// elements took 10–16 ms for a 45M-element tensor here (a cache and TLB miss per run), runs of 256 every 16,411 2–6 ms.
+    /// This gives the coarse-bin counts of runs [<paramref name="firstRun"/>, firstRun + <paramref name="runs"/>) of a
     /// tensor of <paramref name="count"/> elements (the calling thread's sample table, see <see cref="MagnitudeSelection.RentSampleTable"/>):
     /// run firstRun + r at r × <paramref name="runStride"/> elements of the two arrays, so the arrays are either the
     /// tensor from run firstRun's first element on (stride <see cref="PresampleSpacing"/>) or the runs one after the

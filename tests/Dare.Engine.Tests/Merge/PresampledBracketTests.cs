@@ -35,6 +35,10 @@ public sealed unsafe class PresampledBracketTests
             return !dare ? delta : DareMask.IsDropped(key, j, threshold) ? 0f : delta * scale;
         }).ToArray();
 
+    /// <summary>The whole tensor's presample, from memory and on one thread, added to <paramref name="selection"/>.</summary>
+    private static void Presample(ushort* baseBits, ushort* tunedBits, long count, bool dare, ulong key, uint threshold, float scale, MagnitudeSelection selection) =>
+        selection.AddPresample(ChunkKernels.PresampleTable(baseBits, tunedBits, count, ChunkKernels.PresampleSpacing, 0, ChunkKernels.PresampleRuns(count), dare, key, threshold, scale));
+
     /// <summary>The presample, then the δ pass over the chunks with the selection; returns δ as the kernel wrote it.</summary>
     private static float[] PresampleThenDeltaPass(ushort[] baseBits, ushort[] tunedBits, MagnitudeSelection selection, bool dare, ulong key, uint threshold, float scale,
         Func<bool> afterPresample)
@@ -45,7 +49,7 @@ public sealed unsafe class PresampledBracketTests
         fixed (ushort* b = baseBits, t = tunedBits)
         fixed (float* d = delta)
         {
-            ChunkKernels.Presample(b, t, n, dare, key, threshold, scale, selection);
+            Presample(b, t, n, dare, key, threshold, scale, selection);
             if (!afterPresample()) return delta;
             long first = 0;
             foreach (var count in Chunks)
@@ -222,7 +226,7 @@ public sealed unsafe class PresampledBracketTests
         fixed (ushort* b = baseBits, t = tunedBits)
         fixed (float* d = delta)
         {
-            ChunkKernels.Presample(b, t, n, false, 0, 0, 1f, selection);
+            Presample(b, t, n, false, 0, 0, 1f, selection);
             Assert.False(selection.FinishPresample());
             Assert.False(selection.CountsBracketWhileReading);
             using var tuned = new StoredRange(info, 0, n, (byte*)t, owned: false);
