@@ -17,8 +17,8 @@ internal static unsafe partial class PageMemory
     public static void* Allocate(long bytes)
     {
         if (!OperatingSystem.IsLinux()) return NativeMemory.AlignedAlloc((nuint)Math.Max(1, bytes), PageSize);
-        return TryMap(bytes) is var memory && memory is not null ? memory
-            : throw new OutOfMemoryException($"Could not map {bytes:N0} bytes: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}.");
+        var memory = TryMap(bytes);
+        return memory is not null ? memory : throw new OutOfMemoryException($"Could not map {bytes:N0} bytes: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}.");
     }
 
     /// <summary>Maps <paramref name="bytes"/> bytes of fresh memory (Linux only); null when the system refuses.</summary>
