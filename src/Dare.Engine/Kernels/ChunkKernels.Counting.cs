@@ -43,7 +43,7 @@ internal static unsafe partial class ChunkKernels
         var scratch = KernelScratch.Rent(Block * sizeof(float) + (n + 1) * Piece * sizeof(ushort));
         var memory = scratch.Pointer;
         var delta = (float*)memory;
-        var tables = selections.Select((s, i) => s is null ? null : brackets[i] ? s.RentBracketTable(i) : MagnitudeSelection.RentSampleTable(i)).ToArray();
+        var tables = selections.Select((s, i) => s is null ? null : brackets[i] ? s.RentBracketTable() : MagnitudeSelection.RentSampleTable()).ToArray();
         var (nonZero, above, zeros) = (new long[n], new long[n], new long[n]);
         var fused = BracketDeltaCounter.IsVectorized;
         var noWeights = new float[n];

@@ -37,7 +37,10 @@ internal static unsafe class KernelScratch
         return new Lease((byte*)NativeMemory.AlignedAlloc(size, 64), size);
     }
 
-    /// <summary>Frees the pooled blocks (blocks still rented are pooled again, or freed, when their leases end).</summary>
+    /// <summary>
+    /// Frees the pooled blocks (blocks still rented are pooled again, or freed, when their leases end), and drops the
+    /// selection's pooled count tables (<see cref="CleanArrays{T}"/>) with them.
+    /// </summary>
     public static void Release()
     {
         lock (Pooled)
@@ -45,6 +48,8 @@ internal static unsafe class KernelScratch
             foreach (var (block, _) in Pooled) NativeMemory.AlignedFree((void*)block);
             Pooled.Clear();
         }
+        CleanArrays<uint>.Release();
+        CleanArrays<long>.Release();
     }
 
     /// <summary>How many blocks the pool holds (for the tests).</summary>

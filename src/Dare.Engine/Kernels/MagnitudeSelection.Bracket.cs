@@ -119,7 +119,7 @@ public sealed partial class MagnitudeSelection
             TakeCounts(table, 1 << 16, (entry, count) => sample.Add(entry, count));
             _nonZero += nonZero;
         }
-        MarkClean(table, t_sampleTables, t_cleanSampleTables);
+        CleanArrays<uint>.Return(table);
     }
 
     /// <summary>After the sample: the threshold when at most k elements are non-zero, else a bracket to count, or the exact passes.</summary>

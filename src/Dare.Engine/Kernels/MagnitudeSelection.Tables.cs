@@ -5,45 +5,17 @@ using System.Runtime.Intrinsics;
 namespace Dare.Engine.Merge;
 
 /// <summary>
-/// The per-thread tables that the sample and the bracket are counted into before they are added to the selection, and
-/// the bracket's own counter.
+/// The tables that the sample and the bracket are counted into, a range at a time, before they are added to the
+/// selection, and the bracket's own counter.
 /// </summary>
 public sealed partial class MagnitudeSelection
 {
-    // Per thread: a bracket table and a sample table for each input slot a kernel counts at once (slot 0's sample table
-    // is the histogram's), and whether each bracket table is known to be all zeros (see RentBracketTable).
-    [ThreadStatic]
-    private static uint[]?[]? t_bracketTables, t_sampleTables;
-    [ThreadStatic]
-    private static bool[]? t_cleanBracketTables, t_cleanSampleTables;
-
     /// <summary>
-    /// The calling thread's sample table in <paramref name="slot"/> (a kernel that samples several inputs at once takes
-    /// one per input), all zeros: 64K coarse-bin counts, then a bitmap as a bracket table has (<see cref="CountSampleBin"/>
-    /// counts into it; <see cref="AddSampleCounts"/> takes the counts and leaves it clean).
+    /// A sample table, all zeros: 64K coarse-bin counts, then a bitmap as a bracket table has (<see cref="CountSampleBin"/>
+    /// counts into it; <see cref="AddSampleCounts"/> takes the counts, leaves it clean and returns it). A kernel that
+    /// samples several inputs at once rents one per input.
     /// </summary>
-    internal static uint[] RentSampleTable(int slot = 0) => RentClean(ref t_sampleTables, ref t_cleanSampleTables, slot, (1 << 16) + (1 << 16) / 2048);
-
-    /// <summary>The calling thread's table in <paramref name="slot"/>, at least <paramref name="length"/> long and all zeros (cleared in full unless it was left clean).</summary>
-    private static uint[] RentClean(ref uint[]?[]? tables, ref bool[]? clean, int slot, int length)
-    {
-        var table = Slot(ref tables, slot, length);
-        clean ??= new bool[4];
-        if (slot >= clean.Length) Array.Resize(ref clean, slot + 1);
-        if (!clean[slot]) Array.Clear(table);
-        clean[slot] = false;
-        return table;
-    }
-
-    /// <summary>Notes that <paramref name="table"/>, one of the calling thread's <paramref name="tables"/>, is all zeros again.</summary>
-    private static void MarkClean(uint[] table, uint[]?[]? tables, bool[]? clean)
-    {
-        if (tables is null || clean is null) return;
-        for (var slot = 0; slot < tables.Length && slot < clean.Length; slot++)
-        {
-            if (ReferenceEquals(tables[slot], table)) clean[slot] = true;
-        }
-    }
+    internal static uint[] RentSampleTable() => CleanArrays<uint>.Rent((1 << 16) + (1 << 16) / 2048);
 
     /// <summary>
     /// Hands each counted entry of a table of <paramref name="width"/> counts and its bitmap (see <see cref="CountEntry"/>)
@@ -67,28 +39,18 @@ public sealed partial class MagnitudeSelection
         }
     }
 
-    /// <summary>The calling thread's table in <paramref name="slot"/>, at least <paramref name="length"/> long.</summary>
-    private static uint[] Slot(ref uint[]?[]? tables, int slot, int length)
-    {
-        tables ??= new uint[]?[4];
-        if (slot >= tables.Length) Array.Resize(ref tables, slot + 1);
-        if (tables[slot] is not { } table || table.Length < length) tables[slot] = table = new uint[length];
-        return table;
-    }
-
     /// <summary>
-    /// The calling thread's bracket table in <paramref name="slot"/> (one per input a kernel counts at once), all zeros:
-    /// the bracket's width of counts (grown to the widest bracket seen, so a thread's table is only as large as the
-    /// brackets need), then a bitmap with a bit per 64 counts, set where one was counted (<see cref="CountEntry"/>).
-    /// In a large merge a bracket of ~5 coarse bins (330K counts) sees a few hundred distinct magnitudes (δ of bfloat16
-    /// weights), so <see cref="AddBracketCounts"/> walks the marked blocks and zeroes them as it goes, instead of
-    /// walking and clearing the whole table for every range (0.3 s of a large TIES export); a table whose counting was
-    /// cut short (an error) is cleared in full at its next rent.
+    /// A bracket table, all zeros: the bracket's width of counts, then a bitmap with a bit per 64 counts, set where one
+    /// was counted (<see cref="CountEntry"/>). In a large merge a bracket of ~5 coarse bins (330K counts) sees a few
+    /// hundred distinct magnitudes (δ of bfloat16 weights), so <see cref="AddBracketCounts"/> walks the marked blocks
+    /// and zeroes them as it goes, instead of walking and clearing the whole table for every range (0.3 s of a large
+    /// TIES export), and returns it; a table whose counting was cut short (an error) is not returned.
+    /// A kernel that counts several inputs at once rents one per input.
     /// </summary>
-    internal uint[] RentBracketTable(int slot = 0)
+    internal uint[] RentBracketTable()
     {
         var width = (int)(_bracketHigh - _bracketLow);
-        return RentClean(ref t_bracketTables, ref t_cleanBracketTables, slot, width + width / 2048);
+        return CleanArrays<uint>.Rent(width + width / 2048);
     }
 
     /// <summary>Counts entry <paramref name="entry"/> of a bracket table of <paramref name="width"/> counts, marking its block of 64 in the bitmap after them.</summary>
@@ -106,7 +68,7 @@ public sealed partial class MagnitudeSelection
         // The counted entries in order; the table is left all zeros.
         var entries = new List<(uint Entry, uint Count)>();
         TakeCounts(table, width, (entry, count) => entries.Add((entry, count)));
-        MarkClean(table, t_bracketTables, t_cleanBracketTables);
+        CleanArrays<uint>.Return(table);
         lock (_bracket!)
         {
             foreach (var (entry, count) in entries) _bracket.Add(entry, count);

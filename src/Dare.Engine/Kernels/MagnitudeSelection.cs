@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -248,27 +247,19 @@ public sealed partial class MagnitudeSelection
     }
 
     /// <summary>
-    /// A cleared 64K-entry histogram from the shared pool. There is a selection per tensor and input; allocating its
-    /// histograms would make large objects, which the GC reclaims late, and so raise the peak memory.
+    /// A cleared 64K-entry histogram. There is a selection per tensor and input; allocating its histograms would make
+    /// large objects, which the GC reclaims late, and so raise the peak memory.
     /// </summary>
-    private static long[] RentHistogram()
-    {
-        var histogram = ArrayPool<long>.Shared.Rent(1 << 16);
-        Array.Clear(histogram, 0, 1 << 16);
-        return histogram;
-    }
+    private static long[] RentHistogram() => CleanArrays<long>.Rent(1 << 16);
 
-    /// <summary>Returns a histogram to the pool and clears the reference.</summary>
+    /// <summary>Clears a histogram, returns it to the pool and clears the reference.</summary>
     private static void ReturnHistogram(ref long[]? histogram)
     {
         if (histogram is null) return;
-        ArrayPool<long>.Shared.Return(histogram);
+        Array.Clear(histogram);
+        CleanArrays<long>.Return(histogram);
         histogram = null;
     }
-
-    /// <summary>Per-thread counting tables, reused from call to call (four interleaved 64K-entry tables).</summary>
-    [ThreadStatic]
-    private static uint[]? t_tables;
 
     /// <summary>Elements counted into the uint tables before they are added to the histogram (so no table entry can overflow).</summary>
     internal const long MaxSpan = 1L << 30;
@@ -299,13 +290,10 @@ public sealed partial class MagnitudeSelection
         });
     }
 
-    private static uint[] RentTables(bool interleave)
-    {
-        var tables = t_tables ??= new uint[4 << 16];
-        Array.Clear(tables, 0, interleave ? tables.Length : 1 << 16);
-        return tables;
-    }
+    /// <summary>One or four (interleaved) 64K-entry count tables, all zeros.</summary>
+    private static uint[] RentTables(bool interleave) => CleanArrays<uint>.Rent((interleave ? 4 : 1) << 16);
 
+    /// <summary>Adds the counts to <paramref name="histogram"/>, clears them and returns the tables.</summary>
     private static void AddTables(uint[] tables, long[] histogram, bool interleave)
     {
         lock (histogram)
@@ -315,6 +303,8 @@ public sealed partial class MagnitudeSelection
                 histogram[b] += interleave ? (long)tables[b] + tables[b | 1 << 16] + tables[b | 2 << 16] + tables[b | 3 << 16] : tables[b];
             }
         }
+        Array.Clear(tables, 0, (interleave ? 4 : 1) << 16);
+        CleanArrays<uint>.Return(tables);
     }
 
     /// <summary>

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Numerics;
 
 namespace Dare.Engine.Merge;
@@ -8,15 +7,13 @@ namespace Dare.Engine.Merge;
 /// coarse bins at full resolution (~330K entries), where bfloat16 δ take a few hundred distinct magnitudes. A bit per
 /// block of 64 entries is set where a count was added, so reading the counts and clearing them cost what they hold,
 /// not their width (clearing and reading whole tables was 0.2–0.3 s of a large TIES export, on its pipeline thread).
-/// The arrays come from a pool of arrays kept all zeros: <see cref="Release"/> clears the marked blocks before
-/// returning one (an instance never released leaves its array to the collector).
+/// The arrays come from <see cref="CleanArrays{T}"/>: <see cref="Release"/> clears the marked blocks before returning
+/// one (an instance never released leaves its array to the collector).
 /// </summary>
 internal sealed class SparseCounts
 {
     /// <summary>The widest counts: a bracket of 16 coarse bins.</summary>
     private const int MaxWidth = 16 << 16;
-
-    private static readonly ArrayPool<long> CleanArrays = ArrayPool<long>.Create(MaxWidth, 16);
 
     private long[]? _counts;
     private readonly ulong[] _blocks;
@@ -25,7 +22,7 @@ internal sealed class SparseCounts
     public SparseCounts(int width)
     {
         if (width <= 0 || width > MaxWidth || width % 4096 != 0) throw new ArgumentOutOfRangeException(nameof(width));
-        _counts = CleanArrays.Rent(width);
+        _counts = CleanArrays<long>.Rent(width);
         _blocks = new ulong[width / 4096];
     }
 
@@ -70,6 +67,6 @@ internal sealed class SparseCounts
         {
             for (var bits = _blocks[word]; bits != 0; bits &= bits - 1) Array.Clear(counts, (word * 64 + BitOperations.TrailingZeroCount(bits)) * 64, 64);
         }
-        CleanArrays.Return(counts);
+        CleanArrays<long>.Return(counts);
     }
 }

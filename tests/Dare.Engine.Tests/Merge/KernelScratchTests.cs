@@ -5,8 +5,9 @@ using Xunit;
 namespace Dare.Engine.Tests.Merge;
 
 /// <summary>
-/// The kernels' scratch pool: a returned block serves the next request it fits, the pool stays bounded, and an export
-/// leaves nothing in it. Runs alone: the pool is shared by every export in the process.
+/// The kernels' scratch pools (native blocks, the selection's count tables): a returned block or table serves the next
+/// request it fits, the pools stay bounded, and an export leaves nothing in them. Runs alone: the pools are shared by
+/// every export in the process.
 /// </summary>
 [Collection(nameof(MemoryMeasurementCollection))]
 public sealed unsafe class KernelScratchTests : IDisposable
@@ -67,5 +68,61 @@ public sealed unsafe class KernelScratchTests : IDisposable
         new MergeExecutor(chunkElements: 1 << 16).Export(plan, new ExportOptions { Destination = _models.PathOf("out"), OutputDType = Dare.Engine.Safetensors.SafetensorsDType.BF16 });
 
         Assert.Equal(0, KernelScratch.PooledCount);
+    }
+
+    [Fact]
+    public void A_ties_export_leaves_no_count_table_pooled()
+    {
+        var random = new Random(9);
+        var name = "model.layers.0.mlp.up_proj.weight";
+        var values = TestModels.RandomFloats(random, 1 << 18);
+        var @base = _models.Write("base", new[] { TestTensor.Bf16(name, values, new long[] { 512, 512 }) });
+        var vectors = Enumerable.Range(0, 2).Select(m => TaskVector.FromModels(@base,
+            _models.Write($"tuned{m}", new[] { TestTensor.Bf16(name, TestModels.Perturb(random, values), new long[] { 512, 512 }) }))).ToArray();
+        var plan = TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Ties, new TensorParameter[] { 1.0, 1.0 }, true, 1.0, new TensorParameter[] { 0.3, 0.3 }));
+        // Tables pooled before the export are given up with those it returns.
+        CleanArrays<uint>.Return(new uint[4096]);
+        CleanArrays<long>.Return(new long[4096]);
+
+        new MergeExecutor(chunkElements: 1 << 16).Export(plan, new ExportOptions { Destination = _models.PathOf("out"), OutputDType = Dare.Engine.Safetensors.SafetensorsDType.BF16 });
+
+        Assert.Equal(0, CleanArrays<uint>.PooledCount);
+        Assert.Equal(0, CleanArrays<long>.PooledCount);
+    }
+
+    [Fact]
+    public unsafe void A_bracket_table_is_pooled_once_its_counts_are_taken_and_serves_the_next_rent_all_zeros()
+    {
+        var data = TestModels.RandomFloats(new Random(3), 100_000);
+        var selection = new MagnitudeSelection(20_000, data.Length);
+        fixed (float* p = data)
+        {
+            selection.AddSample(p, 0, data.Length);
+            Assert.Equal(SelectionStep.Bracket, selection.FinishSample());
+            KernelScratch.Release();
+
+            var table = selection.RentBracketTable();
+            long above = 0, zeros = 0;
+            selection.CountBracket(table, p, data.Length, ref above, ref zeros);
+            Assert.True(table.Any(count => count != 0));
+            selection.AddBracketCounts(table, above, zeros, recorded: null, range: 0);
+            Assert.Equal(1, CleanArrays<uint>.PooledCount);
+
+            var again = selection.RentBracketTable();
+            Assert.Same(table, again);
+            Assert.All(again, count => Assert.Equal(0u, count));
+            CleanArrays<uint>.Return(again);
+        }
+        KernelScratch.Release();
+    }
+
+    [Fact]
+    public void The_count_table_pool_holds_at_most_eight_arrays_per_core()
+    {
+        KernelScratch.Release();
+        for (var i = 0; i < 9 * Environment.ProcessorCount; i++) CleanArrays<long>.Return(new long[64]);
+        Assert.Equal(8 * Environment.ProcessorCount, CleanArrays<long>.PooledCount);
+        KernelScratch.Release();
+        Assert.Equal(0, CleanArrays<long>.PooledCount);
     }
 }
