@@ -199,6 +199,39 @@ Describe 'Export-Safetensors' {
         }
     }
 
+    Context 'Phase profile (DARE_PROFILE)' {
+        It 'prints every phase, the total, how each TIES threshold was found and the TIES routes as verbose lines' {
+            $env:DARE_PROFILE = '1'
+            try {
+                $lines = @(Get-TaskVector -Base $base -FineTuned $math, $code | Merge-Ties -KeepRatio 0.2 |
+                    Export-Safetensors -Path (Join-Path $out 'profiled') -Verbose 4>&1 | ForEach-Object { "$_" } | Where-Object { $_ -like 'profile:*' })
+            }
+            finally {
+                Remove-Item Env:DARE_PROFILE
+            }
+            foreach ($phase in 'Read', 'DeltaFused', 'Select', 'Combine', 'Write', 'Commit', 'Other') {
+                ($lines -match "^profile: $phase +\d+\.\d{3} s +\d+\.\d% \(") | Should -HaveCount 1 -Because $phase
+            }
+            ($lines -match '^profile: Total +(\d+\.\d+) s') | Should -HaveCount 1
+            # One threshold per tensor and input: 21 tensors, 2 inputs, whichever way each was found.
+            $thresholds = @($lines -match '^profile: thresholds ')
+            $thresholds | Should -HaveCount 1
+            ([regex]::Matches($thresholds[0], '(\d+) by') | ForEach-Object { [int] $_.Groups[1].Value } | Measure-Object -Sum).Sum | Should -Be 42
+            $ties = @($lines -match '^profile: \(TIES\) +(\d+) tensors .*; (\d+) presampled from the input files$')
+            $ties | Should -HaveCount 1
+            $null = $ties[0] -match '(\d+) tensors .*; (\d+) presampled'
+            [int] $Matches[1] | Should -BeLessOrEqual 21
+            [int] $Matches[2] | Should -BeLessOrEqual 21
+        }
+
+        It 'prints no profile without DARE_PROFILE' {
+            $verbose = @(Get-TaskVector -Base $base -FineTuned $math, $code | Merge-Ties -KeepRatio 0.2 |
+                Export-Safetensors -Path (Join-Path $out 'unprofiled') -Verbose 4>&1 | ForEach-Object { "$_" })
+            $verbose | Should -Not -BeNullOrEmpty
+            $verbose -like 'profile:*' | Should -BeNullOrEmpty
+        }
+    }
+
     Context 'Progress and cancellation' {
         BeforeAll {
             # Big enough that DARE (L1 rescale) + TIES over three inputs takes around a second.

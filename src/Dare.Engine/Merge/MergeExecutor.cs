@@ -183,10 +183,10 @@ public sealed class MergeExecutor
     /// <summary>Output bytes this executor's exports wrote from their output buffers rather than copying them through the files' staging buffers (see <see cref="CheckpointWriter.BlockPhase"/>).</summary>
     internal long BytesWrittenInPlace { get; private set; }
 
-    /// <summary>Tensors whose TIES presample was read from the input files rather than computed in a pass (see TensorMerger).</summary>
+    /// <summary>Tensors whose TIES presample was read from the input files rather than computed in a pass (see TensorMerger); in the profile.</summary>
     internal int TensorsPresampledFromFiles { get; private set; }
 
-    /// <summary>Tensors merged by counting passes over their stored bytes and one fused pass (see <see cref="IBFloat16CountedPass"/>).</summary>
+    /// <summary>Tensors merged by counting passes over their stored bytes and one fused pass (see <see cref="IBFloat16CountedPass"/>); in the profile.</summary>
     internal int TensorsCounted { get; private set; }
 
     private void ReportProfile(Stopwatch clock, TimeSpan background)
@@ -199,6 +199,8 @@ public sealed class MergeExecutor
             "profile: {0,-10} {1,8:0.000} GB     (output written from where it was computed, not copied through a staging buffer)", "(In place)", BytesWrittenInPlace / 1e9));
         _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
             "profile: {0,-10} {1,8:0.000} s        (background writes, overlapped with the phases above; Write is the wait for them)", "(Writer)", background.TotalSeconds));
+        _observer?.Verbose(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "profile: {0,-10} {1,8} tensors  counted over their stored bytes, then one fused pass; {2} presampled from the input files", "(TIES)", TensorsCounted, TensorsPresampledFromFiles));
     }
 
     /// <summary>Computes <paramref name="tensors"/> in order and writes them through <paramref name="writer"/>, adding DARE's drop counts to <paramref name="drops"/>; returns the bytes read and the background write time.</summary>
