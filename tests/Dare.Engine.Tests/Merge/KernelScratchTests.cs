@@ -125,4 +125,39 @@ public sealed unsafe class KernelScratchTests : IDisposable
         KernelScratch.Release();
         Assert.Equal(0, CleanArrays<long>.PooledCount);
     }
+
+    [Fact]
+    public void Exports_running_at_once_share_the_pools_and_write_what_each_writes_alone()
+    {
+        // Plans of different lengths, so that one export's end (which empties the pools) falls inside another's
+        // passes: TIES with thresholds to find, DARE then TIES, and a DARE-linear merge.
+        var random = new Random(11);
+        var name = "model.layers.0.mlp.up_proj.weight";
+        TaskVector[] Vectors(string set, int columns)
+        {
+            var values = TestModels.RandomFloats(random, 256 * columns);
+            var @base = _models.Write($"{set}-base", new[] { TestTensor.Bf16(name, values, new long[] { 256, columns }) });
+            return Enumerable.Range(0, 3).Select(m => TaskVector.FromModels(@base,
+                _models.Write($"{set}-tuned{m}", new[] { TestTensor.Bf16(name, TestModels.Perturb(random, values), new long[] { 256, columns }) }))).ToArray();
+        }
+        var ones = new TensorParameter[] { 1.0, 1.0, 1.0 };
+        var ties = TaskVector.Combine(Vectors("ties", 2048), new MergeOptions(MergeMethod.Ties, ones, true, 1.0, new TensorParameter[] { 0.3, 0.3, 0.3 }));
+        var dareTies = TaskVector.Combine(Vectors("dare-ties", 1024).Select((v, i) => v.WithDare(new DareOptions(0.5, 7, i))).ToArray(),
+            new MergeOptions(MergeMethod.Ties, ones, true, 1.0, new TensorParameter[] { 0.4, 0.4, 0.4 }));
+        var dareLinear = TaskVector.Combine(Vectors("dare-linear", 512).Select((v, i) => v.WithDare(new DareOptions(0.9, 7, i))).ToArray(),
+            new MergeOptions(MergeMethod.Linear, ones, true, 1.0));
+        var plans = new[] { ties, dareTies, dareLinear };
+        float[] Export(int plan, string folder) =>
+            TestModels.ReadFloats(_models.Export(plans[plan], folder, chunkElements: 1 << 14), name);
+
+        var alone = Enumerable.Range(0, plans.Length).Select(i => Export(i, $"alone{i}")).ToArray();
+        for (var round = 0; round < 3; round++)
+        {
+            var together = new float[plans.Length][];
+            Parallel.For(0, plans.Length, new ParallelOptions { MaxDegreeOfParallelism = plans.Length }, i => together[i] = Export(i, $"together{round}-{i}"));
+            for (var i = 0; i < plans.Length; i++) Assert.Equal(alone[i], together[i]);
+        }
+        Assert.Equal(0, CleanArrays<uint>.PooledCount);
+        Assert.Equal(0, KernelScratch.PooledCount);
+    }
 }
