@@ -3,8 +3,8 @@ namespace Dare.Engine.Merge;
 /// <summary>
 /// Zeroed arrays for the TIES selection's counts (per-range count tables, bracket counts, histograms), reused from
 /// call to call while merges run and given up with the kernels' native scratch at the end of every export
-/// (<see cref="KernelScratch.Release"/>). They were per-thread tables and static pools, which kept 60–70 MB of managed
-/// heap in the process after a TIES merge, merges or not.
+/// (<see cref="KernelScratch.Release"/>). As per-thread tables and static pools they kept 60–70 MB of managed heap in
+/// the process after a TIES merge, whether another merge followed or not.
 /// </summary>
 /// <remarks>
 /// Only arrays that are all zeros are returned: whoever rents one leaves it clean (walking what it counted) or
