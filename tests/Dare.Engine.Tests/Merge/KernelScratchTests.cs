@@ -16,6 +16,17 @@ public sealed unsafe class KernelScratchTests : IDisposable
 
     public void Dispose() => _models.Dispose();
 
+    private const string Tensor = "model.layers.0.mlp.up_proj.weight";
+
+    /// <summary>A bfloat16 base of one [rows, columns] tensor and <paramref name="count"/> perturbed fine-tunes of it, as task vectors.</summary>
+    private TaskVector[] WriteVectors(string set, Random random, int count, int rows, int columns)
+    {
+        var values = TestModels.RandomFloats(random, rows * columns);
+        var @base = _models.Write($"{set}-base", new[] { TestTensor.Bf16(Tensor, values, new long[] { rows, columns }) });
+        return Enumerable.Range(0, count).Select(m => TaskVector.FromModels(@base,
+            _models.Write($"{set}-tuned{m}", new[] { TestTensor.Bf16(Tensor, TestModels.Perturb(random, values), new long[] { rows, columns }) }))).ToArray();
+    }
+
     [Fact]
     public void A_returned_block_serves_the_next_request_it_fits_and_release_empties_the_pool()
     {
@@ -55,12 +66,7 @@ public sealed unsafe class KernelScratchTests : IDisposable
     [Fact]
     public void An_export_on_the_fused_kernels_leaves_no_block_pooled()
     {
-        var random = new Random(8);
-        var name = "model.layers.0.mlp.up_proj.weight";
-        var values = TestModels.RandomFloats(random, 1 << 18);
-        var @base = _models.Write("base", new[] { TestTensor.Bf16(name, values, new long[] { 512, 512 }) });
-        var vectors = Enumerable.Range(0, 2).Select(m => TaskVector.FromModels(@base,
-            _models.Write($"tuned{m}", new[] { TestTensor.Bf16(name, TestModels.Perturb(random, values), new long[] { 512, 512 }) }))).ToArray();
+        var vectors = WriteVectors("fused", new Random(8), 2, 512, 512);
         var plan = TaskVector.Combine(new[] { vectors[0].WithDare(new DareOptions(0.5, 1, 0)), vectors[1] },
             new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1.0, 2.0 }, true, 0.5));
         KernelScratch.Release();
@@ -73,12 +79,7 @@ public sealed unsafe class KernelScratchTests : IDisposable
     [Fact]
     public void A_ties_export_leaves_no_count_table_pooled()
     {
-        var random = new Random(9);
-        var name = "model.layers.0.mlp.up_proj.weight";
-        var values = TestModels.RandomFloats(random, 1 << 18);
-        var @base = _models.Write("base", new[] { TestTensor.Bf16(name, values, new long[] { 512, 512 }) });
-        var vectors = Enumerable.Range(0, 2).Select(m => TaskVector.FromModels(@base,
-            _models.Write($"tuned{m}", new[] { TestTensor.Bf16(name, TestModels.Perturb(random, values), new long[] { 512, 512 }) }))).ToArray();
+        var vectors = WriteVectors("ties", new Random(9), 2, 512, 512);
         var plan = TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Ties, new TensorParameter[] { 1.0, 1.0 }, true, 1.0, new TensorParameter[] { 0.3, 0.3 }));
         // Tables pooled before the export are given up with those it returns.
         CleanArrays<uint>.Return(new uint[4096]);
@@ -132,14 +133,7 @@ public sealed unsafe class KernelScratchTests : IDisposable
         // Plans of different lengths, so that one export's end (which empties the pools) falls inside another's
         // passes: TIES with thresholds to find, DARE then TIES, and a DARE-linear merge.
         var random = new Random(11);
-        var name = "model.layers.0.mlp.up_proj.weight";
-        TaskVector[] Vectors(string set, int columns)
-        {
-            var values = TestModels.RandomFloats(random, 256 * columns);
-            var @base = _models.Write($"{set}-base", new[] { TestTensor.Bf16(name, values, new long[] { 256, columns }) });
-            return Enumerable.Range(0, 3).Select(m => TaskVector.FromModels(@base,
-                _models.Write($"{set}-tuned{m}", new[] { TestTensor.Bf16(name, TestModels.Perturb(random, values), new long[] { 256, columns }) }))).ToArray();
-        }
+        TaskVector[] Vectors(string set, int columns) => WriteVectors(set, random, 3, 256, columns);
         var ones = new TensorParameter[] { 1.0, 1.0, 1.0 };
         var ties = TaskVector.Combine(Vectors("ties", 2048), new MergeOptions(MergeMethod.Ties, ones, true, 1.0, new TensorParameter[] { 0.3, 0.3, 0.3 }));
         var dareTies = TaskVector.Combine(Vectors("dare-ties", 1024).Select((v, i) => v.WithDare(new DareOptions(0.5, 7, i))).ToArray(),
@@ -148,7 +142,7 @@ public sealed unsafe class KernelScratchTests : IDisposable
             new MergeOptions(MergeMethod.Linear, ones, true, 1.0));
         var plans = new[] { ties, dareTies, dareLinear };
         float[] Export(int plan, string folder) =>
-            TestModels.ReadFloats(_models.Export(plans[plan], folder, chunkElements: 1 << 14), name);
+            TestModels.ReadFloats(_models.Export(plans[plan], folder, chunkElements: 1 << 14), Tensor);
 
         var alone = Enumerable.Range(0, plans.Length).Select(i => Export(i, $"alone{i}")).ToArray();
         for (var round = 0; round < 3; round++)
