@@ -13,47 +13,17 @@ namespace Dare.Engine.Merge;
 internal static class CleanArrays<T> where T : unmanaged
 {
     // Rented at once: a few tables per core and input, the bracket and sample counts of the tensors in flight.
-    private static readonly int MaxPooled = 8 * Environment.ProcessorCount;
-    private static readonly List<T[]> Pooled = new();
+    private static readonly BestFitPool<T[]> Pooled = new(8 * Environment.ProcessorCount, array => array.Length);
 
     /// <summary>An array of at least <paramref name="length"/> zeros: the shortest pooled one that is long enough, or a new one.</summary>
-    public static T[] Rent(int length)
-    {
-        lock (Pooled)
-        {
-            var best = -1;
-            for (var i = 0; i < Pooled.Count; i++)
-            {
-                if (Pooled[i].Length >= length && (best < 0 || Pooled[i].Length < Pooled[best].Length)) best = i;
-            }
-            if (best >= 0)
-            {
-                var array = Pooled[best];
-                Pooled.RemoveAt(best);
-                return array;
-            }
-        }
-        return new T[length];
-    }
+    public static T[] Rent(int length) => Pooled.TryTake(length, out var array) ? array : new T[length];
 
-    /// <summary>Pools <paramref name="array"/>, which must be all zeros again.</summary>
-    public static void Return(T[] array)
-    {
-        lock (Pooled)
-        {
-            if (Pooled.Count < MaxPooled) Pooled.Add(array);
-        }
-    }
+    /// <summary>Pools <paramref name="array"/>, which must be all zeros again (dropped when the pool is full).</summary>
+    public static void Return(T[] array) => Pooled.TryAdd(array);
 
     /// <summary>Drops the pooled arrays (those still rented are pooled again when returned).</summary>
-    public static void Release()
-    {
-        lock (Pooled) Pooled.Clear();
-    }
+    public static void Release() => Pooled.TakeAll();
 
     /// <summary>How many arrays the pool holds (for the tests).</summary>
-    internal static int PooledCount
-    {
-        get { lock (Pooled) return Pooled.Count; }
-    }
+    internal static int PooledCount => Pooled.Count;
 }

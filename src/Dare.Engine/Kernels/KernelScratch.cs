@@ -13,28 +13,15 @@ namespace Dare.Engine.Merge;
 internal static unsafe class KernelScratch
 {
     // Blocks rented at once are one or two per core (a range per core, a nested counting pass).
-    private static readonly int MaxPooled = 4 * Environment.ProcessorCount;
-    private static readonly List<(nint Block, nuint Bytes)> Pooled = new();
+    private static readonly BestFitPool<(nint Block, nuint Bytes)> Pooled = new(4 * Environment.ProcessorCount, block => (long)block.Bytes);
 
     /// <summary>At least <paramref name="bytes"/> bytes, 64-byte aligned, until the lease is disposed (on any thread).</summary>
     public static Lease Rent(long bytes)
     {
         var size = (nuint)Math.Max(bytes, 1);
-        lock (Pooled)
-        {
-            var best = -1;
-            for (var i = 0; i < Pooled.Count; i++)
-            {
-                if (Pooled[i].Bytes >= size && (best < 0 || Pooled[i].Bytes < Pooled[best].Bytes)) best = i;
-            }
-            if (best >= 0)
-            {
-                var (block, capacity) = Pooled[best];
-                Pooled.RemoveAt(best);
-                return new Lease((byte*)block, capacity);
-            }
-        }
-        return new Lease((byte*)NativeMemory.AlignedAlloc(size, 64), size);
+        return Pooled.TryTake((long)size, out var pooled)
+            ? new Lease((byte*)pooled.Block, pooled.Bytes)
+            : new Lease((byte*)NativeMemory.AlignedAlloc(size, 64), size);
     }
 
     /// <summary>
@@ -43,32 +30,17 @@ internal static unsafe class KernelScratch
     /// </summary>
     public static void Release()
     {
-        lock (Pooled)
-        {
-            foreach (var (block, _) in Pooled) NativeMemory.AlignedFree((void*)block);
-            Pooled.Clear();
-        }
+        foreach (var (block, _) in Pooled.TakeAll()) NativeMemory.AlignedFree((void*)block);
         CleanArrays<uint>.Release();
         CleanArrays<long>.Release();
     }
 
     /// <summary>How many blocks the pool holds (for the tests).</summary>
-    internal static int PooledCount
-    {
-        get { lock (Pooled) return Pooled.Count; }
-    }
+    internal static int PooledCount => Pooled.Count;
 
     private static void Return(byte* block, nuint bytes)
     {
-        lock (Pooled)
-        {
-            if (Pooled.Count < MaxPooled)
-            {
-                Pooled.Add(((nint)block, bytes));
-                return;
-            }
-        }
-        NativeMemory.AlignedFree(block);
+        if (!Pooled.TryAdd(((nint)block, bytes))) NativeMemory.AlignedFree(block);
     }
 
     /// <summary>A rented block: <see cref="Pointer"/> until disposed.</summary>

@@ -252,11 +252,11 @@ public sealed partial class MagnitudeSelection
     /// </summary>
     private static long[] RentHistogram() => CleanArrays<long>.Rent(1 << 16);
 
-    /// <summary>Clears a histogram, returns it to the pool and clears the reference.</summary>
+    /// <summary>Clears a histogram's 64K counts (a pooled array may be longer; the rest stayed zero), returns it to the pool and clears the reference.</summary>
     private static void ReturnHistogram(ref long[]? histogram)
     {
         if (histogram is null) return;
-        Array.Clear(histogram);
+        Array.Clear(histogram, 0, 1 << 16);
         CleanArrays<long>.Return(histogram);
         histogram = null;
     }
