@@ -207,6 +207,21 @@ Describe 'Export-LoraAdapter' {
         (Get-ChildItem -LiteralPath $copy).Name | Sort-Object | Should -Be @('adapter_config.json', 'adapter_model.safetensors')
     }
 
+    It 'factors every matrix by the SVD -Svd names, and says which per module and in dare_recipe.yml' {
+        $vector = Get-TaskVector $base.Path $math.Path
+        $exact = $vector | Export-LoraAdapter (Join-Path $TestDrive 'exact-lora') -Rank 3 -DType float32 -Include '*.q_proj.*', '*.down_proj.*' -Svd Exact
+        $randomized = $vector | Export-LoraAdapter (Join-Path $TestDrive 'randomized-lora') -Rank 3 -DType float32 -Include '*.q_proj.*', '*.down_proj.*' -Svd Randomized
+        $exact.Modules.Svd | Sort-Object -Unique | Should -Be 'Exact'
+        $randomized.Modules.Svd | Sort-Object -Unique | Should -Be 'Randomized'
+        # Eckart–Young: no rank-3 factors come closer to δ than the exact truncated SVD's.
+        foreach ($module in $exact.Modules) {
+            $other = $randomized.Modules | Where-Object Tensor -eq $module.Tensor
+            $module.RelativeError | Should -BeLessOrEqual ($other.RelativeError + 1e-6)
+        }
+        Get-Content -Raw (Join-Path $randomized.Path 'dare_recipe.yml') | Should -Match 'model\.layers\.0\.self_attn\.q_proj: rank 3, error [0-9.]+, randomized SVD'
+        (Get-Command Export-LoraAdapter).Parameters['Svd'].ParameterType.GetEnumNames() | Should -Be @('Auto', 'Exact', 'Randomized')
+    }
+
     It 'refuses -Rank together with -RetainedEnergy' {
         { Get-TaskVector $base.Path $math.Path | Export-LoraAdapter (Join-Path $TestDrive 'both') -Rank 2 -RetainedEnergy 0.9 -ErrorAction Stop } |
             Should -Throw -ErrorId 'InvalidParameter,*'

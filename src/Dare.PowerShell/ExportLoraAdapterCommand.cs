@@ -52,6 +52,13 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
     [Parameter]
     public EmbeddingExport Embeddings { get; set; } = EmbeddingExport.Full;
 
+    /// <summary>
+    /// How each matrix is factored: Auto (default: exact up to a smaller side of 4096, randomized above), Exact (the
+    /// optimal error for every matrix, slower on large ones) or Randomized (faster; error at or a little above the optimal).
+    /// </summary>
+    [Parameter]
+    public SvdMethod Svd { get; set; } = SvdMethod.Auto;
+
     /// <summary>dtype of the saved tensors: bfloat16, float16 or float32 (default: each base tensor's dtype).</summary>
     [Parameter]
     [ValidateSet("bfloat16", "float16", "float32")]
@@ -101,6 +108,7 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
             Include = Include,
             Exclude = Exclude,
             Embeddings = Embeddings,
+            Svd = Svd,
             OutputDType = dtype,
             Force = Force,
             CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath,
@@ -109,7 +117,7 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
         };
         var rule = options.RetainedEnergy is { } e ? $"rank by retained energy {e} (at most {options.Rank})"
             : options.MinSingularValue is { } t ? $"singular values above {t} (rank at most {options.Rank})" : $"rank {options.Rank}";
-        if (!ShouldProcess(destination, $"Write the LoRA adapter of '{vector.Name}' ({rule})")) return;
+        if (!ShouldProcess(destination, $"Write the LoRA adapter of '{vector.Name}' ({rule}, {Svd.ToString().ToLowerInvariant()} SVD)")) return;
         var observer = new CmdletObserver(this);
         LoraExportResult result;
         try

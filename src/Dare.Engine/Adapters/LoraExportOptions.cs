@@ -13,6 +13,20 @@ public enum EmbeddingExport
     Skip,
 }
 
+/// <summary>How each matrix's truncated SVD is computed.</summary>
+public enum SvdMethod
+{
+    /// <summary>Exact up to <see cref="LoraExportOptions.FullSvdLimit"/> (every matrix of a 7B Llama), randomized above.</summary>
+    Auto,
+    /// <summary>
+    /// The full decomposition (eigenvalues of the smaller Gram matrix, float64) for every matrix: Eckart–Young's optimal
+    /// error at every rank; for a matrix whose smaller side is n it takes n² float64s and O(n³) time.
+    /// </summary>
+    Exact,
+    /// <summary>A randomized low-rank SVD (rank + 10 vectors, 4 power iterations, a fixed seed) for every matrix: faster on large ones, its error at or a little above the optimal one.</summary>
+    Randomized,
+}
+
 /// <summary>What <see cref="LoraExtractor"/> writes: the rank rule, which matrices, and the output folder.</summary>
 public sealed class LoraExportOptions
 {
@@ -49,12 +63,16 @@ public sealed class LoraExportOptions
     /// <summary>The recipe that reproduces the task vector; written as dare_recipe.yml with the extraction's figures as comments.</summary>
     public string? RecipeYaml { get; init; }
 
-    /// <summary>Matrices whose smaller side is above this use a randomized low-rank SVD (torch.svd_lowrank) instead of the full one.</summary>
+    /// <summary>How each matrix's SVD is computed (see <see cref="SvdMethod"/>).</summary>
+    public SvdMethod Svd { get; init; } = SvdMethod.Auto;
+
+    /// <summary>With <see cref="SvdMethod.Auto"/>, matrices whose smaller side is above this get the randomized SVD instead of the exact one.</summary>
     public long FullSvdLimit { get; init; } = 4096;
 }
 
 /// <summary>One module of an extracted adapter.</summary>
-public sealed record LoraModuleExport(string Module, string Tensor, LoraModuleKind Kind, int Rank, long[] Shape, double RelativeError)
+/// <param name="Svd">The SVD that factored it (Exact or Randomized); null for a full tensor.</param>
+public sealed record LoraModuleExport(string Module, string Tensor, LoraModuleKind Kind, int Rank, long[] Shape, double RelativeError, SvdMethod? Svd = null)
 {
     /// <summary>How much of δ the saved factors hold: ‖δ − B·A‖_F / ‖δ‖_F is the error (0 for a full tensor).</summary>
     public double RetainedFraction => 1 - RelativeError;

@@ -53,7 +53,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             CheckFinite(delta, info);
             var f = Factorize(kind == LoraModuleKind.Embedding ? delta.t() : delta, options, DTypeOf(info, options).ToScalarType());
             factors.Add(f with { Info = info, Kind = kind });
-            observer?.Verbose($"{info.Name} {info.ShapeText}: rank {f.Rank}, relative error {f.RelativeError:0.######}");
+            observer?.Verbose($"{info.Name} {info.ShapeText}: rank {f.Rank}, relative error {f.RelativeError:0.######} ({f.Svd.ToString().ToLowerInvariant()} SVD)");
         }
 
         var plan = new List<PlannedTensor>();
@@ -66,7 +66,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
         var full = targets.Where(t => t.Kind == LoraModuleKind.Full).Select(t => t.Info).ToList();
         plan.AddRange(full.Select(t => new PlannedTensor(LoraAdapter.PeftPrefix + t.Name, DTypeOf(t, options), t.Shape)));
 
-        var modules = factors.Select(f => new LoraModuleExport(ModuleOf(f.Info.Name), f.Info.Name, f.Kind, f.Rank, f.Info.Shape, f.RelativeError))
+        var modules = factors.Select(f => new LoraModuleExport(ModuleOf(f.Info.Name), f.Info.Name, f.Kind, f.Rank, f.Info.Shape, f.RelativeError, f.Svd))
             .Concat(full.Select(t => new LoraModuleExport(ModuleOf(t.Name), t.Name, LoraModuleKind.Full, 0, t.Shape, 0))).ToList();
         var rank = factors.Select(f => f.Rank).DefaultIfEmpty(0).Max();
         var extra = new Dictionary<string, string> { [LoraAdapterConfig.FileName] = ConfigJson(vector, options, modules, rank) };
@@ -167,7 +167,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
     }
 
     /// <summary>One module's factors as float32 arrays: A is [Rank, Columns], B is [Rows, Rank].</summary>
-    private sealed record Factors(float[] A, float[] B, long Rows, long Columns, int Rank, double RelativeError)
+    private sealed record Factors(float[] A, float[] B, long Rows, long Columns, int Rank, double RelativeError, SvdMethod Svd)
     {
         public TensorInfo Info { get; init; } = null!;
         public LoraModuleKind Kind { get; init; }
@@ -186,7 +186,8 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
         var norm2 = d.square().sum(ScalarType.Float64).ToDouble();
         var cap = (int)Math.Min(options.Rank, smaller);
         Tensor u, s, vh;
-        if (smaller > options.FullSvdLimit)
+        var method = options.Svd == SvdMethod.Auto ? (smaller > options.FullSvdLimit ? SvdMethod.Randomized : SvdMethod.Exact) : options.Svd;
+        if (method == SvdMethod.Randomized)
         {
             // A randomized SVD finds the leading singular triplets without the full decomposition of a large matrix.
             (u, s, vh) = RandomizedSvd(d, (int)Math.Min(smaller, cap + 10), powerIterations: 4);
@@ -211,7 +212,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
                 residual += d.narrow(0, first, count).to_type(ScalarType.Float64).sub_(rebuilt).pow_(2).sum().ToDouble();
             }
         }
-        return new Factors(a.data<float>().ToArray(), b.data<float>().ToArray(), rows, columns, rank, norm2 > 0 ? Math.Sqrt(residual / norm2) : 0);
+        return new Factors(a.data<float>().ToArray(), b.data<float>().ToArray(), rows, columns, rank, norm2 > 0 ? Math.Sqrt(residual / norm2) : 0, method);
     }
 
     /// <summary>
@@ -316,10 +317,10 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             : options.MinSingularValue is { } t ? $"singular values above {t.ToString(CultureInfo.InvariantCulture)}, rank at most {options.Rank}"
             : $"rank {options.Rank}";
         var text = new StringBuilder();
-        text.Append(CultureInfo.InvariantCulture, $"\n# Export-LoraAdapter ({rule}, embeddings {options.Embeddings}): relative reconstruction error ||d - B.A||_F / ||d||_F per module\n");
+        text.Append(CultureInfo.InvariantCulture, $"\n# Export-LoraAdapter ({rule}, embeddings {options.Embeddings}, SVD {options.Svd}): relative reconstruction error ||d - B.A||_F / ||d||_F per module\n");
         foreach (var m in modules)
         {
-            text.Append(CultureInfo.InvariantCulture, $"#   {m.Module}: {(m.Kind == LoraModuleKind.Full ? "full tensor" : $"rank {m.Rank}")}, error {m.RelativeError:0.########}\n");
+            text.Append(CultureInfo.InvariantCulture, $"#   {m.Module}: {(m.Kind == LoraModuleKind.Full ? "full tensor" : $"rank {m.Rank}")}, error {m.RelativeError:0.########}{(m.Svd is { } svd ? $", {svd.ToString().ToLowerInvariant()} SVD" : "")}\n");
         }
         return text.ToString();
     }

@@ -121,6 +121,35 @@ public sealed class LoraExtractionTests : IDisposable
     }
 
     [Fact]
+    public void Svd_chooses_the_exact_or_the_randomized_decomposition_for_every_matrix()
+    {
+        // 40 × 30 with two leading singular values over 28 equal ones: a rank-2 range finder (12 vectors, 4 power
+        // iterations) mixes the flat part into the leading pair, so only the exact SVD reaches Eckart–Young's error
+        // (to float32's 1e-5; the randomized one is ~1e-3 above it here).
+        const string K = "model.layers.0.self_attn.k_proj.weight";
+        var spectrum = new[] { 1.0, 0.95 }.Concat(Enumerable.Repeat(0.9, 28)).ToArray();
+        var shape = new long[] { 40, 30 };
+        var flatBase = _models.Write("flat-base", new[] { TestTensor.F32(K, new float[40 * 30], shape) });
+        var flatTuned = _models.Write("flat-tuned", new[] { TestTensor.F32(K, LowRank(40, 30, spectrum), shape) });
+        LoraModuleExport Extract(SvdMethod svd, long autoLimit) => new LoraExtractor().Export(TaskVector.FromModels(flatBase, flatTuned), new LoraExportOptions
+        {
+            Destination = _models.PathOf($"flat-{svd}-{autoLimit}"), Rank = 2, OutputDType = SafetensorsDType.F32, Svd = svd, FullSvdLimit = autoLimit,
+        }).Modules.Single();
+        var optimal = Math.Sqrt(spectrum.Skip(2).Sum(s => s * s) / spectrum.Sum(s => s * s));
+
+        var exact = Extract(SvdMethod.Exact, autoLimit: 4); // exact although the matrix is above Auto's limit
+        Assert.Equal(SvdMethod.Exact, exact.Svd);
+        Assert.InRange(exact.RelativeError, optimal - 1e-5, optimal + 1e-5);
+        var randomized = Extract(SvdMethod.Randomized, autoLimit: 4096); // randomized although it is below
+        Assert.Equal(SvdMethod.Randomized, randomized.Svd);
+        Assert.True(randomized.RelativeError > optimal + 1e-4, $"randomized {randomized.RelativeError} against the optimal {optimal}");
+        Assert.Equal(SvdMethod.Randomized, Extract(SvdMethod.Auto, autoLimit: 29).Svd);
+        var auto = Extract(SvdMethod.Auto, autoLimit: 30);
+        Assert.Equal(SvdMethod.Exact, auto.Svd);
+        Assert.Equal(exact.RelativeError, auto.RelativeError);
+    }
+
+    [Fact]
     public void The_adapter_has_PEFTs_names_shapes_and_config()
     {
         var result = Extract("peft", 3, o => new LoraExportOptions { Destination = o.Destination, Rank = 3, OutputDType = SafetensorsDType.F32, BaseModelNameOrPath = "org/base" });
