@@ -92,3 +92,39 @@ Describe 'Invoke-DareMerge -Device and device:' {
             Should -Throw -ErrorId 'RecipeInvalid,Dare.PowerShell.InvokeDareMergeCommand' -ExpectedMessage "*line 10, column 9 (device)*'tpu' is not a device*"
     }
 }
+
+Describe 'Invoke-DareSweep -Device' {
+    It 'merges every variant on the tensor backend into the tensors the SIMD kernels give, and records the device in the kept model''s recipe' {
+        $script:variantData = @{}
+        $record = { param($ModelPath) $script:variantData["$device/$(Split-Path $ModelPath -Leaf)"] = Get-TensorData $ModelPath; 1.0 }
+        foreach ($device in 'cpu', 'torch-cpu') {
+            $results = @(Invoke-DareSweep $base $math, $code -DropRate 0.5, 0.9 -KeepRatio 0.4 -Seed 3 -Evaluator $record -Device $device -KeepBest (Join-Path $out "sweep-$device"))
+            $results.Succeeded | Should -Be @($true, $true)
+        }
+        $variantData.Count | Should -Be 4
+        $variantData['torch-cpu/variant-000'] | Should -Be $variantData['cpu/variant-000']
+        $variantData['torch-cpu/variant-001'] | Should -Be $variantData['cpu/variant-001']
+        $variantData['cpu/variant-001'] | Should -Not -Be $variantData['cpu/variant-000']
+        Get-Content -Raw (Join-Path $out 'sweep-torch-cpu/dare_recipe.yml') | Should -Match '(?m)^device: torch-cpu$'
+        Get-Content -Raw (Join-Path $out 'sweep-cpu/dare_recipe.yml') | Should -Not -Match 'device:'
+    }
+
+    It 'hands the variants to the tensor backend: a sweep loads libtorch with -Device torch-cpu and not without it' {
+        $manifest = Join-Path $RepoRoot 'out/Dare/Dare.psd1'
+        foreach ($case in @{ Device = 'cpu'; Loaded = 'False' }, @{ Device = 'torch-cpu'; Loaded = 'True' }) {
+            $script = "Import-Module '$manifest'; `$null = Invoke-DareSweep '$($base.Path)' '$($math.Path)' -DropRate 0.5 -Seed 1 -Evaluator { 1 } -Device $($case.Device) -WarningAction SilentlyContinue; " +
+                "'libtorch:' + [bool](Get-Content /proc/self/maps | Where-Object { `$_ -match 'libtorch_cpu\.so' })"
+            Invoke-InChildPwsh $script | Select-Object -Last 1 | Should -Be "libtorch:$($case.Loaded)"
+        }
+    }
+
+    It 'refuses -Device cuda here with DeviceUnavailable before any variant is merged, leaving nothing behind' {
+        $parent = Join-Path $out 'sweep-cuda-parent'
+        New-Item -ItemType Directory $parent | Out-Null
+        $script:evaluated = 0
+        { Invoke-DareSweep $base $math -DropRate 0.5 -Seed 1 -Evaluator { $script:evaluated++; 1 } -KeepBest (Join-Path $parent 'best') -Device cuda -ErrorAction Stop } |
+            Should -Throw -ErrorId 'DeviceUnavailable,Dare.PowerShell.InvokeDareSweepCommand' -ExpectedMessage "*'cuda:0'*"
+        $evaluated | Should -Be 0
+        Get-ChildItem -Force -LiteralPath $parent | Should -BeNullOrEmpty
+    }
+}

@@ -58,7 +58,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     /// and measure it). The merged bytes are the same on every device.
     /// </summary>
     [Parameter]
-    [ValidatePattern(@"^(?i)(cpu|torch-cpu|cuda(:\d+)?)$")]
+    [ValidatePattern(ComputeDevice.Pattern)]
     public string? Device { get; set; }
 
     private readonly List<TaskVector> _inputs = new();

@@ -100,7 +100,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     /// and measure it). The merged bytes are the same on every device.
     /// </summary>
     [Parameter]
-    [ValidatePattern(@"^(?i)(cpu|torch-cpu|cuda(:\d+)?)$")]
+    [ValidatePattern(ComputeDevice.Pattern)]
     public string? Device { get; set; }
 
     /// <summary>Seed of DARE steps without random_seed under -Partition: fixed, since every partition must draw the same masks.</summary>

@@ -1,6 +1,7 @@
 using System.Management.Automation;
 using Dare.Engine;
 using Dare.Engine.Evaluation;
+using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 using Dare.Engine.Sweeps;
 
@@ -99,6 +100,16 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
     [ValidateSet("bfloat16", "float16", "float32")]
     public string? DType { get; set; }
 
+    /// <summary>
+    /// Where each variant's merge math runs: cpu (the default: the SIMD kernels), cuda or cuda:N (the TorchSharp tensor
+    /// backend on that GPU, which the default evaluator's perplexity then also uses), or torch-cpu. The same bytes on every device.
+    /// </summary>
+    [Parameter]
+    [ValidatePattern(ComputeDevice.Pattern)]
+    public string? Device { get; set; }
+
+    private ComputeDevice? _device;
+
     private Checkpoint _base = null!;
     private readonly List<Checkpoint> _models = new();
     private string? _text;
@@ -152,6 +163,7 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
             CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath,
             OutputDType = DType is null ? null : SafetensorsDTypes.ParseOutputDType(DType),
             ChartPath = ChartPath is null ? null : SessionState.Path.GetUnresolvedProviderPathFromPSPath(ChartPath),
+            Device = _device = Device is null ? null : ComputeDevice.Parse(Device),
         };
         var observer = new CmdletObserver(this, activityId: 2);
         using var sweep = new DareSweep(options, observer, Cancellation);
@@ -188,7 +200,7 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
     {
         if (Evaluator is null)
         {
-            var options = new PerplexityOptions { MaxTokens = MaxTokens > 0 ? MaxTokens : null };
+            var options = new PerplexityOptions { MaxTokens = MaxTokens > 0 ? MaxTokens : null, Device = _device?.TorchDeviceName ?? "cpu" };
             return PerplexityEvaluator.Measure(Checkpoint.Open(modelPath), _text!, options, null, Cancellation).Perplexity;
         }
         var output = Evaluator.Invoke(modelPath).Where(o => o is not null).LastOrDefault()

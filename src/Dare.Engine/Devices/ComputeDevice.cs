@@ -14,6 +14,9 @@ public sealed class ComputeDevice
     /// <summary>The spellings users may give (-Device, recipes' device:); cuda takes an optional :index.</summary>
     public static readonly IReadOnlyList<string> Spellings = new[] { "cpu", "torch-cpu", "cuda", "cuda:N" };
 
+    /// <summary>The spellings as a pattern, for the cmdlets' -Device validation.</summary>
+    public const string Pattern = @"^(?i)(cpu|torch-cpu|cuda(:\d+)?)$";
+
     public static ComputeDevice Cpu { get; } = new("cpu", null);
 
     private ComputeDevice(string name, int? cudaIndex, bool torchOnCpu = false)
@@ -33,6 +36,9 @@ public sealed class ComputeDevice
     public bool UsesTorchBackend { get; }
 
     public bool IsCuda => CudaIndex is not null;
+
+    /// <summary>The TorchSharp device spelling that other torch work of the same run (perplexity) takes: this GPU, or the CPU.</summary>
+    public string TorchDeviceName => IsCuda ? Name : "cpu";
 
     public override string ToString() => Name;
 

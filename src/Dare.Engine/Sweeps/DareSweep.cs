@@ -38,6 +38,9 @@ public sealed record SweepOptions
 
     /// <summary>Where the score-versus-drop-rate chart goes (.png or .svg), or null.</summary>
     public string? ChartPath { get; init; }
+
+    /// <summary>Where the variants' merge math runs (null: the SIMD kernels); recorded in each variant's dare_recipe.yml.</summary>
+    public ComputeDevice? Device { get; init; }
 }
 
 /// <summary>
@@ -65,6 +68,7 @@ public sealed class DareSweep : IDisposable
         _observer = observer;
         _cancellation = cancellation;
         if (options.ChartPath is { } chart) LineChart.CheckPath(chart);
+        options.Device?.EnsureAvailable();
         if (options.KeepBest is { } keep)
         {
             OutputFolder.Check(keep, options.Force, ProtectedPaths(options), options.CurrentLocation);
@@ -118,7 +122,8 @@ public sealed class DareSweep : IDisposable
                     Destination = folder,
                     OutputDType = _options.OutputDType,
                     CurrentLocation = _options.CurrentLocation,
-                    RecipeYaml = RecipeWriter.ToYaml(vector, _options.OutputDType),
+                    RecipeYaml = RecipeWriter.ToYaml(vector, _options.OutputDType, device: _options.Device),
+                    Device = _options.Device,
                 });
                 result.RealisedDropRate = export.RealisedDropRate;
                 result.MergeTime = clock.Elapsed;
