@@ -222,6 +222,18 @@ Describe 'Export-LoraAdapter' {
         (Get-Command Export-LoraAdapter).Parameters['Svd'].ParameterType.GetEnumNames() | Should -Be @('Auto', 'Exact', 'Randomized')
     }
 
+    It 'runs the SVDs on the -Device it names: torch-cpu writes the adapter cpu writes, cuda here is DeviceUnavailable with nothing written' {
+        $vector = Get-TaskVector $base.Path $math.Path
+        $onCpu = $vector | Export-LoraAdapter (Join-Path $TestDrive 'device-cpu-lora') -Rank 3 -Include '*.layers.1.*' -Svd Randomized
+        $onTorch = $vector | Export-LoraAdapter (Join-Path $TestDrive 'device-torch-lora') -Rank 3 -Include '*.layers.1.*' -Svd Randomized -Device torch-cpu
+        $bytes = { param($Result) [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData([IO.File]::ReadAllBytes((Join-Path $Result.Path 'adapter_model.safetensors')))) }
+        & $bytes $onTorch | Should -Be (& $bytes $onCpu)
+        $target = Join-Path $TestDrive 'device-cuda-lora'
+        { $vector | Export-LoraAdapter $target -Rank 3 -Device cuda:1 -ErrorAction Stop } |
+            Should -Throw -ErrorId 'DeviceUnavailable,Dare.PowerShell.ExportLoraAdapterCommand' -ExpectedMessage "*'cuda:1'*"
+        $target | Should -Not -Exist
+    }
+
     It 'refuses -Rank together with -RetainedEnergy' {
         { Get-TaskVector $base.Path $math.Path | Export-LoraAdapter (Join-Path $TestDrive 'both') -Rank 2 -RetainedEnergy 0.9 -ErrorAction Stop } |
             Should -Throw -ErrorId 'InvalidParameter,*'

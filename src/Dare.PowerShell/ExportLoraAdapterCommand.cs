@@ -59,6 +59,14 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
     [Parameter]
     public SvdMethod Svd { get; set; } = SvdMethod.Auto;
 
+    /// <summary>
+    /// Where the SVDs run: cpu (the default), or cuda / cuda:N (that GPU; needs a module built with ./build.ps1 Build -Cuda).
+    /// δ itself is computed on the host. torch-cpu is accepted as cpu.
+    /// </summary>
+    [Parameter]
+    [ValidatePattern(ComputeDevice.Pattern)]
+    public string? Device { get; set; }
+
     /// <summary>dtype of the saved tensors: bfloat16, float16 or float32 (default: each base tensor's dtype).</summary>
     [Parameter]
     [ValidateSet("bfloat16", "float16", "float32")]
@@ -109,6 +117,7 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
             Exclude = Exclude,
             Embeddings = Embeddings,
             Svd = Svd,
+            Device = Device is null ? null : ComputeDevice.Parse(Device),
             OutputDType = dtype,
             Force = Force,
             CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath,
@@ -117,7 +126,7 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
         };
         var rule = options.RetainedEnergy is { } e ? $"rank by retained energy {e} (at most {options.Rank})"
             : options.MinSingularValue is { } t ? $"singular values above {t} (rank at most {options.Rank})" : $"rank {options.Rank}";
-        if (!ShouldProcess(destination, $"Write the LoRA adapter of '{vector.Name}' ({rule}, {Svd.ToString().ToLowerInvariant()} SVD)")) return;
+        if (!ShouldProcess(destination, $"Write the LoRA adapter of '{vector.Name}' ({rule}, {Svd.ToString().ToLowerInvariant()} SVD{(options.Device is { IsCuda: true } device ? $" on {device}" : "")})")) return;
         var observer = new CmdletObserver(this);
         LoraExportResult result;
         try

@@ -14,7 +14,8 @@ TorchSharp-cuda-linux 0.107.0 and its libtorch-cuda packages):
      masks and magnitude bits computed on the GPU, and DeviceUnavailable for a device index beyond the GPUs;
   3. a short bench: a synthetic bf16 base + 3 fine-tunes (-BenchHiddenSize, default 2048 with 16 layers, ~0.9B
      parameters each), DARE-linear and DARE-TIES exported with -Device cpu and -Device cuda, wall times as a ratio
-     and the tensor-data SHA-256 of both (they must be equal).
+     and the tensor-data SHA-256 of both (they must be equal); and Export-LoraAdapter of one fine-tune's layer 0 at
+     rank 16 with -Device cpu and the device (each module's relative error within 1e-4 of the CPU's).
 
 Writes its log and a summary to tests/gpu/out/. Exit code 0 when everything passed.
 
@@ -101,6 +102,12 @@ foreach (`$method in 'dare-linear', 'dare-ties') {
         Remove-Item -Recurse -Force `$target
     }
 }
+foreach (`$device in 'cpu', '$Device') {
+    `$target = Join-Path '$outDir' "lora-`$(`$device -replace ':', '')"
+    `$lora = Get-TaskVector -Base (Join-Path `$data 'base') -FineTuned (Join-Path `$data 'ft1') | Export-LoraAdapter `$target -Rank 16 -Include '*.layers.0.*' -Device `$device -Force
+    'lora         {0,-8} export {1,7:0.00} s  errors {2}' -f `$device, `$lora.Elapsed.TotalSeconds, ((`$lora.Modules | Sort-Object Tensor | ForEach-Object { '{0:0.000000}' -f `$_.RelativeError }) -join ',')
+    Remove-Item -Recurse -Force `$target
+}
 "@
 $bench | Out-Host
 $summary.AddRange([string[]] @($bench))
@@ -113,6 +120,13 @@ else {
         if ($hashes.Count -ne 1) { $summary.Add("Bench ${method}: the cpu and $Device outputs DIFFER"); $testsFailed = $true }
         elseif ($seconds.Count -eq 2) { $summary.Add(('Bench {0}: {1} / cpu = {2:0.00}× export time, identical data' -f $method, $Device, ($seconds[1] / $seconds[0]))) }
     }
+    # Export-LoraAdapter -Device: the SVDs on the device, each module's relative error within 1e-4 of the CPU's.
+    $loraRows = @($bench | Where-Object { $_ -like 'lora *' })
+    $errors = @($loraRows | ForEach-Object { , [double[]] (($_ -split 'errors ')[-1] -split ',') })
+    $loraSeconds = @($loraRows | ForEach-Object { [double](($_ -split '\s+')[3]) })
+    $worst = if ($errors.Count -eq 2) { (0..($errors[0].Length - 1) | ForEach-Object { [Math]::Abs($errors[0][$_] - $errors[1][$_]) } | Measure-Object -Maximum).Maximum } else { [double]::NaN }
+    if (-not ($worst -le 1e-4)) { $summary.Add("LoRA extraction: the cpu and $Device errors DIFFER (largest difference $worst)"); $testsFailed = $true }
+    else { $summary.Add(('LoRA extraction: {0} / cpu = {1:0.00}× time, module errors within {2:0.0e0}' -f $Device, ($loraSeconds[1] / $loraSeconds[0]), $worst)) }
 }
 
 $summary.Add(('Total: {0:0} s' -f $clock.Elapsed.TotalSeconds))

@@ -1,3 +1,4 @@
+using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
 namespace Dare.Engine.Adapters;
@@ -65,6 +66,12 @@ public sealed class LoraExportOptions
 
     /// <summary>How each matrix's SVD is computed (see <see cref="SvdMethod"/>).</summary>
     public SvdMethod Svd { get; init; } = SvdMethod.Auto;
+
+    /// <summary>
+    /// Where the SVDs run: a CUDA device (δ is still computed on the host), else the CPU. A GPU's eigen-solver rounds
+    /// differently, so its factors agree with the CPU's to rounding, not bit for bit.
+    /// </summary>
+    public ComputeDevice? Device { get; init; }
 
     /// <summary>With <see cref="SvdMethod.Auto"/>, matrices whose smaller side is above this get the randomized SVD instead of the exact one.</summary>
     public long FullSvdLimit { get; init; } = 4096;

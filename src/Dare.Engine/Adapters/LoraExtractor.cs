@@ -34,6 +34,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
     {
         var clock = Stopwatch.StartNew();
         Check(options);
+        options.Device?.EnsureAvailable();
         var destination = Path.GetFullPath(options.Destination).TrimEnd(Path.DirectorySeparatorChar);
         var inputs = OutputFolder.InputPathsOf(vector);
         OutputFolder.Check(destination, options.Force, inputs, options.CurrentLocation);
@@ -179,7 +180,8 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
     /// </summary>
     private static Factors Factorize(Tensor delta, LoraExportOptions options, ScalarType saved)
     {
-        var d = delta.contiguous();
+        // On a GPU (options.Device) the SVD and the error measurement run there; the factors come back to the host.
+        var d = (options.Device is { IsCuda: true } device ? delta.to(device.TorchDevice) : delta).contiguous();
         long rows = d.shape[0], columns = d.shape[1];
         using var threads = SmallMatrixThreads.For(rows * columns);
         var smaller = Math.Min(rows, columns);
@@ -196,7 +198,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
         {
             (u, s, vh) = GramSvd(d, cap);
         }
-        var values = s.to_type(ScalarType.Float64).data<double>().ToArray();
+        var values = s.to_type(ScalarType.Float64).cpu().data<double>().ToArray();
         var rank = Math.Max(1, ChooseRank(values, norm2, cap, options));
         var root = s.narrow(0, 0, rank).sqrt();
         var a = vh.narrow(0, 0, rank).mul(root.unsqueeze(1)).to_type(saved).to_type(ScalarType.Float32).contiguous();
@@ -212,7 +214,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
                 residual += d.narrow(0, first, count).to_type(ScalarType.Float64).sub_(rebuilt).pow_(2).sum().ToDouble();
             }
         }
-        return new Factors(a.data<float>().ToArray(), b.data<float>().ToArray(), rows, columns, rank, norm2 > 0 ? Math.Sqrt(residual / norm2) : 0, method);
+        return new Factors(a.cpu().data<float>().ToArray(), b.cpu().data<float>().ToArray(), rows, columns, rank, norm2 > 0 ? Math.Sqrt(residual / norm2) : 0, method);
     }
 
     /// <summary>
@@ -246,7 +248,8 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
     private static (Tensor U, Tensor S, Tensor Vh) RandomizedSvd(Tensor d, int q, int powerIterations)
     {
         using var generator = new Generator(0x5EED);
-        var omega = randn(new[] { d.shape[1], (long)q }, ScalarType.Float32, generator: generator);
+        // Drawn on the host whatever the device, so a GPU gets the same Ω.
+        var omega = randn(new[] { d.shape[1], (long)q }, ScalarType.Float32, generator: generator).to(d.device);
         var (basis, _) = linalg.qr(d.matmul(omega));
         for (var i = 0; i < powerIterations; i++)
         {
@@ -317,7 +320,7 @@ public sealed class LoraExtractor(IMergeObserver? observer = null, CancellationT
             : options.MinSingularValue is { } t ? $"singular values above {t.ToString(CultureInfo.InvariantCulture)}, rank at most {options.Rank}"
             : $"rank {options.Rank}";
         var text = new StringBuilder();
-        text.Append(CultureInfo.InvariantCulture, $"\n# Export-LoraAdapter ({rule}, embeddings {options.Embeddings}, SVD {options.Svd}): relative reconstruction error ||d - B.A||_F / ||d||_F per module\n");
+        text.Append(CultureInfo.InvariantCulture, $"\n# Export-LoraAdapter ({rule}, embeddings {options.Embeddings}, SVD {options.Svd}{(options.Device is { IsCuda: true } d ? $" on {d}" : "")}): relative reconstruction error ||d - B.A||_F / ||d||_F per module\n");
         foreach (var m in modules)
         {
             text.Append(CultureInfo.InvariantCulture, $"#   {m.Module}: {(m.Kind == LoraModuleKind.Full ? "full tensor" : $"rank {m.Rank}")}, error {m.RelativeError:0.########}{(m.Svd is { } svd ? $", {svd.ToString().ToLowerInvariant()} SVD" : "")}\n");
