@@ -70,6 +70,13 @@ Describe 'Measure-Perplexity' {
         if ($ErrorId -eq 'TokenizerUnsupported') { "$($err[0])" | Should -Match 'WordPiece' }
     }
 
+    It 'takes -Device as the exports spell it: torch-cpu scores as cpu, cuda here is DeviceUnavailable, an unknown name fails binding' {
+        (Measure-Perplexity $base -TextPath $text -ContextLength 16 -Device torch-cpu).Perplexity | Should -Be (Measure-Perplexity $base -TextPath $text -ContextLength 16).Perplexity
+        { Measure-Perplexity $base -TextPath $text -Device cuda:2 -ErrorAction Stop } |
+            Should -Throw -ErrorId 'DeviceUnavailable,Dare.PowerShell.MeasurePerplexityCommand' -ExpectedMessage "*'cuda:2'*"
+        { Measure-Perplexity $base -TextPath $text -Device mps } | Should -Throw -ErrorId 'ParameterArgumentValidationError,Dare.PowerShell.MeasurePerplexityCommand'
+    }
+
     It 'refuses a text path that matches several files' {
         Set-Content (Join-Path $root 'second.txt') 'abc'
         { Measure-Perplexity $base.Path -TextPath (Join-Path $root '*.txt') -ErrorAction Stop } | Should -Throw -ErrorId 'InvalidParameter,Dare.PowerShell.MeasurePerplexityCommand'

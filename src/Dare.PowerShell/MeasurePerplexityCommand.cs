@@ -1,6 +1,7 @@
 using System.Management.Automation;
 using Dare.Engine;
 using Dare.Engine.Evaluation;
+using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 
 namespace Dare.PowerShell;
@@ -55,8 +56,8 @@ public sealed class MeasurePerplexityCommand : DareCmdlet
     [Parameter, ValidateSet("float32", "bfloat16")]
     public string DType { get; set; } = "float32";
 
-    /// <summary>A TorchSharp device string: cpu, cuda, cuda:1.</summary>
-    [Parameter, ValidateNotNullOrEmpty]
+    /// <summary>Where the forward passes run: cpu (the default), or cuda / cuda:N (that GPU; a module built with ./build.ps1 Build -Cuda).</summary>
+    [Parameter, ValidatePattern(ComputeDevice.Pattern)]
     public string Device { get; set; } = "cpu";
 
     private bool ModelIsLiteral => ParameterSetName is LiteralModelSet or LiteralSet;

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Dare.Engine.Merge;
 using Dare.Engine.Safetensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -20,7 +21,7 @@ public sealed record PerplexityOptions
     /// <summary>Compute type: BF16 or F32.</summary>
     public SafetensorsDType DType { get; init; } = SafetensorsDType.F32;
 
-    /// <summary>A TorchSharp device string: cpu, cuda, cuda:1, ...</summary>
+    /// <summary>Where the forward passes run, spelled as for the exports: cpu (or torch-cpu), cuda or cuda:N.</summary>
     public string Device { get; init; } = "cpu";
 
     /// <summary>Rough bound on activation memory per batch of windows (hidden states, MLP and attention scores).</summary>
@@ -195,17 +196,11 @@ public static class PerplexityEvaluator
         _ => throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"Perplexity is computed in bfloat16 or float32, not {dtype}."),
     };
 
+    /// <summary>The device as the exports spell it (cpu, torch-cpu, cuda, cuda:N): a CUDA device TorchSharp does not offer is DeviceUnavailable.</summary>
     internal static Device ParseDevice(string text)
     {
-        try
-        {
-            var device = torch.device(text);
-            if (device.type == DeviceType.CUDA) InitializeDeviceType(DeviceType.CUDA);
-            return device;
-        }
-        catch (Exception ex) when (ex is not DareException)
-        {
-            throw new DareException(DareErrorId.InvalidParameter, DareErrorKind.InvalidArgument, $"'{text}' is not a device TorchSharp can use here: {ex.Message}", ex);
-        }
+        var device = ComputeDevice.Parse(text);
+        device.EnsureAvailable();
+        return device.TorchDevice;
     }
 }
