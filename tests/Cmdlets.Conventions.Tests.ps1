@@ -164,3 +164,14 @@ Describe 'Format views' {
         [Dare.PowerShell.DareFormat]::Scientific(0.00123456) | Should -Be '1.23e-3'
     }
 }
+
+Describe 'Device completion' {
+    It 'completes -Device of every cmdlet that has one with cpu, cuda and torch-cpu' {
+        $withDevice = @((Import-PowerShellDataFile (Join-Path $PSScriptRoot '../Dare.psd1')).CmdletsToExport | Where-Object { (Get-Command $_).Parameters.ContainsKey('Device') })
+        $withDevice | Sort-Object | Should -Be @('Export-LoraAdapter', 'Export-Safetensors', 'Invoke-DareMerge', 'Invoke-DareSweep', 'Measure-Perplexity')
+        foreach ($name in $withDevice) {
+            @(Get-Completion "$name -Device ") | Should -Be @('cpu', 'cuda', 'torch-cpu') -Because "$name -Device completes"
+            @(Get-Completion "$name -Device CU") | Should -Be @('cuda')
+        }
+    }
+}

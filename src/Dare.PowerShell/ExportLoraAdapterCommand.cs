@@ -65,6 +65,7 @@ public sealed class ExportLoraAdapterCommand : OutputFolderCmdlet
     /// </summary>
     [Parameter]
     [ValidatePattern(ComputeDevice.Pattern)]
+    [ArgumentCompleter(typeof(DeviceCompleter))]
     public string? Device { get; set; }
 
     /// <summary>dtype of the saved tensors: bfloat16, float16 or float32 (default: each base tensor's dtype).</summary>

@@ -59,6 +59,7 @@ public sealed class ExportSafetensorsCommand : OutputFolderCmdlet
     /// </summary>
     [Parameter]
     [ValidatePattern(ComputeDevice.Pattern)]
+    [ArgumentCompleter(typeof(DeviceCompleter))]
     public string? Device { get; set; }
 
     private readonly List<TaskVector> _inputs = new();

@@ -101,6 +101,7 @@ public sealed class InvokeDareMergeCommand : DareCmdlet
     /// </summary>
     [Parameter]
     [ValidatePattern(ComputeDevice.Pattern)]
+    [ArgumentCompleter(typeof(DeviceCompleter))]
     public string? Device { get; set; }
 
     /// <summary>Seed of DARE steps without random_seed under -Partition: fixed, since every partition must draw the same masks.</summary>

@@ -106,6 +106,7 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
     /// </summary>
     [Parameter]
     [ValidatePattern(ComputeDevice.Pattern)]
+    [ArgumentCompleter(typeof(DeviceCompleter))]
     public string? Device { get; set; }
 
     private ComputeDevice? _device;

@@ -57,7 +57,7 @@ public sealed class MeasurePerplexityCommand : DareCmdlet
     public string DType { get; set; } = "float32";
 
     /// <summary>Where the forward passes run: cpu (the default), or cuda / cuda:N (that GPU; a module built with ./build.ps1 Build -Cuda).</summary>
-    [Parameter, ValidatePattern(ComputeDevice.Pattern)]
+    [Parameter, ValidatePattern(ComputeDevice.Pattern), ArgumentCompleter(typeof(DeviceCompleter))]
     public string Device { get; set; } = "cpu";
 
     private bool ModelIsLiteral => ParameterSetName is LiteralModelSet or LiteralSet;
