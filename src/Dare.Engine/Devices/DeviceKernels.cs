@@ -19,7 +19,34 @@ internal static class DeviceKernels
     /// to 32 bits after each step; the steps work in place on one int64 buffer (plus one temporary), because each
     /// int64 tensor of a 16M-element chunk is 128 MB.
     /// </summary>
-    public static Tensor DropMask(ulong key, uint threshold, long first, long count, Device device)
+    public static Tensor DropMask(ulong key, uint threshold, long first, long count, Device device) => HashesThen(key, first, count, device, h => h.lt((long)threshold));
+
+    /// <summary>The hashes of elements [first, first + count) as int64 (uint32 values), as <see cref="DareMask.Hash"/> computes them.</summary>
+    public static Tensor Hashes(ulong key, long first, long count, Device device) => HashesThen(key, first, count, device, h => h.clone());
+
+    /// <summary>
+    /// DELLA's MagPrune (<see cref="DellaDrop.Apply"/>) of whole rows of δ: each row ranked by |δ| (ties by position,
+    /// as <see cref="MagnitudeOrder"/>), the entry of rank r dropped when its hash is below thresholds[r − 1], a
+    /// survivor multiplied by scales[r − 1]. Returns the pruned δ (a new tensor) and the drop mask.
+    /// </summary>
+    public static (Tensor Delta, Tensor Dropped) DellaPrune(Tensor delta, long first, ulong key, long rowLength, uint[] thresholds, float[] scales)
+    {
+        using var scope = NewDisposeScope();
+        var device = delta.device;
+        var rows = delta.shape[0] / rowLength;
+        var values = delta.view(rows, rowLength);
+        var (_, order) = MagnitudeBits(values).sort(1, false, true);
+        // The rank of each position: order lists positions by rank, so scattering 0, 1, … to them inverts it.
+        var ranks = empty_like(order).scatter_(1, order, arange(rowLength, ScalarType.Int64, device).expand(rows, rowLength));
+        var threshold = tensor(thresholds.Select(t => (long)t).ToArray(), ScalarType.Int64, device).take(ranks);
+        var scale = tensor(scales, ScalarType.Float32, device).take(ranks);
+        var dropped = Hashes(key, first, rows * rowLength, device).view(rows, rowLength).lt(threshold);
+        var pruned = values.mul(scale).masked_fill_(dropped, 0f);
+        return (pruned.view(-1).MoveToOuterDisposeScope(), dropped.view(-1).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The hash loop shared by <see cref="DropMask"/> and <see cref="Hashes"/>: <paramref name="select"/> maps each block's int64 hashes to what is kept.</summary>
+    private static Tensor HashesThen(ulong key, long first, long count, Device device, Func<Tensor, Tensor> select)
     {
         using var scope = NewDisposeScope();
         var parts = new List<Tensor>();
@@ -35,7 +62,7 @@ internal static class DeviceKernels
             Mix(h);
             using (var k1Tensor = Scalar(k1, device)) h.bitwise_xor_(k1Tensor);
             Mix(h);
-            parts.Add(h.lt((long)threshold));
+            parts.Add(select(h));
             position += length;
         }
         return (parts.Count == 1 ? parts[0] : cat(parts, 0)).MoveToOuterDisposeScope();

@@ -52,7 +52,7 @@ internal sealed class DeviceTensorMerger : IDisposable
     public static string? Unsupported(MergeMethod method, IDeviceMerge? merge, IReadOnlyList<InputChain> inputs)
     {
         if (merge is null) return $"the method {method.Name} has no device combine";
-        if (inputs.Any(i => i.Della is not null)) return "DELLA's row-wise drop runs only in the CPU kernels";
+        if (inputs.Any(i => i.Della is { NeedsWholeTensorFirst: true })) return "DELLA's L1 rescale runs only in the CPU kernels";
         if (inputs.Any(i => i.Breadcrumbs is not null)) return "breadcrumbs' pruning runs only in the CPU kernels";
         if (inputs.Any(i => i.Drop is { FusesIntoRead: false })) return "DARE's L1 rescale runs only in the CPU kernels";
         return null;
@@ -171,18 +171,24 @@ internal sealed class DeviceTensorMerger : IDisposable
                     { dtype: ScalarType.BFloat16 } stored => stored.to(device, non_blocking: true).to_type(ScalarType.Float32).sub(baseChunk),
                     var values => values.to(device, non_blocking: true),
                 };
+                Tensor? mask = null;
                 if (input.Drop is { } drop)
                 {
-                    var mask = DeviceKernels.DropMask(drop.Key, drop.Threshold, first, count, device);
+                    mask = DeviceKernels.DropMask(drop.Key, drop.Threshold, first, count, device);
                     delta = DeviceKernels.ApplyDrop(delta, mask, drop.Scale);
-                    if (firstPass)
-                    {
-                        // Counted on the device and read once per tensor, so no chunk waits for it.
-                        var sum = mask.sum(ScalarType.Int64);
-                        var total = _dropped[i] is { } before ? before.add(sum) : sum;
-                        _dropped[i]?.Dispose();
-                        _dropped[i] = total.DetachFromDisposeScope();
-                    }
+                }
+                else if (input.Della is { Prunes: true } della)
+                {
+                    var (thresholds, scales) = della.ByRankTables;
+                    (delta, mask) = DeviceKernels.DellaPrune(delta, first, della.Key, della.RowLength, thresholds, scales);
+                }
+                if (mask is not null && firstPass)
+                {
+                    // Counted on the device and read once per tensor, so no chunk waits for it.
+                    var sum = mask.sum(ScalarType.Int64);
+                    var total = _dropped[i] is { } before ? before.add(sum) : sum;
+                    _dropped[i]?.Dispose();
+                    _dropped[i] = total.DetachFromDisposeScope();
                 }
                 deltas[i] = delta.MoveToOuterDisposeScope();
             }

@@ -86,6 +86,10 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
         return new DeltaSource(stored, dare, key, threshold, scale);
     }
 
-    /// <summary>Records what the single-pass merge dropped.</summary>
-    public void CountFused(long dropped) => Drop?.CountFused(dropped);
+    /// <summary>Records what a kernel outside the transform dropped (the single-pass merge, or the device backend's first pass).</summary>
+    public void CountFused(long dropped)
+    {
+        Drop?.CountFused(dropped);
+        Della?.CountDropped(dropped);
+    }
 }

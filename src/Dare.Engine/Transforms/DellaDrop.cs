@@ -117,6 +117,15 @@ internal sealed unsafe class DellaDrop
     public double TargetDropped { get; }
     public long Dropped { get; private set; }
 
+    /// <summary>Whether the transform drops anything (density below 1).</summary>
+    public bool Prunes => _density < 1;
+
+    /// <summary>Per rank (index rank − 1), DARE's drop threshold and the survivor's scale: what the device backend applies.</summary>
+    internal (uint[] Thresholds, float[] Scales) ByRankTables => (_thresholds, _scales);
+
+    /// <summary>Records what the device backend dropped (its first pass).</summary>
+    public void CountDropped(long dropped) => Dropped += dropped;
+
     /// <summary>Whether the combine needs a whole pass over the tensor first (for the L1 norms).</summary>
     public bool NeedsWholeTensorFirst => _before is not null;
 

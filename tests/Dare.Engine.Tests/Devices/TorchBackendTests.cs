@@ -51,6 +51,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     {
         TensorParameter[] P(params double[] values) => values.Select(v => (TensorParameter)v).ToArray();
         List<TaskVector> Dared(double rate) => vectors.Select((v, i) => v.WithDare(new DareOptions(rate, 42, i))).ToList();
+        List<TaskVector> Pruned(DareRescale rescale) => vectors.Select((v, i) => v.WithDella(new DellaOptions(0.5, 0.2, 42, i, rescale) { Q = rescale == DareRescale.Q ? 0.6 : 0 })).ToList();
         return method switch
         {
             "linear" => TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Linear, P(0.5, 0.3, 0.2), true, 1.0)),
@@ -59,14 +60,28 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             "ties_count" => TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Ties, P(1, 1, 1), false, 1.0, P(0.5, 1.0, 0.1), SignMethod.Count)),
             "dare_linear" => TaskVector.Combine(Dared(0.7), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             "dare_ties" => TaskVector.Combine(Dared(0.5), new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 1.0, P(0.4, 0.4, 0.4))),
+            "della_ties" => TaskVector.Combine(Pruned(DareRescale.InverseKeep), new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 1.0, P(0.6, 1, 0.8))),
+            "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             _ => throw new ArgumentOutOfRangeException(nameof(method)),
         };
     }
 
-    private Checkpoint Export(TaskVector plan, string name, ComputeDevice? device, SafetensorsDType output, bool deltaOnly, long chunkElements)
+    private Checkpoint Export(TaskVector plan, string name, ComputeDevice? device, SafetensorsDType output, bool deltaOnly, long chunkElements) =>
+        Export(plan, name, device, output, deltaOnly, chunkElements, new VerboseNotes()).Model;
+
+    private (Checkpoint Model, ExportResult Result) Export(TaskVector plan, string name, ComputeDevice? device, SafetensorsDType output, bool deltaOnly, long chunkElements, VerboseNotes notes)
     {
-        new MergeExecutor(chunkElements: chunkElements).Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = output, DeltaOnly = deltaOnly, Device = device });
-        return Checkpoint.Open(_models.PathOf(name));
+        var result = new MergeExecutor(notes, chunkElements: chunkElements).Export(plan, new ExportOptions { Destination = _models.PathOf(name), OutputDType = output, DeltaOnly = deltaOnly, Device = device });
+        return (Checkpoint.Open(_models.PathOf(name)), result);
+    }
+
+    /// <summary>The verbose notes of an export (a device falling back to the CPU kernels says so there).</summary>
+    private sealed class VerboseNotes : IMergeObserver
+    {
+        public List<string> Messages { get; } = new();
+        public void Progress(MergeProgress progress) { }
+        public void Verbose(string message) => Messages.Add(message);
+        public void Warning(string message) { }
     }
 
     [Theory]
@@ -80,11 +95,18 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("ties_count", SafetensorsDType.F32, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("dare_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 7777, false)]
     [InlineData("dare_ties", SafetensorsDType.BF16, SafetensorsDType.F32, false, 1L << 24, true)]
+    [InlineData("della_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
+    [InlineData("della_ties", SafetensorsDType.F32, SafetensorsDType.F32, false, 1000, false)]
+    [InlineData("della_linear_q", SafetensorsDType.BF16, SafetensorsDType.BF16, true, 600, false)]
     public void Writes_what_the_SIMD_kernels_write(string method, SafetensorsDType inputs, SafetensorsDType outputType, bool deltaOnly, long chunkElements, bool coarse)
     {
         var plan = Plan(method, Vectors(inputs, coarse));
-        var kernels = Export(plan, "kernels", null, outputType, deltaOnly, chunkElements);
-        var backend = Export(plan, "backend", ComputeDevice.Parse(DeviceName), outputType, deltaOnly, chunkElements);
+        var (kernels, kernelsResult) = Export(plan, "kernels", null, outputType, deltaOnly, chunkElements, new VerboseNotes());
+        var notes = new VerboseNotes();
+        var (backend, backendResult) = Export(plan, "backend", ComputeDevice.Parse(DeviceName), outputType, deltaOnly, chunkElements, notes);
+        // Every tensor was merged on the device (a fallback to the CPU kernels would write the same bytes, and says so).
+        Assert.DoesNotContain(notes.Messages, m => m.Contains("CPU kernels", StringComparison.Ordinal));
+        Assert.Equal(kernelsResult.RealisedDropRate, backendResult.RealisedDropRate);
 
         long compared = 0, differing = 0;
         foreach (var (name, _) in Shapes)
@@ -107,10 +129,23 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         Assert.True(compared > 20_000);
     }
 
+    [Fact]
+    public void DELLA_with_the_L1_rescale_falls_back_to_the_CPU_kernels_and_says_so()
+    {
+        var vectors = Vectors(SafetensorsDType.BF16, false).Select((v, i) => v.WithDella(new DellaOptions(0.5, 0.2, 42, i, DareRescale.L1))).ToList();
+        var plan = TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1, 1, 1 }, true, 1.0));
+        var (kernels, _) = Export(plan, "l1-kernels", null, SafetensorsDType.BF16, false, 1L << 24, new VerboseNotes());
+        var notes = new VerboseNotes();
+        var (backend, _) = Export(plan, "l1-backend", ComputeDevice.Parse(DeviceName), SafetensorsDType.BF16, false, 1L << 24, notes);
+        Assert.Single(notes.Messages, m => m.Contains("DELLA's L1 rescale runs only in the CPU kernels", StringComparison.Ordinal));
+        foreach (var (name, _) in Shapes) Assert.Equal(TestModels.ReadRaw<byte>(kernels.Find(name)!), TestModels.ReadRaw<byte>(backend.Find(name)!));
+    }
+
     [Theory]
     [InlineData("dare_ties", 1L << 24)]
     [InlineData("dare_ties", 3001)]
     [InlineData("linear", 4099)]
+    [InlineData("della_ties", 1000)]
     public void Leaves_no_live_tensor_behind(string method, long chunkElements)
     {
         var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
