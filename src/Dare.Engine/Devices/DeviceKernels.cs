@@ -127,6 +127,22 @@ internal static class DeviceKernels
         return bits.masked_fill_(isInfinite, 0x7F800000).masked_fill_(isNaN, 0x7FC00000).to_type(ScalarType.Int64).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Σ|x| as <see cref="L1Accumulator"/> keeps it, so the L1 rescale is the CPU's to the bit: int64[256] of each
+    /// exponent's summed 24-bit significands (exact in any order), and Σ|x| of the non-finite elements in float64.
+    /// </summary>
+    public static (Tensor SignificandSums, Tensor NonFinite) L1Sums(Tensor delta)
+    {
+        using var scope = NewDisposeScope();
+        var bits = MagnitudeBits(delta.view(-1));
+        var exponent = bits.bitwise_right_shift(23L);
+        var finite = exponent.lt(255L);
+        var significand = bits.bitwise_and(0x7FFFFFL).bitwise_or_(exponent.gt(0L).to_type(ScalarType.Int64).mul_(0x800000L));
+        var sums = zeros(256, ScalarType.Int64, delta.device).index_add_(0, exponent.masked_select(finite), significand.masked_select(finite), 1L);
+        var nonFinite = delta.view(-1).masked_select(finite.logical_not()).abs().to_type(ScalarType.Float64).sum();
+        return (sums.MoveToOuterDisposeScope(), nonFinite.MoveToOuterDisposeScope());
+    }
+
     /// <summary>Counts of the upper 16 bits of |x| (the coarse histogram of <see cref="MagnitudeSelection"/>), int64[65536].</summary>
     public static Tensor CoarseHistogram(Tensor magnitudeBits)
     {

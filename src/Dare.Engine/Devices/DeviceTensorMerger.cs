@@ -10,8 +10,11 @@ internal interface IDeviceMerge
     /// <summary>The passes the method needs before the combine (TIES's selection histograms; none for linear).</summary>
     void RunPasses(IDeviceChunkPasses passes);
 
-    /// <summary>The merged δ of the chunk at element <paramref name="first"/>, float32 on the device.</summary>
-    Tensor Combine(long first, Tensor[] deltas);
+    /// <summary>
+    /// The merged δ of the chunk at element <paramref name="first"/>, float32 on the device; each input's δ is multiplied
+    /// by its L1 rescale (1 for the other rescales) after any trim, as the CPU kernels do.
+    /// </summary>
+    Tensor Combine(long first, Tensor[] deltas, float[] rescales);
 }
 
 /// <summary>Passes over a tensor's chunks on the device: each call sees every chunk's δs (one per input, transform applied) in element order.</summary>
@@ -52,9 +55,7 @@ internal sealed class DeviceTensorMerger : IDisposable
     public static string? Unsupported(MergeMethod method, IDeviceMerge? merge, IReadOnlyList<InputChain> inputs)
     {
         if (merge is null) return $"the method {method.Name} has no device combine";
-        if (inputs.Any(i => i.Della is { NeedsWholeTensorFirst: true })) return "DELLA's L1 rescale runs only in the CPU kernels";
         if (inputs.Any(i => i.Breadcrumbs is not null)) return "breadcrumbs' pruning runs only in the CPU kernels";
-        if (inputs.Any(i => i.Drop is { FusesIntoRead: false })) return "DARE's L1 rescale runs only in the CPU kernels";
         return null;
     }
 
@@ -71,8 +72,11 @@ internal sealed class DeviceTensorMerger : IDisposable
         using var scope = NewDisposeScope();
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, chunk, chunkCount);
         merge.RunPasses(passes);
+        // An L1 rescale needs the whole tensor's norms (taken in the first pass) before the combine.
+        if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
+        var rescales = inputs.Select(c => (float)c.Rescale).ToArray();
         Tensor? result = null;
-        passes.Run((first, baseChunk, deltas) => result = sink.OnDevice(merge.Combine(first, deltas), baseChunk), _ => sink.EmitFromDevice(result!));
+        passes.Run((first, baseChunk, deltas) => result = sink.OnDevice(merge.Combine(first, deltas, rescales), baseChunk), _ => sink.EmitFromDevice(result!));
         passes.RecordDrops();
     }
 
@@ -97,6 +101,12 @@ internal sealed class DeviceTensorMerger : IDisposable
     private sealed class ChunkPasses(DeviceTensorMerger owner, TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, long chunk, int chunkCount) : IDeviceChunkPasses
     {
         private readonly Tensor?[] _dropped = new Tensor?[inputs.Length];
+
+        /// <summary>Per input, the L1 sums before and after its drop (<see cref="DeviceKernels.L1Sums"/>), summed over the first pass on the device.</summary>
+        private readonly (Tensor Sums, Tensor NonFinite)?[,] _l1 = new (Tensor, Tensor)?[inputs.Length, 2];
+
+        /// <summary>The passes run so far.</summary>
+        public int Count => _count;
         private Tensor? _cachedBase;
         private Tensor[]? _cachedDeltas;
         private int _count;
@@ -136,6 +146,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                     _cachedDeltas = deltas;
                 }
             }
+            if (_count == 0) RecordL1Norms();
             _count++;
         }
 
@@ -171,6 +182,8 @@ internal sealed class DeviceTensorMerger : IDisposable
                     { dtype: ScalarType.BFloat16 } stored => stored.to(device, non_blocking: true).to_type(ScalarType.Float32).sub(baseChunk),
                     var values => values.to(device, non_blocking: true),
                 };
+                var l1 = firstPass && input.L1Norms is not null;
+                if (l1) AddL1(i, 0, delta);
                 Tensor? mask = null;
                 if (input.Drop is { } drop)
                 {
@@ -182,6 +195,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                     var (thresholds, scales) = della.ByRankTables;
                     (delta, mask) = DeviceKernels.DellaPrune(delta, first, della.Key, della.RowLength, thresholds, scales);
                 }
+                if (l1) AddL1(i, 1, delta);
                 if (mask is not null && firstPass)
                 {
                     // Counted on the device and read once per tensor, so no chunk waits for it.
@@ -193,6 +207,37 @@ internal sealed class DeviceTensorMerger : IDisposable
                 deltas[i] = delta.MoveToOuterDisposeScope();
             }
             return (baseChunk, deltas);
+        }
+
+        /// <summary>Adds δ's L1 sums to input <paramref name="i"/>'s totals before (<paramref name="after"/> 0) or after (1) its drop.</summary>
+        private void AddL1(int i, int after, Tensor delta)
+        {
+            var (sums, nonFinite) = DeviceKernels.L1Sums(delta);
+            if (_l1[i, after] is var (totalSums, totalNonFinite))
+            {
+                totalSums.add_(sums);
+                totalNonFinite.add_(nonFinite);
+                sums.Dispose();
+                nonFinite.Dispose();
+            }
+            else _l1[i, after] = (sums.DetachFromDisposeScope(), nonFinite.DetachFromDisposeScope());
+        }
+
+        /// <summary>Hands the first pass's L1 sums to the inputs' accumulators (one read from the device per tensor), so their rescale is known.</summary>
+        private void RecordL1Norms()
+        {
+            for (var i = 0; i < inputs.Length; i++)
+            {
+                if (inputs[i].L1Norms is not var (before, after)) continue;
+                foreach (var (accumulator, index) in new[] { (before, 0), (after, 1) })
+                {
+                    if (_l1[i, index] is not var (sums, nonFinite)) continue;
+                    accumulator.AddExact(sums.cpu().data<long>().ToArray(), nonFinite.item<double>());
+                    sums.Dispose();
+                    nonFinite.Dispose();
+                    _l1[i, index] = null;
+                }
+            }
         }
 
         /// <summary>Hands the drop counts of the first pass to the inputs' transforms.</summary>

@@ -81,12 +81,14 @@ internal sealed class DeviceTiesMerge : IDeviceMerge
         }
     }
 
-    public Tensor Combine(long first, Tensor[] deltas)
+    public Tensor Combine(long first, Tensor[] deltas, float[] rescales)
     {
         var kept = new Tensor[deltas.Length];
         for (var i = 0; i < deltas.Length; i++)
         {
             kept[i] = KeepAll(i) ? deltas[i] : KeepNone(i) ? zeros_like(deltas[i]) : DeviceKernels.Trim(deltas[i], _thresholdBits[i], ref _tiesLeft[i]);
+            // The L1 rescale after the trim, whose thresholds are the unscaled magnitudes'.
+            if (rescales[i] != 1f) kept[i] = kept[i].mul(rescales[i]);
         }
         return DeviceKernels.Ties(kept, _weights, _options.SignMethod == SignMethod.Count, _options.Normalize, _options.Lambda);
     }

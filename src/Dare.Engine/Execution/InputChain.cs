@@ -35,6 +35,9 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
     /// <summary>Whether a drop step (DARE, DELLA or breadcrumbs) applies.</summary>
     public bool HasDropStep => Drop is not null || Della is not null || Breadcrumbs is not null;
 
+    /// <summary>The L1 rescale's norms before and after the drop, for the device backend to fill; null without an L1 rescale.</summary>
+    internal (L1Accumulator Before, L1Accumulator After)? L1Norms => Drop?.L1Norms ?? Della?.L1Norms;
+
     /// <summary>The factor the transform found for the whole tensor (the L1 rescale), applied after any trim.</summary>
     public double Rescale => Drop?.Rescale ?? Della?.Rescale ?? 1.0;
 

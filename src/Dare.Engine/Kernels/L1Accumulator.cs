@@ -18,6 +18,19 @@ internal sealed class L1Accumulator
         Partition.Run(count, (_, start, end) => AddRange((uint*)data, start, end));
     }
 
+    /// <summary>
+    /// Adds sums computed elsewhere the same way (the device backend's): each exponent's significand total, and Σ|x| of
+    /// the non-finite elements (∞ or NaN whatever the order, as here).
+    /// </summary>
+    public void AddExact(long[] significandSums, double nonFinite)
+    {
+        lock (_lock)
+        {
+            for (var e = 0; e < 256; e++) _significandSums[e] += significandSums[e];
+            _nonFinite += nonFinite;
+        }
+    }
+
     private unsafe void AddRange(uint* bits, long start, long end)
     {
         var local = stackalloc long[256];

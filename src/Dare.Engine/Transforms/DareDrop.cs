@@ -54,6 +54,9 @@ internal sealed unsafe class DareDrop
     /// <summary>The L1 rescale found by the first pass (Σ|δ| before / after the drop), 1 for the other rescales.</summary>
     public double Rescale => _after is { Total: > 0 } after ? _before!.Total / after.Total : 1.0;
 
+    /// <summary>The L1 rescale's norms before and after the drop (null for the other rescales), for the device backend to fill.</summary>
+    internal (L1Accumulator Before, L1Accumulator After)? L1Norms => _before is null ? null : (_before, _after!);
+
     /// <summary>Records what a fused kernel dropped in the first pass.</summary>
     public void CountFused(long dropped) => Dropped += dropped;
 

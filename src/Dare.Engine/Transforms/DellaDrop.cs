@@ -123,6 +123,9 @@ internal sealed unsafe class DellaDrop
     /// <summary>Per rank (index rank − 1), DARE's drop threshold and the survivor's scale: what the device backend applies.</summary>
     internal (uint[] Thresholds, float[] Scales) ByRankTables => (_thresholds, _scales);
 
+    /// <summary>The L1 rescale's norms before and after the drop (null for the other rescales), for the device backend to fill.</summary>
+    internal (L1Accumulator Before, L1Accumulator After)? L1Norms => _before is null ? null : (_before, _after!);
+
     /// <summary>Records what the device backend dropped (its first pass).</summary>
     public void CountDropped(long dropped) => Dropped += dropped;
 
