@@ -55,7 +55,6 @@ internal sealed class DeviceTensorMerger : IDisposable
     public static string? Unsupported(MergeMethod method, IDeviceMerge? merge, IReadOnlyList<InputChain> inputs)
     {
         if (merge is null) return $"the method {method.Name} has no device combine";
-        if (inputs.Any(i => i.Breadcrumbs is not null)) return "breadcrumbs' pruning runs only in the CPU kernels";
         return null;
     }
 
@@ -71,6 +70,7 @@ internal sealed class DeviceTensorMerger : IDisposable
         // Everything the tensor's merge leaves (a single chunk's cached tensors among them) is freed with it.
         using var scope = NewDisposeScope();
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, chunk, chunkCount);
+        passes.CountBreadcrumbs();
         merge.RunPasses(passes);
         // An L1 rescale needs the whole tensor's norms (taken in the first pass) before the combine.
         if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
@@ -107,6 +107,33 @@ internal sealed class DeviceTensorMerger : IDisposable
 
         /// <summary>The passes run so far.</summary>
         public int Count => _count;
+
+        /// <summary>Breadcrumbs' pruning per input (null without it, or when it keeps everything); it prunes once its thresholds are known.</summary>
+        private readonly DeviceBreadcrumbs?[] _crumbs = inputs.Select(i => i.Breadcrumbs is { KeepsAll: false } b ? new DeviceBreadcrumbs(b) : null).ToArray();
+        private bool _crumbsReady;
+
+        /// <summary>Breadcrumbs' thresholds from two counting passes over raw δ, before the method's passes; then a cached single chunk is pruned once.</summary>
+        public void CountBreadcrumbs()
+        {
+            var counting = _crumbs.Where(c => c is { NeedsPasses: true }).Select(c => c!).ToArray();
+            for (var pass = 0; pass < 2 && counting.Length > 0; pass++)
+            {
+                var inputPass = pass;
+                ForEachChunk((_, deltas) =>
+                {
+                    for (var i = 0; i < deltas.Length; i++) if (_crumbs[i] is { NeedsPasses: true } c) c.Count(deltas[i], inputPass);
+                });
+                foreach (var c in counting) c.FinishPass(pass);
+            }
+            _crumbsReady = true;
+            if (_cachedDeltas is null) return;
+            for (var i = 0; i < _crumbs.Length; i++)
+            {
+                if (_crumbs[i] is not { } crumbs) continue;
+                _cachedDeltas[i] = crumbs.Apply(_cachedDeltas[i], 0);
+                crumbs.EndPass();
+            }
+        }
         private Tensor? _cachedBase;
         private Tensor[]? _cachedDeltas;
         private int _count;
@@ -147,6 +174,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                 }
             }
             if (_count == 0) RecordL1Norms();
+            if (_crumbsReady) foreach (var crumbs in _crumbs) crumbs?.EndPass();
             _count++;
         }
 
@@ -195,6 +223,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                     var (thresholds, scales) = della.ByRankTables;
                     (delta, mask) = DeviceKernels.DellaPrune(delta, first, della.Key, della.RowLength, thresholds, scales);
                 }
+                else if (_crumbsReady && _crumbs[i] is { } crumbs) delta = crumbs.Apply(delta, first);
                 if (l1) AddL1(i, 1, delta);
                 if (mask is not null && firstPass)
                 {

@@ -94,5 +94,6 @@ internal sealed class InputChain(IInputTensor? tensor, DareDrop? drop, DellaDrop
     {
         Drop?.CountFused(dropped);
         Della?.CountDropped(dropped);
+        Breadcrumbs?.CountDropped(dropped);
     }
 }

@@ -73,6 +73,12 @@ internal sealed unsafe class BreadcrumbsPrune
     public double TargetDropped { get; }
     public long Dropped { get; private set; }
 
+    /// <summary>How many entries the outlier selection and the band take (top-k by magnitude): what the device backend selects.</summary>
+    internal (long Outliers, long Band) KeepCounts => (_outliers.KeepCount, _band.KeepCount);
+
+    /// <summary>Records what the device backend dropped (the first pass that prunes).</summary>
+    public void CountDropped(long dropped) => Dropped += dropped;
+
     /// <summary>Whether the thresholds still need the counting passes.</summary>
     public bool NeedsPasses => !Ready && (_outliers.NeedsPasses || _band.NeedsPasses);
 

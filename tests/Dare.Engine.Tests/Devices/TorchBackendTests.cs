@@ -51,6 +51,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     {
         TensorParameter[] P(params double[] values) => values.Select(v => (TensorParameter)v).ToArray();
         List<TaskVector> Dared(double rate, DareRescale rescale = DareRescale.InverseKeep) => vectors.Select((v, i) => v.WithDare(new DareOptions(rate, 42, i, rescale))).ToList();
+        List<TaskVector> Crumbs(double density, double gamma) => vectors.Select(v => v.WithBreadcrumbs(new BreadcrumbsOptions(density, gamma))).ToList();
         List<TaskVector> Pruned(DareRescale rescale) => vectors.Select((v, i) => v.WithDella(new DellaOptions(0.5, 0.2, 42, i, rescale) { Q = rescale == DareRescale.Q ? 0.6 : 0 })).ToList();
         return method switch
         {
@@ -64,6 +65,8 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             "dare_linear_l1" => TaskVector.Combine(Dared(0.7, DareRescale.L1), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             "dare_ties_l1" => TaskVector.Combine(Dared(0.5, DareRescale.L1), new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 1.0, P(0.4, 1, 0.3))),
             "della_linear_l1" => TaskVector.Combine(Pruned(DareRescale.L1), new MergeOptions(MergeMethod.Linear, P(1, 1, 1), true, 1.0)),
+            "breadcrumbs" => TaskVector.Combine(Crumbs(0.8, 0.05), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), true, 1.0)),
+            "breadcrumbs_ties" => TaskVector.Combine(Crumbs(0.3, 0.1), new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 1.0, P(0.5, 1, 0.7))),
             "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             _ => throw new ArgumentOutOfRangeException(nameof(method)),
         };
@@ -106,6 +109,10 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("dare_ties_l1", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
     [InlineData("dare_ties_l1", SafetensorsDType.BF16, SafetensorsDType.F32, false, 2999, false)]
     [InlineData("della_linear_l1", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1000, false)]
+    [InlineData("breadcrumbs", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
+    [InlineData("breadcrumbs", SafetensorsDType.F32, SafetensorsDType.F32, false, 997, true)]
+    [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.F32, true, 2048, true)]
     public void Writes_what_the_SIMD_kernels_write(string method, SafetensorsDType inputs, SafetensorsDType outputType, bool deltaOnly, long chunkElements, bool coarse)
     {
         var plan = Plan(method, Vectors(inputs, coarse));
@@ -137,24 +144,14 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         Assert.True(compared > 20_000);
     }
 
-    [Fact]
-    public void Breadcrumbs_falls_back_to_the_CPU_kernels_and_says_so()
-    {
-        var vectors = Vectors(SafetensorsDType.BF16, false).Select(v => v.WithBreadcrumbs(new BreadcrumbsOptions(0.8, 0.05))).ToList();
-        var plan = TaskVector.Combine(vectors, new MergeOptions(MergeMethod.Linear, new TensorParameter[] { 1, 1, 1 }, true, 1.0));
-        var (kernels, _) = Export(plan, "crumbs-kernels", null, SafetensorsDType.BF16, false, 1L << 24, new VerboseNotes());
-        var notes = new VerboseNotes();
-        var (backend, _) = Export(plan, "crumbs-backend", ComputeDevice.Parse(DeviceName), SafetensorsDType.BF16, false, 1L << 24, notes);
-        Assert.Single(notes.Messages, m => m.Contains("breadcrumbs' pruning runs only in the CPU kernels", StringComparison.Ordinal));
-        foreach (var (name, _) in Shapes) Assert.Equal(TestModels.ReadRaw<byte>(kernels.Find(name)!), TestModels.ReadRaw<byte>(backend.Find(name)!));
-    }
-
     [Theory]
     [InlineData("dare_ties", 1L << 24)]
     [InlineData("dare_ties", 3001)]
     [InlineData("linear", 4099)]
     [InlineData("della_ties", 1000)]
     [InlineData("dare_ties_l1", 2999)]
+    [InlineData("breadcrumbs_ties", 1L << 24)]
+    [InlineData("breadcrumbs", 997)]
     public void Leaves_no_live_tensor_behind(string method, long chunkElements)
     {
         var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
