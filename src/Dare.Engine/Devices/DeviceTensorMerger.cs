@@ -105,12 +105,19 @@ internal sealed class DeviceTensorMerger : IDisposable
         /// <summary>Per input, the L1 sums before and after its drop (<see cref="DeviceKernels.L1Sums"/>), summed over the first pass on the device.</summary>
         private readonly (Tensor Sums, Tensor NonFinite)?[,] _l1 = new (Tensor, Tensor)?[inputs.Length, 2];
 
-        /// <summary>The passes run so far.</summary>
-        public int Count => _count;
-
         /// <summary>Breadcrumbs' pruning per input (null without it, or when it keeps everything); it prunes once its thresholds are known.</summary>
         private readonly DeviceBreadcrumbs?[] _crumbs = inputs.Select(i => i.Breadcrumbs is { KeepsAll: false } b ? new DeviceBreadcrumbs(b) : null).ToArray();
         private bool _crumbsReady;
+
+        private Tensor? _cachedBase;
+        private Tensor[]? _cachedDeltas;
+        private int _count;
+
+        // The base is uploaded as stored when every input's δ is computed on the device from a stored bfloat16 tensor.
+        private readonly bool _baseAsStored = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(i => i.Tensor is null || i.Tensor.StoredBFloat16 is not null);
+
+        /// <summary>The passes run so far.</summary>
+        public int Count => _count;
 
         /// <summary>Breadcrumbs' thresholds from two counting passes over raw δ, before the method's passes; then a cached single chunk is pruned once.</summary>
         public void CountBreadcrumbs()
@@ -134,12 +141,6 @@ internal sealed class DeviceTensorMerger : IDisposable
                 crumbs.EndPass();
             }
         }
-        private Tensor? _cachedBase;
-        private Tensor[]? _cachedDeltas;
-        private int _count;
-
-        // The base is uploaded as stored when every input's δ is computed on the device from a stored bfloat16 tensor.
-        private readonly bool _baseAsStored = baseInfo.DType == SafetensorsDType.BF16 && inputs.All(i => i.Tensor is null || i.Tensor.StoredBFloat16 is not null);
 
         public void ForEachChunk(Action<long, Tensor[]> body) => Run((first, _, deltas) => body(first, deltas), null);
 
@@ -242,10 +243,10 @@ internal sealed class DeviceTensorMerger : IDisposable
         private void AddL1(int i, int after, Tensor delta)
         {
             var (sums, nonFinite) = DeviceKernels.L1Sums(delta);
-            if (_l1[i, after] is var (totalSums, totalNonFinite))
+            if (_l1[i, after] is { } total)
             {
-                totalSums.add_(sums);
-                totalNonFinite.add_(nonFinite);
+                total.Sums.add_(sums);
+                total.NonFinite.add_(nonFinite);
                 sums.Dispose();
                 nonFinite.Dispose();
             }
@@ -257,13 +258,13 @@ internal sealed class DeviceTensorMerger : IDisposable
         {
             for (var i = 0; i < inputs.Length; i++)
             {
-                if (inputs[i].L1Norms is not var (before, after)) continue;
-                foreach (var (accumulator, index) in new[] { (before, 0), (after, 1) })
+                if (inputs[i].L1Norms is not { } norms) continue;
+                foreach (var (accumulator, index) in new[] { (norms.Before, 0), (norms.After, 1) })
                 {
-                    if (_l1[i, index] is not var (sums, nonFinite)) continue;
-                    accumulator.AddExact(sums.cpu().data<long>().ToArray(), nonFinite.item<double>());
-                    sums.Dispose();
-                    nonFinite.Dispose();
+                    if (_l1[i, index] is not { } total) continue;
+                    accumulator.AddExact(total.Sums.cpu().data<long>().ToArray(), total.NonFinite.item<double>());
+                    total.Sums.Dispose();
+                    total.NonFinite.Dispose();
                     _l1[i, index] = null;
                 }
             }
