@@ -13,7 +13,8 @@ TorchSharp-cuda-linux 0.107.0 and its libtorch-cuda packages):
      covered method's output against the SIMD kernels (bit-identical, with the count of differing elements), the DARE
      masks and magnitude bits computed on the GPU, and DeviceUnavailable for a device index beyond the GPUs;
   3. a short bench: a synthetic bf16 base + 3 fine-tunes (-BenchHiddenSize, default 2048 with 16 layers, ~0.9B
-     parameters each), DARE-linear and DARE-TIES exported with -Device cpu and -Device cuda, wall times as a ratio
+     parameters each), DARE-linear, DARE-TIES, DELLA and breadcrumbs (with TIES) exported with -Device cpu and
+     -Device cuda, export times as a ratio
      and the tensor-data SHA-256 of both (they must be equal); and Export-LoraAdapter of one fine-tune's layer 0 at
      rank 16 with -Device cpu and the device (each module's relative error within 1e-4 of the CPU's).
 
@@ -92,10 +93,15 @@ function Get-DataHash([string] `$folder) {
     }
     [Convert]::ToHexString(`$sha.GetHashAndReset()).Substring(0, 16)
 }
-foreach (`$method in 'dare-linear', 'dare-ties') {
+foreach (`$method in 'dare-linear', 'dare-ties', 'della', 'breadcrumbs') {
     foreach (`$device in 'cpu', '$Device') {
-        `$vectors = Get-TaskVector -Base (Join-Path `$data 'base') -FineTuned (1..3 | ForEach-Object { Join-Path `$data "ft`$_" }) | Invoke-DareDrop -DropRate 0.9 -Seed 42
-        `$merged = if (`$method -eq 'dare-linear') { `$vectors | Merge-Linear } else { `$vectors | Merge-Ties -KeepRatio 0.5 }
+        `$vectors = Get-TaskVector -Base (Join-Path `$data 'base') -FineTuned (1..3 | ForEach-Object { Join-Path `$data "ft`$_" })
+        `$merged = switch (`$method) {
+            'dare-linear' { `$vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Linear }
+            'dare-ties' { `$vectors | Invoke-DareDrop -DropRate 0.9 -Seed 42 | Merge-Ties -KeepRatio 0.5 }
+            'della' { `$vectors | Invoke-DellaDrop -Density 0.3 -Epsilon 0.1 -Seed 42 | Merge-Ties -KeepRatio 1 }
+            'breadcrumbs' { `$vectors | Invoke-BreadcrumbsDrop -Density 0.9 -Gamma 0.01 | Merge-Ties -KeepRatio 1 }
+        }
         `$target = Join-Path '$outDir' "bench-`$method-`$(`$device -replace ':', '')"
         `$result = `$merged | Export-Safetensors `$target -DType bfloat16 -Device `$device -Force
         '{0,-12} {1,-8} export {2,7:0.00} s  data sha256 {3}' -f `$method, `$device, `$result.Elapsed.TotalSeconds, (Get-DataHash `$target)
@@ -113,7 +119,7 @@ $bench | Out-Host
 $summary.AddRange([string[]] @($bench))
 if ($LASTEXITCODE) { $summary.Add('Bench: FAILED'); $testsFailed = $true }
 else {
-    foreach ($method in 'dare-linear', 'dare-ties') {
+    foreach ($method in 'dare-linear', 'dare-ties', 'della', 'breadcrumbs') {
         $rows = @($bench | Where-Object { $_ -like "$method *" })
         $hashes = @($rows | ForEach-Object { ($_ -split 'sha256 ')[-1] } | Select-Object -Unique)
         $seconds = @($rows | ForEach-Object { [double](($_ -split '\s+')[3]) })
