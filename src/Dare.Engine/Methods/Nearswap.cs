@@ -33,6 +33,22 @@ internal sealed class NearswapMethod : MergeMethod
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) =>
         new TensorMerge((float)options!.Setting(T.Key)!.Resolve(setup.Position));
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) =>
+        new DeviceMerge((float)options!.Setting(T.Key)!.Resolve(setup.Position));
+
+    /// <summary>The same combine on the tensor backend: the operator's float32 operations, in its order (the L1 rescale first, as the executor applies it).</summary>
+    private sealed class DeviceMerge(float t) : IDeviceMerge
+    {
+        public void RunPasses(IDeviceChunkPasses passes) { }
+
+        public TorchSharp.torch.Tensor Combine(long first, TorchSharp.torch.Tensor[] deltas, float[] rescales)
+        {
+            var d = rescales[0] == 1f ? deltas[0] : deltas[0].mul(rescales[0]);
+            using var w = TorchSharp.torch.full_like(d, t).div_(d.abs().clamp_min_(Operator.Floor)).clamp_(0f, 1f);
+            return w.mul(d);
+        }
+    }
+
     private sealed class TensorMerge(float t) : ITensorMerge
     {
         public MagnitudeSelection? SampleWhileReading(int input) => null;
@@ -47,7 +63,7 @@ internal sealed class NearswapMethod : MergeMethod
     /// <summary>w·δ with w = clamp(t / max(|δ|, 1e-6), 0, 1); the vector body does the scalar body's IEEE operations.</summary>
     private readonly unsafe struct Operator(float* delta, float t, CombineTarget target) : IElementOperator
     {
-        private const float Floor = 1e-6f;
+        public const float Floor = 1e-6f;
         public static int Lanes => 8;
         public static bool IsVectorized => true;
 

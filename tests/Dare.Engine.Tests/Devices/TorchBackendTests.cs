@@ -67,6 +67,10 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             "della_linear_l1" => TaskVector.Combine(Pruned(DareRescale.L1), new MergeOptions(MergeMethod.Linear, P(1, 1, 1), true, 1.0)),
             "breadcrumbs" => TaskVector.Combine(Crumbs(0.8, 0.05), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), true, 1.0)),
             "breadcrumbs_ties" => TaskVector.Combine(Crumbs(0.3, 0.1), new MergeOptions(MergeMethod.Ties, P(1, 0.7, 1.3), true, 1.0, P(0.5, 1, 0.7))),
+            "nearswap" => TaskVector.Combine(vectors.Take(1).ToList(), new MergeOptions(MergeMethods.Find("nearswap")!, P(1), false)
+            {
+                Settings = new Dictionary<string, TensorParameter> { ["t"] = 0.003 },
+            }),
             "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             _ => throw new ArgumentOutOfRangeException(nameof(method)),
         };
@@ -109,6 +113,8 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("dare_ties_l1", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
     [InlineData("dare_ties_l1", SafetensorsDType.BF16, SafetensorsDType.F32, false, 2999, false)]
     [InlineData("della_linear_l1", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1000, false)]
+    [InlineData("nearswap", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("nearswap", SafetensorsDType.F32, SafetensorsDType.F32, true, 3001, false)]
     [InlineData("breadcrumbs", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
     [InlineData("breadcrumbs", SafetensorsDType.F32, SafetensorsDType.F32, false, 997, true)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
