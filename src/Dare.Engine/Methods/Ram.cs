@@ -53,6 +53,74 @@ internal class RamMethod : MergeMethod
         return new TensorMerge(epsilon, setup.Inputs.Count, options.Setting(R.Key)!.Resolve(setup.Position), options.Setting(Alpha.Key)!.Resolve(setup.Position));
     }
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup)
+    {
+        var epsilon = (float)options!.Setting(Epsilon.Key)!.Resolve(setup.Position);
+        if (!Plus) return new DeviceMerge(epsilon, null, 0, 0);
+        return new DeviceMerge(epsilon, setup.Inputs.Count, options.Setting(R.Key)!.Resolve(setup.Position), options.Setting(Alpha.Key)!.Resolve(setup.Position));
+    }
+
+    /// <summary>ramplus_tl's λᵢ from each input's counts of shared and unique changed entries.</summary>
+    private static float[] Lambdas(long[] shared, long[] unique, double r, double alpha) => Enumerable.Range(0, shared.Length).Select(i =>
+    {
+        // mergekit divides by max(unique, ε): with no unique entries any overlap gives the cap.
+        var rho = unique[i] > 0 ? (double)shared[i] / unique[i] : shared[i] > 0 ? double.PositiveInfinity : 0;
+        return (float)(1 + r * Math.Clamp(rho, 0, alpha));
+    }).ToArray();
+
+    /// <summary>
+    /// The same merge on the tensor backend, with the combine's float32 operations in its order: Σ of the changed δᵢ in
+    /// input order (an unchanged one adds +0, which changes no sum that starts at +0), an entry one input changes
+    /// taking that δᵢ (× λᵢ), several their sum over their count. ramplus_tl counts on the device (exact integers).
+    /// </summary>
+    private sealed class DeviceMerge(float epsilon, int? plusInputs, double r, double alpha) : IDeviceMerge
+    {
+        private float[]? _lambdas;
+
+        public void RunPasses(IDeviceChunkPasses passes)
+        {
+            if (plusInputs is not { } n) return;
+            var (shared, unique) = (new long[n], new long[n]);
+            passes.ForEachChunk((_, deltas) =>
+            {
+                using var scope = TorchSharp.torch.NewDisposeScope();
+                var changed = deltas.Select(d => d.abs().gt(epsilon)).ToArray();
+                var contributors = Count(changed);
+                var alone = contributors.eq(1L);
+                for (var i = 0; i < n; i++)
+                {
+                    unique[i] += changed[i].logical_and(alone).sum().item<long>();
+                    shared[i] += changed[i].logical_and(contributors.gt(1L)).sum().item<long>();
+                }
+            });
+            _lambdas = Lambdas(shared, unique, r, alpha);
+        }
+
+        public TorchSharp.torch.Tensor Combine(long first, TorchSharp.torch.Tensor[] deltas, float[] rescales)
+        {
+            var values = deltas.Select((d, i) => rescales[i] == 1f ? d : d.mul(rescales[i])).ToArray();
+            var changed = values.Select(d => d.abs().gt(epsilon)).ToArray();
+            var contributors = Count(changed);
+            var sum = TorchSharp.torch.zeros_like(values[0]);
+            var alone = TorchSharp.torch.zeros_like(values[0]);
+            for (var i = 0; i < values.Length; i++)
+            {
+                var contribution = values[i].masked_fill(changed[i].logical_not(), 0f);
+                sum.add_(contribution);
+                alone.add_(_lambdas is null ? contribution : contribution.mul(_lambdas[i]));
+            }
+            var mean = sum.div(contributors.to_type(TorchSharp.torch.ScalarType.Float32));
+            return mean.where(contributors.gt(1L), alone);
+        }
+
+        private static TorchSharp.torch.Tensor Count(TorchSharp.torch.Tensor[] changed)
+        {
+            var count = changed[0].to_type(TorchSharp.torch.ScalarType.Int64);
+            for (var i = 1; i < changed.Length; i++) count = count.add(changed[i].to_type(TorchSharp.torch.ScalarType.Int64));
+            return count;
+        }
+    }
+
     /// <summary>The per-tensor merge; <paramref name="plusInputs"/> is the input count for ramplus_tl (null for ram).</summary>
     private sealed class TensorMerge(float epsilon, int? plusInputs, double r, double alpha) : ITensorMerge
     {
@@ -98,12 +166,7 @@ internal class RamMethod : MergeMethod
                     }
                 }
             });
-            // mergekit divides by max(unique, ε): with no unique entries any overlap gives the cap.
-            _lambdas = Enumerable.Range(0, n).Select(i =>
-            {
-                var rho = unique[i] > 0 ? (double)shared[i] / unique[i] : shared[i] > 0 ? double.PositiveInfinity : 0;
-                return (float)(1 + r * Math.Clamp(rho, 0, alpha));
-            }).ToArray();
+            _lambdas = Lambdas(shared, unique, r, alpha);
         }
 
         public unsafe void Combine(ChunkView[] deltas, CombineTarget target)

@@ -71,6 +71,14 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             {
                 Settings = new Dictionary<string, TensorParameter> { ["t"] = 0.003 },
             }),
+            "ram" => TaskVector.Combine(vectors, new MergeOptions(MergeMethods.Find("ram")!, P(1, 1, 1), false)
+            {
+                Settings = new Dictionary<string, TensorParameter> { ["epsilon"] = 0.01 },
+            }),
+            "ramplus_tl" => TaskVector.Combine(vectors, new MergeOptions(MergeMethods.Find("ramplus_tl")!, P(1, 1, 1), false)
+            {
+                Settings = new Dictionary<string, TensorParameter> { ["epsilon"] = 0.01, ["r"] = 0.3, ["alpha"] = 1.5 },
+            }),
             "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             _ => throw new ArgumentOutOfRangeException(nameof(method)),
         };
@@ -115,6 +123,10 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("della_linear_l1", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1000, false)]
     [InlineData("nearswap", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("nearswap", SafetensorsDType.F32, SafetensorsDType.F32, true, 3001, false)]
+    [InlineData("ram", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("ram", SafetensorsDType.F32, SafetensorsDType.F32, false, 4001, true)]
+    [InlineData("ramplus_tl", SafetensorsDType.BF16, SafetensorsDType.F32, false, 1L << 24, false)]
+    [InlineData("ramplus_tl", SafetensorsDType.F32, SafetensorsDType.F32, true, 2500, true)]
     [InlineData("breadcrumbs", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, true)]
     [InlineData("breadcrumbs", SafetensorsDType.F32, SafetensorsDType.F32, false, 997, true)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
@@ -158,6 +170,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("dare_ties_l1", 2999)]
     [InlineData("breadcrumbs_ties", 1L << 24)]
     [InlineData("breadcrumbs", 997)]
+    [InlineData("ramplus_tl", 2500)]
     public void Leaves_no_live_tensor_behind(string method, long chunkElements)
     {
         var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
