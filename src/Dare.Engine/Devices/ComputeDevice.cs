@@ -37,9 +37,6 @@ public sealed class ComputeDevice
 
     public bool IsCuda => CudaIndex is not null;
 
-    /// <summary>The TorchSharp device spelling that other torch work of the same run (perplexity) takes: this GPU, or the CPU.</summary>
-    public string TorchDeviceName => IsCuda ? Name : "cpu";
-
     public override string ToString() => Name;
 
     /// <summary>Parses a device spelling; a wrong one is <see cref="DareErrorId.InvalidParameter"/> naming the spellings.</summary>

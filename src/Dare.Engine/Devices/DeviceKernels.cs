@@ -160,40 +160,6 @@ internal static class DeviceKernels
         return low.bincount(null, (1 << 16) + 1).narrow(0, 0, 1 << 16).MoveToOuterDisposeScope();
     }
 
-    /// <summary>
-    /// Scanning a 64K-bin histogram from its top bin: the bin where the count reaches <paramref name="rank"/> and the
-    /// count above it (as <see cref="MagnitudeSelection"/> does on its own histograms).
-    /// </summary>
-    public static (int Bin, long Above) FindFromTop(long[] histogram, long rank)
-    {
-        long above = 0;
-        for (var b = histogram.Length - 1; b >= 0; b--)
-        {
-            if (above + histogram[b] >= rank) return (b, above);
-            above += histogram[b];
-        }
-        throw new InvalidOperationException("The histogram holds fewer elements than the rank asked for.");
-    }
-
-    /// <summary>
-    /// TIES's trim: keeps |x| above <paramref name="thresholdBits"/>, and of those equal to it the first
-    /// <paramref name="tiesLeft"/> in element order (the count carries from chunk to chunk); the rest become 0.
-    /// </summary>
-    public static Tensor Trim(Tensor delta, uint thresholdBits, ref long tiesLeft)
-    {
-        using var scope = NewDisposeScope();
-        var bits = MagnitudeBits(delta);
-        var keep = bits.gt((long)thresholdBits);
-        var ties = bits.eq((long)thresholdBits);
-        if (tiesLeft > 0)
-        {
-            var rank = ties.to_type(ScalarType.Int64).cumsum(0);
-            keep = keep.logical_or(ties.logical_and(rank.le(tiesLeft)));
-            tiesLeft = Math.Max(0, tiesLeft - ties.sum().item<long>());
-        }
-        return delta.masked_fill(keep.logical_not(), 0f).MoveToOuterDisposeScope();
-    }
-
     /// <summary>Σ wᵢ·δᵢ, then × scale: mul(w₀), then add(δᵢ, alpha: wᵢ) per input (the fused multiply-add of <see cref="LinearOperator"/>).</summary>
     public static Tensor Linear(Tensor[] deltas, float[] weights, float? scale)
     {

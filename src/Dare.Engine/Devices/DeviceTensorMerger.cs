@@ -10,11 +10,11 @@ internal interface IDeviceMerge
     /// <summary>The passes the method needs before the combine (TIES's selection histograms; none for linear).</summary>
     void RunPasses(IDeviceChunkPasses passes);
 
-    /// <summary>
-    /// The merged δ of the chunk at element <paramref name="first"/>, float32 on the device; each input's δ is multiplied
-    /// by its L1 rescale (1 for the other rescales) after any trim, as the CPU kernels do.
-    /// </summary>
-    Tensor Combine(long first, Tensor[] deltas, float[] rescales);
+    /// <summary>What the method does to each input's δ before the L1 rescale (TIES's trim, whose thresholds are the unscaled magnitudes'); none by default.</summary>
+    Tensor[] PrepareChunk(long first, Tensor[] deltas) => deltas;
+
+    /// <summary>The merged δ of the chunk at element <paramref name="first"/>, float32 on the device.</summary>
+    Tensor Combine(long first, Tensor[] deltas);
 }
 
 /// <summary>Passes over a tensor's chunks on the device: each call sees every chunk's δs (one per input, transform applied) in element order.</summary>
@@ -76,7 +76,12 @@ internal sealed class DeviceTensorMerger : IDisposable
         if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
         var rescales = inputs.Select(c => (float)c.Rescale).ToArray();
         Tensor? result = null;
-        passes.Run((first, baseChunk, deltas) => result = sink.OnDevice(merge.Combine(first, deltas, rescales), baseChunk), _ => sink.EmitFromDevice(result!));
+        passes.Run((first, baseChunk, deltas) =>
+        {
+            // As the CPU kernels do it: the method's preparation (a trim), each input's L1 rescale, the combine.
+            var prepared = merge.PrepareChunk(first, deltas).Select((delta, i) => rescales[i] == 1f ? delta : delta.mul(rescales[i])).ToArray();
+            result = sink.OnDevice(merge.Combine(first, prepared), baseChunk);
+        }, _ => sink.EmitFromDevice(result!));
         passes.RecordDrops();
     }
 
@@ -123,14 +128,22 @@ internal sealed class DeviceTensorMerger : IDisposable
         public void CountBreadcrumbs()
         {
             var counting = _crumbs.Where(c => c is { NeedsPasses: true }).Select(c => c!).ToArray();
-            for (var pass = 0; pass < 2 && counting.Length > 0; pass++)
+            try
             {
-                var inputPass = pass;
-                ForEachChunk((_, deltas) =>
+                for (var pass = 0; pass < 2 && counting.Length > 0; pass++)
                 {
-                    for (var i = 0; i < deltas.Length; i++) if (_crumbs[i] is { NeedsPasses: true } c) c.Count(deltas[i], inputPass);
-                });
-                foreach (var c in counting) c.FinishPass(pass);
+                    var inputPass = pass;
+                    ForEachChunk((_, deltas) =>
+                    {
+                        for (var i = 0; i < deltas.Length; i++) if (_crumbs[i] is { NeedsPasses: true } c) c.Count(deltas[i], inputPass);
+                    });
+                    foreach (var c in counting) c.FinishPass(pass);
+                }
+            }
+            catch
+            {
+                foreach (var c in counting) c.Dispose();
+                throw;
             }
             _crumbsReady = true;
             if (_cachedDeltas is null) return;

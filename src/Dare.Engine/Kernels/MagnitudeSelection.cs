@@ -87,7 +87,7 @@ public sealed partial class MagnitudeSelection
     }
 
     /// <summary>Scanning a 64K-entry histogram from its top bin: the bin where the count reaches <paramref name="rank"/>, and the count above that bin.</summary>
-    private static (int Bin, long Above)? FindFromTop(long[] histogram, long rank)
+    internal static (int Bin, long Above)? FindFromTop(long[] histogram, long rank)
     {
         long above = 0;
         for (var b = (1 << 16) - 1; b >= 0; b--)

@@ -47,8 +47,7 @@ internal sealed class LinearMethod : MergeMethod
     private sealed class DeviceMerge(float[] weights, float? scale) : IDeviceMerge
     {
         public void RunPasses(IDeviceChunkPasses passes) { }
-        public Tensor Combine(long first, Tensor[] deltas, float[] rescales) =>
-            DeviceKernels.Linear(deltas.Select((d, i) => rescales[i] == 1f ? d : d.mul(rescales[i])).ToArray(), weights, scale);
+        public Tensor Combine(long first, Tensor[] deltas) => DeviceKernels.Linear(deltas, weights, scale);
     }
 
     /// <summary>The combine for one tensor: weights and the scale (λ, over Σ wᵢ when normalizing; null for 1).</summary>

@@ -36,14 +36,14 @@ internal sealed class NearswapMethod : MergeMethod
     internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) =>
         new DeviceMerge((float)options!.Setting(T.Key)!.Resolve(setup.Position));
 
-    /// <summary>The same combine on the tensor backend: the operator's float32 operations, in its order (the L1 rescale first, as the executor applies it).</summary>
+    /// <summary>The same combine on the tensor backend: the operator's float32 operations, in its order.</summary>
     private sealed class DeviceMerge(float t) : IDeviceMerge
     {
         public void RunPasses(IDeviceChunkPasses passes) { }
 
-        public TorchSharp.torch.Tensor Combine(long first, TorchSharp.torch.Tensor[] deltas, float[] rescales)
+        public TorchSharp.torch.Tensor Combine(long first, TorchSharp.torch.Tensor[] deltas)
         {
-            var d = rescales[0] == 1f ? deltas[0] : deltas[0].mul(rescales[0]);
+            var d = deltas[0];
             using var w = TorchSharp.torch.full_like(d, t).div_(d.abs().clamp_min_(Operator.Floor)).clamp_(0f, 1f);
             return w.mul(d);
         }

@@ -80,25 +80,31 @@ internal class RamMethod : MergeMethod
         public void RunPasses(IDeviceChunkPasses passes)
         {
             if (plusInputs is not { } n) return;
-            var (shared, unique) = (new long[n], new long[n]);
-            passes.ForEachChunk((_, deltas) =>
+            // Per input, its unique and shared changed entries, summed on the device and read once per tensor.
+            TorchSharp.torch.Tensor? totals = null;
+            try
             {
-                using var scope = TorchSharp.torch.NewDisposeScope();
-                var changed = deltas.Select(d => d.abs().gt(epsilon)).ToArray();
-                var contributors = Count(changed);
-                var alone = contributors.eq(1L);
-                for (var i = 0; i < n; i++)
+                passes.ForEachChunk((_, deltas) =>
                 {
-                    unique[i] += changed[i].logical_and(alone).sum().item<long>();
-                    shared[i] += changed[i].logical_and(contributors.gt(1L)).sum().item<long>();
-                }
-            });
-            _lambdas = Lambdas(shared, unique, r, alpha);
+                    using var scope = TorchSharp.torch.NewDisposeScope();
+                    var changed = deltas.Select(d => d.abs().gt(epsilon)).ToArray();
+                    var contributors = Count(changed);
+                    var (alone, several) = (contributors.eq(1L), contributors.gt(1L));
+                    var counts = TorchSharp.torch.stack(changed.SelectMany(c => new[] { c.logical_and(alone).sum(), c.logical_and(several).sum() }));
+                    if (totals is null) totals = counts.DetachFromDisposeScope();
+                    else totals.add_(counts);
+                });
+                var read = totals?.cpu().data<long>().ToArray() ?? new long[2 * n];
+                _lambdas = Lambdas(Enumerable.Range(0, n).Select(i => read[2 * i + 1]).ToArray(), Enumerable.Range(0, n).Select(i => read[2 * i]).ToArray(), r, alpha);
+            }
+            finally
+            {
+                totals?.Dispose();
+            }
         }
 
-        public TorchSharp.torch.Tensor Combine(long first, TorchSharp.torch.Tensor[] deltas, float[] rescales)
+        public TorchSharp.torch.Tensor Combine(long first, TorchSharp.torch.Tensor[] values)
         {
-            var values = deltas.Select((d, i) => rescales[i] == 1f ? d : d.mul(rescales[i])).ToArray();
             var changed = values.Select(d => d.abs().gt(epsilon)).ToArray();
             var contributors = Count(changed);
             var sum = TorchSharp.torch.zeros_like(values[0]);
