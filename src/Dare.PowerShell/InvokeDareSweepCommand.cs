@@ -109,8 +109,6 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
     [ArgumentCompleter(typeof(DeviceCompleter))]
     public string? Device { get; set; }
 
-    private ComputeDevice? _device;
-
     private Checkpoint _base = null!;
     private readonly List<Checkpoint> _models = new();
     private string? _text;
@@ -164,7 +162,7 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
             CurrentLocation = SessionState.Path.CurrentFileSystemLocation.ProviderPath,
             OutputDType = DType is null ? null : SafetensorsDTypes.ParseOutputDType(DType),
             ChartPath = ChartPath is null ? null : SessionState.Path.GetUnresolvedProviderPathFromPSPath(ChartPath),
-            Device = _device = Device is null ? null : ComputeDevice.Parse(Device),
+            Device = Device is null ? null : ComputeDevice.Parse(Device),
         };
         var observer = new CmdletObserver(this, activityId: 2);
         using var sweep = new DareSweep(options, observer, Cancellation);
@@ -201,7 +199,7 @@ public sealed class InvokeDareSweepCommand : DareCmdlet
     {
         if (Evaluator is null)
         {
-            var options = new PerplexityOptions { MaxTokens = MaxTokens > 0 ? MaxTokens : null, Device = _device?.TorchDeviceName ?? "cpu" };
+            var options = new PerplexityOptions { MaxTokens = MaxTokens > 0 ? MaxTokens : null, Device = Device ?? "cpu" };
             return PerplexityEvaluator.Measure(Checkpoint.Open(modelPath), _text!, options, null, Cancellation).Perplexity;
         }
         var output = Evaluator.Invoke(modelPath).Where(o => o is not null).LastOrDefault()
