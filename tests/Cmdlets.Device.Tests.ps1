@@ -50,12 +50,21 @@ Describe 'Export-Safetensors -Device' {
     }
 
     It 'says in a verbose note that a method without a device combine falls back to the CPU kernels, with the same bytes' {
-        $plan = { Get-TaskVector -Base $base -FineTuned $math | Merge-Slerp -T 0.3 }
-        & $plan | Export-Safetensors (Join-Path $out 'slerp-kernels') | Out-Null
-        $verbose = & $plan | Export-Safetensors (Join-Path $out 'slerp-torch') -Device torch-cpu -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
+        $plan = { Get-TaskVector -Base $base -FineTuned $math | Merge-ArceeFusion }
+        & $plan | Export-Safetensors (Join-Path $out 'fusion-kernels') | Out-Null
+        $verbose = & $plan | Export-Safetensors (Join-Path $out 'fusion-torch') -Device torch-cpu -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
 
-        @($verbose | Where-Object Message -Match 'Device torch-cpu: the method slerp has no device combine.*CPU kernels').Count | Should -Be 1
-        Get-TensorData (Join-Path $out 'slerp-torch') | Should -Be (Get-TensorData (Join-Path $out 'slerp-kernels'))
+        @($verbose | Where-Object Message -Match 'Device torch-cpu: the method arcee_fusion has no device combine.*CPU kernels').Count | Should -Be 1
+        Get-TensorData (Join-Path $out 'fusion-torch') | Should -Be (Get-TensorData (Join-Path $out 'fusion-kernels'))
+    }
+
+    It 'merges a spherical method on the device, without a fallback note, to the same bytes' {
+        $plan = { Get-TaskVector -Base $base -FineTuned $math, $code | Merge-ModelStock -FilterWise }
+        & $plan | Export-Safetensors (Join-Path $out 'stock-kernels') | Out-Null
+        $verbose = & $plan | Export-Safetensors (Join-Path $out 'stock-torch') -Device torch-cpu -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
+
+        @($verbose | Where-Object Message -Match 'CPU kernels').Count | Should -Be 0
+        Get-TensorData (Join-Path $out 'stock-torch') | Should -Be (Get-TensorData (Join-Path $out 'stock-kernels'))
     }
 
     It 'refuses -Device cuda here with DeviceUnavailable naming the device and what TorchSharp reports, writing nothing' {

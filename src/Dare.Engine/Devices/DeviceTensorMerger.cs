@@ -15,12 +15,18 @@ internal interface IDeviceMerge
 
     /// <summary>The merged δ of the chunk at element <paramref name="first"/>, float32 on the device.</summary>
     Tensor Combine(long first, Tensor[] deltas);
+
+    /// <summary>The combine with the base chunk (float32 on the device), for methods that read the base's values; by default <see cref="Combine(long, Tensor[])"/>.</summary>
+    Tensor Combine(long first, Tensor baseChunk, Tensor[] deltas) => Combine(first, deltas);
 }
 
 /// <summary>Passes over a tensor's chunks on the device: each call sees every chunk's δs (one per input, transform applied) in element order.</summary>
 internal interface IDeviceChunkPasses
 {
     void ForEachChunk(Action<long, Tensor[]> body);
+
+    /// <summary>One pass that also sees the base chunk, float32 on the device.</summary>
+    void ForEachChunk(Action<long, Tensor, Tensor[]> body);
 }
 
 /// <summary>
@@ -80,7 +86,7 @@ internal sealed class DeviceTensorMerger : IDisposable
         {
             // As the CPU kernels do it: the method's preparation (a trim), each input's L1 rescale, the combine.
             var prepared = merge.PrepareChunk(first, deltas).Select((delta, i) => rescales[i] == 1f ? delta : delta.mul(rescales[i])).ToArray();
-            result = sink.OnDevice(merge.Combine(first, prepared), baseChunk);
+            result = sink.OnDevice(merge.Combine(first, baseChunk, prepared), baseChunk);
         }, _ => sink.EmitFromDevice(result!));
         passes.RecordDrops();
     }
@@ -156,6 +162,8 @@ internal sealed class DeviceTensorMerger : IDisposable
         }
 
         public void ForEachChunk(Action<long, Tensor[]> body) => Run((first, _, deltas) => body(first, deltas), null);
+
+        public void ForEachChunk(Action<long, Tensor, Tensor[]> body) => Run(body, null);
 
         /// <summary>One pass: <paramref name="compute"/> queues the device work of a chunk, the next chunk is read, then <paramref name="complete"/> waits for its result.</summary>
         public void Run(Action<long, Tensor, Tensor[]> compute, Action<long>? complete)

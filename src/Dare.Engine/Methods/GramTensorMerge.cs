@@ -34,7 +34,6 @@ internal abstract class GramTensorMerge : ITensorMerge
     private readonly long _rows;
     private readonly long _rowLength;
     private readonly VectorLayout _layout;
-    private double[] _gram = Array.Empty<double>();
     private float[] _baseCoefficient = Array.Empty<float>();
     private float[] _deltaCoefficients = Array.Empty<float>();
 
@@ -77,12 +76,39 @@ internal abstract class GramTensorMerge : ITensorMerge
 
     public void RunPasses(IChunkPasses passes)
     {
-        var pairs = Pairs;
-        _gram = new double[_rows * pairs];
+        var gram = new double[_rows * Pairs];
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
-            using (PhaseProfile.Time(_setup.Profile, Phase.Select)) Accumulate(first, baseChunk, deltas);
+            using (PhaseProfile.Time(_setup.Profile, Phase.Select)) Accumulate(first, baseChunk, deltas, gram);
         });
+        SetCoefficients(gram);
+    }
+
+    /// <summary>The vectors measured, in the order of the Gram matrix's pairs (k ≤ l).</summary>
+    internal IReadOnlyList<VectorSource> Vectors => _vectors;
+
+    /// <summary>How elements form vectors (a 1-D tensor is always one whole vector).</summary>
+    internal VectorLayout Layout => _layout;
+
+    /// <summary>The number of vectors of each kind (rows or columns; 1 for the whole tensor).</summary>
+    internal long Rows => _rows;
+
+    /// <summary>Elements per row (<see cref="VectorLayout.LastDimension"/>) or per column (<see cref="VectorLayout.FirstDimension"/>).</summary>
+    internal long RowLength => _rowLength;
+
+    /// <summary>Per row, the coefficient a on the base in a·b + Σ dᵢ·δᵢ (set by <see cref="SetCoefficients"/>).</summary>
+    internal float[] BaseCoefficients => _baseCoefficient;
+
+    /// <summary>Per row r and input i, the coefficient dᵢ at r·inputs + i.</summary>
+    internal float[] DeltaCoefficients => _deltaCoefficients;
+
+    /// <summary>
+    /// Turns the summed Gram matrices (row r's pairs at r·pairs, k ≤ l in order) into each row's combine coefficients:
+    /// the tensor backend sums them on the device and hands them here, so both backends share this step.
+    /// </summary>
+    internal void SetCoefficients(double[] sums)
+    {
+        var pairs = Pairs;
         var inputs = _setup.Inputs.Count;
         _baseCoefficient = new float[_rows];
         _deltaCoefficients = new float[_rows * inputs];
@@ -92,7 +118,7 @@ internal abstract class GramTensorMerge : ITensorMerge
             var p = row * pairs;
             for (var k = 0; k < _vectors.Length; k++)
             {
-                for (var l = k; l < _vectors.Length; l++) gram[k, l] = gram[l, k] = _gram[p++];
+                for (var l = k; l < _vectors.Length; l++) gram[k, l] = gram[l, k] = sums[p++];
             }
             var c = Coefficients(gram);
             // Σ cₖ·vₖ as a·b + Σ dᵢ·δᵢ, less b where the vectors are whole weights (the target adds b back).
@@ -106,15 +132,14 @@ internal abstract class GramTensorMerge : ITensorMerge
             _baseCoefficient[row] = (float)onBase;
             for (var i = 0; i < inputs; i++) _deltaCoefficients[row * inputs + i] = (float)onDelta[i];
         }
-        _gram = Array.Empty<double>();
     }
 
-    private unsafe void Accumulate(long first, ChunkView baseChunk, ChunkView[] deltas)
+    private unsafe void Accumulate(long first, ChunkView baseChunk, ChunkView[] deltas, double[] gram)
     {
         var vectors = new GramKernels.Vectors(baseChunk.Floats,
             _vectors.Select(v => v.Kind == VectorKind.Base ? IntPtr.Zero : (IntPtr)deltas[v.Input].Floats).ToArray(),
             _vectors.Select(v => v.Kind != VectorKind.Delta).ToArray());
-        GramKernels.Accumulate(vectors, first, baseChunk.Count, _layout != VectorLayout.FirstDimension, _rowLength, _rows, _gram);
+        GramKernels.Accumulate(vectors, first, baseChunk.Count, _layout != VectorLayout.FirstDimension, _rowLength, _rows, gram);
     }
 
     public unsafe void Combine(long first, ChunkView baseChunk, ChunkView[] deltas, CombineTarget target)

@@ -35,6 +35,8 @@ internal sealed class KarcherMethod : MergeMethod
     internal override string Step(MergeOptions options) =>
         $"MergeKarcher(max_iter={options.Setting(MaxIterations.Key) ?? 10.0}, tol={options.Setting(Tolerance.Key) ?? 1e-5})";
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => DeviceGramMerge.Of(CreateTensorMerge(options, setup), setup);
+
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup)
     {
         var iterations = (int)(options!.Setting(MaxIterations.Key)?.Resolve(setup.Position) ?? 10);

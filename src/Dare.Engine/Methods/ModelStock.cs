@@ -33,6 +33,8 @@ internal sealed class ModelStockMethod : MergeMethod
 
     internal override string Step(MergeOptions options) => $"MergeModelStock(filter_wise={options.Flag(FilterWise)})";
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => DeviceGramMerge.Of(CreateTensorMerge(options, setup), setup);
+
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) =>
         new TensorMerge(setup, VectorSource.Inputs(options!.Weights.Count, wholeWeights: false), options.Flag(FilterWise) ? VectorLayout.LastDimension : VectorLayout.Whole);
 

@@ -33,6 +33,8 @@ internal sealed class MultiSlerpMethod : MergeMethod
     internal override string Step(MergeOptions options) =>
         $"MergeMultiSlerp(weights={string.Join("/", options.Weights)}, normalize_weights={options.Flag(NormalizeWeights)}, eps={options.Setting(Epsilon.Key)}, whole_weights={options.WholeWeights})";
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => DeviceGramMerge.Of(CreateTensorMerge(options, setup), setup);
+
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup)
     {
         var weights = options!.Weights.Select(w => w.Resolve(setup.Position)).ToArray();

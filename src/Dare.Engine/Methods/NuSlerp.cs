@@ -39,6 +39,8 @@ internal sealed class NuSlerpMethod : MergeMethod
     internal override string Step(MergeOptions options) =>
         $"MergeNuSlerp(weights={string.Join("/", options.Weights)}, flatten={options.Flag(Flatten)}, row_wise={options.Flag(RowWise)}, whole_weights={options.WholeWeights})";
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => DeviceGramMerge.Of(CreateTensorMerge(options, setup), setup);
+
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup)
     {
         var weights = options!.Weights.Select(w => w.Resolve(setup.Position)).ToArray();

@@ -40,6 +40,8 @@ internal sealed class SlerpMethod : MergeMethod
 
     internal override string Step(MergeOptions options) => $"MergeSlerp(t={options.Setting(T.Key)})";
 
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => DeviceGramMerge.Of(CreateTensorMerge(options, setup), setup);
+
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) =>
         new TensorMerge(setup, options!.Setting(T.Key)!.Resolve(setup.Position));
 

@@ -79,10 +79,28 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             {
                 Settings = new Dictionary<string, TensorParameter> { ["epsilon"] = 0.01, ["r"] = 0.3, ["alpha"] = 1.5 },
             }),
+            "slerp" => TaskVector.Combine(vectors.Take(1).ToList(), Spherical("slerp", 1, new() { ["t"] = 0.3 })),
+            "nuslerp" => TaskVector.Combine(vectors.Take(2).ToList(), Spherical("nuslerp", 2, new() { ["nuslerp_flatten"] = 0 }, 1, 3)),
+            "nuslerp_row_wise" => TaskVector.Combine(vectors.Take(2).ToList(), Spherical("nuslerp", 2, new() { ["nuslerp_flatten"] = 0, ["nuslerp_row_wise"] = 1 }, 2, 1) with { WholeWeights = true }),
+            "nuslerp_flatten" => TaskVector.Combine(vectors.Take(2).ToList(), Spherical("nuslerp", 2, new() { ["nuslerp_flatten"] = 1 }, 1, 1)),
+            "multislerp" => TaskVector.Combine(vectors, Spherical("multislerp", 3, new() { ["normalize_weights"] = 1, ["eps"] = 1e-8 }, 0.5, 1, 2)),
+            "multislerp_whole" => TaskVector.Combine(vectors, Spherical("multislerp", 3, new() { ["normalize_weights"] = 0, ["eps"] = 1e-8 }, 0.5, 1, 2) with { WholeWeights = true }),
+            "karcher" => TaskVector.Combine(vectors, Spherical("karcher", 3, new() { ["max_iter"] = 10, ["tol"] = 1e-5 })),
+            "model_stock" => TaskVector.Combine(vectors, Spherical("model_stock", 3, new() { ["filter_wise"] = 0 })),
+            "model_stock_filter_wise" => TaskVector.Combine(vectors, Spherical("model_stock", 3, new() { ["filter_wise"] = 1 })),
             "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             _ => throw new ArgumentOutOfRangeException(nameof(method)),
         };
     }
+
+    private static MergeOptions Spherical(string method, int count, Dictionary<string, TensorParameter> settings, params double[] weights) =>
+        new(MergeMethods.Find(method)!, (weights.Length > 0 ? weights : Enumerable.Repeat(1.0, count).ToArray()).Select(w => (TensorParameter)w).ToList(), Normalize: false) { Settings = settings };
+
+    /// <summary>
+    /// Methods whose passes sum over the tensor (the spherical methods' Gram matrices) in another order on the device
+    /// than the CPU kernels do: a coefficient may differ in its last bit, and so an output element by one ulp.
+    /// </summary>
+    private static readonly HashSet<string> ReorderedSums = new() { "slerp", "nuslerp", "nuslerp_row_wise", "nuslerp_flatten", "multislerp", "multislerp_whole", "karcher", "model_stock", "model_stock_filter_wise" };
 
     private Checkpoint Export(TaskVector plan, string name, ComputeDevice? device, SafetensorsDType output, bool deltaOnly, long chunkElements) =>
         Export(plan, name, device, output, deltaOnly, chunkElements, new VerboseNotes()).Model;
@@ -131,6 +149,17 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("breadcrumbs", SafetensorsDType.F32, SafetensorsDType.F32, false, 997, true)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.F32, true, 2048, true)]
+    [InlineData("slerp", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("slerp", SafetensorsDType.F32, SafetensorsDType.F32, false, 3001, false)]
+    [InlineData("nuslerp", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1000, false)]
+    [InlineData("nuslerp_row_wise", SafetensorsDType.BF16, SafetensorsDType.F32, false, 2999, false)]
+    [InlineData("nuslerp_flatten", SafetensorsDType.F32, SafetensorsDType.BF16, true, 1L << 24, false)]
+    [InlineData("multislerp", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("multislerp_whole", SafetensorsDType.F32, SafetensorsDType.F32, false, 4001, false)]
+    [InlineData("karcher", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("karcher", SafetensorsDType.F32, SafetensorsDType.F32, false, 2500, false)]
+    [InlineData("model_stock", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("model_stock_filter_wise", SafetensorsDType.BF16, SafetensorsDType.F32, false, 997, false)]
     public void Writes_what_the_SIMD_kernels_write(string method, SafetensorsDType inputs, SafetensorsDType outputType, bool deltaOnly, long chunkElements, bool coarse)
     {
         var plan = Plan(method, Vectors(inputs, coarse));
@@ -154,11 +183,11 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
                 compared++;
                 if (a == b) continue;
                 differing++;
-                Assert.True(size == 2 && Math.Abs(a - b) == 1, $"{name}[{j / size}]: kernels 0x{a:X} vs backend 0x{b:X}, more than one ulp apart");
+                Assert.True((size == 2 || ReorderedSums.Contains(method)) && Math.Abs(a - b) == 1, $"{name}[{j / size}]: kernels 0x{a:X} vs backend 0x{b:X}, more than one ulp apart");
             }
         }
         output.WriteLine($"{method} on {DeviceName}: {differing} of {compared} elements differ (each by one ulp at most)");
-        Assert.Equal(0, differing);
+        if (!ReorderedSums.Contains(method)) Assert.Equal(0, differing);
         Assert.True(compared > 20_000);
     }
 
@@ -171,6 +200,8 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("breadcrumbs_ties", 1L << 24)]
     [InlineData("breadcrumbs", 997)]
     [InlineData("ramplus_tl", 2500)]
+    [InlineData("nuslerp_row_wise", 2999)]
+    [InlineData("model_stock_filter_wise", 1L << 24)]
     public void Leaves_no_live_tensor_behind(string method, long chunkElements)
     {
         var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
