@@ -88,6 +88,8 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             "karcher" => TaskVector.Combine(vectors, Spherical("karcher", 3, new() { ["max_iter"] = 10, ["tol"] = 1e-5 })),
             "model_stock" => TaskVector.Combine(vectors, Spherical("model_stock", 3, new() { ["filter_wise"] = 0 })),
             "model_stock_filter_wise" => TaskVector.Combine(vectors, Spherical("model_stock", 3, new() { ["filter_wise"] = 1 })),
+            "passthrough" => PassthroughMethod.Plan(vectors[1].FineTuned!, null),
+            "passthrough_scaled" => PassthroughMethod.Plan(vectors[2].FineTuned!, new GradientParameter(new[] { 0.5, 1.5 })),
             "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
             _ => throw new ArgumentOutOfRangeException(nameof(method)),
         };
@@ -149,6 +151,9 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("breadcrumbs", SafetensorsDType.F32, SafetensorsDType.F32, false, 997, true)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.F32, true, 2048, true)]
+    [InlineData("passthrough", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("passthrough_scaled", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 3001, false)]
+    [InlineData("passthrough_scaled", SafetensorsDType.F32, SafetensorsDType.F16, false, 1L << 24, false)]
     [InlineData("slerp", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("slerp", SafetensorsDType.F32, SafetensorsDType.F32, false, 3001, false)]
     [InlineData("nuslerp", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1000, false)]
