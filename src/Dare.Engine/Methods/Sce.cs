@@ -32,6 +32,9 @@ internal sealed class SceMethod : MergeMethod
 
     internal override ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) =>
         new SceTensorMerge(options!.Setting(SelectTopK.Key)!.Resolve(setup.Position), setup);
+
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) =>
+        new DeviceSceMerge(options!.Setting(SelectTopK.Key)!.Resolve(setup.Position), setup);
 }
 
 /// <summary>
@@ -42,7 +45,7 @@ internal sealed class SceMethod : MergeMethod
 /// </summary>
 internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup setup) : ITensorMerge
 {
-    private const float WeightFloor = 1e-6f;
+    internal const float WeightFloor = 1e-6f;
     private MagnitudeSelection? _selection;
     private bool _keepNone;
     private long _tiesLeft;
@@ -100,9 +103,15 @@ internal sealed unsafe class SceTensorMerge(double selectTopK, TensorMergeSetup 
                 squares[m] = sum;
             });
         });
+        _weights = Weights(squares, n);
+    }
+
+    /// <summary>Each input's weight from its Σ δ² over the kept positions: the mean over the tensor's n elements, normalised to sum 1 (uniform when that sum is below 1e-6).</summary>
+    internal static double[] Weights(double[] squares, long n)
+    {
         var means = squares.Select(s => n == 0 ? 0 : s / n).ToArray();
         var total = means.Sum();
-        _weights = Math.Abs(total) < 1e-6 ? means.Select(_ => 1.0 / means.Length).ToArray() : means.Select(w => w / total).ToArray();
+        return Math.Abs(total) < 1e-6 ? means.Select(_ => 1.0 / means.Length).ToArray() : means.Select(w => w / total).ToArray();
     }
 
     private static int CountZeros(float[] values, int count)

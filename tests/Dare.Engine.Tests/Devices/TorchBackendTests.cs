@@ -79,15 +79,17 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
             {
                 Settings = new Dictionary<string, TensorParameter> { ["epsilon"] = 0.01, ["r"] = 0.3, ["alpha"] = 1.5 },
             }),
-            "slerp" => TaskVector.Combine(vectors.Take(1).ToList(), Spherical("slerp", 1, new() { ["t"] = 0.3 })),
-            "nuslerp" => TaskVector.Combine(vectors.Take(2).ToList(), Spherical("nuslerp", 2, new() { ["nuslerp_flatten"] = 0 }, 1, 3)),
-            "nuslerp_row_wise" => TaskVector.Combine(vectors.Take(2).ToList(), Spherical("nuslerp", 2, new() { ["nuslerp_flatten"] = 0, ["nuslerp_row_wise"] = 1 }, 2, 1) with { WholeWeights = true }),
-            "nuslerp_flatten" => TaskVector.Combine(vectors.Take(2).ToList(), Spherical("nuslerp", 2, new() { ["nuslerp_flatten"] = 1 }, 1, 1)),
-            "multislerp" => TaskVector.Combine(vectors, Spherical("multislerp", 3, new() { ["normalize_weights"] = 1, ["eps"] = 1e-8 }, 0.5, 1, 2)),
-            "multislerp_whole" => TaskVector.Combine(vectors, Spherical("multislerp", 3, new() { ["normalize_weights"] = 0, ["eps"] = 1e-8 }, 0.5, 1, 2) with { WholeWeights = true }),
-            "karcher" => TaskVector.Combine(vectors, Spherical("karcher", 3, new() { ["max_iter"] = 10, ["tol"] = 1e-5 })),
-            "model_stock" => TaskVector.Combine(vectors, Spherical("model_stock", 3, new() { ["filter_wise"] = 0 })),
-            "model_stock_filter_wise" => TaskVector.Combine(vectors, Spherical("model_stock", 3, new() { ["filter_wise"] = 1 })),
+            "slerp" => TaskVector.Combine(vectors.Take(1).ToList(), WithSettings("slerp", 1, new() { ["t"] = 0.3 })),
+            "nuslerp" => TaskVector.Combine(vectors.Take(2).ToList(), WithSettings("nuslerp", 2, new() { ["nuslerp_flatten"] = 0 }, 1, 3)),
+            "nuslerp_row_wise" => TaskVector.Combine(vectors.Take(2).ToList(), WithSettings("nuslerp", 2, new() { ["nuslerp_flatten"] = 0, ["nuslerp_row_wise"] = 1 }, 2, 1) with { WholeWeights = true }),
+            "nuslerp_flatten" => TaskVector.Combine(vectors.Take(2).ToList(), WithSettings("nuslerp", 2, new() { ["nuslerp_flatten"] = 1 }, 1, 1)),
+            "multislerp" => TaskVector.Combine(vectors, WithSettings("multislerp", 3, new() { ["normalize_weights"] = 1, ["eps"] = 1e-8 }, 0.5, 1, 2)),
+            "multislerp_whole" => TaskVector.Combine(vectors, WithSettings("multislerp", 3, new() { ["normalize_weights"] = 0, ["eps"] = 1e-8 }, 0.5, 1, 2) with { WholeWeights = true }),
+            "karcher" => TaskVector.Combine(vectors, WithSettings("karcher", 3, new() { ["max_iter"] = 10, ["tol"] = 1e-5 })),
+            "model_stock" => TaskVector.Combine(vectors, WithSettings("model_stock", 3, new() { ["filter_wise"] = 0 })),
+            "model_stock_filter_wise" => TaskVector.Combine(vectors, WithSettings("model_stock", 3, new() { ["filter_wise"] = 1 })),
+            "sce" => TaskVector.Combine(vectors, WithSettings("sce", 3, new() { ["select_topk"] = 0.3 })),
+            "sce_all" => TaskVector.Combine(Dared(0.5), WithSettings("sce", 3, new() { ["select_topk"] = 1.0 })),
             "passthrough" => PassthroughMethod.Plan(vectors[1].FineTuned!, null),
             "passthrough_scaled" => PassthroughMethod.Plan(vectors[2].FineTuned!, new GradientParameter(new[] { 0.5, 1.5 })),
             "della_linear_q" => TaskVector.Combine(Pruned(DareRescale.Q), new MergeOptions(MergeMethod.Linear, P(1, 0.6, 0.3), false, 0.9)),
@@ -95,14 +97,14 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         };
     }
 
-    private static MergeOptions Spherical(string method, int count, Dictionary<string, TensorParameter> settings, params double[] weights) =>
+    private static MergeOptions WithSettings(string method, int count, Dictionary<string, TensorParameter> settings, params double[] weights) =>
         new(MergeMethods.Find(method)!, (weights.Length > 0 ? weights : Enumerable.Repeat(1.0, count).ToArray()).Select(w => (TensorParameter)w).ToList(), Normalize: false) { Settings = settings };
 
     /// <summary>
-    /// Methods whose passes sum over the tensor (the spherical methods' Gram matrices) in another order on the device
+    /// Methods whose passes sum over the tensor (the spherical methods' Gram matrices, SCE's Σ δ²) in another order on the device
     /// than the CPU kernels do: a coefficient may differ in its last bit, and so an output element by one ulp.
     /// </summary>
-    private static readonly HashSet<string> ReorderedSums = new() { "slerp", "nuslerp", "nuslerp_row_wise", "nuslerp_flatten", "multislerp", "multislerp_whole", "karcher", "model_stock", "model_stock_filter_wise" };
+    private static readonly HashSet<string> ReorderedSums = new() { "slerp", "nuslerp", "nuslerp_row_wise", "nuslerp_flatten", "multislerp", "multislerp_whole", "karcher", "model_stock", "model_stock_filter_wise", "sce", "sce_all" };
 
     private Checkpoint Export(TaskVector plan, string name, ComputeDevice? device, SafetensorsDType output, bool deltaOnly, long chunkElements) =>
         Export(plan, name, device, output, deltaOnly, chunkElements, new VerboseNotes()).Model;
@@ -151,6 +153,10 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("breadcrumbs", SafetensorsDType.F32, SafetensorsDType.F32, false, 997, true)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("breadcrumbs_ties", SafetensorsDType.BF16, SafetensorsDType.F32, true, 2048, true)]
+    [InlineData("sce", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
+    [InlineData("sce", SafetensorsDType.BF16, SafetensorsDType.F32, false, 3001, true)]
+    [InlineData("sce", SafetensorsDType.F32, SafetensorsDType.F32, true, 997, false)]
+    [InlineData("sce_all", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 4099, false)]
     [InlineData("passthrough", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 1L << 24, false)]
     [InlineData("passthrough_scaled", SafetensorsDType.BF16, SafetensorsDType.BF16, false, 3001, false)]
     [InlineData("passthrough_scaled", SafetensorsDType.F32, SafetensorsDType.F16, false, 1L << 24, false)]
@@ -207,6 +213,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     [InlineData("ramplus_tl", 2500)]
     [InlineData("nuslerp_row_wise", 2999)]
     [InlineData("model_stock_filter_wise", 1L << 24)]
+    [InlineData("sce", 3001)]
     public void Leaves_no_live_tensor_behind(string method, long chunkElements)
     {
         var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
