@@ -35,40 +35,22 @@ internal interface IDeviceChunkPasses
 /// and the device computes δ = tuned − base, the DARE mask, the method's passes and combine, base + δ and the output
 /// conversion; only output bytes come back. The host reads chunk i + 1 while the device works on chunk i (device work is
 /// queued asynchronously on CUDA; on the CPU device it is plain sequential), and with CUDA the buffers are pinned so
-/// the uploads are asynchronous copies. Covers the methods that offer <see cref="MergeMethod.CreateDeviceMerge"/>
-/// with element-wise transforms; <see cref="TensorMerger"/> keeps the SIMD kernels for the rest.
+/// the uploads are asynchronous copies. Every method merges here through its <see cref="MergeMethod.CreateDeviceMerge"/>.
 /// </summary>
 internal sealed class DeviceTensorMerger : IDisposable
 {
     private readonly ComputeDevice _device;
     private readonly ChunkReader[] _buffers;
     private readonly CancellationToken _cancellation;
-    private readonly HashSet<string> _notes = new(StringComparer.Ordinal);
 
-    public DeviceTensorMerger(ComputeDevice device, TensorReader reader, PhaseProfile? profile, CancellationToken cancellation, Action<string>? verbose)
+    public DeviceTensorMerger(ComputeDevice device, TensorReader reader, PhaseProfile? profile, CancellationToken cancellation)
     {
         _device = device;
         _cancellation = cancellation;
-        Verbose = verbose;
         _buffers = new[] { 0, 1 }.Select(_ => new ChunkReader(reader, new ChunkWorkspace { TorchBuffers = true, Pinned = device.IsCuda }, profile)).ToArray();
     }
 
     public ComputeDevice Device => _device;
-
-    private Action<string>? Verbose { get; }
-
-    /// <summary>Why this tensor's merge cannot run on the backend, or null when it can.</summary>
-    public static string? Unsupported(MergeMethod method, IDeviceMerge? merge, IReadOnlyList<InputChain> inputs)
-    {
-        if (merge is null) return $"the method {method.Name} has no device combine";
-        return null;
-    }
-
-    /// <summary>Says once per reason that tensors fall back to the CPU kernels.</summary>
-    public void NoteFallback(string tensor, string reason)
-    {
-        if (_notes.Add(reason)) Verbose?.Invoke($"Device {_device}: {reason}, so '{tensor}' (and any other tensor for the same reason) is merged by the CPU kernels.");
-    }
 
     /// <summary>Merges one tensor on the device into <paramref name="sink"/>; drop counts go to the inputs' transforms.</summary>
     public void Merge(TaskVector vector, TensorInfo baseInfo, InputChain[] inputs, IDeviceMerge merge, ExportSink sink, long chunk, int chunkCount)

@@ -65,13 +65,8 @@ internal sealed class TensorMerger(ChunkReader chunks, long chunkElements, bool 
         var method = vector.Merge?.Method ?? MergeMethod.Linear;
         if (Device is { } device && sink is ExportSink deviceSink)
         {
-            var deviceMerge = method.CreateDeviceMerge(vector.Merge, setup);
-            if (DeviceTensorMerger.Unsupported(method, deviceMerge, inputs) is { } reason) device.NoteFallback(baseInfo.Name, reason);
-            else
-            {
-                device.Merge(vector, baseInfo, inputs, deviceMerge!, deviceSink, chunk, chunkCount);
-                return Counts(inputs, leaves, n);
-            }
+            device.Merge(vector, baseInfo, inputs, method.CreateDeviceMerge(vector.Merge, setup), deviceSink, chunk, chunkCount);
+            return Counts(inputs, leaves, n);
         }
         var merge = prepared.Merge ?? method.CreateTensorMerge(vector.Merge, setup);
 

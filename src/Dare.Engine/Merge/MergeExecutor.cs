@@ -213,7 +213,7 @@ public sealed class MergeExecutor
         using var workspace = new ChunkWorkspace { TorchBuffers = backend is not null };
         // Disposed first: waits for the writes still queued before the buffers and the writer go.
         using var appender = new BackgroundAppender(writer);
-        using var device = backend is null ? null : new DeviceTensorMerger(backend, reader, _profile, _cancellation, _observer is null ? null : _observer.Verbose);
+        using var device = backend is null ? null : new DeviceTensorMerger(backend, reader, _profile, _cancellation);
         var merger = new TensorMerger(new ChunkReader(reader, workspace, _profile), ChunkElements, SinglePassLinear, _cancellation) { Device = device, SurvivorSigmas = SurvivorSigmas, FusedOnAnyProcessor = FusedOnAnyProcessor };
         var outputTypes = plan.ToDictionary(p => p.Name, p => p.DType, StringComparer.Ordinal);
         var bytesRead = ForEachTensor(vector, tensors, reader, activity, (info, layout) =>

@@ -39,12 +39,14 @@ internal sealed class ArceeFusionMethod : MergeMethod
         var info = setup.Inputs.Count > 0 ? setup.Position.Name : "";
         return new ArceeFusionMerge(setup.ElementCount, setup.RowLength, info);
     }
+
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => new DeviceArceeFusionMerge(setup);
 }
 
 /// <summary>One tensor's Arcee Fusion: per-row softmax statistics and KL, the importance threshold, then the masked δ.</summary>
 internal sealed class ArceeFusionMerge(long count, long rowLength, string tensorName) : ITensorMerge
 {
-    private const double Epsilon = 1e-8;
+    internal const double Epsilon = 1e-8;
     private readonly long _rows = count == 0 ? 0 : count / rowLength;
     private double[] _kl = Array.Empty<double>();
     private float _threshold = float.PositiveInfinity;

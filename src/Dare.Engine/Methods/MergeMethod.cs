@@ -79,8 +79,8 @@ public abstract class MergeMethod
     /// <summary>The per-tensor merge (options null: a single task vector as it is).</summary>
     internal abstract ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup);
 
-    /// <summary>The per-tensor merge on the TorchSharp tensor backend (-Device), or null when the method runs only in the CPU kernels.</summary>
-    internal virtual IDeviceMerge? CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => null;
+    /// <summary>The per-tensor merge on the TorchSharp tensor backend (-Device): every method has one, writing what <see cref="CreateTensorMerge"/>'s writes.</summary>
+    internal abstract IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup);
 
     /// <summary>The plan step's parameters beyond weights, normalize and λ, e.g. "keep=0.2/0.2, sign=Sum, ".</summary>
     internal virtual string StepDetail(MergeOptions options) => "";

@@ -49,7 +49,7 @@ internal sealed class PassthroughMethod : MergeMethod
     internal override unsafe ITensorMerge CreateTensorMerge(MergeOptions? options, TensorMergeSetup setup) => new TensorMerge();
 
     /// <summary>On the tensor backend, linear's combine with weight 1: the one input's δ as it is, as the CPU combine takes it.</summary>
-    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => Linear.CreateDeviceMerge(null, setup)!;
+    internal override IDeviceMerge CreateDeviceMerge(MergeOptions? options, TensorMergeSetup setup) => Linear.CreateDeviceMerge(null, setup);
 
     private sealed class TensorMerge : ITensorMerge
     {
