@@ -10,7 +10,8 @@ TorchSharp-cuda-linux 0.107.0 and its libtorch-cuda packages):
 
   1. builds the module against TorchSharp-cuda-linux (./build.ps1 Build -Cuda) and reports what TorchSharp sees;
   2. runs the backend-equality tests (tests/Dare.Engine.Tests, TorchBackendTests) with DARE_TEST_DEVICE=cuda: every
-     covered method's output against the SIMD kernels (bit-identical, with the count of differing elements), the DARE
+     method's output against the SIMD kernels (bit-identical; within one ulp where a method's sums over a tensor are
+     added in another order: the spherical methods and sce; with the count of differing elements), the DARE
      masks and magnitude bits computed on the GPU, and DeviceUnavailable for a device index beyond the GPUs;
   3. a short bench: a synthetic bf16 base + 3 fine-tunes (-BenchHiddenSize, default 2048 with 16 layers, ~0.9B
      parameters each), DARE-linear, DARE-TIES, DELLA and breadcrumbs (with TIES) exported with -Device cpu and

@@ -36,9 +36,7 @@ internal sealed class DeviceArceeFusionMerge(TensorMergeSetup setup) : IDeviceMe
             logBase?.Dispose();
             logModel?.Dispose();
         }
-        var values = Importances(passes, sampling.GetAwaiter().GetResult());
-        var (lower, median, upper) = ArceeFusionMerge.Quartiles(values);
-        _threshold = median + 1.5f * (upper - lower);
+        _threshold = ArceeFusionMerge.Threshold(Importances(passes, sampling.GetAwaiter().GetResult()));
     }
 
     /// <summary>Per row, log Σ exp over the base's and the model's values (float64), from running maxima and sums.</summary>

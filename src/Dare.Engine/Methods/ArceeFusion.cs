@@ -125,8 +125,14 @@ internal sealed class ArceeFusionMerge(long count, long rowLength, string tensor
             }
             for (; next < positions.Length && positions[next] < first + n; next++) values[next] = Importance(d[positions[next] - first], positions[next]);
         });
-        var (lower, median, upper) = Quartiles(values);
-        _threshold = median + 1.5f * (upper - lower);
+        _threshold = Threshold(values);
+    }
+
+    /// <summary>mergekit's outlier threshold over the importances: median + 1.5·IQR (reorders <paramref name="importances"/>).</summary>
+    internal static float Threshold(float[] importances)
+    {
+        var (lower, median, upper) = Quartiles(importances);
+        return median + 1.5f * (upper - lower);
     }
 
     /// <summary>
