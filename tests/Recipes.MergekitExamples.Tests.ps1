@@ -106,4 +106,25 @@ Describe 'mergekit example recipes' {
             ($actual -join ',') | Should -BeExactly ($expected -join ',') -Because $case.Tensor
         }
     }
+
+    It 'every example writes the same tensor bytes on the device backend (-Device torch-cpu) as on the CPU kernels' {
+        foreach ($name in 'linear', 'ties', 'bio-merge', 'orcamini-platy-44layer', 'arcee_fusion', 'gradient-slerp') {
+            $config = Join-Path $Folder "$name.yml"
+            $kernels = Invoke-DareMerge -ConfigPath $config -OutputPath (Join-Path $Folder "kernels-$name") -ErrorAction Stop
+            $device = Invoke-DareMerge -ConfigPath $config -OutputPath (Join-Path $Folder "device-$name") -Device torch-cpu -ErrorAction Stop
+            $shards = @(Get-ChildItem $kernels.Path -Filter '*.safetensors' | Sort-Object Name)
+            $shards.Count | Should -BeGreaterThan 0
+            @(Get-ChildItem $device.Path -Filter '*.safetensors' | Sort-Object Name).Name | Should -Be $shards.Name -Because $name
+            foreach ($shard in $shards) {
+                # The tensors after each header (the headers' recipes name the device).
+                $data = foreach ($file in $shard.FullName, (Join-Path $device.Path $shard.Name)) {
+                    $bytes = [IO.File]::ReadAllBytes($file)
+                    $start = (Read-SafetensorsHeader $file).DataStart
+                    [Convert]::ToHexString([Security.Cryptography.SHA256]::Create().ComputeHash($bytes, $start, $bytes.Length - $start))
+                }
+                $data[1] | Should -Be $data[0] -Because "$name, $($shard.Name)"
+            }
+            Get-Content -Raw (Join-Path $device.Path 'dare_recipe.yml') | Should -Match '(?m)^device: torch-cpu$'
+        }
+    }
 }
