@@ -57,6 +57,18 @@ Describe 'Export-Safetensors -Device' {
         Get-TensorData (Join-Path $out 'stock-torch') | Should -Be (Get-TensorData (Join-Path $out 'stock-kernels'))
     }
 
+    It 'merges a LoRA adapter beside a fine-tune with a wider vocabulary (tokenizer union) to the same bytes' {
+        $adapter = Join-Path $out 'adapter'
+        Get-TaskVector -Base $base -FineTuned $code | Export-LoraAdapter $adapter -Rank 4 | Out-Null
+        $wider = New-SyntheticCheckpoint (Join-Path $TestDrive 'models/wider') -HiddenSize 64 -Layers 2 -VocabSize 130 -Seed 9
+        $plan = { Get-TaskVector -Base $base -FineTuned $wider, $adapter -TokenizerSource Union | Invoke-DareDrop -DropRate 0.5 -Seed 3 | Merge-Ties -KeepRatio 0.5 }
+        & $plan | Export-Safetensors (Join-Path $out 'union-kernels') | Out-Null
+        & $plan | Export-Safetensors (Join-Path $out 'union-torch') -Device torch-cpu | Out-Null
+
+        ((Import-Safetensors (Join-Path $out 'union-torch')).Tensors | Where-Object Name -eq 'model.embed_tokens.weight').Shape | Should -Be @(130, 64)
+        Get-TensorData (Join-Path $out 'union-torch') | Should -Be (Get-TensorData (Join-Path $out 'union-kernels'))
+    }
+
     It 'refuses -Device cuda here with DeviceUnavailable naming the device and what TorchSharp reports, writing nothing' {
         $target = Join-Path $out 'cuda'
         { New-Plan | Export-Safetensors $target -Device cuda -ErrorAction Stop } | Should -Throw -ErrorId 'DeviceUnavailable,Dare.PowerShell.ExportSafetensorsCommand' -ExpectedMessage "*'cuda:0'*torch.cuda.is_available() is false*"
