@@ -70,7 +70,7 @@ internal sealed class DeviceArceeFusionMerge(TensorMergeSetup setup) : IDeviceMe
             max = full(_rows, double.NegativeInfinity, ScalarType.Float64, device).DetachFromDisposeScope();
             sum = zeros(_rows, ScalarType.Float64, device).DetachFromDisposeScope();
         }
-        var (firstRow, rows) = Rows(values, first, double.NegativeInfinity);
+        var (firstRow, rows) = DeviceKernels.Rows(values, first, _rowLength, double.NegativeInfinity);
         var rowMax = max.narrow(0, firstRow, rows.shape[0]);
         var rowSum = sum!.narrow(0, firstRow, rows.shape[0]);
         var newMax = rowMax.maximum(rows.amax(new long[] { 1 }));
@@ -92,27 +92,10 @@ internal sealed class DeviceArceeFusionMerge(TensorMergeSetup setup) : IDeviceMe
             var b = baseChunk.add(deltas[0]).to_type(ScalarType.Float64);
             var p = b.sub_(logModel.take(rowOf)).exp_().add_(ArceeFusionMerge.Epsilon);
             var q = a.sub_(logBase.take(rowOf)).exp_().add_(ArceeFusionMerge.Epsilon);
-            var (firstRow, rows) = Rows(p.mul(p.div(q).log_()), first, 0.0);
+            var (firstRow, rows) = DeviceKernels.Rows(p.mul(p.div(q).log_()), first, _rowLength, 0.0);
             kl.narrow(0, firstRow, rows.shape[0]).add_(rows.sum(1));
         });
         return kl;
-    }
-
-    /// <summary>
-    /// A chunk's elements as the rows they touch ([rows, row length], from row <c>FirstRow</c>), the parts of the first
-    /// and last rows outside the chunk filled with <paramref name="fill"/>.
-    /// </summary>
-    private (long FirstRow, Tensor Rows) Rows(Tensor values, long first, double fill)
-    {
-        var n = values.shape[0];
-        var firstRow = first / _rowLength;
-        var lastRow = (first + n - 1) / _rowLength;
-        var before = first - firstRow * _rowLength;
-        var after = (lastRow + 1) * _rowLength - first - n;
-        if (before == 0 && after == 0) return (firstRow, values.view(-1, _rowLength));
-        var padded = full((lastRow - firstRow + 1) * _rowLength, fill, values.dtype, values.device);
-        padded.narrow(0, before, n).copy_(values);
-        return (firstRow, padded.view(-1, _rowLength));
     }
 
     /// <summary>The importances |δ|·KL (float32) of every element, or of the sampled positions, on the host.</summary>

@@ -32,7 +32,6 @@ internal sealed class DeviceGramMerge(GramTensorMerge merge, int inputs) : IDevi
                 using var scope = NewDisposeScope();
                 var values = vectors.Select(v => Vector(v, baseChunk, deltas)).ToArray();
                 device = baseChunk.device;
-                var rows = RowIndex(first, baseChunk.shape[0], device);
                 sums ??= zeros(new[] { pairs, merge.Rows }, ScalarType.Float64, device).DetachFromDisposeScope();
                 var p = 0;
                 for (var k = 0; k < values.Length; k++)
@@ -41,8 +40,7 @@ internal sealed class DeviceGramMerge(GramTensorMerge merge, int inputs) : IDevi
                     {
                         using var products = values[k].to_type(ScalarType.Float64).mul_(values[l].to_type(ScalarType.Float64));
                         using var pairSums = sums.select(0, p++);
-                        if (rows is null) pairSums.add_(products.sum());
-                        else pairSums.index_add_(0, rows, products, 1.0);
+                        AddSums(pairSums, first, products);
                     }
                 }
             });
@@ -56,6 +54,26 @@ internal sealed class DeviceGramMerge(GramTensorMerge merge, int inputs) : IDevi
         finally
         {
             sums?.Dispose();
+        }
+    }
+
+    /// <summary>Adds the chunk's products (elements from <paramref name="first"/>) to each vector's sum: by row, by column, or whole.</summary>
+    private void AddSums(Tensor vectorSums, long first, Tensor products)
+    {
+        switch (merge.Layout)
+        {
+            case VectorLayout.LastDimension:
+                var (firstRow, rows) = DeviceKernels.Rows(products, first, merge.RowLength, 0.0);
+                using (var rowSums = rows.sum(1)) vectorSums.narrow(0, firstRow, rows.shape[0]).add_(rowSums);
+                break;
+            case VectorLayout.FirstDimension:
+                // Element i is in column i mod columns: laid out as rows of that length, a column is a column.
+                var (_, laidOut) = DeviceKernels.Rows(products, first, merge.Rows, 0.0);
+                using (var columnSums = laidOut.sum(dim: 0)) vectorSums.add_(columnSums);
+                break;
+            default:
+                using (var sum = products.sum()) vectorSums.add_(sum);
+                break;
         }
     }
 

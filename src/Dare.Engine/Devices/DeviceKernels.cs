@@ -143,6 +143,25 @@ internal static class DeviceKernels
         return (sums.MoveToOuterDisposeScope(), nonFinite.MoveToOuterDisposeScope());
     }
 
+    /// <summary>
+    /// The chunk of elements [first, first + n) as the rows of <paramref name="rowLength"/> it touches ([rows, row length],
+    /// from row <c>FirstRow</c>), the parts of its first and last rows outside the chunk filled with
+    /// <paramref name="fill"/>: per-row reductions are then a reduction along dimension 1, with no index per element
+    /// (and, on a GPU, no atomic additions to one row's total).
+    /// </summary>
+    public static (long FirstRow, Tensor Rows) Rows(Tensor values, long first, long rowLength, double fill)
+    {
+        var n = values.shape[0];
+        var firstRow = first / rowLength;
+        var lastRow = (first + n - 1) / rowLength;
+        var before = first - firstRow * rowLength;
+        var after = (lastRow + 1) * rowLength - first - n;
+        if (before == 0 && after == 0) return (firstRow, values.view(-1, rowLength));
+        var padded = full((lastRow - firstRow + 1) * rowLength, fill, values.dtype, values.device);
+        padded.narrow(0, before, n).copy_(values);
+        return (firstRow, padded.view(-1, rowLength));
+    }
+
     /// <summary>Counts of the upper 16 bits of |x| (the coarse histogram of <see cref="MagnitudeSelection"/>), int64[65536].</summary>
     public static Tensor CoarseHistogram(Tensor magnitudeBits)
     {
