@@ -21,6 +21,7 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         ("model.layers.0.mlp.up_proj.weight", new long[] { 97, 131 }),
         ("model.layers.1.self_attn.q_proj.weight", new long[] { 20_011 }),
         ("model.norm.weight", new long[] { 3 }),
+        ("model.layers.1.mlp.gate_proj.weight", new long[] { 0, 5 }),
     };
 
     private static readonly string DeviceName = Environment.GetEnvironmentVariable("DARE_TEST_DEVICE") is { Length: > 0 } d ? d : "torch-cpu";
