@@ -158,7 +158,7 @@ internal sealed class DeviceTensorMerger : IDisposable
                 return;
             }
             var n = baseInfo.ElementCount;
-            var next = Read(0, Math.Min(chunk, n));
+            var next = chunkCount > 0 ? Read(0, Math.Min(chunk, n)) : null;
             for (var c = 0; c < chunkCount; c++)
             {
                 owner._cancellation.ThrowIfCancellationRequested();
