@@ -90,7 +90,7 @@ internal abstract class GramTensorMerge : ITensorMerge
     /// <summary>How elements form vectors (a 1-D tensor is always one whole vector).</summary>
     internal VectorLayout Layout => _layout;
 
-    /// <summary>The number of vectors of each kind (rows or columns; 1 for the whole tensor).</summary>
+    /// <summary>How many vectors each source forms: rows, columns, or 1 for the whole tensor.</summary>
     internal long Rows => _rows;
 
     /// <summary>Elements per row (<see cref="VectorLayout.LastDimension"/>) or per column (<see cref="VectorLayout.FirstDimension"/>).</summary>
