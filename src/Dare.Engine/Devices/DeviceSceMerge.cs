@@ -50,19 +50,23 @@ internal sealed class DeviceSceMerge(double selectTopK, TensorMergeSetup setup) 
     private void Select(IDeviceChunkPasses passes, long n)
     {
         Tensor? nonZero = null;
-        passes.ForEachChunk((_, deltas) =>
+        long nonZeroCount;
+        try
         {
-            using var variances = Variances(deltas);
-            var count = variances.count_nonzero();
-            if (nonZero is null) nonZero = count.DetachFromDisposeScope();
-            else
+            passes.ForEachChunk((_, deltas) =>
             {
-                nonZero.add_(count);
-                count.Dispose();
-            }
-        });
-        var nonZeroCount = nonZero?.item<long>() ?? 0;
-        nonZero?.Dispose();
+                using var scope = NewDisposeScope();
+                using var variances = Variances(deltas);
+                var count = variances.count_nonzero();
+                if (nonZero is null) nonZero = count.DetachFromDisposeScope();
+                else nonZero.add_(count);
+            });
+            nonZeroCount = nonZero?.item<long>() ?? 0;
+        }
+        finally
+        {
+            nonZero?.Dispose();
+        }
         // mergekit: k = int(count_nonzero(var) · select_topk); k = 0 keeps nothing.
         var k = (long)Math.Floor(nonZeroCount * selectTopK);
         if (k == 0)
