@@ -238,6 +238,48 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     }
 
     [Theory]
+    [InlineData("ties")]
+    [InlineData("breadcrumbs_ties")]
+    [InlineData("sce")]
+    [InlineData("model_stock_filter_wise")]
+    [InlineData("nuslerp_row_wise")]
+    [InlineData("arcee_fusion")]
+    public void A_pass_that_fails_after_its_first_chunk_leaves_no_live_tensor_behind(string method)
+    {
+        // What a merge keeps on the device across chunks (histograms, Gram sums, row statistics) is detached from the
+        // chunks' scopes, so a read failing midway must free it: the tensor's own scope frees the rest.
+        var options = Plan(method, Vectors(SafetensorsDType.BF16, false)).Merge!;
+        var (name, shape) = Shapes[1];
+        var n = shape[0] * shape[1];
+        var inputs = options.Weights.Select(_ => new InputChain(null, null)).ToArray();
+        var setup = new TensorMergeSetup(TensorPosition.Of(name, 2), n, 6000, inputs, null) { RowLength = shape[1], Shape = shape };
+        TorchRuntime.EnsureInitialized();
+        var start = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        using (NewDisposeScope())
+        {
+            var merge = options.Method.CreateDeviceMerge(options, setup);
+            Assert.Throws<IOException>(() => merge.RunPasses(new FailingPasses(TestDevice(), inputs.Length, 6000)));
+        }
+        Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+    }
+
+    /// <summary>Passes whose first chunk is random values and whose second cannot be read.</summary>
+    private sealed class FailingPasses(TorchSharp.torch.Device device, int inputs, long chunk) : IDeviceChunkPasses
+    {
+        public void ForEachChunk(Action<long, Tensor[]> body) => ForEachChunk((first, _, deltas) => body(first, deltas));
+
+        public void ForEachChunk(Action<long, Tensor, Tensor[]> body)
+        {
+            using (NewDisposeScope())
+            {
+                var baseChunk = randn(new[] { chunk }, ScalarType.Float32, device);
+                body(0, baseChunk, Enumerable.Range(0, inputs).Select(_ => randn(new[] { chunk }, ScalarType.Float32, device).mul_(0.01)).ToArray());
+            }
+            throw new IOException("The second chunk could not be read.");
+        }
+    }
+
+    [Theory]
     [InlineData(0L, 100_003L, 0.9)]
     [InlineData((1L << 32) - 40_000, 90_000L, 0.3)]
     [InlineData(7L << 32, 5_000L, 0.0)]
