@@ -58,19 +58,27 @@ internal sealed class DeviceTensorMerger : IDisposable
         // Everything the tensor's merge leaves (a single chunk's cached tensors among them) is freed with it.
         using var scope = NewDisposeScope();
         var passes = new ChunkPasses(this, vector, baseInfo, inputs, chunk, chunkCount);
-        passes.CountBreadcrumbs();
-        merge.RunPasses(passes);
-        // An L1 rescale needs the whole tensor's norms (taken in the first pass) before the combine.
-        if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
-        var rescales = inputs.Select(c => (float)c.Rescale).ToArray();
-        Tensor? result = null;
-        passes.Run((first, baseChunk, deltas) =>
+        try
         {
-            // As the CPU kernels do it: the method's preparation (a trim), each input's L1 rescale, the combine.
-            var prepared = merge.PrepareChunk(first, deltas).Select((delta, i) => rescales[i] == 1f ? delta : delta.mul(rescales[i])).ToArray();
-            result = sink.OnDevice(merge.Combine(first, baseChunk, prepared), baseChunk);
-        }, _ => sink.EmitFromDevice(result!));
-        passes.RecordDrops();
+            passes.CountBreadcrumbs();
+            merge.RunPasses(passes);
+            // An L1 rescale needs the whole tensor's norms (taken in the first pass) before the combine.
+            if (passes.Count == 0 && inputs.Any(c => c.NeedsWholeTensorFirst)) passes.ForEachChunk((_, _) => { });
+            var rescales = inputs.Select(c => (float)c.Rescale).ToArray();
+            Tensor? result = null;
+            passes.Run((first, baseChunk, deltas) =>
+            {
+                // As the CPU kernels do it: the method's preparation (a trim), each input's L1 rescale, the combine.
+                var prepared = merge.PrepareChunk(first, deltas).Select((delta, i) => rescales[i] == 1f ? delta : delta.mul(rescales[i])).ToArray();
+                result = sink.OnDevice(merge.Combine(first, baseChunk, prepared), baseChunk);
+            }, _ => sink.EmitFromDevice(result!));
+            passes.RecordDrops();
+        }
+        finally
+        {
+            // Totals kept across chunks (outside the scopes) that a failure or cancellation left.
+            passes.FreeTotals();
+        }
     }
 
     public void Dispose()
@@ -159,23 +167,32 @@ internal sealed class DeviceTensorMerger : IDisposable
             }
             var n = baseInfo.ElementCount;
             var next = chunkCount > 0 ? Read(0, Math.Min(chunk, n)) : null;
-            for (var c = 0; c < chunkCount; c++)
+            try
             {
-                owner._cancellation.ThrowIfCancellationRequested();
-                var first = c * chunk;
-                var count = Math.Min(chunk, n - first);
-                using var host = next!;
-                using var scope = chunkCount > 1 ? NewDisposeScope() : null;
-                var (baseChunk, deltas) = Upload(host, first, count, firstPass: _count == 0);
-                compute(first, baseChunk, deltas);
-                // Read the next chunk into the other buffer set while the device works on this one.
-                next = c + 1 < chunkCount ? Read(first + chunk, Math.Min(chunk, n - first - chunk)) : null;
-                complete?.Invoke(first);
-                if (chunkCount == 1)
+                for (var c = 0; c < chunkCount; c++)
                 {
-                    _cachedBase = baseChunk;
-                    _cachedDeltas = deltas;
+                    owner._cancellation.ThrowIfCancellationRequested();
+                    var first = c * chunk;
+                    var count = Math.Min(chunk, n - first);
+                    using var host = next!;
+                    next = null;
+                    using var scope = chunkCount > 1 ? NewDisposeScope() : null;
+                    var (baseChunk, deltas) = Upload(host, first, count, firstPass: _count == 0);
+                    compute(first, baseChunk, deltas);
+                    // Read the next chunk into the other buffer set while the device works on this one.
+                    next = c + 1 < chunkCount ? Read(first + chunk, Math.Min(chunk, n - first - chunk)) : null;
+                    complete?.Invoke(first);
+                    if (chunkCount == 1)
+                    {
+                        _cachedBase = baseChunk;
+                        _cachedDeltas = deltas;
+                    }
                 }
+            }
+            finally
+            {
+                // A chunk read ahead of a pass that failed (or was cancelled) is freed with it.
+                next?.Dispose();
             }
             if (_count == 0) RecordL1Norms();
             if (_crumbsReady) foreach (var crumbs in _crumbs) crumbs?.EndPass();
@@ -281,7 +298,20 @@ internal sealed class DeviceTensorMerger : IDisposable
                 if (_dropped[i] is not { } dropped) continue;
                 inputs[i].CountFused(dropped.item<long>());
                 dropped.Dispose();
+                _dropped[i] = null;
             }
+        }
+
+        /// <summary>Frees the drop counts, L1 sums and breadcrumbs' tables still held (all consumed on success).</summary>
+        public void FreeTotals()
+        {
+            foreach (var dropped in _dropped) dropped?.Dispose();
+            foreach (var total in _l1)
+            {
+                total?.Sums.Dispose();
+                total?.NonFinite.Dispose();
+            }
+            foreach (var crumbs in _crumbs) crumbs?.Dispose();
         }
     }
 }

@@ -263,6 +263,33 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
     }
 
+    [Theory]
+    [InlineData("dare_ties_l1", 1)]
+    [InlineData("dare_linear", 2)]
+    [InlineData("della_ties", 3)]
+    public void A_cancelled_device_export_leaves_no_live_tensor_behind(string method, int tensorsBeforeCancel)
+    {
+        var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
+        TorchRuntime.EnsureInitialized();
+        var start = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        using var cancellation = new CancellationTokenSource();
+        var executor = new MergeExecutor(new CancelAfter(tensorsBeforeCancel, cancellation), cancellation.Token, chunkElements: 3001);
+        Assert.ThrowsAny<OperationCanceledException>(() => executor.Export(plan, new ExportOptions { Destination = _models.PathOf("cancelled"), Device = ComputeDevice.Parse(DeviceName) }));
+        Assert.False(Directory.Exists(_models.PathOf("cancelled")));
+        Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+    }
+
+    private sealed class CancelAfter(int tensors, CancellationTokenSource cancellation) : IMergeObserver
+    {
+        public void Progress(MergeProgress progress)
+        {
+            if (progress.TensorsDone >= tensors) cancellation.Cancel();
+        }
+
+        public void Verbose(string message) { }
+        public void Warning(string message) { }
+    }
+
     /// <summary>Passes whose first chunk is random values and whose second cannot be read.</summary>
     private sealed class FailingPasses(TorchSharp.torch.Device device, int inputs, long chunk) : IDeviceChunkPasses
     {
