@@ -264,19 +264,24 @@ public sealed class TorchBackendTests(ITestOutputHelper output) : IDisposable
     }
 
     [Theory]
-    [InlineData("dare_ties_l1", 1)]
-    [InlineData("dare_linear", 2)]
-    [InlineData("della_ties", 3)]
-    public void A_cancelled_device_export_leaves_no_live_tensor_behind(string method, int tensorsBeforeCancel)
+    [InlineData("dare_ties_l1", 1, true)]
+    [InlineData("dare_linear", 2, true)]
+    [InlineData("della_ties", 3, true)]
+    [InlineData("dare_ties_l1", 1, false)]
+    [InlineData("ties", 2, false)]
+    public void A_cancelled_export_leaves_no_live_tensor_or_buffer_behind(string method, int tensorsBeforeCancel, bool onDevice)
     {
         var plan = Plan(method, Vectors(SafetensorsDType.BF16, false));
         TorchRuntime.EnsureInitialized();
-        var start = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        var tensors = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        var buffers = ChunkWorkspace.ThreadLiveBuffers;
         using var cancellation = new CancellationTokenSource();
         var executor = new MergeExecutor(new CancelAfter(tensorsBeforeCancel, cancellation), cancellation.Token, chunkElements: 3001);
-        Assert.ThrowsAny<OperationCanceledException>(() => executor.Export(plan, new ExportOptions { Destination = _models.PathOf("cancelled"), Device = ComputeDevice.Parse(DeviceName) }));
+        var options = new ExportOptions { Destination = _models.PathOf("cancelled"), Device = onDevice ? ComputeDevice.Parse(DeviceName) : null };
+        Assert.ThrowsAny<OperationCanceledException>(() => executor.Export(plan, options));
         Assert.False(Directory.Exists(_models.PathOf("cancelled")));
-        Assert.Equal(start, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+        Assert.Equal(tensors, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+        Assert.Equal(buffers, ChunkWorkspace.ThreadLiveBuffers);
     }
 
     private sealed class CancelAfter(int tensors, CancellationTokenSource cancellation) : IMergeObserver
