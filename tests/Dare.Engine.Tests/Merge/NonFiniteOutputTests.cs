@@ -70,6 +70,34 @@ public sealed class NonFiniteOutputTests : IDisposable
         Assert.Equal(OverflowAt, Enumerable.Range(0, Elements).Where(j => written[j] == 0x7F80)); // +Inf, where the sums overflow
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void On_the_device_backend_an_overflowing_output_fails_or_warns_with_the_same_count(bool allow)
+    {
+        var warnings = new List<string>();
+        var destination = _models.PathOf("device-out");
+        TorchRuntime.EnsureInitialized();
+        var live = TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        var options = new ExportOptions { Destination = destination, OutputDType = SafetensorsDType.BF16, AllowNonFinite = allow, Device = ComputeDevice.Parse("torch-cpu") };
+        void Export() => new MergeExecutor(new Warnings(warnings), default, chunkElements: 1000).Export(OverflowingSum(), options);
+        if (!allow)
+        {
+            var failure = Assert.Throws<DareException>(Export);
+            Assert.Equal(DareErrorId.NonFiniteValues, failure.ErrorId);
+            Assert.Contains($"'model.layers.0.w' for '{destination}' has {OverflowAt.Length} NaN/Inf", failure.Message);
+            Assert.False(Directory.Exists(destination));
+        }
+        else
+        {
+            Export();
+            Assert.Contains($" {OverflowAt.Length} NaN/Inf", Assert.Single(warnings, w => w.Contains("NaN/Inf")));
+            var written = TestModels.ReadRaw<ushort>(Checkpoint.Open(destination).Find("model.layers.0.w")!);
+            Assert.Equal(OverflowAt, Enumerable.Range(0, Elements).Where(j => written[j] == 0x7F80));
+        }
+        Assert.Equal(live, TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount);
+    }
+
     [Fact]
     public unsafe void The_writer_counts_the_chunks_it_scans_and_reports_at_the_tensor_end_even_when_the_last_chunk_is_known_finite()
     {
