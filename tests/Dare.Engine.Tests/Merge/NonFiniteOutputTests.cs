@@ -99,6 +99,23 @@ public sealed class NonFiniteOutputTests : IDisposable
     }
 
     [Fact]
+    public void On_the_device_backend_a_NaN_in_an_input_fails_naming_its_file_and_nothing_is_written()
+    {
+        var random = new Random(4);
+        var @base = TestModels.RandomFloats(random, Elements);
+        var tuned = TestModels.Perturb(random, @base);
+        tuned[3333] = float.NaN;
+        var baseModel = _models.Write("nan-base", new[] { TestTensor.Bf16("model.layers.0.w", @base) });
+        var tunedModel = _models.Write("nan-tuned", new[] { TestTensor.Bf16("model.layers.0.w", tuned) });
+        var destination = _models.PathOf("nan-out");
+        var failure = Assert.Throws<DareException>(() => new MergeExecutor(null, default, chunkElements: 1000).Export(TaskVector.FromModels(baseModel, tunedModel),
+            new ExportOptions { Destination = destination, OutputDType = SafetensorsDType.BF16, Device = ComputeDevice.Parse("torch-cpu") }));
+        Assert.Equal(DareErrorId.NonFiniteValues, failure.ErrorId);
+        Assert.Contains("nan-tuned", failure.Message);
+        Assert.False(Directory.Exists(destination));
+    }
+
+    [Fact]
     public unsafe void The_writer_counts_the_chunks_it_scans_and_reports_at_the_tensor_end_even_when_the_last_chunk_is_known_finite()
     {
         var values = new float[32];
