@@ -34,8 +34,8 @@ internal interface IDeviceChunkPasses
 /// reads the stored base and inputs (bfloat16 kept as stored) into one of two buffer sets, alternately, uploads them,
 /// and the device computes δ = tuned − base, the DARE mask, the method's passes and combine, base + δ and the output
 /// conversion; only output bytes come back. The host reads chunk i + 1 while the device works on chunk i (device work is
-/// queued asynchronously on CUDA; on the CPU device it is plain sequential), and with CUDA the buffers are pinned so
-/// the uploads are asynchronous copies. Every method merges here through its <see cref="MergeMethod.CreateDeviceMerge"/>.
+/// queued asynchronously on CUDA; on the CPU device it is plain sequential), and with CUDA the buffers are pinned, for
+/// fast copies that the host waits for (see ChunkPasses.Upload). Every method merges here through its <see cref="MergeMethod.CreateDeviceMerge"/>.
 /// </summary>
 internal sealed class DeviceTensorMerger : IDisposable
 {
@@ -214,11 +214,17 @@ internal sealed class DeviceTensorMerger : IDisposable
             return new HostChunk(baseChunk.AsTensor().DetachFromDisposeScope(), values.Select(v => v?.AsTensor().DetachFromDisposeScope()).ToArray());
         }
 
-        /// <summary>The base chunk (float32) and every input's δ with its DARE drop applied, on the device.</summary>
+        /// <summary>
+        /// The base chunk (float32) and every input's δ with its DARE drop applied, on the device. Each copy returns once
+        /// it is done (after the device work queued before it): the host rewrites this buffer set two chunks later, and
+        /// a pass that reads nothing back (the Gram sums, Arcee Fusion's rows) would otherwise let it overwrite bytes a
+        /// queued copy has yet to take; TorchSharp 0.107 has no event to wait for one copy alone. The host still reads
+        /// the next chunk while the device computes this one.
+        /// </summary>
         private (Tensor Base, Tensor[] Deltas) Upload(HostChunk host, long first, long count, bool firstPass)
         {
             var device = owner._device.TorchDevice;
-            var baseChunk = host.Base.to(device, non_blocking: true).to_type(ScalarType.Float32);
+            var baseChunk = host.Base.to(device).to_type(ScalarType.Float32);
             var deltas = new Tensor[inputs.Length];
             for (var i = 0; i < inputs.Length; i++)
             {
@@ -228,8 +234,8 @@ internal sealed class DeviceTensorMerger : IDisposable
                 var delta = host.Inputs[i] switch
                 {
                     null => zeros(new[] { count }, ScalarType.Float32, device),
-                    { dtype: ScalarType.BFloat16 } stored => stored.to(device, non_blocking: true).to_type(ScalarType.Float32).sub(baseChunk),
-                    var values => values.to(device, non_blocking: true),
+                    { dtype: ScalarType.BFloat16 } stored => stored.to(device).to_type(ScalarType.Float32).sub(baseChunk),
+                    var values => values.to(device),
                 };
                 var l1 = firstPass && input.L1Norms is not null;
                 if (l1) AddL1(i, 0, delta);
