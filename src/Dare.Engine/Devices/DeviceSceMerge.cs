@@ -74,27 +74,9 @@ internal sealed class DeviceSceMerge(double selectTopK, TensorMergeSetup setup) 
             _keepNone = true;
             return;
         }
-        var selection = _selection = new DeviceSelection(k, n);
-        if (!selection.NeedsPasses) return;
-        try
-        {
-            Count(passes, bits => DeviceKernels.CoarseHistogram(bits));
-            selection.FinishCoarse();
-            Count(passes, bits => DeviceKernels.FineHistogram(bits, selection.Bin));
-            selection.FinishFine();
-        }
-        finally
-        {
-            selection.Dispose();
-        }
+        _selection = new DeviceSelection(k, n);
+        DeviceSelection.CountPasses(passes, new[] { _selection }, (_, deltas) => DeviceKernels.MagnitudeBits(Variances(deltas)));
     }
-
-    private void Count(IDeviceChunkPasses passes, Func<Tensor, Tensor> histogram) =>
-        passes.ForEachChunk((_, deltas) =>
-        {
-            using var scope = NewDisposeScope();
-            _selection!.Add(histogram(DeviceKernels.MagnitudeBits(Variances(deltas))));
-        });
 
     /// <summary>Which elements of the chunk are kept (null: all), in element order; the tie count starts again with each pass.</summary>
     private Tensor? Kept(long first, Tensor[] deltas)

@@ -24,6 +24,39 @@ internal sealed class DeviceSelection(long keep, long elementCount) : IDisposabl
     /// <summary>The coarse bin (upper 16 bits) that holds the threshold, once <see cref="FinishCoarse"/> has run: the fine pass counts within it.</summary>
     public uint Bin { get; private set; }
 
+    /// <summary>
+    /// The coarse and then the fine counting pass for each of <paramref name="selections"/> that needs them, over the
+    /// magnitude bits <paramref name="bitsOf"/>(the selection's index, the chunk's δs) gives: each input's |δ| for TIES,
+    /// the variances for SCE. Their histograms are freed however the passes end.
+    /// </summary>
+    public static void CountPasses(IDeviceChunkPasses passes, IReadOnlyList<DeviceSelection> selections, Func<int, Tensor[], Tensor> bitsOf)
+    {
+        var counting = Enumerable.Range(0, selections.Count).Where(i => selections[i].NeedsPasses).ToArray();
+        if (counting.Length == 0) return;
+        try
+        {
+            Pass((_, bits) => DeviceKernels.CoarseHistogram(bits));
+            foreach (var i in counting) selections[i].FinishCoarse();
+            Pass((selection, bits) => DeviceKernels.FineHistogram(bits, selection.Bin));
+            foreach (var i in counting) selections[i].FinishFine();
+        }
+        finally
+        {
+            foreach (var i in counting) selections[i].Dispose();
+        }
+
+        // One pass adding a histogram of each counting selection's bits to its total on the device.
+        void Pass(Func<DeviceSelection, Tensor, Tensor> histogram) =>
+            passes.ForEachChunk((_, deltas) =>
+            {
+                foreach (var i in counting)
+                {
+                    using var scope = NewDisposeScope();
+                    selections[i].Add(histogram(selections[i], bitsOf(i, deltas)));
+                }
+            });
+    }
+
     /// <summary>Adds a chunk's histogram (coarse in the first pass, fine in the second) to the pass's total on the device.</summary>
     public void Add(Tensor histogram)
     {

@@ -23,34 +23,8 @@ internal sealed class DeviceTiesMerge : IDeviceMerge
         _selections = options.KeepRatios!.Select(k => new DeviceSelection(TiesTensorMerge.KeepCount(k.Resolve(setup.Position), setup.ElementCount), setup.ElementCount)).ToArray();
     }
 
-    public void RunPasses(IDeviceChunkPasses passes)
-    {
-        var selecting = Enumerable.Range(0, _selections.Length).Where(i => _selections[i].NeedsPasses).ToArray();
-        if (selecting.Length == 0) return;
-        try
-        {
-            Count(passes, selecting, (_, bits) => DeviceKernels.CoarseHistogram(bits));
-            foreach (var i in selecting) _selections[i].FinishCoarse();
-            Count(passes, selecting, (selection, bits) => DeviceKernels.FineHistogram(bits, selection.Bin));
-            foreach (var i in selecting) _selections[i].FinishFine();
-        }
-        finally
-        {
-            foreach (var i in selecting) _selections[i].Dispose();
-        }
-    }
-
-    /// <summary>One pass adding a histogram of each selecting input's chunk to its selection's total, on the device.</summary>
-    private void Count(IDeviceChunkPasses passes, int[] selecting, Func<DeviceSelection, Tensor, Tensor> histogram) =>
-        passes.ForEachChunk((_, deltas) =>
-        {
-            foreach (var i in selecting)
-            {
-                using var bits = DeviceKernels.MagnitudeBits(deltas[i]);
-                using var counts = histogram(_selections[i], bits);
-                _selections[i].Add(counts);
-            }
-        });
+    public void RunPasses(IDeviceChunkPasses passes) =>
+        DeviceSelection.CountPasses(passes, _selections, (i, deltas) => DeviceKernels.MagnitudeBits(deltas[i]));
 
     public Tensor[] PrepareChunk(long first, Tensor[] deltas) =>
         deltas.Select((delta, i) => _selections[i] switch
