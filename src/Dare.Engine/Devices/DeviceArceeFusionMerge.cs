@@ -87,7 +87,7 @@ internal sealed class DeviceArceeFusionMerge(TensorMergeSetup setup) : IDeviceMe
         passes.ForEachChunk((first, baseChunk, deltas) =>
         {
             using var scope = NewDisposeScope();
-            var rowOf = RowIndex(first, baseChunk.shape[0], baseChunk.device);
+            var rowOf = DeviceKernels.RowIndex(first, baseChunk.shape[0], _rowLength, baseChunk.device);
             var a = baseChunk.to_type(ScalarType.Float64);
             var b = baseChunk.add(deltas[0]).to_type(ScalarType.Float64);
             var p = b.sub_(logModel.take(rowOf)).exp_().add_(ArceeFusionMerge.Epsilon);
@@ -122,10 +122,7 @@ internal sealed class DeviceArceeFusionMerge(TensorMergeSetup setup) : IDeviceMe
     }
 
     /// <summary>|δ| × the row's KL rounded to float32, as the CPU's Importance.</summary>
-    private Tensor Importance(long first, Tensor delta) => delta.abs().mul_(_kl!.take(RowIndex(first, delta.shape[0], delta.device)));
-
-    private Tensor RowIndex(long first, long count, Device device) =>
-        arange(first, first + count, 1L, ScalarType.Int64, device).div_(_rowLength, RoundingMode.floor);
+    private Tensor Importance(long first, Tensor delta) => delta.abs().mul_(_kl!.take(DeviceKernels.RowIndex(first, delta.shape[0], _rowLength, delta.device)));
 
     public Tensor Combine(long first, Tensor[] deltas)
     {

@@ -88,7 +88,7 @@ internal sealed class DeviceGramMerge(GramTensorMerge merge, int inputs) : IDevi
     /// <summary>The row (or column) of each element [first, first + count), int64 on the device; null for one whole vector.</summary>
     private Tensor? RowIndex(long first, long count, Device device) => merge.Layout switch
     {
-        VectorLayout.LastDimension => arange(first, first + count, 1L, ScalarType.Int64, device).div_(merge.RowLength, RoundingMode.floor),
+        VectorLayout.LastDimension => DeviceKernels.RowIndex(first, count, merge.RowLength, device),
         VectorLayout.FirstDimension => arange(first, first + count, 1L, ScalarType.Int64, device).remainder_(merge.Rows),
         _ => null,
     };

@@ -143,6 +143,10 @@ internal static class DeviceKernels
         return (sums.MoveToOuterDisposeScope(), nonFinite.MoveToOuterDisposeScope());
     }
 
+    /// <summary>The row of each element [first, first + count) for rows of <paramref name="rowLength"/>, int64 on the device.</summary>
+    public static Tensor RowIndex(long first, long count, long rowLength, Device device) =>
+        arange(first, first + count, 1L, ScalarType.Int64, device).div_(rowLength, RoundingMode.floor);
+
     /// <summary>
     /// The chunk of elements [first, first + n) as the rows of <paramref name="rowLength"/> it touches ([rows, row length],
     /// from row <c>FirstRow</c>), the parts of its first and last rows outside the chunk filled with

@@ -123,23 +123,16 @@ internal sealed class DeviceTensorMerger : IDisposable
         /// <summary>Breadcrumbs' thresholds from two counting passes over raw δ, before the method's passes; then a cached single chunk is pruned once.</summary>
         public void CountBreadcrumbs()
         {
+            // A pass cut short leaves its histograms to FreeTotals.
             var counting = _crumbs.Where(c => c is { NeedsPasses: true }).Select(c => c!).ToArray();
-            try
+            for (var pass = 0; pass < 2 && counting.Length > 0; pass++)
             {
-                for (var pass = 0; pass < 2 && counting.Length > 0; pass++)
+                var inputPass = pass;
+                ForEachChunk((_, deltas) =>
                 {
-                    var inputPass = pass;
-                    ForEachChunk((_, deltas) =>
-                    {
-                        for (var i = 0; i < deltas.Length; i++) if (_crumbs[i] is { NeedsPasses: true } c) c.Count(deltas[i], inputPass);
-                    });
-                    foreach (var c in counting) c.FinishPass(pass);
-                }
-            }
-            catch
-            {
-                foreach (var c in counting) c.Dispose();
-                throw;
+                    for (var i = 0; i < deltas.Length; i++) if (_crumbs[i] is { NeedsPasses: true } c) c.Count(deltas[i], inputPass);
+                });
+                foreach (var c in counting) c.FinishPass(pass);
             }
             _crumbsReady = true;
             if (_cachedDeltas is null) return;
